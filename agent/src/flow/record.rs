@@ -1,0 +1,151 @@
+//! The flow record: what `weft flows -o json` prints and what the flow API
+//! carries. Field names are part of the user-facing contract (spec.md).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// `l4` for connection and datagram flows, `l7` for requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowType {
+    L4,
+    L7,
+}
+
+/// What happened to the flow when this record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowEvent {
+    /// The connection was established (or the first datagram was seen).
+    Open,
+    /// Periodic progress of a long-lived flow.
+    Update,
+    /// The connection closed (or a UDP flow went idle).
+    Close,
+    /// The connection never got established: refused, reset or timed out.
+    Fail,
+    /// Packets were dropped by the kernel.
+    Drop,
+    /// An L7 request/response pair.
+    Request,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Forwarded,
+    Dropped,
+    Redirected,
+}
+
+/// Why a connection failed to establish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The peer answered the SYN with a reset (nothing listening).
+    Refused,
+    /// The handshake was reset after it started.
+    Reset,
+    /// No answer: the SYN (or SYN-ACK) was lost or dropped, and the
+    /// connecting side gave up.
+    Timeout,
+}
+
+/// One side of a flow. Every level of identity that is known is filled in;
+/// the rest is `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    pub container_id: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+}
+
+impl Endpoint {
+    pub fn from_addr(ip: IpAddr, port: u16) -> Self {
+        Self {
+            ip,
+            port,
+            pid: None,
+            process: None,
+            container_id: None,
+            pod: None,
+            namespace: None,
+            workload: None,
+        }
+    }
+}
+
+/// A flow record (`type: l4` today; `l7` records add the `l7` object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Wall-clock time of the event, RFC 3339 with nanoseconds, UTC.
+    pub time: String,
+    #[serde(rename = "type")]
+    pub flow_type: FlowType,
+    pub event: FlowEvent,
+    pub transport: Transport,
+    /// The side that opened the connection (the client).
+    pub source: Endpoint,
+    /// The side that accepted it (the server).
+    pub destination: Endpoint,
+    /// Payload bytes from source to destination.
+    pub bytes_sent: u64,
+    /// Payload bytes from destination to source.
+    pub bytes_received: u64,
+    /// Datagrams from source to destination (UDP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_sent: Option<u64>,
+    /// Datagrams from destination to source (UDP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_received: Option<u64>,
+    pub retransmits: u64,
+    /// Smoothed round-trip time, from the client's socket when it is on
+    /// this node, else from the server's.
+    pub srtt_us: Option<u64>,
+    /// Time since the connection started (the SYN) or the first datagram.
+    pub duration_us: u64,
+    /// TCP resets sent by this node's ends of the connection.
+    pub resets_sent: u64,
+    /// TCP resets received by this node's ends of the connection.
+    pub resets_received: u64,
+    pub verdict: Verdict,
+    pub drop_reason: Option<String>,
+    /// Set on `fail` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// The L7 details of `l7` records.
+    pub l7: Option<serde_json::Value>,
+    /// The kernel's monotonic timestamp of the event, for ordering and
+    /// `--since`; not printed.
+    #[serde(skip)]
+    pub mono_ns: u64,
+}
+
+impl FlowRecord {
+    /// The protocol name this record matches in `--protocol` filters.
+    pub fn protocol_names(&self) -> impl Iterator<Item = &str> {
+        let transport = match self.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        };
+        let l7 = self
+            .l7
+            .as_ref()
+            .and_then(|l7| l7.get("protocol"))
+            .and_then(|p| p.as_str());
+        std::iter::once(transport).chain(l7)
+    }
+}

@@ -1,0 +1,76 @@
+//! The agent's health report: what `weft status` shows and what the flow API
+//! returns from `GetStatus`. The daemon refreshes it every second.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    /// The agent's process id.
+    pub pid: u32,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    pub uptime_seconds: u64,
+    pub programs: Vec<ProgramStatus>,
+    /// Kernel features weft looked for, and whether they were found.
+    pub features: Vec<FeatureStatus>,
+    pub events: Vec<EventSourceStatus>,
+    pub losses: Vec<LossStatus>,
+    pub maps: Vec<MapStatus>,
+    pub flow_table: TableStatus,
+    pub flow_store: TableStatus,
+}
+
+/// An attached eBPF program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    /// The program's name in the object (and in `bpftool prog`).
+    pub name: String,
+    /// `tracepoint`, `cgroup_skb`, ...
+    pub kind: String,
+    /// Where it is attached, e.g. `sock/inet_sock_set_state`.
+    pub attach_point: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureStatus {
+    pub name: String,
+    pub available: bool,
+    /// What is lost without it, or where it was found.
+    pub detail: String,
+}
+
+/// Events read from one kernel source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventSourceStatus {
+    pub source: String,
+    pub total: u64,
+    /// Average over the last status period.
+    pub per_second: f64,
+}
+
+/// Events lost at one stage of the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossStatus {
+    pub source: String,
+    /// `kernel_ring` (ring buffer full), `userspace_queue` (channel full),
+    /// `map_full` (kernel table evicted a live entry), `decode`.
+    pub stage: String,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStatus {
+    pub entries: u64,
+    pub capacity: u64,
+    /// Entries pushed out to make room (flow table: live flows evicted;
+    /// flow store: oldest records overwritten).
+    pub evicted: u64,
+}
