@@ -1,0 +1,108 @@
+//! Load-time settings of the kernel programs (read-only globals set by the
+//! agent before the programs are loaded).
+
+/// Where a tracepoint field sits in the record, read from the running
+/// kernel's `/sys/kernel/tracing/events/*/*/format` at load time so that the
+/// programs do not depend on one kernel's layout. `NO_FIELD` when absent.
+pub const NO_FIELD: u16 = u16::MAX;
+
+/// Offsets of the tracepoint fields the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    // sock:inet_sock_set_state
+    pub state_skaddr: u16,
+    pub state_oldstate: u16,
+    pub state_newstate: u16,
+    pub state_sport: u16,
+    pub state_dport: u16,
+    pub state_family: u16,
+    pub state_protocol: u16,
+    pub state_saddr: u16,
+    pub state_daddr: u16,
+    pub state_saddr_v6: u16,
+    pub state_daddr_v6: u16,
+    // sock:sock_send_length and sock:sock_recv_length (same layout)
+    pub len_sk: u16,
+    pub len_protocol: u16,
+    pub len_ret: u16,
+    pub len_flags: u16,
+    // tcp:tcp_probe
+    pub probe_skaddr: u16,
+    pub probe_srtt: u16,
+    // tcp:tcp_retransmit_skb
+    pub retrans_skaddr: u16,
+    // tcp:tcp_receive_reset
+    pub rrst_skaddr: u16,
+    pub rrst_sport: u16,
+    pub rrst_dport: u16,
+    pub rrst_family: u16,
+    pub rrst_saddr: u16,
+    pub rrst_daddr: u16,
+    pub rrst_saddr_v6: u16,
+    pub rrst_daddr_v6: u16,
+    // tcp:tcp_send_reset (addresses as struct sockaddr_in/_in6, 28 bytes)
+    pub srst_skaddr: u16,
+    pub srst_saddr: u16,
+    pub srst_daddr: u16,
+    // skb:kfree_skb
+    pub drop_reason: u16,
+}
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 60);
+
+impl TracepointOffsets {
+    /// Every field absent: the programs that need a field do nothing.
+    pub const ABSENT: Self = Self {
+        state_skaddr: NO_FIELD,
+        state_oldstate: NO_FIELD,
+        state_newstate: NO_FIELD,
+        state_sport: NO_FIELD,
+        state_dport: NO_FIELD,
+        state_family: NO_FIELD,
+        state_protocol: NO_FIELD,
+        state_saddr: NO_FIELD,
+        state_daddr: NO_FIELD,
+        state_saddr_v6: NO_FIELD,
+        state_daddr_v6: NO_FIELD,
+        len_sk: NO_FIELD,
+        len_protocol: NO_FIELD,
+        len_ret: NO_FIELD,
+        len_flags: NO_FIELD,
+        probe_skaddr: NO_FIELD,
+        probe_srtt: NO_FIELD,
+        retrans_skaddr: NO_FIELD,
+        rrst_skaddr: NO_FIELD,
+        rrst_sport: NO_FIELD,
+        rrst_dport: NO_FIELD,
+        rrst_family: NO_FIELD,
+        rrst_saddr: NO_FIELD,
+        rrst_daddr: NO_FIELD,
+        rrst_saddr_v6: NO_FIELD,
+        rrst_daddr_v6: NO_FIELD,
+        srst_skaddr: NO_FIELD,
+        srst_saddr: NO_FIELD,
+        srst_daddr: NO_FIELD,
+        drop_reason: NO_FIELD,
+    };
+}
+
+/// All load-time settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The agent's own process id: its sockets are not observed.
+    pub agent_pid: u32,
+    pub _pad: u32,
+    pub offsets: TracepointOffsets,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+
+impl ProbeConfig {
+    pub const DEFAULT: Self = Self {
+        agent_pid: 0,
+        _pad: 0,
+        offsets: TracepointOffsets::ABSENT,
+        _pad2: 0,
+    };
+}

@@ -1,0 +1,29 @@
+//! Per-CPU counters of the kernel programs (the `COUNTERS` array) and the
+//! drop-reason histogram (`DROP_REASONS`).
+
+/// Events the programs handled, per source, and what they could not deliver.
+pub mod index {
+    /// inet_sock_set_state calls for TCP.
+    pub const TCP_STATE: u32 = 0;
+    /// sock_send_length / sock_recv_length calls.
+    pub const SOCK_IO: u32 = 1;
+    /// tcp_probe calls.
+    pub const TCP_PROBE: u32 = 2;
+    pub const TCP_RETRANSMIT: u32 = 3;
+    pub const TCP_RESET: u32 = 4;
+    pub const SKB_DROP: u32 = 5;
+    /// UDP datagrams seen by the cgroup_skb programs.
+    pub const UDP_PACKET: u32 = 6;
+    /// Ring buffer reservations that failed: events lost in the kernel.
+    pub const LOST_RING_TCP: u32 = 7;
+    /// A new TCP socket could not be inserted in TCP_CONNS.
+    pub const LOST_MAP_TCP: u32 = 8;
+    /// A new UDP flow could not be inserted in UDP_FLOWS.
+    pub const LOST_MAP_UDP: u32 = 9;
+    /// Drop reasons above DROP_REASON_SLOTS - 1.
+    pub const DROP_REASON_OVERFLOW: u32 = 10;
+    pub const COUNT: u32 = 16;
+}
+
+/// Slots of the drop-reason histogram; the kernel has about 130 reasons.
+pub const DROP_REASON_SLOTS: u32 = 512;

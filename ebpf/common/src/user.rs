@@ -1,0 +1,27 @@
+//! Userspace-only conveniences.
+
+use crate::{
+    Owner, SockTuple,
+    config::ProbeConfig,
+    conn::{ListenKey, TcpConn},
+    event::TcpEvent,
+    udp::UdpFlow,
+};
+
+// SAFETY: all of these are #[repr(C)], made only of integers and byte arrays
+// with explicit padding, so every bit pattern is valid.
+unsafe impl aya::Pod for SockTuple {}
+unsafe impl aya::Pod for Owner {}
+unsafe impl aya::Pod for TcpConn {}
+unsafe impl aya::Pod for ListenKey {}
+unsafe impl aya::Pod for TcpEvent {}
+unsafe impl aya::Pod for UdpFlow {}
+unsafe impl aya::Pod for ProbeConfig {}
+
+impl Owner {
+    /// The `comm` as text, up to its first NUL.
+    pub fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        core::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}

@@ -1,0 +1,66 @@
+//! Maps shared by the programs. Sizes are defaults: the agent sets the real
+//! capacities at load time from its configuration.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use weft_common::{
+    Owner,
+    config::ProbeConfig,
+    conn::{ListenKey, TcpConn},
+    counters::{DROP_REASON_SLOTS, index},
+    udp::{UdpFlow, UdpKey},
+};
+
+/// Load-time settings, written by the agent before loading.
+#[unsafe(no_mangle)]
+pub static CONFIG: ProbeConfig = ProbeConfig::DEFAULT;
+
+/// Live TCP sockets, keyed by the `struct sock` address. A plain hash map,
+/// not LRU: every socket reaches TCP_CLOSE and is removed there, and when
+/// the map is full a new socket is counted as lost rather than silently
+/// evicting a live one.
+#[map]
+pub static TCP_CONNS: HashMap<u64, TcpConn> = HashMap::with_max_entries(65536, 0);
+
+/// Owners of listening ports, to attribute accepted sockets until the
+/// server process touches them. LRU: a stale listener is harmless.
+#[map]
+pub static TCP_LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// UDP flows (address pair as seen by the local socket). The agent ages
+/// them out; a full map counts new flows as lost.
+#[map]
+pub static UDP_FLOWS: HashMap<UdpKey, UdpFlow> = HashMap::with_max_entries(16384, 0);
+
+/// TCP lifecycle events for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU event and loss counters, see `weft_common::counters::index`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(index::COUNT, 0);
+
+/// Per-CPU count of dropped packets by `enum skb_drop_reason`.
+#[map]
+pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Adds one to a per-CPU counter. Per-CPU slots need no atomics: a program
+/// is not preempted by itself on one CPU.
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: the pointer comes from the map and is valid for this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads the load-time settings without letting the compiler fold the
+/// initial (all-absent) value into the code.
+#[inline(always)]
+pub fn config() -> &'static ProbeConfig {
+    // SAFETY: CONFIG is a valid static; the volatile read of its address
+    // keeps the compiler from assuming its compile-time contents.
+    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}

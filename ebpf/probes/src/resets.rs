@@ -1,0 +1,122 @@
+//! TCP resets from `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
+//!
+//! tcp_receive_reset: skaddr, sport, dport, family, saddr[4], daddr[4],
+//! saddr_v6[16], daddr_v6[16] (the socket's side first).
+//! tcp_send_reset: skaddr (NULL for a reset answering a packet that matched
+//! no socket, e.g. a SYN to a closed port), saddr and daddr as 28-byte
+//! `struct sockaddr_in`/`sockaddr_in6` describing the reset itself (source
+//! = this host).
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use weft_common::{
+    AF_INET, AF_INET6, SockTuple,
+    conn::{CONN_AGENT, TcpConn},
+    counters::index,
+    event::{EVENT_TCP_RESET_RECEIVED, EVENT_TCP_RESET_SENT, TcpEvent},
+};
+
+use crate::{
+    maps::{EVENTS, TCP_CONNS, config, count},
+    tp::{Skip, field},
+};
+
+#[tracepoint]
+pub fn weft_rst_recv(ctx: TracePointContext) -> u32 {
+    let _ = try_reset_received(&ctx);
+    0
+}
+
+fn try_reset_received(ctx: &TracePointContext) -> Result<(), Skip> {
+    let off = &config().offsets;
+    count(index::TCP_RESET);
+    let sk: u64 = field(ctx, off.rrst_skaddr)?;
+    let family: u16 = field(ctx, off.rrst_family)?;
+    let mut tuple = SockTuple {
+        local_port: field(ctx, off.rrst_sport)?,
+        remote_port: field(ctx, off.rrst_dport)?,
+        family,
+        ..SockTuple::default()
+    };
+    if family == AF_INET6 {
+        tuple.local_addr = field(ctx, off.rrst_saddr_v6)?;
+        tuple.remote_addr = field(ctx, off.rrst_daddr_v6)?;
+    } else {
+        let s: [u8; 4] = field(ctx, off.rrst_saddr)?;
+        let d: [u8; 4] = field(ctx, off.rrst_daddr)?;
+        tuple.local_addr[..4].copy_from_slice(&s);
+        tuple.remote_addr[..4].copy_from_slice(&d);
+    }
+    emit_reset(sk, tuple, EVENT_TCP_RESET_RECEIVED);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn weft_rst_send(ctx: TracePointContext) -> u32 {
+    let _ = try_reset_sent(&ctx);
+    0
+}
+
+fn try_reset_sent(ctx: &TracePointContext) -> Result<(), Skip> {
+    let off = &config().offsets;
+    count(index::TCP_RESET);
+    let sk: u64 = field(ctx, off.srst_skaddr)?;
+    let src: [u8; 28] = field(ctx, off.srst_saddr)?;
+    let dst: [u8; 28] = field(ctx, off.srst_daddr)?;
+    let family = u16::from_ne_bytes([src[0], src[1]]);
+    let mut tuple = SockTuple {
+        local_port: u16::from_be_bytes([src[2], src[3]]),
+        remote_port: u16::from_be_bytes([dst[2], dst[3]]),
+        family,
+        ..SockTuple::default()
+    };
+    match family {
+        AF_INET => {
+            tuple.local_addr[..4].copy_from_slice(&src[4..8]);
+            tuple.remote_addr[..4].copy_from_slice(&dst[4..8]);
+        }
+        AF_INET6 => {
+            tuple.local_addr.copy_from_slice(&src[8..24]);
+            tuple.remote_addr.copy_from_slice(&dst[8..24]);
+        }
+        _ => return Err(Skip::ReadFailed),
+    }
+    emit_reset(sk, tuple, EVENT_TCP_RESET_SENT);
+    Ok(())
+}
+
+/// Counts the reset on its socket (when there is one) and tells the agent,
+/// with the socket's state when known. Resets are rare: one event each.
+fn emit_reset(sk: u64, tuple: SockTuple, kind: u32) {
+    let conn = if sk != 0 { TCP_CONNS.get_ptr_mut(&sk) } else { None };
+    if let Some(conn) = conn {
+        // SAFETY: a valid pointer into the map value.
+        unsafe {
+            if (*conn).flags & CONN_AGENT != 0 {
+                return;
+            }
+            let counter = if kind == EVENT_TCP_RESET_SENT {
+                &raw mut (*conn).resets_sent
+            } else {
+                &raw mut (*conn).resets_received
+            };
+            crate::atomic::add_u32(counter, 1);
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(index::LOST_RING_TCP);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved entry; every field is written.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).sk = sk;
+        match conn {
+            Some(conn) => core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1),
+            None => (*ev).conn = TcpConn { tuple, ..TcpConn::default() },
+        }
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,185 @@
+//! The TCP lifecycle from `sock:inet_sock_set_state`.
+//!
+//! Assumed record (include/trace/events/sock.h): skaddr, oldstate,
+//! newstate, sport, dport (host order), family, protocol, saddr[4],
+//! daddr[4], saddr_v6[16], daddr_v6[16]; `s*` is the socket's own side.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use weft_common::{
+    AF_INET6, IPPROTO_TCP, SockTuple,
+    conn::{
+        CONN_ACTIVE, CONN_AGENT, CONN_ESTABLISHED, CONN_OWNER_EXACT, CONN_PASSIVE, ListenKey,
+        TcpConn, tcp_state,
+    },
+    counters::index,
+    event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN, TcpEvent},
+};
+
+use crate::{
+    maps::{EVENTS, TCP_CONNS, TCP_LISTENERS, config, count},
+    owner,
+    tp::{Skip, field},
+};
+
+#[tracepoint]
+pub fn weft_tcp_state(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_state(&ctx);
+    0
+}
+
+fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
+    let off = &config().offsets;
+    let protocol: u16 = field(ctx, off.state_protocol)?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    count(index::TCP_STATE);
+    let sk: u64 = field(ctx, off.state_skaddr)?;
+    let old: i32 = field(ctx, off.state_oldstate)?;
+    let new: i32 = field(ctx, off.state_newstate)?;
+    let (old, new) = (old as u32, new as u32);
+
+    match (old, new) {
+        // connect(): process context, so this is where the client's
+        // owner is known. The local port may not be chosen yet.
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => {
+            let mut flags = CONN_ACTIVE | CONN_OWNER_EXACT;
+            if owner::is_agent() {
+                flags |= CONN_AGENT;
+            }
+            insert(ctx, sk, flags, owner::current(), new)
+        }
+        // listen(): remember who listens on the port.
+        (tcp_state::CLOSE, tcp_state::LISTEN) => {
+            let tuple = read_tuple(ctx)?;
+            let key = ListenKey { port: tuple.local_port, family: tuple.family };
+            let _ = TCP_LISTENERS.insert(&key, &owner::current(), 0);
+            Ok(())
+        }
+        // A child socket created from a listener (softirq): borrow the
+        // listener's owner until the server process touches the socket.
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
+            let tuple = read_tuple(ctx)?;
+            let key = ListenKey { port: tuple.local_port, family: tuple.family };
+            // SAFETY: the value is copied out before any other map call.
+            let listener = unsafe { TCP_LISTENERS.get(&key) }.copied().unwrap_or_default();
+            insert(ctx, sk, CONN_PASSIVE, listener, new)
+        }
+        (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
+        (_, tcp_state::CLOSE) => closed(ctx, sk),
+        _ => {
+            if let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) {
+                // SAFETY: a valid pointer into the map value.
+                unsafe { (*conn).state = new };
+            }
+            Ok(())
+        }
+    }
+}
+
+fn insert(
+    ctx: &TracePointContext,
+    sk: u64,
+    flags: u32,
+    owner: weft_common::Owner,
+    state: u32,
+) -> Result<(), Skip> {
+    let conn = TcpConn {
+        tuple: read_tuple(ctx)?,
+        owner,
+        // SAFETY: a helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        flags,
+        state,
+        ..TcpConn::default()
+    };
+    if TCP_CONNS.insert(&sk, &conn, 0).is_err() {
+        count(index::LOST_MAP_TCP);
+    }
+    Ok(())
+}
+
+fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
+    let tuple = read_tuple(ctx)?;
+    let conn = match TCP_CONNS.get_ptr_mut(&sk) {
+        Some(conn) => conn,
+        None => {
+            // A socket whose handshake began before the agent started.
+            let role = if old == tcp_state::SYN_SENT { CONN_ACTIVE } else { CONN_PASSIVE };
+            insert(ctx, sk, role, weft_common::Owner::default(), tcp_state::ESTABLISHED)?;
+            TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
+        }
+    };
+    // SAFETY: a valid pointer into the map value.
+    unsafe {
+        (*conn).tuple = tuple;
+        (*conn).flags |= CONN_ESTABLISHED;
+        (*conn).state = tcp_state::ESTABLISHED;
+    }
+    emit(sk, conn, EVENT_TCP_OPEN);
+    Ok(())
+}
+
+fn closed(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
+    let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
+        return Ok(());
+    };
+    let tuple = read_tuple(ctx)?;
+    // SAFETY: a valid pointer into the map value.
+    let established = unsafe {
+        if tuple.local_port != 0 {
+            (*conn).tuple = tuple;
+        }
+        (*conn).state = tcp_state::CLOSE;
+        (*conn).flags & CONN_ESTABLISHED != 0
+    };
+    emit(sk, conn, if established { EVENT_TCP_CLOSE } else { EVENT_TCP_FAIL });
+    let _ = TCP_CONNS.remove(&sk);
+    Ok(())
+}
+
+/// Sends a lifecycle event with a snapshot of the socket's state. The
+/// agent's own sockets are not reported.
+fn emit(sk: u64, conn: *const TcpConn, kind: u32) {
+    // SAFETY: `conn` points into a map value that outlives this call.
+    if unsafe { (*conn).flags } & CONN_AGENT != 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(index::LOST_RING_TCP);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved entry, large enough for a TcpEvent;
+    // every field is written before submit.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).sk = sk;
+        core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1);
+    }
+    entry.submit(0);
+}
+
+/// The socket's address pair from the tracepoint record.
+fn read_tuple(ctx: &TracePointContext) -> Result<SockTuple, Skip> {
+    let off = &config().offsets;
+    let family: u16 = field(ctx, off.state_family)?;
+    let mut t = SockTuple {
+        local_port: field(ctx, off.state_sport)?,
+        remote_port: field(ctx, off.state_dport)?,
+        family,
+        ..SockTuple::default()
+    };
+    if family == AF_INET6 {
+        t.local_addr = field(ctx, off.state_saddr_v6)?;
+        t.remote_addr = field(ctx, off.state_daddr_v6)?;
+    } else {
+        let s: [u8; 4] = field(ctx, off.state_saddr)?;
+        let d: [u8; 4] = field(ctx, off.state_daddr)?;
+        t.local_addr[..4].copy_from_slice(&s);
+        t.remote_addr[..4].copy_from_slice(&d);
+    }
+    Ok(t)
+}

@@ -1,0 +1,167 @@
+//! UDP flows from `cgroup_skb` programs on the cgroup v2 root.
+//!
+//! Socket tracepoints give a UDP socket's byte counts but not the peer of
+//! an unconnected socket (a DNS server answers many peers from one socket),
+//! so UDP is counted per datagram where the packet, with its headers, meets
+//! the socket: egress runs in the sender's context when the datagram
+//! leaves its socket, ingress when a datagram is queued to a socket. Both
+//! see the packet from the IP header on. Always returns 1 (allow): these
+//! programs observe, they never filter.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use weft_common::{
+    AF_INET, AF_INET6, IPPROTO_UDP, SockTuple,
+    counters::index,
+    udp::{UDP_FIRST_EGRESS, UDP_OWNER_KNOWN, UdpFlow},
+};
+
+use crate::{
+    maps::{UDP_FLOWS, count},
+    owner,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const UDP_HEADER_LEN: u32 = 8;
+const IPV6_HEADER_LEN: u32 = 40;
+
+#[cgroup_skb(egress)]
+pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp(&ctx, true);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn weft_udp_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp(&ctx, false);
+    1
+}
+
+/// A datagram's address pair and payload.
+struct Datagram {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    family: u16,
+    payload: u64,
+    segments: u64,
+}
+
+fn try_udp(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
+    let Some(dgram) = parse(ctx)? else {
+        return Ok(());
+    };
+    if egress && owner::is_agent() {
+        return Ok(());
+    }
+    count(index::UDP_PACKET);
+    // Key by the local socket's view: on egress the local side is the source.
+    let key = if egress {
+        SockTuple {
+            local_addr: dgram.src,
+            remote_addr: dgram.dst,
+            local_port: dgram.sport,
+            remote_port: dgram.dport,
+            family: dgram.family,
+            _pad: 0,
+        }
+    } else {
+        SockTuple {
+            local_addr: dgram.dst,
+            remote_addr: dgram.src,
+            local_port: dgram.dport,
+            remote_port: dgram.sport,
+            family: dgram.family,
+            _pad: 0,
+        }
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = match UDP_FLOWS.get_ptr_mut(&key) {
+        Some(flow) => flow,
+        None => {
+            let new = UdpFlow {
+                first_ns: now,
+                flags: if egress { UDP_FIRST_EGRESS } else { 0 },
+                ..UdpFlow::default()
+            };
+            if UDP_FLOWS.insert(&key, &new, 0).is_err() {
+                count(index::LOST_MAP_UDP);
+                return Ok(());
+            }
+            UDP_FLOWS.get_ptr_mut(&key).ok_or(0i64)?
+        }
+    };
+    // SAFETY: `flow` points into the map value; counters are shared
+    // between CPUs and updated atomically.
+    unsafe {
+        (*flow).last_ns = now;
+        let (bytes, packets) = if egress {
+            (&raw mut (*flow).bytes_sent, &raw mut (*flow).packets_sent)
+        } else {
+            (&raw mut (*flow).bytes_received, &raw mut (*flow).packets_received)
+        };
+        crate::atomic::add_u64(bytes, dgram.payload);
+        crate::atomic::add_u64(packets, dgram.segments);
+        if egress && (*flow).flags & UDP_OWNER_KNOWN == 0 {
+            (*flow).owner = owner::current();
+            (*flow).flags |= UDP_OWNER_KNOWN;
+        }
+    }
+    Ok(())
+}
+
+/// Parses IPv4/IPv6 + UDP headers; `None` for anything else.
+fn parse(ctx: &SkBuffContext) -> Result<Option<Datagram>, i64> {
+    // SAFETY: reading a field of the context structure.
+    let skb = unsafe { &*ctx.skb.skb };
+    let protocol = u16::from_be(skb.protocol as u16);
+    let len = skb.len;
+    let segments = if skb.gso_segs > 1 { skb.gso_segs as u64 } else { 1 };
+    let mut d = Datagram {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        payload: 0,
+        segments,
+    };
+    let l4: u32 = match protocol {
+        ETH_P_IP => {
+            let vihl: u8 = ctx.load(0)?;
+            let proto: u8 = ctx.load(9)?;
+            if proto != IPPROTO_UDP {
+                return Ok(None);
+            }
+            let src: [u8; 4] = ctx.load(12)?;
+            let dst: [u8; 4] = ctx.load(16)?;
+            d.src[..4].copy_from_slice(&src);
+            d.dst[..4].copy_from_slice(&dst);
+            d.family = AF_INET;
+            ((vihl & 0x0f) as u32) * 4
+        }
+        ETH_P_IPV6 => {
+            // Datagrams behind extension headers are not counted.
+            let next: u8 = ctx.load(6)?;
+            if next != IPPROTO_UDP {
+                return Ok(None);
+            }
+            d.src = ctx.load(8)?;
+            d.dst = ctx.load(24)?;
+            d.family = AF_INET6;
+            IPV6_HEADER_LEN
+        }
+        _ => return Ok(None),
+    };
+    let ports: [u8; 4] = ctx.load(l4 as usize)?;
+    d.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    d.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    d.payload = len.saturating_sub(l4 + UDP_HEADER_LEN) as u64;
+    Ok(Some(d))
+}

@@ -1,0 +1,1 @@
+//! Shared harness of the root integration tests (see tests/tests/).
