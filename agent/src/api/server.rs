@@ -1,0 +1,328 @@
+//! The agent's side of the flow API: the socket's life cycle and the two
+//! RPCs.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::ApiError;
+use super::proto::flow_api_server::{FlowApi, FlowApiServer};
+use super::proto::{self, Flow, GetFlowsRequest, GetStatusRequest};
+use crate::flow::filter::FlowFilter;
+use crate::flow::record::FlowRecord;
+use crate::flow::store::FlowStore;
+use crate::status::StatusReport;
+
+/// Messages buffered between a stream's producer task and the connection.
+/// Small: the follower's real buffer is the store's broadcast channel; this
+/// only smooths the hand-off.
+const RESPONSE_BUFFER: usize = 128;
+
+/// Serves the flow API on `socket` until `shutdown` is cancelled, then lets
+/// open streams end and removes the socket file.
+///
+/// The socket's directory is created (0755) if needed. A socket file left by
+/// an agent that died is replaced; one that an agent still answers on is an
+/// error. The socket is 0660: root and the socket's group may read flows.
+pub async fn serve(
+    socket: &Path,
+    store: Arc<FlowStore>,
+    status: watch::Receiver<StatusReport>,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let (listener, socket_file) = bind(socket).await?;
+    let service = FlowService {
+        store,
+        status,
+        shutdown: shutdown.clone(),
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(FlowApiServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    drop(socket_file);
+    served.map_err(|error| ApiError::Serve {
+        path: socket.to_path_buf(),
+        error,
+    })
+}
+
+/// Prepares the directory, clears a stale socket, and binds.
+async fn bind(socket: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
+    let path = || socket.to_path_buf();
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|error| ApiError::CreateDir {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+    }
+    clear_stale(socket).await?;
+
+    // Bind under a temporary name, set the mode, then rename into place: the
+    // socket never appears at its public path with the umask's mode.
+    let tmp = temp_path(socket);
+    let bind_error = |error| ApiError::Bind {
+        path: path(),
+        error,
+    };
+    remove_if_exists(&tmp).map_err(bind_error)?;
+    let listener = UnixListener::bind(&tmp).map_err(bind_error)?;
+    let placed = fs::set_permissions(&tmp, Permissions::from_mode(0o660))
+        .and_then(|()| fs::rename(&tmp, socket))
+        .and_then(|()| fs::symlink_metadata(socket));
+    match placed {
+        Ok(meta) => Ok((
+            listener,
+            SocketFile {
+                path: path(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        )),
+        Err(error) => {
+            let _ = fs::remove_file(&tmp);
+            Err(bind_error(error))
+        }
+    }
+}
+
+/// Removes a socket file that no agent answers on; refuses to touch
+/// anything else.
+async fn clear_stale(socket: &Path) -> Result<(), ApiError> {
+    let meta = match fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(ApiError::Probe {
+                path: socket.to_path_buf(),
+                error,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ApiError::NotASocket {
+            path: socket.to_path_buf(),
+        });
+    }
+    match UnixStream::connect(socket).await {
+        Ok(_) => Err(ApiError::AlreadyServing {
+            path: socket.to_path_buf(),
+        }),
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => remove_if_exists(socket)
+            .map_err(|error| ApiError::Bind {
+                path: socket.to_path_buf(),
+                error,
+            }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(ApiError::Probe {
+            path: socket.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+fn temp_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(name)
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// The bound socket file, removed when dropped, unless another agent has
+/// replaced it meanwhile (then it is that agent's, not ours).
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino);
+        if ours && let Err(error) = fs::remove_file(&self.path) {
+            log::warn!(
+                "cannot remove the API socket {}: {error}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// The RPC handlers.
+struct FlowService {
+    store: Arc<FlowStore>,
+    status: watch::Receiver<StatusReport>,
+    shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl FlowApi for FlowService {
+    type GetFlowsStream = ReceiverStream<Result<Flow, Status>>;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let request = request.into_inner();
+        let filter = FlowFilter::try_from(&request.filter.unwrap_or_default())?;
+        let last = (request.last != 0).then(|| usize::try_from(request.last).unwrap_or(usize::MAX));
+        let since = since_instant(request.since_unix_nanos, SystemTime::now(), Instant::now());
+
+        let (backlog, live) = if request.follow {
+            let (backlog, live) = self.store.query_and_subscribe(&filter, last, since);
+            (backlog, Some(live))
+        } else {
+            (self.store.query(&filter, last, since), None)
+        };
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let stream = FlowStream {
+            tx,
+            filter,
+            store: Arc::clone(&self.store),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run(backlog, live));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<proto::Status>, Status> {
+        let report = self.status.borrow().clone();
+        let json = serde_json::to_string(&report)
+            .map_err(|e| Status::internal(format!("cannot encode the status report: {e}")))?;
+        Ok(Response::new(proto::Status { json }))
+    }
+}
+
+/// Maps the request's wall-clock `since` onto the store's monotonic stamps,
+/// by its age now. `None`: no lower bound.
+fn since_instant(unix_nanos: u64, now: SystemTime, now_mono: Instant) -> Option<Instant> {
+    if unix_nanos == 0 {
+        return None;
+    }
+    let since = UNIX_EPOCH + Duration::from_nanos(unix_nanos);
+    match now.duration_since(since) {
+        // Older than the monotonic clock can express: older than anything
+        // stored, so no bound.
+        Ok(age) => now_mono.checked_sub(age),
+        // In the future: nothing stored qualifies yet.
+        Err(_) => Some(now_mono),
+    }
+}
+
+/// One GetFlows response being produced: the stored records, then the live
+/// ones when following. Ends when the client goes away (the receiver is
+/// dropped) or the agent shuts down, so that graceful shutdown does not wait
+/// on followers.
+struct FlowStream {
+    tx: mpsc::Sender<Result<Flow, Status>>,
+    filter: FlowFilter,
+    store: Arc<FlowStore>,
+    shutdown: CancellationToken,
+}
+
+impl FlowStream {
+    async fn run(
+        self,
+        backlog: Vec<Arc<FlowRecord>>,
+        live: Option<broadcast::Receiver<Arc<FlowRecord>>>,
+    ) {
+        for record in backlog {
+            if !self.send_record(&record).await {
+                return;
+            }
+        }
+        let Some(mut live) = live else { return };
+        loop {
+            let next = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.tx.closed() => return,
+                next = live.recv() => next,
+            };
+            match next {
+                Ok(record) => {
+                    if self.filter.matches(&record) && !self.send_record(&record).await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.store.record_follower_lost(missed);
+                    log::warn!(
+                        "a `weft flows -f` client fell behind; skipped {missed} live records"
+                    );
+                    let notice = Flow {
+                        json: String::new(),
+                        lost: missed,
+                    };
+                    if !self.send(Ok(notice)).await {
+                        return;
+                    }
+                }
+                // The store is gone: the agent is stopping.
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Sends one record; `false` when the stream is over.
+    async fn send_record(&self, record: &FlowRecord) -> bool {
+        match serde_json::to_string(record) {
+            Ok(json) => self.send(Ok(Flow { json, lost: 0 })).await,
+            Err(e) => {
+                let status = Status::internal(format!("cannot encode a flow record: {e}"));
+                let _ = self.send(Err(status)).await;
+                false
+            }
+        }
+    }
+
+    /// Waits for room in the response buffer, unless the agent is stopping;
+    /// `false` when the stream is over.
+    async fn send(&self, item: Result<Flow, Status>) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            sent = self.tx.send(item) => sent.is_ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_maps_wall_time_to_monotonic_age() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mono = Instant::now();
+        assert_eq!(since_instant(0, now, mono), None);
+        let five_s_ago = 1_000_000_000_000_000 - 5_000_000_000;
+        assert_eq!(
+            since_instant(five_s_ago, now, mono),
+            mono.checked_sub(Duration::from_secs(5))
+        );
+        let future = 2_000_000 * 1_000_000_000;
+        assert_eq!(since_instant(future, now, mono), Some(mono));
+    }
+}
