@@ -1,0 +1,52 @@
+//! `cargo xtask`: the project's tasks, written in Rust so that they need
+//! nothing but cargo (see the alias in `.cargo/config.toml`).
+
+mod agent;
+mod cmd;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    bin_name = "cargo xtask",
+    about = "Tasks for building, running and testing weft"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (Debian packages, BPF toolchain,
+    /// bpf-linker); every step is skipped when already satisfied.
+    Setup,
+    /// Setup, then build the release agent (target/release/weft).
+    Build,
+    /// Build, then run `weft agent ARGS...` in the foreground (as root).
+    Run {
+        /// Arguments for `weft agent`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite as CI runs it: setup, fmt, clippy, release
+    /// build, then all tests including the root integration tests.
+    Test(test::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup().map(drop),
+        Task::Build => {
+            let env = setup::setup()?;
+            let bin = agent::build(&env)?;
+            println!("[xtask] agent binary: {}", bin.display());
+            Ok(())
+        }
+        Task::Run { args } => agent::run(&setup::setup()?, &args),
+        Task::Test(options) => test::test(&options),
+    }
+}

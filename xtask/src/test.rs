@@ -1,0 +1,89 @@
+//! `cargo xtask test`: the whole suite, exactly as CI runs it (`.ci/run`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::agent;
+use crate::cmd::{is_root, run, say};
+use crate::setup::{self, Env};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only the unit tests (`--lib --bins`), which need no root.
+    #[arg(long)]
+    unit_only: bool,
+    /// After `--`: arguments for `cargo test` (a test name filter,
+    /// `--test NAME`); after a second `--`: for the test harness
+    /// (`--nocapture`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+pub fn test(options: &Options) -> Result<()> {
+    if !options.unit_only && !is_root()? {
+        bail!(
+            "the root integration tests load eBPF programs and create network namespaces: \
+             run `sudo -E cargo xtask test` (if sudo then finds no cargo: \
+             `sudo -E env PATH=\"$PATH\" cargo xtask test`), \
+             or `cargo xtask test --unit-only` for the tests that need no root"
+        );
+    }
+    let started = Instant::now();
+    let result = setup::setup().and_then(|env| stages(&env, options));
+    let elapsed = minutes(started.elapsed());
+    match &result {
+        Ok(()) => say(format_args!("tests passed in {elapsed}")),
+        Err(_) => say(format_args!("tests FAILED after {elapsed}")),
+    }
+    result
+}
+
+fn stages(env: &Env, options: &Options) -> Result<()> {
+    if !options.no_lint {
+        run(env.cargo().args(["fmt", "--all", "--", "--check"]))?;
+        let clippy = [
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ];
+        run(env.cargo().args(clippy))?;
+    }
+    let (cargo_args, harness_args) = match options.args.iter().position(|a| a == "--") {
+        Some(i) => (&options.args[..i], &options.args[i + 1..]),
+        None => (&options.args[..], &[][..]),
+    };
+    let mut test = env.cargo();
+    test.args(["test", "--workspace"])
+        .env("RUST_BACKTRACE", "1");
+    let mut harness = Vec::new();
+    if options.unit_only {
+        test.args(["--lib", "--bins"]);
+    } else {
+        let bin = agent::build(env)?;
+        test.arg("--release")
+            .env("WEFT_BIN", bin)
+            .env("WEFT_REQUIRE_ROOT_TESTS", "1");
+        // The root tests share kernel state (maps, hooks, namespaces).
+        harness.push("--test-threads=1");
+    }
+    // One `--` for ours and the user's: a second one would end libtest's
+    // options and turn the rest into name filters.
+    test.args(cargo_args);
+    harness.extend(harness_args.iter().map(String::as_str));
+    if !harness.is_empty() {
+        test.arg("--").args(harness);
+    }
+    run(&mut test)
+}
+
+fn minutes(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs();
+    format!("{}m{:02}s", seconds / 60, seconds % 60)
+}
