@@ -68,3 +68,191 @@ pub enum ApiError {
         error: tonic::transport::Error,
     },
 }
+
+/// The server and the client together, over a real socket.
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    use super::proto::{FlowFilter, GetFlowsRequest, GetStatusRequest};
+    use super::*;
+    use crate::flow::filter::test_support::tcp_record;
+    use crate::flow::record::FlowRecord;
+    use crate::flow::store::FlowStore;
+    use crate::status::StatusReport;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct Agent {
+        store: Arc<FlowStore>,
+        shutdown: CancellationToken,
+        task: JoinHandle<Result<(), ApiError>>,
+    }
+
+    /// Starts a server on `socket` and waits until it answers.
+    async fn start(socket: &Path) -> Agent {
+        let store = Arc::new(FlowStore::new(100));
+        let report = StatusReport {
+            version: "test".into(),
+            pid: 7,
+            ..Default::default()
+        };
+        let (_tx, status) = watch::channel(report);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (socket, store, shutdown) = (socket.to_owned(), store.clone(), shutdown.clone());
+            async move { serve(&socket, store, status, shutdown).await }
+        });
+        tokio::time::timeout(WAIT, async {
+            while connect(socket).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the server did not come up");
+        Agent {
+            store,
+            shutdown,
+            task,
+        }
+    }
+
+    fn record(port: u16) -> FlowRecord {
+        let mut r = tcp_record();
+        r.source.port = port;
+        r
+    }
+
+    fn port_of(json: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["source"]["port"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_stored_and_live_flows_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/weft/weft.sock");
+        let agent = start(&socket).await;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+
+        for port in 1..=3 {
+            agent.store.push(record(port));
+        }
+        let mut client = connect(&socket).await.unwrap();
+
+        // Stored, filtered, newest N.
+        let request = GetFlowsRequest {
+            filter: Some(FlowFilter {
+                port: vec![1, 3],
+                ..Default::default()
+            }),
+            last: 1,
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(request).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(port_of(&first.json), 3);
+        assert!(stream.message().await.unwrap().is_none(), "not following");
+
+        // Following: the backlog, then live records that match.
+        let request = GetFlowsRequest {
+            follow: true,
+            filter: Some(FlowFilter {
+                port: vec![2, 5],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut stream = client.get_flows(request).await.unwrap().into_inner();
+        let backlog = stream.message().await.unwrap().unwrap();
+        assert_eq!(port_of(&backlog.json), 2);
+        agent.store.push(record(4));
+        agent.store.push(record(5));
+        let live = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(port_of(&live.json), 5);
+
+        let status = client.get_status(GetStatusRequest {}).await.unwrap();
+        let report: StatusReport = serde_json::from_str(&status.into_inner().json).unwrap();
+        assert_eq!((report.version.as_str(), report.pid), ("test", 7));
+
+        // Shutdown ends the follower's stream and removes the socket.
+        agent.shutdown.cancel();
+        let end = tokio::time::timeout(WAIT, stream.message()).await.unwrap();
+        assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+        tokio::time::timeout(WAIT, agent.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!socket.exists());
+    }
+
+    #[tokio::test]
+    async fn bad_filter_is_invalid_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("weft.sock");
+        let agent = start(&socket).await;
+        let mut client = connect(&socket).await.unwrap();
+        let request = GetFlowsRequest {
+            filter: Some(FlowFilter {
+                protocol: vec!["htp".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = client.get_flows(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("invalid --protocol \"htp\""));
+        agent.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn refuses_a_socket_in_use_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("weft.sock");
+        let agent = start(&socket).await;
+
+        let (_tx, status) = watch::channel(StatusReport::default());
+        let store = Arc::new(FlowStore::new(1));
+        let err = serve(
+            &socket,
+            store.clone(),
+            status.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ApiError::AlreadyServing { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!(
+            "another weft agent is already serving on {}",
+            socket.display()
+        )));
+        agent.shutdown.cancel();
+        agent.task.await.unwrap().unwrap();
+
+        // A socket file nobody listens on, as a killed agent leaves it.
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let agent = start(&socket).await;
+        agent.shutdown.cancel();
+        agent.task.await.unwrap().unwrap();
+
+        std::fs::write(&socket, "not a socket").unwrap();
+        let err = serve(&socket, store, status, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::NotASocket { .. }), "{err:?}");
+        assert!(socket.exists(), "a regular file is never removed");
+    }
+}

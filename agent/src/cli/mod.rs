@@ -1,0 +1,122 @@
+//! The client commands, `weft flows` and `weft status`: clap arguments and
+//! runners that talk to the local agent over the flow API.
+//!
+//! Exit codes follow the spec: a runner returns `Ok(ExitCode::from(2))` after
+//! printing `error: ...` for bad usage (a filter value the CLI or the agent
+//! rejects), and `Err` for runtime failures (agent unreachable, stream
+//! broken), which the binary prints and turns into exit code 1.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+
+use crate::api::DEFAULT_API_SOCKET;
+
+pub mod flows;
+pub mod status;
+pub mod table;
+
+/// The environment variable that overrides the default socket path, so that
+/// a non-default agent need not be named on every command.
+pub const API_SOCKET_ENV: &str = "WEFT_API_SOCKET";
+
+/// `--api-socket`, shared by the client commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ApiSocketArgs {
+    /// The agent's API socket [env: WEFT_API_SOCKET] [default: /run/weft/weft.sock]
+    #[arg(long = "api-socket", value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+impl ApiSocketArgs {
+    /// The socket to dial: the flag, else `$WEFT_API_SOCKET`, else the
+    /// default. (Resolved here rather than by clap's `env`, which needs a
+    /// clap feature the crate does not enable.)
+    pub fn path(&self) -> PathBuf {
+        self.api_socket
+            .clone()
+            .or_else(|| {
+                std::env::var_os(API_SOCKET_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET))
+    }
+}
+
+/// Prints a usage error the way clap does, and returns exit code 2.
+pub(crate) fn usage_error(message: impl Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+/// What an RPC error means for the user: the agent rejecting the request is
+/// bad usage (exit 2); anything else is a runtime failure.
+pub(crate) fn rpc_failure(
+    socket: &std::path::Path,
+    status: tonic::Status,
+) -> anyhow::Result<ExitCode> {
+    match status.code() {
+        tonic::Code::InvalidArgument => Ok(usage_error(status.message())),
+        tonic::Code::Unavailable => Err(anyhow!(
+            "the weft agent at {} closed the connection ({}); is it shutting down?",
+            socket.display(),
+            status.message()
+        )),
+        _ => Err(anyhow!(
+            "the weft agent at {} answered with an error: {} ({:?})",
+            socket.display(),
+            status.message(),
+            status.code()
+        )),
+    }
+}
+
+/// Whether writing the output failed because the reader went away
+/// (`weft flows -f | head`): that is the normal end of a pipeline, not an
+/// error.
+pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(BrokenPipe))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_wins_over_default() {
+        let args = ApiSocketArgs {
+            api_socket: Some("/tmp/x.sock".into()),
+        };
+        assert_eq!(args.path(), PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn invalid_argument_is_usage_and_others_are_failures() {
+        let socket = std::path::Path::new("/run/weft/weft.sock");
+        let usage = rpc_failure(socket, tonic::Status::invalid_argument("invalid --port"));
+        assert_eq!(usage.unwrap(), ExitCode::from(2));
+        let failure = rpc_failure(socket, tonic::Status::internal("boom")).unwrap_err();
+        assert!(
+            failure.to_string().contains("/run/weft/weft.sock"),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn broken_pipe_is_recognised() {
+        let err = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow!("other")));
+    }
+}
