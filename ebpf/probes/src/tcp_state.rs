@@ -63,7 +63,13 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
             let key = ListenKey { port: tuple.local_port, family: tuple.family };
             // SAFETY: the value is copied out before any other map call.
             let listener = unsafe { TCP_LISTENERS.get(&key) }.copied().unwrap_or_default();
-            insert(ctx, sk, CONN_PASSIVE, listener, new)
+            let mut flags = CONN_PASSIVE;
+            // Connections to the agent's own listeners (its metrics
+            // endpoint) are the agent's traffic: not reported.
+            if listener.pid != 0 && listener.pid == config().agent_pid {
+                flags |= CONN_AGENT;
+            }
+            insert(ctx, sk, flags, listener, new)
         }
         (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
         (_, tcp_state::CLOSE) => closed(ctx, sk),

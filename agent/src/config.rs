@@ -1,0 +1,334 @@
+//! The agent's configuration: embedded defaults, overridden by a YAML file
+//! (`--config`), overridden by flags. Validated as a whole before anything
+//! is loaded into the kernel; an invalid value is an error naming the field.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Default Prometheus listener (spec.md).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// Default flow API socket (spec.md).
+pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Prometheus endpoint address.
+    pub metrics_addr: SocketAddr,
+    /// Path of the metrics page.
+    pub metrics_path: String,
+    /// Unix socket of the gRPC flow API.
+    pub api_socket: PathBuf,
+    /// How often a long-lived flow gets an `update` record.
+    #[serde(with = "duration_text")]
+    pub update_interval: Duration,
+    /// A UDP flow with no datagram for this long is closed.
+    #[serde(with = "duration_text")]
+    pub udp_idle_timeout: Duration,
+    /// How often the kernel's counters are read into metrics.
+    #[serde(with = "duration_text")]
+    pub poll_interval: Duration,
+    /// How long a closed connection waits for its other end (when both ends
+    /// are on this node) before its record is written with one end only.
+    #[serde(with = "duration_text")]
+    pub close_grace: Duration,
+    /// Capacity of the kernel's table of live TCP sockets.
+    pub tcp_socket_capacity: u32,
+    /// Capacity of the kernel's table of UDP flows.
+    pub udp_flow_capacity: u32,
+    /// Size of the kernel-to-agent ring buffer, in bytes (a power of two,
+    /// at least one page).
+    pub ring_buffer_bytes: u32,
+    /// Events queued between the ring reader and the flow table.
+    pub event_queue_capacity: usize,
+    /// Connections and UDP flows the agent tracks at once.
+    pub flow_table_capacity: usize,
+    /// Recent flow records kept for `weft flows`.
+    pub flow_store_capacity: usize,
+    /// Distinct workload label sets per metric family; more fold into
+    /// `other`.
+    pub metric_label_budget: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address"),
+            metrics_path: "/metrics".into(),
+            api_socket: DEFAULT_API_SOCKET.into(),
+            update_interval: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            close_grace: Duration::from_secs(1),
+            tcp_socket_capacity: 65_536,
+            udp_flow_capacity: 16_384,
+            ring_buffer_bytes: 1 << 20,
+            event_queue_capacity: 16_384,
+            flow_table_capacity: 131_072,
+            flow_store_capacity: 10_000,
+            metric_label_budget: 2_000,
+        }
+    }
+}
+
+/// `weft agent` flags. Each one overrides the same field of the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// YAML configuration file (fields as in the README); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Prometheus endpoint address [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Unix socket of the flow API [default: /run/weft/weft.sock].
+    #[arg(long, value_name = "PATH", env = "WEFT_API_SOCKET")]
+    pub api_socket: Option<PathBuf>,
+    /// Interval of `update` records for long-lived flows [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub update_interval: Option<String>,
+    /// Idle time after which a UDP flow is closed [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub udp_idle_timeout: Option<String>,
+    /// Recent flow records kept for `weft flows` [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub flow_store_capacity: Option<String>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Defaults, then the file, then the flags; validated.
+    pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_flags(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses YAML; an empty document is the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply_flags(&mut self, args: &AgentArgs) -> Result<(), ConfigError> {
+        if let Some(addr) = &args.metrics_addr {
+            self.metrics_addr = addr.parse().map_err(|e| invalid("metrics_addr", addr, e))?;
+        }
+        if let Some(path) = &args.api_socket {
+            self.api_socket = path.clone();
+        }
+        if let Some(text) = &args.update_interval {
+            self.update_interval = parse_duration("update_interval", text)?;
+        }
+        if let Some(text) = &args.udp_idle_timeout {
+            self.udp_idle_timeout = parse_duration("udp_idle_timeout", text)?;
+        }
+        if let Some(text) = &args.flow_store_capacity {
+            self.flow_store_capacity = text
+                .parse()
+                .map_err(|e| invalid("flow_store_capacity", text, e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks every field; the first bad one is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.metrics_path.starts_with('/') {
+            return Err(invalid(
+                "metrics_path",
+                &self.metrics_path,
+                "must start with /",
+            ));
+        }
+        if !self.api_socket.is_absolute() {
+            return Err(invalid(
+                "api_socket",
+                &self.api_socket.display(),
+                "must be an absolute path",
+            ));
+        }
+        check_duration("update_interval", self.update_interval, 1, 3600)?;
+        check_duration("udp_idle_timeout", self.udp_idle_timeout, 1, 3600)?;
+        check_duration("poll_interval", self.poll_interval, 0, 60)?;
+        if self.poll_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "poll_interval",
+                &humantime::format_duration(self.poll_interval),
+                "must be at least 100ms",
+            ));
+        }
+        check_duration("close_grace", self.close_grace, 0, 60)?;
+        check_range("tcp_socket_capacity", self.tcp_socket_capacity as u64, 64, 4 << 20)?;
+        check_range("udp_flow_capacity", self.udp_flow_capacity as u64, 64, 4 << 20)?;
+        let ring = self.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 4096 || ring > (1 << 30) {
+            return Err(invalid(
+                "ring_buffer_bytes",
+                &ring,
+                "must be a power of two between 4096 and 1073741824",
+            ));
+        }
+        check_range("event_queue_capacity", self.event_queue_capacity as u64, 16, 1 << 24)?;
+        check_range("flow_table_capacity", self.flow_table_capacity as u64, 64, 1 << 24)?;
+        check_range("flow_store_capacity", self.flow_store_capacity as u64, 1, 1 << 24)?;
+        check_range("metric_label_budget", self.metric_label_budget as u64, 1, 1 << 20)?;
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, value: &dyn std::fmt::Display, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text)
+        .map_err(|e| invalid(field, &text, format!("{e} (examples: 500ms, 10s, 5m)")))
+}
+
+fn check_duration(field: &'static str, d: Duration, min_s: u64, max_s: u64) -> Result<(), ConfigError> {
+    if d < Duration::from_secs(min_s) || d > Duration::from_secs(max_s) {
+        return Err(invalid(
+            field,
+            &humantime::format_duration(d),
+            format!("must be between {min_s}s and {max_s}s"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(field, &v, format!("must be between {min} and {max}")));
+    }
+    Ok(())
+}
+
+/// Durations written as text in YAML ("10s", "500ms").
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration ({e}; examples: 500ms, 10s, 5m)"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let c = Config::from_yaml("metrics_addr: 0.0.0.0:9999\nupdate_interval: 2s\n").unwrap();
+        assert_eq!(c.metrics_addr, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(c.update_interval, Duration::from_secs(2));
+        assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::from_yaml("metrics_adr: 1.2.3.4:1\n").unwrap_err();
+        assert!(err.contains("metrics_adr"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = Config::from_yaml("udp_idle_timeout: soon\n").unwrap_err();
+        assert!(err.contains("udp_idle_timeout"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.yaml");
+        std::fs::write(&path, "metrics_addr: 127.0.0.1:1000\nflow_store_capacity: 5\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            metrics_addr: Some("127.0.0.1:2000".into()),
+            ..AgentArgs::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.metrics_addr.port(), 2000);
+        assert_eq!(c.flow_store_capacity, 5);
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let mut c = Config {
+            ring_buffer_bytes: 1000,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ring_buffer_bytes"), "{err}");
+        c.ring_buffer_bytes = 1 << 20;
+        c.api_socket = "relative.sock".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api_socket"), "{err}");
+        let args = AgentArgs {
+            metrics_addr: Some("nowhere".into()),
+            ..AgentArgs::default()
+        };
+        let err = Config::load(&args).unwrap_err().to_string();
+        assert!(err.contains("metrics_addr") && err.contains("nowhere"), "{err}");
+    }
+}

@@ -1,0 +1,192 @@
+//! `weft agent`: start-up wiring, run, and shutdown.
+//!
+//! Start-up order: configuration (already validated by the caller), the
+//! metrics listener (a taken port fails before anything is loaded), the
+//! kernel programs, then the tasks:
+//!
+//! ring reader --(bounded queue)--> flow table --> flow store --> flow API
+//!                                       \--> metrics registry --> /metrics
+//!
+//! On SIGINT/SIGTERM every task is cancelled, and dropping the loaded
+//! programs detaches them all.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api,
+    config::Config,
+    enrich::Enricher,
+    events::{PipelineCounters, ring},
+    export::{labels::LabelBudget, metrics::Metrics, server as metrics_server},
+    flow::{
+        emit::Emitter,
+        store::FlowStore,
+        table::{FlowTable, KernelTables, StaticStatus},
+        tcp::{TcpSettings, TcpTracker},
+        udp::{UdpSettings, UdpTracker},
+    },
+    loader::{Probes, mounts},
+    status::StatusReport,
+};
+
+/// How long tasks get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics_listener = metrics_server::bind(config.metrics_addr).await?;
+    let mut probes = Probes::load(&config)?;
+    let maps = probes
+        .maps
+        .take()
+        .context("kernel maps were already taken")?;
+    for p in &probes.programs {
+        log::info!("attached {} ({}) to {}", p.name, p.kind, p.attach_point);
+    }
+    for f in probes.features.iter().filter(|f| !f.available) {
+        log::warn!("{} is not available: {}", f.name, f.detail);
+    }
+
+    let (metrics, l4, health) = Metrics::new();
+    let kernel = kernel_release();
+    health
+        .build_info
+        .get_or_create(&crate::export::metrics::BuildLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel.clone(),
+        })
+        .set(1);
+    let metrics = Arc::new(metrics);
+    let store = Arc::new(FlowStore::new(config.flow_store_capacity));
+    let pipeline = Arc::new(PipelineCounters::default());
+    let cgroup2 = mounts::mounts()
+        .ok()
+        .and_then(|m| mounts::cgroup2(&m));
+
+    let secs = |d: Duration| d.as_nanos() as u64;
+    let table = FlowTable {
+        tables: KernelTables {
+            tcp_conns: maps.tcp_conns,
+            udp_flows: maps.udp_flows,
+            counters: maps.counters,
+            drop_reasons: maps.drop_reasons,
+            tcp_capacity: config.tcp_socket_capacity,
+            udp_capacity: config.udp_flow_capacity,
+        },
+        tcp: TcpTracker::new(
+            TcpSettings {
+                update_interval_ns: secs(config.update_interval),
+                close_grace_ns: secs(config.close_grace),
+                capacity: config.flow_table_capacity,
+            },
+            vec![config.metrics_addr],
+        ),
+        udp: UdpTracker::new(UdpSettings {
+            update_interval_ns: secs(config.update_interval),
+            idle_timeout_ns: secs(config.udp_idle_timeout),
+            capacity: config.flow_table_capacity,
+        }),
+        emitter: Emitter::new(
+            store.clone(),
+            l4,
+            LabelBudget::new(config.metric_label_budget),
+            Enricher::new(cgroup2),
+        ),
+        store: store.clone(),
+        health,
+        pipeline: pipeline.clone(),
+        info: StaticStatus {
+            programs: probes.programs.clone(),
+            features: probes.features.clone(),
+            kernel,
+            drop_reason_names: probes.drop_reason_names.clone(),
+        },
+        poll_interval: config.poll_interval,
+        capacity: config.flow_table_capacity,
+    };
+
+    let shutdown = CancellationToken::new();
+    let (events_tx, events_rx) = mpsc::channel(config.event_queue_capacity);
+    let (status_tx, status_rx) = watch::channel(StatusReport::default());
+    let mut tasks = JoinSet::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            ring::read_events(maps.events, events_tx, pipeline, shutdown)
+                .await
+                .context("ring buffer reader failed")
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            table.run(events_rx, status_tx, shutdown).await;
+            Ok(())
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        let path = config.metrics_path.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            metrics_server::serve(metrics_listener, path, metrics, shutdown)
+                .await
+                .context("metrics endpoint failed")
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        let socket = config.api_socket.clone();
+        tasks.spawn(async move {
+            api::serve(&socket, store, status_rx, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    log::info!(
+        "weft agent {} running: metrics on http://{}{}, flow API on {}",
+        env!("CARGO_PKG_VERSION"),
+        config.metrics_addr,
+        config.metrics_path,
+        config.api_socket.display()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { log::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = sigint.recv() => { log::info!("SIGINT: shutting down"); Ok(()) }
+        // A task ending on its own is a failure (they run until shutdown).
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a task of the agent stopped unexpectedly")),
+            Ok(Err(err)) => Err(err),
+            Err(err) => Err(anyhow::anyhow!("a task of the agent panicked: {err}")),
+        },
+    };
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!("tasks did not finish within {DRAIN_TIMEOUT:?}; detaching anyway");
+        tasks.abort_all();
+    }
+    // Detaches every program.
+    drop(probes);
+    log::info!("detached all programs");
+    outcome
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,25 @@
+//! Kernel events into userspace: the ring buffer reader and the decoding
+//! of its records.
+
+pub mod decode;
+pub mod ring;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the userspace side of the event pipeline, shared with the
+/// status and metrics readers.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    /// Records read from the ring buffer.
+    pub read: AtomicU64,
+    /// Records dropped because the flow table's queue was full.
+    pub queue_full: AtomicU64,
+    /// Records that did not decode (wrong size: an agent/kernel mismatch).
+    pub decode_errors: AtomicU64,
+}
+
+impl PipelineCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,6 @@
+//! What the agent exports: Prometheus metrics and their HTTP endpoint.
+
+pub mod labels;
+pub mod metrics;
+pub mod server;
+pub mod text_format;

@@ -1,0 +1,208 @@
+//! Where finished observations go: a record into the flow store, and the
+//! matching metric updates. The flow trackers decide *what* happened; this
+//! module turns it into the outputs, so both outputs always agree.
+
+use std::sync::Arc;
+
+use weft_common::Owner;
+
+use super::{
+    addr::FlowKey,
+    clock,
+    record::{Endpoint, Failure, FlowEvent, FlowRecord, FlowType, Transport, Verdict},
+    store::FlowStore,
+};
+use crate::{
+    enrich::{Enricher, workload_label},
+    export::{
+        labels::{L4Labels, LabelBudget},
+        metrics::L4Metrics,
+    },
+};
+
+/// A flow's figures at one moment, merged from every end seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: Option<u64>,
+    pub packets_received: Option<u64>,
+    pub retransmits: u64,
+    pub srtt_us: Option<u64>,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+/// What the metrics have already counted of a flow, so that each update
+/// adds only the difference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+}
+
+/// Everything needed to write one record.
+pub struct Observation<'a> {
+    pub key: &'a FlowKey,
+    pub event: FlowEvent,
+    pub ts_ns: u64,
+    pub start_ns: u64,
+    pub client: Option<&'a Owner>,
+    pub server: Option<&'a Owner>,
+    pub figures: Figures,
+    pub failure: Option<Failure>,
+}
+
+pub struct Emitter {
+    store: Arc<FlowStore>,
+    metrics: L4Metrics,
+    budget: LabelBudget,
+    enricher: Enricher,
+}
+
+impl Emitter {
+    pub fn new(
+        store: Arc<FlowStore>,
+        metrics: L4Metrics,
+        budget: LabelBudget,
+        enricher: Enricher,
+    ) -> Self {
+        Self {
+            store,
+            metrics,
+            budget,
+            enricher,
+        }
+    }
+
+    pub fn metrics(&self) -> &L4Metrics {
+        &self.metrics
+    }
+
+    /// Label sets folded into `other` so far.
+    pub fn labels_overflowed(&self) -> u64 {
+        self.budget.overflowed
+    }
+
+    fn endpoints(&mut self, obs: &Observation<'_>) -> (Endpoint, Endpoint) {
+        let source = self
+            .enricher
+            .endpoint(obs.key.client.ip(), obs.key.client.port(), obs.client);
+        let destination =
+            self.enricher
+                .endpoint(obs.key.server.ip(), obs.key.server.port(), obs.server);
+        (source, destination)
+    }
+
+    /// The metric labels of a flow (within the cardinality budget).
+    pub fn labels(&mut self, obs: &Observation<'_>) -> L4Labels {
+        let (source, destination) = self.endpoints(obs);
+        self.labels_of(&source, &destination)
+    }
+
+    fn labels_of(&mut self, source: &Endpoint, destination: &Endpoint) -> L4Labels {
+        self.budget.admit(L4Labels {
+            source_workload: workload_label(source),
+            source_namespace: source.namespace.clone().unwrap_or_default(),
+            destination_workload: workload_label(destination),
+            destination_namespace: destination.namespace.clone().unwrap_or_default(),
+            destination_port: destination.port.to_string(),
+        })
+    }
+
+    /// Writes a record for the observation and updates the metrics: the
+    /// event counter, then the counters' growth since `exported`.
+    pub fn emit(&mut self, obs: &Observation<'_>, exported: &mut Exported) {
+        let (source, destination) = self.endpoints(obs);
+        let labels = self.labels_of(&source, &destination);
+        self.count_event(obs, &labels);
+        self.add_growth(obs.key.transport, &labels, &obs.figures, exported);
+        let f = &obs.figures;
+        let record = FlowRecord {
+            time: clock::rfc3339(obs.ts_ns),
+            flow_type: FlowType::L4,
+            event: obs.event,
+            transport: obs.key.transport,
+            source,
+            destination,
+            bytes_sent: f.bytes_sent,
+            bytes_received: f.bytes_received,
+            packets_sent: f.packets_sent,
+            packets_received: f.packets_received,
+            retransmits: f.retransmits,
+            srtt_us: f.srtt_us,
+            duration_us: obs.ts_ns.saturating_sub(obs.start_ns) / 1_000,
+            resets_sent: f.resets_sent,
+            resets_received: f.resets_received,
+            verdict: Verdict::Forwarded,
+            drop_reason: None,
+            failure: obs.failure,
+            l7: None,
+            mono_ns: obs.ts_ns,
+        };
+        self.store.push(record);
+    }
+
+    /// Metrics only (periodic progress between records).
+    pub fn export_growth(&mut self, obs: &Observation<'_>, exported: &mut Exported) {
+        let labels = self.labels(obs);
+        self.add_growth(obs.key.transport, &labels, &obs.figures, exported);
+    }
+
+    fn count_event(&self, obs: &Observation<'_>, labels: &L4Labels) {
+        if obs.key.transport != Transport::Tcp {
+            return;
+        }
+        let m = &self.metrics;
+        match obs.event {
+            FlowEvent::Open => {
+                m.tcp_opened.get_or_create(labels).inc();
+            }
+            FlowEvent::Close => {
+                m.tcp_closed.get_or_create(labels).inc();
+                if let Some(srtt) = obs.figures.srtt_us.filter(|&s| s > 0) {
+                    m.tcp_srtt.get_or_create(labels).observe(srtt as f64 / 1e6);
+                }
+            }
+            FlowEvent::Fail => {
+                m.tcp_failed.get_or_create(labels).inc();
+            }
+            _ => {}
+        }
+    }
+
+    fn add_growth(
+        &self,
+        transport: Transport,
+        labels: &L4Labels,
+        f: &Figures,
+        exported: &mut Exported,
+    ) {
+        let m = &self.metrics;
+        let (sent, received) = match transport {
+            Transport::Tcp => (&m.tcp_sent_bytes, &m.tcp_received_bytes),
+            Transport::Udp => (&m.udp_sent_bytes, &m.udp_received_bytes),
+        };
+        // Figures only grow, except when a better-placed end of the flow
+        // shows up late (e.g. the client's socket after the server's); the
+        // difference is then not taken back, only not added twice.
+        let grow = |now: u64, before: &mut u64| {
+            let d = now.saturating_sub(*before);
+            *before = (*before).max(now);
+            d
+        };
+        let d = grow(f.bytes_sent, &mut exported.bytes_sent);
+        if d > 0 {
+            sent.get_or_create(labels).inc_by(d);
+        }
+        let d = grow(f.bytes_received, &mut exported.bytes_received);
+        if d > 0 {
+            received.get_or_create(labels).inc_by(d);
+        }
+        let d = grow(f.retransmits, &mut exported.retransmits);
+        if d > 0 && transport == Transport::Tcp {
+            m.tcp_retransmits.get_or_create(labels).inc_by(d);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Flows: the connection table that merges kernel events into flow
+//! records, the records themselves, their store and filters.
+
+pub mod addr;
+pub mod clock;
+pub mod emit;
+pub mod filter;
+pub mod record;
+pub mod store;
+pub mod table;
+pub mod tcp;
+pub mod udp;

@@ -1,0 +1,314 @@
+//! The flow table task: the one owner of the kernel's tables and counters.
+//!
+//! It consumes lifecycle events from the ring reader, and on every poll
+//! tick reads the kernel's TCP and UDP tables (counters), the per-CPU event
+//! and drop counters, updates the metrics, writes `update`/`close` records,
+//! and refreshes the status report.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use weft_common::{
+    SockTuple,
+    conn::TcpConn,
+    counters::index,
+    event::TcpEvent,
+    udp::UdpFlow,
+};
+
+use super::{emit::Emitter, store::FlowStore, tcp::TcpTracker, udp::UdpTracker};
+use crate::{
+    events::PipelineCounters,
+    export::metrics::{HealthMetrics, LossLabels, MapLabels, ReasonLabels, SourceLabels},
+    status::{
+        EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramStatus, StatusReport,
+        TableStatus,
+    },
+};
+
+/// Kernel counters reported as event sources: (index, source name).
+const SOURCES: &[(u32, &str)] = &[
+    (index::TCP_STATE, "tcp_state"),
+    (index::SOCK_IO, "sock_io"),
+    (index::TCP_PROBE, "tcp_probe"),
+    (index::TCP_RETRANSMIT, "tcp_retransmit"),
+    (index::TCP_RESET, "tcp_reset"),
+    (index::SKB_DROP, "skb_drop"),
+    (index::UDP_PACKET, "udp_packet"),
+];
+
+/// Drop reasons that are not drops.
+const NOT_DROPS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED"];
+
+pub struct KernelTables {
+    pub tcp_conns: HashMap<MapData, u64, TcpConn>,
+    pub udp_flows: HashMap<MapData, SockTuple, UdpFlow>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub drop_reasons: PerCpuArray<MapData, u64>,
+    pub tcp_capacity: u32,
+    pub udp_capacity: u32,
+}
+
+/// The static part of the status report.
+pub struct StaticStatus {
+    pub programs: Vec<ProgramStatus>,
+    pub features: Vec<FeatureStatus>,
+    pub kernel: String,
+    pub drop_reason_names: BTreeMap<u32, String>,
+}
+
+pub struct FlowTable {
+    pub tables: KernelTables,
+    pub tcp: TcpTracker,
+    pub udp: UdpTracker,
+    pub emitter: Emitter,
+    pub store: Arc<FlowStore>,
+    pub health: HealthMetrics,
+    pub pipeline: Arc<PipelineCounters>,
+    pub info: StaticStatus,
+    pub poll_interval: Duration,
+    pub capacity: usize,
+}
+
+/// Running totals needed to turn absolute counters into metric increments
+/// and rates.
+#[derive(Default)]
+struct Seen {
+    sources: BTreeMap<&'static str, u64>,
+    losses: BTreeMap<(String, String), u64>,
+    drops: BTreeMap<u32, u64>,
+    last_tick: Option<Instant>,
+}
+
+impl FlowTable {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<TcpEvent>,
+        status: watch::Sender<StatusReport>,
+        shutdown: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let mut seen = Seen::default();
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.tcp.handle(&ev, &mut self.emitter),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let report = self.poll(&mut seen, started);
+                    status.send_replace(report);
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One poll: kernel tables into flows, counters into metrics, status.
+    fn poll(&mut self, seen: &mut Seen, started: Instant) -> StatusReport {
+        let now = super::clock::mono_now_ns();
+        let mut tcp_entries = 0u64;
+        {
+            let mut kernel = self
+                .tables
+                .tcp_conns
+                .iter()
+                .filter_map(Result::ok)
+                .inspect(|_| tcp_entries += 1);
+            self.tcp.tick(now, &mut kernel, &mut self.emitter);
+        }
+        let mut udp_entries = 0u64;
+        let idle = {
+            let mut kernel = self
+                .tables
+                .udp_flows
+                .iter()
+                .filter_map(Result::ok)
+                .inspect(|_| udp_entries += 1);
+            self.udp.tick(now, &mut kernel, &mut self.emitter)
+        };
+        for key in idle {
+            // A datagram racing with this delete loses at most its own
+            // count; the next datagram starts a new flow.
+            let _ = self.tables.udp_flows.remove(&key);
+        }
+        self.export_drops(seen);
+        self.report(seen, started, tcp_entries, udp_entries)
+    }
+
+    fn counter(&self, idx: u32) -> u64 {
+        self.tables
+            .counters
+            .get(&idx, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn export_drops(&mut self, seen: &mut Seen) {
+        for (&reason, name) in &self.info.drop_reason_names {
+            if NOT_DROPS.contains(&name.as_str()) {
+                continue;
+            }
+            let total: u64 = self
+                .tables
+                .drop_reasons
+                .get(&reason, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            let before = seen.drops.entry(reason).or_insert(0);
+            if total > *before {
+                self.emitter
+                    .metrics()
+                    .packet_drops
+                    .get_or_create(&ReasonLabels {
+                        reason: name.clone(),
+                    })
+                    .inc_by(total - *before);
+                *before = total;
+            }
+        }
+    }
+
+    fn report(
+        &mut self,
+        seen: &mut Seen,
+        started: Instant,
+        tcp_entries: u64,
+        udp_entries: u64,
+    ) -> StatusReport {
+        let elapsed = seen
+            .last_tick
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        seen.last_tick = Some(Instant::now());
+
+        let mut events = Vec::new();
+        let mut read_total = |source: &'static str, total: u64, seen: &mut Seen| {
+            let before = seen.sources.insert(source, total).unwrap_or(0);
+            let delta = total.saturating_sub(before);
+            if delta > 0 {
+                self.health
+                    .events
+                    .get_or_create(&SourceLabels {
+                        source: source.into(),
+                    })
+                    .inc_by(delta);
+            }
+            events.push(EventSourceStatus {
+                source: source.into(),
+                total,
+                per_second: if elapsed > 0.0 {
+                    delta as f64 / elapsed
+                } else {
+                    0.0
+                },
+            });
+        };
+        for &(idx, source) in SOURCES {
+            let total = self.counter(idx);
+            read_total(source, total, seen);
+        }
+        read_total(
+            "ring_buffer",
+            self.pipeline.read.load(Ordering::Relaxed),
+            seen,
+        );
+
+        let loss_values = [
+            ("tcp_events", "kernel_ring", self.counter(index::LOST_RING_TCP)),
+            ("tcp_events", "kernel_map_full", self.counter(index::LOST_MAP_TCP)),
+            ("udp_packet", "kernel_map_full", self.counter(index::LOST_MAP_UDP)),
+            ("skb_drop", "reason_unknown", self.counter(index::DROP_REASON_OVERFLOW)),
+            (
+                "tcp_events",
+                "userspace_queue",
+                self.pipeline.queue_full.load(Ordering::Relaxed),
+            ),
+            (
+                "tcp_events",
+                "decode",
+                self.pipeline.decode_errors.load(Ordering::Relaxed),
+            ),
+            ("tcp_events", "flow_table_full", self.tcp.rejected),
+            ("udp_packet", "flow_table_full", self.udp.rejected),
+            (
+                "metric_labels",
+                "cardinality_budget",
+                self.emitter.labels_overflowed(),
+            ),
+        ];
+        let mut losses = Vec::new();
+        for (source, stage, total) in loss_values {
+            let before = seen
+                .losses
+                .insert((source.into(), stage.into()), total)
+                .unwrap_or(0);
+            // Create every series up front (at zero) so that dashboards and
+            // alerts see "no loss" rather than "no data".
+            let counter = self.health.events_lost.get_or_create(&LossLabels {
+                source: source.into(),
+                stage: stage.into(),
+            });
+            if total > before {
+                counter.inc_by(total - before);
+            }
+            losses.push(LossStatus {
+                source: source.into(),
+                stage: stage.into(),
+                total,
+            });
+        }
+
+        let maps = vec![
+            MapStatus {
+                name: "TCP_CONNS".into(),
+                entries: tcp_entries,
+                capacity: self.tables.tcp_capacity.into(),
+            },
+            MapStatus {
+                name: "UDP_FLOWS".into(),
+                entries: udp_entries,
+                capacity: self.tables.udp_capacity.into(),
+            },
+        ];
+        for m in &maps {
+            let labels = MapLabels {
+                map: m.name.clone(),
+            };
+            self.health
+                .map_entries
+                .get_or_create(&labels)
+                .set(m.entries as i64);
+            self.health
+                .map_capacity
+                .get_or_create(&labels)
+                .set(m.capacity as i64);
+        }
+
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            kernel: self.info.kernel.clone(),
+            uptime_seconds: started.elapsed().as_secs(),
+            programs: self.info.programs.clone(),
+            features: self.info.features.clone(),
+            events,
+            losses,
+            maps,
+            flow_table: TableStatus {
+                entries: (self.tcp.len() + self.udp.len()) as u64,
+                capacity: self.capacity as u64,
+                evicted: self.tcp.rejected + self.udp.rejected,
+            },
+            flow_store: self.store.stats(),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! TCP connections: merging the kernel's per-socket events into one flow
+//! per connection.
+//!
+//! When client and server both run on this node the kernel reports two
+//! sockets for one connection; both map to the same [`FlowKey`] and become
+//! the flow's `client` and `server` ends. A record takes each figure from
+//! the end that sees it best: bytes from the client's socket when it is
+//! here (what it wrote is what was sent), RTT from the client's view.
+//!
+//! Records: `open` when the first end is established, `update` every
+//! update interval, `close` when every known end has closed. An end closing
+//! while the other end has not been seen yet waits `close_grace` for it, so
+//! that a short connection between two local processes is still one record.
+
+use std::collections::HashMap;
+
+use weft_common::{
+    conn::{CONN_ACTIVE, TcpConn},
+    event::{
+        EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN, EVENT_TCP_RESET_RECEIVED,
+        EVENT_TCP_RESET_SENT, TcpEvent,
+    },
+};
+
+use super::{
+    addr::{FlowKey, key},
+    emit::{Emitter, Exported, Figures, Observation},
+    record::{Failure, FlowEvent, Transport},
+};
+use crate::export::labels::ResetLabels;
+
+/// One socket of a connection.
+#[derive(Debug, Clone, Copy)]
+struct End {
+    sk: u64,
+    conn: TcpConn,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Connection {
+    client: Option<End>,
+    server: Option<End>,
+    start_ns: u64,
+    last_record_ns: u64,
+    /// Set when every known end has closed: when to write the record.
+    close_at_ns: Option<u64>,
+    closed_ns: u64,
+    exported: Exported,
+}
+
+impl Connection {
+    fn ends(&self) -> impl Iterator<Item = &End> {
+        self.client.iter().chain(self.server.iter())
+    }
+
+    fn figures(&self) -> Figures {
+        let c = self.client.map(|e| e.conn);
+        let s = self.server.map(|e| e.conn);
+        let sum = |f: fn(&TcpConn) -> u32| c.iter().chain(s.iter()).map(|x| f(x) as u64).sum();
+        let srtt = c
+            .map(|c| c.srtt_us)
+            .filter(|&v| v > 0)
+            .or(s.map(|s| s.srtt_us).filter(|&v| v > 0));
+        Figures {
+            bytes_sent: c
+                .map(|c| c.bytes_sent)
+                .or(s.map(|s| s.bytes_received))
+                .unwrap_or(0),
+            bytes_received: c
+                .map(|c| c.bytes_received)
+                .or(s.map(|s| s.bytes_sent))
+                .unwrap_or(0),
+            packets_sent: None,
+            packets_received: None,
+            retransmits: sum(|x| x.retransmits),
+            srtt_us: srtt.map(u64::from),
+            resets_sent: sum(|x| x.resets_sent),
+            resets_received: sum(|x| x.resets_received),
+        }
+    }
+}
+
+/// What the TCP tracker needs to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSettings {
+    pub update_interval_ns: u64,
+    pub close_grace_ns: u64,
+    pub capacity: usize,
+}
+
+pub struct TcpTracker {
+    settings: TcpSettings,
+    conns: HashMap<FlowKey, Connection>,
+    /// Socket address -> its connection, for open sockets.
+    sockets: HashMap<u64, FlowKey>,
+    /// Connections not tracked because the table was full.
+    pub rejected: u64,
+    /// Servers whose connections are the agent's own (its metrics port).
+    ignored: Vec<std::net::SocketAddr>,
+}
+
+impl TcpTracker {
+    pub fn new(settings: TcpSettings, ignored: Vec<std::net::SocketAddr>) -> Self {
+        Self {
+            settings,
+            conns: HashMap::new(),
+            sockets: HashMap::new(),
+            rejected: 0,
+            ignored,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    fn is_ignored(&self, key: &FlowKey) -> bool {
+        self.ignored.iter().any(|a| {
+            a.port() == key.server.port() && (a.ip().is_unspecified() || a.ip() == key.server.ip())
+        })
+    }
+
+    pub fn handle(&mut self, ev: &TcpEvent, out: &mut Emitter) {
+        let is_client = ev.conn.flags & CONN_ACTIVE != 0;
+        let key = key(Transport::Tcp, &ev.conn.tuple, is_client);
+        if self.is_ignored(&key) {
+            return;
+        }
+        match ev.kind {
+            EVENT_TCP_OPEN => self.opened(key, ev, is_client, out),
+            EVENT_TCP_CLOSE => self.closed(key, ev, is_client, out),
+            EVENT_TCP_FAIL => failed(key, ev, is_client, out),
+            EVENT_TCP_RESET_SENT | EVENT_TCP_RESET_RECEIVED => {
+                // A reset answering a packet with no socket (sk == 0) was
+                // sent by the server side of this node to a client.
+                let key = if ev.sk == 0 {
+                    super::addr::key(Transport::Tcp, &ev.conn.tuple, false)
+                } else {
+                    key
+                };
+                let direction = if ev.kind == EVENT_TCP_RESET_SENT {
+                    "sent"
+                } else {
+                    "received"
+                };
+                let owner = (ev.sk != 0).then_some(&ev.conn.owner);
+                let obs = Observation {
+                    key: &key,
+                    event: FlowEvent::Update,
+                    ts_ns: ev.ts_ns,
+                    start_ns: ev.ts_ns,
+                    client: if is_client { owner } else { None },
+                    server: if is_client { None } else { owner },
+                    figures: Figures::default(),
+                    failure: None,
+                };
+                let l4 = out.labels(&obs);
+                out.metrics()
+                    .tcp_resets
+                    .get_or_create(&ResetLabels { direction, l4 })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    fn opened(&mut self, key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
+        let end = End {
+            sk: ev.sk,
+            conn: ev.conn,
+            closed: false,
+        };
+        let new = !self.conns.contains_key(&key);
+        if new && self.conns.len() >= self.settings.capacity {
+            self.rejected += 1;
+            return;
+        }
+        let conn = self.conns.entry(key).or_insert_with(|| Connection {
+            client: None,
+            server: None,
+            start_ns: ev.conn.start_ns,
+            last_record_ns: ev.ts_ns,
+            close_at_ns: None,
+            closed_ns: 0,
+            exported: Exported::default(),
+        });
+        conn.start_ns = conn.start_ns.min(ev.conn.start_ns);
+        if is_client {
+            conn.client = Some(end);
+        } else {
+            conn.server = Some(end);
+        }
+        // A late end reopens a connection waiting for it.
+        conn.close_at_ns = None;
+        self.sockets.insert(ev.sk, key);
+        if new {
+            emit(&key, conn, FlowEvent::Open, ev.ts_ns, out);
+        }
+    }
+
+    fn closed(&mut self, key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
+        self.sockets.remove(&ev.sk);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            // Its open was not seen (lost, or the table was full): write
+            // what the close tells.
+            let end = End {
+                sk: ev.sk,
+                conn: ev.conn,
+                closed: true,
+            };
+            let mut conn = Connection {
+                client: is_client.then_some(end),
+                server: (!is_client).then_some(end),
+                start_ns: ev.conn.start_ns,
+                last_record_ns: ev.ts_ns,
+                close_at_ns: None,
+                closed_ns: ev.ts_ns,
+                exported: Exported::default(),
+            };
+            emit(&key, &mut conn, FlowEvent::Close, ev.ts_ns, out);
+            return;
+        };
+        let end = End {
+            sk: ev.sk,
+            conn: ev.conn,
+            closed: true,
+        };
+        if is_client {
+            conn.client = Some(end);
+        } else {
+            conn.server = Some(end);
+        }
+        conn.closed_ns = conn.closed_ns.max(ev.ts_ns);
+        if conn.ends().all(|e| e.closed) {
+            let both = conn.client.is_some() && conn.server.is_some();
+            if both || self.settings.close_grace_ns == 0 {
+                self.finish(&key, out);
+            } else {
+                conn.close_at_ns = Some(ev.ts_ns + self.settings.close_grace_ns);
+            }
+        }
+    }
+
+    fn finish(&mut self, key: &FlowKey, out: &mut Emitter) {
+        if let Some(mut conn) = self.conns.remove(key) {
+            let ts = conn.closed_ns;
+            emit(key, &mut conn, FlowEvent::Close, ts, out);
+        }
+    }
+
+    /// Periodic work: fresh counters from the kernel's table, metrics
+    /// growth, `update` records, and closes whose grace has passed.
+    pub fn tick(
+        &mut self,
+        now_ns: u64,
+        kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
+        out: &mut Emitter,
+    ) {
+        for (sk, state) in kernel {
+            let Some(key) = self.sockets.get(&sk) else {
+                continue;
+            };
+            if let Some(conn) = self.conns.get_mut(key) {
+                for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
+                    if end.sk == sk && !end.closed {
+                        end.conn = state;
+                    }
+                }
+            }
+        }
+        let mut due = Vec::new();
+        for (key, conn) in &mut self.conns {
+            if let Some(at) = conn.close_at_ns {
+                if now_ns >= at {
+                    due.push(*key);
+                }
+                continue;
+            }
+            if now_ns.saturating_sub(conn.last_record_ns) >= self.settings.update_interval_ns {
+                emit(key, conn, FlowEvent::Update, now_ns, out);
+            } else {
+                let figures = conn.figures();
+                let mut exported = conn.exported;
+                let obs = observation(key, conn, FlowEvent::Update, now_ns, figures);
+                out.export_growth(&obs, &mut exported);
+                conn.exported = exported;
+            }
+        }
+        for key in due {
+            self.finish(&key, out);
+        }
+    }
+}
+
+fn observation<'a>(
+    key: &'a FlowKey,
+    conn: &'a Connection,
+    event: FlowEvent,
+    ts_ns: u64,
+    figures: Figures,
+) -> Observation<'a> {
+    Observation {
+        key,
+        event,
+        ts_ns,
+        start_ns: conn.start_ns,
+        client: conn.client.as_ref().map(|e| &e.conn.owner),
+        server: conn.server.as_ref().map(|e| &e.conn.owner),
+        figures,
+        failure: None,
+    }
+}
+
+fn emit(key: &FlowKey, conn: &mut Connection, event: FlowEvent, ts_ns: u64, out: &mut Emitter) {
+    let figures = conn.figures();
+    let mut exported = conn.exported;
+    let obs = observation(key, conn, event, ts_ns, figures);
+    out.emit(&obs, &mut exported);
+    conn.exported = exported;
+    conn.last_record_ns = ts_ns;
+}
+
+/// A socket that closed without being established: one `fail` record.
+fn failed(key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
+    let c = &ev.conn;
+    let failure = if c.resets_received > 0 {
+        if is_client {
+            Failure::Refused
+        } else {
+            Failure::Reset
+        }
+    } else {
+        Failure::Timeout
+    };
+    let figures = Figures {
+        bytes_sent: 0,
+        bytes_received: 0,
+        packets_sent: None,
+        packets_received: None,
+        retransmits: c.retransmits as u64,
+        srtt_us: None,
+        resets_sent: c.resets_sent as u64,
+        resets_received: c.resets_received as u64,
+    };
+    let owner = Some(&ev.conn.owner);
+    let obs = Observation {
+        key: &key,
+        event: FlowEvent::Fail,
+        ts_ns: ev.ts_ns,
+        start_ns: c.start_ns,
+        client: if is_client { owner } else { None },
+        server: if is_client { None } else { owner },
+        figures,
+        failure: Some(failure),
+    };
+    out.emit(&obs, &mut Exported::default());
+}

@@ -1,0 +1,149 @@
+//! What the agent needs from the kernel and the process, checked before
+//! loading so that a missing piece is reported by name with what to do.
+
+use std::path::Path;
+
+use crate::status::FeatureStatus;
+
+/// Capabilities (include/uapi/linux/capability.h) the agent uses.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_cap_eff(&s))
+        .unwrap_or(0)
+}
+
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// The capabilities that are missing, by name. CAP_SYS_ADMIN covers BPF and
+/// PERFMON on kernels older than 5.8, so it is accepted in their place.
+pub fn missing_caps(eff: u64) -> Vec<&'static str> {
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    // Mounting tracefs/bpffs and attaching to the cgroup root.
+    if !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_SYS_ADMIN");
+    }
+    missing
+}
+
+/// A tracepoint a program attaches to, and what is lost without it.
+pub struct TracepointNeed {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub required: bool,
+    pub without: &'static str,
+}
+
+pub const TRACEPOINTS: &[TracepointNeed] = &[
+    TracepointNeed {
+        category: "sock",
+        name: "inet_sock_set_state",
+        required: true,
+        without: "no TCP connections at all",
+    },
+    TracepointNeed {
+        category: "sock",
+        name: "sock_send_length",
+        required: false,
+        without: "no bytes sent and no process for accepted sockets (kernel 6.3+)",
+    },
+    TracepointNeed {
+        category: "sock",
+        name: "sock_recv_length",
+        required: false,
+        without: "no bytes received (kernel 6.3+)",
+    },
+    TracepointNeed {
+        category: "tcp",
+        name: "tcp_probe",
+        required: false,
+        without: "no smoothed RTT",
+    },
+    TracepointNeed {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        required: false,
+        without: "no retransmit counts",
+    },
+    TracepointNeed {
+        category: "tcp",
+        name: "tcp_send_reset",
+        required: false,
+        without: "no resets sent",
+    },
+    TracepointNeed {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        required: false,
+        without: "no resets received",
+    },
+    TracepointNeed {
+        category: "skb",
+        name: "kfree_skb",
+        required: false,
+        without: "no packet drops",
+    },
+];
+
+pub fn tracepoint_exists(tracefs: &Path, category: &str, name: &str) -> bool {
+    tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format")
+        .exists()
+}
+
+pub fn btf_available() -> FeatureStatus {
+    let path = Path::new("/sys/kernel/btf/vmlinux");
+    FeatureStatus {
+        name: "kernel BTF".into(),
+        available: path.exists(),
+        detail: if path.exists() {
+            "/sys/kernel/btf/vmlinux".into()
+        } else {
+            "not needed by the L4 programs".into()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_has_everything() {
+        let eff = parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        assert!(missing_caps(eff).is_empty());
+    }
+
+    #[test]
+    fn unprivileged_misses_all() {
+        let eff = parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
+        assert_eq!(
+            missing_caps(eff),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Loading and attaching the kernel programs.
+//!
+//! Order matters for the "bad configuration is rejected before anything is
+//! attached" and "say what is missing" rules: check privileges, mount what
+//! is missing, read tracepoint layouts, then load and attach. Everything
+//! attached is owned by [`Probes`]; dropping it detaches everything.
+
+pub mod cleanup;
+pub mod features;
+pub mod mounts;
+pub mod tracefs;
+
+use std::{collections::BTreeMap, fs::File, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{HashMap, Map, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
+};
+use weft_common::{
+    SockTuple,
+    config::ProbeConfig,
+    conn::TcpConn,
+    udp::UdpFlow,
+};
+
+use crate::{
+    config::Config,
+    status::{FeatureStatus, ProgramStatus},
+};
+
+/// The kernel object built by build.rs.
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "weft agent lacks {missing}: run it as root, or grant the capabilities \
+         (e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin+ep weft`)"
+    )]
+    Privileges { missing: String },
+    #[error("{what}: {source}; mount it by hand or run the agent with CAP_SYS_ADMIN")]
+    Mount {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "the kernel lacks the tracepoint {0}, without which weft sees no TCP connections \
+         (needs Linux 4.16 or later with CONFIG_TRACEPOINTS)"
+    )]
+    MissingTracepoint(String),
+    #[error(
+        "no cgroup v2 hierarchy is mounted: weft attaches its UDP programs to the cgroup v2 \
+         root (mount -t cgroup2 none /sys/fs/cgroup)"
+    )]
+    NoCgroup2,
+    #[error("cannot open the cgroup v2 root {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading weft's eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name} ({attach_point}) failed to load or attach: {source}")]
+    Program {
+        name: &'static str,
+        attach_point: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {0} is missing from the object (weft was built wrong)")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// The maps the agent reads, taken out of the object so that each can be
+/// handed to the one task that owns it.
+pub struct ProbeMaps {
+    pub events: RingBuf<aya::maps::MapData>,
+    pub tcp_conns: HashMap<aya::maps::MapData, u64, TcpConn>,
+    pub udp_flows: HashMap<aya::maps::MapData, SockTuple, UdpFlow>,
+    pub counters: PerCpuArray<aya::maps::MapData, u64>,
+    pub drop_reasons: PerCpuArray<aya::maps::MapData, u64>,
+}
+
+/// Loaded and attached programs. Dropping this detaches them.
+pub struct Probes {
+    _ebpf: Ebpf,
+    pub programs: Vec<ProgramStatus>,
+    pub features: Vec<FeatureStatus>,
+    /// `enum skb_drop_reason` value -> name, from the running kernel.
+    pub drop_reason_names: BTreeMap<u32, String>,
+    pub maps: Option<ProbeMaps>,
+}
+
+impl Probes {
+    /// Checks, mounts, loads and attaches. On error nothing stays attached.
+    pub fn load(config: &Config) -> Result<Self, LoadError> {
+        let missing = features::missing_caps(features::effective_caps());
+        if !missing.is_empty() {
+            return Err(LoadError::Privileges {
+                missing: missing.join(", "),
+            });
+        }
+        let mounts = mounts::mounts().map_err(|source| LoadError::Mount {
+            what: "cannot read /proc/self/mountinfo",
+            source,
+        })?;
+        let tracefs = mounts::ensure_tracefs(&mounts).map_err(|source| LoadError::Mount {
+            what: "tracefs is not mounted and mounting it failed",
+            source,
+        })?;
+        let bpffs = mounts::ensure_bpffs(&mounts).map_err(|source| LoadError::Mount {
+            what: "bpffs is not mounted and mounting it failed",
+            source,
+        })?;
+        if let Err(err) = cleanup::remove_stale_pins(&bpffs) {
+            log::warn!("could not remove stale pins under {}: {err}", bpffs.display());
+        }
+        let cgroup_root = mounts::cgroup2(&mounts).ok_or(LoadError::NoCgroup2)?;
+
+        let mut features = vec![features::btf_available()];
+        for tp in features::TRACEPOINTS {
+            let present = features::tracepoint_exists(&tracefs, tp.category, tp.name);
+            if tp.required && !present {
+                return Err(LoadError::MissingTracepoint(format!("{}:{}", tp.category, tp.name)));
+            }
+            features.push(FeatureStatus {
+                name: format!("tracepoint {}:{}", tp.category, tp.name),
+                available: present,
+                detail: if present { "attached".into() } else { tp.without.into() },
+            });
+        }
+        let formats = read_formats(&tracefs);
+        let offsets = formats.offsets();
+        if offsets.probe_skaddr == weft_common::config::NO_FIELD {
+            features.push(FeatureStatus {
+                name: "tcp_probe skaddr field".into(),
+                available: false,
+                detail: "kernel older than 6.4: no smoothed RTT".into(),
+            });
+        }
+        let probe_config = ProbeConfig {
+            agent_pid: std::process::id(),
+            offsets,
+            ..ProbeConfig::DEFAULT
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &probe_config, true)
+            .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
+            .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(PROBES_OBJECT)?;
+
+        let mut programs = Vec::new();
+        for (prog, category, name) in TRACEPOINT_PROGRAMS {
+            if !features::tracepoint_exists(&tracefs, category, name) {
+                continue;
+            }
+            attach_tracepoint(&mut ebpf, prog, category, name)?;
+            programs.push(ProgramStatus {
+                name: (*prog).into(),
+                kind: "tracepoint".into(),
+                attach_point: format!("{category}/{name}"),
+            });
+        }
+        let cgroup = File::open(&cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.clone(),
+            source,
+        })?;
+        for (prog, attach_type, label) in [
+            ("weft_udp_egress", CgroupSkbAttachType::Egress, "egress"),
+            ("weft_udp_ingress", CgroupSkbAttachType::Ingress, "ingress"),
+        ] {
+            let attach_point = format!("cgroup {} ({label})", cgroup_root.display());
+            let err = |source| LoadError::Program {
+                name: prog,
+                attach_point: attach_point.clone(),
+                source,
+            };
+            let program: &mut CgroupSkb = program_mut(&mut ebpf, prog, &attach_point)?;
+            program.load().map_err(err)?;
+            // aya attaches through a BPF link, which the kernel always
+            // stacks with other programs on the cgroup (and rejects attach
+            // flags for), so other tools keep working next to ours.
+            program
+                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(err)?;
+            programs.push(ProgramStatus {
+                name: prog.into(),
+                kind: "cgroup_skb".into(),
+                attach_point,
+            });
+        }
+
+        let maps = ProbeMaps {
+            events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+                .map_err(|source| LoadError::Map { name: "EVENTS", source })?,
+            tcp_conns: HashMap::try_from(take_map(&mut ebpf, "TCP_CONNS")?)
+                .map_err(|source| LoadError::Map { name: "TCP_CONNS", source })?,
+            udp_flows: HashMap::try_from(take_map(&mut ebpf, "UDP_FLOWS")?)
+                .map_err(|source| LoadError::Map { name: "UDP_FLOWS", source })?,
+            counters: PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
+                .map_err(|source| LoadError::Map { name: "COUNTERS", source })?,
+            drop_reasons: PerCpuArray::try_from(take_map(&mut ebpf, "DROP_REASONS")?)
+                .map_err(|source| LoadError::Map { name: "DROP_REASONS", source })?,
+        };
+
+        Ok(Self {
+            _ebpf: ebpf,
+            programs,
+            features,
+            drop_reason_names: formats.kfree_skb.symbols(),
+            maps: Some(maps),
+        })
+    }
+}
+
+/// (program, tracepoint category, tracepoint name).
+const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("weft_tcp_state", "sock", "inet_sock_set_state"),
+    ("weft_sock_send", "sock", "sock_send_length"),
+    ("weft_sock_recv", "sock", "sock_recv_length"),
+    ("weft_tcp_probe", "tcp", "tcp_probe"),
+    ("weft_tcp_retrans", "tcp", "tcp_retransmit_skb"),
+    ("weft_rst_send", "tcp", "tcp_send_reset"),
+    ("weft_rst_recv", "tcp", "tcp_receive_reset"),
+    ("weft_skb_drop", "skb", "kfree_skb"),
+];
+
+fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
+    let read = |category, name| {
+        tracefs::read_format(tracefs, category, name).unwrap_or_else(|err| {
+            log::debug!("no format for {category}:{name}: {err}");
+            tracefs::Format::default()
+        })
+    };
+    tracefs::Formats {
+        set_state: read("sock", "inet_sock_set_state"),
+        send_length: read("sock", "sock_send_length"),
+        recv_length: read("sock", "sock_recv_length"),
+        tcp_probe: read("tcp", "tcp_probe"),
+        retransmit: read("tcp", "tcp_retransmit_skb"),
+        receive_reset: read("tcp", "tcp_receive_reset"),
+        send_reset: read("tcp", "tcp_send_reset"),
+        kfree_skb: read("skb", "kfree_skb"),
+    }
+}
+
+fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    attach_point: &str,
+) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| LoadError::Program {
+        name,
+        attach_point: attach_point.to_owned(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    program.try_into().map_err(|source| LoadError::Program {
+        name,
+        attach_point: attach_point.to_owned(),
+        source,
+    })
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), LoadError> {
+    let attach_point = format!("{category}/{tracepoint}");
+    let err = |source| LoadError::Program {
+        name,
+        attach_point: attach_point.clone(),
+        source,
+    };
+    let program: &mut TracePoint = program_mut(ebpf, name, &attach_point)?;
+    program.load().map_err(err)?;
+    program.attach(category, tracepoint).map_err(err)?;
+    Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+}
+
+/// Compile-time check that the shared types are usable as map values.
+#[allow(dead_code)]
+fn assert_pod<T: Pod>() {}
+const _: fn() = || {
+    assert_pod::<TcpConn>();
+    assert_pod::<UdpFlow>();
+};

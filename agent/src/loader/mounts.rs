@@ -1,0 +1,154 @@
+//! The pseudo-filesystems the agent needs: tracefs (tracepoint formats and
+//! attach points), bpffs (pins), and the cgroup v2 hierarchy (the UDP
+//! programs attach to its root). Many hosts do not mount tracefs or bpffs
+//! at boot; the agent mounts them when they are missing.
+
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// One line of /proc/self/mountinfo, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+/// Parses /proc/self/mountinfo text. Field 5 is the mount point; the file
+/// system type follows the " - " separator.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let fs_type = right.split(' ').next()?;
+            Some(Mount {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                fs_type: fs_type.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..(i + 4).min(s.len())], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+pub fn mounts() -> io::Result<Vec<Mount>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+fn find(mounts: &[Mount], fs_type: &str) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fs_type == fs_type)
+        .map(|m| m.mount_point.clone())
+}
+
+/// The cgroup v2 mount (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid hosts).
+pub fn cgroup2(mounts: &[Mount]) -> Option<PathBuf> {
+    find(mounts, "cgroup2")
+}
+
+/// Returns the tracefs mount, mounting it at /sys/kernel/tracing if absent.
+pub fn ensure_tracefs(mounts: &[Mount]) -> io::Result<PathBuf> {
+    if let Some(p) = mounts
+        .iter()
+        .find(|m| m.fs_type == "tracefs" && m.mount_point != Path::new(DEBUGFS_TRACING))
+        .or_else(|| mounts.iter().find(|m| m.fs_type == "tracefs"))
+    {
+        return Ok(p.mount_point.clone());
+    }
+    mount("tracefs", TRACEFS, "tracefs")?;
+    Ok(PathBuf::from(TRACEFS))
+}
+
+/// Mounts bpffs at /sys/fs/bpf if no bpffs is mounted there.
+pub fn ensure_bpffs(mounts: &[Mount]) -> io::Result<PathBuf> {
+    if mounts
+        .iter()
+        .any(|m| m.fs_type == "bpf" && m.mount_point == Path::new(BPFFS))
+    {
+        return Ok(PathBuf::from(BPFFS));
+    }
+    mount("bpf", BPFFS, "bpf")?;
+    Ok(PathBuf::from(BPFFS))
+}
+
+fn mount(source: &str, target: &str, fs_type: &str) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(io::Error::other);
+    let (src, tgt, fst) = (c(source)?, c(target)?, c(fs_type)?);
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(io::Error::new(
+            err.kind(),
+            format!("mount -t {fs_type} {source} {target}: {err}"),
+        ));
+    }
+    log::info!("mounted {fs_type} at {target}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 rw
+40 25 0:40 / /sys/kernel/tracing rw - tracefs tracefs rw
+41 25 0:41 / /mnt/with\\040space rw - bpf bpf rw
+";
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_hosts() {
+        let m = parse_mountinfo(HYBRID);
+        assert_eq!(cgroup2(&m), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            ensure_tracefs(&m).unwrap(),
+            PathBuf::from("/sys/kernel/tracing")
+        );
+    }
+
+    #[test]
+    fn unescapes_mount_points() {
+        let m = parse_mountinfo(HYBRID);
+        assert_eq!(m[4].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(m[4].fs_type, "bpf");
+    }
+}

@@ -1,0 +1,80 @@
+//! The `weft` binary: the agent and its command-line clients.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft::{
+    cli::{flows::FlowsArgs, status::StatusArgs},
+    config::{AgentArgs, Config},
+};
+
+/// eBPF-based, sidecarless observability: TCP and UDP flows and metrics
+/// from the kernel.
+#[derive(Parser)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
+    /// and CAP_SYS_ADMIN).
+    Agent(AgentArgs),
+    /// Show recent and live flows from the local agent.
+    Flows(FlowsArgs),
+    /// Show the local agent's health.
+    Status(StatusArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Agent(args) => {
+            let config = match Config::load(&args) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.print_config {
+                return match serde_yaml_ng::to_string(&config) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        eprintln!("error: {err}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            runtime.block_on(weft::daemon::run(config)).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
+        Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
