@@ -1,0 +1,221 @@
+//! The real `weft` binary, started as an agent with its own metrics port and
+//! API socket, and used as a client of it.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::wait_for;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The binary under test: `$WEFT_BIN`, else the workspace's release build.
+pub fn weft_bin() -> PathBuf {
+    let path = std::env::var_os("WEFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/weft")
+        });
+    assert!(
+        path.exists(),
+        "weft binary not found at {} (build it with `cargo xtask build`, or set WEFT_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `weft ARGS` and returns its output (any exit status).
+pub fn weft(args: &[&str]) -> Output {
+    Command::new(weft_bin())
+        .args(args)
+        .output()
+        .expect("run weft")
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub metrics_port: u16,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent with `extra` flags and waits until it serves.
+    pub fn start(extra: &[&str]) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let socket = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.sock"));
+        let stderr_path = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.log"));
+        let metrics_port = free_port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
+        let child = Command::new(weft_bin())
+            .args(["agent", "--metrics-addr", &metrics_addr, "--api-socket"])
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start weft agent");
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            metrics_port,
+            stderr_path,
+        };
+        let started = Instant::now();
+        wait_for("the agent to serve its flow API", Duration::from_secs(30), || {
+            if let Some(status) = agent.try_exit() {
+                panic!("the agent exited at start ({status}):\n{}", agent.log());
+            }
+            let ok = agent.status_json().is_some() && agent.try_metrics().is_some();
+            ok.then_some(())
+        });
+        eprintln!("agent ready in {:?}", started.elapsed());
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// `weft ARGS --api-socket <ours>`.
+    pub fn client(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(weft_bin());
+        cmd.args(args).arg("--api-socket").arg(&self.socket);
+        cmd.output().expect("run weft client")
+    }
+
+    pub fn status_json(&self) -> Option<Value> {
+        let out = self.client(&["status", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Flow records matching `filters` (`weft flows -o jsonl FILTERS`).
+    pub fn flows(&self, filters: &[&str]) -> Vec<Value> {
+        let mut args = vec!["flows", "-o", "jsonl"];
+        args.extend_from_slice(filters);
+        let out = self.client(&args);
+        assert!(
+            out.status.success(),
+            "weft flows failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+            .collect()
+    }
+
+    /// Waits for a record of `event` among the flows matching `filters`.
+    pub fn wait_flow(&self, filters: &[&str], event: &str, timeout: Duration) -> Value {
+        wait_for(
+            &format!("a `{event}` flow matching {filters:?}"),
+            timeout,
+            || {
+                self.flows(filters)
+                    .into_iter()
+                    .find(|r| r["event"] == event)
+            },
+        )
+    }
+
+    fn try_metrics(&self) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let (head, body) = body.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    }
+
+    /// The metrics page (Prometheus text format).
+    pub fn metrics(&self) -> String {
+        self.try_metrics().expect("metrics endpoint answers")
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`
+    /// (`key="value"` strings). 0 when there is none.
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// Sends a signal and waits for the agent to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait agent") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the agent did not exit within 20s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.signal_and_wait(libc::SIGTERM);
+            if !status.success() && !std::thread::panicking() {
+                panic!("the agent exited with {status}:\n{}", self.log());
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Sum of a metric's samples (see [`Agent::metric_sum`]).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r),
+                None => (series, ""),
+            };
+            (metric == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}

@@ -1,0 +1,239 @@
+//! TCP connections between two namespaces: exact bytes both ways, both
+//! processes named, IPv4 and IPv6, refused connections, periodic updates,
+//! and real peers (curl against Python's http.server).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use weft_tests::{
+    agent::Agent,
+    lab::{Lab, spawn_in},
+    require_root, unique_port, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A server that reads `expect` bytes, answers `reply` bytes, and closes;
+/// a client that sends `send` bytes and reads until EOF. Returns what the
+/// client received.
+fn exchange(lab: &Lab, server: SocketAddr, send: usize, reply: usize) -> usize {
+    let listener_ready = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = listener_ready;
+    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
+        let listener = TcpListener::bind(server).expect("bind server");
+        ready_tx.send(()).expect("signal ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < send {
+            let n = conn.read(&mut buf).expect("server read");
+            assert!(n > 0, "client closed early after {got} bytes");
+            got += n;
+        }
+        conn.write_all(&vec![b'r'; reply]).expect("server write");
+        got
+    });
+    ready_rx.recv_timeout(WAIT).expect("server listening");
+    let cli = spawn_in(&lab.client_ns, "lab-client", move || {
+        let mut conn = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        conn.write_all(&vec![b's'; send]).expect("client write");
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).expect("client read");
+        received.len()
+    });
+    assert_eq!(srv.join().expect("server thread"), send);
+    cli.join().expect("client thread")
+}
+
+fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(port_offset);
+    let (cip, sip) = if ipv6 {
+        (&lab.client_v6, &lab.server_v6)
+    } else {
+        (&lab.client_v4, &lab.server_v4)
+    };
+    let server: SocketAddr = SocketAddr::new(sip.parse().unwrap(), port);
+    assert_eq!(exchange(&lab, server, send, reply), reply);
+
+    let port_s = port.to_string();
+    let close = agent.wait_flow(&["--port", &port_s], "close", WAIT);
+    assert_eq!(close["type"], "l4");
+    assert_eq!(close["transport"], "tcp");
+    assert_eq!(close["bytes_sent"], send as u64, "{close:#}");
+    assert_eq!(close["bytes_received"], reply as u64, "{close:#}");
+    assert_eq!(close["source"]["ip"], cip.as_str());
+    assert_eq!(close["destination"]["ip"], sip.as_str());
+    assert_eq!(close["destination"]["port"], port);
+    let me = std::process::id();
+    assert_eq!(close["source"]["process"], "lab-client", "{close:#}");
+    assert_eq!(close["source"]["pid"], me);
+    assert_eq!(close["destination"]["process"], "lab-server", "{close:#}");
+    assert_eq!(close["destination"]["pid"], me);
+    assert_eq!(close["verdict"], "forwarded");
+    assert!(close["srtt_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
+    assert!(close["duration_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
+    let flows = agent.flows(&["--port", &port_s]);
+    assert_eq!(
+        flows.iter().filter(|r| r["event"] == "open").count(),
+        1,
+        "one open record per connection: {flows:#?}"
+    );
+    assert_eq!(flows.iter().filter(|r| r["event"] == "close").count(), 1);
+
+    // The same figures in the metrics.
+    let port_label = format!("destination_port=\"{port}\"");
+    let l = [port_label.as_str()];
+    assert_eq!(agent.metric_sum("weft_tcp_sent_bytes_total", &l), send as f64);
+    assert_eq!(agent.metric_sum("weft_tcp_received_bytes_total", &l), reply as f64);
+    assert_eq!(agent.metric_sum("weft_tcp_connections_opened_total", &l), 1.0);
+    assert_eq!(agent.metric_sum("weft_tcp_connections_closed_total", &l), 1.0);
+    assert_eq!(agent.metric_sum("weft_tcp_srtt_seconds_count", &l), 1.0);
+    let named = [
+        port_label.as_str(),
+        "source_workload=\"lab-client\"",
+        "destination_workload=\"lab-server\"",
+    ];
+    assert_eq!(agent.metric_sum("weft_tcp_sent_bytes_total", &named), send as f64);
+}
+
+#[test]
+fn ipv4_exact_bytes_and_processes() {
+    if !require_root("ipv4_exact_bytes_and_processes") {
+        return;
+    }
+    check_exact(false, 1_000_000, 250_000, 1);
+}
+
+#[test]
+fn ipv6_exact_bytes_and_processes() {
+    if !require_root("ipv6_exact_bytes_and_processes") {
+        return;
+    }
+    check_exact(true, 300_000, 75_000, 2);
+}
+
+#[test]
+fn refused_connection_is_a_failure_with_a_reset() {
+    if !require_root("refused_connection_is_a_failure_with_a_reset") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(3);
+    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let err = spawn_in(&lab.client_ns, "lab-client", move || {
+        TcpStream::connect_timeout(&server, WAIT).expect_err("nothing listens there")
+    })
+    .join()
+    .expect("client thread");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    let port_s = port.to_string();
+    let fail = agent.wait_flow(&["--port", &port_s], "fail", WAIT);
+    assert_eq!(fail["failure"], "refused", "{fail:#}");
+    assert_eq!(fail["resets_received"], 1, "{fail:#}");
+    assert_eq!(fail["source"]["process"], "lab-client");
+    assert_eq!(fail["bytes_sent"], 0);
+    let port_label = format!("destination_port=\"{port}\"");
+    let l = [port_label.as_str()];
+    assert_eq!(agent.metric_sum("weft_tcp_connections_failed_total", &l), 1.0);
+    assert_eq!(agent.metric_sum("weft_tcp_connections_opened_total", &l), 0.0);
+    // The server's namespace sent the reset (no socket), the client got it.
+    let sent = [port_label.as_str(), "direction=\"sent\""];
+    let received = [port_label.as_str(), "direction=\"received\""];
+    assert_eq!(agent.metric_sum("weft_tcp_resets_total", &sent), 1.0);
+    assert_eq!(agent.metric_sum("weft_tcp_resets_total", &received), 1.0);
+}
+
+#[test]
+fn long_lived_connections_report_updates() {
+    if !require_root("long_lived_connections_report_updates") {
+        return;
+    }
+    let agent = Agent::start(&["--update-interval", "1s"]);
+    let lab = Lab::new();
+    let port = unique_port(4);
+    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
+        let listener = TcpListener::bind(server).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut sink = Vec::new();
+        conn.read_to_end(&mut sink).expect("read");
+        sink.len()
+    });
+    ready_rx.recv_timeout(WAIT).expect("listening");
+    let port_s = port.to_string();
+    let mut conn = spawn_in(&lab.client_ns, "lab-client", move || {
+        let mut c = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        c.write_all(&[1u8; 1000]).expect("write");
+        c
+    })
+    .join()
+    .expect("client");
+    // While the connection stays open, updates carry its progress.
+    let update = agent.wait_flow(&["--port", &port_s], "update", Duration::from_secs(10));
+    assert_eq!(update["bytes_sent"], 1000, "{update:#}");
+    conn.write_all(&[2u8; 500]).expect("write more");
+    wait_for("an update with 1500 bytes", Duration::from_secs(10), || {
+        agent
+            .flows(&["--port", &port_s])
+            .into_iter()
+            .find(|r| r["event"] == "update" && r["bytes_sent"] == 1500)
+    });
+    drop(conn);
+    assert_eq!(srv.join().expect("server"), 1500);
+    let close = agent.wait_flow(&["--port", &port_s], "close", WAIT);
+    assert_eq!(close["bytes_sent"], 1500);
+}
+
+#[test]
+fn curl_and_python_http_server_are_named() {
+    if !require_root("curl_and_python_http_server_are_named") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(5);
+    let port_s = port.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "python3", "-m", "http.server", &port_s])
+        .args(["--bind", &lab.server_v4])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 http.server");
+    let url = format!("http://{}:{port}/Cargo.toml", lab.server_v4);
+    let out = wait_for("python3 http.server to answer", WAIT, || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "curl", "-sS", "-o", "/dev/null"])
+            .args(["-w", "%{size_request} %{size_header} %{size_download}", &url])
+            .output()
+            .ok()?;
+        out.status.success().then_some(out)
+    });
+    // SAFETY: ending the server we started, by its pid.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+    let sizes: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().expect("curl size"))
+        .collect();
+    let (request, header, body) = (sizes[0], sizes[1], sizes[2]);
+
+    // Earlier attempts may have been refused while the server started; the
+    // successful one is the close record.
+    let close = agent.wait_flow(&["--port", &port_s, "--process", "curl"], "close", WAIT);
+    assert_eq!(close["source"]["process"], "curl", "{close:#}");
+    assert_eq!(close["destination"]["process"], "python3", "{close:#}");
+    assert_eq!(close["bytes_sent"], request, "{close:#}");
+    assert_eq!(close["bytes_received"], header + body, "{close:#}");
+}
