@@ -1,0 +1,164 @@
+//! What the network does to connections: RTT and retransmits through a
+//! shaped link (compared with the kernel's own `ss -tin` view), and packets
+//! dropped by a firewall, with the kernel's drop reason.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    time::Duration,
+};
+
+use weft_tests::{
+    agent::Agent,
+    lab::{Lab, spawn_in},
+    require_root, run, unique_port,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `rtt:<srtt ms>/<rttvar>` and `retrans:<cur>/<total>` of the connection
+/// to `dport` in `ss -tin` output.
+fn ss_rtt_and_retrans(ss: &str, dport: u16) -> (f64, u64) {
+    let needle = format!(":{dport}");
+    let mut lines = ss.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("ESTAB") && line.split_whitespace().nth(4).is_some_and(|p| p.ends_with(&needle)) {
+            let info = lines.next().expect("ss info line");
+            let rtt = info
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rtt:"))
+                .and_then(|v| v.split('/').next())
+                .and_then(|v| v.parse().ok())
+                .expect("rtt in ss output");
+            let retrans = info
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("retrans:"))
+                .and_then(|v| v.split('/').nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return (rtt, retrans);
+        }
+    }
+    panic!("no established connection to port {dport} in:\n{ss}");
+}
+
+#[test]
+fn srtt_agrees_with_ss_and_retransmits_are_counted() {
+    if !require_root("srtt_agrees_with_ss_and_retransmits_are_counted") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    // A 20 Mbit/s shaper with a 30 ms queue on the client's egress: a bulk
+    // upload fills the queue (tens of ms of RTT) and overflows it (drops,
+    // so retransmits).
+    lab.exec(
+        &lab.client_ns,
+        &["tc", "qdisc", "add", "dev", &lab.client_dev, "root", "tbf", "rate", "20mbit", "burst", "16kb", "latency", "30ms"],
+    );
+    let port = unique_port(6);
+    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    const BULK: usize = 6_000_000;
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
+        let listener = TcpListener::bind(server).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < BULK {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0);
+            got += n;
+        }
+        conn.write_all(b"ok").expect("reply");
+        // Wait for the client to close.
+        let _ = conn.read(&mut buf);
+        got
+    });
+    ready_rx.recv_timeout(WAIT).expect("listening");
+    // The client uploads, reads the reply, then holds the connection open
+    // while the test reads `ss`, and closes when told.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let cli = spawn_in(&lab.client_ns, "lab-client", move || {
+        let mut c = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        c.write_all(&vec![7u8; BULK]).expect("upload");
+        let mut reply = [0u8; 2];
+        c.read_exact(&mut reply).expect("reply");
+        done_tx.send(()).expect("done");
+        close_rx.recv_timeout(WAIT).expect("close signal");
+    });
+    done_rx.recv_timeout(Duration::from_secs(60)).expect("upload finished");
+    let ss = String::from_utf8_lossy(&lab.exec(&lab.client_ns, &["ss", "-tin"]).stdout).into_owned();
+    close_tx.send(()).expect("close");
+    cli.join().expect("client");
+    assert_eq!(srv.join().expect("server"), BULK);
+    let (ss_rtt_ms, ss_retrans) = ss_rtt_and_retrans(&ss, port);
+
+    let port_s = port.to_string();
+    let close = agent.wait_flow(&["--port", &port_s], "close", WAIT);
+    let srtt_ms = close["srtt_us"].as_u64().expect("srtt") as f64 / 1000.0;
+    let retrans = close["retransmits"].as_u64().expect("retransmits");
+    eprintln!("weft srtt {srtt_ms} ms, retransmits {retrans}; ss rtt {ss_rtt_ms} ms, retrans {ss_retrans}");
+    assert_eq!(close["bytes_sent"], BULK as u64);
+    assert!(ss_rtt_ms > 5.0, "the shaper should add queueing delay (ss rtt {ss_rtt_ms} ms)");
+    let ratio = srtt_ms / ss_rtt_ms;
+    assert!(
+        (0.7..=1.3).contains(&ratio),
+        "weft srtt {srtt_ms} ms vs ss rtt {ss_rtt_ms} ms: more than 30% apart"
+    );
+    assert!(ss_retrans > 0, "the shaper should have dropped segments: {ss}");
+    assert!(retrans > 0, "weft reported no retransmits (ss: {ss_retrans})");
+    // The tracepoint fires once per retransmitted skb; ss counts segments,
+    // and one skb may carry several.
+    assert!(retrans <= ss_retrans, "weft {retrans} > ss {ss_retrans}");
+    let port_label = format!("destination_port=\"{port}\"");
+    assert_eq!(
+        agent.metric_sum("weft_tcp_retransmits_total", &[port_label.as_str()]),
+        retrans as f64
+    );
+}
+
+#[test]
+fn firewall_drops_show_their_reason() {
+    if !require_root("firewall_drops_show_their_reason") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(7);
+    let port_s = port.to_string();
+    for rule in [
+        "add table inet wefttest",
+        "add chain inet wefttest input { type filter hook input priority 0 ; }",
+        &format!("add rule inet wefttest input tcp dport {port} drop"),
+    ] {
+        let mut args = vec!["ip", "netns", "exec", &lab.server_ns, "nft"];
+        args.extend(rule.split(' '));
+        run(&args);
+    }
+    let label = "reason=\"NETFILTER_DROP\"";
+    let before = agent.metric_sum("weft_packet_drops_total", &[label]);
+    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    // The SYN is dropped at t=0 and its retransmission at t=1s; the client
+    // gives up at 1.5s.
+    let err = spawn_in(&lab.client_ns, "lab-client", move || {
+        TcpStream::connect_timeout(&server, Duration::from_millis(1500)).expect_err("dropped")
+    })
+    .join()
+    .expect("client");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    let fail = agent.wait_flow(&["--port", &port_s], "fail", WAIT);
+    assert_eq!(fail["failure"], "timeout", "{fail:#}");
+    assert_eq!(fail["resets_received"], 0);
+    let syns = 1 + fail["retransmits"].as_u64().expect("retransmits");
+    assert!(syns >= 2, "the SYN was retransmitted at least once: {fail:#}");
+    // Every SYN was dropped by the firewall, each counted once.
+    let drops = weft_tests::wait_for("the drops in the metrics", WAIT, || {
+        let after = agent.metric_sum("weft_packet_drops_total", &[label]);
+        (after - before >= syns as f64).then_some(after - before)
+    });
+    assert_eq!(drops, syns as f64);
+}
