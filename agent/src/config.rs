@@ -148,7 +148,16 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("field `{path}`: {inner}")
+            }
+        })
     }
 
     fn apply_flags(&mut self, args: &AgentArgs) -> Result<(), ConfigError> {
@@ -199,25 +208,59 @@ impl Config {
             ));
         }
         check_duration("close_grace", self.close_grace, 0, 60)?;
-        check_range("tcp_socket_capacity", self.tcp_socket_capacity as u64, 64, 4 << 20)?;
-        check_range("udp_flow_capacity", self.udp_flow_capacity as u64, 64, 4 << 20)?;
+        check_range(
+            "tcp_socket_capacity",
+            self.tcp_socket_capacity as u64,
+            64,
+            4 << 20,
+        )?;
+        check_range(
+            "udp_flow_capacity",
+            self.udp_flow_capacity as u64,
+            64,
+            4 << 20,
+        )?;
         let ring = self.ring_buffer_bytes;
-        if !ring.is_power_of_two() || ring < 4096 || ring > (1 << 30) {
+        if !ring.is_power_of_two() || !(4096..=(1 << 30)).contains(&ring) {
             return Err(invalid(
                 "ring_buffer_bytes",
                 &ring,
                 "must be a power of two between 4096 and 1073741824",
             ));
         }
-        check_range("event_queue_capacity", self.event_queue_capacity as u64, 16, 1 << 24)?;
-        check_range("flow_table_capacity", self.flow_table_capacity as u64, 64, 1 << 24)?;
-        check_range("flow_store_capacity", self.flow_store_capacity as u64, 1, 1 << 24)?;
-        check_range("metric_label_budget", self.metric_label_budget as u64, 1, 1 << 20)?;
+        check_range(
+            "event_queue_capacity",
+            self.event_queue_capacity as u64,
+            16,
+            1 << 24,
+        )?;
+        check_range(
+            "flow_table_capacity",
+            self.flow_table_capacity as u64,
+            64,
+            1 << 24,
+        )?;
+        check_range(
+            "flow_store_capacity",
+            self.flow_store_capacity as u64,
+            1,
+            1 << 24,
+        )?;
+        check_range(
+            "metric_label_budget",
+            self.metric_label_budget as u64,
+            1,
+            1 << 20,
+        )?;
         Ok(())
     }
 }
 
-fn invalid(field: &'static str, value: &dyn std::fmt::Display, reason: impl ToString) -> ConfigError {
+fn invalid(
+    field: &'static str,
+    value: &dyn std::fmt::Display,
+    reason: impl ToString,
+) -> ConfigError {
     ConfigError::Invalid {
         field,
         value: value.to_string(),
@@ -230,7 +273,12 @@ fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigErr
         .map_err(|e| invalid(field, &text, format!("{e} (examples: 500ms, 10s, 5m)")))
 }
 
-fn check_duration(field: &'static str, d: Duration, min_s: u64, max_s: u64) -> Result<(), ConfigError> {
+fn check_duration(
+    field: &'static str,
+    d: Duration,
+    min_s: u64,
+    max_s: u64,
+) -> Result<(), ConfigError> {
     if d < Duration::from_secs(min_s) || d > Duration::from_secs(max_s) {
         return Err(invalid(
             field,
@@ -243,7 +291,11 @@ fn check_duration(field: &'static str, d: Duration, min_s: u64, max_s: u64) -> R
 
 fn check_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if v < min || v > max {
-        return Err(invalid(field, &v, format!("must be between {min} and {max}")));
+        return Err(invalid(
+            field,
+            &v,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(())
 }
@@ -261,7 +313,9 @@ mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration ({e}; examples: 500ms, 10s, 5m)"))
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}; examples: 500ms, 10s, 5m)"
+            ))
         })
     }
 }
@@ -301,7 +355,11 @@ mod tests {
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weft.yaml");
-        std::fs::write(&path, "metrics_addr: 127.0.0.1:1000\nflow_store_capacity: 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "metrics_addr: 127.0.0.1:1000\nflow_store_capacity: 5\n",
+        )
+        .unwrap();
         let args = AgentArgs {
             config: Some(path),
             metrics_addr: Some("127.0.0.1:2000".into()),
@@ -329,6 +387,9 @@ mod tests {
             ..AgentArgs::default()
         };
         let err = Config::load(&args).unwrap_err().to_string();
-        assert!(err.contains("metrics_addr") && err.contains("nowhere"), "{err}");
+        assert!(
+            err.contains("metrics_addr") && err.contains("nowhere"),
+            "{err}"
+        );
     }
 }

@@ -66,9 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics);
     let store = Arc::new(FlowStore::new(config.flow_store_capacity));
     let pipeline = Arc::new(PipelineCounters::default());
-    let cgroup2 = mounts::mounts()
-        .ok()
-        .and_then(|m| mounts::cgroup2(&m));
+    let cgroup2 = mounts::mounts().ok().and_then(|m| mounts::cgroup2(&m));
 
     let secs = |d: Duration| d.as_nanos() as u64;
     let table = FlowTable {

@@ -65,7 +65,9 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            runtime.block_on(weft::daemon::run(config)).map(|()| ExitCode::SUCCESS)
+            runtime
+                .block_on(weft::daemon::run(config))
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
         Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),

@@ -72,13 +72,17 @@ impl Agent {
             stderr_path,
         };
         let started = Instant::now();
-        wait_for("the agent to serve its flow API", Duration::from_secs(30), || {
-            if let Some(status) = agent.try_exit() {
-                panic!("the agent exited at start ({status}):\n{}", agent.log());
-            }
-            let ok = agent.status_json().is_some() && agent.try_metrics().is_some();
-            ok.then_some(())
-        });
+        wait_for(
+            "the agent to serve its flow API",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = agent.try_exit() {
+                    panic!("the agent exited at start ({status}):\n{}", agent.log());
+                }
+                let ok = agent.status_json().is_some() && agent.try_metrics().is_some();
+                ok.then_some(())
+            },
+        );
         eprintln!("agent ready in {:?}", started.elapsed());
         agent
     }
@@ -92,7 +96,9 @@ impl Agent {
     }
 
     fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// `weft ARGS --api-socket <ours>`.

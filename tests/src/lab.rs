@@ -44,16 +44,51 @@ impl Lab {
         run(&["ip", "netns", "add", &lab.client_ns]);
         run(&["ip", "netns", "add", &lab.server_ns]);
         run(&[
-            "ip", "link", "add", &lab.client_dev, "netns", &lab.client_ns, "type", "veth", "peer",
-            "name", &server_dev, "netns", &lab.server_ns,
+            "ip",
+            "link",
+            "add",
+            &lab.client_dev,
+            "netns",
+            &lab.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_dev,
+            "netns",
+            &lab.server_ns,
         ]);
         for (ns, dev, v4, v6) in [
-            (&lab.client_ns, &lab.client_dev, &lab.client_v4, &lab.client_v6),
+            (
+                &lab.client_ns,
+                &lab.client_dev,
+                &lab.client_v4,
+                &lab.client_v6,
+            ),
             (&lab.server_ns, &server_dev, &lab.server_v4, &lab.server_v6),
         ] {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            run(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            run(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         lab

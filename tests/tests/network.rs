@@ -23,7 +23,12 @@ fn ss_rtt_and_retrans(ss: &str, dport: u16) -> (f64, u64) {
     let needle = format!(":{dport}");
     let mut lines = ss.lines();
     while let Some(line) = lines.next() {
-        if line.starts_with("ESTAB") && line.split_whitespace().nth(4).is_some_and(|p| p.ends_with(&needle)) {
+        if line.starts_with("ESTAB")
+            && line
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|p| p.ends_with(&needle))
+        {
             let info = lines.next().expect("ss info line");
             let rtt = info
                 .split_whitespace()
@@ -55,10 +60,24 @@ fn srtt_agrees_with_ss_and_retransmits_are_counted() {
     // so retransmits).
     lab.exec(
         &lab.client_ns,
-        &["tc", "qdisc", "add", "dev", &lab.client_dev, "root", "tbf", "rate", "20mbit", "burst", "16kb", "latency", "30ms"],
+        &[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &lab.client_dev,
+            "root",
+            "tbf",
+            "rate",
+            "20mbit",
+            "burst",
+            "16kb",
+            "latency",
+            "30ms",
+        ],
     );
     let port = unique_port(6);
-    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     const BULK: usize = 6_000_000;
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let srv = spawn_in(&lab.server_ns, "lab-server", move || {
@@ -90,8 +109,11 @@ fn srtt_agrees_with_ss_and_retransmits_are_counted() {
         done_tx.send(()).expect("done");
         close_rx.recv_timeout(WAIT).expect("close signal");
     });
-    done_rx.recv_timeout(Duration::from_secs(60)).expect("upload finished");
-    let ss = String::from_utf8_lossy(&lab.exec(&lab.client_ns, &["ss", "-tin"]).stdout).into_owned();
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("upload finished");
+    let ss =
+        String::from_utf8_lossy(&lab.exec(&lab.client_ns, &["ss", "-tin"]).stdout).into_owned();
     close_tx.send(()).expect("close");
     cli.join().expect("client");
     assert_eq!(srv.join().expect("server"), BULK);
@@ -101,16 +123,27 @@ fn srtt_agrees_with_ss_and_retransmits_are_counted() {
     let close = agent.wait_flow(&["--port", &port_s], "close", WAIT);
     let srtt_ms = close["srtt_us"].as_u64().expect("srtt") as f64 / 1000.0;
     let retrans = close["retransmits"].as_u64().expect("retransmits");
-    eprintln!("weft srtt {srtt_ms} ms, retransmits {retrans}; ss rtt {ss_rtt_ms} ms, retrans {ss_retrans}");
+    eprintln!(
+        "weft srtt {srtt_ms} ms, retransmits {retrans}; ss rtt {ss_rtt_ms} ms, retrans {ss_retrans}"
+    );
     assert_eq!(close["bytes_sent"], BULK as u64);
-    assert!(ss_rtt_ms > 5.0, "the shaper should add queueing delay (ss rtt {ss_rtt_ms} ms)");
+    assert!(
+        ss_rtt_ms > 5.0,
+        "the shaper should add queueing delay (ss rtt {ss_rtt_ms} ms)"
+    );
     let ratio = srtt_ms / ss_rtt_ms;
     assert!(
         (0.7..=1.3).contains(&ratio),
         "weft srtt {srtt_ms} ms vs ss rtt {ss_rtt_ms} ms: more than 30% apart"
     );
-    assert!(ss_retrans > 0, "the shaper should have dropped segments: {ss}");
-    assert!(retrans > 0, "weft reported no retransmits (ss: {ss_retrans})");
+    assert!(
+        ss_retrans > 0,
+        "the shaper should have dropped segments: {ss}"
+    );
+    assert!(
+        retrans > 0,
+        "weft reported no retransmits (ss: {ss_retrans})"
+    );
     // The tracepoint fires once per retransmitted skb; ss counts segments,
     // and one skb may carry several.
     assert!(retrans <= ss_retrans, "weft {retrans} > ss {ss_retrans}");
@@ -141,7 +174,7 @@ fn firewall_drops_show_their_reason() {
     }
     let label = "reason=\"NETFILTER_DROP\"";
     let before = agent.metric_sum("weft_packet_drops_total", &[label]);
-    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     // The SYN is dropped at t=0 and its retransmission at t=1s; the client
     // gives up at 1.5s.
     let err = spawn_in(&lab.client_ns, "lab-client", move || {
@@ -154,7 +187,10 @@ fn firewall_drops_show_their_reason() {
     assert_eq!(fail["failure"], "timeout", "{fail:#}");
     assert_eq!(fail["resets_received"], 0);
     let syns = 1 + fail["retransmits"].as_u64().expect("retransmits");
-    assert!(syns >= 2, "the SYN was retransmitted at least once: {fail:#}");
+    assert!(
+        syns >= 2,
+        "the SYN was retransmitted at least once: {fail:#}"
+    );
     // Every SYN was dropped by the firewall, each counted once.
     let drops = weft_tests::wait_for("the drops in the metrics", WAIT, || {
         let after = agent.metric_sum("weft_packet_drops_total", &[label]);

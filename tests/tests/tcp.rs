@@ -58,7 +58,7 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
     } else {
         (&lab.client_v4, &lab.server_v4)
     };
-    let server: SocketAddr = SocketAddr::new(sip.parse().unwrap(), port);
+    let server: SocketAddr = SocketAddr::new(sip.parse().expect("lab address"), port);
     assert_eq!(exchange(&lab, server, send, reply), reply);
 
     let port_s = port.to_string();
@@ -89,17 +89,32 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
     // The same figures in the metrics.
     let port_label = format!("destination_port=\"{port}\"");
     let l = [port_label.as_str()];
-    assert_eq!(agent.metric_sum("weft_tcp_sent_bytes_total", &l), send as f64);
-    assert_eq!(agent.metric_sum("weft_tcp_received_bytes_total", &l), reply as f64);
-    assert_eq!(agent.metric_sum("weft_tcp_connections_opened_total", &l), 1.0);
-    assert_eq!(agent.metric_sum("weft_tcp_connections_closed_total", &l), 1.0);
+    assert_eq!(
+        agent.metric_sum("weft_tcp_sent_bytes_total", &l),
+        send as f64
+    );
+    assert_eq!(
+        agent.metric_sum("weft_tcp_received_bytes_total", &l),
+        reply as f64
+    );
+    assert_eq!(
+        agent.metric_sum("weft_tcp_connections_opened_total", &l),
+        1.0
+    );
+    assert_eq!(
+        agent.metric_sum("weft_tcp_connections_closed_total", &l),
+        1.0
+    );
     assert_eq!(agent.metric_sum("weft_tcp_srtt_seconds_count", &l), 1.0);
     let named = [
         port_label.as_str(),
         "source_workload=\"lab-client\"",
         "destination_workload=\"lab-server\"",
     ];
-    assert_eq!(agent.metric_sum("weft_tcp_sent_bytes_total", &named), send as f64);
+    assert_eq!(
+        agent.metric_sum("weft_tcp_sent_bytes_total", &named),
+        send as f64
+    );
 }
 
 #[test]
@@ -126,7 +141,7 @@ fn refused_connection_is_a_failure_with_a_reset() {
     let agent = Agent::start(&[]);
     let lab = Lab::new();
     let port = unique_port(3);
-    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     let err = spawn_in(&lab.client_ns, "lab-client", move || {
         TcpStream::connect_timeout(&server, WAIT).expect_err("nothing listens there")
     })
@@ -142,8 +157,14 @@ fn refused_connection_is_a_failure_with_a_reset() {
     assert_eq!(fail["bytes_sent"], 0);
     let port_label = format!("destination_port=\"{port}\"");
     let l = [port_label.as_str()];
-    assert_eq!(agent.metric_sum("weft_tcp_connections_failed_total", &l), 1.0);
-    assert_eq!(agent.metric_sum("weft_tcp_connections_opened_total", &l), 0.0);
+    assert_eq!(
+        agent.metric_sum("weft_tcp_connections_failed_total", &l),
+        1.0
+    );
+    assert_eq!(
+        agent.metric_sum("weft_tcp_connections_opened_total", &l),
+        0.0
+    );
     // The server's namespace sent the reset (no socket), the client got it.
     let sent = [port_label.as_str(), "direction=\"sent\""];
     let received = [port_label.as_str(), "direction=\"received\""];
@@ -159,7 +180,7 @@ fn long_lived_connections_report_updates() {
     let agent = Agent::start(&["--update-interval", "1s"]);
     let lab = Lab::new();
     let port = unique_port(4);
-    let server = SocketAddr::new(lab.server_v4.parse().unwrap(), port);
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let srv = spawn_in(&lab.server_ns, "lab-server", move || {
         let listener = TcpListener::bind(server).expect("bind");
@@ -204,7 +225,15 @@ fn curl_and_python_http_server_are_named() {
     let port = unique_port(5);
     let port_s = port.to_string();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.server_ns, "python3", "-m", "http.server", &port_s])
+        .args([
+            "netns",
+            "exec",
+            &lab.server_ns,
+            "python3",
+            "-m",
+            "http.server",
+            &port_s,
+        ])
         .args(["--bind", &lab.server_v4])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::null())
@@ -214,8 +243,20 @@ fn curl_and_python_http_server_are_named() {
     let url = format!("http://{}:{port}/Cargo.toml", lab.server_v4);
     let out = wait_for("python3 http.server to answer", WAIT, || {
         let out = Command::new("ip")
-            .args(["netns", "exec", &lab.client_ns, "curl", "-sS", "-o", "/dev/null"])
-            .args(["-w", "%{size_request} %{size_header} %{size_download}", &url])
+            .args([
+                "netns",
+                "exec",
+                &lab.client_ns,
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+            ])
+            .args([
+                "-w",
+                "%{size_request} %{size_header} %{size_download}",
+                &url,
+            ])
             .output()
             .ok()?;
         out.status.success().then_some(out)

@@ -25,7 +25,7 @@ fn echo(ipv6: bool, offset: u16) {
     } else {
         (lab.client_v4.clone(), lab.server_v4.clone())
     };
-    let server = SocketAddr::new(sip.parse().unwrap(), port);
+    let server = SocketAddr::new(sip.parse().expect("lab address"), port);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     // The server answers each 100-byte datagram with 40 bytes.
     let srv = spawn_in(&lab.server_ns, "udp-server", move || {
@@ -41,7 +41,7 @@ fn echo(ipv6: bool, offset: u16) {
     });
     ready_rx.recv_timeout(WAIT).expect("server ready");
     spawn_in(&lab.client_ns, "udp-client", move || {
-        let bind: SocketAddr = SocketAddr::new(cip.parse().unwrap(), 0);
+        let bind: SocketAddr = SocketAddr::new(cip.parse().expect("lab address"), 0);
         let sock = UdpSocket::bind(bind).expect("bind client");
         sock.set_read_timeout(Some(WAIT)).expect("timeout");
         let mut buf = [0u8; 2048];
@@ -67,13 +67,27 @@ fn echo(ipv6: bool, offset: u16) {
     assert_eq!(close["destination"]["ip"], sip.as_str());
     assert_eq!(close["destination"]["port"], port);
     let flows = agent.flows(&["--port", &port_s]);
-    assert_eq!(flows.iter().filter(|r| r["event"] == "open").count(), 1, "{flows:#?}");
-    assert_eq!(flows.iter().filter(|r| r["event"] == "close").count(), 1, "{flows:#?}");
+    assert_eq!(
+        flows.iter().filter(|r| r["event"] == "open").count(),
+        1,
+        "{flows:#?}"
+    );
+    assert_eq!(
+        flows.iter().filter(|r| r["event"] == "close").count(),
+        1,
+        "{flows:#?}"
+    );
 
     let port_label = format!("destination_port=\"{port}\"");
     let l = [port_label.as_str()];
-    assert_eq!(agent.metric_sum("weft_udp_sent_bytes_total", &l), (100 * DATAGRAMS) as f64);
-    assert_eq!(agent.metric_sum("weft_udp_received_bytes_total", &l), (40 * DATAGRAMS) as f64);
+    assert_eq!(
+        agent.metric_sum("weft_udp_sent_bytes_total", &l),
+        (100 * DATAGRAMS) as f64
+    );
+    assert_eq!(
+        agent.metric_sum("weft_udp_received_bytes_total", &l),
+        (40 * DATAGRAMS) as f64
+    );
 }
 
 #[test]

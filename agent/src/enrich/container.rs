@@ -47,10 +47,7 @@ impl CgroupResolver {
 
     fn rescan(&mut self) {
         let Some(root) = &self.root else { return };
-        if self
-            .last_scan
-            .is_some_and(|t| t.elapsed() < RESCAN_EVERY)
-        {
+        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
             return;
         }
         self.last_scan = Some(Instant::now());
@@ -100,13 +97,20 @@ mod tests {
             format!("/sys/fs/cgroup/kubepods/besteffort/pod1/{ID}"),
             format!("/sys/fs/cgroup/crio-{ID}.scope"),
         ] {
-            assert_eq!(container_id_from_path(Path::new(&path)).as_deref(), Some(ID), "{path}");
+            assert_eq!(
+                container_id_from_path(Path::new(&path)).as_deref(),
+                Some(ID),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn plain_cgroups_are_not_containers() {
-        assert_eq!(container_id_from_path(Path::new("/sys/fs/cgroup/user.slice/session-1.scope")), None);
+        assert_eq!(
+            container_id_from_path(Path::new("/sys/fs/cgroup/user.slice/session-1.scope")),
+            None
+        );
         assert_eq!(container_id_from_path(Path::new("/")), None);
     }
 

@@ -66,11 +66,10 @@ pub struct HealthMetrics {
 /// RTT buckets: 50 µs (same host) to 2.5 s (intercontinental, or queues).
 fn srtt_histogram() -> Histogram {
     Histogram::new([
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5,
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5,
     ])
 }
-
 
 pub struct Metrics {
     pub registry: Registry,

@@ -35,9 +35,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route(&path, get(render))
-        .with_state(metrics);
+    let app = Router::new().route(&path, get(render)).with_state(metrics);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -52,7 +50,9 @@ async fn render(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     match metrics.encode() {
-        Ok(body) if wants_openmetrics => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(body) if wants_openmetrics => {
+            ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+        }
         Ok(body) => (
             [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
             super::text_format::to_prometheus_text(&body),

@@ -87,6 +87,9 @@ mod tests {
         b[11] = 0xff;
         b[12..].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(ip(AF_INET6, &b), IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!(ip(AF_INET6, &Ipv6Addr::LOCALHOST.octets()), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(
+            ip(AF_INET6, &Ipv6Addr::LOCALHOST.octets()),
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        );
     }
 }

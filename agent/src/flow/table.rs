@@ -14,13 +14,7 @@ use std::{
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weft_common::{
-    SockTuple,
-    conn::TcpConn,
-    counters::index,
-    event::TcpEvent,
-    udp::UdpFlow,
-};
+use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent, udp::UdpFlow};
 
 use super::{emit::Emitter, store::FlowStore, tcp::TcpTracker, udp::UdpTracker};
 use crate::{
@@ -223,10 +217,26 @@ impl FlowTable {
         );
 
         let loss_values = [
-            ("tcp_events", "kernel_ring", self.counter(index::LOST_RING_TCP)),
-            ("tcp_events", "kernel_map_full", self.counter(index::LOST_MAP_TCP)),
-            ("udp_packet", "kernel_map_full", self.counter(index::LOST_MAP_UDP)),
-            ("skb_drop", "reason_unknown", self.counter(index::DROP_REASON_OVERFLOW)),
+            (
+                "tcp_events",
+                "kernel_ring",
+                self.counter(index::LOST_RING_TCP),
+            ),
+            (
+                "tcp_events",
+                "kernel_map_full",
+                self.counter(index::LOST_MAP_TCP),
+            ),
+            (
+                "udp_packet",
+                "kernel_map_full",
+                self.counter(index::LOST_MAP_UDP),
+            ),
+            (
+                "skb_drop",
+                "reason_unknown",
+                self.counter(index::DROP_REASON_OVERFLOW),
+            ),
             (
                 "tcp_events",
                 "userspace_queue",

@@ -17,12 +17,7 @@ use aya::{
     maps::{HashMap, Map, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
 };
-use weft_common::{
-    SockTuple,
-    config::ProbeConfig,
-    conn::TcpConn,
-    udp::UdpFlow,
-};
+use weft_common::{SockTuple, config::ProbeConfig, conn::TcpConn, udp::UdpFlow};
 
 use crate::{
     config::Config,
@@ -118,7 +113,10 @@ impl Probes {
             source,
         })?;
         if let Err(err) = cleanup::remove_stale_pins(&bpffs) {
-            log::warn!("could not remove stale pins under {}: {err}", bpffs.display());
+            log::warn!(
+                "could not remove stale pins under {}: {err}",
+                bpffs.display()
+            );
         }
         let cgroup_root = mounts::cgroup2(&mounts).ok_or(LoadError::NoCgroup2)?;
 
@@ -126,12 +124,19 @@ impl Probes {
         for tp in features::TRACEPOINTS {
             let present = features::tracepoint_exists(&tracefs, tp.category, tp.name);
             if tp.required && !present {
-                return Err(LoadError::MissingTracepoint(format!("{}:{}", tp.category, tp.name)));
+                return Err(LoadError::MissingTracepoint(format!(
+                    "{}:{}",
+                    tp.category, tp.name
+                )));
             }
             features.push(FeatureStatus {
                 name: format!("tracepoint {}:{}", tp.category, tp.name),
                 available: present,
-                detail: if present { "attached".into() } else { tp.without.into() },
+                detail: if present {
+                    "attached".into()
+                } else {
+                    tp.without.into()
+                },
             });
         }
         let formats = read_formats(&tracefs);
@@ -198,16 +203,36 @@ impl Probes {
         }
 
         let maps = ProbeMaps {
-            events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
-                .map_err(|source| LoadError::Map { name: "EVENTS", source })?,
-            tcp_conns: HashMap::try_from(take_map(&mut ebpf, "TCP_CONNS")?)
-                .map_err(|source| LoadError::Map { name: "TCP_CONNS", source })?,
-            udp_flows: HashMap::try_from(take_map(&mut ebpf, "UDP_FLOWS")?)
-                .map_err(|source| LoadError::Map { name: "UDP_FLOWS", source })?,
-            counters: PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
-                .map_err(|source| LoadError::Map { name: "COUNTERS", source })?,
-            drop_reasons: PerCpuArray::try_from(take_map(&mut ebpf, "DROP_REASONS")?)
-                .map_err(|source| LoadError::Map { name: "DROP_REASONS", source })?,
+            events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
+                LoadError::Map {
+                    name: "EVENTS",
+                    source,
+                }
+            })?,
+            tcp_conns: HashMap::try_from(take_map(&mut ebpf, "TCP_CONNS")?).map_err(|source| {
+                LoadError::Map {
+                    name: "TCP_CONNS",
+                    source,
+                }
+            })?,
+            udp_flows: HashMap::try_from(take_map(&mut ebpf, "UDP_FLOWS")?).map_err(|source| {
+                LoadError::Map {
+                    name: "UDP_FLOWS",
+                    source,
+                }
+            })?,
+            counters: PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(
+                |source| LoadError::Map {
+                    name: "COUNTERS",
+                    source,
+                },
+            )?,
+            drop_reasons: PerCpuArray::try_from(take_map(&mut ebpf, "DROP_REASONS")?).map_err(
+                |source| LoadError::Map {
+                    name: "DROP_REASONS",
+                    source,
+                },
+            )?,
         };
 
         Ok(Self {

@@ -71,7 +71,9 @@ impl Format {
         };
         let mut rest = &self.print_fmt[start..];
         while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}') else { break };
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
             let item = &rest[open + 1..open + close];
             if let Some((value, name)) = item.split_once(',') {
                 let value = value.trim();
@@ -91,7 +93,11 @@ impl Format {
 
 /// Reads `events/<category>/<name>/format` under the tracefs mount.
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> std::io::Result<Format> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     Ok(Format::parse(&std::fs::read_to_string(path)?))
 }
 

@@ -21,7 +21,11 @@ unsafe impl aya::Pod for ProbeConfig {}
 impl Owner {
     /// The `comm` as text, up to its first NUL.
     pub fn comm_str(&self) -> &str {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         core::str::from_utf8(&self.comm[..end]).unwrap_or("?")
     }
 }

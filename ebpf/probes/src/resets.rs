@@ -87,7 +87,11 @@ fn try_reset_sent(ctx: &TracePointContext) -> Result<(), Skip> {
 /// Counts the reset on its socket (when there is one) and tells the agent,
 /// with the socket's state when known. Resets are rare: one event each.
 fn emit_reset(sk: u64, tuple: SockTuple, kind: u32) {
-    let conn = if sk != 0 { TCP_CONNS.get_ptr_mut(&sk) } else { None };
+    let conn = if sk != 0 {
+        TCP_CONNS.get_ptr_mut(&sk)
+    } else {
+        None
+    };
     if let Some(conn) = conn {
         // SAFETY: a valid pointer into the map value.
         unsafe {
@@ -115,7 +119,12 @@ fn emit_reset(sk: u64, tuple: SockTuple, kind: u32) {
         (*ev).sk = sk;
         match conn {
             Some(conn) => core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1),
-            None => (*ev).conn = TcpConn { tuple, ..TcpConn::default() },
+            None => {
+                (*ev).conn = TcpConn {
+                    tuple,
+                    ..TcpConn::default()
+                }
+            }
         }
     }
     entry.submit(0);

@@ -52,7 +52,10 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
             let tuple = read_tuple(ctx)?;
-            let key = ListenKey { port: tuple.local_port, family: tuple.family };
+            let key = ListenKey {
+                port: tuple.local_port,
+                family: tuple.family,
+            };
             let _ = TCP_LISTENERS.insert(&key, &owner::current(), 0);
             Ok(())
         }
@@ -60,9 +63,14 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
             let tuple = read_tuple(ctx)?;
-            let key = ListenKey { port: tuple.local_port, family: tuple.family };
+            let key = ListenKey {
+                port: tuple.local_port,
+                family: tuple.family,
+            };
             // SAFETY: the value is copied out before any other map call.
-            let listener = unsafe { TCP_LISTENERS.get(&key) }.copied().unwrap_or_default();
+            let listener = unsafe { TCP_LISTENERS.get(&key) }
+                .copied()
+                .unwrap_or_default();
             let mut flags = CONN_PASSIVE;
             // Connections to the agent's own listeners (its metrics
             // endpoint) are the agent's traffic: not reported.
@@ -111,8 +119,18 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
         Some(conn) => conn,
         None => {
             // A socket whose handshake began before the agent started.
-            let role = if old == tcp_state::SYN_SENT { CONN_ACTIVE } else { CONN_PASSIVE };
-            insert(ctx, sk, role, weft_common::Owner::default(), tcp_state::ESTABLISHED)?;
+            let role = if old == tcp_state::SYN_SENT {
+                CONN_ACTIVE
+            } else {
+                CONN_PASSIVE
+            };
+            insert(
+                ctx,
+                sk,
+                role,
+                weft_common::Owner::default(),
+                tcp_state::ESTABLISHED,
+            )?;
             TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
         }
     };
@@ -139,7 +157,15 @@ fn closed(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
         (*conn).state = tcp_state::CLOSE;
         (*conn).flags & CONN_ESTABLISHED != 0
     };
-    emit(sk, conn, if established { EVENT_TCP_CLOSE } else { EVENT_TCP_FAIL });
+    emit(
+        sk,
+        conn,
+        if established {
+            EVENT_TCP_CLOSE
+        } else {
+            EVENT_TCP_FAIL
+        },
+    );
     let _ = TCP_CONNS.remove(&sk);
     Ok(())
 }

@@ -8,11 +8,7 @@
 //! see the packet from the IP header on. Always returns 1 (allow): these
 //! programs observe, they never filter.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::cgroup_skb, programs::SkBuffContext};
 use weft_common::{
     AF_INET, AF_INET6, IPPROTO_UDP, SockTuple,
     counters::index,
@@ -104,7 +100,10 @@ fn try_udp(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
         let (bytes, packets) = if egress {
             (&raw mut (*flow).bytes_sent, &raw mut (*flow).packets_sent)
         } else {
-            (&raw mut (*flow).bytes_received, &raw mut (*flow).packets_received)
+            (
+                &raw mut (*flow).bytes_received,
+                &raw mut (*flow).packets_received,
+            )
         };
         crate::atomic::add_u64(bytes, dgram.payload);
         crate::atomic::add_u64(packets, dgram.segments);
@@ -122,7 +121,11 @@ fn parse(ctx: &SkBuffContext) -> Result<Option<Datagram>, i64> {
     let skb = unsafe { &*ctx.skb.skb };
     let protocol = u16::from_be(skb.protocol as u16);
     let len = skb.len;
-    let segments = if skb.gso_segs > 1 { skb.gso_segs as u64 } else { 1 };
+    let segments = if skb.gso_segs > 1 {
+        skb.gso_segs as u64
+    } else {
+        1
+    };
     let mut d = Datagram {
         src: [0; 16],
         dst: [0; 16],
