@@ -3,7 +3,7 @@
 //! predecessor's pins; its metrics pass promtool; bad configuration and bad
 //! usage exit with status 2 and say what is wrong.
 
-use std::{process::Command, time::Duration};
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
@@ -22,14 +22,41 @@ fn weft_programs() -> Vec<u64> {
         .collect()
 }
 
-/// BPF links whose program is one of `progs`.
-fn links_of(progs: &[u64]) -> usize {
-    let out = run(&["bpftool", "-j", "link", "show"]);
-    let links: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    links
-        .iter()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)))
-        .count()
+/// Program ids that process `pid` holds through its file descriptors
+/// (program fds and link fds both name their program in fdinfo).
+fn held_by(pid: u32) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in entries.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    ids
+}
+
+/// weft programs that no process holds: what a dead agent left in the
+/// kernel (pinned, or attached without a link). Other agents that may be
+/// running on the machine hold theirs, so they do not count.
+fn leaked() -> Vec<u64> {
+    let progs = weft_programs();
+    if progs.is_empty() {
+        return progs;
+    }
+    let mut held = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+            held.extend(held_by(pid));
+        }
+    }
+    progs.into_iter().filter(|id| !held.contains(id)).collect()
 }
 
 fn expected_programs(agent: &Agent) -> usize {
@@ -39,16 +66,21 @@ fn expected_programs(agent: &Agent) -> usize {
         .len()
 }
 
+/// The weft programs `agent` holds.
+fn programs_of(agent: &Agent) -> Vec<u64> {
+    let held = held_by(agent.pid());
+    weft_programs()
+        .into_iter()
+        .filter(|id| held.contains(id))
+        .collect()
+}
+
 fn assert_nothing_left(after: &str) {
-    let left = wait_for(
+    wait_for(
         &format!("the kernel to free weft's programs after {after}"),
         Duration::from_secs(10),
-        || {
-            let progs = weft_programs();
-            progs.is_empty().then_some(progs)
-        },
+        || leaked().is_empty().then_some(()),
     );
-    assert!(left.is_empty());
     assert!(
         !std::path::Path::new("/sys/fs/bpf/weft").exists(),
         "pins left after {after}"
@@ -60,24 +92,25 @@ fn nothing_outlives_the_agent() {
     if !require_root("nothing_outlives_the_agent") {
         return;
     }
-    assert!(
-        weft_programs().is_empty(),
-        "another weft agent is running on this machine; stop it before these tests"
-    );
     // A clean stop detaches everything.
     let mut agent = Agent::start(&[]);
     let n = expected_programs(&agent);
     assert_eq!(n, 10, "8 tracepoints and 2 cgroup_skb programs");
-    let progs = weft_programs();
-    assert_eq!(progs.len(), n);
-    // Every program hangs on a link owned by the agent's file descriptors.
-    assert_eq!(links_of(&progs), n, "one link per program");
+    let progs = programs_of(&agent);
+    assert_eq!(progs.len(), n, "the agent holds each of its programs");
+    // Every program hangs on a link owned by the agent's descriptors.
+    let links = held_links(agent.pid());
+    assert_eq!(links, n, "one link per program");
     assert!(agent.signal_and_wait(libc::SIGTERM).success());
     assert_nothing_left("SIGTERM");
+    for id in &progs {
+        assert!(!weft_programs().contains(id), "program {id} still loaded");
+    }
 
     // A crash, with a pin left behind by an (older) agent: the next agent
     // removes the pin, and only its own programs are loaded.
     let mut crashed = Agent::start(&[]);
+    let crashed_progs = programs_of(&crashed);
     std::fs::create_dir_all("/sys/fs/bpf/weft").expect("pin dir");
     run(&[
         "bpftool",
@@ -102,19 +135,42 @@ fn nothing_outlives_the_agent() {
         !std::path::Path::new("/sys/fs/bpf/weft").exists(),
         "the new agent removes stale pins"
     );
-    let progs = wait_for(
-        "only the new agent's programs",
+    wait_for(
+        "the crashed agent's programs to go",
         Duration::from_secs(10),
         || {
-            let progs = weft_programs();
-            (progs.len() == n).then_some(progs)
+            let loaded = weft_programs();
+            crashed_progs
+                .iter()
+                .all(|id| !loaded.contains(id))
+                .then_some(())
         },
     );
-    assert_eq!(links_of(&progs), n);
+    assert_eq!(programs_of(&next).len(), n);
+    assert!(
+        leaked().is_empty(),
+        "programs held by no process: {:?}",
+        leaked()
+    );
     let status = next.status_json().expect("status");
     assert_eq!(status["pid"], next.pid());
     assert!(next.signal_and_wait(libc::SIGTERM).success());
     assert_nothing_left("SIGKILL and restart");
+}
+
+/// Link fds held by `pid`.
+fn held_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|info| info.lines().any(|l| l.starts_with("link_id:")))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[test]
