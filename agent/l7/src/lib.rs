@@ -18,6 +18,12 @@
 pub mod detect;
 pub mod exchange;
 pub mod limits;
+pub mod sql_obfuscate;
+
+// Shared by the database and DNS parsers.
+mod framer;
+mod pending;
+mod text;
 
 pub use detect::{Detection, detect, new_session};
 pub use exchange::{Exchange, MetricAttributes};

@@ -1,0 +1,136 @@
+//! Request/response pairing shared by the database parsers.
+//!
+//! Redis, Postgres and MySQL answer requests in order, so a FIFO pairs them
+//! even when the client pipelines. The queue is bounded: once it is full,
+//! further requests are only counted, and the responses that belong to them
+//! are recognised by the count and dropped, so a client that pipelines more
+//! than `max_pending` requests never shifts the pairing of later ones.
+//!
+//! When bytes are lost ([`Lost`]), the parser cannot know which response
+//! ends where. Pending requests are then reported as answered but
+//! `truncated`, with the time of the last server bytes seen before the
+//! client speaks again: for request/response protocols that is where the
+//! lost responses ended.
+
+use std::collections::VecDeque;
+
+use crate::Exchange;
+
+pub(crate) struct Fifo<T> {
+    queue: VecDeque<T>,
+    /// Requests beyond the bound, in order after everything in `queue`.
+    untracked: usize,
+    max: usize,
+}
+
+impl<T> Fifo<T> {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            untracked: 0,
+            max: max.max(1),
+        }
+    }
+
+    /// Queues a request, or only counts it when the queue is full (or
+    /// already overflowed: order must be kept).
+    pub(crate) fn push(&mut self, request: T) {
+        if self.untracked == 0 && self.queue.len() < self.max {
+            self.queue.push_back(request);
+        } else {
+            self.untracked = self.untracked.saturating_add(1);
+        }
+    }
+
+    /// The request the next response answers.
+    pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
+        self.queue.front_mut()
+    }
+
+    /// Removes the oldest request: `Some(Some(_))` a tracked one,
+    /// `Some(None)` an untracked one, `None` when nothing was pending (an
+    /// unsolicited response).
+    pub(crate) fn pop(&mut self) -> Option<Option<T>> {
+        if let Some(request) = self.queue.pop_front() {
+            return Some(Some(request));
+        }
+        if self.untracked > 0 {
+            self.untracked -= 1;
+            return Some(None);
+        }
+        None
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.untracked == 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Empties the queue (tracked requests only; the untracked are gone).
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.untracked = 0;
+        self.queue.drain(..)
+    }
+}
+
+/// Exchanges whose responses were lost, waiting for the client to speak
+/// again (see the module comment).
+#[derive(Default)]
+pub(crate) struct Lost {
+    exchanges: Vec<Exchange>,
+    /// Server bytes are being discarded until the next client chunk.
+    pub(crate) active: bool,
+}
+
+impl Lost {
+    /// Starts discarding server bytes; `pending` become truncated answers.
+    pub(crate) fn begin(&mut self, pending: impl Iterator<Item = Exchange>, ts_ns: u64) {
+        self.active = true;
+        for mut exchange in pending {
+            exchange.answered = true;
+            exchange.response_ns = ts_ns.max(exchange.request_ns);
+            exchange
+                .fields
+                .insert("truncated".into(), serde_json::Value::Bool(true));
+            self.exchanges.push(exchange);
+        }
+    }
+
+    /// Discarded server bytes at `ts_ns` extend the lost responses.
+    pub(crate) fn server_bytes(&mut self, ts_ns: u64) {
+        for exchange in &mut self.exchanges {
+            exchange.response_ns = exchange.response_ns.max(ts_ns);
+        }
+    }
+
+    /// The client spoke again (or the connection closed): report them.
+    pub(crate) fn finish(&mut self, out: &mut Vec<Exchange>) {
+        self.active = false;
+        out.append(&mut self.exchanges);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowed_requests_keep_pairing_in_order() {
+        let mut fifo = Fifo::new(2);
+        for i in 0..4 {
+            fifo.push(i);
+        }
+        assert_eq!(fifo.pop(), Some(Some(0)));
+        // Room again, but 2 and 3 are untracked and ahead of 4.
+        fifo.push(4);
+        assert_eq!(fifo.pop(), Some(Some(1)));
+        assert_eq!(fifo.pop(), Some(None));
+        assert_eq!(fifo.pop(), Some(None));
+        assert_eq!(fifo.pop(), Some(None));
+        assert_eq!(fifo.pop(), None);
+        assert!(fifo.is_empty());
+    }
+}
