@@ -99,6 +99,10 @@ impl Framer {
                 self.start_ns = ts_ns;
             }
             let want = layout.header_len().clamp(1, MAX_HEADER);
+            if self.have >= want {
+                // The session changed the layout in the middle of a header.
+                return Err(ErrorKind::Malformed("framing changed mid-header"));
+            }
             let take = (want - self.have).min(input.len());
             self.header[self.have..self.have + take].copy_from_slice(&input[..take]);
             self.have += take;

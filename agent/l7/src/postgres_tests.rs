@@ -1,0 +1,182 @@
+use std::time::Duration;
+
+use super::*;
+use crate::testkit::{self, Record};
+
+fn session() -> PostgresSession {
+    PostgresSession::new(Limits::default(), &Privacy::default())
+}
+
+/// Golden output and split invariance of a recorded conversation.
+fn golden(name: &str) {
+    let records = testkit::load(&format!("postgres/{name}.bin"));
+    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
+    testkit::check_golden(&format!("postgres/{name}.json"), &testkit::outcome_json(&outcome));
+    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+}
+
+#[test]
+fn simple_queries_from_psql() {
+    golden("simple");
+}
+
+#[test]
+fn extended_unnamed_statements_from_pgbench() {
+    golden("extended");
+}
+
+#[test]
+fn prepared_statements_from_pgbench() {
+    golden("prepared");
+}
+
+#[test]
+fn extended_error_from_pgbench() {
+    golden("extended-error");
+}
+
+fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn startup() -> Vec<u8> {
+    let body = b"\x00\x03\x00\x00user\x00u\x00\x00";
+    let mut m = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+fn rec(direction: Direction, data: Vec<u8>) -> Record {
+    Record { direction, data }
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+#[test]
+fn ssl_accepted_stops_quietly() {
+    let records = vec![
+        rec(Direction::ToServer, b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec()),
+        rec(Direction::ToClient, b"S".to_vec()),
+        // A TLS ClientHello and garbage: not parsed.
+        rec(Direction::ToServer, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec()),
+        rec(Direction::ToClient, b"\x16\x03\x03\x00\x7a\x02".to_vec()),
+    ];
+    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(outcome.0.is_empty() && outcome.1.is_none(), "{outcome:?}");
+    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+}
+
+#[test]
+fn pipelined_simple_queries_pair_in_order() {
+    let mut requests = startup();
+    requests.extend(msg(b'Q', b"SELECT 1\0"));
+    requests.extend(msg(b'Q', b"SELEC oops\0"));
+    let mut responses = ready();
+    responses.extend(msg(b'C', b"SELECT 1\0"));
+    responses.extend(ready());
+    responses.extend(msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0"));
+    responses.extend(ready());
+    let records = vec![
+        rec(Direction::ToServer, requests),
+        rec(Direction::ToClient, responses),
+    ];
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].fields["statement"], "SELECT ?");
+    assert_eq!(out[0].fields["rows"], 1);
+    assert_eq!(out[1].fields["operation"], "SELEC");
+    assert_eq!(out[1].fields["error_code"], "42601");
+    assert!(out[1].fields.get("error_message").is_none(), "private by default");
+    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+}
+
+#[test]
+fn truncated_statement_keeps_its_prefix_and_pairs() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let long = format!("SELECT * FROM t WHERE name = 'x' AND v IN ({}1)\0", "1, ".repeat(1000));
+    let q = msg(b'Q', long.as_bytes());
+    let feed = |s: &mut PostgresSession, direction, data: &[u8], truncated, ts_ns, out: &mut Vec<_>| {
+        let chunk = Chunk { direction, data, truncated, gap_before: 0, ts_ns };
+        s.feed(&chunk, out)
+    };
+    feed(&mut s, Direction::ToServer, &startup(), 0, 1, &mut out).unwrap();
+    feed(&mut s, Direction::ToClient, &ready(), 0, 2, &mut out).unwrap();
+    // Only the first 40 bytes of the query were captured.
+    feed(&mut s, Direction::ToServer, &q[..40], q.len() - 40, 3, &mut out).unwrap();
+    feed(&mut s, Direction::ToClient, &ready(), 0, 4, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields["statement"], "SELECT * FROM t WHERE name = ? AN…");
+    assert_eq!((out[0].request_ns, out[0].response_ns), (3, 4));
+}
+
+#[test]
+fn lost_server_bytes_resync_at_the_next_request() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let mut feed = |direction, data: &[u8], truncated, ts_ns| {
+        let chunk = Chunk { direction, data, truncated, gap_before: 0, ts_ns };
+        s.feed(&chunk, &mut out).unwrap();
+    };
+    feed(Direction::ToServer, &startup(), 0, 1);
+    feed(Direction::ToClient, &ready(), 0, 2);
+    feed(Direction::ToServer, &msg(b'Q', b"SELECT big\0"), 0, 3);
+    // Rows, then a capture cut that swallows message boundaries.
+    let row = msg(b'D', &[b'x'; 100]);
+    feed(Direction::ToClient, &row[..50], 5000, 4);
+    feed(Direction::ToClient, b"garbage from the middle of a row", 0, 5);
+    feed(Direction::ToServer, &msg(b'Q', b"SELECT 2\0"), 0, 6);
+    feed(Direction::ToClient, &ready(), 0, 7);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].fields["statement"], "SELECT big");
+    assert_eq!(out[0].fields["truncated"], true);
+    assert_eq!((out[0].request_ns, out[0].response_ns), (3, 5));
+    assert_eq!(out[1].fields["statement"], "SELECT ?");
+    assert_eq!((out[1].request_ns, out[1].response_ns), (6, 7));
+}
+
+#[test]
+fn hostile_lengths_are_errors_not_allocations() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let chunk = |data: &[u8], direction| Chunk { direction, data: &data.to_vec().leak()[..], truncated: 0, gap_before: 0, ts_ns: 1 };
+    assert!(s.feed(&chunk(&startup(), Direction::ToServer), &mut out).is_ok());
+    // A 3 GB message: refused.
+    let err = s.feed(&chunk(b"Q\xc0\x00\x00\x00", Direction::ToServer), &mut out);
+    assert!(err.is_err());
+    // A 1 GB row is counted down, never buffered.
+    let mut s = session();
+    s.feed(&chunk(&startup(), Direction::ToServer), &mut out).unwrap();
+    s.feed(&chunk(b"D\x3f\xff\xff\xff", Direction::ToClient), &mut out).unwrap();
+    s.feed(&chunk(&[0u8; 100_000], Direction::ToClient), &mut out).unwrap();
+    assert!(s.buffered() <= crate::framer::MAX_HEADER);
+    assert!(detect(&FirstBytes {
+        direction: Direction::ToServer,
+        data: &[0, 0, 0, 8, 4, 210, 22, 47],
+        transport: crate::Transport::Stream,
+        server_port: 1,
+    }) == Detection::Yes);
+}
+
+#[test]
+fn fuzz_smoke() {
+    let seeds: Vec<Vec<Record>> = ["simple", "extended", "prepared", "extended-error"]
+        .iter()
+        .map(|n| testkit::load(&format!("postgres/{n}.bin")))
+        .collect();
+    let limits = Limits::default();
+    let n = testkit::fuzz(&seeds, Duration::from_secs(2), &session, &|s: &PostgresSession| {
+        let max = limits.max_message + crate::framer::MAX_HEADER;
+        if s.buffered() > max || s.pending.len() > limits.max_pending {
+            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
+        }
+        Ok(())
+    });
+    assert!(n > 100, "only {n} iterations");
+}
