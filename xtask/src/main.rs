@@ -2,6 +2,7 @@
 //! nothing but cargo (see the alias in `.cargo/config.toml`).
 
 mod agent;
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -35,6 +36,9 @@ enum Task {
     /// The whole test suite as CI runs it: setup, fmt, clippy, release
     /// build, then all tests including the root integration tests.
     Test(test::Options),
+    /// Measure weft's cost against no instrumentation and against a
+    /// sidecar proxy, side by side (as root); writes target/bench/latest.*.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +52,6 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => agent::run(&setup::setup()?, &args),
         Task::Test(options) => test::test(&options),
+        Task::Bench(options) => bench::bench(&options),
     }
 }

@@ -53,6 +53,13 @@ pub struct Env {
 }
 
 impl Env {
+    /// PATH for the programs xtask starts, with cargo's bin directory.
+    pub fn path(&self) -> OsString {
+        self.path
+            .clone()
+            .unwrap_or_else(|| env::var_os("PATH").unwrap_or_default())
+    }
+
     /// cargo in the workspace root with WEFT_BPF_TOOLCHAIN (read by
     /// agent/build.rs) set.
     pub fn cargo(&self) -> Command {
@@ -87,26 +94,31 @@ pub fn setup() -> Result<Env> {
 }
 
 fn packages() -> Result<()> {
+    install_packages("packages", PACKAGES)
+}
+
+/// Installs those of `packages` that are missing, in one apt-get run.
+fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
     if find_program("dpkg-query", None).is_none() {
         say(format_args!(
-            "packages: not a Debian system; install the equivalents of these yourself: {}",
-            PACKAGES.join(" ")
+            "{what}: not a Debian system; install the equivalents of these yourself: {}",
+            packages.join(" ")
         ));
         return Ok(());
     }
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !is_installed(package))
         .collect();
     if missing.is_empty() {
         say(format_args!(
-            "packages: all {} installed, nothing to do",
-            PACKAGES.len()
+            "{what}: all {} installed, nothing to do",
+            packages.len()
         ));
         return Ok(());
     }
-    say(format_args!("packages: installing {}", missing.join(" ")));
+    say(format_args!("{what}: installing {}", missing.join(" ")));
     run(as_root("apt-get")?.arg("update"))?;
     // `env` carries the variable through sudo, which resets the environment.
     run(as_root("env")?
@@ -264,4 +276,38 @@ fn path_with(dir: &Path) -> Result<Option<OsString>> {
     }
     let dirs = std::iter::once(dir.to_path_buf()).chain(env::split_paths(&path));
     Ok(Some(env::join_paths(dirs).context("joining PATH")?))
+}
+
+/// A tool installed with `cargo install --locked`.
+pub struct CrateTool {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// More arguments for `cargo install` (features).
+    pub args: &'static [&'static str],
+    /// The binary it provides.
+    pub bin: &'static str,
+}
+
+/// What `cargo xtask bench` needs besides [`setup`]: servers, proxies and
+/// load generators, as Debian packages and crates. Only the bench calls
+/// this, so that `cargo xtask test` (CI) never installs them.
+pub fn bench_tools(env: &Env, packages: &[&str], crates: &[CrateTool]) -> Result<()> {
+    install_packages("bench packages", packages)?;
+    let path = env.path();
+    for tool in crates {
+        let found = find_program(tool.bin, Some(&path))
+            .and_then(|bin| probe(Command::new(&bin).arg("--version")));
+        if let Some(version) = found.filter(|v| v.split_whitespace().any(|w| w == tool.version)) {
+            say(format_args!("{}: {version}, nothing to do", tool.bin));
+            continue;
+        }
+        say(format_args!(
+            "{}: installing {} {}",
+            tool.bin, tool.name, tool.version
+        ));
+        run(cmd::cargo()
+            .args(["install", "--locked", tool.name, "--version", tool.version])
+            .args(tool.args))?;
+    }
+    Ok(())
 }

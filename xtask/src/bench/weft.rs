@@ -1,0 +1,248 @@
+//! The weft agent under test: the release binary, run as a node agent (root
+//! network namespace, its own cgroup) with its own metrics address and API
+//! socket, so that it never meets another agent on the machine.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::lab::Lab;
+use super::proc::{Proc, wait_for};
+use crate::cmd::read;
+
+/// How weft's L7 is switched, as far as this binary's `weft agent --help`
+/// tells. The bench runs B1 with `off` and B2 with `on`.
+#[derive(Clone, Debug)]
+pub struct L7Switch {
+    pub on: Vec<String>,
+    pub off: Vec<String>,
+}
+
+/// Why B2 does not run on an agent without L7.
+pub const NO_L7: &str = "this weft has no L7 yet (no `--l7` or `--no-l7` in `weft agent --help`); \
+                         B2 runs once the L7 issue has landed";
+
+/// Finds how to turn L7 on and off: the explicit `--weft-l7-args` /
+/// `--weft-l4-args` of the bench win; else the flags `--l7` (off by
+/// default) or `--no-l7` (on by default) when `weft agent --help` lists
+/// them. `Ok(None)`: this agent has no L7 (B1 runs it as it is, B2 cannot
+/// run). An error when the help mentions L7 with another switch: B1 could
+/// not be sure to run L4 only. When L7 lands with another switch, teach it
+/// here or pass the arguments.
+pub fn l7_switch(bin: &Path, on: Option<&str>, off: Option<&str>) -> Result<Option<L7Switch>> {
+    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect();
+    if on.is_some() || off.is_some() {
+        return Ok(Some(L7Switch {
+            on: on.map(words).unwrap_or_default(),
+            off: off.map(words).unwrap_or_default(),
+        }));
+    }
+    let help = read(Command::new(bin).args(["agent", "--help"]))?;
+    let has = |flag: &str| {
+        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == flag)
+    };
+    if has("--no-l7") {
+        return Ok(Some(L7Switch {
+            on: vec![],
+            off: vec!["--no-l7".into()],
+        }));
+    }
+    if has("--l7") {
+        return Ok(Some(L7Switch {
+            on: vec!["--l7".into()],
+            off: vec![],
+        }));
+    }
+    if help.to_ascii_lowercase().contains("l7") {
+        bail!(
+            "`weft agent --help` mentions L7 but has neither `--l7` nor `--no-l7`: \
+             pass the switches with --weft-l7-args and --weft-l4-args"
+        );
+    }
+    Ok(None)
+}
+
+pub struct Agent {
+    proc: Proc,
+    metrics: SocketAddr,
+    socket: PathBuf,
+    bin: PathBuf,
+}
+
+/// Counters read from the agent's metrics page.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// `weft_events_total`, all sources.
+    pub events: f64,
+    /// `weft_events_lost_total`, per `source/stage`.
+    pub lost: BTreeMap<String, f64>,
+}
+
+impl Agent {
+    /// Starts `weft agent ARGS` and waits until it serves metrics (its
+    /// programs are attached by then).
+    pub fn start(bin: &Path, lab: &Lab, args: &[String]) -> Result<Self> {
+        let metrics = free_port()?;
+        let socket = lab.dir.join("weft.sock");
+        let mut argv: Vec<String> = vec![
+            bin.display().to_string(),
+            "agent".into(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+            "--api-socket".into(),
+            socket.display().to_string(),
+        ];
+        argv.extend(args.iter().cloned());
+        let procs = lab.agent_cgroup.join("cgroup.procs");
+        let log = lab.dir.join("weft.log");
+        let mut agent = Agent {
+            proc: Proc::spawn("weft agent", &procs, &argv, &log, lab.path())?,
+            metrics,
+            socket,
+            bin: bin.to_owned(),
+        };
+        let mut failed = None;
+        let ready = wait_for("weft agent", Duration::from_secs(60), || {
+            if let Err(e) = agent.proc.check_alive() {
+                failed = Some(e);
+                return true;
+            }
+            http_get(metrics, "/metrics").is_ok_and(|page| page.contains("weft_build_info"))
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        ready.with_context(|| format!("weft's log ends with:\n{}", agent.proc.log_tail()))?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Stops the agent with SIGTERM (it detaches its programs).
+    pub fn stop(mut self) {
+        self.proc.stop();
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.proc.check_alive()
+    }
+
+    /// Reads the event and loss counters from the metrics page.
+    pub fn counters(&self) -> Result<Counters> {
+        let page = http_get(self.metrics, "/metrics")?;
+        Ok(parse_counters(&page))
+    }
+
+    /// `weft status -o json`, for the report.
+    pub fn status(&self) -> Result<Value> {
+        let out = read(
+            Command::new(&self.bin)
+                .args(["status", "-o", "json", "--api-socket"])
+                .arg(&self.socket),
+        )?;
+        serde_json::from_str(&out).context("parsing `weft status -o json`")
+    }
+
+    /// Resident and peak resident memory of the agent process, in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .with_context(|| format!("no {name} in /proc/PID/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+/// Sums `weft_events_total` and `weft_events_lost_total` by labels from an
+/// exposition page.
+fn parse_counters(page: &str) -> Counters {
+    let mut counters = Counters::default();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        match name {
+            "weft_events_total" => counters.events += value,
+            "weft_events_lost_total" => {
+                let label = |key: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\""))
+                        .map(|v| v.trim_end_matches(['"', '}']))
+                        .unwrap_or("?")
+                };
+                let key = format!("{}/{}", label("source"), label("stage"));
+                *counters.lost.entry(key).or_default() += value;
+            }
+            _ => {}
+        }
+    }
+    counters
+}
+
+/// A free TCP port on loopback for the agent's metrics.
+fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A plain HTTP/1.0 GET of `path` (the agent's metrics on loopback).
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("no HTTP header from {addr}");
+    };
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!(
+            "GET {path} from {addr}: {}",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_counters;
+
+    #[test]
+    fn sums_events_and_losses_by_label() {
+        let page = "# HELP weft_events Events\n\
+                    weft_events_total{source=\"tcp_events\"} 10\n\
+                    weft_events_total{source=\"udp_packet\"} 5\n\
+                    weft_events_lost_total{source=\"tcp_events\",stage=\"kernel_ring\"} 3\n\
+                    weft_events_lost_total{source=\"udp_packet\",stage=\"flow_table_full\"} 0\n\
+                    weft_events_lost_created 1.7e9\n";
+        let counters = parse_counters(page);
+        assert_eq!(counters.events, 15.0);
+        assert_eq!(counters.lost["tcp_events/kernel_ring"], 3.0);
+        assert_eq!(counters.lost["udp_packet/flow_table_full"], 0.0);
+    }
+}
