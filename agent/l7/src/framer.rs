@@ -63,11 +63,6 @@ impl Framer {
         self.have + self.body.as_ref().map_or(0, |b| b.kept.len())
     }
 
-    /// True between frames: a loss here loses whole headers.
-    pub(crate) fn at_boundary(&self) -> bool {
-        self.have == 0 && self.body.is_none()
-    }
-
     pub(crate) fn reset(&mut self) {
         *self = Self::default();
     }

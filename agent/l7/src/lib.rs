@@ -18,6 +18,7 @@
 pub mod detect;
 pub mod exchange;
 pub mod limits;
+pub mod mysql;
 pub mod postgres;
 pub mod sql_obfuscate;
 

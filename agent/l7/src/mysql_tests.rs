@@ -1,0 +1,139 @@
+use std::time::Duration;
+
+use super::*;
+use crate::testkit::{self, Record};
+
+fn session() -> MysqlSession {
+    MysqlSession::new(Limits::default(), &Privacy::default())
+}
+
+fn golden(name: &str) {
+    let records = testkit::load(&format!("mysql/{name}.bin"));
+    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
+    testkit::check_golden(&format!("mysql/{name}.json"), &testkit::outcome_json(&outcome));
+    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+}
+
+#[test]
+fn queries_from_the_mariadb_client() {
+    golden("query");
+}
+
+#[test]
+fn prepared_statements_from_connector_python() {
+    golden("prepared");
+}
+
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    p.push(seq);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// MySQL 8 style: both sides set CLIENT_DEPRECATE_EOF, so no EOF follows
+/// the column definitions and an OK packet with a 0xfe header ends the rows.
+#[test]
+fn result_sets_without_eof_packets() {
+    let caps: u32 = CLIENT_PROTOCOL_41 | CLIENT_DEPRECATE_EOF;
+    let mut greeting = vec![10];
+    greeting.extend_from_slice(b"8.0.36\0\x01\0\0\0abcdefgh\0");
+    greeting.extend_from_slice(&(caps as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0x21, 0x02, 0x00]);
+    greeting.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0; 11]);
+    let mut response = caps.to_le_bytes().to_vec();
+    response.extend_from_slice(&[0; 28]);
+    response.extend_from_slice(b"u\0");
+    let mut rows = packet(1, &[1]);
+    rows.extend(packet(2, b"\x03def\0\0\0\x01v\0\x0c\x21\0\x0b\0\0\0\x03\0\0\0\0"));
+    rows.extend(packet(3, b"\x01a"));
+    rows.extend(packet(4, b"\x01b"));
+    rows.extend(packet(5, b"\xfe\0\0\x02\0\0\0"));
+    let records = vec![
+        Record { direction: Direction::ToClient, data: packet(0, &greeting) },
+        Record { direction: Direction::ToServer, data: packet(1, &response) },
+        Record { direction: Direction::ToClient, data: packet(2, b"\0\0\0\x02\0\0\0") },
+        Record { direction: Direction::ToServer, data: packet(0, b"\x03SELECT v FROM t") },
+        Record { direction: Direction::ToClient, data: rows },
+        Record { direction: Direction::ToServer, data: packet(0, b"\x03SELECT 'x'") },
+        Record { direction: Direction::ToClient, data: packet(1, b"\xff\x7a\x04#42S02gone") },
+    ];
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].fields["rows"], 2);
+    assert_eq!((out[0].request_ns, out[0].response_ns), (4000, 5000));
+    assert_eq!(out[1].fields["error_code"], "1146");
+    assert_eq!(out[1].fields["sqlstate"], "42S02");
+    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+}
+
+#[test]
+fn hostile_packets() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let mut feed = |direction, data: &[u8]| {
+        let chunk = Chunk { direction, data, truncated: 0, gap_before: 0, ts_ns: 1 };
+        s.feed(&chunk, &mut out)
+    };
+    let records = testkit::load("mysql/query.bin");
+    for r in &records[..3] {
+        feed(r.direction, &r.data).unwrap();
+    }
+    // A 16 MB packet continuing into another: skipped, never buffered.
+    let mut big = vec![0xff, 0xff, 0xff, 0x00, COM_QUERY];
+    big.extend_from_slice(b"SELECT ");
+    feed(Direction::ToServer, &big).unwrap();
+    for _ in 0..200 {
+        feed(Direction::ToServer, &[b'1'; 100_000]).unwrap();
+    }
+    assert!(s.buffered() <= Limits::default().max_message + 4);
+    // A column count that is not one.
+    let mut s = session();
+    let mut out = Vec::new();
+    for r in &records[..3] {
+        let chunk = Chunk { direction: r.direction, data: &r.data, truncated: 0, gap_before: 0, ts_ns: 1 };
+        s.feed(&chunk, &mut out).unwrap();
+    }
+    let query = b"\x09\x00\x00\x00\x03SELECT 1";
+    let chunk = Chunk { direction: Direction::ToServer, data: query, truncated: 0, gap_before: 0, ts_ns: 2 };
+    s.feed(&chunk, &mut out).unwrap();
+    let bad = b"\x01\x00\x00\x01\xff";
+    let chunk = Chunk { direction: Direction::ToClient, data: &bad[..], truncated: 0, gap_before: 0, ts_ns: 3 };
+    // 0xff alone is an (empty) ERR packet: answered, error code 0.
+    s.feed(&chunk, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn detects_the_greeting() {
+    let records = testkit::load("mysql/query.bin");
+    let greeting = &records[0].data;
+    let first = |data| FirstBytes {
+        direction: Direction::ToClient,
+        data,
+        transport: crate::Transport::Stream,
+        server_port: 3306,
+    };
+    assert_eq!(detect(&first(greeting)), Detection::Yes);
+    assert_eq!(detect(&first(&greeting[..10])), Detection::NeedMore);
+    assert_eq!(detect(&first(b"HTTP/1.1 200")), Detection::No);
+}
+
+#[test]
+fn fuzz_smoke() {
+    let seeds: Vec<Vec<Record>> = ["query", "prepared"]
+        .iter()
+        .map(|n| testkit::load(&format!("mysql/{n}.bin")))
+        .collect();
+    let limits = Limits::default();
+    let n = testkit::fuzz(&seeds, Duration::from_secs(2), &session, &|s: &MysqlSession| {
+        let max = limits.max_message + SERVER_KEEP + 8;
+        if s.buffered() > max || s.pending.len() > limits.max_pending || s.statements.len() > MAX_STATEMENTS {
+            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
+        }
+        Ok(())
+    });
+    assert!(n > 100, "only {n} iterations");
+}
