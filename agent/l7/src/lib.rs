@@ -20,11 +20,13 @@ pub mod exchange;
 pub mod limits;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod sql_obfuscate;
 
 // Shared by the database and DNS parsers.
 mod framer;
 mod pending;
+mod resp;
 mod text;
 
 pub use detect::{Detection, detect, new_session};
