@@ -16,6 +16,7 @@
 //!   never panics, and reports malformed input as a [`ParseError`].
 
 pub mod detect;
+pub mod dns;
 pub mod exchange;
 pub mod limits;
 pub mod mysql;
