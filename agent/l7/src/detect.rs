@@ -40,31 +40,59 @@ pub fn detect(first: &FirstBytes<'_>) -> Result<Protocol, Detection> {
 }
 
 /// Each protocol module's cheap check (filled in as protocols land).
-fn detect_one(protocol: Protocol, _first: &FirstBytes<'_>) -> Detection {
+fn detect_one(protocol: Protocol, first: &FirstBytes<'_>) -> Detection {
     match protocol {
+        Protocol::Dns => crate::dns::detect(first),
+        Protocol::Redis if first.transport == Transport::Stream => crate::redis::detect(first),
+        Protocol::Postgres if first.transport == Transport::Stream => {
+            crate::postgres::detect(first)
+        }
+        Protocol::Mysql if first.transport == Transport::Stream => crate::mysql::detect(first),
         Protocol::Http1
         | Protocol::Http2
         | Protocol::Grpc
-        | Protocol::Dns
         | Protocol::Redis
         | Protocol::Postgres
         | Protocol::Mysql => Detection::No,
     }
 }
 
-/// A new session for a detected protocol.
+/// A new session for a detected protocol on a stream (TCP) connection;
+/// [`new_session_on`] for datagram flows (DNS over UDP).
 pub fn new_session(
     protocol: Protocol,
-    _limits: Limits,
-    _privacy: &Privacy,
+    limits: Limits,
+    privacy: &Privacy,
 ) -> Option<Box<dyn Session>> {
     match protocol {
-        Protocol::Http1
-        | Protocol::Http2
-        | Protocol::Grpc
-        | Protocol::Dns
-        | Protocol::Redis
-        | Protocol::Postgres
-        | Protocol::Mysql => None,
+        Protocol::Dns => Some(Box::new(crate::dns::DnsSession::new(
+            Transport::Stream,
+            limits,
+            privacy,
+        ))),
+        Protocol::Redis => Some(Box::new(crate::redis::RedisSession::new(limits, privacy))),
+        Protocol::Postgres => Some(Box::new(crate::postgres::PostgresSession::new(
+            limits, privacy,
+        ))),
+        Protocol::Mysql => Some(Box::new(crate::mysql::MysqlSession::new(limits, privacy))),
+        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => None,
+    }
+}
+
+/// A new session for a detected protocol over `transport`: DNS reads one
+/// message per datagram over UDP and length-prefixed messages over TCP;
+/// the other protocols are stream-only.
+pub fn new_session_on(
+    protocol: Protocol,
+    transport: Transport,
+    limits: Limits,
+    privacy: &Privacy,
+) -> Option<Box<dyn Session>> {
+    match (protocol, transport) {
+        (Protocol::Dns, _) => Some(Box::new(crate::dns::DnsSession::new(
+            transport, limits, privacy,
+        ))),
+        (_, Transport::Stream) => new_session(protocol, limits, privacy),
+        (_, Transport::Datagram) => None,
     }
 }

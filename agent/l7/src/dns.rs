@@ -79,7 +79,9 @@ pub fn parse_message(msg: &[u8]) -> Result<Message, ErrorKind> {
         let records = u32::from(an) + u32::from(ns) + u32::from(ar);
         for _ in 0..records {
             let Some(end) = skip_name(msg, at) else { break };
-            let Some(fixed) = msg.get(end..end + 10) else { break };
+            let Some(fixed) = msg.get(end..end + 10) else {
+                break;
+            };
             let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
             let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
             if rtype == TYPE_OPT {
@@ -273,7 +275,11 @@ pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
         return Detection::No;
     }
     if msg.len() < HEADER {
-        return if stream { Detection::NeedMore } else { Detection::No };
+        return if stream {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        };
     }
     let flags = u16::from_be_bytes([msg[2], msg[3]]);
     let count = |i: usize| u16::from_be_bytes([msg[i], msg[i + 1]]);
@@ -290,10 +296,18 @@ pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
     }
     let Ok((_, end)) = read_name(msg, HEADER) else {
         // A name cut by the end of the bytes we have may still complete.
-        return if stream && msg.len() < announced { Detection::NeedMore } else { Detection::No };
+        return if stream && msg.len() < announced {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        };
     };
     let Some(t) = msg.get(end..end + 4) else {
-        return if stream && msg.len() < announced { Detection::NeedMore } else { Detection::No };
+        return if stream && msg.len() < announced {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        };
     };
     let (qtype, class) = (
         u16::from_be_bytes([t[0], t[1]]),
@@ -351,7 +365,14 @@ impl DnsSession {
         self.framers.iter().map(Framer::buffered).sum()
     }
 
-    fn on_message(&mut self, direction: Direction, msg: &[u8], start_ns: u64, end_ns: u64, out: &mut Vec<Exchange>) {
+    fn on_message(
+        &mut self,
+        direction: Direction,
+        msg: &[u8],
+        start_ns: u64,
+        end_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
         // A message we cannot read is skipped, not fatal: the next
         // datagram (or TCP message, framing intact) may be fine.
         let Ok(m) = parse_message(msg) else { return };
@@ -391,8 +412,10 @@ impl DnsSession {
             None => (None, String::new()),
         };
         if let Some(name) = name {
-            e.fields
-                .insert("query".into(), Value::from(bounded(&name, self.limits.max_field)));
+            e.fields.insert(
+                "query".into(),
+                Value::from(bounded(&name, self.limits.max_field)),
+            );
         }
         if !qtype.is_empty() {
             e.fields.insert("qtype".into(), Value::from(qtype.clone()));

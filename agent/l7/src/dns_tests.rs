@@ -35,7 +35,10 @@ fn udp_messages_framed_for_tcp_split_anywhere() {
         .map(|r| {
             let mut data = (r.data.len() as u16).to_be_bytes().to_vec();
             data.extend_from_slice(&r.data);
-            Record { direction: r.direction, data }
+            Record {
+                direction: r.direction,
+                data,
+            }
         })
         .collect();
     let framed = testkit::outcome_json(&testkit::replay(&mut tcp(), &testkit::pieces(&records)));
@@ -63,16 +66,29 @@ fn pipelined_tcp_queries_pair_by_id() {
         .flat_map(|r| r.data.clone())
         .collect();
     let records = vec![
-        Record { direction: Direction::ToServer, data: queries },
-        Record { direction: Direction::ToClient, data: responses },
+        Record {
+            direction: Direction::ToServer,
+            data: queries,
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: responses,
+        },
     ];
     let (out, err) = testkit::replay(&mut tcp(), &testkit::pieces(&records));
     assert!(err.is_none());
-    let names: Vec<_> = out.iter().map(|e| (e.fields["query"].clone(), e.fields["rcode"].clone())).collect();
+    let names: Vec<_> = out
+        .iter()
+        .map(|e| (e.fields["query"].clone(), e.fields["rcode"].clone()))
+        .collect();
     assert_eq!(
         names,
-        [("nope.test", "NXDOMAIN"), ("test", "NOERROR"), ("www.test", "NOERROR")]
-            .map(|(q, r)| (Value::from(q), Value::from(r)))
+        [
+            ("nope.test", "NXDOMAIN"),
+            ("test", "NOERROR"),
+            ("www.test", "NOERROR")
+        ]
+        .map(|(q, r)| (Value::from(q), Value::from(r)))
     );
     testkit::assert_split_invariant(&records, &|| Box::new(tcp()));
 }
@@ -120,7 +136,13 @@ fn truncated_and_hostile_datagrams() {
     let mut s = udp();
     let mut out = Vec::new();
     let mut feed = |direction, data: &[u8], ts_ns| {
-        let chunk = Chunk { direction, data, truncated: 0, gap_before: 0, ts_ns };
+        let chunk = Chunk {
+            direction,
+            data,
+            truncated: 0,
+            gap_before: 0,
+            ts_ns,
+        };
         s.feed(&chunk, &mut out).unwrap();
     };
     feed(Direction::ToServer, b"\x00\x01", 1);
@@ -137,19 +159,34 @@ fn truncated_and_hostile_datagrams() {
     assert_eq!(out[0].fields["rcode"], "NXDOMAIN");
     // TCP: a length below the header size is an error.
     let mut s = tcp();
-    let chunk = Chunk { direction: Direction::ToServer, data: b"\x00\x05hello", truncated: 0, gap_before: 0, ts_ns: 1 };
+    let chunk = Chunk {
+        direction: Direction::ToServer,
+        data: b"\x00\x05hello",
+        truncated: 0,
+        gap_before: 0,
+        ts_ns: 1,
+    };
     assert!(s.feed(&chunk, &mut Vec::new()).is_err());
 }
 
 #[test]
 fn pending_queries_are_bounded() {
-    let limits = Limits { max_pending: 4, ..Limits::default() };
+    let limits = Limits {
+        max_pending: 4,
+        ..Limits::default()
+    };
     let mut s = DnsSession::new(Transport::Datagram, limits, &Privacy::default());
     let mut out = Vec::new();
     for id in 0..10u16 {
         let mut q = header(id, 0x0100, 1, 0);
         q.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
-        let chunk = Chunk { direction: Direction::ToServer, data: &q, truncated: 0, gap_before: 0, ts_ns: 1 };
+        let chunk = Chunk {
+            direction: Direction::ToServer,
+            data: &q,
+            truncated: 0,
+            gap_before: 0,
+            ts_ns: 1,
+        };
         s.feed(&chunk, &mut out).unwrap();
     }
     assert_eq!(s.pending.len(), 4);
@@ -166,13 +203,54 @@ fn detection() {
         transport,
         server_port,
     };
-    assert_eq!(detect(&first(&records[0].data, Transport::Datagram, 15353)), Detection::Yes);
-    assert_eq!(detect(&first(&records[1].data, Transport::Datagram, 15353)), Detection::No);
+    assert_eq!(
+        detect(&first(&records[0].data, Transport::Datagram, 15353)),
+        Detection::Yes
+    );
+    assert_eq!(
+        detect(&first(&records[1].data, Transport::Datagram, 15353)),
+        Detection::No
+    );
     let tcp = testkit::load("dns/tcp.bin");
-    assert_eq!(detect(&first(&tcp[0].data, Transport::Stream, 15353)), Detection::Yes);
-    assert_eq!(detect(&first(&tcp[0].data[..20], Transport::Stream, 15353)), Detection::NeedMore);
-    assert_eq!(detect(&first(b"GET / HTTP/1.1\r\nHost: x\r\n", Transport::Stream, 80)), Detection::No);
-    assert_eq!(detect(&first(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Transport::Stream, 5432)), Detection::No);
+    assert_eq!(
+        detect(&first(&tcp[0].data, Transport::Stream, 15353)),
+        Detection::Yes
+    );
+    assert_eq!(
+        crate::detect(&first(&tcp[0].data, Transport::Stream, 15353)),
+        Ok(Protocol::Dns)
+    );
+    assert_eq!(
+        crate::detect(&first(&records[0].data, Transport::Datagram, 15353)),
+        Ok(Protocol::Dns)
+    );
+    let session = crate::new_session_on(
+        Protocol::Dns,
+        Transport::Datagram,
+        Limits::default(),
+        &Privacy::default(),
+    );
+    assert!(session.is_some());
+    assert_eq!(
+        detect(&first(&tcp[0].data[..20], Transport::Stream, 15353)),
+        Detection::NeedMore
+    );
+    assert_eq!(
+        detect(&first(
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            Transport::Stream,
+            80
+        )),
+        Detection::No
+    );
+    assert_eq!(
+        detect(&first(
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            Transport::Stream,
+            5432
+        )),
+        Detection::No
+    );
 }
 
 #[test]
@@ -180,7 +258,11 @@ fn fuzz_smoke() {
     let limits = Limits::default();
     let bounded = |s: &DnsSession| {
         if s.buffered() > 2 * (limits.max_message + 2) || s.pending.len() > limits.max_pending {
-            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
+            return Err(format!(
+                "buffered {} pending {}",
+                s.buffered(),
+                s.pending.len()
+            ));
         }
         Ok(())
     };

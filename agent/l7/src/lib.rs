@@ -30,7 +30,7 @@ mod pending;
 mod resp;
 mod text;
 
-pub use detect::{Detection, detect, new_session};
+pub use detect::{Detection, detect, new_session, new_session_on};
 pub use exchange::{Exchange, MetricAttributes};
 pub use limits::{Limits, Privacy};
 

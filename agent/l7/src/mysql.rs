@@ -347,8 +347,8 @@ impl MysqlSession {
         let first = body.first().copied().unwrap_or(0);
         // EOF packets are short; with CLIENT_DEPRECATE_EOF an OK packet
         // with the 0xfe header ends a result set.
-        let is_eof =
-            first == 0xfe && (frame.body_len < 9 || (deprecate_eof && frame.body_len < MAX_PAYLOAD));
+        let is_eof = first == 0xfe
+            && (frame.body_len < 9 || (deprecate_eof && frame.body_len < MAX_PAYLOAD));
         let done = match request.expect {
             Expect::Single => true,
             _ if first == 0xff => {
@@ -433,13 +433,15 @@ impl MysqlSession {
             e.fields.insert("rows".into(), Value::from(affected));
         }
         let error_type = request.error.map(|(code, state, message)| {
-            e.fields.insert("error_code".into(), Value::from(code.to_string()));
+            e.fields
+                .insert("error_code".into(), Value::from(code.to_string()));
             if !state.is_empty() {
                 e.fields.insert("sqlstate".into(), Value::from(state));
             }
             if !self.privacy.obfuscate_sql {
                 let message = bounded(&message, self.limits.max_field);
-                e.fields.insert("error_message".into(), Value::from(message));
+                e.fields
+                    .insert("error_message".into(), Value::from(message));
             }
             code.to_string()
         });
@@ -486,10 +488,12 @@ impl MysqlSession {
                     Phase::Command => self.limits.max_message,
                     _ => 64,
                 };
-                self.client.next(&mut input, chunk.ts_ns, &PacketLayout { keep })?
+                self.client
+                    .next(&mut input, chunk.ts_ns, &PacketLayout { keep })?
             } else {
                 let keep = SERVER_KEEP;
-                self.server.next(&mut input, chunk.ts_ns, &PacketLayout { keep })?
+                self.server
+                    .next(&mut input, chunk.ts_ns, &PacketLayout { keep })?
             };
             match frame {
                 Some(frame) if client => self.on_client(frame)?,

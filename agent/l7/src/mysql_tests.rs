@@ -10,7 +10,10 @@ fn session() -> MysqlSession {
 fn golden(name: &str) {
     let records = testkit::load(&format!("mysql/{name}.bin"));
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(&format!("mysql/{name}.json"), &testkit::outcome_json(&outcome));
+    testkit::check_golden(
+        &format!("mysql/{name}.json"),
+        &testkit::outcome_json(&outcome),
+    );
     testkit::assert_split_invariant(&records, &|| Box::new(session()));
 }
 
@@ -46,18 +49,42 @@ fn result_sets_without_eof_packets() {
     response.extend_from_slice(&[0; 28]);
     response.extend_from_slice(b"u\0");
     let mut rows = packet(1, &[1]);
-    rows.extend(packet(2, b"\x03def\0\0\0\x01v\0\x0c\x21\0\x0b\0\0\0\x03\0\0\0\0"));
+    rows.extend(packet(
+        2,
+        b"\x03def\0\0\0\x01v\0\x0c\x21\0\x0b\0\0\0\x03\0\0\0\0",
+    ));
     rows.extend(packet(3, b"\x01a"));
     rows.extend(packet(4, b"\x01b"));
     rows.extend(packet(5, b"\xfe\0\0\x02\0\0\0"));
     let records = vec![
-        Record { direction: Direction::ToClient, data: packet(0, &greeting) },
-        Record { direction: Direction::ToServer, data: packet(1, &response) },
-        Record { direction: Direction::ToClient, data: packet(2, b"\0\0\0\x02\0\0\0") },
-        Record { direction: Direction::ToServer, data: packet(0, b"\x03SELECT v FROM t") },
-        Record { direction: Direction::ToClient, data: rows },
-        Record { direction: Direction::ToServer, data: packet(0, b"\x03SELECT 'x'") },
-        Record { direction: Direction::ToClient, data: packet(1, b"\xff\x7a\x04#42S02gone") },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(0, &greeting),
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(1, &response),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(2, b"\0\0\0\x02\0\0\0"),
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(0, b"\x03SELECT v FROM t"),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: rows,
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(0, b"\x03SELECT 'x'"),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(1, b"\xff\x7a\x04#42S02gone"),
+        },
     ];
     let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
     assert!(err.is_none(), "{err:?}");
@@ -74,7 +101,13 @@ fn hostile_packets() {
     let mut s = session();
     let mut out = Vec::new();
     let mut feed = |direction, data: &[u8]| {
-        let chunk = Chunk { direction, data, truncated: 0, gap_before: 0, ts_ns: 1 };
+        let chunk = Chunk {
+            direction,
+            data,
+            truncated: 0,
+            gap_before: 0,
+            ts_ns: 1,
+        };
         s.feed(&chunk, &mut out)
     };
     let records = testkit::load("mysql/query.bin");
@@ -93,14 +126,32 @@ fn hostile_packets() {
     let mut s = session();
     let mut out = Vec::new();
     for r in &records[..3] {
-        let chunk = Chunk { direction: r.direction, data: &r.data, truncated: 0, gap_before: 0, ts_ns: 1 };
+        let chunk = Chunk {
+            direction: r.direction,
+            data: &r.data,
+            truncated: 0,
+            gap_before: 0,
+            ts_ns: 1,
+        };
         s.feed(&chunk, &mut out).unwrap();
     }
     let query = b"\x09\x00\x00\x00\x03SELECT 1";
-    let chunk = Chunk { direction: Direction::ToServer, data: query, truncated: 0, gap_before: 0, ts_ns: 2 };
+    let chunk = Chunk {
+        direction: Direction::ToServer,
+        data: query,
+        truncated: 0,
+        gap_before: 0,
+        ts_ns: 2,
+    };
     s.feed(&chunk, &mut out).unwrap();
     let bad = b"\x01\x00\x00\x01\xff";
-    let chunk = Chunk { direction: Direction::ToClient, data: &bad[..], truncated: 0, gap_before: 0, ts_ns: 3 };
+    let chunk = Chunk {
+        direction: Direction::ToClient,
+        data: &bad[..],
+        truncated: 0,
+        gap_before: 0,
+        ts_ns: 3,
+    };
     // 0xff alone is an (empty) ERR packet: answered, error code 0.
     s.feed(&chunk, &mut out).unwrap();
     assert_eq!(out.len(), 1);
@@ -117,6 +168,7 @@ fn detects_the_greeting() {
         server_port: 3306,
     };
     assert_eq!(detect(&first(greeting)), Detection::Yes);
+    assert_eq!(crate::detect(&first(greeting)), Ok(Protocol::Mysql));
     assert_eq!(detect(&first(&greeting[..10])), Detection::NeedMore);
     assert_eq!(detect(&first(b"HTTP/1.1 200")), Detection::No);
 }
@@ -128,12 +180,24 @@ fn fuzz_smoke() {
         .map(|n| testkit::load(&format!("mysql/{n}.bin")))
         .collect();
     let limits = Limits::default();
-    let n = testkit::fuzz(&seeds, Duration::from_secs(2), &session, &|s: &MysqlSession| {
-        let max = limits.max_message + SERVER_KEEP + 8;
-        if s.buffered() > max || s.pending.len() > limits.max_pending || s.statements.len() > MAX_STATEMENTS {
-            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
-        }
-        Ok(())
-    });
+    let n = testkit::fuzz(
+        &seeds,
+        Duration::from_secs(2),
+        &session,
+        &|s: &MysqlSession| {
+            let max = limits.max_message + SERVER_KEEP + 8;
+            if s.buffered() > max
+                || s.pending.len() > limits.max_pending
+                || s.statements.len() > MAX_STATEMENTS
+            {
+                return Err(format!(
+                    "buffered {} pending {}",
+                    s.buffered(),
+                    s.pending.len()
+                ));
+            }
+            Ok(())
+        },
+    );
     assert!(n > 100, "only {n} iterations");
 }

@@ -117,7 +117,11 @@ struct ServerLayout {
 
 impl Layout for ServerLayout {
     fn header_len(&self) -> usize {
-        if self.phase == Phase::EncryptionAnswer { 1 } else { 5 }
+        if self.phase == Phase::EncryptionAnswer {
+            1
+        } else {
+            5
+        }
     }
 
     fn body(&self, header: &[u8]) -> Result<(usize, usize), ErrorKind> {
@@ -273,7 +277,10 @@ impl PostgresSession {
                 let stmt_name = lookup(&self.portals, portal).cloned().unwrap_or_default();
                 let (operation, text) = if stmt_name.is_empty() {
                     let s = self.unnamed.clone();
-                    (s.as_ref().and_then(|s| s.operation.clone()), s.map(|s| s.text))
+                    (
+                        s.as_ref().and_then(|s| s.operation.clone()),
+                        s.map(|s| s.text),
+                    )
                 } else {
                     let s = lookup(&self.named, &stmt_name).map(|s| s.text.clone());
                     (Some("EXECUTE".to_owned()), s)
@@ -410,9 +417,11 @@ impl PostgresSession {
             e.fields.insert("rows".into(), Value::from(rows));
         }
         let error_type = request.error.map(|(code, message)| {
-            e.fields.insert("error_code".into(), Value::from(code.clone()));
+            e.fields
+                .insert("error_code".into(), Value::from(code.clone()));
             if let Some(message) = message {
-                e.fields.insert("error_message".into(), Value::from(message));
+                e.fields
+                    .insert("error_message".into(), Value::from(message));
             }
             code
         });

@@ -11,7 +11,10 @@ fn session() -> PostgresSession {
 fn golden(name: &str) {
     let records = testkit::load(&format!("postgres/{name}.bin"));
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(&format!("postgres/{name}.json"), &testkit::outcome_json(&outcome));
+    testkit::check_golden(
+        &format!("postgres/{name}.json"),
+        &testkit::outcome_json(&outcome),
+    );
     testkit::assert_split_invariant(&records, &|| Box::new(session()));
 }
 
@@ -60,10 +63,16 @@ fn ready() -> Vec<u8> {
 #[test]
 fn ssl_accepted_stops_quietly() {
     let records = vec![
-        rec(Direction::ToServer, b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec()),
+        rec(
+            Direction::ToServer,
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec(),
+        ),
         rec(Direction::ToClient, b"S".to_vec()),
         // A TLS ClientHello and garbage: not parsed.
-        rec(Direction::ToServer, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec()),
+        rec(
+            Direction::ToServer,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+        ),
         rec(Direction::ToClient, b"\x16\x03\x03\x00\x7a\x02".to_vec()),
     ];
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
@@ -92,7 +101,10 @@ fn pipelined_simple_queries_pair_in_order() {
     assert_eq!(out[0].fields["rows"], 1);
     assert_eq!(out[1].fields["operation"], "SELEC");
     assert_eq!(out[1].fields["error_code"], "42601");
-    assert!(out[1].fields.get("error_message").is_none(), "private by default");
+    assert!(
+        out[1].fields.get("error_message").is_none(),
+        "private by default"
+    );
     testkit::assert_split_invariant(&records, &|| Box::new(session()));
 }
 
@@ -100,19 +112,40 @@ fn pipelined_simple_queries_pair_in_order() {
 fn truncated_statement_keeps_its_prefix_and_pairs() {
     let mut s = session();
     let mut out = Vec::new();
-    let long = format!("SELECT * FROM t WHERE name = 'x' AND v IN ({}1)\0", "1, ".repeat(1000));
+    let long = format!(
+        "SELECT * FROM t WHERE name = 'x' AND v IN ({}1)\0",
+        "1, ".repeat(1000)
+    );
     let q = msg(b'Q', long.as_bytes());
-    let feed = |s: &mut PostgresSession, direction, data: &[u8], truncated, ts_ns, out: &mut Vec<_>| {
-        let chunk = Chunk { direction, data, truncated, gap_before: 0, ts_ns };
-        s.feed(&chunk, out)
-    };
+    let feed =
+        |s: &mut PostgresSession, direction, data: &[u8], truncated, ts_ns, out: &mut Vec<_>| {
+            let chunk = Chunk {
+                direction,
+                data,
+                truncated,
+                gap_before: 0,
+                ts_ns,
+            };
+            s.feed(&chunk, out)
+        };
     feed(&mut s, Direction::ToServer, &startup(), 0, 1, &mut out).unwrap();
     feed(&mut s, Direction::ToClient, &ready(), 0, 2, &mut out).unwrap();
     // Only the first 40 bytes of the query were captured.
-    feed(&mut s, Direction::ToServer, &q[..40], q.len() - 40, 3, &mut out).unwrap();
+    feed(
+        &mut s,
+        Direction::ToServer,
+        &q[..40],
+        q.len() - 40,
+        3,
+        &mut out,
+    )
+    .unwrap();
     feed(&mut s, Direction::ToClient, &ready(), 0, 4, &mut out).unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].fields["statement"], "SELECT * FROM t WHERE name = ? AN…");
+    assert_eq!(
+        out[0].fields["statement"],
+        "SELECT * FROM t WHERE name = ? AN…"
+    );
     assert_eq!((out[0].request_ns, out[0].response_ns), (3, 4));
 }
 
@@ -121,7 +154,13 @@ fn lost_server_bytes_resync_at_the_next_request() {
     let mut s = session();
     let mut out = Vec::new();
     let mut feed = |direction, data: &[u8], truncated, ts_ns| {
-        let chunk = Chunk { direction, data, truncated, gap_before: 0, ts_ns };
+        let chunk = Chunk {
+            direction,
+            data,
+            truncated,
+            gap_before: 0,
+            ts_ns,
+        };
         s.feed(&chunk, &mut out).unwrap();
     };
     feed(Direction::ToServer, &startup(), 0, 1);
@@ -130,7 +169,12 @@ fn lost_server_bytes_resync_at_the_next_request() {
     // Rows, then a capture cut that swallows message boundaries.
     let row = msg(b'D', &[b'x'; 100]);
     feed(Direction::ToClient, &row[..50], 5000, 4);
-    feed(Direction::ToClient, b"garbage from the middle of a row", 0, 5);
+    feed(
+        Direction::ToClient,
+        b"garbage from the middle of a row",
+        0,
+        5,
+    );
     feed(Direction::ToServer, &msg(b'Q', b"SELECT 2\0"), 0, 6);
     feed(Direction::ToClient, &ready(), 0, 7);
     assert_eq!(out.len(), 2, "{out:?}");
@@ -145,23 +189,43 @@ fn lost_server_bytes_resync_at_the_next_request() {
 fn hostile_lengths_are_errors_not_allocations() {
     let mut s = session();
     let mut out = Vec::new();
-    let chunk = |data: &[u8], direction| Chunk { direction, data: &data.to_vec().leak()[..], truncated: 0, gap_before: 0, ts_ns: 1 };
-    assert!(s.feed(&chunk(&startup(), Direction::ToServer), &mut out).is_ok());
+    let chunk = |data: &[u8], direction| Chunk {
+        direction,
+        data: &data.to_vec().leak()[..],
+        truncated: 0,
+        gap_before: 0,
+        ts_ns: 1,
+    };
+    assert!(
+        s.feed(&chunk(&startup(), Direction::ToServer), &mut out)
+            .is_ok()
+    );
     // A 3 GB message: refused.
     let err = s.feed(&chunk(b"Q\xc0\x00\x00\x00", Direction::ToServer), &mut out);
     assert!(err.is_err());
     // A 1 GB row is counted down, never buffered.
     let mut s = session();
-    s.feed(&chunk(&startup(), Direction::ToServer), &mut out).unwrap();
-    s.feed(&chunk(b"D\x3f\xff\xff\xff", Direction::ToClient), &mut out).unwrap();
-    s.feed(&chunk(&[0u8; 100_000], Direction::ToClient), &mut out).unwrap();
+    s.feed(&chunk(&startup(), Direction::ToServer), &mut out)
+        .unwrap();
+    s.feed(&chunk(b"D\x3f\xff\xff\xff", Direction::ToClient), &mut out)
+        .unwrap();
+    s.feed(&chunk(&[0u8; 100_000], Direction::ToClient), &mut out)
+        .unwrap();
     assert!(s.buffered() <= crate::framer::MAX_HEADER);
-    assert!(detect(&FirstBytes {
+    let ssl = FirstBytes {
         direction: Direction::ToServer,
         data: &[0, 0, 0, 8, 4, 210, 22, 47],
         transport: crate::Transport::Stream,
         server_port: 1,
-    }) == Detection::Yes);
+    };
+    assert_eq!(detect(&ssl), Detection::Yes);
+    assert_eq!(crate::detect(&ssl), Ok(Protocol::Postgres));
+    let start = startup();
+    let first = FirstBytes {
+        data: &start,
+        ..ssl
+    };
+    assert_eq!(crate::detect(&first), Ok(Protocol::Postgres));
 }
 
 #[test]
@@ -171,12 +235,21 @@ fn fuzz_smoke() {
         .map(|n| testkit::load(&format!("postgres/{n}.bin")))
         .collect();
     let limits = Limits::default();
-    let n = testkit::fuzz(&seeds, Duration::from_secs(2), &session, &|s: &PostgresSession| {
-        let max = limits.max_message + crate::framer::MAX_HEADER;
-        if s.buffered() > max || s.pending.len() > limits.max_pending {
-            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
-        }
-        Ok(())
-    });
+    let n = testkit::fuzz(
+        &seeds,
+        Duration::from_secs(2),
+        &session,
+        &|s: &PostgresSession| {
+            let max = limits.max_message + crate::framer::MAX_HEADER;
+            if s.buffered() > max || s.pending.len() > limits.max_pending {
+                return Err(format!(
+                    "buffered {} pending {}",
+                    s.buffered(),
+                    s.pending.len()
+                ));
+            }
+            Ok(())
+        },
+    );
     assert!(n > 100, "only {n} iterations");
 }

@@ -188,7 +188,8 @@ impl RedisSession {
         e.answered = true;
         e.response_ns = value.end_ns.max(e.request_ns);
         if let Some(prefix) = error {
-            e.fields.insert("error_code".into(), Json::from(prefix.clone()));
+            e.fields
+                .insert("error_code".into(), Json::from(prefix.clone()));
             if let MetricAttributes::Db { error_type, .. } = &mut e.metric {
                 *error_type = Some(prefix);
             }
@@ -296,7 +297,8 @@ impl Session for RedisSession {
 fn error_prefix(value: &Value) -> String {
     let text = value.items.first().map_or(&[][..], Vec::as_slice);
     let word = text.split(|&b| b == b' ').next().unwrap_or_default();
-    let ok = !word.is_empty() && word.len() <= MAX_COMMAND && word.iter().all(u8::is_ascii_uppercase);
+    let ok =
+        !word.is_empty() && word.len() <= MAX_COMMAND && word.iter().all(u8::is_ascii_uppercase);
     if ok {
         String::from_utf8_lossy(word).into_owned()
     } else {

@@ -10,7 +10,10 @@ fn session() -> RedisSession {
 fn golden(name: &str) {
     let records = testkit::load(&format!("redis/{name}.bin"));
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(&format!("redis/{name}.json"), &testkit::outcome_json(&outcome));
+    testkit::check_golden(
+        &format!("redis/{name}.json"),
+        &testkit::outcome_json(&outcome),
+    );
     testkit::assert_split_invariant(&records, &|| Box::new(session()));
 }
 
@@ -35,7 +38,13 @@ fn pubsub_messages_are_not_replies() {
 }
 
 fn chunk(direction: Direction, data: &[u8], truncated: usize, ts_ns: u64) -> Chunk<'_> {
-    Chunk { direction, data, truncated, gap_before: 0, ts_ns }
+    Chunk {
+        direction,
+        data,
+        truncated,
+        gap_before: 0,
+        ts_ns,
+    }
 }
 
 #[test]
@@ -46,15 +55,46 @@ fn values_are_shown_when_privacy_allows() {
     };
     let mut s = RedisSession::new(Limits::default(), &privacy);
     let mut out = Vec::new();
-    s.feed(&chunk(Direction::ToServer, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n", 0, 1), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToServer, b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n", 0, 2), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToClient, b"+OK\r\n-WRONGPASS invalid\r\n", 0, 3), &mut out).unwrap();
+    s.feed(
+        &chunk(
+            Direction::ToServer,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n",
+            0,
+            1,
+        ),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(
+        &chunk(
+            Direction::ToServer,
+            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n",
+            0,
+            2,
+        ),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(
+        &chunk(Direction::ToClient, b"+OK\r\n-WRONGPASS invalid\r\n", 0, 3),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out[0].fields["statement"], "SET k hello");
     assert_eq!(out[1].fields["statement"], "AUTH pw");
     assert_eq!(out[1].fields["error_code"], "WRONGPASS");
     let mut s = session();
     let mut out = Vec::new();
-    s.feed(&chunk(Direction::ToServer, b"*3\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n", 0, 1), &mut out).unwrap();
+    s.feed(
+        &chunk(
+            Direction::ToServer,
+            b"*3\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n",
+            0,
+            1,
+        ),
+        &mut out,
+    )
+    .unwrap();
     s.close(2, &mut out);
     assert_eq!(out[0].fields["statement"], "HELLO ?");
     assert!(!out[0].answered);
@@ -67,39 +107,74 @@ fn a_big_value_cut_by_the_capture_still_pairs() {
     let head = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\nxxxx";
     // The rest of the value and its CRLF were not captured.
     let missing = 100_000 - 4 + 2;
-    s.feed(&chunk(Direction::ToServer, head, missing, 1), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToClient, b"+OK\r\n", 0, 2), &mut out).unwrap();
+    s.feed(&chunk(Direction::ToServer, head, missing, 1), &mut out)
+        .unwrap();
+    s.feed(&chunk(Direction::ToClient, b"+OK\r\n", 0, 2), &mut out)
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].fields["statement"], "SET big ?");
-    assert_eq!((out[0].request_ns, out[0].response_ns, out[0].answered), (1, 2, true));
+    assert_eq!(
+        (out[0].request_ns, out[0].response_ns, out[0].answered),
+        (1, 2, true)
+    );
     // A cut that swallows lines: the reply is reported as truncated and
     // parsing resumes with the next command.
-    s.feed(&chunk(Direction::ToServer, b"*1\r\n$4\r\nKEYS\r\n", 0, 3), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToClient, b"*1000\r\n$1\r\na\r\n", 9000, 4), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToClient, b"\r\n$1\r\nb\r\n", 0, 5), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToServer, b"PING\r\n", 0, 6), &mut out).unwrap();
-    s.feed(&chunk(Direction::ToClient, b"+PONG\r\n", 0, 7), &mut out).unwrap();
+    s.feed(
+        &chunk(Direction::ToServer, b"*1\r\n$4\r\nKEYS\r\n", 0, 3),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(
+        &chunk(Direction::ToClient, b"*1000\r\n$1\r\na\r\n", 9000, 4),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(
+        &chunk(Direction::ToClient, b"\r\n$1\r\nb\r\n", 0, 5),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(&chunk(Direction::ToServer, b"PING\r\n", 0, 6), &mut out)
+        .unwrap();
+    s.feed(&chunk(Direction::ToClient, b"+PONG\r\n", 0, 7), &mut out)
+        .unwrap();
     assert_eq!(out.len(), 3, "{out:?}");
-    assert_eq!((out[1].response_ns, &out[1].fields["truncated"]), (5, &Json::Bool(true)));
+    assert_eq!(
+        (out[1].response_ns, &out[1].fields["truncated"]),
+        (5, &Json::Bool(true))
+    );
     assert_eq!(out[2].fields["command"], "PING");
 }
 
 #[test]
 fn hostile_input_is_an_error_not_an_allocation() {
-    for bad in [&b"*1\r\n$-7\r\n"[..], b"*3\r\n$99999999999999\r\n", b"*1\r\n$?\r\n"] {
+    for bad in [
+        &b"*1\r\n$-7\r\n"[..],
+        b"*3\r\n$99999999999999\r\n",
+        b"*1\r\n$?\r\n",
+    ] {
         let mut s = session();
         let mut out = Vec::new();
-        assert!(s.feed(&chunk(Direction::ToServer, bad, 0, 1), &mut out).is_err(), "{bad:?}");
+        assert!(
+            s.feed(&chunk(Direction::ToServer, bad, 0, 1), &mut out)
+                .is_err(),
+            "{bad:?}"
+        );
     }
     let deep = "*1\r\n".repeat(10_000);
     let mut s = session();
     let mut out = Vec::new();
-    s.feed(&chunk(Direction::ToServer, b"PING\r\n", 0, 1), &mut out).unwrap();
-    assert!(s.feed(&chunk(Direction::ToClient, deep.as_bytes(), 0, 2), &mut out).is_err());
+    s.feed(&chunk(Direction::ToServer, b"PING\r\n", 0, 1), &mut out)
+        .unwrap();
+    assert!(
+        s.feed(&chunk(Direction::ToClient, deep.as_bytes(), 0, 2), &mut out)
+            .is_err()
+    );
     // An endless inline line keeps a bounded prefix.
     let mut s = session();
     for _ in 0..100 {
-        s.feed(&chunk(Direction::ToServer, &[b'a'; 10_000], 0, 1), &mut out).unwrap();
+        s.feed(&chunk(Direction::ToServer, &[b'a'; 10_000], 0, 1), &mut out)
+            .unwrap();
     }
     assert!(s.buffered() <= MAX_ARGS * Limits::default().max_field + 1);
 }
@@ -113,6 +188,10 @@ fn detection() {
         server_port: 6379,
     };
     assert_eq!(detect(&first(b"*2\r\n$3\r\nGET")), Detection::Yes);
+    assert_eq!(
+        crate::detect(&first(b"*2\r\n$3\r\nGET")),
+        Ok(Protocol::Redis)
+    );
     assert_eq!(detect(&first(b"*2\r")), Detection::NeedMore);
     assert_eq!(detect(&first(b"*")), Detection::NeedMore);
     assert_eq!(detect(&first(b"GET / HTTP/1.1")), Detection::No);
@@ -126,12 +205,22 @@ fn fuzz_smoke() {
         .map(|n| testkit::load(&format!("redis/{n}.bin")))
         .collect();
     let limits = Limits::default();
-    let n = testkit::fuzz(&seeds, Duration::from_secs(2), &session, &|s: &RedisSession| {
-        let max = (MAX_ARGS + 2) * limits.max_field + REPLY_KEEP + 2 * crate::resp::MAX_DEPTH * 16;
-        if s.buffered() > max || s.pending.len() > limits.max_pending {
-            return Err(format!("buffered {} pending {}", s.buffered(), s.pending.len()));
-        }
-        Ok(())
-    });
+    let n = testkit::fuzz(
+        &seeds,
+        Duration::from_secs(2),
+        &session,
+        &|s: &RedisSession| {
+            let max =
+                (MAX_ARGS + 2) * limits.max_field + REPLY_KEEP + 2 * crate::resp::MAX_DEPTH * 16;
+            if s.buffered() > max || s.pending.len() > limits.max_pending {
+                return Err(format!(
+                    "buffered {} pending {}",
+                    s.buffered(),
+                    s.pending.len()
+                ));
+            }
+            Ok(())
+        },
+    );
     assert!(n > 100, "only {n} iterations");
 }

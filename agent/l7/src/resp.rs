@@ -77,15 +77,20 @@ impl Reader {
     }
 
     pub(crate) fn buffered(&self) -> usize {
-        let items = self.value.as_ref().map_or(0, |v| {
-            v.items.iter().map(Vec::len).sum::<usize>()
-        });
+        let items = self
+            .value
+            .as_ref()
+            .map_or(0, |v| v.items.iter().map(Vec::len).sum::<usize>());
         self.line.len() + items + self.stack.len() * size_of::<Level>()
     }
 
     /// Consumes bytes until a top-level value completes (returned) or the
     /// input runs out.
-    pub(crate) fn next(&mut self, input: &mut &[u8], ts_ns: u64) -> Result<Option<Value>, ErrorKind> {
+    pub(crate) fn next(
+        &mut self,
+        input: &mut &[u8],
+        ts_ns: u64,
+    ) -> Result<Option<Value>, ErrorKind> {
         loop {
             if let Some(left) = self.bulk {
                 let take = (left as usize).min(input.len());
@@ -184,7 +189,10 @@ impl Reader {
             let (max_items, keep) = (self.max_items, self.item_keep);
             if let Some(value) = &mut self.value {
                 value.kind = 0;
-                for word in line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+                for word in line
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                {
                     value.len += 1;
                     if value.items.len() < max_items {
                         value.items.push(word[..word.len().min(keep)].to_vec());
@@ -232,7 +240,11 @@ impl Reader {
                 if !(0..=MAX_AGGREGATE).contains(&n) {
                     return Err(ErrorKind::Malformed("aggregate length"));
                 }
-                let count = if matches!(kind, b'%' | b'|') { 2 * n } else { n } as u64;
+                let count = if matches!(kind, b'%' | b'|') {
+                    2 * n
+                } else {
+                    n
+                } as u64;
                 if count == 0 {
                     return Ok(kind != b'|' && self.element_done());
                 }
@@ -354,9 +366,13 @@ mod tests {
         assert!(read_all(b"$?\r\n").is_err());
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
         assert!(read_all(deep.as_bytes()).is_err());
-        assert!(read_all(b"*1\r\n$4294967296\r\n").is_ok(), "big lengths are counted, not stored");
+        assert!(
+            read_all(b"*1\r\n$4294967296\r\n").is_ok(),
+            "big lengths are counted, not stored"
+        );
         let mut reader = Reader::new(false, 4, 8);
-        let mut input: &[u8] = b"+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut input: &[u8] =
+            b"+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         assert!(reader.next(&mut input, 1).unwrap().is_none());
         assert!(reader.buffered() <= MAX_NUMBER_LINE + 1);
     }

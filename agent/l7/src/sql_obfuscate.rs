@@ -60,7 +60,9 @@ pub fn obfuscate_sql(sql: &str, dialect: Dialect, max_len: usize) -> String {
         if token.kind == Kind::Punct
             && matches!(token.text, "-" | "+")
             && starts_operand(prev)
-            && tokens.peek().is_some_and(|t| t.kind == Kind::Literal && !t.space_before)
+            && tokens
+                .peek()
+                .is_some_and(|t| t.kind == Kind::Literal && !t.space_before)
         {
             sign_space = Some(token.space_before);
             continue;
@@ -74,7 +76,10 @@ pub fn obfuscate_sql(sql: &str, dialect: Dialect, max_len: usize) -> String {
                 match ahead.next() {
                     Some(t) if t.text == ")" => break true,
                     Some(t) if t.text == "," => {}
-                    Some(t) if t.kind == Kind::Literal || (t.kind == Kind::Placeholder && t.text == "?") => {
+                    Some(t)
+                        if t.kind == Kind::Literal
+                            || (t.kind == Kind::Placeholder && t.text == "?") =>
+                    {
                         values += 1
                     }
                     _ => break false,
@@ -496,8 +501,14 @@ mod tests {
     #[test]
     fn operations() {
         assert_eq!(sql_operation("  select 1").as_deref(), Some("SELECT"));
-        assert_eq!(sql_operation("/* x */ (SELECT 1)").as_deref(), Some("SELECT"));
-        assert_eq!(sql_operation("WITH a AS (..) INSERT").as_deref(), Some("WITH"));
+        assert_eq!(
+            sql_operation("/* x */ (SELECT 1)").as_deref(),
+            Some("SELECT")
+        );
+        assert_eq!(
+            sql_operation("WITH a AS (..) INSERT").as_deref(),
+            Some("WITH")
+        );
         assert_eq!(sql_operation("-- only a comment"), None);
         assert_eq!(sql_operation("123"), None);
     }
