@@ -60,12 +60,11 @@ pub fn parse_message(msg: &[u8]) -> Result<Message, ErrorKind> {
         answers: an,
     };
     let mut at = HEADER;
-    if qd > 0 {
-        if let Ok((name, end)) = read_name(msg, at) {
-            if let Some(t) = msg.get(end..end + 4) {
-                m.question = Some((name, u16::from_be_bytes([t[0], t[1]])));
-            }
-        }
+    if qd > 0
+        && let Ok((name, end)) = read_name(msg, at)
+        && let Some(t) = msg.get(end..end + 4)
+    {
+        m.question = Some((name, u16::from_be_bytes([t[0], t[1]])));
     }
     // The extended rcode lives in the OPT record of the additional
     // section: walk the records (skipping names, never following them).
@@ -378,10 +377,10 @@ impl DnsSession {
         let Ok(m) = parse_message(msg) else { return };
         match (direction, m.response) {
             (Direction::ToServer, false) => {
-                if self.pending.len() >= self.limits.max_pending.max(1) {
-                    if let Some(old) = self.pending.pop_front() {
-                        out.push(self.exchange(old, None));
-                    }
+                if self.pending.len() >= self.limits.max_pending.max(1)
+                    && let Some(old) = self.pending.pop_front()
+                {
+                    out.push(self.exchange(old, None));
                 }
                 self.pending.push_back(Query {
                     id: m.id,

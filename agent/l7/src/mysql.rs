@@ -59,7 +59,9 @@ pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
         return Detection::No;
     }
     let d = first.data;
-    let checks: [(usize, fn(&[u8]) -> bool); 3] = [
+    /// Bytes needed, and the check once they are there.
+    type Check = (usize, fn(&[u8]) -> bool);
+    let checks: [Check; 3] = [
         // Greetings are small: the length's high byte is 0.
         (3, |d| d[2] == 0 && (20..1024).contains(&le(&d[..3]))),
         (4, |d| d[3] == 0),
@@ -400,21 +402,19 @@ impl MysqlSession {
             }
             Expect::UntilEof => is_eof,
         };
-        if done {
-            if let Some(Some(request)) = self.pending.pop() {
-                if let Some((id, statement)) = request.stmt_id.zip(request.prepared.as_ref()) {
-                    self.statements.retain(|(i, _)| *i != id);
-                    if self.statements.len() >= MAX_STATEMENTS {
-                        self.statements.pop_front();
-                    }
-                    self.statements.push_back((id, statement.clone()));
+        if done && let Some(Some(request)) = self.pending.pop() {
+            if let Some((id, statement)) = request.stmt_id.zip(request.prepared.as_ref()) {
+                self.statements.retain(|(i, _)| *i != id);
+                if self.statements.len() >= MAX_STATEMENTS {
+                    self.statements.pop_front();
                 }
-                if request.report {
-                    let mut exchange = self.exchange(request);
-                    exchange.answered = true;
-                    exchange.response_ns = frame.end_ns.max(exchange.request_ns);
-                    out.push(exchange);
-                }
+                self.statements.push_back((id, statement.clone()));
+            }
+            if request.report {
+                let mut exchange = self.exchange(request);
+                exchange.answered = true;
+                exchange.response_ns = frame.end_ns.max(exchange.request_ns);
+                out.push(exchange);
             }
         }
         Ok(())

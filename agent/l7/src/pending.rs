@@ -61,10 +61,12 @@ impl<T> Fifo<T> {
         None
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.untracked == 0
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }

@@ -363,25 +363,25 @@ impl PostgresSession {
             // Startup errors (e.g. authentication failed) answer no request.
             _ if !self.ready => {}
             b'Z' => {
-                if let Some(Some(request)) = self.pending.pop() {
-                    if !request.silent {
-                        let mut exchange = self.exchange(request);
-                        exchange.answered = true;
-                        exchange.response_ns = frame.end_ns.max(exchange.request_ns);
-                        out.push(exchange);
-                    }
+                if let Some(Some(request)) = self.pending.pop()
+                    && !request.silent
+                {
+                    let mut exchange = self.exchange(request);
+                    exchange.answered = true;
+                    exchange.response_ns = frame.end_ns.max(exchange.request_ns);
+                    out.push(exchange);
                 }
             }
             b'E' => {
                 let (code, message) = error_fields(body);
                 let show_message = !self.privacy.obfuscate_sql;
                 let max = self.limits.max_field;
-                if let Some(request) = self.pending.front_mut() {
-                    if request.error.is_none() {
-                        let code = bounded(&code, 16);
-                        let message = show_message.then(|| bounded(&message, max));
-                        request.error = Some((code, message));
-                    }
+                if let Some(request) = self.pending.front_mut()
+                    && request.error.is_none()
+                {
+                    let code = bounded(&code, 16);
+                    let message = show_message.then(|| bounded(&message, max));
+                    request.error = Some((code, message));
                 }
             }
             b'C' => {
@@ -390,10 +390,10 @@ impl PostgresSession {
                     .rsplit(|&b| b == b' ')
                     .next()
                     .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok());
-                if let Some(request) = self.pending.front_mut() {
-                    if rows.is_some() {
-                        request.rows = rows;
-                    }
+                if let Some(request) = self.pending.front_mut()
+                    && rows.is_some()
+                {
+                    request.rows = rows;
                 }
             }
             _ => {}

@@ -208,10 +208,11 @@ impl Reader {
             return Err(ErrorKind::Malformed("empty line"));
         };
         let top = self.stack.is_empty();
-        if top && kind != b'|' {
-            if let Some(value) = &mut self.value {
-                value.kind = kind;
-            }
+        if top
+            && kind != b'|'
+            && let Some(value) = &mut self.value
+        {
+            value.kind = kind;
         }
         match kind {
             b'$' | b'=' | b'!' => {
@@ -229,10 +230,8 @@ impl Reader {
             }
             b'*' | b'~' | b'>' | b'%' | b'|' => {
                 let n = number(text)?;
-                if top {
-                    if let Some(value) = &mut self.value {
-                        value.len = n;
-                    }
+                if top && let Some(value) = &mut self.value {
+                    value.len = n;
                 }
                 if n == -1 && kind == b'*' {
                     return Ok(self.element_done());
@@ -281,10 +280,10 @@ impl Reader {
             return;
         }
         let (max_items, keep) = (self.max_items, self.item_keep);
-        if let Some(value) = &mut self.value {
-            if value.items.len() < max_items {
-                value.items.push(text[..text.len().min(keep)].to_vec());
-            }
+        if let Some(value) = &mut self.value
+            && value.items.len() < max_items
+        {
+            value.items.push(text[..text.len().min(keep)].to_vec());
         }
     }
 

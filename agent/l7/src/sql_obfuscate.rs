@@ -106,7 +106,7 @@ pub fn obfuscate_sql(sql: &str, dialect: Dialect, max_len: usize) -> String {
             while tokens.peek().is_some_and(|t| t.text == ",") {
                 let mut ahead = tokens.clone();
                 ahead.next();
-                if !ahead.peek().is_some_and(|t| t.text == "(") {
+                if ahead.peek().is_none_or(|t| t.text != "(") {
                     break;
                 }
                 ahead.next();
