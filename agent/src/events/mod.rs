@@ -1,6 +1,7 @@
 //! Kernel events into userspace: the ring buffer reader and the decoding
 //! of its records.
 
+pub mod data;
 pub mod decode;
 pub mod ring;
 
@@ -16,6 +17,10 @@ pub struct PipelineCounters {
     pub queue_full: AtomicU64,
     /// Records that did not decode (wrong size: an agent/kernel mismatch).
     pub decode_errors: AtomicU64,
+    /// Payload records read from the data ring.
+    pub data_read: AtomicU64,
+    /// Payload records dropped because the L7 queue was full.
+    pub data_queue_full: AtomicU64,
 }
 
 impl PipelineCounters {

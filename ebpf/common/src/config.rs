@@ -92,7 +92,9 @@ impl TracepointOffsets {
 pub struct ProbeConfig {
     /// The agent's own process id: its sockets are not observed.
     pub agent_pid: u32,
-    pub _pad: u32,
+    /// Payload bytes copied per read/write for the L7 parsers; 0 disables
+    /// payload capture.
+    pub snippet_bytes: u32,
     pub offsets: TracepointOffsets,
     pub _pad2: u32,
 }
@@ -101,7 +103,7 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
         agent_pid: 0,
-        _pad: 0,
+        snippet_bytes: 0,
         offsets: TracepointOffsets::ABSENT,
         _pad2: 0,
     };

@@ -22,6 +22,12 @@ pub mod index {
     pub const LOST_MAP_UDP: u32 = 9;
     /// Drop reasons above DROP_REASON_SLOTS - 1.
     pub const DROP_REASON_OVERFLOW: u32 = 10;
+    /// Payload snippets sent to the agent.
+    pub const DATA: u32 = 11;
+    /// Payload snippets lost: the DATA ring was full.
+    pub const LOST_RING_DATA: u32 = 12;
+    /// Data syscalls not tracked: the SYSCALL_ARGS map was full.
+    pub const LOST_MAP_SYSCALL: u32 = 13;
     pub const COUNT: u32 = 16;
 }
 

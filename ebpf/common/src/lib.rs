@@ -9,6 +9,7 @@
 pub mod config;
 pub mod conn;
 pub mod counters;
+pub mod data;
 pub mod event;
 pub mod udp;
 

@@ -5,6 +5,7 @@ use crate::{
     config::ProbeConfig,
     conn::{ListenKey, TcpConn},
     event::TcpEvent,
+    data::{DataHeader, SyscallArgs},
     udp::UdpFlow,
 };
 
@@ -17,6 +18,8 @@ unsafe impl aya::Pod for ListenKey {}
 unsafe impl aya::Pod for TcpEvent {}
 unsafe impl aya::Pod for UdpFlow {}
 unsafe impl aya::Pod for ProbeConfig {}
+unsafe impl aya::Pod for SyscallArgs {}
+unsafe impl aya::Pod for DataHeader {}
 
 impl Owner {
     /// The `comm` as text, up to its first NUL.

@@ -30,6 +30,8 @@
 #[cfg(target_arch = "bpf")]
 mod atomic;
 #[cfg(target_arch = "bpf")]
+mod capture;
+#[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod maps;

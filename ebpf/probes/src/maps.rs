@@ -10,6 +10,7 @@ use weft_common::{
     config::ProbeConfig,
     conn::{ListenKey, TcpConn},
     counters::{DROP_REASON_SLOTS, index},
+    data::{DataEvent, SyscallArgs},
     udp::{UdpFlow, UdpKey},
 };
 
@@ -37,6 +38,19 @@ pub static UDP_FLOWS: HashMap<UdpKey, UdpFlow> = HashMap::with_max_entries(16384
 /// TCP lifecycle events for the agent.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Data syscalls between entry and exit, by thread id. LRU: a thread
+/// killed inside a syscall never reaches its exit.
+#[map]
+pub static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Payload snippets for the agent's L7 parsers.
+#[map]
+pub static DATA: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// One record being filled, per CPU (too large for the BPF stack).
+#[map]
+pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU event and loss counters, see `weft_common::counters::index`.
 #[map]

@@ -45,6 +45,9 @@ enum Direction {
 fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
     let off = &config().offsets;
     let protocol: u16 = field(ctx, off.len_protocol)?;
+    let sk: u64 = field(ctx, off.len_sk)?;
+    // Tell the payload capture that the syscall in progress is on a socket.
+    crate::capture::mark_socket(sk, protocol);
     if protocol != IPPROTO_TCP as u16 {
         // UDP is counted per datagram by the cgroup_skb programs.
         return Ok(());
@@ -60,7 +63,6 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
             return Ok(());
         }
     }
-    let sk: u64 = field(ctx, off.len_sk)?;
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         return Ok(());
     };

@@ -1,0 +1,109 @@
+//! The payload ring reader: records of the `DATA` ring (a `DataHeader` and
+//! a snippet of payload) for the L7 engine. Same shape as the lifecycle
+//! reader: drain on readiness, decode with length checks, hand off through
+//! a bounded queue, count what does not fit.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+use weft_common::data::DataHeader;
+
+use super::{PipelineCounters, decode::DecodeError};
+
+/// One captured read or write.
+#[derive(Debug, Clone)]
+pub struct DataRecord {
+    pub header: DataHeader,
+    pub payload: Vec<u8>,
+}
+
+/// Splits a ring record into header and payload.
+pub fn decode(bytes: &[u8]) -> Result<DataRecord, DecodeError> {
+    let header_len = std::mem::size_of::<DataHeader>();
+    if bytes.len() < header_len {
+        return Err(DecodeError {
+            got: bytes.len(),
+            expected: header_len,
+        });
+    }
+    // SAFETY: the length is checked and DataHeader is plain old data.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DataHeader>()) };
+    let captured = header.captured_len as usize;
+    let payload = bytes
+        .get(header_len..header_len + captured)
+        .ok_or(DecodeError {
+            got: bytes.len(),
+            expected: header_len + captured,
+        })?;
+    Ok(DataRecord {
+        header,
+        payload: payload.to_vec(),
+    })
+}
+
+pub async fn read_data(
+    ring: RingBuf<MapData>,
+    out: mpsc::Sender<DataRecord>,
+    counters: Arc<PipelineCounters>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let interest = tokio::io::Interest::READABLE;
+    // SAFETY: the ring buffer owns its fd and moves into the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, interest) }
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
+    loop {
+        let mut guard = tokio::select! {
+            guard = fd.readable_mut() => guard?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            counters.data_read.fetch_add(1, Ordering::Relaxed);
+            match decode(&item) {
+                Ok(record) => {
+                    if out.try_send(record).is_err() {
+                        counters.data_queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(err) => {
+                    counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("{err}");
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_payload() {
+        let header = DataHeader {
+            sk: 7,
+            captured_len: 3,
+            total_len: 10,
+            ..DataHeader::default()
+        };
+        // SAFETY: viewing a POD value as bytes.
+        let mut bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const header).cast::<u8>(),
+                std::mem::size_of::<DataHeader>(),
+            )
+        }
+        .to_vec();
+        bytes.extend_from_slice(b"GET");
+        let r = decode(&bytes).unwrap();
+        assert_eq!(r.header.sk, 7);
+        assert_eq!(r.payload, b"GET");
+        // A header that claims more payload than the record holds.
+        bytes.pop();
+        assert!(decode(&bytes).is_err());
+        assert!(decode(&bytes[..10]).is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Payload snippets of socket reads and writes, for the L7 parsers.
+//!
+//! Each record on the `DATA` ring buffer is a [`DataHeader`] followed by
+//! `captured_len` bytes of payload (a prefix of what the syscall moved).
+
+/// Most payload bytes copied per read/write (the configured snippet size is
+/// at most this).
+pub const DATA_MAX: usize = 4096;
+
+/// The application sent the bytes.
+pub const DIR_SEND: u8 = 0;
+/// The application received the bytes.
+pub const DIR_RECV: u8 = 1;
+
+/// Syscalls whose payload is captured (SyscallArgs.kind).
+pub mod kind {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    pub const RECVFROM: u32 = 3;
+    pub const SENDTO: u32 = 4;
+    pub const RECVMSG: u32 = 5;
+    pub const SENDMSG: u32 = 6;
+    pub const READV: u32 = 7;
+    pub const WRITEV: u32 = 8;
+}
+
+/// A data syscall in flight, keyed by thread id from its entry to its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallArgs {
+    /// `kind::*`.
+    pub kind: u32,
+    /// IPPROTO_TCP or IPPROTO_UDP, set when the socket tracepoint fires.
+    pub protocol: u32,
+    /// The user buffer, iovec array or msghdr, by kind.
+    pub buf: u64,
+    /// The user sockaddr of sendto/recvfrom (0 when none).
+    pub addr: u64,
+    /// The socket, set by sock_send_length/sock_recv_length during the
+    /// syscall: 0 means the fd was not a socket.
+    pub sk: u64,
+}
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHeader {
+    pub sk: u64,
+    /// bpf_ktime_get_ns() at the syscall's exit.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Bytes the syscall moved.
+    pub total_len: u32,
+    /// Bytes that follow this header.
+    pub captured_len: u32,
+    /// DIR_SEND or DIR_RECV.
+    pub direction: u8,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+    /// The peer's `struct sockaddr_in`/`_in6` when the syscall named one
+    /// (unconnected UDP); zero otherwise.
+    pub peer: [u8; 28],
+    pub comm: [u8; crate::COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 80);
+
+impl Default for DataHeader {
+    fn default() -> Self {
+        Self {
+            sk: 0,
+            ts_ns: 0,
+            pid: 0,
+            tid: 0,
+            total_len: 0,
+            captured_len: 0,
+            direction: 0,
+            protocol: 0,
+            _pad: [0; 2],
+            peer: [0; 28],
+            comm: [0; crate::COMM_LEN],
+        }
+    }
+}
+
+/// The per-CPU scratch record the kernel fills before output.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataHeader,
+    pub data: [u8; DATA_MAX],
+}
