@@ -48,6 +48,7 @@ fn detect_one(protocol: Protocol, first: &FirstBytes<'_>) -> Detection {
             crate::postgres::detect(first)
         }
         Protocol::Mysql if first.transport == Transport::Stream => crate::mysql::detect(first),
+        Protocol::Http1 if first.transport == Transport::Stream => crate::http1::detect(first),
         Protocol::Http1
         | Protocol::Http2
         | Protocol::Grpc
@@ -75,7 +76,8 @@ pub fn new_session(
             limits, privacy,
         ))),
         Protocol::Mysql => Some(Box::new(crate::mysql::MysqlSession::new(limits, privacy))),
-        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => None,
+        Protocol::Http1 => Some(Box::new(crate::http1::Http1Session::new(limits, privacy))),
+        Protocol::Http2 | Protocol::Grpc => None,
     }
 }
 

@@ -18,11 +18,17 @@
 pub mod detect;
 pub mod dns;
 pub mod exchange;
+pub mod http1;
+pub mod http_fields;
 pub mod limits;
 pub mod mysql;
 pub mod postgres;
+pub mod query;
 pub mod redis;
+pub mod route;
 pub mod sql_obfuscate;
+#[cfg(test)]
+mod testkit;
 
 // Shared by the database and DNS parsers.
 mod framer;

@@ -1,0 +1,487 @@
+//! HTTP/1.0 and HTTP/1.1 (RFC 9112): incremental parsing of both
+//! directions, FIFO pairing of responses with (pipelined) requests.
+//!
+//! Heads are buffered up to `Limits::max_message`; bodies are counted
+//! through by Content-Length, chunked framing or connection close and never
+//! stored. A response to HEAD, a 1xx, 204 or 304 has no body (RFC 9112
+//! §6.3); interim 1xx responses (100-continue) are not the final response.
+//! After `101 Switching Protocols` or a successful CONNECT the connection
+//! is no longer HTTP/1 and is ignored.
+//!
+//! Lost bytes inside a body of known length are absorbed. Elsewhere the
+//! direction waits for a chunk that starts a new message, and pending
+//! requests are dropped: after a loss FIFO pairing cannot be trusted, and
+//! reporting a wrong pair is worse than reporting none.
+//!
+//! Fields: `method`, `path` (query values redacted), `route` (templated),
+//! `status`, `host`.
+
+mod body;
+mod head;
+
+use std::collections::VecDeque;
+
+use body::{Body, Chunked};
+use head::BodyKind;
+
+use crate::detect::FirstBytes;
+use crate::http_fields::{KNOWN_METHODS, RequestInfo};
+use crate::{
+    Chunk, Detection, Direction, ErrorKind, Exchange, Limits, ParseError, Privacy, Protocol,
+    Session,
+};
+
+/// Longest request line `detect` waits for before saying no.
+const DETECT_MAX_LINE: usize = 8192;
+
+/// Is this the start of an HTTP/1 request (known method, ` HTTP/1.` before
+/// the end of the line) or response (`HTTP/1.x NNN`)?
+pub fn detect(first: &FirstBytes<'_>) -> Detection {
+    match first.direction {
+        Direction::ToServer => detect_request(first.data),
+        Direction::ToClient => detect_response(first.data),
+    }
+}
+
+fn detect_request(data: &[u8]) -> Detection {
+    let Some(method) = starts_with_method(data) else {
+        return if KNOWN_METHODS
+            .iter()
+            .any(|m| data.len() <= m.len() && m.as_bytes().starts_with(data))
+        {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        };
+    };
+    let rest = &data[method + 1..];
+    let line_end = rest.iter().position(|&b| b == b'\n');
+    let line = head_line(rest, line_end);
+    // `target SP HTTP/1.x`: the target is visible ASCII.
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return need_more_if(
+            line_end.is_none()
+                && line.iter().all(u8::is_ascii_graphic)
+                && data.len() < DETECT_MAX_LINE,
+        );
+    };
+    if space == 0 || !line[..space].iter().all(u8::is_ascii_graphic) {
+        return Detection::No;
+    }
+    let version = &line[space + 1..];
+    let want: &[u8] = b"HTTP/1.";
+    let n = version.len().min(want.len());
+    if version[..n] != want[..n] {
+        Detection::No
+    } else if n == want.len() {
+        Detection::Yes
+    } else {
+        need_more_if(line_end.is_none())
+    }
+}
+
+/// The line up to `\n` (or all of `data`), without a trailing `\r`.
+fn head_line(data: &[u8], end: Option<usize>) -> &[u8] {
+    let line = &data[..end.unwrap_or(data.len())];
+    match end {
+        Some(_) => line.strip_suffix(b"\r").unwrap_or(line),
+        None => line,
+    }
+}
+
+fn need_more_if(more: bool) -> Detection {
+    if more {
+        Detection::NeedMore
+    } else {
+        Detection::No
+    }
+}
+
+/// Length of the known method `data` starts with, followed by a space.
+fn starts_with_method(data: &[u8]) -> Option<usize> {
+    KNOWN_METHODS.iter().find_map(|m| {
+        (data.len() > m.len() && data.starts_with(m.as_bytes()) && data[m.len()] == b' ')
+            .then_some(m.len())
+    })
+}
+
+fn detect_response(data: &[u8]) -> Detection {
+    // "HTTP/1.x NNN" then SP or end of line.
+    const SHAPE: &[u8] = b"HTTP/1.x NNN";
+    for (i, &b) in data.iter().take(SHAPE.len()).enumerate() {
+        let ok = match SHAPE[i] {
+            b'x' | b'N' => b.is_ascii_digit(),
+            c => b == c,
+        };
+        if !ok {
+            return Detection::No;
+        }
+    }
+    match data.get(SHAPE.len()) {
+        None => Detection::NeedMore,
+        Some(b' ' | b'\r' | b'\n') => Detection::Yes,
+        Some(_) => Detection::No,
+    }
+}
+
+/// Whether a chunk may start a message in `direction` (resynchronisation
+/// after lost bytes).
+fn starts_message(direction: Direction, data: &[u8]) -> bool {
+    match direction {
+        Direction::ToServer => starts_with_method(data).is_some(),
+        Direction::ToClient => detect_response(data) != Detection::No,
+    }
+}
+
+/// One direction's position in its stream of messages.
+#[derive(Debug)]
+enum Stage {
+    /// Reading a head (possibly before its first byte).
+    Head,
+    Body(Body),
+    /// Bytes were lost: skip until a chunk starts a message.
+    Resync,
+    /// The connection switched protocols: ignore everything.
+    Tunnel,
+}
+
+#[derive(Debug)]
+struct Reader {
+    stage: Stage,
+    /// The head being read (bounded by `max_message`).
+    head: Vec<u8>,
+    /// Length of the head's current line, without CR.
+    line_len: usize,
+    /// Timestamp of the chunk holding the current message's first byte.
+    start_ns: u64,
+}
+
+impl Reader {
+    fn new() -> Self {
+        Reader {
+            stage: Stage::Head,
+            head: Vec::new(),
+            line_len: 0,
+            start_ns: 0,
+        }
+    }
+
+    /// Appends head bytes from `data`; returns how many were used and
+    /// whether the head is complete (it ends with an empty line).
+    fn read_head(
+        &mut self,
+        data: &[u8],
+        ts_ns: u64,
+        max: usize,
+    ) -> Result<(usize, bool), ErrorKind> {
+        let mut used = 0;
+        while used < data.len() {
+            if self.head.is_empty() {
+                // RFC 9112 §2.2: ignore empty lines before a message.
+                let skip = data[used..]
+                    .iter()
+                    .take_while(|b| matches!(b, b'\r' | b'\n'))
+                    .count();
+                used += skip;
+                if used == data.len() {
+                    break;
+                }
+                self.start_ns = ts_ns;
+                self.line_len = 0;
+            }
+            let rest = &data[used..];
+            let (take, nl) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (rest.len(), false),
+            };
+            if self.head.len() + take > max {
+                return Err(ErrorKind::TooLarge(max));
+            }
+            self.head.extend_from_slice(&rest[..take]);
+            used += take;
+            let line = &rest[..take - usize::from(nl)];
+            self.line_len += line.iter().filter(|&&b| b != b'\r').count();
+            if nl {
+                if self.line_len == 0 {
+                    return Ok((used, true));
+                }
+                self.line_len = 0;
+            }
+        }
+        Ok((used, false))
+    }
+
+    fn lose(&mut self) {
+        self.stage = Stage::Resync;
+        self.head.clear();
+    }
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    info: RequestInfo,
+    request_ns: u64,
+    head: bool,
+    connect: bool,
+}
+
+/// The final response being read: its request and status.
+#[derive(Debug)]
+struct Current {
+    request: Pending,
+    status: u16,
+    last_ns: u64,
+}
+
+pub struct Http1Session {
+    limits: Limits,
+    privacy: Privacy,
+    requests: Reader,
+    responses: Reader,
+    pending: VecDeque<Pending>,
+    /// The response being read, paired with its request (`None` for a
+    /// response nobody is waiting for: it is read through and dropped).
+    current: Option<Current>,
+}
+
+impl Http1Session {
+    pub fn new(limits: Limits, privacy: &Privacy) -> Self {
+        Http1Session {
+            limits,
+            privacy: privacy.clone(),
+            requests: Reader::new(),
+            responses: Reader::new(),
+            pending: VecDeque::new(),
+            current: None,
+        }
+    }
+
+    /// Bytes held by the session (heads being read): never above
+    /// `max_message` per direction.
+    pub fn buffered(&self) -> usize {
+        self.requests.head.len() + self.responses.head.len()
+    }
+
+    /// Requests waiting for a response.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn error(kind: ErrorKind) -> ParseError {
+        ParseError {
+            protocol: Protocol::Http1,
+            kind,
+        }
+    }
+
+    fn reader(&mut self, direction: Direction) -> &mut Reader {
+        match direction {
+            Direction::ToServer => &mut self.requests,
+            Direction::ToClient => &mut self.responses,
+        }
+    }
+
+    /// `n` bytes of `direction` were not captured.
+    fn lose(&mut self, direction: Direction, n: usize, ts_ns: u64, out: &mut Vec<Exchange>) {
+        let reader = self.reader(direction);
+        let absorbed = match &mut reader.stage {
+            Stage::Body(body) => body.absorb(n),
+            Stage::Tunnel | Stage::Resync => Some(false),
+            Stage::Head => None,
+        };
+        match absorbed {
+            Some(true) => {
+                reader.stage = Stage::Head;
+                if direction == Direction::ToClient {
+                    self.finish_response(ts_ns, out);
+                }
+            }
+            Some(false) => {}
+            None => {
+                reader.lose();
+                self.pending.clear();
+                if direction == Direction::ToClient {
+                    self.current = None;
+                }
+            }
+        }
+    }
+
+    fn consume(
+        &mut self,
+        direction: Direction,
+        mut data: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), ErrorKind> {
+        let max = self.limits.max_message;
+        if let Some(current) = &mut self.current
+            && direction == Direction::ToClient
+            && !data.is_empty()
+        {
+            current.last_ns = ts_ns;
+        }
+        while !data.is_empty() {
+            let reader = self.reader(direction);
+            match &mut reader.stage {
+                Stage::Tunnel => return Ok(()),
+                Stage::Resync => {
+                    if !starts_message(direction, data) {
+                        return Ok(());
+                    }
+                    reader.stage = Stage::Head;
+                }
+                Stage::Body(body) => {
+                    let (used, done) = body.consume(data, max)?;
+                    data = &data[used..];
+                    if done {
+                        reader.stage = Stage::Head;
+                        if direction == Direction::ToClient {
+                            self.finish_response(ts_ns, out);
+                        }
+                    }
+                }
+                Stage::Head => {
+                    let (used, done) = reader.read_head(data, ts_ns, max)?;
+                    data = &data[used..];
+                    if done {
+                        let head = std::mem::take(&mut reader.head);
+                        let start_ns = reader.start_ns;
+                        match direction {
+                            Direction::ToServer => self.on_request(&head, start_ns)?,
+                            Direction::ToClient => self.on_response(&head, start_ns, ts_ns, out)?,
+                        }
+                        // Keep the allocation for the next head.
+                        let reader = self.reader(direction);
+                        reader.head = head;
+                        reader.head.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, head: &[u8], start_ns: u64) -> Result<(), ErrorKind> {
+        let req = head::parse_request(head).map_err(ErrorKind::Malformed)?;
+        if self.pending.len() >= self.limits.max_pending {
+            return Err(ErrorKind::TooLarge(self.limits.max_pending));
+        }
+        let info = RequestInfo::new(
+            req.method,
+            req.target,
+            req.host,
+            "http",
+            &self.limits,
+            &self.privacy,
+        );
+        self.pending.push_back(Pending {
+            info,
+            request_ns: start_ns,
+            head: req.method == "HEAD",
+            connect: req.method == "CONNECT",
+        });
+        self.requests.stage = match req.body {
+            BodyKind::None => Stage::Head,
+            BodyKind::Length(n) => Stage::Body(Body::Length(n)),
+            BodyKind::Chunked => Stage::Body(Body::Chunked(Chunked::START)),
+            // parse_request never frames a request by close.
+            BodyKind::UntilClose => Stage::Head,
+        };
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        head: &[u8],
+        _start_ns: u64,
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), ErrorKind> {
+        let resp = head::parse_response(head).map_err(ErrorKind::Malformed)?;
+        let status = resp.status;
+        if (100..200).contains(&status) && status != 101 {
+            // Interim response (RFC 9110 §15.2): the final one follows.
+            return Ok(());
+        }
+        let request = self.pending.pop_front();
+        let (is_head, is_connect) = request
+            .as_ref()
+            .map_or((false, false), |r| (r.head, r.connect));
+        let tunnel = status == 101 || (is_connect && (200..300).contains(&status));
+        // RFC 9112 §6.3 rules 1–2.
+        let framing = if is_head || status == 204 || status == 304 || tunnel {
+            BodyKind::None
+        } else {
+            resp.framing
+        };
+        self.current = request.map(|request| Current {
+            request,
+            status,
+            last_ns: ts_ns,
+        });
+        self.responses.stage = match framing {
+            BodyKind::None => {
+                self.finish_response(ts_ns, out);
+                Stage::Head
+            }
+            BodyKind::Length(n) => Stage::Body(Body::Length(n)),
+            BodyKind::Chunked => Stage::Body(Body::Chunked(Chunked::START)),
+            BodyKind::UntilClose => Stage::Body(Body::UntilClose),
+        };
+        if tunnel {
+            self.requests.stage = Stage::Tunnel;
+            self.responses.stage = Stage::Tunnel;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// The response's last byte was in the chunk at `ts_ns`.
+    fn finish_response(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Some(c) = self.current.take() {
+            out.push(c.request.info.exchange(
+                Protocol::Http1,
+                c.request.request_ns,
+                Some((Some(c.status), ts_ns)),
+            ));
+        }
+    }
+}
+
+impl Session for Http1Session {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
+    }
+
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
+        if chunk.gap_before > 0 {
+            self.lose(chunk.direction, chunk.gap_before, chunk.ts_ns, out);
+        }
+        self.consume(chunk.direction, chunk.data, chunk.ts_ns, out)
+            .map_err(Self::error)?;
+        if chunk.truncated > 0 {
+            self.lose(chunk.direction, chunk.truncated, chunk.ts_ns, out);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
+        // A response framed by close (or cut short) ends with its last
+        // captured byte.
+        if let Some(c) = self.current.take() {
+            out.push(c.request.info.exchange(
+                Protocol::Http1,
+                c.request.request_ns,
+                Some((Some(c.status), c.last_ns)),
+            ));
+        }
+        for p in self.pending.drain(..) {
+            out.push(p.info.exchange(Protocol::Http1, p.request_ns, None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
