@@ -18,8 +18,10 @@
 pub mod detect;
 pub mod dns;
 pub mod exchange;
+pub mod hpack;
 pub mod http1;
 pub mod http_fields;
+pub mod huffman;
 pub mod limits;
 pub mod mysql;
 pub mod postgres;
