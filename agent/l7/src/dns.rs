@@ -319,7 +319,11 @@ pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
     }
 }
 
-struct Prefix2;
+/// The 2-byte length prefix; bodies kept up to `Limits::max_message` (a
+/// cut message still has its header and, usually, its question).
+struct Prefix2 {
+    keep: usize,
+}
 
 impl Layout for Prefix2 {
     fn header_len(&self) -> usize {
@@ -331,7 +335,7 @@ impl Layout for Prefix2 {
         if len < HEADER {
             return Err(ErrorKind::Malformed("DNS message shorter than its header"));
         }
-        Ok((len, len))
+        Ok((len, len.min(self.keep)))
     }
 }
 
@@ -436,7 +440,10 @@ impl DnsSession {
         let d = usize::from(chunk.direction == Direction::ToClient);
         let mut input = chunk.data;
         while !input.is_empty() {
-            if let Some(frame) = self.framers[d].next(&mut input, chunk.ts_ns, &Prefix2)? {
+            let layout = Prefix2 {
+                keep: self.limits.max_message,
+            };
+            if let Some(frame) = self.framers[d].next(&mut input, chunk.ts_ns, &layout)? {
                 self.on_frame(chunk.direction, frame, out);
             }
         }
