@@ -273,3 +273,38 @@ fn fuzz_smoke() {
     let n = testkit::fuzz(&seeds, Duration::from_secs(1), &udp, &bounded);
     assert!(n > 100, "only {n} iterations");
 }
+
+#[test]
+fn tcp_messages_are_kept_only_up_to_the_limit() {
+    let limits = Limits {
+        max_message: 64,
+        ..Limits::default()
+    };
+    let mut s = DnsSession::new(Transport::Stream, limits, &Privacy::default());
+    let mut q = header(9, 0x0100, 1, 0);
+    q.extend_from_slice(b"\x01a\x04test\x00\x00\x01\x00\x01");
+    q.resize(1000, 0);
+    let mut data = (q.len() as u16).to_be_bytes().to_vec();
+    data.extend_from_slice(&q[..900]);
+    let chunk = Chunk {
+        direction: Direction::ToServer,
+        data: &data,
+        truncated: 0,
+        gap_before: 0,
+        ts_ns: 1,
+    };
+    let mut out = Vec::new();
+    s.feed(&chunk, &mut out).unwrap();
+    assert!(s.buffered() <= 64 + 2, "buffered {}", s.buffered());
+    let rest = Chunk {
+        data: &q[900..],
+        ts_ns: 2,
+        ..chunk
+    };
+    s.feed(&rest, &mut out).unwrap();
+    s.close(3, &mut out);
+    assert_eq!(
+        out[0].fields["query"], "a.test",
+        "the question is in the kept prefix"
+    );
+}
