@@ -11,6 +11,9 @@ use std::{
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+mod kubernetes;
+pub use kubernetes::{Enabled, KubernetesConfig};
+
 /// Default Prometheus listener (spec.md).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// Default flow API socket (spec.md).
@@ -54,6 +57,8 @@ pub struct Config {
     /// Distinct workload label sets per metric family; more fold into
     /// `other`.
     pub metric_label_budget: usize,
+    /// Kubernetes identity (pods, namespaces, workloads, Services).
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             flow_table_capacity: 131_072,
             flow_store_capacity: 10_000,
             metric_label_budget: 2_000,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -252,6 +258,7 @@ impl Config {
             1,
             1 << 20,
         )?;
+        self.kubernetes.validate()?;
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api,
     config::Config,
-    enrich::Enricher,
+    enrich::{Enricher, kubernetes},
     events::{PipelineCounters, ring},
     export::{labels::LabelBudget, metrics::Metrics, server as metrics_server},
     flow::{
@@ -67,6 +67,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(FlowStore::new(config.flow_store_capacity));
     let pipeline = Arc::new(PipelineCounters::default());
     let cgroup2 = mounts::mounts().ok().and_then(|m| mounts::cgroup2(&m));
+    // Kubernetes identity never delays start-up: flows are named as soon
+    // as (and whenever) the watcher has published names.
+    let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
+    let mut enricher = Enricher::new(cgroup2);
+    let mut kube_watcher = None;
+    if let Some((names, watcher)) = kubernetes {
+        enricher = enricher.with_kubernetes(names);
+        kube_watcher = Some(watcher);
+    }
 
     let secs = |d: Duration| d.as_nanos() as u64;
     let table = FlowTable {
@@ -95,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.clone(),
             l4,
             LabelBudget::new(config.metric_label_budget),
-            Enricher::new(cgroup2),
+            enricher,
         ),
         store: store.clone(),
         health,
@@ -137,6 +146,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics_server::serve(metrics_listener, path, metrics, shutdown)
                 .await
                 .context("metrics endpoint failed")
+        });
+    }
+    if let Some(watcher) = kube_watcher {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            watcher.run(shutdown).await;
+            Ok(())
         });
     }
     {

@@ -80,6 +80,10 @@ impl Emitter {
         &self.metrics
     }
 
+    pub fn enricher(&self) -> &Enricher {
+        &self.enricher
+    }
+
     /// Label sets folded into `other` so far.
     pub fn labels_overflowed(&self) -> u64 {
         self.budget.overflowed

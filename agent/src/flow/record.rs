@@ -70,7 +70,17 @@ pub struct Endpoint {
     pub container_id: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// The Kubernetes workload's name (`frontend`); its kind is in
+    /// `workload_kind`.
     pub workload: Option<String>,
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet`, `Job`,
+    /// `CronJob`, ..., or `Pod` for a pod without a controller.
+    #[serde(default)]
+    pub workload_kind: Option<String>,
+    /// The Kubernetes Service: the one whose virtual IP this is, or one
+    /// that selects this pod.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 impl Endpoint {
@@ -84,6 +94,8 @@ impl Endpoint {
             pod: None,
             namespace: None,
             workload: None,
+            workload_kind: None,
+            service: None,
         }
     }
 }

@@ -309,7 +309,9 @@ impl FlowTable {
             kernel: self.info.kernel.clone(),
             uptime_seconds: started.elapsed().as_secs(),
             programs: self.info.programs.clone(),
-            features: self.info.features.clone(),
+            features: (self.info.features.iter().cloned())
+                .chain(self.emitter.enricher().status())
+                .collect(),
             events,
             losses,
             maps,

@@ -1,0 +1,208 @@
+//! Kubernetes identity: names endpoints by pod, namespace and workload.
+//!
+//! Inside a cluster (or given a kubeconfig) a watcher task lists and
+//! watches the pods of this node (field selector `spec.nodeName`), every
+//! Service and EndpointSlice, and the metadata of ReplicaSets and Jobs
+//! (to follow a pod's owner up to its Deployment or CronJob). It owns the
+//! [`index::Index`] and publishes immutable [`Names`] through a
+//! `tokio::sync::watch` channel; the [`Enricher`](super::Enricher) reads
+//! the latest one for each endpoint and never waits for the API server.
+//!
+//! Matching: a socket of this node is matched by its container id (from
+//! its cgroup) against the pods' `containerStatuses`; any address is
+//! matched against pod IPs of this node, Service cluster IPs, and the
+//! addresses of EndpointSlices (pods on other nodes).
+
+mod detect;
+pub mod index;
+pub mod names;
+mod objects;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+
+pub use detect::{Detection, Environment, SERVICE_ACCOUNT_DIR, Source};
+pub use index::Workload;
+pub use names::{Identity, Names};
+
+use crate::{config::KubernetesConfig, status::FeatureStatus};
+
+/// How often building a client is retried when it fails (e.g. the service
+/// account token is not mounted yet).
+const CLIENT_RETRY: Duration = Duration::from_secs(30);
+
+/// What the watcher task publishes.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub names: Arc<Names>,
+    pub health: Arc<Health>,
+}
+
+/// The state of the connection to the API server.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// The API server's address.
+    pub server: String,
+    /// The node whose pods are watched.
+    pub node: String,
+    /// Per kind of object (`pods`, `services`, ...).
+    pub resources: BTreeMap<&'static str, ResourceHealth>,
+    /// Why there is no client at all, if so.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceHealth {
+    /// Listed at least once.
+    pub synced: bool,
+    /// Complete lists received (start-up and every resync).
+    pub relists: u64,
+    /// Errors so far (each is retried with backoff).
+    pub errors: u64,
+    /// The last error, until the next event arrives.
+    pub error: Option<String>,
+}
+
+/// The reading end: the latest names and health. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct KubernetesNames {
+    rx: channel::Receiver<Snapshot>,
+}
+
+impl KubernetesNames {
+    pub fn snapshot(&self) -> Snapshot {
+        self.rx.borrow().clone()
+    }
+
+    pub fn names(&self) -> Arc<Names> {
+        self.rx.borrow().names.clone()
+    }
+
+    /// Waits until `ready` holds for a published snapshot, or `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut(&Snapshot) -> bool,
+    ) -> Option<Snapshot> {
+        tokio::time::timeout(timeout, self.rx.wait_for(|s| ready(s)))
+            .await
+            .ok()?
+            .ok()
+            .map(|s| s.clone())
+    }
+
+    /// The `kubernetes` line of `weft status`.
+    pub fn status(&self) -> FeatureStatus {
+        feature_status(&self.rx.borrow().health)
+    }
+}
+
+fn feature_status(health: &Health) -> FeatureStatus {
+    let short = |e: &str| -> String {
+        let mut s: String = e.chars().take(300).collect();
+        if s.len() < e.len() {
+            s.push('…');
+        }
+        s
+    };
+    let status = |available, detail| FeatureStatus {
+        name: "kubernetes".into(),
+        available,
+        detail,
+    };
+    if let Some(err) = &health.error {
+        return status(false, format!("pods are not named: {}", short(err)));
+    }
+    let pods = health.resources.get("pods").cloned().unwrap_or_default();
+    if !pods.synced {
+        let why = pods.error.as_deref().map_or("listing pods".into(), short);
+        return status(
+            false,
+            format!(
+                "pods are not named yet: API server {}: {why}",
+                health.server
+            ),
+        );
+    }
+    let mut detail = format!("pods of node {} via {}", health.node, health.server);
+    for (name, r) in &health.resources {
+        if let Some(err) = &r.error {
+            detail.push_str(&format!("; {name}: {}", short(err)));
+        } else if !r.synced {
+            detail.push_str(&format!("; {name}: not listed yet"));
+        }
+    }
+    status(true, detail)
+}
+
+/// The watcher task, ready to run.
+pub struct Watcher {
+    source: Result<Source, String>,
+    node: Option<String>,
+    tx: channel::Sender<Snapshot>,
+}
+
+/// Decides from the configuration and the environment whether to watch
+/// the cluster; `None` when Kubernetes identity is off.
+pub fn setup(config: &KubernetesConfig, env: &Environment) -> Option<(KubernetesNames, Watcher)> {
+    let source = match detect::detect(config, env) {
+        Detection::Off => {
+            log::debug!("Kubernetes identity is off (not in a cluster, or disabled)");
+            return None;
+        }
+        Detection::On(source) => Ok(source),
+        Detection::Unavailable(why) => Err(why),
+    };
+    let node = detect::node_name(config, env).map(|(name, from)| {
+        log::info!("Kubernetes: watching the pods of node {name} (from {from})");
+        name
+    });
+    let (tx, rx) = channel::channel(Snapshot::default());
+    Some((KubernetesNames { rx }, Watcher { source, node, tx }))
+}
+
+impl Watcher {
+    /// Runs until `shutdown`. Never fails: what goes wrong is logged and
+    /// published as the health of the feature.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let fail = |error: String| {
+            log::warn!("Kubernetes identity is unavailable: {error}");
+            self.tx.send_replace(Snapshot {
+                names: Arc::default(),
+                health: Arc::new(Health {
+                    error: Some(error),
+                    ..Health::default()
+                }),
+            });
+        };
+        let source = match &self.source {
+            Ok(source) => source.clone(),
+            Err(why) => {
+                fail(why.clone());
+                return shutdown.cancelled().await;
+            }
+        };
+        let Some(node) = self.node.clone() else {
+            fail("no node name: set kubernetes.node_name or the NODE_NAME variable".into());
+            return shutdown.cancelled().await;
+        };
+        let (client, server) = loop {
+            match detect::client(&source).await {
+                Ok(client) => break client,
+                Err(err) => fail(format!("{err} (retrying every {CLIENT_RETRY:?})")),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CLIENT_RETRY) => {}
+                () = shutdown.cancelled() => return,
+            }
+        };
+        log::info!("Kubernetes: API server {server}");
+        watch::run(client, server, node, self.tx, shutdown).await;
+    }
+}
