@@ -49,6 +49,8 @@ fn detect_one(protocol: Protocol, first: &FirstBytes<'_>) -> Detection {
         }
         Protocol::Mysql if first.transport == Transport::Stream => crate::mysql::detect(first),
         Protocol::Http1 if first.transport == Transport::Stream => crate::http1::detect(first),
+        Protocol::Http2 if first.transport == Transport::Stream => crate::http2::detect(first),
+        // gRPC is found inside HTTP/2 sessions, per request.
         Protocol::Http1
         | Protocol::Http2
         | Protocol::Grpc
@@ -77,7 +79,9 @@ pub fn new_session(
         ))),
         Protocol::Mysql => Some(Box::new(crate::mysql::MysqlSession::new(limits, privacy))),
         Protocol::Http1 => Some(Box::new(crate::http1::Http1Session::new(limits, privacy))),
-        Protocol::Http2 | Protocol::Grpc => None,
+        Protocol::Http2 | Protocol::Grpc => {
+            Some(Box::new(crate::http2::Http2Session::new(limits, privacy)))
+        }
     }
 }
 

@@ -178,6 +178,13 @@ impl Decoder {
         self.allowed = self.allowed.max(size);
     }
 
+    /// The connection turned out to have been joined after its start: the
+    /// entries seen are right, but older ones may be referenced.
+    pub fn mark_joined(&mut self) {
+        self.complete = false;
+        self.allowed = self.limit;
+    }
+
     /// Bytes were lost: earlier insertions can no longer be trusted.
     pub fn lose_sync(&mut self) {
         *self = Decoder::joined(self.limit);

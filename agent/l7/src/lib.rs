@@ -18,8 +18,10 @@
 pub mod detect;
 pub mod dns;
 pub mod exchange;
+pub mod grpc;
 pub mod hpack;
 pub mod http1;
+pub mod http2;
 pub mod http_fields;
 pub mod huffman;
 pub mod limits;
