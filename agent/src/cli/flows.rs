@@ -412,13 +412,15 @@ fn l7_summary(l7: &serde_json::Value) -> String {
     summary
 }
 
-/// `curl[1234] 10.0.0.1:40512`, `shop/web-1 nginx[9] [fd00::1]:80`, or
-/// just the address when nothing else is known.
+/// `curl[1234] 10.0.0.1:40512`, `shop/web-1 nginx[9] [fd00::1]:80`,
+/// `svc:shop/cart 10.96.20.5:6379` (a Service's virtual IP), or just the
+/// address when nothing else is known.
 fn endpoint(e: &Endpoint) -> String {
     let mut parts = Vec::with_capacity(3);
-    match (&e.namespace, &e.pod) {
-        (Some(ns), Some(pod)) => parts.push(format!("{ns}/{pod}")),
-        (None, Some(pod)) => parts.push(pod.clone()),
+    match (&e.namespace, &e.pod, &e.service) {
+        (Some(ns), Some(pod), _) => parts.push(format!("{ns}/{pod}")),
+        (None, Some(pod), _) => parts.push(pod.clone()),
+        (Some(ns), None, Some(svc)) => parts.push(format!("svc:{ns}/{svc}")),
         _ => {}
     }
     match (&e.process, e.pid) {
@@ -504,6 +506,10 @@ mod tests {
         assert_eq!(cells[1], "tcp fail(refused)");
         assert_eq!(cells[2], "[fd00::1]:5000");
         assert_eq!(cells[4], "shop/web-1 nginx[999] 10.0.0.2:8080");
+        r.destination = Endpoint::from_addr("10.96.20.5".parse().unwrap(), 6379);
+        r.destination.namespace = Some("shop".into());
+        r.destination.service = Some("cart".into());
+        assert_eq!(row(&r)[4], "svc:shop/cart 10.96.20.5:6379");
         assert_eq!(cells[6], "-");
         assert_eq!(cells[8], "dropped(NO_SOCKET)");
     }
