@@ -130,6 +130,16 @@ fn feature_status(health: &Health) -> FeatureStatus {
             ),
         );
     }
+    if let Some(err) = &pods.error {
+        return status(
+            false,
+            format!(
+                "API server {}: {}; names are from the last known state",
+                health.server,
+                short(err)
+            ),
+        );
+    }
     let mut detail = format!("pods of node {} via {}", health.node, health.server);
     for (name, r) in &health.resources {
         if let Some(err) = &r.error {
@@ -204,5 +214,57 @@ impl Watcher {
         };
         log::info!("Kubernetes: API server {server}");
         watch::run(client, server, node, self.tx, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn feature_status_follows_the_pods_watch() {
+        let mut health = Health {
+            server: "https://10.96.0.1:443/".into(),
+            node: "node-a".into(),
+            ..Health::default()
+        };
+        let s = feature_status(&health);
+        assert!(!s.available && s.detail.contains("listing pods"), "{s:?}");
+        let pods = ResourceHealth {
+            synced: true,
+            relists: 1,
+            ..ResourceHealth::default()
+        };
+        health.resources.insert("pods", pods.clone());
+        health.resources.insert(
+            "replicasets",
+            ResourceHealth {
+                error: Some("replicasets.apps is forbidden".into()),
+                ..ResourceHealth::default()
+            },
+        );
+        let s = feature_status(&health);
+        assert!(s.available, "{s:?}");
+        assert!(s.detail.contains("node-a"), "{s:?}");
+        assert!(
+            s.detail
+                .contains("replicasets: replicasets.apps is forbidden"),
+            "{s:?}"
+        );
+        // Disconnected after a sync: reported, names kept.
+        health.resources.insert(
+            "pods",
+            ResourceHealth {
+                error: Some("connection refused".into()),
+                ..pods
+            },
+        );
+        let s = feature_status(&health);
+        assert!(
+            !s.available && s.detail.contains("connection refused"),
+            "{s:?}"
+        );
+        health.error = Some("no node name".into());
+        assert!(feature_status(&health).detail.contains("no node name"));
     }
 }
