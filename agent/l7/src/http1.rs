@@ -124,11 +124,12 @@ fn detect_response(data: &[u8]) -> Detection {
     }
 }
 
-/// Whether a chunk may start a message in `direction` (resynchronisation
-/// after lost bytes).
+/// Whether a chunk may start a message in `direction` (at the start of a
+/// session, which may have joined the connection mid-message, and after
+/// lost bytes). A chunk too short to tell counts as a start.
 fn starts_message(direction: Direction, data: &[u8]) -> bool {
     match direction {
-        Direction::ToServer => starts_with_method(data).is_some(),
+        Direction::ToServer => detect_request(data) != Detection::No,
         Direction::ToClient => detect_response(data) != Detection::No,
     }
 }
@@ -159,7 +160,9 @@ struct Reader {
 impl Reader {
     fn new() -> Self {
         Reader {
-            stage: Stage::Head,
+            // The first chunk must start a message: a session may be
+            // created for a connection joined in the middle of a body.
+            stage: Stage::Resync,
             head: Vec::new(),
             line_len: 0,
             start_ns: 0,
@@ -287,8 +290,8 @@ impl Http1Session {
         let reader = self.reader(direction);
         let absorbed = match &mut reader.stage {
             Stage::Body(body) => body.absorb(n),
-            Stage::Tunnel | Stage::Resync => Some(false),
-            Stage::Head => None,
+            Stage::Tunnel => Some(false),
+            Stage::Head | Stage::Resync => None,
         };
         match absorbed {
             Some(true) => {
@@ -421,11 +424,16 @@ impl Http1Session {
             status,
             last_ns: ts_ns,
         });
+        let orphan = self.current.is_none();
         self.responses.stage = match framing {
             BodyKind::None => {
                 self.finish_response(ts_ns, out);
                 Stage::Head
             }
+            // A response to a request never seen (a session that joined
+            // mid-connection): its framing may depend on that request (HEAD),
+            // so look for the next response start instead of trusting it.
+            _ if orphan && !tunnel => Stage::Resync,
             BodyKind::Length(n) => Stage::Body(Body::Length(n)),
             BodyKind::Chunked => Stage::Body(Body::Chunked(Chunked::START)),
             BodyKind::UntilClose => Stage::Body(Body::UntilClose),

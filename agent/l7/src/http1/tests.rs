@@ -234,7 +234,9 @@ fn hostile_heads_are_bounded() {
     assert_eq!(result.unwrap_err().kind, ErrorKind::TooLarge(1024));
     // A line without end.
     let mut s = Http1Session::new(limits, &Privacy::default());
-    let err = feed(&mut s, Direction::ToServer, &[b'G'; 5000], 1, &mut out).unwrap_err();
+    let mut endless = b"GET /".to_vec();
+    endless.extend([b'a'; 5000]);
+    let err = feed(&mut s, Direction::ToServer, &endless, 1, &mut out).unwrap_err();
     assert_eq!(err.kind, ErrorKind::TooLarge(1024));
     assert!(out.is_empty());
 }
@@ -252,7 +254,10 @@ fn malformed_messages_are_errors() {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
             b"",
         ),
-        (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 OK\r\n\r\n"),
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        ),
         (
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX",
@@ -394,6 +399,26 @@ fn close_flushes_unanswered_requests() {
         out.iter()
             .all(|e| !e.answered && e.response_ns == 7 && !e.fields.contains_key("status"))
     );
+}
+
+/// Joining at any record: never an error, and every exchange reported is
+/// one the full replay reports too.
+#[test]
+fn joined_mid_stream_reports_only_true_exchanges() {
+    for name in FIXTURES {
+        let records = testkit::load(&format!("http1/{name}.bin"));
+        let full =
+            testkit::outcome_json(&testkit::replay(&mut session(), &testkit::pieces(&records)));
+        let full = full["exchanges"].as_array().unwrap().clone();
+        for k in 1..records.len() {
+            let pieces: Vec<_> = testkit::pieces(&records).split_off(k);
+            let (got, err) = testkit::replay(&mut session(), &pieces);
+            assert!(err.is_none(), "{name} joined at {k}: {err:?}");
+            for e in got.iter().map(testkit::exchange_json) {
+                assert!(full.contains(&e), "{name} joined at {k}: made up {e}");
+            }
+        }
+    }
 }
 
 #[test]
