@@ -30,7 +30,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // kube-rs logs every failed request to the API server as an error;
+    // the agent reports them itself, once per change (RUST_LOG overrides).
+    let default_filter = "info,kube_client::client::builder=off";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .format_timestamp_millis()
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -94,8 +94,9 @@ pub enum ClientError {
     Client(#[from] kube::Error),
 }
 
-/// A client for the source, and the API server's address (for messages).
-pub async fn client(source: &Source) -> Result<(kube::Client, String), ClientError> {
+/// The client configuration for the source, and the API server's address
+/// (for messages).
+pub async fn client_config(source: &Source) -> Result<(kube::Config, String), ClientError> {
     let config = match source {
         Source::InCluster => kube::Config::incluster()?,
         Source::Kubeconfig(path) => {
@@ -110,7 +111,7 @@ pub async fn client(source: &Source) -> Result<(kube::Client, String), ClientErr
         }
     };
     let server = config.cluster_url.to_string();
-    Ok((kube::Client::try_from(config)?, server))
+    Ok((config, server))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod detect;
 pub mod index;
 pub mod names;
 mod objects;
+mod observe;
 mod watch;
 
 #[cfg(test)]
@@ -24,7 +25,7 @@ mod tests;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use tokio::sync::watch as channel;
+use tokio::sync::{mpsc, watch as channel};
 use tokio_util::sync::CancellationToken;
 
 pub use detect::{Detection, Environment, SERVICE_ACCOUNT_DIR, Source};
@@ -202,8 +203,9 @@ impl Watcher {
             fail("no node name: set kubernetes.node_name or the NODE_NAME variable".into());
             return shutdown.cancelled().await;
         };
+        let (ok_tx, ok_rx) = mpsc::channel(64);
         let (client, server) = loop {
-            match detect::client(&source).await {
+            match client(&source, &ok_tx).await {
                 Ok(client) => break client,
                 Err(err) => fail(format!("{err} (retrying every {CLIENT_RETRY:?})")),
             }
@@ -213,8 +215,24 @@ impl Watcher {
             }
         };
         log::info!("Kubernetes: API server {server}");
-        watch::run(client, server, node, self.tx, shutdown).await;
+        watch::run(client, server, node, self.tx, ok_rx, shutdown).await;
     }
+}
+
+/// A client whose successful responses are signalled on `ok`.
+async fn client(
+    source: &Source,
+    ok: &mpsc::Sender<watch::Kind>,
+) -> Result<(kube::Client, String), detect::ClientError> {
+    let (config, server) = detect::client_config(source).await?;
+    let ok = ok.clone();
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::layer::layer_fn(move |inner| observe::Observe {
+            inner,
+            ok: ok.clone(),
+        }))
+        .build();
+    Ok((client, server))
 }
 
 #[cfg(test)]

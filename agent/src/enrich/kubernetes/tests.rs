@@ -384,6 +384,48 @@ async fn flows_and_metrics_carry_kubernetes_names() {
     shutdown.cancel();
 }
 
+/// Lists of the first fixtures, and watches that stay open and quiet.
+fn quiet_scripts() -> HashMap<String, Script> {
+    let mut s = scripts(None);
+    for script in s.values_mut() {
+        script.lists.truncate(1);
+        script.watches.clear();
+    }
+    s
+}
+
+#[tokio::test]
+async fn an_outage_is_reported_names_are_kept_and_recovery_is_seen() {
+    let server = ApiServer::start(scripts(None)).await;
+    let addr = server.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut names = start(&config(server.kubeconfig(dir.path())), &shutdown);
+    let synced = |s: &Snapshot| has_container(s, FRONTEND) && !has_container(s, GONE);
+    names.wait_for(DEADLINE, synced).await.expect("synced");
+    assert!(names.status().available);
+
+    // The API server goes away: its watches end, and reconnecting fails.
+    drop(server);
+    let down = |s: &Snapshot| s.health.resources["pods"].error.is_some();
+    let snap = names.wait_for(DEADLINE, down).await.expect("outage seen");
+    let status = names.status();
+    assert!(!status.available, "{status:?}");
+    assert!(status.detail.contains("last known state"), "{status:?}");
+    assert!(has_container(&snap, FRONTEND), "names are kept meanwhile");
+
+    // It comes back, with nothing new to say: the watches start again and
+    // stay quiet, and the status says so without waiting for an event.
+    let _server = ApiServer::start_at(addr, quiet_scripts()).await;
+    let up = |s: &Snapshot| s.health.resources.values().all(|r| r.error.is_none());
+    names
+        .wait_for(DEADLINE, up)
+        .await
+        .unwrap_or_else(|| panic!("recovery not seen: {:?}", names.snapshot().health));
+    assert!(names.status().available, "{:?}", names.status());
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn unreachable_api_server_is_reported_and_flows_go_on() {
     // A port nobody listens on.

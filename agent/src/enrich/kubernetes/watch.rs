@@ -25,7 +25,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -147,6 +147,7 @@ pub async fn run(
     server: String,
     node: String,
     tx: watch::Sender<Snapshot>,
+    mut ok: mpsc::Receiver<Kind>,
     shutdown: CancellationToken,
 ) {
     // Lists are served from the API server's watch cache (resourceVersion
@@ -245,6 +246,15 @@ pub async fn run(
                     });
                 }
             }
+            Some(kind) = ok.recv() => {
+                let entry = health.resources.entry(kind.name()).or_default();
+                if entry.recovered(kind) {
+                    tx.send_replace(Snapshot {
+                        names: names.clone(),
+                        health: Arc::new(health.clone()),
+                    });
+                }
+            }
             () = due => {
                 publish_at = None;
                 names = Arc::new(Names::build(&index));
@@ -275,6 +285,16 @@ impl ResourceHealth {
             changed = true;
         }
         changed
+    }
+
+    /// A request for the kind succeeded (e.g. a watch started again after
+    /// an outage, which yields no event until an object changes).
+    fn recovered(&mut self, kind: Kind) -> bool {
+        let had_error = self.error.take().is_some();
+        if had_error {
+            log::info!("Kubernetes: watching {} again", kind.name());
+        }
+        had_error
     }
 
     fn failed(&mut self, err: String, kind: Kind) -> bool {

@@ -71,7 +71,12 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub async fn start(scripts: HashMap<String, Script>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), scripts).await
+    }
+
+    /// On a given address (to come back where an earlier one was).
+    pub async fn start_at(addr: SocketAddr, scripts: HashMap<String, Script>) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             scripts,
