@@ -302,8 +302,8 @@ impl ResourceHealth {
         // One line per change of error, not one per retry.
         if self.error.as_deref() != Some(err.as_str()) {
             log::warn!(
-                "Kubernetes: cannot watch {} (retrying with backoff; flows are named without \
-                 it meanwhile): {err}",
+                "Kubernetes: cannot watch {} (retrying with backoff; flows are named from \
+                 what was known before meanwhile): {err}",
                 kind.name()
             );
         }
