@@ -46,7 +46,7 @@ pub fn run(env: &Env, args: &[String]) -> Result<()> {
 }
 
 /// The target directory as cargo resolves it (CARGO_TARGET_DIR, config).
-fn target_dir(env: &Env) -> Result<PathBuf> {
+pub fn target_dir(env: &Env) -> Result<PathBuf> {
     let json = read(
         env.cargo()
             .args(["metadata", "--format-version", "1", "--no-deps"]),

@@ -8,7 +8,7 @@
 //! CPU time and the machine's, not in the agent's own: CPU per request is
 //! reported for the machine and for the lab's cgroups together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Instant;
 
@@ -63,7 +63,7 @@ pub struct Cost {
 impl Snapshot {
     pub fn take(lab: &Lab, agent: Option<&Agent>) -> Result<Self> {
         let (system_busy_us, system_total_us) = proc_stat()?;
-        let (bpf, foreign_programs) = bpf_programs(agent.map(Agent::pid))?;
+        let (bpf, foreign_programs) = bpf_programs(agent)?;
         Ok(Self {
             at: Instant::now(),
             system_busy_us,
@@ -205,9 +205,9 @@ fn proc_stat() -> Result<(u64, u64)> {
     Ok(((total - idle) * us_per_tick, total * us_per_tick))
 }
 
-/// Run time and count of the agent's programs (those whose holder is
-/// `agent`), and how many `weft_*` programs other processes hold.
-fn bpf_programs(agent: Option<u32>) -> Result<(ProgramStats, usize)> {
+/// Run time and count of the agent's programs (by id), and how many
+/// `weft_*` programs other processes loaded.
+fn bpf_programs(agent: Option<&Agent>) -> Result<(ProgramStats, usize)> {
     let out = read(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let progs: Value = serde_json::from_str(&out).context("parsing `bpftool -j prog show`")?;
     let mut ours = BTreeMap::new();
@@ -217,12 +217,8 @@ fn bpf_programs(agent: Option<u32>) -> Result<(ProgramStats, usize)> {
         if !name.starts_with("weft_") {
             continue;
         }
-        let held_by_agent = prog["pids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p["pid"].as_u64() == agent.map(u64::from));
-        if !held_by_agent {
+        let id = prog["id"].as_u64().unwrap_or(0);
+        if !agent.is_some_and(|a| a.bpf.programs.contains(&id)) {
             foreign += 1;
             continue;
         }
@@ -233,22 +229,38 @@ fn bpf_programs(agent: Option<u32>) -> Result<(ProgramStats, usize)> {
     Ok((ours, foreign))
 }
 
-/// Memory of the agent's BPF maps (`bytes_memlock`), in KiB.
-pub fn agent_map_kib(agent: &Agent) -> Result<u64> {
-    let out = read(Command::new("bpftool").args(["-j", "map", "show"]))?;
-    let maps: Value = serde_json::from_str(&out).context("parsing `bpftool -j map show`")?;
-    let bytes: u64 = maps
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| {
-            m["pids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["pid"].as_u64() == Some(u64::from(agent.pid())))
-        })
-        .filter_map(|m| m["bytes_memlock"].as_u64())
-        .sum();
-    Ok(bytes / 1024)
+/// The BPF objects a process holds, from its file descriptors' fdinfo
+/// (bpftool's `pids` needs a kernel iterator this machine's bpftool lacks).
+#[derive(Clone, Debug, Default)]
+pub struct BpfObjects {
+    pub programs: BTreeSet<u64>,
+    /// `memlock` of each map, by map id.
+    pub maps: BTreeMap<u64, u64>,
+}
+
+impl BpfObjects {
+    pub fn of_process(pid: u32) -> Result<Self> {
+        let mut objects = Self::default();
+        let dir = format!("/proc/{pid}/fdinfo");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            // A descriptor may close while we read.
+            let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            if let Some(id) = field("prog_id:") {
+                objects.programs.insert(id);
+            } else if let Some(id) = field("map_id:") {
+                objects.maps.insert(id, field("memlock:").unwrap_or(0));
+            }
+        }
+        Ok(objects)
+    }
+
+    pub fn map_bytes(&self) -> u64 {
+        self.maps.values().sum()
+    }
 }

@@ -40,11 +40,11 @@ use crate::setup;
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A short run: 2 rounds of 4-second points and a short stress, under
+    /// A short run: 3 rounds of 4-second points and a short stress, under
     /// 5 minutes (the full run takes about 15).
     #[arg(long)]
     quick: bool,
-    /// Rounds of interleaved phases [default: 5; with --quick: 2].
+    /// Rounds of interleaved phases [default: 5; with --quick: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: Option<u32>,
     /// Seconds measured per load point [default: 10; with --quick: 4].
@@ -62,6 +62,9 @@ pub struct Options {
     /// Skip the event-rate stress.
     #[arg(long)]
     no_stress: bool,
+    /// Measure this weft binary instead of building target/release/weft.
+    #[arg(long, value_name = "PATH")]
+    weft_bin: Option<std::path::PathBuf>,
     /// Arguments for `weft agent` that turn L7 on (B2); by default found
     /// in `weft agent --help`.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
@@ -87,7 +90,7 @@ impl Plan {
     fn new(options: &Options, start: Instant) -> Self {
         let (rounds, warmup, seconds, budget, first, factor, steps, step_seconds) = if options.quick
         {
-            (2, 1, 4, 240, 4000, 2.0, 5, 3)
+            (3, 1, 4, 250, 4000, 2.0, 5, 3)
         } else {
             (5, 2, 10, 1500, 2000, 1.5, 12, 6)
         };
@@ -137,12 +140,13 @@ pub fn bench(options: &Options) -> Result<()> {
     let env = setup::setup()?;
     let tools = workload.tools();
     setup::bench_tools(&env, tools.packages, tools.crates)?;
-    let bin = agent::build(&env)?;
-    let out_dir = bin
-        .parent()
-        .and_then(Path::parent)
-        .context("the agent binary is not in target/release")?
-        .join("bench");
+    let bin = match &options.weft_bin {
+        Some(bin) => {
+            fs::canonicalize(bin).with_context(|| format!("--weft-bin {}", bin.display()))?
+        }
+        None => agent::build(&env)?,
+    };
+    let out_dir = agent::target_dir(&env)?.join("bench");
     proc::catch_signals()?;
     lab::remove_stale()?;
     let l7 = weft::l7_switch(
@@ -404,6 +408,24 @@ fn notes(run: &Run) -> Vec<String> {
         notes.push(format!(
             "up to {foreign} weft programs of another agent on this machine were attached during the run; \
              they run in every configuration, B0 included, and narrow the differences"
+        ));
+    }
+    let mut outside: Vec<f64> = run
+        .points
+        .iter()
+        .map(|p| {
+            let c = &p.cost;
+            c.system_us.saturating_sub(c.lab_us()) as f64 / c.system_capacity_us.max(1) as f64
+        })
+        .collect();
+    outside.sort_by(f64::total_cmp);
+    if let Some(&median) = outside.get(outside.len() / 2)
+        && median > 0.05
+    {
+        notes.push(format!(
+            "processes outside the lab used {:.0} % of the machine's CPU time during a median load point \
+             (other work on this machine): the whole-system CPU per request includes it, the lab's cgroups do not",
+            median * 100.0
         ));
     }
     let load = run.machine["load_average_at_start"]

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::lab::Lab;
 use super::load::{Load, Outcome};
-use super::measure::{Cost, Snapshot, agent_map_kib};
+use super::measure::{BpfObjects, Cost, Snapshot};
 use super::proc::{Proc, check_interrupted, pause};
 use super::weft::{Agent, L7Switch};
 use super::workloads::{Shape, Workload};
@@ -194,7 +194,8 @@ impl Running {
             return Ok(None);
         };
         let (rss, peak) = agent.memory_kib()?;
-        Ok(Some((rss, peak, agent_map_kib(agent)?)))
+        let maps = BpfObjects::of_process(agent.pid())?.map_bytes() / 1024;
+        Ok(Some((rss, peak, maps)))
     }
 
     pub fn stop(self) {
@@ -222,7 +223,7 @@ fn haproxy(
     let config = format!(
         "global\n\
          \x20   nbthread 1\n\
-         \x20   maxconn 100000\n\
+         \x20   maxconn 8000\n\
          defaults\n\
          \x20   mode {mode}\n\
          \x20   timeout connect 5s\n\

@@ -21,11 +21,11 @@ pub struct Series {
     pub name: &'static str,
     pub config: Config,
     pub steps: Vec<Point>,
-    /// The highest rate with no event lost.
+    /// The highest rate delivered (not only asked) with no event lost.
     pub last_clean: Option<u32>,
-    /// The first rate at which events were lost.
+    /// The first asked rate at which events were lost.
     pub knee: Option<u32>,
-    /// The first rate the machine could not deliver.
+    /// The first asked rate the machine could not deliver.
     pub saturated: Option<u32>,
     pub stopped_because: String,
 }
@@ -87,7 +87,8 @@ pub fn series(
             result.stopped_because = format!("events were lost at {target} req/s");
             break;
         }
-        result.last_clean = Some(target);
+        let delivered = achieved.round() as u32;
+        result.last_clean = result.last_clean.max(Some(delivered));
         if achieved < SATURATED * f64::from(target) {
             result.saturated = Some(target);
             result.stopped_because =

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::lab::Lab;
+use super::measure::BpfObjects;
 use super::proc::{Proc, wait_for};
 use crate::cmd::read;
 
@@ -74,6 +75,8 @@ pub struct Agent {
     metrics: SocketAddr,
     socket: PathBuf,
     bin: PathBuf,
+    /// The programs and maps it loaded.
+    pub bpf: BpfObjects,
 }
 
 /// Counters read from the agent's metrics page.
@@ -107,6 +110,7 @@ impl Agent {
             metrics,
             socket,
             bin: bin.to_owned(),
+            bpf: BpfObjects::default(),
         };
         let mut failed = None;
         let ready = wait_for("weft agent", Duration::from_secs(60), || {
@@ -120,6 +124,10 @@ impl Agent {
             return Err(e);
         }
         ready.with_context(|| format!("weft's log ends with:\n{}", agent.proc.log_tail()))?;
+        agent.bpf = BpfObjects::of_process(agent.pid())?;
+        if agent.bpf.programs.is_empty() {
+            bail!("weft is running but holds no BPF program");
+        }
         Ok(agent)
     }
 
