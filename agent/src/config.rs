@@ -196,6 +196,18 @@ impl Config {
                 "must start with /",
             ));
         }
+        if [
+            crate::export::server::HEALTHZ,
+            crate::export::server::READYZ,
+        ]
+        .contains(&self.metrics_path.as_str())
+        {
+            return Err(invalid(
+                "metrics_path",
+                &self.metrics_path,
+                "is taken by the health endpoints",
+            ));
+        }
         if !self.api_socket.is_absolute() {
             return Err(invalid(
                 "api_socket",
@@ -386,6 +398,10 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ring_buffer_bytes"), "{err}");
         c.ring_buffer_bytes = 1 << 20;
+        c.metrics_path = "/readyz".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_path"), "{err}");
+        c.metrics_path = "/metrics".into();
         c.api_socket = "relative.sock".into();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("api_socket"), "{err}");

@@ -77,6 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kube_watcher = Some(watcher);
     }
 
+    let readiness = metrics_server::Readiness::default();
     let secs = |d: Duration| d.as_nanos() as u64;
     let table = FlowTable {
         tables: KernelTables {
@@ -117,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         poll_interval: config.poll_interval,
         capacity: config.flow_table_capacity,
+        ready: readiness.clone(),
     };
 
     let shutdown = CancellationToken::new();
@@ -143,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let path = config.metrics_path.clone();
         let metrics = metrics.clone();
         tasks.spawn(async move {
-            metrics_server::serve(metrics_listener, path, metrics, shutdown)
+            metrics_server::serve(metrics_listener, path, metrics, readiness, shutdown)
                 .await
                 .context("metrics endpoint failed")
         });

@@ -176,6 +176,7 @@ impl Metrics {
             "Build information; always 1",
             health.build_info.clone(),
         );
+        r.register_collector(Box::new(super::process::ProcessCollector));
         (Self { registry }, l4, health)
     }
 

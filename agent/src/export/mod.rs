@@ -2,5 +2,6 @@
 
 pub mod labels;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod text_format;

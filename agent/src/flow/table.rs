@@ -19,7 +19,10 @@ use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent, ud
 use super::{emit::Emitter, store::FlowStore, tcp::TcpTracker, udp::UdpTracker};
 use crate::{
     events::PipelineCounters,
-    export::metrics::{HealthMetrics, LossLabels, MapLabels, ReasonLabels, SourceLabels},
+    export::{
+        metrics::{HealthMetrics, LossLabels, MapLabels, ReasonLabels, SourceLabels},
+        server::Readiness,
+    },
     status::{
         EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramStatus, StatusReport,
         TableStatus,
@@ -68,6 +71,8 @@ pub struct FlowTable {
     pub info: StaticStatus,
     pub poll_interval: Duration,
     pub capacity: usize,
+    /// Set after the first poll: the metrics then reflect the kernel.
+    pub ready: Readiness,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -100,6 +105,7 @@ impl FlowTable {
                 _ = tick.tick() => {
                     let report = self.poll(&mut seen, started);
                     status.send_replace(report);
+                    self.ready.set_ready();
                 }
                 () = shutdown.cancelled() => return,
             }

@@ -28,6 +28,11 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 
 /// The capabilities that are missing, by name. CAP_SYS_ADMIN covers BPF and
 /// PERFMON on kernels older than 5.8, so it is accepted in their place.
+///
+/// CAP_SYS_ADMIN itself is not required: loading and attaching (cgroup
+/// root included) need only CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN. It is
+/// needed only to mount tracefs or bpffs when the host has not, and that
+/// mount's own error says so.
 pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     let mut missing = Vec::new();
@@ -39,10 +44,6 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
-    }
-    // Mounting tracefs/bpffs and attaching to the cgroup root.
-    if !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_SYS_ADMIN");
     }
     missing
 }
@@ -143,7 +144,17 @@ mod tests {
         let eff = parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
         assert_eq!(
             missing_caps(eff),
-            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
         );
+    }
+
+    #[test]
+    fn bpf_perfmon_net_admin_suffice() {
+        let eff = (1u64 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
+        assert!(missing_caps(eff).is_empty());
+        // Before 5.8, CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
+        let eff = (1u64 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN);
+        assert!(missing_caps(eff).is_empty());
+        assert_eq!(missing_caps(1 << CAP_SYS_ADMIN), ["CAP_NET_ADMIN"]);
     }
 }

@@ -31,7 +31,8 @@ static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub enum LoadError {
     #[error(
         "weft agent lacks {missing}: run it as root, or grant the capabilities \
-         (e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin+ep weft`)"
+         (e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin+ep weft`; cap_sys_admin too \
+         if tracefs or bpffs is not mounted)"
     )]
     Privileges { missing: String },
     #[error("{what}: {source}; mount it by hand or run the agent with CAP_SYS_ADMIN")]
