@@ -46,6 +46,10 @@ fn build_probes() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow::anyhow!("agent/ has no parent directory"))?
         .join("ebpf/probes");
+    // aya-build watches the kernel crate's directory; the ABI crate it
+    // depends on must trigger a rebuild too.
+    let common_dir = probes_dir.with_file_name("common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     let probes_dir = probes_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", probes_dir.display()))?

@@ -57,6 +57,11 @@ pub struct Config {
     /// Distinct workload label sets per metric family; more fold into
     /// `other`.
     pub metric_label_budget: usize,
+    /// Payload bytes copied per socket read/write for the L7 parsers (at
+    /// most 4096); 0 turns L7 off.
+    pub l7_capture_bytes: u32,
+    /// Connections whose L7 streams are parsed at once.
+    pub l7_stream_capacity: usize,
     /// Kubernetes identity (pods, namespaces, workloads, Services).
     pub kubernetes: KubernetesConfig,
 }
@@ -78,6 +83,8 @@ impl Default for Config {
             flow_table_capacity: 131_072,
             flow_store_capacity: 10_000,
             metric_label_budget: 2_000,
+            l7_capture_bytes: 1024,
+            l7_stream_capacity: 16_384,
             kubernetes: KubernetesConfig::default(),
         }
     }
@@ -269,6 +276,18 @@ impl Config {
             self.metric_label_budget as u64,
             1,
             1 << 20,
+        )?;
+        check_range(
+            "l7_capture_bytes",
+            self.l7_capture_bytes as u64,
+            0,
+            weft_common::data::DATA_MAX as u64,
+        )?;
+        check_range(
+            "l7_stream_capacity",
+            self.l7_stream_capacity as u64,
+            1,
+            1 << 22,
         )?;
         self.kubernetes.validate()?;
         Ok(())

@@ -24,7 +24,7 @@ use crate::{
     api,
     config::Config,
     enrich::{Enricher, kubernetes},
-    events::{PipelineCounters, ring},
+    events::{PipelineCounters, data, ring},
     export::{labels::LabelBudget, metrics::Metrics, server as metrics_server},
     flow::{
         emit::Emitter,
@@ -33,6 +33,7 @@ use crate::{
         tcp::{TcpSettings, TcpTracker},
         udp::{UdpSettings, UdpTracker},
     },
+    l7::L7Engine,
     loader::{Probes, mounts},
     status::StatusReport,
 };
@@ -54,7 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("{} is not available: {}", f.name, f.detail);
     }
 
-    let (metrics, l4, health) = Metrics::new();
+    let (metrics, l4, health, l7_metrics) = Metrics::new();
     let kernel = kernel_release();
     health
         .build_info
@@ -119,12 +120,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         poll_interval: config.poll_interval,
         capacity: config.flow_table_capacity,
         ready: readiness.clone(),
+        l7: L7Engine::new(
+            config.l7_stream_capacity,
+            weft_l7::Limits::default(),
+            weft_l7::Privacy::default(),
+        ),
+        l7_metrics,
+        l7_unattributed: 0,
     };
 
     let shutdown = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(config.event_queue_capacity);
     let (status_tx, status_rx) = watch::channel(StatusReport::default());
     let mut tasks = JoinSet::new();
+    // The payload queue's sender is dropped when L7 capture is off, which
+    // closes the flow table's data branch.
+    let (data_tx, data_rx) = mpsc::channel(config.event_queue_capacity);
+    if let Some(data_ring) = maps.data {
+        let shutdown = shutdown.clone();
+        let pipeline = pipeline.clone();
+        tasks.spawn(async move {
+            data::read_data(data_ring, data_tx, pipeline, shutdown)
+                .await
+                .context("payload ring reader failed")
+        });
+    } else {
+        drop(data_tx);
+    }
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -136,7 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            table.run(events_rx, status_tx, shutdown).await;
+            table.run(events_rx, data_rx, status_tx, shutdown).await;
             Ok(())
         });
     }

@@ -14,5 +14,6 @@ pub mod enrich;
 pub mod events;
 pub mod export;
 pub mod flow;
+pub mod l7;
 pub mod loader;
 pub mod status;

@@ -78,7 +78,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every family and returns handles to them (the handles are
     /// cheap clones sharing state with the registry).
-    pub fn new() -> (Self, L4Metrics, HealthMetrics) {
+    pub fn new() -> (Self, L4Metrics, HealthMetrics, super::l7_metrics::L7Metrics) {
         let mut registry = Registry::default();
         let l4 = L4Metrics {
             tcp_opened: Family::default(),
@@ -177,7 +177,8 @@ impl Metrics {
             health.build_info.clone(),
         );
         r.register_collector(Box::new(super::process::ProcessCollector));
-        (Self { registry }, l4, health)
+        let l7 = super::l7_metrics::L7Metrics::register(r);
+        (Self { registry }, l4, health, l7)
     }
 
     /// The exposition text (OpenMetrics).

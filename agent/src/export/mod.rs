@@ -1,5 +1,6 @@
 //! What the agent exports: Prometheus metrics and their HTTP endpoint.
 
+pub mod l7_metrics;
 pub mod labels;
 pub mod metrics;
 pub mod process;

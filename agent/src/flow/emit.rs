@@ -2,7 +2,11 @@
 //! matching metric updates. The flow trackers decide *what* happened; this
 //! module turns it into the outputs, so both outputs always agree.
 
+mod l7;
+
 use std::sync::Arc;
+
+pub use l7::TrafficDirection;
 
 use weft_common::Owner;
 
@@ -143,6 +147,7 @@ impl Emitter {
             drop_reason: None,
             failure: obs.failure,
             l7: None,
+            traffic_direction: None,
             mono_ns: obs.ts_ns,
         };
         self.store.push(record);

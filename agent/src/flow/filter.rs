@@ -371,6 +371,7 @@ pub(crate) mod test_support {
             drop_reason: None,
             failure: None,
             l7: None,
+            traffic_direction: None,
             mono_ns: 0,
         }
     }

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod emit;
 pub mod filter;
 pub mod record;
+pub mod requests;
 pub mod store;
 pub mod table;
 pub mod tcp;

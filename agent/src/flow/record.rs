@@ -140,6 +140,10 @@ pub struct FlowRecord {
     pub failure: Option<Failure>,
     /// The L7 details of `l7` records.
     pub l7: Option<serde_json::Value>,
+    /// On `l7` records: `egress` when observed at the client's socket (an
+    /// outgoing request), `ingress` at the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<String>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]

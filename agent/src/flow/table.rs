@@ -73,6 +73,11 @@ pub struct FlowTable {
     pub capacity: usize,
     /// Set after the first poll: the metrics then reflect the kernel.
     pub ready: Readiness,
+    /// L7: payload streams to exchanges.
+    pub l7: crate::l7::L7Engine,
+    pub l7_metrics: crate::export::l7_metrics::L7Metrics,
+    /// Payload records whose socket could not be named.
+    pub l7_unattributed: u64,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -89,6 +94,7 @@ impl FlowTable {
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<TcpEvent>,
+        mut data: mpsc::Receiver<crate::events::data::DataRecord>,
         status: watch::Sender<StatusReport>,
         shutdown: CancellationToken,
     ) {
@@ -99,9 +105,11 @@ impl FlowTable {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.tcp.handle(&ev, &mut self.emitter),
+                    Some(ev) => self.handle_event(&ev),
                     None => return,
                 },
+                // Closed (never sent on) when L7 capture is off.
+                Some(rec) = data.recv() => self.handle_data(&rec),
                 _ = tick.tick() => {
                     let report = self.poll(&mut seen, started);
                     status.send_replace(report);
@@ -109,6 +117,17 @@ impl FlowTable {
                 }
                 () = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    fn handle_event(&mut self, ev: &TcpEvent) {
+        use weft_common::event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL};
+        // The L7 stream needs the socket's view before the tracker forgets it.
+        let closing = matches!(ev.kind, EVENT_TCP_CLOSE | EVENT_TCP_FAIL);
+        let view = closing.then(|| self.tcp.socket_view(ev.sk)).flatten();
+        self.tcp.handle(ev, &mut self.emitter);
+        if closing {
+            self.close_stream(ev.sk, ev.ts_ns, view);
         }
     }
 
@@ -221,6 +240,12 @@ impl FlowTable {
             self.pipeline.read.load(Ordering::Relaxed),
             seen,
         );
+        read_total(
+            "l7_data",
+            self.pipeline.data_read.load(Ordering::Relaxed),
+            seen,
+        );
+        read_total("l7_exchanges", self.l7.counters.exchanges, seen);
 
         let loss_values = [
             (
@@ -255,6 +280,24 @@ impl FlowTable {
             ),
             ("tcp_events", "flow_table_full", self.tcp.rejected),
             ("udp_packet", "flow_table_full", self.udp.rejected),
+            (
+                "l7_data",
+                "kernel_ring",
+                self.counter(index::LOST_RING_DATA),
+            ),
+            (
+                "l7_data",
+                "kernel_map_full",
+                self.counter(index::LOST_MAP_SYSCALL),
+            ),
+            (
+                "l7_data",
+                "userspace_queue",
+                self.pipeline.data_queue_full.load(Ordering::Relaxed),
+            ),
+            ("l7_data", "unattributed", self.l7_unattributed),
+            ("l7_streams", "evicted", self.l7.counters.streams_evicted),
+            ("l7_streams", "parse_error", self.l7.counters.parse_errors),
             (
                 "metric_labels",
                 "cardinality_budget",

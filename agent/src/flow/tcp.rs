@@ -81,6 +81,15 @@ impl Connection {
     }
 }
 
+/// An open socket as the L7 engine needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketView {
+    pub key: FlowKey,
+    pub is_client: bool,
+    pub client: Option<weft_common::Owner>,
+    pub server: Option<weft_common::Owner>,
+}
+
 /// What the TCP tracker needs to decide.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSettings {
@@ -117,6 +126,20 @@ impl TcpTracker {
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// The connection of an open socket, whether the socket is its client,
+    /// and the owners of both ends as known now.
+    pub fn socket_view(&self, sk: u64) -> Option<SocketView> {
+        let key = self.sockets.get(&sk)?;
+        let conn = self.conns.get(key)?;
+        let is_client = conn.client.is_some_and(|e| e.sk == sk);
+        Some(SocketView {
+            key: *key,
+            is_client,
+            client: conn.client.map(|e| e.conn.owner),
+            server: conn.server.map(|e| e.conn.owner),
+        })
     }
 
     fn is_ignored(&self, key: &FlowKey) -> bool {

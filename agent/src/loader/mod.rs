@@ -5,6 +5,8 @@
 //! is missing, read tracepoint layouts, then load and attach. Everything
 //! attached is owned by [`Probes`]; dropping it detaches everything.
 
+pub mod btf;
+pub mod capture;
 pub mod cleanup;
 pub mod features;
 pub mod mounts;
@@ -80,6 +82,8 @@ pub struct ProbeMaps {
     pub udp_flows: HashMap<aya::maps::MapData, SockTuple, UdpFlow>,
     pub counters: PerCpuArray<aya::maps::MapData, u64>,
     pub drop_reasons: PerCpuArray<aya::maps::MapData, u64>,
+    /// Payload snippets, when L7 capture is on.
+    pub data: Option<RingBuf<aya::maps::MapData>>,
 }
 
 /// Loaded and attached programs. Dropping this detaches them.
@@ -149,9 +153,44 @@ impl Probes {
                 detail: "kernel older than 6.4: no smoothed RTT".into(),
             });
         }
+        let sock = sock_offsets(&mut features);
+        // Payload capture needs the syscall records in the layout the
+        // programs assume; without it, L7 is off and status says why.
+        let capture = if config.l7_capture_bytes == 0 {
+            features.push(FeatureStatus {
+                name: "L7 payload capture".into(),
+                available: false,
+                detail: "turned off (l7_capture_bytes: 0)".into(),
+            });
+            false
+        } else {
+            match capture::formats_match(&tracefs) {
+                Ok(()) => {
+                    features.push(FeatureStatus {
+                        name: "L7 payload capture".into(),
+                        available: true,
+                        detail: format!(
+                            "{} bytes per read/write from syscall tracepoints",
+                            config.l7_capture_bytes
+                        ),
+                    });
+                    true
+                }
+                Err(why) => {
+                    features.push(FeatureStatus {
+                        name: "L7 payload capture".into(),
+                        available: false,
+                        detail: format!("no L7: {why}"),
+                    });
+                    false
+                }
+            }
+        };
         let probe_config = ProbeConfig {
             agent_pid: std::process::id(),
+            snippet_bytes: if capture { config.l7_capture_bytes } else { 0 },
             offsets,
+            sock,
             ..ProbeConfig::DEFAULT
         };
 
@@ -173,6 +212,9 @@ impl Probes {
                 kind: "tracepoint".into(),
                 attach_point: format!("{category}/{name}"),
             });
+        }
+        if capture {
+            capture::attach(&mut ebpf, &mut programs)?;
         }
         let cgroup = File::open(&cgroup_root).map_err(|source| LoadError::Cgroup {
             path: cgroup_root.clone(),
@@ -228,6 +270,18 @@ impl Probes {
                     source,
                 },
             )?,
+            data: if capture {
+                Some(
+                    RingBuf::try_from(take_map(&mut ebpf, "DATA")?).map_err(|source| {
+                        LoadError::Map {
+                            name: "DATA",
+                            source,
+                        }
+                    })?,
+                )
+            } else {
+                None
+            },
             drop_reasons: PerCpuArray::try_from(take_map(&mut ebpf, "DROP_REASONS")?).map_err(
                 |source| LoadError::Map {
                     name: "DROP_REASONS",
@@ -243,6 +297,50 @@ impl Probes {
             drop_reason_names: formats.kfree_skb.symbols(),
             maps: Some(maps),
         })
+    }
+}
+
+/// `struct sock_common` member offsets from the kernel's BTF, for the
+/// addresses of sockets no tracepoint describes (UDP, pre-existing TCP).
+fn sock_offsets(features: &mut Vec<FeatureStatus>) -> weft_common::config::SockOffsets {
+    use weft_common::config::SockOffsets;
+    let found = btf::Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|btf| {
+            let off = |m: &str| {
+                btf.member_offset("sock_common", m)
+                    .map_err(|e| e.to_string())
+                    .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
+            };
+            Ok(SockOffsets {
+                daddr: off("skc_daddr")?,
+                rcv_saddr: off("skc_rcv_saddr")?,
+                dport: off("skc_dport")?,
+                num: off("skc_num")?,
+                family: off("skc_family")?,
+                v6_daddr: off("skc_v6_daddr")?,
+                v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
+                _pad: 0,
+            })
+        });
+    match found {
+        Ok(offsets) => {
+            features.push(FeatureStatus {
+                name: "socket layout (BTF)".into(),
+                available: true,
+                detail: "struct sock_common offsets from /sys/kernel/btf/vmlinux".into(),
+            });
+            offsets
+        }
+        Err(why) => {
+            features.push(FeatureStatus {
+                name: "socket layout (BTF)".into(),
+                available: false,
+                detail: format!("{why}: no L7 for UDP or for connections older than the agent"),
+            });
+            SockOffsets::ABSENT
+        }
     }
 }
 

@@ -86,6 +86,36 @@ impl TracepointOffsets {
     };
 }
 
+/// Offsets of `struct sock_common` members, from the kernel's BTF, for
+/// reading a socket's addresses where no tracepoint gives them. `NO_FIELD`
+/// when unknown (no BTF): then only what tracepoints carry is known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16);
+
+impl SockOffsets {
+    pub const ABSENT: Self = Self {
+        daddr: NO_FIELD,
+        rcv_saddr: NO_FIELD,
+        dport: NO_FIELD,
+        num: NO_FIELD,
+        family: NO_FIELD,
+        v6_daddr: NO_FIELD,
+        v6_rcv_saddr: NO_FIELD,
+        _pad: 0,
+    };
+}
+
 /// All load-time settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,8 +127,9 @@ pub struct ProbeConfig {
     pub snippet_bytes: u32,
     pub offsets: TracepointOffsets,
     pub _pad2: u32,
+    pub sock: SockOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
@@ -106,5 +137,6 @@ impl ProbeConfig {
         snippet_bytes: 0,
         offsets: TracepointOffsets::ABSENT,
         _pad2: 0,
+        sock: SockOffsets::ABSENT,
     };
 }

@@ -63,8 +63,11 @@ pub struct DataHeader {
     /// (unconnected UDP); zero otherwise.
     pub peer: [u8; 28],
     pub comm: [u8; crate::COMM_LEN],
+    /// The socket's own addresses, read from `struct sock_common` (zero
+    /// when the kernel's layout is unknown).
+    pub tuple: crate::SockTuple,
 }
-const _: () = assert!(core::mem::size_of::<DataHeader>() == 80);
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 120);
 
 impl Default for DataHeader {
     fn default() -> Self {
@@ -80,6 +83,14 @@ impl Default for DataHeader {
             _pad: [0; 2],
             peer: [0; 28],
             comm: [0; crate::COMM_LEN],
+            tuple: crate::SockTuple {
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+                local_port: 0,
+                remote_port: 0,
+                family: 0,
+                _pad: 0,
+            },
         }
     }
 }

@@ -4,8 +4,8 @@ use crate::{
     Owner, SockTuple,
     config::ProbeConfig,
     conn::{ListenKey, TcpConn},
-    event::TcpEvent,
     data::{DataHeader, SyscallArgs},
+    event::TcpEvent,
     udp::UdpFlow,
 };
 

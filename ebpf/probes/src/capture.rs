@@ -19,13 +19,16 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use weft_common::{
+    AF_INET6, SockTuple,
+    config::NO_FIELD,
     counters::index,
     data::{DATA_MAX, DIR_RECV, DIR_SEND, DataHeader, SyscallArgs, kind},
 };
@@ -150,6 +153,36 @@ fn read_iovec(ptr: u64) -> Result<(u64, u64), i64> {
     Ok((iov[0], iov[1]))
 }
 
+/// The socket's addresses from `struct sock_common`, at offsets the agent
+/// found in the kernel's BTF.
+fn sock_tuple(sk: u64) -> SockTuple {
+    let o = &config().sock;
+    let mut t = SockTuple::default();
+    if o.family == NO_FIELD {
+        return t;
+    }
+    // SAFETY: kernel reads through the checked helper; a failed read
+    // leaves zeros.
+    unsafe {
+        let at = |off: u16| (sk + off as u64) as *const u8;
+        t.family = bpf_probe_read_kernel(at(o.family).cast::<u16>()).unwrap_or(0);
+        // skc_num is the local port in host order, skc_dport the remote
+        // one in network order.
+        t.local_port = bpf_probe_read_kernel(at(o.num).cast::<u16>()).unwrap_or(0);
+        t.remote_port = u16::from_be(bpf_probe_read_kernel(at(o.dport).cast::<u16>()).unwrap_or(0));
+        if t.family == AF_INET6 {
+            t.local_addr = bpf_probe_read_kernel(at(o.v6_rcv_saddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+            t.remote_addr = bpf_probe_read_kernel(at(o.v6_daddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+        } else {
+            let l: [u8; 4] = bpf_probe_read_kernel(at(o.rcv_saddr).cast::<[u8; 4]>()).unwrap_or([0; 4]);
+            let r: [u8; 4] = bpf_probe_read_kernel(at(o.daddr).cast::<[u8; 4]>()).unwrap_or([0; 4]);
+            t.local_addr[..4].copy_from_slice(&l);
+            t.remote_addr[..4].copy_from_slice(&r);
+        }
+    }
+    t
+}
+
 fn emit(args: &SyscallArgs, tid: u64, total: u64) -> Result<(), i64> {
     let (buf, buf_len, peer) = first_buffer(args)?;
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
@@ -179,6 +212,7 @@ fn emit(args: &SyscallArgs, tid: u64, total: u64) -> Result<(), i64> {
         if peer != 0 {
             (*h).peer = bpf_probe_read_user(peer as *const [u8; 28]).unwrap_or([0; 28]);
         }
+        (*h).tuple = sock_tuple(args.sk);
         let data = (&raw mut (*scratch).data).cast::<u8>();
         let copied = if n > 0 {
             probe_read_user_raw(data.cast(), n as u32, buf as *const core::ffi::c_void) == 0

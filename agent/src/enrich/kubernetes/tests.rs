@@ -309,7 +309,7 @@ async fn flows_and_metrics_carry_kubernetes_names() {
     assert!(enricher.status().unwrap().available);
 
     let store = Arc::new(FlowStore::new(100));
-    let (metrics, l4, _health) = Metrics::new();
+    let (metrics, l4, _health, _l7) = Metrics::new();
     let mut emitter = Emitter::new(store.clone(), l4, LabelBudget::new(100), enricher);
     // frontend -> cart's Service, frontend -> an address nobody knows.
     for server in ["10.96.20.5:6379", "203.0.113.7:443"] {

@@ -1,0 +1,126 @@
+//! HTTP/1.1 requests between two namespaces, seen from both sockets: curl
+//! (client, egress records) against a real Python HTTP server (ingress
+//! records), over one keep-alive connection.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use weft_tests::{agent::Agent, lab::Lab, require_root, unique_port, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn l7(records: &[Value], direction: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn http1_requests_from_both_sides() {
+    if !require_root("http1_requests_from_both_sides") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(10);
+    let port_s = port.to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "python3", script, &lab.server_v4, &port_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the Python HTTP server");
+    let base = format!("http://{}:{port}", lab.server_v4);
+    wait_for("the HTTP server to listen", WAIT, || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "curl", "-s", "-o", "/dev/null"])
+            .arg(format!("{base}/ready"))
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    });
+    // Five requests on one keep-alive connection.
+    let paths = ["/users/17", "/users/42?token=secret", "/slow", "/status/404", "/"];
+    let mut curl = Command::new("ip");
+    curl.args(["netns", "exec", &lab.client_ns, "curl", "-s"]);
+    for path in paths {
+        curl.args(["-o", "/dev/null", &format!("{base}{path}")]);
+    }
+    let out = curl.output().expect("curl");
+    assert!(out.status.success(), "curl failed");
+    // SAFETY: ending the server we started, by its pid.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+
+    let curl_records = wait_for("five egress HTTP records from curl", WAIT, || {
+        let records = agent.flows(&["--port", &port_s, "--protocol", "http", "--all"]);
+        let egress: Vec<Value> = l7(&records, "egress")
+            .into_iter()
+            .filter(|r| r["source"]["process"] == "curl")
+            .collect();
+        (egress.len() >= 5 && l7(&records, "ingress").len() >= 6).then_some(records)
+    });
+    let egress: Vec<Value> = l7(&curl_records, "egress")
+        .into_iter()
+        .filter(|r| r["source"]["process"] == "curl")
+        .collect();
+    let ingress = l7(&curl_records, "ingress");
+    assert_eq!(egress.len(), 5, "{egress:#?}");
+    // The readiness probe's request is the sixth at the server.
+    assert_eq!(ingress.len(), 6, "{ingress:#?}");
+    for r in egress.iter().chain(&ingress) {
+        assert_eq!(r["l7"]["protocol"], "http");
+        assert_eq!(r["l7"]["method"], "GET");
+        assert_eq!(r["destination"]["process"], "python3", "{r:#}");
+        assert_eq!(r["destination"]["port"], port);
+    }
+    let by_path = |path: &str| -> Value {
+        egress
+            .iter()
+            .find(|r| r["l7"]["path"].as_str().is_some_and(|p| p.starts_with(path)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no egress record for {path}: {egress:#?}"))
+    };
+    assert_eq!(by_path("/users/17")["l7"]["status"], 200);
+    assert_eq!(by_path("/status/404")["l7"]["status"], 404);
+    // Query values are redacted by default.
+    let with_query = by_path("/users/42");
+    let path = with_query["l7"]["path"].as_str().expect("path");
+    assert!(!path.contains("secret"), "query value leaked: {path}");
+    // The handler sleeps 100 ms.
+    let slow = by_path("/slow");
+    let latency = slow["l7"]["latency_us"].as_u64().expect("latency");
+    assert!(latency >= 100_000, "slow request took only {latency} µs");
+    assert!(latency < 2_000_000, "slow request took {latency} µs");
+
+    let port_label = format!("server_port=\"{port}\"");
+    let route = "http_route=\"/users/{id}\"";
+    assert_eq!(
+        agent.metric_sum("http_client_request_duration_seconds_count", &[&port_label, route]),
+        2.0
+    );
+    assert_eq!(
+        agent.metric_sum("http_server_request_duration_seconds_count", &[&port_label, route]),
+        2.0
+    );
+    assert_eq!(
+        agent.metric_sum(
+            "http_client_request_duration_seconds_count",
+            &[&port_label, "source_workload=\"curl\""]
+        ),
+        5.0
+    );
+    assert_eq!(
+        agent.metric_sum(
+            "http_server_request_duration_seconds_count",
+            &[&port_label, "http_response_status_code=\"404\""]
+        ),
+        1.0
+    );
+}
