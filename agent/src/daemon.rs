@@ -127,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         l7_metrics,
         l7_unattributed: 0,
+        l7_closing: Default::default(),
     };
 
     let shutdown = CancellationToken::new();

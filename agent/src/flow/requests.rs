@@ -14,6 +14,9 @@ use super::{
 };
 use crate::{events::data::DataRecord, l7::SocketRole};
 
+/// How long a closed socket's stream waits for its last payload records.
+const L7_CLOSE_DELAY_NS: u64 = 500_000_000;
+
 impl FlowTable {
     /// One captured read or write.
     pub fn handle_data(&mut self, rec: &DataRecord) {
@@ -30,8 +33,43 @@ impl FlowTable {
         self.emit_exchanges(&view, out);
     }
 
-    /// A TCP socket closed: its stream's last exchanges, then forget it.
-    pub fn close_stream(&mut self, sk: u64, ts_ns: u64, view: Option<SocketView>) {
+    /// A TCP socket closed. Its last reads may still be in the payload
+    /// ring (a separate ring, read by another task), so the stream stays
+    /// open for `L7_CLOSE_DELAY`, named by the socket's last view.
+    pub fn stream_closing(&mut self, sk: u64, ts_ns: u64, view: Option<SocketView>) {
+        match view {
+            Some(view) => {
+                let due = super::clock::mono_now_ns() + L7_CLOSE_DELAY_NS;
+                self.l7_closing.insert(sk, (view, ts_ns, due));
+            }
+            None => self.close_stream(sk, ts_ns, None),
+        }
+    }
+
+    /// A socket was opened: if its address belonged to a socket still
+    /// closing, that stream ends now.
+    pub fn stream_opened(&mut self, sk: u64) {
+        if let Some((view, ts_ns, _)) = self.l7_closing.remove(&sk) {
+            self.close_stream(sk, ts_ns, Some(view));
+        }
+    }
+
+    /// Ends the streams whose close delay has passed.
+    pub fn close_due_streams(&mut self, now_ns: u64) {
+        let due: Vec<u64> = self
+            .l7_closing
+            .iter()
+            .filter(|(_, (_, _, at))| *at <= now_ns)
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in due {
+            if let Some((view, ts_ns, _)) = self.l7_closing.remove(&sk) {
+                self.close_stream(sk, ts_ns, Some(view));
+            }
+        }
+    }
+
+    fn close_stream(&mut self, sk: u64, ts_ns: u64, view: Option<SocketView>) {
         let mut out = Vec::new();
         self.l7.close(sk, ts_ns, &mut out);
         if let Some(view) = view {
@@ -64,6 +102,9 @@ impl FlowTable {
     fn socket_view(&self, h: &DataHeader) -> Option<SocketView> {
         if let Some(view) = self.tcp.socket_view(h.sk) {
             return Some(view);
+        }
+        if let Some((view, _, _)) = self.l7_closing.get(&h.sk) {
+            return Some(*view);
         }
         if h.tuple.family == 0 {
             return None;

@@ -78,6 +78,9 @@ pub struct FlowTable {
     pub l7_metrics: crate::export::l7_metrics::L7Metrics,
     /// Payload records whose socket could not be named.
     pub l7_unattributed: u64,
+    /// Closed sockets whose L7 stream waits for late payload records:
+    /// (view, close time, when to end the stream).
+    pub l7_closing: std::collections::HashMap<u64, (super::tcp::SocketView, u64, u64)>,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -121,19 +124,23 @@ impl FlowTable {
     }
 
     fn handle_event(&mut self, ev: &TcpEvent) {
-        use weft_common::event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL};
+        use weft_common::event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN};
         // The L7 stream needs the socket's view before the tracker forgets it.
         let closing = matches!(ev.kind, EVENT_TCP_CLOSE | EVENT_TCP_FAIL);
         let view = closing.then(|| self.tcp.socket_view(ev.sk)).flatten();
+        if ev.kind == EVENT_TCP_OPEN {
+            self.stream_opened(ev.sk);
+        }
         self.tcp.handle(ev, &mut self.emitter);
         if closing {
-            self.close_stream(ev.sk, ev.ts_ns, view);
+            self.stream_closing(ev.sk, ev.ts_ns, view);
         }
     }
 
     /// One poll: kernel tables into flows, counters into metrics, status.
     fn poll(&mut self, seen: &mut Seen, started: Instant) -> StatusReport {
         let now = super::clock::mono_now_ns();
+        self.close_due_streams(now);
         let mut tcp_entries = 0u64;
         {
             let mut kernel = self
