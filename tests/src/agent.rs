@@ -47,8 +47,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent with `extra` flags and waits until it serves.
+    /// Starts an agent with `extra` flags and waits until it is ready.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// Starts `WRAPPER... weft agent ...` (e.g. `setpriv` with fewer
+    /// capabilities) and waits until it is ready: its flow API answers and
+    /// its `/readyz` says 200.
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let socket = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.sock"));
@@ -56,7 +63,15 @@ impl Agent {
         let metrics_port = free_port();
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
         let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
-        let child = Command::new(weft_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(weft_bin());
+                c
+            }
+            None => Command::new(weft_bin()),
+        };
+        let child = command
             .args(["agent", "--metrics-addr", &metrics_addr, "--api-socket"])
             .arg(&socket)
             .args(extra)
@@ -79,7 +94,10 @@ impl Agent {
                 if let Some(status) = agent.try_exit() {
                     panic!("the agent exited at start ({status}):\n{}", agent.log());
                 }
-                let ok = agent.status_json().is_some() && agent.try_metrics().is_some();
+                let ready = agent
+                    .http_get("/readyz")
+                    .is_some_and(|(code, _)| code == 200);
+                let ok = ready && agent.status_json().is_some() && agent.try_metrics().is_some();
                 ok.then_some(())
             },
         );
@@ -145,18 +163,26 @@ impl Agent {
         )
     }
 
-    fn try_metrics(&self) -> Option<String> {
+    /// `GET path` on the metrics listener: (status code, body), or `None`
+    /// when it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        let (head, body) = body.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let code = head.split(' ').nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
+    }
+
+    fn try_metrics(&self) -> Option<String> {
+        self.http_get("/metrics")
+            .and_then(|(code, body)| (code == 200).then_some(body))
     }
 
     /// The metrics page (Prometheus text format).

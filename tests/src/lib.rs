@@ -9,7 +9,9 @@
 //! which case not being root is a failure.
 
 pub mod agent;
+pub mod dashboards;
 pub mod lab;
+pub mod prometheus;
 
 use std::{
     process::{Command, Output},

@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod cmd;
+mod deploy_tools;
 mod setup;
 mod test;
 

@@ -35,6 +35,10 @@ const PACKAGES: &[&str] = &[
     // promtool checks the metrics output; jq reads the JSON APIs in scripts.
     "prometheus",
     "jq",
+    // A virtual environment for kubernetes-validate (deploy_tools.rs), and
+    // setpriv to run the agent with the DaemonSet's capabilities only.
+    "python3-venv",
+    "util-linux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -86,6 +90,7 @@ pub fn setup() -> Result<Env> {
     };
     lint_tools(&env, &rustup)?;
     bpf_linker(&env, &cargo_bin)?;
+    crate::deploy_tools::ensure()?;
     say(format_args!(
         "setup done; cargo runs by xtask get WEFT_BPF_TOOLCHAIN={}",
         env.bpf_toolchain

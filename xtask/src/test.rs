@@ -69,6 +69,10 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
         let bin = agent::build(env)?;
         test.arg("--release")
             .env("WEFT_BIN", bin)
+            .env(
+                "WEFT_KUBERNETES_VALIDATE",
+                crate::deploy_tools::kubernetes_validate_path()?,
+            )
             .env("WEFT_REQUIRE_ROOT_TESTS", "1");
         // The root tests share kernel state (maps, hooks, namespaces).
         harness.push("--test-threads=1");

@@ -1,0 +1,468 @@
+//! The Kubernetes manifests (deploy/kubernetes): kubectl's kustomize renders
+//! them, they validate against the Kubernetes JSON schemas
+//! (kubernetes-validate), they are least-privilege (no privileged container,
+//! every added capability justified in the README), they agree with the
+//! agent (probe paths and port, configuration accepted), and the agent runs
+//! and sees traffic with exactly the capabilities the DaemonSet gives it.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::{Agent, weft},
+    require_root, wait_for,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// True when the checks must run here (CI, `cargo xtask test`): a missing
+/// tool is then a failure, not a skip.
+fn required() -> bool {
+    std::env::var_os("WEFT_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1")
+}
+
+/// A tool, or `None` after a loud skip (a panic where the checks must run).
+fn tool(test: &str, name: &str, path: Option<PathBuf>) -> Option<PathBuf> {
+    let found = path.filter(|p| p.is_file()).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let message = format!("{test}: {name} is not installed: run `cargo xtask setup`");
+        assert!(!required(), "{message}");
+        eprintln!("SKIPPED {message}");
+    }
+    found
+}
+
+/// `kubectl kustomize DIR`, as YAML text.
+fn render(kubectl: &Path, dir: &str) -> String {
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(repo().join(dir))
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 manifests")
+}
+
+/// The documents of a rendered stream, as JSON values.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let value: Value =
+                serde::Deserialize::deserialize(doc).expect("each document is valid YAML");
+            value
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let mut of_kind = docs.iter().filter(|d| d["kind"] == kind);
+    let doc = of_kind
+        .next()
+        .unwrap_or_else(|| panic!("no {kind} rendered"));
+    assert!(of_kind.next().is_none(), "more than one {kind}");
+    doc
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The rendered base, or `None` after a loud skip.
+fn rendered_base(test: &str) -> Option<Vec<Value>> {
+    let kubectl = tool(test, "kubectl", None)?;
+    Some(documents(&render(&kubectl, "deploy/kubernetes")))
+}
+
+#[test]
+fn manifests_render_and_validate_against_the_kubernetes_schemas() {
+    let test = "manifests_render_and_validate_against_the_kubernetes_schemas";
+    let Some(kubectl) = tool(test, "kubectl", None) else {
+        return;
+    };
+    let validator = std::env::var_os("WEFT_KUBERNETES_VALIDATE").map(PathBuf::from);
+    let Some(validate) = tool(test, "kubernetes-validate", validator) else {
+        return;
+    };
+    let yaml = render(&kubectl, "deploy/kubernetes");
+    let kinds: Vec<String> = documents(&yaml)
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    eprintln!("rendered: {}", kinds.join(", "));
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PriorityClass",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+    let dir = tempdir("manifests");
+    let file = dir.join("manifests.yaml");
+    std::fs::write(&file, &yaml).expect("write rendered manifests");
+    // The oldest and the newest Kubernetes whose schemas it ships that we
+    // claim; --strict also rejects fields the schema does not know.
+    for version in ["1.29.0", "1.37.0"] {
+        let out = Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "kubernetes-validate {version} failed:\n{text}"
+        );
+        let passed = text.matches(" passed for resource ").count();
+        assert_eq!(passed, kinds.len(), "every resource validated:\n{text}");
+        eprintln!("kubernetes-validate --strict {version}: {passed} resources passed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The optional ServiceMonitor: a custom resource, so no schema ships
+    // with kubernetes-validate; check that it selects the metrics Service.
+    let monitoring = documents(&render(&kubectl, "deploy/kubernetes/monitoring"));
+    let monitor = find(&monitoring, "ServiceMonitor");
+    let docs = documents(&yaml);
+    let service = find(&docs, "Service");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], "weft");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    for (k, v) in selector {
+        assert_eq!(&service["metadata"]["labels"][k], v, "label {k}");
+    }
+    let port = monitor["spec"]["endpoints"][0]["port"]
+        .as_str()
+        .expect("port");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == port),
+        "the Service has no port named {port}"
+    );
+}
+
+#[test]
+fn the_daemonset_is_least_privilege() {
+    let Some(docs) = rendered_base("the_daemonset_is_least_privilege") else {
+        return;
+    };
+    let ds = find(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod[*k].as_array().into_iter().flatten())
+        .collect();
+    assert!(!containers.is_empty());
+    let mut added = Vec::new();
+    for c in &containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        assert_ne!(sc["privileged"], true, "{name} is privileged");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        added.extend(strings(&sc["capabilities"]["add"]));
+        for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+            assert_ne!(
+                mount["mountPropagation"], "Bidirectional",
+                "{name}: Bidirectional propagation needs a privileged container"
+            );
+        }
+    }
+    assert_eq!(pod["securityContext"]["privileged"], Value::Null);
+    // Every added capability is one the agent checks for, and the README
+    // says why it is needed.
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Deploying on Kubernetes"))
+        .expect("README.md has a `## Deploying on Kubernetes` section");
+    for cap in &added {
+        assert!(
+            ["BPF", "PERFMON", "NET_ADMIN"].contains(cap),
+            "CAP_{cap} is added but the agent does not need it"
+        );
+        assert!(
+            section.contains(&format!("`CAP_{cap}`")),
+            "the README's Deploying section does not justify CAP_{cap}"
+        );
+    }
+    assert!(!section.contains("privileged: true"));
+
+    // Read-only RBAC on exactly what the agent watches
+    // (agent/src/enrich/kubernetes/watch.rs).
+    let role = find(&docs, "ClusterRole");
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let verbs = strings(&rule["verbs"]);
+        for r in strings(&rule["resources"]) {
+            for g in strings(&rule["apiGroups"]) {
+                granted.push(format!("{g}/{r}:{}", verbs.join(",")));
+            }
+        }
+        assert!(
+            verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+            "{rule}"
+        );
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "/pods:get,list,watch",
+            "/services:get,list,watch",
+            "apps/replicasets:get,list,watch",
+            "batch/jobs:get,list,watch",
+            "discovery.k8s.io/endpointslices:get,list,watch",
+        ]
+    );
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = find(&docs, "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+
+    // A node agent: every node, host namespaces it needs, priority.
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["hostPID"], true);
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .expect("tolerations")
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null()),
+        "tolerates every taint"
+    );
+    let priority = find(&docs, "PriorityClass");
+    assert_eq!(pod["priorityClassName"], priority["metadata"]["name"]);
+    let agent = containers[0];
+    for key in ["requests", "limits"] {
+        assert!(
+            agent["resources"][key]["memory"].is_string(),
+            "resources.{key}"
+        );
+    }
+    // The host file systems the agent uses are mounted from the host.
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    for (path, mount) in [
+        ("/sys/fs/bpf", "/sys/fs/bpf"),
+        ("/sys/kernel/tracing", "/sys/kernel/tracing"),
+        ("/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ("/run/weft", "/run/weft"),
+    ] {
+        let volume = volumes
+            .iter()
+            .find(|v| v["hostPath"]["path"] == path)
+            .unwrap_or_else(|| panic!("no hostPath volume for {path}"));
+        assert!(
+            agent["volumeMounts"]
+                .as_array()
+                .expect("volumeMounts")
+                .iter()
+                .any(|m| m["name"] == volume["name"] && m["mountPath"] == mount),
+            "{path} is not mounted at {mount}"
+        );
+    }
+
+    // Probes on the metrics port, which is the configured one.
+    let config = agent_config(&docs);
+    let port: u16 = config["metrics_addr"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("metrics_addr in the ConfigMap");
+    assert_eq!(config["api_socket"], "/run/weft/weft.sock");
+    let ports = agent["ports"].as_array().expect("ports");
+    assert_eq!(ports[0]["containerPort"], port);
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        let get = &agent[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(get["port"], ports[0]["name"], "{probe}");
+    }
+    let service = find(&docs, "Service");
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(service["spec"]["ports"][0]["port"], port);
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().expect("selector") {
+        assert_eq!(&labels[k], v, "the Service selects the agent's pods");
+    }
+    let args = strings(&agent["args"]);
+    assert_eq!(args, ["agent", "--config", "/etc/weft/weft.yaml"]);
+}
+
+/// The agent's configuration file from the ConfigMap.
+fn agent_config(docs: &[Value]) -> Value {
+    let text = find(docs, "ConfigMap")["data"]["weft.yaml"]
+        .as_str()
+        .expect("weft.yaml in the ConfigMap")
+        .to_owned();
+    serde_yaml_ng::from_str(&text).expect("the configuration is YAML")
+}
+
+/// A directory of this test's own (the tests of this file run in parallel).
+fn tempdir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
+    let test = "the_agent_runs_with_the_daemonsets_capabilities_and_configuration";
+    if !require_root(test) {
+        return;
+    }
+    let Some(docs) = rendered_base(test) else {
+        return;
+    };
+    let Some(setpriv) = tool(test, "setpriv", None) else {
+        return;
+    };
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let caps: Vec<String> =
+        strings(&pod["containers"][0]["securityContext"]["capabilities"]["add"])
+            .iter()
+            .map(|c| c.to_lowercase())
+            .collect();
+    // The ConfigMap's configuration, as the agent reads it (the harness's
+    // flags then move the listener and socket to private ones).
+    let dir = tempdir("config");
+    let config = dir.join("weft.yaml");
+    let text = find(&docs, "ConfigMap")["data"]["weft.yaml"]
+        .as_str()
+        .expect("weft.yaml")
+        .to_owned();
+    std::fs::write(&config, &text).expect("write config");
+    let out = weft(&[
+        "agent",
+        "--config",
+        config.to_str().expect("path"),
+        "--print-config",
+    ]);
+    assert!(
+        out.status.success(),
+        "the agent rejects the ConfigMap's configuration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // uid 0 with only the DaemonSet's capabilities, as in the container
+    // (bounding set: nothing else can be regained).
+    let set = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let setpriv = setpriv.to_str().expect("path").to_owned();
+    let wrapper = [
+        setpriv.as_str(),
+        "--bounding-set",
+        &set,
+        "--inh-caps",
+        &set,
+        "--ambient-caps",
+        &set,
+        "--",
+    ];
+    let agent = Agent::start_under(&wrapper, &["--config", config.to_str().expect("path")]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapEff");
+    let bit = |name: &str| match name {
+        "bpf" => 39,
+        "perfmon" => 38,
+        "net_admin" => 12,
+        other => panic!("unexpected capability {other}"),
+    };
+    let want: u64 = caps.iter().map(|c| 1u64 << bit(c)).sum();
+    assert_eq!(eff, want, "the agent runs with exactly {caps:?}");
+
+    // The probes' endpoints.
+    assert_eq!(agent.http_get("/healthz"), Some((200, "ok\n".into())));
+    assert_eq!(agent.http_get("/readyz"), Some((200, "ready\n".into())));
+
+    // The same programs attached as by an agent with every capability,
+    // and TCP traffic is seen.
+    let names = |a: &Agent| {
+        let status = a.status_json().expect("status");
+        let mut names: Vec<String> = status["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .map(|p| format!("{} {}", p["name"], p["attach_point"]))
+            .collect();
+        names.sort();
+        names
+    };
+    let root = Agent::start(&[]);
+    let all = names(&root);
+    drop(root);
+    assert!(!all.is_empty());
+    assert_eq!(names(&agent), all, "programs attached without root");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 4096];
+        let mut got = 0;
+        while got < 4096 {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0);
+            got += n;
+        }
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(&[1u8; 4096]).expect("write");
+    server.join().expect("server");
+    drop(client);
+    let label = format!("destination_port=\"{port}\"");
+    wait_for("the connection's bytes", Duration::from_secs(15), || {
+        (agent.metric_sum("weft_tcp_sent_bytes_total", &[label.as_str()]) == 4096.0).then_some(())
+    });
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

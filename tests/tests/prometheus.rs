@@ -1,0 +1,376 @@
+//! Every PromQL expression of every dashboard panel (and query variable)
+//! runs against a real Prometheus that scraped a real agent, after traffic
+//! of every kind the agent understands at L4: TCP exchanges between lab
+//! namespaces, UDP with replies, a refused connection, SYNs dropped by a
+//! firewall, a bulk upload through a shaper (retransmits, RTT), and HTTP
+//! (curl against Python's http.server). Each expression must return data;
+//! those on L7 families (listed in weft_tests::dashboards::L7_FAMILIES)
+//! must parse and are reported as pending L7 when they have none.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use weft_tests::{
+    agent::Agent,
+    dashboards,
+    lab::{Lab, spawn_in},
+    prometheus::{Prometheus, values},
+    require_root, run, unique_port, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Ports {
+    exchange: u16,
+    bulk: u16,
+    udp: u16,
+    refused: u16,
+    dropped: u16,
+    http: u16,
+}
+
+/// A server that reads `send` bytes and answers `reply` bytes, and a
+/// client that sends, reads to the end and closes.
+fn exchange(lab: &Lab, server: SocketAddr, send: usize, reply: usize) {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
+        let listener = TcpListener::bind(server).expect("bind server");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < send {
+            let n = conn.read(&mut buf).expect("server read");
+            assert!(n > 0);
+            got += n;
+        }
+        conn.write_all(&vec![b'r'; reply]).expect("server write");
+    });
+    ready_rx.recv_timeout(WAIT).expect("server listening");
+    spawn_in(&lab.client_ns, "lab-client", move || {
+        let mut conn = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        conn.write_all(&vec![b's'; send]).expect("client write");
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).expect("client read");
+        assert_eq!(received.len(), reply);
+    })
+    .join()
+    .expect("client");
+    srv.join().expect("server");
+}
+
+/// Datagrams from the client namespace, each echoed by the server.
+fn udp(lab: &Lab, server: SocketAddr, datagrams: usize) {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-udp-server", move || {
+        let sock = UdpSocket::bind(server).expect("bind udp");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        for _ in 0..datagrams {
+            let (n, peer) = sock.recv_from(&mut buf).expect("udp recv");
+            sock.send_to(&buf[..n / 2], peer).expect("udp reply");
+        }
+    });
+    ready_rx.recv_timeout(WAIT).expect("udp server bound");
+    spawn_in(&lab.client_ns, "lab-udp-client", move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut buf = [0u8; 2048];
+        for _ in 0..datagrams {
+            sock.send_to(&[7u8; 1000], server).expect("udp send");
+            sock.recv_from(&mut buf).expect("udp reply");
+        }
+    })
+    .join()
+    .expect("udp client");
+    srv.join().expect("udp server");
+}
+
+/// A bulk upload through the client's shaper: queueing delay (RTT) and
+/// overflow drops (retransmits).
+fn bulk(lab: &Lab, server: SocketAddr) {
+    const BULK: usize = 4_000_000;
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-bulk-server", move || {
+        let listener = TcpListener::bind(server).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < BULK {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0);
+            got += n;
+        }
+        conn.write_all(b"ok").expect("reply");
+    });
+    ready_rx.recv_timeout(WAIT).expect("listening");
+    spawn_in(&lab.client_ns, "lab-bulk-client", move || {
+        let mut c = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        c.write_all(&vec![7u8; BULK]).expect("upload");
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).expect("reply");
+    })
+    .join()
+    .expect("bulk client");
+    srv.join().expect("bulk server");
+}
+
+fn connect_fails(lab: &Lab, server: SocketAddr, timeout: Duration) {
+    spawn_in(&lab.client_ns, "lab-client", move || {
+        TcpStream::connect_timeout(&server, timeout).expect_err("the connection must fail")
+    })
+    .join()
+    .expect("client");
+}
+
+/// A child process ended (SIGTERM, by its pid) when dropped, also when
+/// the test fails.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: ending the server we started, by its pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// curl fetches a page from Python's http.server twice (HTTP/1.1).
+fn http(lab: &Lab, port: u16) {
+    let port_s = port.to_string();
+    let _server = Server(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server_ns,
+                "python3",
+                "-m",
+                "http.server",
+                &port_s,
+            ])
+            .args(["--bind", &lab.server_v4])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 http.server"),
+    );
+    let url = format!("http://{}:{port}/Cargo.toml", lab.server_v4);
+    wait_for("python3 http.server to answer", WAIT, || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.client_ns,
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["-o", "/dev/null", "--max-time", "5", &url, &url])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    });
+}
+
+fn round(lab: &Lab, ports: &Ports) {
+    let v4 = |port| SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
+    exchange(lab, v4(ports.exchange), 200_000, 50_000);
+    udp(lab, v4(ports.udp), 20);
+    connect_fails(lab, v4(ports.refused), WAIT);
+    // The SYN and its retransmission are dropped; the client gives up.
+    connect_fails(lab, v4(ports.dropped), Duration::from_millis(1500));
+    bulk(lab, v4(ports.bulk));
+    http(lab, ports.http);
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    if !require_root("every_dashboard_query_returns_data_from_a_real_prometheus") {
+        return;
+    }
+    let started = Instant::now();
+    let agent = Agent::start(&[]);
+    let prometheus = Prometheus::start(agent.metrics_port);
+    prometheus.wait_for_data(r#"up{job="weft"} == 1"#, WAIT);
+
+    let lab = Lab::new();
+    lab.exec(
+        &lab.client_ns,
+        &[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &lab.client_dev,
+            "root",
+            "tbf",
+            "rate",
+            "20mbit",
+            "burst",
+            "16kb",
+            "latency",
+            "30ms",
+        ],
+    );
+    let ports = Ports {
+        exchange: unique_port(10),
+        bulk: unique_port(11),
+        udp: unique_port(12),
+        refused: unique_port(13),
+        dropped: unique_port(14),
+        http: unique_port(15),
+    };
+    for rule in [
+        "add table inet weftprom",
+        "add chain inet weftprom input { type filter hook input priority 0 ; }",
+        &format!(
+            "add rule inet weftprom input tcp dport {} drop",
+            ports.dropped
+        ),
+    ] {
+        let mut args = vec!["ip", "netns", "exec", &lab.server_ns, "nft"];
+        args.extend(rule.split(' '));
+        run(&args);
+    }
+
+    // Round one creates the series; once Prometheus has scraped them,
+    // round two makes every counter and histogram move inside the rate
+    // windows.
+    round(&lab, &ports);
+    let port = |p: u16| format!(r#"destination_port="{p}""#);
+    prometheus.wait_for_data(
+        &format!(
+            "weft_tcp_connections_opened_total{{{}}} == 1",
+            port(ports.exchange)
+        ),
+        WAIT,
+    );
+    prometheus.wait_for_data(
+        &format!("weft_udp_sent_bytes_total{{{}}}", port(ports.udp)),
+        WAIT,
+    );
+    prometheus.wait_for_data(
+        &format!(
+            "weft_tcp_connections_failed_total{{{}}}",
+            port(ports.dropped)
+        ),
+        WAIT,
+    );
+    round(&lab, &ports);
+    prometheus.wait_for_data(
+        &format!(
+            "weft_tcp_connections_opened_total{{{}}} == 2",
+            port(ports.exchange)
+        ),
+        WAIT,
+    );
+    prometheus.wait_for_data(
+        &format!(
+            "weft_tcp_connections_failed_total{{{}}} == 2",
+            port(ports.dropped)
+        ),
+        WAIT,
+    );
+    prometheus.wait_for_data(
+        &format!("weft_tcp_srtt_seconds_count{{{}}} == 2", port(ports.bulk)),
+        WAIT,
+    );
+    prometheus.wait_for_data(
+        &format!(
+            "increase(weft_udp_received_bytes_total{{{}}}[1m]) > 0",
+            port(ports.udp)
+        ),
+        WAIT,
+    );
+    // A few more scrapes, so that every rate has points after round two.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let queries = dashboards::queries(&dashboards::load());
+    let mut failures = Vec::new();
+    let (mut with_data, mut pending, mut l7_with_data) = (0, 0, 0);
+    for q in &queries {
+        match prometheus.query(&q.promql) {
+            Err(err) => failures.push(format!(
+                "{}: does not run: {err}\n    {}",
+                q.place, q.promql
+            )),
+            Ok(result) => {
+                let vals = values(&result);
+                let has_data = vals.iter().any(|v| !v.is_nan());
+                match (has_data, q.is_l7()) {
+                    (true, l7) => {
+                        with_data += 1;
+                        if l7 {
+                            l7_with_data += 1;
+                            eprintln!("L7 with data: {}", q.place);
+                        }
+                    }
+                    (false, true) => {
+                        pending += 1;
+                        eprintln!("PENDING L7 (parses, no data yet): {}", q.place);
+                    }
+                    (false, false) => failures.push(format!(
+                        "{}: no data ({} samples: {vals:?})\n    {}",
+                        q.place,
+                        result.len(),
+                        q.promql
+                    )),
+                }
+            }
+        }
+    }
+    eprintln!(
+        "dashboard queries: {} in all, {with_data} with data ({l7_with_data} of them L7), \
+         {pending} pending L7, {} failed; {:?} from the agent's start",
+        queries.len(),
+        failures.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} dashboard queries failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(with_data > 40, "only {with_data} queries returned data");
+
+    // The service map's frames carry the fields Grafana's node graph reads.
+    for (query, fields) in [
+        ("[nodes]", &["id", "title"][..]),
+        ("[edges]", &["id", "source", "target"][..]),
+    ] {
+        let q = queries
+            .iter()
+            .find(|q| q.place.ends_with(query))
+            .unwrap_or_else(|| panic!("no {query} query"));
+        let result = prometheus.query(&q.promql).expect("runs");
+        assert!(!result.is_empty(), "{query}: no data");
+        for series in &result {
+            for field in fields {
+                assert!(
+                    series["metric"][field]
+                        .as_str()
+                        .is_some_and(|v| !v.is_empty()),
+                    "{query}: a series without {field}: {series}"
+                );
+            }
+        }
+        let lab_edge = result
+            .iter()
+            .any(|s| s["metric"]["source"] == "lab-client" || s["metric"]["id"] == "lab-client");
+        assert!(
+            lab_edge,
+            "{query}: the lab's client is not on the map: {result:?}"
+        );
+    }
+}
