@@ -356,10 +356,18 @@ impl Run {
         let machine = &self.machine;
         let _ = writeln!(
             w,
-            "Workload: {}. Machine: {}, {} CPUs, {} GiB; Linux {}; {}. Tools: {}.",
+            "`{}` on {} ({:.0} s). Workload: {}. Machine: {}, {} CPUs{}, {} GiB; Linux {}; {}. Tools: {}.",
+            self.command,
+            self.started,
+            self.seconds,
             self.workload.1,
             machine["cpu"].as_str().unwrap_or("?"),
             machine["cpus"],
+            if machine["virtualized"] == true {
+                " (virtual machine)"
+            } else {
+                ""
+            },
             machine["memory_gib"],
             machine["kernel"].as_str().unwrap_or("?"),
             machine["os"].as_str().unwrap_or("?"),
@@ -472,6 +480,7 @@ impl Run {
                 "\n⚠ fell short of the asked rate: overloaded, so its latencies include queueing."
             );
         }
+        self.programs_markdown(w);
         if !self.memory.is_empty() {
             let _ = writeln!(w, "\nweft's memory at the end of each phase (median): ");
             let mut by: BTreeMap<Config, Vec<(f64, f64, f64)>> = BTreeMap::new();
@@ -544,6 +553,59 @@ impl Run {
             let _ = writeln!(w, "\nNote: {note}");
         }
         md
+    }
+}
+
+impl Run {
+    /// Per eBPF program at the first fixed rate: runs and run time per
+    /// request (medians over the rounds).
+    fn programs_markdown(&self, w: &mut String) {
+        let Some(&rate) = self.rates.first() else {
+            return;
+        };
+        let configs: Vec<Config> = self.configs().into_iter().filter(|c| c.is_weft()).collect();
+        let points = |c: Config| {
+            self.measured()
+                .filter(move |p| p.config == c && p.load == Load::Rate(rate))
+        };
+        let mut names: Vec<&String> = configs
+            .iter()
+            .flat_map(|&c| points(c).flat_map(|p| p.cost.bpf.keys()))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "\neBPF programs at {rate} req/s (kernel.bpf_stats_enabled; runs are machine-wide, \
+             so other traffic on the machine adds to them):\n"
+        );
+        let _ = writeln!(w, "| config | program | runs/req | ns/run | ns/req |");
+        let _ = writeln!(w, "|---|---|--:|--:|--:|");
+        for &c in &configs {
+            for name in &names {
+                let stat = |f: &dyn Fn(u64, u64, u64) -> f64| {
+                    median(
+                        points(c)
+                            .filter_map(|p| {
+                                let &(ns, runs) = p.cost.bpf.get(*name)?;
+                                Some(f(ns, runs, p.outcome.ok.max(1)))
+                            })
+                            .collect(),
+                    )
+                };
+                let runs = stat(&|_, runs, ok| runs as f64 / ok as f64);
+                let per_run = stat(&|ns, runs, _| ns as f64 / runs.max(1) as f64);
+                let per_req = stat(&|ns, _, ok| ns as f64 / ok as f64);
+                let _ = writeln!(
+                    w,
+                    "| {} | {name} | {runs:.2} | {per_run:.0} | {per_req:.0} |",
+                    c.id()
+                );
+            }
+        }
     }
 }
 
