@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN
-    /// and CAP_SYS_ADMIN).
+    /// Run the agent (needs root, or CAP_BPF, CAP_PERFMON and
+    /// CAP_NET_ADMIN; CAP_SYS_ADMIN too if tracefs or bpffs is not mounted).
     Agent(AgentArgs),
     /// Show recent and live flows from the local agent.
     Flows(FlowsArgs),
