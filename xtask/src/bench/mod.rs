@@ -182,6 +182,13 @@ pub fn bench(options: &Options) -> Result<()> {
         b0_max: 0.0,
         rates: Vec::new(),
         skipped: Vec::new(),
+        modes: match &l7 {
+            Some(switch) => vec![
+                (Config::B1, switch.off.describe()),
+                (Config::B2, switch.on.describe()),
+            ],
+            None => vec![(Config::B1, "the defaults (this weft has no L7)".into())],
+        },
         points: Vec::new(),
         memory: Vec::new(),
         weft_status: BTreeMap::new(),

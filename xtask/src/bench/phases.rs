@@ -12,7 +12,7 @@ use super::lab::Lab;
 use super::load::{Load, Outcome};
 use super::measure::{BpfObjects, Cost, Snapshot};
 use super::proc::{Proc, check_interrupted, pause};
-use super::weft::{Agent, L7Switch};
+use super::weft::{Agent, L7Switch, Mode};
 use super::workloads::{Shape, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -102,13 +102,14 @@ impl Running {
         match config {
             Config::B0 => {}
             Config::B1 | Config::B2 => {
-                let args = match (config, ctx.l7) {
-                    (Config::B2, Some(switch)) => switch.on.as_slice(),
+                let off = Mode::default();
+                let mode = match (config, ctx.l7) {
+                    (Config::B2, Some(switch)) => &switch.on,
                     (Config::B2, None) => anyhow::bail!("{}", super::weft::NO_L7),
-                    (_, Some(switch)) => switch.off.as_slice(),
-                    (_, None) => &[],
+                    (_, Some(switch)) => &switch.off,
+                    (_, None) => &off,
                 };
-                running.agent = Some(Agent::start(ctx.weft_bin, lab, args)?);
+                running.agent = Some(Agent::start(ctx.weft_bin, lab, mode)?);
             }
             Config::S1 => {
                 // Like a mesh's sidecars, without the iptables redirect (the

@@ -31,6 +31,8 @@ pub struct Run {
     pub rates: Vec<u32>,
     /// Configurations not run, and why.
     pub skipped: Vec<(Config, String)>,
+    /// How weft was started in B1 and B2.
+    pub modes: Vec<(Config, String)>,
     pub points: Vec<Point>,
     /// weft's memory at the end of each phase: (config, RSS, peak, maps) KiB.
     pub memory: Vec<(Config, u64, u64, u64)>,
@@ -341,6 +343,7 @@ impl Run {
             "calibration": {"b0_max_rate": round(self.b0_max, 1), "rates": self.rates},
             "configs": Config::ALL.iter().map(|c| json!({"id": c.id(), "description": c.describe()})).collect::<Vec<_>>(),
             "skipped": skipped,
+            "weft_modes": self.modes.iter().map(|(c, m)| (c.id().to_owned(), json!(m))).collect::<serde_json::Map<_, _>>(),
             "results": results,
             "weft_memory": memory,
             "weft_status": self.weft_status.iter().map(|(c, v)| (c.id().to_owned(), v.clone())).collect::<serde_json::Map<_, _>>(),
@@ -385,6 +388,15 @@ impl Run {
              B0's closed-loop maximum at calibration: {:.0} req/s.\n",
             self.b0_max
         );
+        let modes: Vec<String> = self
+            .modes
+            .iter()
+            .filter(|(c, _)| self.configs().contains(c))
+            .map(|(c, m)| format!("{} runs weft with {m}", c.id()))
+            .collect();
+        if !modes.is_empty() {
+            let _ = writeln!(w, "{}.\n", modes.join("; "));
+        }
         for (config, why) in &self.skipped {
             let _ = writeln!(
                 w,

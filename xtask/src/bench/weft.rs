@@ -17,31 +17,74 @@ use super::measure::BpfObjects;
 use super::proc::{Proc, wait_for};
 use crate::cmd::read;
 
-/// How weft's L7 is switched, as far as this binary's `weft agent --help`
-/// tells. The bench runs B1 with `off` and B2 with `on`.
+/// How weft is started in one configuration: extra arguments and, when
+/// set, a configuration file (YAML) passed with `--config`.
+#[derive(Clone, Debug, Default)]
+pub struct Mode {
+    pub args: Vec<String>,
+    pub config: Option<String>,
+}
+
+impl Mode {
+    /// For the report: what this mode changes.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.args.is_empty() {
+            parts.push(format!("arguments `{}`", self.args.join(" ")));
+        }
+        if let Some(config) = &self.config {
+            parts.push(format!("configuration `{}`", config.trim()));
+        }
+        if parts.is_empty() {
+            "the defaults".to_owned()
+        } else {
+            parts.join(" and ")
+        }
+    }
+}
+
+/// How weft's L7 is switched: B1 runs `off`, B2 runs `on`.
 #[derive(Clone, Debug)]
 pub struct L7Switch {
-    pub on: Vec<String>,
-    pub off: Vec<String>,
+    pub on: Mode,
+    pub off: Mode,
 }
 
 /// Why B2 does not run on an agent without L7.
-pub const NO_L7: &str = "this weft has no L7 yet (no `--l7` or `--no-l7` in `weft agent --help`); \
-                         B2 runs once the L7 issue has landed";
+pub const NO_L7: &str = "this weft has no L7 (no `l7_capture_bytes` in `weft agent --print-config`, \
+                         no `--l7` or `--no-l7` in `weft agent --help`)";
 
-/// Finds how to turn L7 on and off: the explicit `--weft-l7-args` /
-/// `--weft-l4-args` of the bench win; else the flags `--l7` (off by
-/// default) or `--no-l7` (on by default) when `weft agent --help` lists
-/// them. `Ok(None)`: this agent has no L7 (B1 runs it as it is, B2 cannot
-/// run). An error when the help mentions L7 with another switch: B1 could
-/// not be sure to run L4 only. When L7 lands with another switch, teach it
-/// here or pass the arguments.
+/// Finds how to turn L7 on and off. The bench's `--weft-l7-args` /
+/// `--weft-l4-args` win; else the configuration field `l7_capture_bytes`
+/// (0 turns L7 off; on by default) when `weft agent --print-config` shows
+/// it; else the flags `--l7` (off by default) or `--no-l7` (on by default)
+/// when `weft agent --help` lists them. `Ok(None)`: this agent has no L7
+/// (B1 runs it as it is; B2 cannot run). An error when L7 is mentioned with
+/// another switch: B1 could not be sure to run L4 only. When the switch
+/// changes, teach it here or pass the arguments.
 pub fn l7_switch(bin: &Path, on: Option<&str>, off: Option<&str>) -> Result<Option<L7Switch>> {
-    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect();
+    let args = |s: Option<&str>| Mode {
+        args: s
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        config: None,
+    };
     if on.is_some() || off.is_some() {
         return Ok(Some(L7Switch {
-            on: on.map(words).unwrap_or_default(),
-            off: off.map(words).unwrap_or_default(),
+            on: args(on),
+            off: args(off),
+        }));
+    }
+    let config = read(Command::new(bin).args(["agent", "--print-config"]))?;
+    if config.lines().any(|l| l.starts_with("l7_capture_bytes:")) {
+        return Ok(Some(L7Switch {
+            on: Mode::default(),
+            off: Mode {
+                args: Vec::new(),
+                config: Some("l7_capture_bytes: 0\n".into()),
+            },
         }));
     }
     let help = read(Command::new(bin).args(["agent", "--help"]))?;
@@ -51,20 +94,20 @@ pub fn l7_switch(bin: &Path, on: Option<&str>, off: Option<&str>) -> Result<Opti
     };
     if has("--no-l7") {
         return Ok(Some(L7Switch {
-            on: vec![],
-            off: vec!["--no-l7".into()],
+            on: Mode::default(),
+            off: args(Some("--no-l7")),
         }));
     }
     if has("--l7") {
         return Ok(Some(L7Switch {
-            on: vec!["--l7".into()],
-            off: vec![],
+            on: args(Some("--l7")),
+            off: Mode::default(),
         }));
     }
-    if help.to_ascii_lowercase().contains("l7") {
+    if (help + &config).to_ascii_lowercase().contains("l7") {
         bail!(
-            "`weft agent --help` mentions L7 but has neither `--l7` nor `--no-l7`: \
-             pass the switches with --weft-l7-args and --weft-l4-args"
+            "weft mentions L7 in `agent --help` or `agent --print-config` but the bench does not \
+             know its switch: pass it with --weft-l7-args and --weft-l4-args"
         );
     }
     Ok(None)
@@ -91,7 +134,7 @@ pub struct Counters {
 impl Agent {
     /// Starts `weft agent ARGS` and waits until it serves metrics (its
     /// programs are attached by then).
-    pub fn start(bin: &Path, lab: &Lab, args: &[String]) -> Result<Self> {
+    pub fn start(bin: &Path, lab: &Lab, mode: &Mode) -> Result<Self> {
         let metrics = free_port()?;
         let socket = lab.dir.join("weft.sock");
         let mut argv: Vec<String> = vec![
@@ -102,7 +145,12 @@ impl Agent {
             "--api-socket".into(),
             socket.display().to_string(),
         ];
-        argv.extend(args.iter().cloned());
+        if let Some(config) = &mode.config {
+            let path = lab.dir.join("weft.yaml");
+            std::fs::write(&path, config)?;
+            argv.extend(["--config".into(), path.display().to_string()]);
+        }
+        argv.extend(mode.args.iter().cloned());
         let procs = lab.agent_cgroup.join("cgroup.procs");
         let log = lab.dir.join("weft.log");
         let mut agent = Agent {
