@@ -21,7 +21,9 @@ impl FlowTable {
     /// One captured read or write.
     pub fn handle_data(&mut self, rec: &DataRecord) {
         let Some(view) = self.socket_view(&rec.header) else {
-            self.l7_unattributed += 1;
+            if !self.is_own_traffic(&rec.header) {
+                self.l7_unattributed += 1;
+            }
             return;
         };
         let role = SocketRole {
@@ -134,15 +136,33 @@ impl FlowTable {
         } else {
             (remote, local)
         };
+        let key = FlowKey {
+            transport,
+            client,
+            server,
+        };
+        if self.tcp.is_ignored(&key) {
+            return None;
+        }
         Some(SocketView {
-            key: FlowKey {
-                transport,
-                client,
-                server,
-            },
+            key,
             is_client,
             client: is_client.then_some(owner),
             server: (!is_client).then_some(owner),
+        })
+    }
+}
+
+impl FlowTable {
+    /// Records of the agent's own connections are dropped on purpose.
+    fn is_own_traffic(&self, h: &DataHeader) -> bool {
+        let (local, remote) = addr::endpoints(&h.tuple);
+        [local, remote].into_iter().any(|server| {
+            self.tcp.is_ignored(&FlowKey {
+                transport: Transport::Tcp,
+                client: local,
+                server,
+            })
         })
     }
 }

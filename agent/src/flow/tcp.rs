@@ -142,7 +142,8 @@ impl TcpTracker {
         })
     }
 
-    fn is_ignored(&self, key: &FlowKey) -> bool {
+    /// The agent's own connections (its metrics endpoint).
+    pub fn is_ignored(&self, key: &FlowKey) -> bool {
         self.ignored.iter().any(|a| {
             a.port() == key.server.port() && (a.ip().is_unspecified() || a.ip() == key.server.ip())
         })

@@ -46,8 +46,11 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
     let off = &config().offsets;
     let protocol: u16 = field(ctx, off.len_protocol)?;
     let sk: u64 = field(ctx, off.len_sk)?;
-    // Tell the payload capture that the syscall in progress is on a socket.
-    crate::capture::mark_socket(sk, protocol);
+    // Tell the payload capture that the syscall in progress is on a TCP or
+    // UDP socket (unix sockets and the rest are not for the L7 parsers).
+    if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
+        crate::capture::mark_socket(sk, protocol);
+    }
     if protocol != IPPROTO_TCP as u16 {
         // UDP is counted per datagram by the cgroup_skb programs.
         return Ok(());
