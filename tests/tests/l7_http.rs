@@ -126,6 +126,18 @@ fn http1_requests_from_both_sides() {
     assert!(latency >= 100_000, "slow request took only {latency} µs");
     assert!(latency < 2_000_000, "slow request took {latency} µs");
 
+    // The L7 filters of `weft flows`.
+    let not_found = agent.flows(&["--port", &port_s, "--http-status", "4xx", "--all"]);
+    assert_eq!(
+        not_found.len(),
+        2,
+        "one 404 seen from each side: {not_found:#?}"
+    );
+    let users = agent.flows(&["--port", &port_s, "--http-path", "/users/", "--all"]);
+    assert_eq!(users.len(), 4, "{users:#?}");
+    let out = agent.client(&["flows", "--http-status", "600"]);
+    assert_eq!(out.status.code(), Some(2));
+
     let port_label = format!("server_port=\"{port}\"");
     let route = "http_route=\"/users/{id}\"";
     assert_eq!(

@@ -95,13 +95,22 @@ pub struct FilterArgs {
     /// forwarded, dropped, redirected
     #[arg(long, value_name = "VERDICT", value_delimiter = ',')]
     pub verdict: Vec<String>,
+    /// HTTP status code (404) or class (5xx) of L7 records
+    #[arg(long, value_name = "CODE", value_delimiter = ',')]
+    pub http_status: Vec<String>,
+    /// HTTP path prefix of L7 records (/api/)
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',')]
+    pub http_path: Vec<String>,
+    /// DNS name of L7 records (matches subdomains too)
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub dns_query: Vec<String>,
 }
 
 impl FilterArgs {
     /// Validates every value; the first bad one is the error.
     pub fn to_filter(&self) -> Result<FlowFilter, FilterError> {
         type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
-        let kinds: [(&[String], Add); 8] = [
+        let kinds: [(&[String], Add); 11] = [
             (&self.protocol, FlowFilter::add_protocol),
             (&self.ip, FlowFilter::add_ip),
             (&self.port, FlowFilter::add_port),
@@ -110,6 +119,9 @@ impl FilterArgs {
             (&self.pod, FlowFilter::add_pod),
             (&self.namespace, FlowFilter::add_namespace),
             (&self.verdict, FlowFilter::add_verdict),
+            (&self.http_status, FlowFilter::add_http_status),
+            (&self.http_path, FlowFilter::add_http_path),
+            (&self.dns_query, FlowFilter::add_dns_query),
         ];
         let mut filter = FlowFilter::default();
         for (values, add) in kinds {

@@ -10,6 +10,8 @@
 //! Semantics: kinds combine with AND, values of one kind with OR, an empty
 //! kind does not constrain. Every endpoint filter matches either side.
 
+mod l7;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -99,6 +101,7 @@ pub struct FlowFilter {
     pods: Vec<PodFilter>,
     namespaces: Vec<String>,
     verdicts: Vec<Verdict>,
+    l7: l7::L7Filter,
 }
 
 /// Trims a value and rejects an empty one (`--process ""`, `tcp,,udp`),
@@ -235,8 +238,27 @@ impl FlowFilter {
         Ok(())
     }
 
+    /// `--http-status`: a code or a class (`5xx`).
+    pub fn add_http_status(&mut self, value: &str) -> Result<(), FilterError> {
+        self.l7.add_http_status(value)
+    }
+
+    /// `--http-path`: a path prefix.
+    pub fn add_http_path(&mut self, value: &str) -> Result<(), FilterError> {
+        self.l7.add_http_path(value)
+    }
+
+    /// `--dns-query`: a name and its subdomains.
+    pub fn add_dns_query(&mut self, value: &str) -> Result<(), FilterError> {
+        self.l7.add_dns_query(value)
+    }
+
     /// Whether `record` passes: every constrained kind has a matching value.
     pub fn matches(&self, record: &FlowRecord) -> bool {
+        self.l7.matches(record) && self.l4_matches(record)
+    }
+
+    fn l4_matches(&self, record: &FlowRecord) -> bool {
         let sides = [&record.source, &record.destination];
         let any_side = |pred: &dyn Fn(&Endpoint) -> bool| sides.iter().any(|e| pred(e));
 
@@ -305,6 +327,15 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
         for v in &raw.verdict {
             filter.add_verdict(v)?;
         }
+        for v in &raw.http_status {
+            filter.add_http_status(v)?;
+        }
+        for v in &raw.http_path {
+            filter.add_http_path(v)?;
+        }
+        for v in &raw.dns_query {
+            filter.add_dns_query(v)?;
+        }
         Ok(filter)
     }
 }
@@ -324,6 +355,9 @@ impl From<&FlowFilter> for proto::FlowFilter {
                 .iter()
                 .map(|v| verdict_name(*v).to_owned())
                 .collect(),
+            http_status: filter.l7.statuses(),
+            http_path: filter.l7.paths(),
+            dns_query: filter.l7.dns_queries(),
         }
     }
 }
