@@ -149,6 +149,9 @@ fn oha(lab: &Lab, url: &str, load: Load, shape: Shape, seconds: u64) -> Result<O
         output.display().to_string(),
         "-z".into(),
         format!("{seconds}s"),
+        // Requests in flight at the deadline finish instead of being cut
+        // off: a cut-off request is an unanswered one to weft's L7.
+        "-w".into(),
         "-c".into(),
         shape.connections.to_string(),
     ];
