@@ -286,6 +286,7 @@ impl FlowTable {
                 self.pipeline.decode_errors.load(Ordering::Relaxed),
             ),
             ("tcp_events", "flow_table_full", self.tcp.rejected),
+            ("tcp_events", "close_lost", self.tcp.closes_lost),
             ("udp_packet", "flow_table_full", self.udp.rejected),
             (
                 "l7_data",

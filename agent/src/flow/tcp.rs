@@ -105,6 +105,10 @@ pub struct TcpTracker {
     sockets: HashMap<u64, FlowKey>,
     /// Connections not tracked because the table was full.
     pub rejected: u64,
+    /// Sockets closed by the poll because their close event was lost.
+    pub closes_lost: u64,
+    /// Open sockets missing from the kernel's table, and on how many polls.
+    missing: HashMap<u64, u8>,
     /// Servers whose connections are the agent's own (its metrics port).
     ignored: Vec<std::net::SocketAddr>,
 }
@@ -116,6 +120,8 @@ impl TcpTracker {
             conns: HashMap::new(),
             sockets: HashMap::new(),
             rejected: 0,
+            closes_lost: 0,
+            missing: HashMap::new(),
             ignored,
         }
     }
@@ -270,6 +276,50 @@ impl TcpTracker {
         }
     }
 
+    /// The kernel removes a socket from its table when it closes, and
+    /// tells us through the ring. A socket missing from the table on two
+    /// polls in a row whose close never came had its close event lost (the
+    /// ring was full): it is closed here with its last figures and counted,
+    /// so that the table never keeps dead connections.
+    fn close_vanished(
+        &mut self,
+        present: &std::collections::HashSet<u64>,
+        now_ns: u64,
+        out: &mut Emitter,
+    ) {
+        let mut gone = Vec::new();
+        for &sk in self.sockets.keys() {
+            if present.contains(&sk) {
+                self.missing.remove(&sk);
+                continue;
+            }
+            let misses = self.missing.entry(sk).or_insert(0);
+            *misses += 1;
+            if *misses >= 2 {
+                gone.push(sk);
+            }
+        }
+        for sk in gone {
+            self.missing.remove(&sk);
+            self.closes_lost += 1;
+            let Some(key) = self.sockets.remove(&sk) else {
+                continue;
+            };
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
+                if end.sk == sk {
+                    end.closed = true;
+                }
+            }
+            conn.closed_ns = conn.closed_ns.max(now_ns);
+            if conn.ends().all(|e| e.closed) {
+                self.finish(&key, out);
+            }
+        }
+    }
+
     fn finish(&mut self, key: &FlowKey, out: &mut Emitter) {
         if let Some(mut conn) = self.conns.remove(key) {
             let ts = conn.closed_ns;
@@ -285,10 +335,12 @@ impl TcpTracker {
         kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
         out: &mut Emitter,
     ) {
+        let mut present = std::collections::HashSet::with_capacity(self.sockets.len());
         for (sk, state) in kernel {
             let Some(key) = self.sockets.get(&sk) else {
                 continue;
             };
+            present.insert(sk);
             if let Some(conn) = self.conns.get_mut(key) {
                 for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
                     if end.sk == sk && !end.closed {
@@ -297,6 +349,7 @@ impl TcpTracker {
                 }
             }
         }
+        self.close_vanished(&present, now_ns, out);
         let mut due = Vec::new();
         for (key, conn) in &mut self.conns {
             if let Some(at) = conn.close_at_ns {
@@ -383,4 +436,74 @@ fn failed(key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
         failure: Some(failure),
     };
     out.emit(&obs, &mut Exported::default());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use weft_common::{AF_INET, SockTuple, conn::CONN_ESTABLISHED};
+
+    use super::*;
+    use crate::{
+        enrich::Enricher,
+        export::{labels::LabelBudget, metrics::Metrics},
+        flow::{filter::FlowFilter, store::FlowStore},
+    };
+
+    fn emitter(store: &Arc<FlowStore>) -> Emitter {
+        let (_, l4, _, _) = Metrics::new();
+        Emitter::new(store.clone(), l4, LabelBudget::new(10), Enricher::new(None))
+    }
+
+    fn open_event(sk: u64) -> TcpEvent {
+        let tuple = SockTuple {
+            local_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            local_port: 40000,
+            remote_port: 80,
+            family: AF_INET,
+            _pad: 0,
+        };
+        TcpEvent {
+            kind: EVENT_TCP_OPEN,
+            sk,
+            ts_ns: 1_000,
+            conn: TcpConn {
+                tuple,
+                flags: CONN_ACTIVE | CONN_ESTABLISHED,
+                bytes_sent: 10,
+                ..TcpConn::default()
+            },
+            ..TcpEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_socket_whose_close_was_lost_is_closed_after_two_polls() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let settings = TcpSettings {
+            update_interval_ns: u64::MAX,
+            close_grace_ns: 0,
+            capacity: 10,
+        };
+        let mut t = TcpTracker::new(settings, Vec::new());
+        let ev = open_event(7);
+        t.handle(&ev, &mut out);
+        assert_eq!(t.len(), 1);
+        // Present in the kernel's table: nothing happens.
+        t.tick(2_000, &mut std::iter::once((7, ev.conn)), &mut out);
+        // Missing once: could be a close still in the ring.
+        t.tick(3_000, &mut std::iter::empty(), &mut out);
+        assert_eq!(t.len(), 1);
+        // Missing twice: closed, and counted.
+        t.tick(4_000, &mut std::iter::empty(), &mut out);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.closes_lost, 1);
+        let records = store.query(&FlowFilter::default(), None, None);
+        let events: Vec<_> = records.iter().map(|r| r.event).collect();
+        assert_eq!(events, [FlowEvent::Open, FlowEvent::Close]);
+        assert_eq!(records[1].bytes_sent, 10);
+    }
 }
