@@ -56,6 +56,8 @@ pub struct Cost {
     /// weft's events read and lost over the point (agent configurations).
     pub events: Option<f64>,
     pub lost: Option<BTreeMap<String, f64>>,
+    /// L7 requests weft recorded over the point.
+    pub l7_requests: Option<f64>,
     /// weft's resident memory at the end of the point, KiB.
     pub agent_rss_kib: Option<u64>,
 }
@@ -100,6 +102,7 @@ impl Snapshot {
             foreign_programs: self.foreign_programs.max(after.foreign_programs),
             events: None,
             lost: None,
+            l7_requests: None,
             agent_rss_kib: None,
         }
     }
@@ -109,6 +112,7 @@ impl Cost {
     /// Adds the agent's counters between `before` and `after`.
     pub fn with_counters(mut self, before: &Counters, after: &Counters) -> Self {
         self.events = Some(after.events - before.events);
+        self.l7_requests = Some(after.l7_requests - before.l7_requests);
         let lost = after
             .lost
             .iter()
@@ -178,6 +182,8 @@ impl Cost {
             "foreign_weft_programs": self.foreign_programs,
             "weft_events": self.events,
             "weft_events_lost": self.lost,
+            "weft_l7_requests": self.l7_requests,
+            "weft_l7_requests_per_request": self.l7_requests.map(per),
             "weft_rss_kib": self.agent_rss_kib,
         })
     }

@@ -56,6 +56,8 @@ struct Summary {
     bpf_ns: f64,
     events_per_s: Option<f64>,
     lost: Option<f64>,
+    /// L7 records weft wrote per request (2 when it sees both sides).
+    l7_per_request: Option<f64>,
     /// Against B0 of the same round (medians of the per-round figures).
     added: Option<Latency>,
     system_cpu_ratio: Option<f64>,
@@ -149,6 +151,8 @@ impl Run {
             events_per_s: weft
                 .then(|| m(&|p| p.cost.events.unwrap_or(f64::NAN) / p.cost.seconds.max(1e-9))),
             lost: weft.then(|| points.iter().filter_map(|p| p.cost.lost_total()).sum()),
+            l7_per_request: weft
+                .then(|| m(&|p| per_request(p.cost.l7_requests.unwrap_or(f64::NAN), p))),
             added,
             system_cpu_ratio: paired(&|p, b| system(p) / system(b)),
             lab_cpu_ratio: paired(&|p, b| lab(p) / lab(b)),
@@ -304,6 +308,7 @@ impl Run {
                         },
                         "bpf_ns_per_request": r(s.bpf_ns),
                         "weft_events_per_second": s.events_per_s.map(r),
+                        "weft_l7_records_per_request": s.l7_per_request.map(r),
                     },
                     "errors": s.errors,
                     "weft_events_lost": s.lost,
@@ -490,6 +495,23 @@ impl Run {
             let _ = writeln!(
                 w,
                 "\n⚠ fell short of the asked rate: overloaded, so its latencies include queueing."
+            );
+        }
+        let l7: Vec<String> = self
+            .configs()
+            .into_iter()
+            .filter(|c| c.is_weft())
+            .filter_map(|c| {
+                let s = self.summary(c, Load::Rate(*self.rates.first()?))?;
+                Some(format!("{} {:.2}", c.id(), s.l7_per_request?))
+            })
+            .collect();
+        if !l7.is_empty() {
+            let _ = writeln!(
+                w,
+                "\nL7 records per request at {} req/s (2 when weft sees both the client's and the server's side): {}.",
+                self.rates.first().copied().unwrap_or(0),
+                l7.join(", ")
             );
         }
         self.programs_markdown(w);

@@ -129,6 +129,10 @@ pub struct Counters {
     pub events: f64,
     /// `weft_events_lost_total`, per `source/stage`.
     pub lost: BTreeMap<String, f64>,
+    /// L7 requests recorded: the counts of the OpenTelemetry duration
+    /// histograms (`http_server_request_duration_seconds`, ...). A request
+    /// between two pods of this node is recorded twice (client, server).
+    pub l7_requests: f64,
 }
 
 impl Agent {
@@ -241,6 +245,9 @@ fn parse_counters(page: &str) -> Counters {
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
         match name {
             "weft_events_total" => counters.events += value,
+            l7 if l7.ends_with("_duration_seconds_count") && !l7.starts_with("weft_") => {
+                counters.l7_requests += value;
+            }
             "weft_events_lost_total" => {
                 let label = |key: &str| {
                     labels
@@ -295,9 +302,13 @@ mod tests {
                     weft_events_total{source=\"udp_packet\"} 5\n\
                     weft_events_lost_total{source=\"tcp_events\",stage=\"kernel_ring\"} 3\n\
                     weft_events_lost_total{source=\"udp_packet\",stage=\"flow_table_full\"} 0\n\
-                    weft_events_lost_created 1.7e9\n";
+                    weft_events_lost_created 1.7e9\n\
+                    http_server_request_duration_seconds_count{http_request_method=\"GET\"} 7\n\
+                    http_client_request_duration_seconds_count{http_request_method=\"GET\"} 6\n\
+                    http_server_request_duration_seconds_bucket{le=\"+Inf\"} 7\n";
         let counters = parse_counters(page);
         assert_eq!(counters.events, 15.0);
+        assert_eq!(counters.l7_requests, 13.0);
         assert_eq!(counters.lost["tcp_events/kernel_ring"], 3.0);
         assert_eq!(counters.lost["udp_packet/flow_table_full"], 0.0);
     }
