@@ -1,16 +1,15 @@
 //! The payload ring reader: records of the `DATA` ring (a `DataHeader` and
-//! a snippet of payload) for the L7 engine. Same shape as the lifecycle
-//! reader: drain on readiness, decode with length checks, hand off through
-//! a bounded queue, count what does not fit.
+//! a snippet of payload) for the L7 engine, decoded with length checks and
+//! handed off through a bounded queue; what does not fit is counted.
 
 use std::sync::{Arc, atomic::Ordering};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weft_common::data::DataHeader;
 
-use super::{PipelineCounters, decode::DecodeError};
+use super::{PipelineCounters, decode::DecodeError, drain::drain};
 
 /// One captured read or write.
 #[derive(Debug, Clone)]
@@ -49,32 +48,21 @@ pub async fn read_data(
     counters: Arc<PipelineCounters>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let interest = tokio::io::Interest::READABLE;
-    // SAFETY: the ring buffer owns its fd and moves into the AsyncFd.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, interest) }
-        .map_err(|err| std::io::Error::other(err.to_string()))?;
-    loop {
-        let mut guard = tokio::select! {
-            guard = fd.readable_mut() => guard?,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            counters.data_read.fetch_add(1, Ordering::Relaxed);
-            match decode(&item) {
-                Ok(record) => {
-                    if out.try_send(record).is_err() {
-                        counters.data_queue_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(err) => {
-                    counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("{err}");
+    drain(ring, shutdown, |bytes| {
+        counters.data_read.fetch_add(1, Ordering::Relaxed);
+        match decode(bytes) {
+            Ok(record) => {
+                if out.try_send(record).is_err() {
+                    counters.data_queue_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Err(err) => {
+                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("{err}");
+            }
         }
-        guard.clear_ready();
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod decode;
+pub mod drain;
 pub mod ring;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -38,6 +38,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod owner;
 #[cfg(target_arch = "bpf")]
+mod report;
+#[cfg(target_arch = "bpf")]
 mod resets;
 #[cfg(target_arch = "bpf")]
 mod sock_io;

@@ -7,16 +7,16 @@
 //! `struct sockaddr_in`/`sockaddr_in6` describing the reset itself (source
 //! = this host).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use weft_common::{
     AF_INET, AF_INET6, SockTuple,
-    conn::{CONN_AGENT, TcpConn},
+    conn::CONN_AGENT,
     counters::index,
-    event::{EVENT_TCP_RESET_RECEIVED, EVENT_TCP_RESET_SENT, TcpEvent},
+    event::{EVENT_TCP_RESET_RECEIVED, EVENT_TCP_RESET_SENT},
 };
 
 use crate::{
-    maps::{EVENTS, TCP_CONNS, config, count},
+    maps::{TCP_CONNS, config, count},
     tp::{Skip, field},
 };
 
@@ -106,26 +106,5 @@ fn emit_reset(sk: u64, tuple: SockTuple, kind: u32) {
             crate::atomic::add_u32(counter, 1);
         }
     }
-    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
-        count(index::LOST_RING_TCP);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is the reserved entry; every field is written.
-    unsafe {
-        (*ev).kind = kind;
-        (*ev)._pad = 0;
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).sk = sk;
-        match conn {
-            Some(conn) => core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1),
-            None => {
-                (*ev).conn = TcpConn {
-                    tuple,
-                    ..TcpConn::default()
-                }
-            }
-        }
-    }
-    entry.submit(0);
+    crate::report::send(kind, sk, conn.map(|c| c.cast_const()), tuple);
 }

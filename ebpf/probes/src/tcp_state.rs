@@ -12,11 +12,11 @@ use weft_common::{
         TcpConn, tcp_state,
     },
     counters::index,
-    event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN, TcpEvent},
+    event::{EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN},
 };
 
 use crate::{
-    maps::{EVENTS, TCP_CONNS, TCP_LISTENERS, config, count},
+    maps::{TCP_CONNS, TCP_LISTENERS, config, count},
     owner,
     tp::{Skip, field},
 };
@@ -177,21 +177,7 @@ fn emit(sk: u64, conn: *const TcpConn, kind: u32) {
     if unsafe { (*conn).flags } & CONN_AGENT != 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
-        count(index::LOST_RING_TCP);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is the reserved entry, large enough for a TcpEvent;
-    // every field is written before submit.
-    unsafe {
-        (*ev).kind = kind;
-        (*ev)._pad = 0;
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).sk = sk;
-        core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1);
-    }
-    entry.submit(0);
+    crate::report::send(kind, sk, Some(conn), SockTuple::default());
 }
 
 /// The socket's address pair from the tracepoint record.

@@ -1,0 +1,36 @@
+//! Lifecycle events to the agent through the `EVENTS` ring buffer.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent};
+
+use crate::maps::{EVENTS, count};
+
+/// Sends one event: a snapshot of the socket's state when it is tracked
+/// (`conn`), else just the address pair. A full ring is counted.
+#[inline(always)]
+pub fn send(kind: u32, sk: u64, conn: Option<*const TcpConn>, tuple: SockTuple) {
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(index::LOST_RING_TCP);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved entry, large enough for a TcpEvent;
+    // every field is written before submit. `conn` points into a map value
+    // that outlives this call.
+    unsafe {
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).sk = sk;
+        match conn {
+            Some(conn) => core::ptr::copy_nonoverlapping(conn, &raw mut (*ev).conn, 1),
+            None => {
+                (*ev).conn = TcpConn {
+                    tuple,
+                    ..TcpConn::default()
+                }
+            }
+        }
+    }
+    entry.submit(0);
+}
