@@ -196,9 +196,7 @@ fn detect_stage(
     };
     match weft_l7::detect(&first_bytes) {
         Ok(protocol) => start_session(protocol, pending, limits, privacy, out, counters),
-        Err(Detection::NeedMore)
-            if pending.len() < DETECT_CHUNKS && bytes.len() < DETECT_BYTES =>
-        {
+        Err(Detection::NeedMore) if pending.len() < DETECT_CHUNKS && bytes.len() < DETECT_BYTES => {
             Stage::Detecting(pending)
         }
         Err(_) => Stage::Off,

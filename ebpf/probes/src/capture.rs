@@ -20,8 +20,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -135,10 +134,11 @@ fn first_buffer(args: &SyscallArgs) -> Result<(u64, u64, u64), i64> {
         kind::RECVMSG | kind::SENDMSG => {
             // struct user_msghdr: msg_name at 0, msg_iov at 16 (UAPI).
             // SAFETY: reading user memory through the checked helper.
-            let name: u64 = unsafe { bpf_probe_read_user(args.buf as *const u64) }.map_err(|e| e as i64)?;
+            let name: u64 =
+                unsafe { bpf_probe_read_user(args.buf as *const u64) }.map_err(|e| e as i64)?;
             // SAFETY: as above.
-            let iov: u64 =
-                unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }.map_err(|e| e as i64)?;
+            let iov: u64 = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }
+                .map_err(|e| e as i64)?;
             let first = read_iovec(iov)?;
             Ok((first.0, first.1, name))
         }
@@ -149,7 +149,8 @@ fn first_buffer(args: &SyscallArgs) -> Result<(u64, u64, u64), i64> {
 /// `struct iovec { void *iov_base; size_t iov_len; }` at `ptr`.
 fn read_iovec(ptr: u64) -> Result<(u64, u64), i64> {
     // SAFETY: reading user memory through the checked helper.
-    let iov: [u64; 2] = unsafe { bpf_probe_read_user(ptr as *const [u64; 2]) }.map_err(|e| e as i64)?;
+    let iov: [u64; 2] =
+        unsafe { bpf_probe_read_user(ptr as *const [u64; 2]) }.map_err(|e| e as i64)?;
     Ok((iov[0], iov[1]))
 }
 
@@ -171,10 +172,13 @@ fn sock_tuple(sk: u64) -> SockTuple {
         t.local_port = bpf_probe_read_kernel(at(o.num).cast::<u16>()).unwrap_or(0);
         t.remote_port = u16::from_be(bpf_probe_read_kernel(at(o.dport).cast::<u16>()).unwrap_or(0));
         if t.family == AF_INET6 {
-            t.local_addr = bpf_probe_read_kernel(at(o.v6_rcv_saddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
-            t.remote_addr = bpf_probe_read_kernel(at(o.v6_daddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+            t.local_addr =
+                bpf_probe_read_kernel(at(o.v6_rcv_saddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+            t.remote_addr =
+                bpf_probe_read_kernel(at(o.v6_daddr).cast::<[u8; 16]>()).unwrap_or([0; 16]);
         } else {
-            let l: [u8; 4] = bpf_probe_read_kernel(at(o.rcv_saddr).cast::<[u8; 4]>()).unwrap_or([0; 4]);
+            let l: [u8; 4] =
+                bpf_probe_read_kernel(at(o.rcv_saddr).cast::<[u8; 4]>()).unwrap_or([0; 4]);
             let r: [u8; 4] = bpf_probe_read_kernel(at(o.daddr).cast::<[u8; 4]>()).unwrap_or([0; 4]);
             t.local_addr[..4].copy_from_slice(&l);
             t.remote_addr[..4].copy_from_slice(&r);
