@@ -130,8 +130,22 @@ impl Cost {
         self.bpf.values().map(|(ns, _)| ns).sum()
     }
 
+    /// Events lost for want of capacity (rings, queues, tables, budgets).
     pub fn lost_total(&self) -> Option<f64> {
-        self.lost.as_ref().map(|l| l.values().sum())
+        self.lost_where(|key| !is_parse_error(key))
+    }
+
+    /// L7 streams weft could not frame: weft counts them in
+    /// `weft_events_lost_total{stage="parse_error"}`, but they are not
+    /// events dropped for want of capacity, so the bench keeps them apart.
+    pub fn parse_errors(&self) -> Option<f64> {
+        self.lost_where(is_parse_error)
+    }
+
+    fn lost_where(&self, keep: impl Fn(&str) -> bool) -> Option<f64> {
+        self.lost
+            .as_ref()
+            .map(|l| l.iter().filter(|(k, _)| keep(k)).map(|(_, v)| v).sum())
     }
 
     /// The JSON of this cost, with per-request figures for `requests`.
@@ -187,6 +201,10 @@ impl Cost {
             "weft_rss_kib": self.agent_rss_kib,
         })
     }
+}
+
+fn is_parse_error(key: &str) -> bool {
+    key.ends_with("/parse_error")
 }
 
 /// Busy and total time of all CPUs from the first line of /proc/stat, in

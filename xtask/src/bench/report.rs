@@ -56,6 +56,7 @@ struct Summary {
     bpf_ns: f64,
     events_per_s: Option<f64>,
     lost: Option<f64>,
+    parse_errors: Option<f64>,
     /// L7 records weft wrote per request (2 when it sees both sides).
     l7_per_request: Option<f64>,
     /// Against B0 of the same round (medians of the per-round figures).
@@ -151,6 +152,7 @@ impl Run {
             events_per_s: weft
                 .then(|| m(&|p| p.cost.events.unwrap_or(f64::NAN) / p.cost.seconds.max(1e-9))),
             lost: weft.then(|| points.iter().filter_map(|p| p.cost.lost_total()).sum()),
+            parse_errors: weft.then(|| points.iter().filter_map(|p| p.cost.parse_errors()).sum()),
             l7_per_request: weft
                 .then(|| m(&|p| per_request(p.cost.l7_requests.unwrap_or(f64::NAN), p))),
             added,
@@ -312,6 +314,7 @@ impl Run {
                     },
                     "errors": s.errors,
                     "weft_events_lost": s.lost,
+                    "weft_l7_parse_errors": s.parse_errors,
                     "vs_b0": {
                         "added_latency_us": s.added.map(lat),
                         "cpu_per_request_ratio": {
@@ -487,7 +490,11 @@ impl Run {
                     } else {
                         "-".into()
                     },
-                    s.lost.map_or("-".into(), |l| format!("{l}")),
+                    match (s.lost, s.parse_errors) {
+                        (Some(l), Some(e)) if e > 0.0 => format!("{l} (+{e} L7 parse errors)"),
+                        (Some(l), _) => format!("{l}"),
+                        _ => "-".into(),
+                    },
                 );
             }
         }
@@ -591,8 +598,9 @@ impl Run {
 }
 
 impl Run {
-    /// Per eBPF program at the first fixed rate: runs and run time per
-    /// request (medians over the rounds).
+    /// Per eBPF program at the first fixed rate: runs per request, time per
+    /// run and per request (medians over the rounds), one column group per
+    /// agent configuration.
     fn programs_markdown(&self, w: &mut String) {
         let Some(&rate) = self.rates.first() else {
             return;
@@ -616,10 +624,18 @@ impl Run {
             "\neBPF programs at {rate} req/s (kernel.bpf_stats_enabled; runs are machine-wide, \
              so other traffic on the machine adds to them):\n"
         );
-        let _ = writeln!(w, "| config | program | runs/req | ns/run | ns/req |");
-        let _ = writeln!(w, "|---|---|--:|--:|--:|");
-        for &c in &configs {
-            for name in &names {
+        let mut header = "| program |".to_owned();
+        let mut rule = "|---|".to_owned();
+        for c in &configs {
+            let id = c.id();
+            let _ = write!(header, " {id} runs/req | {id} ns/run | {id} ns/req |");
+            rule.push_str("--:|--:|--:|");
+        }
+        let _ = writeln!(w, "{header}\n{rule}");
+        let mut totals = vec![0.0; configs.len()];
+        for name in &names {
+            let mut row = format!("| {name} |");
+            for (i, &c) in configs.iter().enumerate() {
                 let stat = |f: &dyn Fn(u64, u64, u64) -> f64| {
                     median(
                         points(c)
@@ -630,16 +646,23 @@ impl Run {
                             .collect(),
                     )
                 };
+                let per_req = stat(&|ns, _, ok| ns as f64 / ok as f64);
+                if per_req.is_nan() {
+                    row.push_str(" - | - | - |");
+                    continue;
+                }
+                totals[i] += per_req;
                 let runs = stat(&|_, runs, ok| runs as f64 / ok as f64);
                 let per_run = stat(&|ns, runs, _| ns as f64 / runs.max(1) as f64);
-                let per_req = stat(&|ns, _, ok| ns as f64 / ok as f64);
-                let _ = writeln!(
-                    w,
-                    "| {} | {name} | {runs:.2} | {per_run:.0} | {per_req:.0} |",
-                    c.id()
-                );
+                let _ = write!(row, " {runs:.2} | {per_run:.0} | {per_req:.0} |");
             }
+            let _ = writeln!(w, "{row}");
         }
+        let mut row = "| all |".to_owned();
+        for total in totals {
+            let _ = write!(row, " | | {total:.0} |");
+        }
+        let _ = writeln!(w, "{row}");
     }
 }
 

@@ -114,7 +114,9 @@ impl Series {
                     "errors": p.outcome.errors,
                     "p99_us": round(p.outcome.latency.p99, 1),
                     "weft_events_per_second": round(events / p.cost.seconds.max(1e-9), 1),
-                    "weft_events_lost": p.cost.lost,
+                    "weft_events_lost": p.cost.lost_total(),
+                    "weft_l7_parse_errors": p.cost.parse_errors(),
+                    "weft_events_lost_by_stage": p.cost.lost,
                 })
             })
             .collect();
