@@ -523,7 +523,11 @@ impl Run {
         }
         self.programs_markdown(w);
         if !self.memory.is_empty() {
-            let _ = writeln!(w, "\nweft's memory at the end of each phase (median): ");
+            let _ = writeln!(
+                w,
+                "\nweft's memory at the end of each phase (medians):\n\n\
+                 | config | RSS MiB | peak RSS MiB | BPF maps MiB |\n|---|--:|--:|--:|"
+            );
             let mut by: BTreeMap<Config, Vec<(f64, f64, f64)>> = BTreeMap::new();
             for (c, rss, peak, maps) in &self.memory {
                 by.entry(*c)
@@ -535,7 +539,7 @@ impl Run {
                     |f: fn(&(f64, f64, f64)) -> f64| median(xs.iter().map(f).collect()) / 1024.0;
                 let _ = writeln!(
                     w,
-                    "{} RSS {:.1} MiB (peak {:.1} MiB), BPF maps {:.1} MiB;",
+                    "| {} | {:.1} | {:.1} | {:.1} |",
                     c.id(),
                     m(|x| x.0),
                     m(|x| x.1),
@@ -565,7 +569,14 @@ impl Run {
                     s.config.id(),
                     s.name,
                     s.last_clean.map_or("-".into(), |r| r.to_string()),
-                    s.knee.map_or("none".into(), |r| r.to_string()),
+                    s.knee.map_or("none".into(), |r| {
+                        let delivered = s
+                            .steps
+                            .iter()
+                            .find(|p| p.load == Load::Rate(r))
+                            .map_or(0.0, |p| p.outcome.achieved_rate());
+                        format!("{r} ({delivered:.0} delivered)")
+                    }),
                     s.stopped_because
                 );
             }
@@ -616,13 +627,20 @@ impl Run {
             .collect();
         names.sort();
         names.dedup();
+        // Programs that never ran (hooks this workload does not use) are
+        // left out.
+        names.retain(|name| {
+            configs.iter().any(|&c| {
+                points(c).any(|p| p.cost.bpf.get(*name).is_some_and(|&(_, runs)| runs > 0))
+            })
+        });
         if names.is_empty() {
             return;
         }
         let _ = writeln!(
             w,
             "\neBPF programs at {rate} req/s (kernel.bpf_stats_enabled; runs are machine-wide, \
-             so other traffic on the machine adds to them):\n"
+             so other traffic on the machine adds to them; programs that did not run are left out):\n"
         );
         let mut header = "| program |".to_owned();
         let mut rule = "|---|".to_owned();
