@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// Metric families of the L7 parsers (spec.md, OpenTelemetry names).
-/// Panels on them are "pending L7" until the agent exports them.
-pub const L7_FAMILIES: &[&str] = &[
-    "http_server_request_duration_seconds",
-    "http_client_request_duration_seconds",
+/// Metric families of the L7 parsers (spec.md, OpenTelemetry names) that
+/// the dashboard test drives no traffic for yet: panels on them must parse,
+/// and are reported as "pending L7" when they have no data. (HTTP is not
+/// among them: the test runs curl against Python's http.server, and the
+/// HTTP panels must show it.)
+pub const L7_PENDING: &[&str] = &[
     "rpc_server_call_duration_seconds",
     "rpc_client_call_duration_seconds",
     "db_client_operation_duration_seconds",
@@ -47,9 +48,9 @@ pub struct Query {
 }
 
 impl Query {
-    /// Whether the expression uses an L7 family.
-    pub fn is_l7(&self) -> bool {
-        L7_FAMILIES.iter().any(|f| self.expr.contains(f))
+    /// Whether the expression uses an L7 family listed as pending.
+    pub fn is_pending_l7(&self) -> bool {
+        L7_PENDING.iter().any(|f| self.expr.contains(f))
     }
 }
 
