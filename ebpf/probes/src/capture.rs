@@ -92,7 +92,7 @@ fn enter(ctx: &TracePointContext, kind: u32) {
 /// Called from the socket tracepoints during a data syscall: the fd is a
 /// socket, and this is it.
 #[inline(always)]
-pub fn mark_socket(sk: u64, protocol: u16) {
+pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool) {
     let tid = bpf_get_current_pid_tgid();
     if let Some(args) = SYSCALL_ARGS.get_ptr_mut(&tid) {
         // SAFETY: a valid pointer into the map value of this thread.
@@ -100,7 +100,41 @@ pub fn mark_socket(sk: u64, protocol: u16) {
             (*args).sk = sk;
             (*args).protocol = protocol as u32;
         }
+        return;
     }
+    // Bytes moved by a syscall this module does not follow (sendfile,
+    // splice, io_uring...): their content is not seen, but the parsers
+    // must know that they passed, or a response body sent with sendfile
+    // would be mistaken for the next message.
+    if len > 0 && config().snippet_bytes != 0 && !crate::owner::is_agent() {
+        let _ = emit_uncaptured(sk, tid, protocol, len as u64, recv);
+    }
+}
+
+/// A record with no payload: `total_len` bytes passed uncaptured.
+fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> Result<(), i64> {
+    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: this CPU's scratch record.
+    unsafe {
+        let h = &raw mut (*scratch).header;
+        (*h).sk = sk;
+        (*h).ts_ns = bpf_ktime_get_ns();
+        (*h).pid = (tid >> 32) as u32;
+        (*h).tid = tid as u32;
+        (*h).total_len = total.min(u32::MAX as u64) as u32;
+        (*h).captured_len = 0;
+        (*h).direction = if recv { DIR_RECV } else { DIR_SEND };
+        (*h).protocol = protocol as u8;
+        (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*h).peer = [0; 28];
+        (*h).tuple = sock_tuple(sk);
+        if DATA.output::<DataHeader>(&*h, 0).is_err() {
+            count(index::LOST_RING_DATA);
+        } else {
+            count(index::DATA);
+        }
+    }
+    Ok(())
 }
 
 fn exit(ctx: &TracePointContext) {

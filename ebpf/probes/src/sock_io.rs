@@ -46,25 +46,26 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
     let off = &config().offsets;
     let protocol: u16 = field(ctx, off.len_protocol)?;
     let sk: u64 = field(ctx, off.len_sk)?;
+    let ret: i32 = field(ctx, off.len_ret)?;
+    // Peeked data will be read again: neither counted nor captured now.
+    if dir == Direction::Recv {
+        let flags: i32 = field(ctx, off.len_flags)?;
+        if flags & MSG_PEEK != 0 {
+            return Ok(());
+        }
+    }
     // Tell the payload capture that the syscall in progress is on a TCP or
     // UDP socket (unix sockets and the rest are not for the L7 parsers).
     if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
-        crate::capture::mark_socket(sk, protocol);
+        crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv);
     }
     if protocol != IPPROTO_TCP as u16 {
         // UDP is counted per datagram by the cgroup_skb programs.
         return Ok(());
     }
     count(index::SOCK_IO);
-    let ret: i32 = field(ctx, off.len_ret)?;
     if ret <= 0 {
         return Ok(());
-    }
-    if dir == Direction::Recv {
-        let flags: i32 = field(ctx, off.len_flags)?;
-        if flags & MSG_PEEK != 0 {
-            return Ok(());
-        }
     }
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         return Ok(());
