@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 
-use weft_common::{IPPROTO_UDP, Owner, data::DataHeader};
+use weft_common::{
+    IPPROTO_UDP, Owner, SockTuple,
+    data::{DIR_SEND, DataHeader},
+};
 
 use super::{
     addr::{self, FlowKey},
@@ -14,12 +17,37 @@ use super::{
 };
 use crate::{events::data::DataRecord, l7::SocketRole};
 
-/// How long a closed socket's stream waits for its last payload records.
+/// How long a closed socket's stream waits for its last payload records,
+/// at least: also until payload records written after the close have been
+/// read (the payload ring may lag behind the events under load) ...
 const L7_CLOSE_DELAY_NS: u64 = 500_000_000;
+/// ... but no longer than this on a node where no payload comes after it.
+const L7_CLOSE_MAX_WAIT_NS: u64 = 10_000_000_000;
+
+/// A closed socket whose stream waits for late payload records.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing {
+    view: SocketView,
+    /// The socket's addresses, as its close event names them.
+    tuple: SockTuple,
+    /// When it closed (kernel clock).
+    ts_ns: u64,
+    /// The earliest time to end its stream (monotonic clock).
+    due_ns: u64,
+}
+
+impl Closing {
+    /// Whether a stream with addresses `tuple` (from payload records) is
+    /// this socket's.
+    fn owns(&self, tuple: &SockTuple) -> bool {
+        tuple.family == 0 || addr::endpoints(tuple) == addr::endpoints(&self.tuple)
+    }
+}
 
 impl FlowTable {
     /// One captured read or write.
     pub fn handle_data(&mut self, rec: &DataRecord) {
+        self.l7.saw(rec.header.ts_ns);
         let Some(view) = self.socket_view(&rec.header) else {
             if !self.is_own_traffic(&rec.header) {
                 self.l7_unattributed += 1;
@@ -29,6 +57,10 @@ impl FlowTable {
         let role = SocketRole {
             is_client: view.is_client,
             server_port: view.key.server.port(),
+            transport: match view.key.transport {
+                Transport::Udp => weft_l7::Transport::Datagram,
+                Transport::Tcp => weft_l7::Transport::Stream,
+            },
         };
         let mut out = Vec::new();
         self.l7.feed(&rec.header, &rec.payload, role, &mut out);
@@ -37,46 +69,81 @@ impl FlowTable {
 
     /// A TCP socket closed. Its last reads may still be in the payload
     /// ring (a separate ring, read by another task), so the stream stays
-    /// open for `L7_CLOSE_DELAY`, named by the socket's last view.
-    pub fn stream_closing(&mut self, sk: u64, ts_ns: u64, view: Option<SocketView>) {
+    /// open for `L7_CLOSE_DELAY_NS` and until the payload records have
+    /// caught up with the close, named by the socket's last view.
+    pub fn stream_closing(
+        &mut self,
+        sk: u64,
+        ts_ns: u64,
+        tuple: &SockTuple,
+        view: Option<SocketView>,
+    ) {
         match view {
             Some(view) => {
-                let due = super::clock::mono_now_ns() + L7_CLOSE_DELAY_NS;
-                self.l7_closing.insert(sk, (view, ts_ns, due));
+                let due_ns = super::clock::mono_now_ns() + L7_CLOSE_DELAY_NS;
+                self.l7_closing.entry(sk).or_default().push(Closing {
+                    view,
+                    tuple: *tuple,
+                    ts_ns,
+                    due_ns,
+                });
             }
-            None => self.close_stream(sk, ts_ns, None),
+            None => {
+                let mut out = Vec::new();
+                let tuple = *tuple;
+                let own =
+                    |t: &SockTuple| t.family == 0 || addr::endpoints(t) == addr::endpoints(&tuple);
+                self.l7.close(sk, own, ts_ns, &mut out);
+            }
         }
     }
 
-    /// A socket was opened: if its address belonged to a socket still
-    /// closing, that stream ends now.
+    /// A socket was opened. Streams of closed sockets at the same kernel
+    /// address are told apart by their addresses and keep waiting; only
+    /// without them (no socket layout) do they end now, as the new
+    /// socket's records could not be told from theirs.
     pub fn stream_opened(&mut self, sk: u64) {
-        if let Some((view, ts_ns, _)) = self.l7_closing.remove(&sk) {
-            self.close_stream(sk, ts_ns, Some(view));
+        if !self.l7.untold(sk) {
+            return;
+        }
+        for closing in self.l7_closing.remove(&sk).unwrap_or_default() {
+            self.close_stream(sk, closing);
         }
     }
 
-    /// Ends the streams whose close delay has passed.
+    /// Ends the streams whose close delay has passed and whose last
+    /// payload records have been read.
     pub fn close_due_streams(&mut self, now_ns: u64) {
-        let due: Vec<u64> = self
+        let caught_up = self.l7.data_ts_ns();
+        let due = |c: &Closing| {
+            c.due_ns <= now_ns
+                && (caught_up >= c.ts_ns || now_ns >= c.due_ns + L7_CLOSE_MAX_WAIT_NS)
+        };
+        let sks: Vec<u64> = self
             .l7_closing
             .iter()
-            .filter(|(_, (_, _, at))| *at <= now_ns)
+            .filter(|(_, list)| list.iter().any(due))
             .map(|(sk, _)| *sk)
             .collect();
-        for sk in due {
-            if let Some((view, ts_ns, _)) = self.l7_closing.remove(&sk) {
-                self.close_stream(sk, ts_ns, Some(view));
+        for sk in sks {
+            let Some(list) = self.l7_closing.remove(&sk) else {
+                continue;
+            };
+            let (ended, waiting): (Vec<Closing>, Vec<Closing>) = list.into_iter().partition(due);
+            if !waiting.is_empty() {
+                self.l7_closing.insert(sk, waiting);
+            }
+            for closing in ended {
+                self.close_stream(sk, closing);
             }
         }
     }
 
-    fn close_stream(&mut self, sk: u64, ts_ns: u64, view: Option<SocketView>) {
+    fn close_stream(&mut self, sk: u64, closing: Closing) {
         let mut out = Vec::new();
-        self.l7.close(sk, ts_ns, &mut out);
-        if let Some(view) = view {
-            self.emit_exchanges(&view, out);
-        }
+        self.l7
+            .close(sk, |t| closing.owns(t), closing.ts_ns, &mut out);
+        self.emit_exchanges(&closing.view, out);
     }
 
     fn emit_exchanges(&mut self, view: &SocketView, out: Vec<weft_l7::Exchange>) {
@@ -100,13 +167,30 @@ impl FlowTable {
     /// Which connection a record belongs to: the TCP tracker knows the
     /// sockets it saw being established; for the others (UDP, connections
     /// older than the agent) the socket's own addresses, read by the kernel
-    /// program, name it, and the lower port is taken for the server's.
+    /// program, name it. A UDP socket is the client when it sent before it
+    /// received (as for UDP flows); for TCP connections older than the
+    /// agent the lower port is taken for the server's.
+    ///
+    /// A view found by the socket's kernel address is only trusted when the
+    /// record's own addresses agree with it: the kernel reuses a freed
+    /// socket's memory at once, and payload records come through another
+    /// ring than lifecycle events, so a record of a new socket can arrive
+    /// while the address still names the old one's connection (still
+    /// tracked, or closing), and records of an old socket can arrive after
+    /// a new one took its address.
     fn socket_view(&self, h: &DataHeader) -> Option<SocketView> {
-        if let Some(view) = self.tcp.socket_view(h.sk) {
+        if let Some(view) = self.tcp.socket_view(h.sk)
+            && same_socket(&view, &h.tuple)
+        {
             return Some(view);
         }
-        if let Some((view, _, _)) = self.l7_closing.get(&h.sk) {
-            return Some(*view);
+        // The most recently closed socket at this address that is this one.
+        if let Some(closing) = self
+            .l7_closing
+            .get(&h.sk)
+            .and_then(|list| list.iter().rev().find(|c| same_socket(&c.view, &h.tuple)))
+        {
+            return Some(closing.view);
         }
         if h.tuple.family == 0 {
             return None;
@@ -124,7 +208,14 @@ impl FlowTable {
         if remote.port() == 0 || local.port() == 0 {
             return None;
         }
-        let is_client = local.port() > remote.port();
+        let is_client = match transport {
+            // This record is the socket's first unless it has a stream.
+            Transport::Udp => self
+                .l7
+                .first_sent(h.sk, &h.tuple)
+                .unwrap_or(h.direction == DIR_SEND),
+            Transport::Tcp => local.port() > remote.port(),
+        };
         let owner = Owner {
             pid: h.pid,
             tid: h.tid,
@@ -167,6 +258,22 @@ impl FlowTable {
     }
 }
 
+/// Whether a record's socket addresses (read by the kernel program at the
+/// read/write) are those of `view`'s end of its connection. Without them
+/// (no BTF layout) the view cannot be checked and is trusted.
+fn same_socket(view: &SocketView, tuple: &SockTuple) -> bool {
+    if tuple.family == 0 {
+        return true;
+    }
+    let (local, remote) = addr::endpoints(tuple);
+    let (mine, peer) = if view.is_client {
+        (view.key.client, view.key.server)
+    } else {
+        (view.key.server, view.key.client)
+    };
+    local == mine && remote == peer
+}
+
 /// A `struct sockaddr_in`/`sockaddr_in6` copied from user memory.
 fn sockaddr(raw: &[u8; 28]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([raw[0], raw[1]]);
@@ -197,5 +304,48 @@ mod tests {
         raw[4..8].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(sockaddr(&raw), Some("10.0.0.1:53".parse().unwrap()));
         assert_eq!(sockaddr(&[0u8; 28]), None);
+    }
+
+    fn tuple(local: ([u8; 4], u16), remote: ([u8; 4], u16)) -> SockTuple {
+        let mut t = SockTuple {
+            family: weft_common::AF_INET,
+            local_port: local.1,
+            remote_port: remote.1,
+            ..SockTuple::default()
+        };
+        t.local_addr[..4].copy_from_slice(&local.0);
+        t.remote_addr[..4].copy_from_slice(&remote.0);
+        t
+    }
+
+    #[test]
+    fn a_reused_socket_address_is_not_its_old_connection() {
+        let view = SocketView {
+            key: FlowKey {
+                transport: Transport::Tcp,
+                client: "10.0.0.1:40000".parse().unwrap(),
+                server: "10.0.0.2:6379".parse().unwrap(),
+            },
+            is_client: true,
+            client: None,
+            server: None,
+        };
+        let client = tuple(([10, 0, 0, 1], 40000), ([10, 0, 0, 2], 6379));
+        assert!(same_socket(&view, &client));
+        // The server's socket of the same connection is not the client's.
+        let server = tuple(([10, 0, 0, 2], 6379), ([10, 0, 0, 1], 40000));
+        assert!(!same_socket(&view, &server));
+        assert!(same_socket(
+            &SocketView {
+                is_client: false,
+                ..view
+            },
+            &server
+        ));
+        // Another connection at the same kernel address.
+        let other = tuple(([127, 0, 0, 1], 35680), ([127, 0, 0, 1], 15006));
+        assert!(!same_socket(&view, &other));
+        // Without the socket layout there is nothing to compare.
+        assert!(same_socket(&view, &SockTuple::default()));
     }
 }

@@ -78,9 +78,9 @@ pub struct FlowTable {
     pub l7_metrics: crate::export::l7_metrics::L7Metrics,
     /// Payload records whose socket could not be named.
     pub l7_unattributed: u64,
-    /// Closed sockets whose L7 stream waits for late payload records:
-    /// (view, close time, when to end the stream).
-    pub l7_closing: std::collections::HashMap<u64, (super::tcp::SocketView, u64, u64)>,
+    /// Closed sockets whose L7 stream waits for late payload records, by
+    /// kernel socket address (several when the address was reused).
+    pub l7_closing: std::collections::HashMap<u64, Vec<super::requests::Closing>>,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -106,19 +106,26 @@ impl FlowTable {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased, in this order: the once-a-second tick cannot be
+            // starved, and lifecycle events go before payload records
+            // waiting at the same time. A connection's open event precedes
+            // its payload in the kernel but comes through another ring;
+            // taken first, it names both ends (processes) of the
+            // connection in the L7 records of its first requests.
             tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let report = self.poll(&mut seen, started);
+                    status.send_replace(report);
+                    self.ready.set_ready();
+                }
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle_event(&ev),
                     None => return,
                 },
                 // Closed (never sent on) when L7 capture is off.
                 Some(rec) = data.recv() => self.handle_data(&rec),
-                _ = tick.tick() => {
-                    let report = self.poll(&mut seen, started);
-                    status.send_replace(report);
-                    self.ready.set_ready();
-                }
-                () = shutdown.cancelled() => return,
             }
         }
     }
@@ -133,7 +140,7 @@ impl FlowTable {
         }
         self.tcp.handle(ev, &mut self.emitter);
         if closing {
-            self.stream_closing(ev.sk, ev.ts_ns, view);
+            self.stream_closing(ev.sk, ev.ts_ns, &ev.conn.tuple, view);
         }
     }
 

@@ -6,10 +6,19 @@
 //! order. Memory is bounded: a fixed number of streams, a bounded
 //! detection buffer, and the sessions' own limits. A session that errors is
 //! switched off for its connection (counted), never retried byte by byte.
+//!
+//! A socket is its kernel address *and* its addresses (from the kernel's
+//! `sock_common`): the kernel reuses a freed socket's memory at once, and
+//! payload records come through another ring than lifecycle events, so the
+//! last reads of a closed connection can arrive after the first writes of
+//! a new one at the same kernel address. Each keeps its own stream.
 
 use std::collections::HashMap;
 
-use weft_common::data::{DIR_SEND, DataHeader};
+use weft_common::{
+    SockTuple,
+    data::{DIR_SEND, DataHeader},
+};
 use weft_l7::{
     Chunk, Direction, Exchange, Limits, Privacy, Protocol, Session, Transport,
     detect::{Detection, FirstBytes},
@@ -18,13 +27,20 @@ use weft_l7::{
 /// Bytes and chunks kept while detecting.
 const DETECT_BYTES: usize = 1024;
 const DETECT_CHUNKS: usize = 8;
+/// Streams kept per kernel socket address: the live socket and the last
+/// ones closed there whose records may still be on their way.
+const STREAMS_PER_ADDRESS: usize = 4;
 
 /// What the engine needs to know about the socket a record came from.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketRole {
-    /// The socket is the connection's client (it connected).
+    /// The socket is the connection's client (it connected, or sent the
+    /// first datagram).
     pub is_client: bool,
     pub server_port: u16,
+    /// TCP is a byte stream; over UDP each read/write is one datagram,
+    /// one message (DNS).
+    pub transport: Transport,
 }
 
 enum Stage {
@@ -44,6 +60,11 @@ struct Pending {
 struct Stream {
     stage: Stage,
     last_ns: u64,
+    /// The socket's addresses when the stream began (zero without the
+    /// kernel's socket layout).
+    tuple: SockTuple,
+    /// The socket's first captured read/write was a write.
+    first_sent: bool,
 }
 
 /// Counters for the status report and metrics.
@@ -55,8 +76,12 @@ pub struct L7Counters {
 }
 
 pub struct L7Engine {
-    streams: HashMap<u64, Stream>,
+    /// By kernel socket address; one stream per set of socket addresses.
+    streams: HashMap<u64, Vec<Stream>>,
+    count: usize,
     capacity: usize,
+    /// The latest timestamp of a payload record seen.
+    data_ts_ns: u64,
     limits: Limits,
     privacy: Privacy,
     pub counters: L7Counters,
@@ -66,7 +91,9 @@ impl L7Engine {
     pub fn new(capacity: usize, limits: Limits, privacy: Privacy) -> Self {
         Self {
             streams: HashMap::new(),
+            count: 0,
             capacity,
+            data_ts_ns: 0,
             limits,
             privacy,
             counters: L7Counters::default(),
@@ -74,11 +101,23 @@ impl L7Engine {
     }
 
     pub fn len(&self) -> usize {
-        self.streams.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.count == 0
+    }
+
+    /// A payload record was read (whether or not it is attributed).
+    pub fn saw(&mut self, ts_ns: u64) {
+        self.data_ts_ns = self.data_ts_ns.max(ts_ns);
+    }
+
+    /// The latest payload record's timestamp: records of sockets closed
+    /// before it have been read, give or take the ring's small reordering
+    /// between CPUs.
+    pub fn data_ts_ns(&self) -> u64 {
+        self.data_ts_ns
     }
 
     /// Feeds one captured read/write of socket `header.sk`.
@@ -97,19 +136,12 @@ impl L7Engine {
             Direction::ToClient
         };
         let truncated = (header.total_len as usize).saturating_sub(payload.len());
-        if !self.streams.contains_key(&header.sk) {
-            if self.streams.len() >= self.capacity {
-                self.evict_oldest();
-            }
-            self.streams.insert(
-                header.sk,
-                Stream {
-                    stage: Stage::Detecting(Vec::new()),
-                    last_ns: header.ts_ns,
-                },
-            );
-        }
-        let Some(stream) = self.streams.get_mut(&header.sk) else {
+        self.ensure_stream(header, sent);
+        let Some(stream) = self
+            .streams
+            .get_mut(&header.sk)
+            .and_then(|l| l.iter_mut().find(|s| s.tuple == header.tuple))
+        else {
             return;
         };
         stream.last_ns = header.ts_ns;
@@ -148,19 +180,99 @@ impl L7Engine {
         self.counters.exchanges += out.len() as u64;
     }
 
-    /// The socket closed: flush and forget its stream.
-    pub fn close(&mut self, sk: u64, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if let Some(mut stream) = self.streams.remove(&sk)
-            && let Stage::Parsing(session) = &mut stream.stage
-        {
-            session.close(ts_ns, out);
-            self.counters.exchanges += out.len() as u64;
+    /// Makes the stream of the record's socket when it is new.
+    fn ensure_stream(&mut self, header: &DataHeader, sent: bool) {
+        let here = self.streams.get(&header.sk);
+        if here.is_some_and(|l| l.iter().any(|s| s.tuple == header.tuple)) {
+            return;
         }
+        let crowded = here.is_some_and(|l| l.len() >= STREAMS_PER_ADDRESS);
+        if crowded {
+            self.evict(|sk, _| sk == header.sk);
+        }
+        if self.count >= self.capacity {
+            self.evict(|_, _| true);
+        }
+        self.streams.entry(header.sk).or_default().push(Stream {
+            stage: Stage::Detecting(Vec::new()),
+            last_ns: header.ts_ns,
+            tuple: header.tuple,
+            first_sent: sent,
+        });
+        self.count += 1;
     }
 
-    fn evict_oldest(&mut self) {
-        if let Some((&sk, _)) = self.streams.iter().min_by_key(|(_, s)| s.last_ns) {
+    /// Whether socket `sk` (with addresses `tuple`) wrote before it read,
+    /// as far as captured; `None` when it has no stream yet. A UDP socket
+    /// that sends first is a client (the rule of the UDP flows), one that
+    /// receives first a server: unlike the port numbers, this holds for
+    /// servers on high ports.
+    pub fn first_sent(&self, sk: u64, tuple: &SockTuple) -> Option<bool> {
+        self.streams
+            .get(&sk)?
+            .iter()
+            .find(|s| s.tuple == *tuple)
+            .map(|s| s.first_sent)
+    }
+
+    /// Whether a stream at `sk` has no socket addresses (the kernel's
+    /// layout is unknown), so that sockets reusing the address cannot be
+    /// told apart.
+    pub fn untold(&self, sk: u64) -> bool {
+        self.streams
+            .get(&sk)
+            .is_some_and(|l| l.iter().any(|s| s.tuple.family == 0))
+    }
+
+    /// The socket closed: flush and forget the streams at `sk` whose
+    /// addresses are the socket's (`its`).
+    pub fn close(
+        &mut self,
+        sk: u64,
+        its: impl Fn(&SockTuple) -> bool,
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(list) = self.streams.get_mut(&sk) else {
+            return;
+        };
+        let before = out.len();
+        let mut i = 0;
+        while i < list.len() {
+            if its(&list[i].tuple) {
+                let mut stream = list.swap_remove(i);
+                self.count -= 1;
+                if let Stage::Parsing(session) = &mut stream.stage {
+                    session.close(ts_ns, out);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if list.is_empty() {
             self.streams.remove(&sk);
+        }
+        self.counters.exchanges += (out.len() - before) as u64;
+    }
+
+    /// Drops the least recently used stream among those `among` selects
+    /// (by kernel address and addresses).
+    fn evict(&mut self, among: impl Fn(u64, &SockTuple) -> bool) {
+        let oldest = self
+            .streams
+            .iter()
+            .flat_map(|(&sk, l)| l.iter().enumerate().map(move |(i, s)| (sk, i, s)))
+            .filter(|(sk, _, s)| among(*sk, &s.tuple))
+            .min_by_key(|(_, _, s)| s.last_ns)
+            .map(|(sk, i, _)| (sk, i));
+        if let Some((sk, i)) = oldest
+            && let Some(list) = self.streams.get_mut(&sk)
+        {
+            list.swap_remove(i);
+            if list.is_empty() {
+                self.streams.remove(&sk);
+            }
+            self.count -= 1;
             self.counters.streams_evicted += 1;
         }
     }
@@ -176,14 +288,15 @@ fn detect_stage(
     out: &mut Vec<Exchange>,
     counters: &mut L7Counters,
 ) -> Stage {
-    // Detection looks at the first direction that spoke, contiguous bytes.
+    // Detection looks at the first direction that spoke, contiguous bytes
+    // (over UDP: its first datagram, which is a whole message).
     let Some(first) = pending.first() else {
         return Stage::Detecting(pending);
     };
     let mut bytes = Vec::new();
     for p in pending.iter().filter(|p| p.direction == first.direction) {
         bytes.extend_from_slice(&p.data);
-        if p.truncated > 0 || bytes.len() >= DETECT_BYTES {
+        if p.truncated > 0 || bytes.len() >= DETECT_BYTES || role.transport == Transport::Datagram {
             break;
         }
     }
@@ -191,11 +304,11 @@ fn detect_stage(
     let first_bytes = FirstBytes {
         direction: first.direction,
         data: &bytes,
-        transport: Transport::Stream,
+        transport: role.transport,
         server_port: role.server_port,
     };
     match weft_l7::detect(&first_bytes) {
-        Ok(protocol) => start_session(protocol, pending, limits, privacy, out, counters),
+        Ok(protocol) => start_session(protocol, role, pending, limits, privacy, out, counters),
         Err(Detection::NeedMore) if pending.len() < DETECT_CHUNKS && bytes.len() < DETECT_BYTES => {
             Stage::Detecting(pending)
         }
@@ -205,13 +318,15 @@ fn detect_stage(
 
 fn start_session(
     protocol: Protocol,
+    role: SocketRole,
     pending: Vec<Pending>,
     limits: Limits,
     privacy: &Privacy,
     out: &mut Vec<Exchange>,
     counters: &mut L7Counters,
 ) -> Stage {
-    let Some(mut session) = weft_l7::new_session(protocol, limits, privacy) else {
+    let Some(mut session) = weft_l7::new_session_on(protocol, role.transport, limits, privacy)
+    else {
         return Stage::Off;
     };
     for p in &pending {
@@ -228,4 +343,146 @@ fn start_session(
         }
     }
     Stage::Parsing(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_common::{AF_INET, data::DIR_RECV};
+
+    use super::*;
+
+    fn engine() -> L7Engine {
+        L7Engine::new(16, Limits::default(), Privacy::default())
+    }
+
+    fn tuple(local_port: u16, remote_port: u16) -> SockTuple {
+        let mut t = SockTuple {
+            family: AF_INET,
+            local_port,
+            remote_port,
+            ..SockTuple::default()
+        };
+        t.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        t.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        t
+    }
+
+    fn header(sk: u64, tuple: SockTuple, direction: u8, len: usize, ts_ns: u64) -> DataHeader {
+        DataHeader {
+            sk,
+            ts_ns,
+            total_len: len as u32,
+            captured_len: len as u32,
+            direction,
+            tuple,
+            ..DataHeader::default()
+        }
+    }
+
+    const CLIENT: SocketRole = SocketRole {
+        is_client: true,
+        server_port: 80,
+        transport: Transport::Stream,
+    };
+
+    #[test]
+    fn sockets_at_a_reused_address_keep_their_own_streams() {
+        let request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let old = tuple(40000, 80);
+        let new = tuple(40001, 80);
+        let mut e = engine();
+        let mut out = Vec::new();
+        e.feed(
+            &header(1, old, DIR_SEND, request.len(), 1),
+            request,
+            CLIENT,
+            &mut out,
+        );
+        // A new socket at the old one's kernel address reads a response to
+        // a request it never sent: not the old socket's answer.
+        e.feed(
+            &header(1, new, DIR_RECV, response.len(), 2),
+            response,
+            CLIENT,
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // The old socket's response, read before it closed, comes late.
+        e.feed(
+            &header(1, old, DIR_RECV, response.len(), 3),
+            response,
+            CLIENT,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].fields["path"], "/a");
+        assert_eq!(e.len(), 2);
+        // Closing one socket leaves the other's stream.
+        e.close(1, |t| *t == old, 4, &mut out);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.first_sent(1, &new), Some(false));
+        assert_eq!(e.first_sent(1, &old), None);
+    }
+
+    #[test]
+    fn an_address_keeps_a_bounded_number_of_streams() {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for port in 0..10 {
+            let h = header(1, tuple(40000 + port, 80), DIR_SEND, 1, u64::from(port));
+            e.feed(&h, b"x", CLIENT, &mut out);
+        }
+        assert_eq!(e.len(), STREAMS_PER_ADDRESS);
+        assert_eq!(e.counters.streams_evicted, 10 - STREAMS_PER_ADDRESS as u64);
+        // The newest are kept.
+        assert_eq!(e.first_sent(1, &tuple(40009, 80)), Some(true));
+        assert_eq!(e.first_sent(1, &tuple(40000, 80)), None);
+    }
+
+    /// A DNS message: id 0x1234, one question `a.test` of type A; a
+    /// response adds one answer.
+    fn dns(response: bool) -> Vec<u8> {
+        let flags: u16 = if response { 0x8180 } else { 0x0100 };
+        let mut m = vec![0x12, 0x34];
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, u8::from(response), 0, 0, 0, 0]);
+        m.extend_from_slice(b"\x01a\x04test\x00\x00\x01\x00\x01");
+        if response {
+            m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 2, 3]);
+        }
+        m
+    }
+
+    #[test]
+    fn dns_over_udp_is_one_message_per_datagram() {
+        let server = SocketRole {
+            is_client: false,
+            server_port: 20053,
+            transport: Transport::Datagram,
+        };
+        let (query, answer) = (dns(false), dns(true));
+        let t = tuple(20053, 0);
+        let mut e = engine();
+        let mut out = Vec::new();
+        e.feed(
+            &header(7, t, DIR_RECV, query.len(), 10),
+            &query,
+            server,
+            &mut out,
+        );
+        assert_eq!(e.first_sent(7, &t), Some(false));
+        e.feed(
+            &header(7, t, DIR_SEND, answer.len(), 30),
+            &answer,
+            server,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].protocol, Protocol::Dns);
+        assert_eq!(out[0].fields["query"], "a.test");
+        assert_eq!(out[0].fields["rcode"], "NOERROR");
+        assert_eq!(out[0].fields["answers"], 1);
+        assert_eq!(out[0].latency_ns(), 20);
+    }
 }
