@@ -10,7 +10,9 @@
 
 pub mod agent;
 pub mod dashboards;
+pub mod follow;
 pub mod lab;
+pub mod peer;
 pub mod prometheus;
 
 use std::{

@@ -32,6 +32,20 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "netcat-openbsd",
+    // Real protocol peers for the L7 tests (tests/tests/l7_*.rs). Each test
+    // runs its own server on a lab address, a port of its own and a
+    // temporary data directory, so a service the package starts on its
+    // default port (redis 6379, PostgreSQL 5432, MariaDB 3306, nginx 80)
+    // does not get in the way.
+    "redis-server",
+    "redis-tools",
+    "postgresql",
+    "mariadb-server",
+    "mariadb-client",
+    "dnsmasq-base",
+    "dnsutils",
+    "nginx",
+    "nghttp2-client",
     // promtool checks the metrics output; jq reads the JSON APIs in scripts.
     "prometheus",
     "jq",
