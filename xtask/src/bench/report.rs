@@ -224,6 +224,10 @@ impl Run {
             throughput.map(|t| t >= TARGET_THROUGHPUT_RATIO),
             "median over rounds of (max req/s ÷ B0's max req/s in the same round)".into(),
         );
+        // B0's maximum over the rounds (the calibration's when none ran).
+        let b0_max = self
+            .summary(Config::B0, Load::Max)
+            .map_or(self.b0_max, |s| s.achieved);
         let lost_in_phases: f64 = self
             .measured()
             .filter(|p| p.config == config)
@@ -249,23 +253,19 @@ impl Run {
             .max()
             .unwrap_or(0);
         let clean_to = clean_to.max(clean_at_max);
-        let lost_below_max =
-            lost_in_phases > 0.0 || knee.is_some_and(|k| f64::from(k) <= self.b0_max);
+        let lost_below_max = lost_in_phases > 0.0 || knee.is_some_and(|k| f64::from(k) <= b0_max);
         // Met when nothing was lost and weft was seen clean at (nearly) B0's
         // maximum; unknown when the machine could not deliver that much
         // with weft on.
         let met = if lost_below_max {
             Some(false)
-        } else if f64::from(clean_to) >= 0.95 * self.b0_max {
+        } else if f64::from(clean_to) >= 0.95 * b0_max {
             Some(true)
         } else {
             None
         };
         add(
-            format!(
-                "no events lost up to B0's maximum ({:.0} req/s)",
-                self.b0_max
-            ),
+            format!("no events lost up to B0's maximum ({b0_max:.0} req/s)"),
             Some(lost_in_phases),
             met,
             format!(
