@@ -16,10 +16,13 @@ use weft_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The error number and SQLSTATE of a statement that fails.
+type MysqlError = Option<(&'static str, &'static str)>;
+
 /// Each statement is one COM_QUERY, with the operation, row count
 /// (rows read for a SELECT, rows affected otherwise) and error weft must
 /// report.
-const STATEMENTS: [(&str, &str, Option<u64>, Option<(&str, &str)>); 7] = [
+const STATEMENTS: [(&str, &str, Option<u64>, MysqlError); 7] = [
     ("CREATE DATABASE weft", "CREATE", Some(1), None),
     (
         "CREATE TABLE weft.t (id INT PRIMARY KEY, name VARCHAR(20))",
