@@ -7,15 +7,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// Metric families of the L7 parsers (spec.md, OpenTelemetry names) that
-/// the dashboard test drives no traffic for yet: panels on them must parse,
-/// and are reported as "pending L7" when they have no data. (HTTP is not
-/// among them: the test runs curl against Python's http.server, and the
-/// HTTP panels must show it.)
+/// the dashboard test drives no traffic for yet (gRPC): panels on them must
+/// parse, and are reported as "pending L7" when they have no data. The
+/// others (HTTP, databases, DNS) must show the test's own requests.
 pub const L7_PENDING: &[&str] = &[
     "rpc_server_call_duration_seconds",
     "rpc_client_call_duration_seconds",
-    "db_client_operation_duration_seconds",
-    "dns_lookup_duration_seconds",
 ];
 
 /// The value each Grafana variable gets when the tests run a query: every

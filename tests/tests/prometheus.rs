@@ -2,12 +2,12 @@
 //! runs against a real Prometheus that scraped a real agent, after traffic
 //! of every kind the agent understands at L4: TCP exchanges between lab
 //! namespaces, UDP with replies, a refused connection, SYNs dropped by a
-//! firewall, a bulk upload through a shaper (retransmits, RTT), and HTTP
-//! (curl against Python's http.server, which the HTTP panels show). Each
+//! firewall, a bulk upload through a shaper (retransmits, RTT), HTTP (curl
+//! against Python's http.server), Redis (redis-cli against redis-server)
+//! and DNS lookups over UDP; the L7 panels must show the last three. Each
 //! expression must return data; those on the L7 families this test drives
-//! no traffic for yet (gRPC, databases, DNS: listed in
-//! weft_tests::dashboards::L7_PENDING) must parse, and are reported as
-//! pending L7 when they have none.
+//! no traffic for yet (gRPC, listed in weft_tests::dashboards::L7_PENDING)
+//! must parse, and are reported as pending L7 when they have none.
 
 use std::{
     io::{Read, Write},
@@ -21,6 +21,7 @@ use weft_tests::{
     agent::Agent,
     dashboards,
     lab::{Lab, spawn_in},
+    peer::{Peer, exec_with_input, require_program},
     prometheus::{Prometheus, values},
     require_root, run, unique_port, wait_for,
 };
@@ -34,6 +35,7 @@ struct Ports {
     refused: u16,
     dropped: u16,
     http: u16,
+    redis: u16,
 }
 
 /// A server that reads `send` bytes and answers `reply` bytes, and a
@@ -128,11 +130,13 @@ fn dns(lab: &Lab, server: SocketAddr, lookups: usize) {
     });
     ready_rx.recv_timeout(WAIT).expect("dns server bound");
     spawn_in(&lab.client_ns, "lab-resolver", move || {
+        // Connected, as glibc's resolver does.
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.connect(server).expect("connect");
         sock.set_read_timeout(Some(WAIT)).expect("timeout");
         let mut buf = [0u8; 512];
         for _ in 0..lookups {
-            sock.send_to(DNS_QUERY, server).expect("dns send");
+            sock.send(DNS_QUERY).expect("dns send");
             let n = sock.recv(&mut buf).expect("dns answer");
             assert_eq!(&buf[..2], &DNS_QUERY[..2], "answer to our query");
             assert!(n > DNS_QUERY.len());
@@ -233,6 +237,17 @@ fn http(lab: &Lab, port: u16) {
     });
 }
 
+/// A few commands from redis-cli in the client namespace.
+fn redis(lab: &Lab, port: u16) {
+    let port_s = port.to_string();
+    let (ok, out, err) = exec_with_input(
+        &lab.client_ns,
+        &["redis-cli", "-h", &lab.server_v4, "-p", &port_s],
+        "SET weft:k hello\nGET weft:k\nINCR weft:n\nGET weft:missing\n",
+    );
+    assert!(ok, "redis-cli failed: {out}{err}");
+}
+
 fn round(lab: &Lab, ports: &Ports) {
     let v4 = |port| SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     exchange(lab, v4(ports.exchange), 200_000, 50_000);
@@ -243,6 +258,7 @@ fn round(lab: &Lab, ports: &Ports) {
     bulk(lab, v4(ports.bulk));
     http(lab, ports.http);
     dns(lab, v4(53), 5);
+    redis(lab, ports.redis);
 }
 
 #[test]
@@ -281,7 +297,33 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         refused: unique_port(13),
         dropped: unique_port(14),
         http: unique_port(15),
+        redis: unique_port(16),
     };
+    require_program("redis-server");
+    require_program("redis-cli");
+    let redis_port = ports.redis.to_string();
+    let mut redis_server = Peer::start(
+        "redis-server",
+        &lab.server_ns,
+        &[
+            "redis-server",
+            "--bind",
+            &lab.server_v4,
+            "--port",
+            &redis_port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    );
+    redis_server.wait_tcp(
+        &lab.client_ns,
+        SocketAddr::new(lab.server_v4.parse().expect("lab address"), ports.redis),
+        WAIT,
+    );
     for rule in [
         "add table inet weftprom",
         "add chain inet weftprom input { type filter hook input priority 0 ; }",
@@ -344,20 +386,40 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ),
         WAIT,
     );
-    // The HTTP panels show the lab's requests (both ends are on this node).
-    // DNS (UDP, port 53) is driven too, but its panels stay pending until
-    // the agent exports DNS lookups.
-    for family in [
-        "http_server_request_duration_seconds_count",
-        "http_client_request_duration_seconds_count",
+    // The L7 panels show the lab's requests (both ends are on this node).
+    // How many were counted is reported, not asserted: the L7 tests own
+    // that. redis-cli asks `COMMAND DOCS` before the 4 commands of a round.
+    for (family, dport, sent) in [
+        (
+            "http_server_request_duration_seconds_count",
+            ports.http,
+            4.0,
+        ),
+        (
+            "http_client_request_duration_seconds_count",
+            ports.http,
+            4.0,
+        ),
+        (
+            "db_client_operation_duration_seconds_count",
+            ports.redis,
+            10.0,
+        ),
+        ("dns_lookup_duration_seconds_count", 53, 10.0),
     ] {
-        let seen = prometheus.wait_for_data(&format!("{family}{{{}}} > 0", port(ports.http)), WAIT);
-        // curl made 4 requests; fewer means the L7 side missed some (it is
-        // reported, not asserted, here: tests/tests/l7_http.rs owns that).
-        eprintln!(
-            "{family} for the lab's 4 HTTP requests: {:?}",
-            values(&seen)
-        );
+        let selector = format!("{family}{{{}}}", port(dport));
+        prometheus.wait_for_data(&format!("{selector} > 0"), WAIT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let counted = loop {
+            let counted: f64 = values(&prometheus.query(&selector).unwrap_or_default())
+                .iter()
+                .sum();
+            if counted >= sent || Instant::now() > deadline {
+                break counted;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        eprintln!("{family}: {counted} of the lab's {sent}");
     }
     // A few more scrapes, so that every rate has points after round two.
     std::thread::sleep(Duration::from_secs(3));
