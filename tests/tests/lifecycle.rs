@@ -95,9 +95,9 @@ fn nothing_outlives_the_agent() {
     // A clean stop detaches everything.
     let mut agent = Agent::start(&[]);
     let n = expected_programs(&agent);
-    // 8 L4 tracepoints, 2 cgroup_skb programs, and 16 syscall tracepoints
+    // 8 L4 tracepoints, 2 cgroup_skb programs, and 20 syscall tracepoints
     // for L7 payload capture.
-    assert_eq!(n, 26, "programs: {:?}", agent.status_json());
+    assert_eq!(n, 30, "programs: {:?}", agent.status_json());
     let progs = programs_of(&agent);
     assert_eq!(progs.len(), n, "the agent holds each of its programs");
     // Every program hangs on a link owned by the agent's descriptors.

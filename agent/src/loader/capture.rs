@@ -18,10 +18,12 @@ const SYSCALLS: &[(&str, &str, &str)] = &[
     ("sendmsg", "weft_ent_sendmsg", "weft_ext_sendmsg"),
     ("readv", "weft_ent_readv", "weft_ext_readv"),
     ("writev", "weft_ent_writev", "weft_ext_writev"),
+    ("recvmmsg", "weft_ent_recvmmsg", "weft_ext_recvmmsg"),
+    ("sendmmsg", "weft_ent_sendmmsg", "weft_ext_sendmmsg"),
 ];
 
-/// The syscall records the programs assume: the buffer (or iovec/msghdr)
-/// argument at offset 24, sendto/recvfrom's address at 48, `ret` at 16.
+/// The syscall records the programs assume: the buffer (or
+/// iovec/msghdr/mmsghdr) argument at offset 24, sendto/recvfrom's address at 48, `ret` at 16.
 pub fn formats_match(tracefs_root: &Path) -> Result<(), String> {
     for (syscall, _, _) in SYSCALLS {
         let enter = tracefs::read_format(tracefs_root, "syscalls", &format!("sys_enter_{syscall}"))
@@ -31,7 +33,7 @@ pub fn formats_match(tracefs_root: &Path) -> Result<(), String> {
         if exit.offset("ret", 8) != 16 {
             return Err(format!("sys_exit_{syscall}: `ret` is not at offset 16"));
         }
-        let arg1 = ["buf", "ubuf", "buff", "msg", "vec"]
+        let arg1 = ["buf", "ubuf", "buff", "msg", "vec", "mmsg"]
             .iter()
             .any(|name| enter.offset(name, 8) == 24);
         if !arg1 {

@@ -22,6 +22,8 @@ pub mod kind {
     pub const SENDMSG: u32 = 6;
     pub const READV: u32 = 7;
     pub const WRITEV: u32 = 8;
+    pub const RECVMMSG: u32 = 9;
+    pub const SENDMMSG: u32 = 10;
 }
 
 /// A data syscall in flight, keyed by thread id from its entry to its exit.

@@ -4,14 +4,22 @@
 //! A data syscall is followed from entry to exit, keyed by thread id:
 //!
 //! 1. `syscalls:sys_enter_{read,write,recvfrom,sendto,recvmsg,sendmsg,
-//!    readv,writev}` remember the user buffer (or iovec array, or msghdr).
+//!    readv,writev,recvmmsg,sendmmsg}` remember the user buffer (or iovec
+//!    array, msghdr, mmsghdr array).
 //! 2. `sock:sock_send_length`/`sock_recv_length` fire inside the syscall
 //!    only when the fd is a socket, and name the socket (see sock_io.rs,
 //!    which calls [`mark_socket`]). Files and pipes never get this far, so
 //!    no fd-to-socket lookup in kernel structures is needed.
-//! 3. `sys_exit_*` copies up to `snippet_bytes` from the first buffer (the
-//!    data is in user memory by then, also for reads) and the peer address
-//!    of sendto/recvfrom/msghdr, and sends one record to the `DATA` ring.
+//! 3. `sys_exit_*` copies up to `snippet_bytes` per buffer (the data is in
+//!    user memory by then, also for reads) and the peer address of
+//!    sendto/recvfrom/msghdr, and sends records to the `DATA` ring: one per
+//!    buffer of a TCP readv/writev/recvmsg/sendmsg (the first
+//!    [`MAX_IOVECS`]; the last record's length counts the rest), one per
+//!    datagram otherwise (its first buffer), and one per message of a
+//!    recvmmsg/sendmmsg (the first [`MAX_MMSGS`]; glibc's resolver sends
+//!    its A and AAAA queries with one sendmmsg, dig sends with it).
+//!    Each record's `total_len` is the bytes it stands for, so that the
+//!    records of a stream add up to what the syscall moved.
 //!
 //! Syscall tracepoint records have one layout for all syscalls:
 //! `args[i]` at offset 16 + 8*i, `ret` at 16 on exit (the agent checks the
@@ -26,7 +34,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use weft_common::{
-    AF_INET6, SockTuple,
+    AF_INET6, IPPROTO_UDP, SockTuple,
     config::NO_FIELD,
     counters::index,
     data::{DATA_MAX, DIR_RECV, DIR_SEND, DataHeader, SyscallArgs, kind},
@@ -38,6 +46,15 @@ const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG4: usize = 48;
 const RET: usize = 16;
+
+/// Buffers of one TCP readv/writev/recvmsg/sendmsg captured apart (a
+/// length prefix and its message are often two: DNS over TCP, HTTP/2).
+pub const MAX_IOVECS: u64 = 4;
+/// Messages of one recvmmsg/sendmmsg captured.
+pub const MAX_MMSGS: u64 = 4;
+/// `struct mmsghdr`: a `struct user_msghdr` (56 bytes) and `msg_len`.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSG_LEN_OFFSET: u64 = 56;
 
 macro_rules! capture_syscall {
     ($enter:ident, $exit:ident, $kind:expr) => {
@@ -63,6 +80,8 @@ capture_syscall!(weft_ent_recvmsg, weft_ext_recvmsg, kind::RECVMSG);
 capture_syscall!(weft_ent_sendmsg, weft_ext_sendmsg, kind::SENDMSG);
 capture_syscall!(weft_ent_readv, weft_ext_readv, kind::READV);
 capture_syscall!(weft_ent_writev, weft_ext_writev, kind::WRITEV);
+capture_syscall!(weft_ent_recvmmsg, weft_ext_recvmmsg, kind::RECVMMSG);
+capture_syscall!(weft_ent_sendmmsg, weft_ext_sendmmsg, kind::SENDMMSG);
 
 fn enter(ctx: &TracePointContext, kind: u32) {
     if config().snippet_bytes == 0 || crate::owner::is_agent() {
@@ -152,40 +171,102 @@ fn exit(ctx: &TracePointContext) {
     if ret <= 0 {
         return;
     }
-    let _ = emit(&args, tid, ret as u64);
+    // The header is the same for every record of the syscall: written
+    // once, then each record only sets its length, peer and bytes.
+    if header(&args, tid).is_none() {
+        return;
+    }
+    emit_syscall(&args, ret as u64);
 }
 
-/// The first user buffer of the syscall and its length, and the user
-/// sockaddr of the peer if the syscall names one.
-fn first_buffer(args: &SyscallArgs) -> Result<(u64, u64, u64), i64> {
+/// Fills this CPU's scratch header with what the syscall's records share.
+#[inline(always)]
+fn header(args: &SyscallArgs, tid: u64) -> Option<()> {
+    let scratch = DATA_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch record.
+    unsafe {
+        let h = &raw mut (*scratch).header;
+        (*h).sk = args.sk;
+        (*h).pid = (tid >> 32) as u32;
+        (*h).tid = tid as u32;
+        (*h).direction = match args.kind {
+            kind::READ | kind::RECVFROM | kind::RECVMSG | kind::READV | kind::RECVMMSG => DIR_RECV,
+            _ => DIR_SEND,
+        };
+        (*h).protocol = args.protocol as u8;
+        (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*h).tuple = sock_tuple(args.sk);
+    }
+    Some(())
+}
+
+/// The records of one syscall that returned `ret` (bytes, or messages for
+/// recvmmsg/sendmmsg).
+#[inline(always)]
+fn emit_syscall(args: &SyscallArgs, ret: u64) {
+    let udp = args.protocol == IPPROTO_UDP as u32;
     match args.kind {
-        kind::READ | kind::WRITE => Ok((args.buf, u64::MAX, 0)),
-        kind::RECVFROM | kind::SENDTO => Ok((args.buf, u64::MAX, args.addr)),
-        kind::READV | kind::WRITEV => {
-            let iov = read_iovec(args.buf)?;
-            Ok((iov.0, iov.1, 0))
+        kind::READ | kind::WRITE => emit(args.buf, u64::MAX, ret, 0),
+        kind::RECVFROM | kind::SENDTO => emit(args.buf, u64::MAX, ret, args.addr),
+        kind::READV | kind::WRITEV => emit_iovecs(args.buf, ret, 0, udp),
+        kind::RECVMSG | kind::SENDMSG => emit_msghdr(args.buf, ret, udp),
+        kind::RECVMMSG | kind::SENDMMSG => {
+            for i in 0..MAX_MMSGS {
+                if i >= ret {
+                    break;
+                }
+                let hdr = args.buf + i * MMSGHDR_SIZE;
+                // SAFETY: reading user memory through the checked helper.
+                let len = unsafe { bpf_probe_read_user((hdr + MMSG_LEN_OFFSET) as *const u32) };
+                match len {
+                    Ok(len) if len > 0 => emit_msghdr(hdr, len as u64, udp),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         }
-        kind::RECVMSG | kind::SENDMSG => {
-            // struct user_msghdr: msg_name at 0, msg_iov at 16 (UAPI).
-            // SAFETY: reading user memory through the checked helper.
-            let name: u64 =
-                unsafe { bpf_probe_read_user(args.buf as *const u64) }.map_err(|e| e as i64)?;
-            // SAFETY: as above.
-            let iov: u64 = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }
-                .map_err(|e| e as i64)?;
-            let first = read_iovec(iov)?;
-            Ok((first.0, first.1, name))
-        }
-        _ => Err(0),
+        _ => {}
     }
 }
 
-/// `struct iovec { void *iov_base; size_t iov_len; }` at `ptr`.
-fn read_iovec(ptr: u64) -> Result<(u64, u64), i64> {
-    // SAFETY: reading user memory through the checked helper.
-    let iov: [u64; 2] =
-        unsafe { bpf_probe_read_user(ptr as *const [u64; 2]) }.map_err(|e| e as i64)?;
-    Ok((iov[0], iov[1]))
+/// A `struct user_msghdr` at `msg` that moved `total` bytes: msg_name at
+/// 0, msg_iov at 16 (UAPI).
+#[inline(always)]
+fn emit_msghdr(msg: u64, total: u64, udp: bool) {
+    // SAFETY: reading user memory through the checked helpers.
+    let name = unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(0);
+    // SAFETY: as above.
+    if let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) } {
+        emit_iovecs(iov, total, name, udp);
+    }
+}
+
+/// One record per buffer of an iovec array that moved `total` bytes. A
+/// datagram is one message: its first buffer only, standing for all of it.
+#[inline(always)]
+fn emit_iovecs(iov: u64, total: u64, peer: u64, udp: bool) {
+    let mut left = total;
+    for i in 0..MAX_IOVECS {
+        if left == 0 {
+            break;
+        }
+        // `struct iovec { void *iov_base; size_t iov_len; }`.
+        // SAFETY: reading user memory through the checked helper.
+        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
+        else {
+            break;
+        };
+        // The last record also stands for the buffers after it.
+        let part = if udp || i == MAX_IOVECS - 1 {
+            left
+        } else {
+            len.min(left)
+        };
+        if part > 0 {
+            emit(base, len, part, peer);
+        }
+        left -= part;
+    }
 }
 
 /// The socket's addresses from `struct sock_common`, at offsets the agent
@@ -221,9 +302,17 @@ fn sock_tuple(sk: u64) -> SockTuple {
     t
 }
 
-fn emit(args: &SyscallArgs, tid: u64, total: u64) -> Result<(), i64> {
-    let (buf, buf_len, peer) = first_buffer(args)?;
-    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+/// One record from the scratch header (see [`header`]): `total` bytes
+/// moved through the user buffer `buf` of `buf_len` bytes, of which up to
+/// `snippet_bytes` are copied. A subprogram of its own (not inlined): the
+/// verifier then checks a small function per call instead of a long
+/// straight line per syscall, and it takes four arguments (a BPF call
+/// takes at most five).
+#[inline(never)]
+fn emit(buf: u64, buf_len: u64, total: u64, peer: u64) {
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     let snippet = config().snippet_bytes as u64;
     let mut n = total.min(buf_len).min(snippet).min(DATA_MAX as u64);
     // Keep the verifier's bound on `n` explicit.
@@ -235,22 +324,12 @@ fn emit(args: &SyscallArgs, tid: u64, total: u64) -> Result<(), i64> {
     // through helpers that check the source.
     unsafe {
         let h = &raw mut (*scratch).header;
-        (*h).sk = args.sk;
         (*h).ts_ns = bpf_ktime_get_ns();
-        (*h).pid = (tid >> 32) as u32;
-        (*h).tid = tid as u32;
         (*h).total_len = total.min(u32::MAX as u64) as u32;
-        (*h).direction = match args.kind {
-            kind::READ | kind::RECVFROM | kind::RECVMSG | kind::READV => DIR_RECV,
-            _ => DIR_SEND,
-        };
-        (*h).protocol = args.protocol as u8;
-        (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).peer = [0; 28];
         if peer != 0 {
             (*h).peer = bpf_probe_read_user(peer as *const [u8; 28]).unwrap_or([0; 28]);
         }
-        (*h).tuple = sock_tuple(args.sk);
         let data = (&raw mut (*scratch).data).cast::<u8>();
         let copied = if n > 0 {
             probe_read_user_raw(data.cast(), n as u32, buf as *const core::ffi::c_void) == 0
@@ -267,5 +346,4 @@ fn emit(args: &SyscallArgs, tid: u64, total: u64) -> Result<(), i64> {
             count(index::DATA);
         }
     }
-    Ok(())
 }
