@@ -260,6 +260,9 @@ impl FlowTable {
             seen,
         );
         read_total("l7_exchanges", self.l7.counters.exchanges, seen);
+        // A stream its parser gave up on is not a lost event: the bytes
+        // were delivered, they were just not a protocol weft can follow.
+        read_total("l7_parse_errors", self.l7.counters.parse_errors, seen);
 
         let loss_values = [
             (
@@ -312,7 +315,6 @@ impl FlowTable {
             ),
             ("l7_data", "unattributed", self.l7_unattributed),
             ("l7_streams", "evicted", self.l7.counters.streams_evicted),
-            ("l7_streams", "parse_error", self.l7.counters.parse_errors),
             (
                 "metric_labels",
                 "cardinality_budget",
