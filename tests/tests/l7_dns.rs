@@ -76,23 +76,13 @@ fn l7(records: &[Value], direction: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn dns_lookups_from_both_sides() {
-    if !require_root("dns_lookups_from_both_sides") {
-        return;
-    }
-    require_program("dnsmasq");
-    require_program("dig");
-    let agent = Agent::start(&[]);
-    let lab = Lab::new();
-    let port = unique_port(22);
-    let port_s = port.to_string();
-    let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
-    let dir = TempDir::new("dnsmasq");
-    let pid_file = dir.join("dnsmasq.pid");
+/// dnsmasq in the lab's server namespace on `port`, answering
+/// www.example.test (A and AAAA) and NXDOMAIN for nx.test, refusing the
+/// rest (no upstream), once it accepts connections.
+fn dnsmasq(lab: &Lab, port: u16, dir: &TempDir) -> Peer {
     let listen = format!("--listen-address={}", lab.server_v4);
     let port_arg = format!("--port={port}");
-    let pid_arg = format!("--pid-file={pid_file}");
+    let pid_arg = format!("--pid-file={}", dir.join("dnsmasq.pid"));
     let mut server = Peer::start(
         "dnsmasq",
         &lab.server_ns,
@@ -117,9 +107,27 @@ fn dns_lookups_from_both_sides() {
     );
     // dnsmasq serves TCP and UDP on the same port: TCP accepting means
     // both are bound.
-    let addr = format!("{}:{port}", lab.server_v4).parse().unwrap();
+    let addr = format!("{}:{port}", lab.server_v4)
+        .parse()
+        .expect("a lab address");
     server.wait_tcp(&lab.client_ns, addr, WAIT);
+    server
+}
 
+#[test]
+fn dns_lookups_from_both_sides() {
+    if !require_root("dns_lookups_from_both_sides") {
+        return;
+    }
+    require_program("dnsmasq");
+    require_program("dig");
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(22);
+    let port_s = port.to_string();
+    let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
+    let dir = TempDir::new("dnsmasq");
+    let mut server = dnsmasq(&lab, port, &dir);
     let mut dig_pids = Vec::new();
     for l in &LOOKUPS {
         let at = format!("@{}", lab.server_v4);
@@ -218,6 +226,106 @@ fn dns_lookups_from_both_sides() {
         3.0
     );
     // The server's pid file is in our directory; it goes with it.
-    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let pid = std::fs::read_to_string(dir.join("dnsmasq.pid")).unwrap_or_default();
     assert_eq!(pid.trim(), server.pid().to_string(), "dnsmasq's pid file");
+}
+
+/// `/etc/netns/NS/resolv.conf`, which `ip netns exec NS` mounts over
+/// `/etc/resolv.conf`; removed on drop.
+struct NetnsResolvConf {
+    dir: std::path::PathBuf,
+}
+
+impl NetnsResolvConf {
+    fn new(ns: &str, nameserver: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).expect("/etc/netns directory");
+        let conf = format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n");
+        std::fs::write(dir.join("resolv.conf"), conf).expect("resolv.conf");
+        Self { dir }
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // /etc/netns itself, if nothing else is in it.
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// The C library's resolver (getaddrinfo, as nearly every program uses
+/// it) sends its A and AAAA queries together with one sendmmsg, and reads
+/// the answers with recvfrom: two lookups, each seen from both sides.
+#[test]
+fn dns_lookups_of_the_c_library() {
+    if !require_root("dns_lookups_of_the_c_library") {
+        return;
+    }
+    require_program("dnsmasq");
+    require_program("getent");
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    // resolv.conf names no port: the standard one, on the lab's address.
+    let port = 53;
+    let follower = Follower::start(&agent, &["--port", "53", "--ip", &lab.server_v4]);
+    let dir = TempDir::new("dnsmasq");
+    let mut server = dnsmasq(&lab, port, &dir);
+    let _resolv = NetnsResolvConf::new(&lab.client_ns, &lab.server_v4);
+
+    let getent = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns])
+        .args(["getent", "ahosts", "www.example.test"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run getent");
+    let pid = u64::from(getent.id());
+    let out = getent.wait_with_output().expect("getent");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("10.1.2.3") && text.contains("fd00::1:2:3"),
+        "getent ahosts www.example.test: {text}"
+    );
+    server.assert_running();
+
+    let records = follower.wait(WAIT, |records| {
+        l7(records, "egress").len() >= 2 && l7(records, "ingress").len() >= 2
+    });
+    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
+    let egress = l7(&records, "egress");
+    let ingress = l7(&records, "ingress");
+    assert_eq!(egress.len(), 2, "{egress:#?}");
+    assert_eq!(ingress.len(), 2, "{ingress:#?}");
+    for side in [&egress, &ingress] {
+        let mut qtypes: Vec<&str> = side
+            .iter()
+            .map(|r| r["l7"]["qtype"].as_str().unwrap_or_default())
+            .collect();
+        qtypes.sort_unstable();
+        assert_eq!(qtypes, ["A", "AAAA"], "{side:#?}");
+        for r in side.iter() {
+            assert_eq!(r["transport"], "udp", "{r:#}");
+            assert_eq!(r["l7"]["query"], "www.example.test", "{r:#}");
+            assert_eq!(r["l7"]["rcode"], "NOERROR", "{r:#}");
+            assert_eq!(r["l7"]["answers"], 1, "{r:#}");
+            assert_eq!(r["destination"]["port"], port, "{r:#}");
+        }
+    }
+    for r in &egress {
+        assert_eq!(r["source"]["pid"], pid, "{r:#}");
+        assert_eq!(r["source"]["process"], "getent", "{r:#}");
+    }
+    // Port 53 is everyone's: the lab server (named by its address, its
+    // process being on the other socket) and getent narrow it to ours.
+    let dns = "dns_lookup_duration_seconds_count";
+    let ours = [
+        "destination_port=\"53\"",
+        &format!("destination_workload=\"{}\"", lab.server_v4),
+        "source_workload=\"getent\"",
+    ];
+    assert_eq!(agent.metric_sum(dns, &ours), 2.0);
+    let aaaa = [ours.as_slice(), &["dns_question_type=\"AAAA\""]].concat();
+    assert_eq!(agent.metric_sum(dns, &aaaa), 1.0);
 }
