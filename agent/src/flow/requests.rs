@@ -214,7 +214,15 @@ impl FlowTable {
                 .l7
                 .first_sent(h.sk, &h.tuple)
                 .unwrap_or(h.direction == DIR_SEND),
-            Transport::Tcp => local.port() > remote.port(),
+            // Payload can come in before the lifecycle event that tells the
+            // tracker about the socket (two rings, two readers): the
+            // kernel's table already knows which side connected. Only a
+            // connection older than the agent falls back to "the server
+            // has the lower port".
+            Transport::Tcp => match self.tables.tcp_conns.get(&h.sk, 0) {
+                Ok(conn) => conn.flags & weft_common::conn::CONN_ACTIVE != 0,
+                Err(_) => local.port() > remote.port(),
+            },
         };
         let owner = Owner {
             pid: h.pid,
