@@ -47,9 +47,11 @@ const ARG1: usize = 24;
 const ARG4: usize = 48;
 const RET: usize = 16;
 
-/// Buffers of one TCP readv/writev/recvmsg/sendmsg captured apart (a
-/// length prefix and its message are often two: DNS over TCP, HTTP/2).
-pub const MAX_IOVECS: u64 = 4;
+/// Buffers of one TCP readv/writev/recvmsg/sendmsg captured apart: a
+/// length prefix and its message are often two (DNS over TCP), and nginx's
+/// first HTTP/2 answer is five (SETTINGS, WINDOW_UPDATE, SETTINGS ACK, a
+/// HEADERS frame header, its header block).
+pub const MAX_IOVECS: u64 = 8;
 /// Messages of one recvmmsg/sendmmsg captured.
 pub const MAX_MMSGS: u64 = 4;
 /// `struct mmsghdr`: a `struct user_msghdr` (56 bytes) and `msg_len`.
@@ -66,7 +68,7 @@ macro_rules! capture_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx);
+            exit(&ctx, $kind);
             0
         }
     };
@@ -156,14 +158,18 @@ fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> 
     Ok(())
 }
 
-fn exit(ctx: &TracePointContext) {
+/// `syscall` (a `kind::*`) is a constant in each exit program: only its
+/// syscall's way of reading buffers is compiled into it (and checked by
+/// the verifier, which takes seconds over the nested loops of them all).
+#[inline(always)]
+fn exit(ctx: &TracePointContext, syscall: u32) {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return;
     };
     let _ = SYSCALL_ARGS.remove(&tid);
-    if args.sk == 0 {
+    if args.sk == 0 || args.kind != syscall {
         return;
     }
     // SAFETY: `ret` of the uniform sys_exit record.
@@ -173,15 +179,15 @@ fn exit(ctx: &TracePointContext) {
     }
     // The header is the same for every record of the syscall: written
     // once, then each record only sets its length, peer and bytes.
-    if header(&args, tid).is_none() {
+    if header(syscall, &args, tid).is_none() {
         return;
     }
-    emit_syscall(&args, ret as u64);
+    emit_syscall(syscall, &args, ret as u64);
 }
 
 /// Fills this CPU's scratch header with what the syscall's records share.
 #[inline(always)]
-fn header(args: &SyscallArgs, tid: u64) -> Option<()> {
+fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
     let scratch = DATA_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch record.
     unsafe {
@@ -189,7 +195,7 @@ fn header(args: &SyscallArgs, tid: u64) -> Option<()> {
         (*h).sk = args.sk;
         (*h).pid = (tid >> 32) as u32;
         (*h).tid = tid as u32;
-        (*h).direction = match args.kind {
+        (*h).direction = match syscall {
             kind::READ | kind::RECVFROM | kind::RECVMSG | kind::READV | kind::RECVMMSG => DIR_RECV,
             _ => DIR_SEND,
         };
@@ -203,9 +209,9 @@ fn header(args: &SyscallArgs, tid: u64) -> Option<()> {
 /// The records of one syscall that returned `ret` (bytes, or messages for
 /// recvmmsg/sendmmsg).
 #[inline(always)]
-fn emit_syscall(args: &SyscallArgs, ret: u64) {
+fn emit_syscall(syscall: u32, args: &SyscallArgs, ret: u64) {
     let udp = args.protocol == IPPROTO_UDP as u32;
-    match args.kind {
+    match syscall {
         kind::READ | kind::WRITE => emit(args.buf, u64::MAX, ret, 0),
         kind::RECVFROM | kind::SENDTO => emit(args.buf, u64::MAX, ret, args.addr),
         kind::READV | kind::WRITEV => emit_iovecs(args.buf, ret, 0, udp),

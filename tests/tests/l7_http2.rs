@@ -1,0 +1,222 @@
+//! HTTP/2 between two namespaces, seen from both sockets: nghttp (four
+//! requests multiplexed on one h2c connection) and curl with prior
+//! knowledge (a POST), the clients and egress records, against a real
+//! nginx with an `http2` listener (ingress records); one request is
+//! proxied to a slow backend for the latency.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::Agent,
+    follow::Follower,
+    lab::Lab,
+    peer::{Peer, TempDir, require_program},
+    require_root, unique_port,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn l7(records: &[Value], direction: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
+        .cloned()
+        .collect()
+}
+
+/// nginx serving h2c on `addr:port`; `/slow` (it sleeps 100 ms) and
+/// `/echo` (a POST: 201) go to the Python test server on the server
+/// namespace's loopback. (A `return` for a POST answers before reading
+/// the body and resets the stream, which curl 7.88 reports as an error.)
+fn nginx_conf(dir: &TempDir, addr: &str, port: u16, backend: u16) -> String {
+    let d = dir.as_str();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {addr}:{port} http2;
+        location = /hello {{ return 200 \"hello\\n\"; }}
+        location /users/ {{ return 200 \"a user\\n\"; }}
+        location = /echo {{ proxy_pass http://127.0.0.1:{backend}; }}
+        location = /slow {{ proxy_pass http://127.0.0.1:{backend}; }}
+        location / {{ return 404; }}
+    }}
+}}
+"
+    )
+}
+
+#[test]
+fn http2_requests_from_both_sides() {
+    if !require_root("http2_requests_from_both_sides") {
+        return;
+    }
+    require_program("nginx");
+    require_program("curl");
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(28);
+    let port_s = port.to_string();
+    let backend = unique_port(29);
+    let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
+
+    let dir = TempDir::new("nginx");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, &lab.server_v4, port, backend)).expect("nginx.conf");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
+    let backend_s = backend.to_string();
+    let mut python = Peer::start(
+        "python http server",
+        &lab.server_ns,
+        &["python3", script, "127.0.0.1", &backend_s],
+    );
+    let mut nginx = Peer::start(
+        "nginx",
+        &lab.server_ns,
+        &["nginx", "-p", dir.as_str(), "-c", &conf],
+    );
+    let addr = format!("{}:{port}", lab.server_v4).parse().unwrap();
+    nginx.wait_tcp(&lab.client_ns, addr, WAIT);
+    let backend_addr = format!("127.0.0.1:{backend}").parse().expect("address");
+    python.wait_tcp(&lab.server_ns, backend_addr, WAIT);
+
+    let base = format!("http://{}:{port}", lab.server_v4);
+    // (client, method, path, status). curl 7.88 cannot reuse an h2c
+    // connection ("Error in the HTTP2 framing layer"): nghttp sends the
+    // GETs, concurrently on one connection, and curl the POST on its own.
+    let requests = [
+        ("nghttp", "GET", "/hello", 200),
+        ("nghttp", "GET", "/users/17", 200),
+        ("nghttp", "GET", "/missing", 404),
+        ("nghttp", "GET", "/slow", 200),
+        ("curl", "POST", "/echo", 201),
+    ];
+    let mut nghttp = Command::new("ip");
+    nghttp.args([
+        "netns",
+        "exec",
+        &lab.client_ns,
+        "nghttp",
+        "--null-out",
+        "--stat",
+    ]);
+    for (_, _, path, _) in requests.iter().filter(|r| r.0 == "nghttp") {
+        nghttp.arg(format!("{base}{path}"));
+    }
+    let out = nghttp.output().expect("run nghttp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nghttp: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+        ])
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--data",
+            "name=weft",
+        ])
+        .arg(format!("{base}/echo"))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 201",
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nginx.stop();
+    python.stop();
+
+    let total = requests.len();
+    let records = follower.wait(WAIT, |records| {
+        let closed = records
+            .iter()
+            .filter(|r| r["type"] == "l4" && r["event"] == "close")
+            .filter(|r| matches!(r["source"]["process"].as_str(), Some("nghttp" | "curl")))
+            .count();
+        closed >= 2 && l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
+    });
+    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
+    let egress = l7(&records, "egress");
+    let ingress = l7(&records, "ingress");
+    assert_eq!(egress.len(), total, "{egress:#?}");
+    assert_eq!(ingress.len(), total, "{ingress:#?}");
+    for side in [&egress, &ingress] {
+        for (client, method, path, status) in requests {
+            let found: Vec<&Value> = side.iter().filter(|r| r["l7"]["path"] == path).collect();
+            assert_eq!(found.len(), 1, "{path}: {side:#?}");
+            let r = found[0];
+            assert_eq!(r["l7"]["protocol"], "http2", "{r:#}");
+            assert_eq!(r["l7"]["method"], method, "{r:#}");
+            assert_eq!(r["l7"]["status"], status, "{r:#}");
+            assert_eq!(r["source"]["process"], client, "{r:#}");
+            assert_eq!(r["destination"]["process"], "nginx", "{r:#}");
+            assert_eq!(r["destination"]["port"], port, "{r:#}");
+            assert!(r["l7"]["answered"].is_null(), "unanswered: {r:#}");
+            let latency = r["l7"]["latency_us"].as_u64().expect("latency");
+            if path == "/slow" {
+                assert!(
+                    (100_000..2_000_000).contains(&latency),
+                    "/slow took {latency} µs"
+                );
+            } else {
+                assert!(latency < 100_000, "{path} took {latency} µs");
+            }
+            if path == "/users/17" {
+                assert_eq!(r["l7"]["route"], "/users/{id}", "{r:#}");
+            }
+        }
+        // nghttp's four requests share one connection.
+        let nghttp_ports: std::collections::BTreeSet<u64> = side
+            .iter()
+            .filter(|r| r["source"]["process"] == "nghttp")
+            .filter_map(|r| r["source"]["port"].as_u64())
+            .collect();
+        assert_eq!(nghttp_ports.len(), 1, "{side:#?}");
+    }
+
+    let port_label = format!("server_port=\"{port}\"");
+    for family in [
+        "http_client_request_duration_seconds_count",
+        "http_server_request_duration_seconds_count",
+    ] {
+        assert_eq!(agent.metric_sum(family, &[&port_label]), total as f64);
+        assert_eq!(
+            agent.metric_sum(family, &[&port_label, "http_response_status_code=\"404\""]),
+            1.0
+        );
+        assert_eq!(
+            agent.metric_sum(family, &[&port_label, "http_route=\"/users/{id}\""]),
+            1.0
+        );
+        assert_eq!(
+            agent.metric_sum(family, &[&port_label, "http_request_method=\"POST\""]),
+            1.0
+        );
+    }
+}
