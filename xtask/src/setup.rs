@@ -46,6 +46,8 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nginx",
     "nghttp2-client",
+    // gRPC client and server (tests/peers/grpc_peer.py) for Debian's python3.
+    "python3-grpcio",
     // promtool checks the metrics output; jq reads the JSON APIs in scripts.
     "prometheus",
     "jq",

@@ -97,10 +97,19 @@ impl Default for DataHeader {
     }
 }
 
-/// The per-CPU scratch record the kernel fills before output.
+/// The per-CPU scratch record the kernel fills before output (only the
+/// header and `captured_len` <= DATA_MAX bytes are sent). The data area is
+/// twice DATA_MAX: gathering several buffers, the kernel copies up to
+/// DATA_MAX bytes at an offset below DATA_MAX, and the verifier must see
+/// that this stays inside the record.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: DataHeader,
-    pub data: [u8; DATA_MAX],
+    pub data: [u8; 2 * DATA_MAX],
+    /// The kernel's working state while gathering buffers (never sent):
+    /// kept in the map value, whose contents the verifier does not track,
+    /// so that every path through a buffer leads to the same state.
+    pub gathered: u64,
+    pub left: u64,
 }

@@ -10,16 +10,15 @@
 //!    only when the fd is a socket, and name the socket (see sock_io.rs,
 //!    which calls [`mark_socket`]). Files and pipes never get this far, so
 //!    no fd-to-socket lookup in kernel structures is needed.
-//! 3. `sys_exit_*` copies up to `snippet_bytes` per buffer (the data is in
-//!    user memory by then, also for reads) and the peer address of
-//!    sendto/recvfrom/msghdr, and sends records to the `DATA` ring: one per
-//!    buffer of a TCP readv/writev/recvmsg/sendmsg (the first
-//!    [`MAX_IOVECS`]; the last record's length counts the rest), one per
-//!    datagram otherwise (its first buffer), and one per message of a
-//!    recvmmsg/sendmmsg (the first [`MAX_MMSGS`]; glibc's resolver sends
-//!    its A and AAAA queries with one sendmmsg, dig sends with it).
-//!    Each record's `total_len` is the bytes it stands for, so that the
-//!    records of a stream add up to what the syscall moved.
+//! 3. `sys_exit_*` copies the first `snippet_bytes` of what moved (the
+//!    data is in user memory by then, also for reads), gathered from the
+//!    buffers of a readv/writev/recvmsg/sendmsg in order (the first
+//!    [`MAX_IOVECS`]: gRPC's C core writes a request as ~30 buffers, nginx
+//!    its first HTTP/2 answer as five), and the peer address of
+//!    sendto/recvfrom/msghdr, and sends one record to the `DATA` ring; a
+//!    recvmmsg/sendmmsg sends one per message (the first [`MAX_MMSGS`]:
+//!    glibc's resolver sends its A and AAAA queries with one sendmmsg, dig
+//!    sends with it).
 //!
 //! Syscall tracepoint records have one layout for all syscalls:
 //! `args[i]` at offset 16 + 8*i, `ret` at 16 on exit (the agent checks the
@@ -34,10 +33,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use weft_common::{
-    AF_INET6, IPPROTO_UDP, SockTuple,
+    AF_INET6, SockTuple,
     config::NO_FIELD,
     counters::index,
-    data::{DATA_MAX, DIR_RECV, DIR_SEND, DataHeader, SyscallArgs, kind},
+    data::{DATA_MAX, DIR_RECV, DIR_SEND, DataEvent, DataHeader, SyscallArgs, kind},
 };
 
 use crate::maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, config, count};
@@ -47,11 +46,8 @@ const ARG1: usize = 24;
 const ARG4: usize = 48;
 const RET: usize = 16;
 
-/// Buffers of one TCP readv/writev/recvmsg/sendmsg captured apart: a
-/// length prefix and its message are often two (DNS over TCP), and nginx's
-/// first HTTP/2 answer is five (SETTINGS, WINDOW_UPDATE, SETTINGS ACK, a
-/// HEADERS frame header, its header block).
-pub const MAX_IOVECS: u64 = 8;
+/// Buffers of one readv/writev/recvmsg/sendmsg gathered into its record.
+pub const MAX_IOVECS: u64 = 32;
 /// Messages of one recvmmsg/sendmmsg captured.
 pub const MAX_MMSGS: u64 = 4;
 /// `struct mmsghdr`: a `struct user_msghdr` (56 bytes) and `msg_len`.
@@ -210,12 +206,11 @@ fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
 /// recvmmsg/sendmmsg).
 #[inline(always)]
 fn emit_syscall(syscall: u32, args: &SyscallArgs, ret: u64) {
-    let udp = args.protocol == IPPROTO_UDP as u32;
     match syscall {
-        kind::READ | kind::WRITE => emit(args.buf, u64::MAX, ret, 0),
-        kind::RECVFROM | kind::SENDTO => emit(args.buf, u64::MAX, ret, args.addr),
-        kind::READV | kind::WRITEV => emit_iovecs(args.buf, ret, 0, udp),
-        kind::RECVMSG | kind::SENDMSG => emit_msghdr(args.buf, ret, udp),
+        kind::READ | kind::WRITE => emit_buffer(args.buf, ret, 0),
+        kind::RECVFROM | kind::SENDTO => emit_buffer(args.buf, ret, args.addr),
+        kind::READV | kind::WRITEV => emit_iovecs(args.buf, ret, 0),
+        kind::RECVMSG | kind::SENDMSG => emit_msghdr(args.buf, ret),
         kind::RECVMMSG | kind::SENDMMSG => {
             for i in 0..MAX_MMSGS {
                 if i >= ret {
@@ -225,7 +220,7 @@ fn emit_syscall(syscall: u32, args: &SyscallArgs, ret: u64) {
                 // SAFETY: reading user memory through the checked helper.
                 let len = unsafe { bpf_probe_read_user((hdr + MMSG_LEN_OFFSET) as *const u32) };
                 match len {
-                    Ok(len) if len > 0 => emit_msghdr(hdr, len as u64, udp),
+                    Ok(len) if len > 0 => emit_msghdr(hdr, len as u64),
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -238,40 +233,12 @@ fn emit_syscall(syscall: u32, args: &SyscallArgs, ret: u64) {
 /// A `struct user_msghdr` at `msg` that moved `total` bytes: msg_name at
 /// 0, msg_iov at 16 (UAPI).
 #[inline(always)]
-fn emit_msghdr(msg: u64, total: u64, udp: bool) {
+fn emit_msghdr(msg: u64, total: u64) {
     // SAFETY: reading user memory through the checked helpers.
     let name = unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(0);
     // SAFETY: as above.
     if let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) } {
-        emit_iovecs(iov, total, name, udp);
-    }
-}
-
-/// One record per buffer of an iovec array that moved `total` bytes. A
-/// datagram is one message: its first buffer only, standing for all of it.
-#[inline(always)]
-fn emit_iovecs(iov: u64, total: u64, peer: u64, udp: bool) {
-    let mut left = total;
-    for i in 0..MAX_IOVECS {
-        if left == 0 {
-            break;
-        }
-        // `struct iovec { void *iov_base; size_t iov_len; }`.
-        // SAFETY: reading user memory through the checked helper.
-        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
-        else {
-            break;
-        };
-        // The last record also stands for the buffers after it.
-        let part = if udp || i == MAX_IOVECS - 1 {
-            left
-        } else {
-            len.min(left)
-        };
-        if part > 0 {
-            emit(base, len, part, peer);
-        }
-        left -= part;
+        emit_iovecs(iov, total, name);
     }
 }
 
@@ -308,26 +275,91 @@ fn sock_tuple(sk: u64) -> SockTuple {
     t
 }
 
-/// One record from the scratch header (see [`header`]): `total` bytes
-/// moved through the user buffer `buf` of `buf_len` bytes, of which up to
-/// `snippet_bytes` are copied. A subprogram of its own (not inlined): the
-/// verifier then checks a small function per call instead of a long
-/// straight line per syscall, and it takes four arguments (a BPF call
-/// takes at most five).
+/// The largest copy the verifier can see bounded: at most DATA_MAX.
+#[inline(always)]
+fn bounded(n: u64) -> u64 {
+    let n = n & ((DATA_MAX as u64 * 2) - 1);
+    if n > DATA_MAX as u64 {
+        DATA_MAX as u64
+    } else {
+        n
+    }
+}
+
+/// One record of `total` bytes moved through the user buffer `buf`.
+/// Subprograms of their own (not inlined), this one and
+/// [`emit_iovecs`]: the verifier then checks a small function per call
+/// instead of a long straight line per syscall.
 #[inline(never)]
-fn emit(buf: u64, buf_len: u64, total: u64, peer: u64) {
+fn emit_buffer(buf: u64, total: u64, peer: u64) {
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let snippet = config().snippet_bytes as u64;
-    let mut n = total.min(buf_len).min(snippet).min(DATA_MAX as u64);
-    // Keep the verifier's bound on `n` explicit.
-    n &= (DATA_MAX as u64 * 2) - 1;
-    if n > DATA_MAX as u64 {
-        n = DATA_MAX as u64;
+    let n = bounded(total.min(config().snippet_bytes as u64));
+    // SAFETY: this CPU's scratch record; the copy is checked by the
+    // helper and bounded by DATA_MAX.
+    let copied = n > 0
+        && unsafe {
+            let data = (&raw mut (*scratch).data).cast::<u8>();
+            probe_read_user_raw(data.cast(), n as u32, buf as *const core::ffi::c_void) == 0
+        };
+    send(scratch, if copied { n } else { 0 }, total, peer);
+}
+
+/// One record of `total` bytes moved through the buffers of the iovec
+/// array at `iov`, gathered in order up to `snippet_bytes`.
+#[inline(never)]
+fn emit_iovecs(iov: u64, total: u64, peer: u64) {
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let snippet = bounded(config().snippet_bytes as u64);
+    // SAFETY: this CPU's scratch record. The running totals go through
+    // its memory (volatile: not kept in registers), which the verifier
+    // does not track: the paths through one buffer (copied, empty,
+    // failed) then end in the same state, and 32 buffers cost 32 times
+    // one, not one path per combination. Copies are checked by the helper
+    // and bounded as noted.
+    unsafe {
+        let gathered = &raw mut (*scratch).gathered;
+        let left = &raw mut (*scratch).left;
+        gathered.write_volatile(0);
+        left.write_volatile(total);
+        for i in 0..MAX_IOVECS {
+            let (done, rest) = (gathered.read_volatile(), left.read_volatile());
+            if rest == 0 || done >= snippet {
+                break;
+            }
+            // `struct iovec { void *iov_base; size_t iov_len; }`.
+            let Ok([base, len]) = bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) else {
+                break;
+            };
+            let moved = len.min(rest);
+            let n = bounded(moved.min(snippet.saturating_sub(done)));
+            if n > 0 {
+                // `done` < snippet <= DATA_MAX: the offset is below
+                // DATA_MAX and the copy ends inside the 2 * DATA_MAX area.
+                let at = done & (DATA_MAX as u64 - 1);
+                let data = (&raw mut (*scratch).data).cast::<u8>().add(at as usize);
+                if probe_read_user_raw(data.cast(), n as u32, base as *const core::ffi::c_void) != 0
+                {
+                    break;
+                }
+                gathered.write_volatile(done + n);
+            }
+            left.write_volatile(rest - moved);
+        }
+        send(scratch, gathered.read_volatile(), total, peer);
     }
-    // SAFETY: `scratch` is this CPU's scratch record; every read goes
-    // through helpers that check the source.
+}
+
+/// Sends the scratch record (its header filled by [`header`]) with
+/// `captured` bytes of data standing for `total`.
+#[inline(always)]
+fn send(scratch: *mut DataEvent, captured: u64, total: u64, peer: u64) {
+    let captured = bounded(captured);
+    // SAFETY: this CPU's scratch record; user memory is read through the
+    // checked helper.
     unsafe {
         let h = &raw mut (*scratch).header;
         (*h).ts_ns = bpf_ktime_get_ns();
@@ -336,13 +368,6 @@ fn emit(buf: u64, buf_len: u64, total: u64, peer: u64) {
         if peer != 0 {
             (*h).peer = bpf_probe_read_user(peer as *const [u8; 28]).unwrap_or([0; 28]);
         }
-        let data = (&raw mut (*scratch).data).cast::<u8>();
-        let copied = if n > 0 {
-            probe_read_user_raw(data.cast(), n as u32, buf as *const core::ffi::c_void) == 0
-        } else {
-            false
-        };
-        let captured = if copied { n } else { 0 };
         (*h).captured_len = captured as u32;
         let len = core::mem::size_of::<DataHeader>() + captured as usize;
         let record = core::slice::from_raw_parts(scratch.cast::<u8>(), len);
