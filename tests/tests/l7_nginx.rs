@@ -1,0 +1,130 @@
+//! HTTP/1.1 against a real nginx that sends its files with sendfile (as
+//! nginx ships): the bodies never pass through a user buffer, and weft's
+//! HTTP framing must still hold across keep-alive requests. curl is the
+//! client (egress records), nginx the server (ingress records).
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::Agent,
+    lab::Lab,
+    peer::{Peer, TempDir, require_program},
+    require_root, unique_port, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// The file's size: large enough that sendfile carries it in several
+/// pieces, none of which weft sees.
+const FILE_BYTES: usize = 100_000;
+
+fn nginx_conf(dir: &TempDir, addr: &str, port: u16) -> String {
+    let d = dir.as_str();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {addr}:{port};
+        root {d}/html;
+    }}
+}}
+"
+    )
+}
+
+fn l7(records: &[Value], direction: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
+        .filter(|r| r["source"]["process"] == "curl")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn http1_through_nginx_sendfile() {
+    if !require_root("http1_through_nginx_sendfile") {
+        return;
+    }
+    require_program("nginx");
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(41);
+    let port_s = port.to_string();
+    let dir = TempDir::new("nginx-sendfile");
+    std::fs::create_dir_all(dir.join("html")).expect("html dir");
+    std::fs::write(dir.join("html/file.bin"), vec![b'x'; FILE_BYTES]).expect("file");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, &lab.server_v4, port)).expect("nginx.conf");
+    let mut nginx = Peer::start(
+        "nginx",
+        &lab.server_ns,
+        &["nginx", "-p", dir.as_str(), "-c", &conf],
+    );
+    let addr: SocketAddr = format!("{}:{port}", lab.server_v4).parse().expect("addr");
+    nginx.wait_tcp(&lab.client_ns, addr, WAIT);
+
+    // Three requests on one keep-alive connection: two files, one 404.
+    let base = format!("http://{}:{port}", lab.server_v4);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "curl", "-s"])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{size_download}\\n"])
+        .arg(format!("{base}/file.bin"))
+        .args(["-o", "/dev/null", &format!("{base}/file.bin")])
+        .args(["-o", "/dev/null", &format!("{base}/missing")])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl failed");
+    let sizes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(sizes.contains(&format!("200 {FILE_BYTES}")), "{sizes}");
+
+    let records = wait_for("three HTTP records from each side", WAIT, || {
+        let records = agent.flows(&["--port", &port_s, "--protocol", "http", "--all"]);
+        (l7(&records, "egress").len() >= 3 && l7(&records, "ingress").len() >= 3).then_some(records)
+    });
+    nginx.stop();
+    for direction in ["egress", "ingress"] {
+        let side = l7(&records, direction);
+        assert_eq!(side.len(), 3, "{direction}: {side:#?}");
+        let statuses: Vec<u64> = side
+            .iter()
+            .map(|r| r["l7"]["status"].as_u64().expect("status"))
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 200).count(),
+            2,
+            "{side:#?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 404).count(),
+            1,
+            "{side:#?}"
+        );
+        for r in &side {
+            assert_eq!(r["l7"]["method"], "GET");
+            assert_eq!(r["destination"]["port"], port);
+        }
+    }
+    let port_label = format!("server_port=\"{port}\"");
+    assert_eq!(
+        agent.metric_sum("http_server_request_duration_seconds_count", &[&port_label]),
+        3.0
+    );
+    assert_eq!(
+        agent.metric_sum("http_client_request_duration_seconds_count", &[&port_label]),
+        3.0
+    );
+}
