@@ -62,6 +62,12 @@ pub struct Config {
     pub l7_capture_bytes: u32,
     /// Connections whose L7 streams are parsed at once.
     pub l7_stream_capacity: usize,
+    /// Replace URL query values with `REDACTED` in L7 records.
+    pub l7_redact_query_values: bool,
+    /// Replace SQL literals with `?` in L7 records.
+    pub l7_obfuscate_sql: bool,
+    /// Replace Redis arguments after the key with `?` in L7 records.
+    pub l7_obfuscate_redis_values: bool,
     /// Kubernetes identity (pods, namespaces, workloads, Services).
     pub kubernetes: KubernetesConfig,
 }
@@ -85,6 +91,9 @@ impl Default for Config {
             metric_label_budget: 2_000,
             l7_capture_bytes: 1024,
             l7_stream_capacity: 16_384,
+            l7_redact_query_values: true,
+            l7_obfuscate_sql: true,
+            l7_obfuscate_redis_values: true,
             kubernetes: KubernetesConfig::default(),
         }
     }
@@ -134,6 +143,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What the L7 parsers may report (private by default; bodies never).
+    pub fn l7_privacy(&self) -> weft_l7::Privacy {
+        weft_l7::Privacy {
+            redact_query_values: self.l7_redact_query_values,
+            obfuscate_sql: self.l7_obfuscate_sql,
+            obfuscate_redis_values: self.l7_obfuscate_redis_values,
+            ..weft_l7::Privacy::default()
+        }
+    }
+
     /// Defaults, then the file, then the flags; validated.
     pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
         let mut config = match &args.config {
@@ -361,6 +380,16 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privacy_is_configurable_and_private_by_default() {
+        let p = Config::default().l7_privacy();
+        assert!(p.redact_query_values && p.obfuscate_sql && p.obfuscate_redis_values);
+        let c =
+            Config::from_yaml("l7_obfuscate_sql: false\nl7_redact_query_values: false\n").unwrap();
+        let p = c.l7_privacy();
+        assert!(!p.obfuscate_sql && !p.redact_query_values && p.obfuscate_redis_values);
+    }
 
     #[test]
     fn empty_file_is_defaults() {

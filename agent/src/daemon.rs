@@ -123,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         l7: L7Engine::new(
             config.l7_stream_capacity,
             weft_l7::Limits::default(),
-            weft_l7::Privacy::default(),
+            config.l7_privacy(),
         ),
         l7_metrics,
         l7_unattributed: 0,
