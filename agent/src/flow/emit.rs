@@ -52,8 +52,10 @@ pub struct Observation<'a> {
     pub event: FlowEvent,
     pub ts_ns: u64,
     pub start_ns: u64,
-    pub client: Option<&'a Owner>,
-    pub server: Option<&'a Owner>,
+    /// Copied, not borrowed, so that a flow can hand out its observation
+    /// and update its own export state in one call.
+    pub client: Option<Owner>,
+    pub server: Option<Owner>,
     pub figures: Figures,
     pub failure: Option<Failure>,
 }
@@ -94,12 +96,16 @@ impl Emitter {
     }
 
     fn endpoints(&mut self, obs: &Observation<'_>) -> (Endpoint, Endpoint) {
-        let source = self
-            .enricher
-            .endpoint(obs.key.client.ip(), obs.key.client.port(), obs.client);
-        let destination =
-            self.enricher
-                .endpoint(obs.key.server.ip(), obs.key.server.port(), obs.server);
+        let source = self.enricher.endpoint(
+            obs.key.client.ip(),
+            obs.key.client.port(),
+            obs.client.as_ref(),
+        );
+        let destination = self.enricher.endpoint(
+            obs.key.server.ip(),
+            obs.key.server.port(),
+            obs.server.as_ref(),
+        );
         (source, destination)
     }
 

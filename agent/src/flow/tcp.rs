@@ -178,7 +178,7 @@ impl TcpTracker {
                 } else {
                     "received"
                 };
-                let owner = (ev.sk != 0).then_some(&ev.conn.owner);
+                let owner = (ev.sk != 0).then_some(ev.conn.owner);
                 let obs = Observation {
                     key: &key,
                     event: FlowEvent::Update,
@@ -361,11 +361,8 @@ impl TcpTracker {
             if now_ns.saturating_sub(conn.last_record_ns) >= self.settings.update_interval_ns {
                 emit(key, conn, FlowEvent::Update, now_ns, out);
             } else {
-                let figures = conn.figures();
-                let mut exported = conn.exported;
-                let obs = observation(key, conn, FlowEvent::Update, now_ns, figures);
-                out.export_growth(&obs, &mut exported);
-                conn.exported = exported;
+                let obs = observation(key, conn, FlowEvent::Update, now_ns, conn.figures());
+                out.export_growth(&obs, &mut conn.exported);
             }
         }
         for key in due {
@@ -376,7 +373,7 @@ impl TcpTracker {
 
 fn observation<'a>(
     key: &'a FlowKey,
-    conn: &'a Connection,
+    conn: &Connection,
     event: FlowEvent,
     ts_ns: u64,
     figures: Figures,
@@ -386,19 +383,16 @@ fn observation<'a>(
         event,
         ts_ns,
         start_ns: conn.start_ns,
-        client: conn.client.as_ref().map(|e| &e.conn.owner),
-        server: conn.server.as_ref().map(|e| &e.conn.owner),
+        client: conn.client.map(|e| e.conn.owner),
+        server: conn.server.map(|e| e.conn.owner),
         figures,
         failure: None,
     }
 }
 
 fn emit(key: &FlowKey, conn: &mut Connection, event: FlowEvent, ts_ns: u64, out: &mut Emitter) {
-    let figures = conn.figures();
-    let mut exported = conn.exported;
-    let obs = observation(key, conn, event, ts_ns, figures);
-    out.emit(&obs, &mut exported);
-    conn.exported = exported;
+    let obs = observation(key, conn, event, ts_ns, conn.figures());
+    out.emit(&obs, &mut conn.exported);
     conn.last_record_ns = ts_ns;
 }
 
@@ -424,7 +418,7 @@ fn failed(key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
         resets_sent: c.resets_sent as u64,
         resets_received: c.resets_received as u64,
     };
-    let owner = Some(&ev.conn.owner);
+    let owner = Some(ev.conn.owner);
     let obs = Observation {
         key: &key,
         event: FlowEvent::Fail,

@@ -154,11 +154,8 @@ impl UdpTracker {
             {
                 emit(key, flow, FlowEvent::Update, now_ns, out);
             } else {
-                let figures = flow.figures();
-                let obs = observation(key, flow, FlowEvent::Update, now_ns, figures);
-                let mut exported = flow.exported;
-                out.export_growth(&obs, &mut exported);
-                flow.exported = exported;
+                let obs = observation(key, flow, FlowEvent::Update, now_ns, flow.figures());
+                out.export_growth(&obs, &mut flow.exported);
             }
         }
         for key in expired {
@@ -170,7 +167,7 @@ impl UdpTracker {
 
 fn observation<'a>(
     key: &'a FlowKey,
-    flow: &'a Flow,
+    flow: &Flow,
     event: FlowEvent,
     ts_ns: u64,
     figures: Figures,
@@ -180,18 +177,15 @@ fn observation<'a>(
         event,
         ts_ns,
         start_ns: flow.first_ns(),
-        client: Flow::owner(&flow.client),
-        server: Flow::owner(&flow.server),
+        client: Flow::owner(&flow.client).copied(),
+        server: Flow::owner(&flow.server).copied(),
         figures,
         failure: None,
     }
 }
 
 fn emit(key: &FlowKey, flow: &mut Flow, event: FlowEvent, ts_ns: u64, out: &mut Emitter) {
-    let figures = flow.figures();
-    let mut exported = flow.exported;
-    let obs = observation(key, flow, event, ts_ns, figures);
-    out.emit(&obs, &mut exported);
-    flow.exported = exported;
+    let obs = observation(key, flow, event, ts_ns, flow.figures());
+    out.emit(&obs, &mut flow.exported);
     flow.last_record_ns = ts_ns.max(flow.last_record_ns);
 }

@@ -323,7 +323,7 @@ async fn flows_and_metrics_carry_kubernetes_names() {
             event: FlowEvent::Open,
             ts_ns: 1_000,
             start_ns: 0,
-            client: Some(&frontend),
+            client: Some(frontend),
             server: None,
             figures: Figures {
                 bytes_sent: 100,

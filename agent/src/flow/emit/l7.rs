@@ -50,8 +50,8 @@ impl Emitter {
             event: FlowEvent::Request,
             ts_ns: ex.request_ns,
             start_ns: ex.request_ns,
-            client,
-            server,
+            client: client.copied(),
+            server: server.copied(),
             figures: Figures::default(),
             failure: None,
         };
