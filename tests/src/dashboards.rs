@@ -6,15 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// Metric families of the L7 parsers (spec.md, OpenTelemetry names) that
-/// the dashboard test drives no traffic for yet (gRPC): panels on them must
-/// parse, and are reported as "pending L7" when they have no data. The
-/// others (HTTP, databases, DNS) must show the test's own requests.
-pub const L7_PENDING: &[&str] = &[
-    "rpc_server_call_duration_seconds",
-    "rpc_client_call_duration_seconds",
-];
-
 /// The value each Grafana variable gets when the tests run a query: every
 /// workload, namespace and agent; windows long enough for a test's traffic
 /// at a 1 s scrape interval.
@@ -42,13 +33,6 @@ pub struct Query {
     /// What Prometheus runs (variables replaced; a variable's
     /// `query_result(...)`/`label_values(...)` turned into PromQL).
     pub promql: String,
-}
-
-impl Query {
-    /// Whether the expression uses an L7 family listed as pending.
-    pub fn is_pending_l7(&self) -> bool {
-        L7_PENDING.iter().any(|f| self.expr.contains(f))
-    }
 }
 
 pub fn dir() -> PathBuf {

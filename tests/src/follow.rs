@@ -104,6 +104,56 @@ impl Follower {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Both sides' L7 records of a test's exchange, `[egress, ingress]`,
+    /// each sorted by time, once `ready` holds (typically: the clients'
+    /// connections closed, after which nothing more arrives for them) and
+    /// each side has `total` records. Asserts that the follower skipped
+    /// nothing and that each side has exactly `total`.
+    pub fn l7_both_sides(
+        &self,
+        timeout: Duration,
+        total: usize,
+        ready: impl Fn(&[Value]) -> bool,
+    ) -> [Vec<Value>; 2] {
+        let records = self.wait(timeout, |records| {
+            ready(records)
+                && l7(records, "egress").len() >= total
+                && l7(records, "ingress").len() >= total
+        });
+        assert!(self.notices().is_empty(), "{:?}", self.notices());
+        ["egress", "ingress"].map(|direction| {
+            let side = l7(&records, direction);
+            assert_eq!(side.len(), total, "{direction}: {side:#?}");
+            side
+        })
+    }
+}
+
+/// The L7 records seen from one side (`egress`: the client's socket,
+/// `ingress`: the server's), sorted by time.
+pub fn l7(records: &[Value], direction: &str) -> Vec<Value> {
+    let mut side: Vec<Value> = records
+        .iter()
+        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
+        .cloned()
+        .collect();
+    side.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
+    side
+}
+
+/// How many L4 `close` records name one of `clients` as their source
+/// process.
+pub fn closes_by(records: &[Value], clients: &[&str]) -> usize {
+    records
+        .iter()
+        .filter(|r| r["type"] == "l4" && r["event"] == "close")
+        .filter(|r| {
+            r["source"]["process"]
+                .as_str()
+                .is_some_and(|p| clients.contains(&p))
+        })
+        .count()
 }
 
 impl Drop for Follower {

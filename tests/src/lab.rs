@@ -101,6 +101,35 @@ impl Lab {
         run(&full)
     }
 
+    /// A 20 Mbit/s shaper with a 30 ms queue on the client's egress: a
+    /// bulk upload fills the queue (tens of ms of RTT) and overflows it
+    /// (drops, so retransmits).
+    pub fn shape_client_egress(&self) {
+        self.exec(
+            &self.client_ns,
+            &[
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &self.client_dev,
+                "root",
+                "tbf",
+                "rate",
+                "20mbit",
+                "burst",
+                "16kb",
+                "latency",
+                "30ms",
+            ],
+        );
+    }
+
+    /// The lab server's IPv4 address with `port`.
+    pub fn server_addr(&self, port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.server_v4.parse().expect("lab address"), port)
+    }
+
     fn remove(&self) {
         for ns in [&self.client_ns, &self.server_ns] {
             let _ = std::process::Command::new("ip")

@@ -14,6 +14,8 @@ pub mod follow;
 pub mod lab;
 pub mod peer;
 pub mod prometheus;
+pub mod servers;
+pub mod traffic;
 
 use std::{
     process::{Command, Output},

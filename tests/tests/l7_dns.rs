@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use weft_tests::{
     agent::Agent,
     follow::Follower,
@@ -67,14 +66,6 @@ const LOOKUPS: [Lookup; 5] = [
         answers: 1,
     },
 ];
-
-fn l7(records: &[Value], direction: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
-        .cloned()
-        .collect()
-}
 
 /// dnsmasq in the lab's server namespace on `port`, answering
 /// www.example.test (A and AAAA) and NXDOMAIN for nx.test, refusing the
@@ -156,18 +147,10 @@ fn dns_lookups_from_both_sides() {
     server.assert_running();
 
     let total = LOOKUPS.len();
-    let records = follower.wait(WAIT, |records| {
-        l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), total, "{egress:#?}");
-    assert_eq!(ingress.len(), total, "{ingress:#?}");
+    // UDP has no close: the records are complete once each side has them.
+    let [egress, ingress] = follower.l7_both_sides(WAIT, total, |_| true);
     for side in [&egress, &ingress] {
-        let mut sorted = side.clone();
-        sorted.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
-        for (r, l) in sorted.iter().zip(&LOOKUPS) {
+        for (r, l) in side.iter().zip(&LOOKUPS) {
             assert_eq!(r["l7"]["protocol"], "dns", "{r:#}");
             assert_eq!(r["transport"], if l.tcp { "tcp" } else { "udp" }, "{r:#}");
             assert_eq!(r["l7"]["query"], l.name, "{r:#}");
@@ -188,9 +171,7 @@ fn dns_lookups_from_both_sides() {
     }
     // dig's records come from its network threads (comm `isc-net-0000`),
     // of its process.
-    let mut sorted = egress.clone();
-    sorted.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
-    for (r, pid) in sorted.iter().zip(&dig_pids) {
+    for (r, pid) in egress.iter().zip(&dig_pids) {
         assert_eq!(r["source"]["pid"], *pid, "{r:#}");
     }
 
@@ -290,14 +271,7 @@ fn dns_lookups_of_the_c_library() {
     );
     server.assert_running();
 
-    let records = follower.wait(WAIT, |records| {
-        l7(records, "egress").len() >= 2 && l7(records, "ingress").len() >= 2
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), 2, "{egress:#?}");
-    assert_eq!(ingress.len(), 2, "{ingress:#?}");
+    let [egress, ingress] = follower.l7_both_sides(WAIT, 2, |_| true);
     for side in [&egress, &ingress] {
         let mut qtypes: Vec<&str> = side
             .iter()

@@ -2,15 +2,13 @@
 //! client (egress records) against a real grpcio server (ingress records),
 //! four unary calls on one channel: OK, OK, NOT_FOUND, and a slow one.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    follow::Follower,
+    follow::{Follower, closes_by},
     lab::Lab,
-    peer::{Peer, require_program},
-    require_root, unique_port,
+    require_root, servers, unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -19,86 +17,29 @@ const SERVICE: &str = "weft.test.Greeter";
 /// The calls the client makes, in order, and their gRPC status codes.
 const CALLS: [(&str, u64); 4] = [("SayHello", 0), ("SayHello", 0), ("Lookup", 5), ("Slow", 0)];
 
-fn l7(records: &[Value], direction: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
-        .cloned()
-        .collect()
-}
-
-/// A Python with grpcio: Debian's (python3-grpcio), else the first
-/// `python3` on PATH.
-fn grpc_python() -> String {
-    for python in ["/usr/bin/python3", "python3"] {
-        let ok = Command::new(python)
-            .args(["-c", "import grpc"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return python.to_owned();
-        }
-    }
-    panic!(
-        "no python3 with grpcio: the gRPC test needs a real gRPC peer \
-         (`cargo xtask setup` installs python3-grpcio)"
-    );
-}
-
 #[test]
 fn grpc_calls_from_both_sides() {
     if !require_root("grpc_calls_from_both_sides") {
         return;
     }
-    require_program("python3");
-    let python = grpc_python();
     let agent = Agent::start(&[]);
     let lab = Lab::new();
     let port = unique_port(30);
     let port_s = port.to_string();
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/grpc_peer.py");
-    let mut server = Peer::start(
-        "grpc server",
-        &lab.server_ns,
-        &[&python, script, "serve", &lab.server_v4, &port_s],
-    );
-    let addr = format!("{}:{port}", lab.server_v4).parse().unwrap();
-    server.wait_tcp(&lab.client_ns, addr, WAIT);
-
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns, &python, script, "call"])
-        .args([&lab.server_v4, &port_s])
-        .output()
-        .expect("run the gRPC client");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut server = servers::grpc(&lab, port);
     assert_eq!(
-        text,
-        "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n",
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
+        servers::grpc_calls(&lab, &server),
+        "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n"
     );
     server.stop();
 
     let total = CALLS.len();
-    let records = follower.wait(WAIT, |records| {
-        let closed = records.iter().any(|r| {
-            r["type"] == "l4"
-                && r["event"] == "close"
-                && r["destination"]["port"] == port
-                && r["source"]["process"] != "weft-probe"
-        });
-        closed && l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), total, "{egress:#?}");
-    assert_eq!(ingress.len(), total, "{ingress:#?}");
-    for side in [&egress, &ingress] {
-        let mut sorted = side.clone();
-        sorted.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
-        for (r, (method, status)) in sorted.iter().zip(CALLS) {
+    // Client and server are both python3: the client's socket is the
+    // source of the connection's close record.
+    let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["python3"]) >= 1);
+    for side in &sides {
+        for (r, (method, status)) in side.iter().zip(CALLS) {
             assert_eq!(r["l7"]["protocol"], "grpc", "{r:#}");
             assert_eq!(r["l7"]["service"], SERVICE, "{r:#}");
             assert_eq!(r["l7"]["method"], method, "{r:#}");

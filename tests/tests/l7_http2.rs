@@ -9,21 +9,13 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    follow::Follower,
+    follow::{Follower, closes_by},
     lab::Lab,
     peer::{Peer, TempDir, require_program},
     require_root, unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn l7(records: &[Value], direction: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
-        .cloned()
-        .collect()
-}
 
 /// nginx serving h2c on `addr:port`; `/slow` (it sleeps 100 ms) and
 /// `/echo` (a POST: 201) go to the Python test server on the server
@@ -153,20 +145,8 @@ fn http2_requests_from_both_sides() {
     python.stop();
 
     let total = requests.len();
-    let records = follower.wait(WAIT, |records| {
-        let closed = records
-            .iter()
-            .filter(|r| r["type"] == "l4" && r["event"] == "close")
-            .filter(|r| matches!(r["source"]["process"].as_str(), Some("nghttp" | "curl")))
-            .count();
-        closed >= 2 && l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), total, "{egress:#?}");
-    assert_eq!(ingress.len(), total, "{ingress:#?}");
-    for side in [&egress, &ingress] {
+    let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["nghttp", "curl"]) >= 2);
+    for side in &sides {
         for (client, method, path, status) in requests {
             let found: Vec<&Value> = side.iter().filter(|r| r["l7"]["path"] == path).collect();
             assert_eq!(found.len(), 1, "{path}: {side:#?}");

@@ -3,15 +3,13 @@
 //! (ingress records) with a temporary data directory: statements one at a
 //! time, an error (1146, table doesn't exist) and a slow statement.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    follow::Follower,
+    follow::{Follower, closes_by},
     lab::Lab,
-    peer::{Peer, TempDir, exec_with_input, require_program},
-    require_root, unique_port,
+    require_root, servers, unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,113 +51,27 @@ const STATEMENTS: [(&str, &str, Option<u64>, MysqlError); 7] = [
     ("DELETE FROM weft.t", "DELETE", Some(2), None),
 ];
 
-fn l7(records: &[Value], direction: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
-        .cloned()
-        .collect()
-}
-
 #[test]
 fn mysql_queries_from_both_sides() {
     if !require_root("mysql_queries_from_both_sides") {
         return;
     }
-    require_program("mariadb-install-db");
-    require_program("mariadbd");
-    require_program("mariadb");
     let agent = Agent::start(&[]);
     let lab = Lab::new();
     let port = unique_port(26);
     let port_s = port.to_string();
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
+    let mut server = servers::mariadb(&lab, port);
 
-    let dir = TempDir::new("mariadb");
-    let data = dir.join("data");
-    let datadir = format!("--datadir={data}");
-    let out = Command::new("mariadb-install-db")
-        .args([
-            "--no-defaults",
-            &datadir,
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            "--skip-name-resolve",
-        ])
-        .output()
-        .expect("run mariadb-install-db");
-    assert!(
-        out.status.success(),
-        "mariadb-install-db failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let bind = format!("--bind-address={}", lab.server_v4);
-    let port_arg = format!("--port={port}");
-    let socket = format!("--socket={}", dir.join("mysqld.sock"));
-    let pid_file = format!("--pid-file={}", dir.join("mysqld.pid"));
-    let mut server = Peer::start(
-        "mariadbd",
-        &lab.server_ns,
-        &[
-            "mariadbd",
-            "--no-defaults",
-            &datadir,
-            &bind,
-            &port_arg,
-            &socket,
-            &pid_file,
-            "--user=root",
-            // No accounts to set up: any client is root.
-            "--skip-grant-tables",
-            "--skip-name-resolve",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=16M",
-        ],
-    );
-    let addr = format!("{}:{port}", lab.server_v4).parse().unwrap();
-    server.wait_tcp(&lab.client_ns, addr, WAIT);
-
-    // Statements from stdin, one COM_QUERY each; --force goes on after
-    // the error (with -e the client stops at it).
-    let script: String = STATEMENTS
-        .iter()
-        .map(|(s, _, _, _)| format!("{s};\n"))
-        .collect();
-    let client = [
-        "mariadb",
-        "--no-defaults",
-        "--batch",
-        "--force",
-        "-h",
-        &lab.server_v4,
-        "-P",
-        &port_s,
-        "-u",
-        "root",
-    ];
-    let (_, stdout, stderr) = exec_with_input(&lab.client_ns, &client, &script);
+    let statements: Vec<&str> = STATEMENTS.iter().map(|s| s.0).collect();
+    let (stdout, stderr) = servers::mariadb_client(&lab, &server, &statements);
     assert!(stderr.contains("ERROR 1146"), "mariadb: {stdout}{stderr}");
     assert!(stdout.contains("alice"), "mariadb: {stdout}{stderr}");
     server.stop();
 
     let total = STATEMENTS.len();
-    let records = follower.wait(WAIT, |records| {
-        let closed = records.iter().any(|r| {
-            r["type"] == "l4" && r["event"] == "close" && r["source"]["process"] == "mariadb"
-        });
-        closed && l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), total, "{egress:#?}");
-    assert_eq!(ingress.len(), total, "{ingress:#?}");
-    for side in [&egress, &ingress] {
-        let mut sorted = side.clone();
-        sorted.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
+    let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["mariadb"]) >= 1);
+    for sorted in &sides {
         for (r, (_, operation, rows, error)) in sorted.iter().zip(STATEMENTS) {
             assert_eq!(r["l7"]["protocol"], "mysql", "{r:#}");
             assert_eq!(r["source"]["process"], "mariadb", "{r:#}");

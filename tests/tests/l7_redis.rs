@@ -3,15 +3,15 @@
 //! records): commands one at a time with their replies, error replies, a
 //! blocking command for the latency, and a pipeline (`redis-cli --pipe`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    follow::Follower,
+    follow::{Follower, closes_by},
     lab::Lab,
-    peer::{Peer, TempDir, exec_with_input, require_program},
-    require_root, unique_port,
+    peer::exec_with_input,
+    require_root, servers, unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,21 +40,11 @@ const COMMANDS: [(&str, &str, Option<&str>); 10] = [
 /// to know when the last reply arrived).
 const PIPELINED: usize = 5;
 
-fn l7(records: &[Value], direction: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
-        .cloned()
-        .collect()
-}
-
 #[test]
 fn redis_commands_from_both_sides() {
     if !require_root("redis_commands_from_both_sides") {
         return;
     }
-    require_program("redis-server");
-    require_program("redis-cli");
     let agent = Agent::start(&[]);
     let lab = Lab::new();
     let port = unique_port(20);
@@ -62,30 +52,7 @@ fn redis_commands_from_both_sides() {
     // The port alone could match another process's ephemeral port on a
     // busy node: the lab's server address narrows it down to this test.
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
-    let dir = TempDir::new("redis");
-    let mut server = Peer::start(
-        "redis-server",
-        &lab.server_ns,
-        &[
-            "redis-server",
-            "--bind",
-            &lab.server_v4,
-            "--port",
-            &port_s,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            dir.as_str(),
-        ],
-    );
-    let addr: SocketAddr = format!("{}:{port}", lab.server_v4).parse().unwrap();
-    server.wait_tcp(&lab.client_ns, addr, WAIT);
+    let mut server = servers::redis(&lab, port);
 
     // One connection, one command at a time (redis-cli reads stdin and
     // waits for each reply).
@@ -118,19 +85,8 @@ fn redis_commands_from_both_sides() {
     let total = COMMANDS.len() + PIPELINED + 1;
     // Both connections' L4 `close` records come after their L7 streams
     // were flushed: nothing more arrives for them after that.
-    let records = follower.wait(WAIT, |records| {
-        let closed = records
-            .iter()
-            .filter(|r| r["type"] == "l4" && r["event"] == "close")
-            .filter(|r| r["source"]["process"] == "redis-cli")
-            .count();
-        closed >= 2 && l7(records, "egress").len() >= total && l7(records, "ingress").len() >= total
-    });
-    assert!(follower.notices().is_empty(), "{:?}", follower.notices());
-    let egress = l7(&records, "egress");
-    let ingress = l7(&records, "ingress");
-    assert_eq!(egress.len(), total, "{egress:#?}");
-    assert_eq!(ingress.len(), total, "{ingress:#?}");
+    let [egress, ingress] =
+        follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["redis-cli"]) >= 2);
     for r in egress.iter().chain(&ingress) {
         assert_eq!(r["l7"]["protocol"], "redis", "{r:#}");
         assert_eq!(r["transport"], "tcp", "{r:#}");
@@ -140,11 +96,9 @@ fn redis_commands_from_both_sides() {
         assert_eq!(r["destination"]["port"], port, "{r:#}");
         assert!(r["l7"]["answered"].is_null(), "unanswered: {r:#}");
     }
-    for side in [&egress, &ingress] {
-        // Records are in request order per connection; the one-at-a-time
-        // connection came first.
-        let mut sorted = side.clone();
-        sorted.sort_by_key(|r| r["time"].as_str().unwrap_or_default().to_owned());
+    // Records are in request order per connection; the one-at-a-time
+    // connection came first.
+    for sorted in [&egress, &ingress] {
         for (r, (_, command, error)) in sorted.iter().zip(COMMANDS) {
             assert_eq!(r["l7"]["command"], command, "{r:#}");
             match error {

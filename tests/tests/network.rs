@@ -55,27 +55,7 @@ fn srtt_agrees_with_ss_and_retransmits_are_counted() {
     }
     let agent = Agent::start(&[]);
     let lab = Lab::new();
-    // A 20 Mbit/s shaper with a 30 ms queue on the client's egress: a bulk
-    // upload fills the queue (tens of ms of RTT) and overflows it (drops,
-    // so retransmits).
-    lab.exec(
-        &lab.client_ns,
-        &[
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            &lab.client_dev,
-            "root",
-            "tbf",
-            "rate",
-            "20mbit",
-            "burst",
-            "16kb",
-            "latency",
-            "30ms",
-        ],
-    );
+    lab.shape_client_egress();
     let port = unique_port(6);
     let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
     const BULK: usize = 6_000_000;

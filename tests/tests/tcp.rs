@@ -12,42 +12,12 @@ use std::{
 use weft_tests::{
     agent::Agent,
     lab::{Lab, spawn_in},
-    require_root, unique_port, wait_for,
+    require_root,
+    traffic::exchange,
+    unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A server that reads `expect` bytes, answers `reply` bytes, and closes;
-/// a client that sends `send` bytes and reads until EOF. Returns what the
-/// client received.
-fn exchange(lab: &Lab, server: SocketAddr, send: usize, reply: usize) -> usize {
-    let listener_ready = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = listener_ready;
-    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
-        let listener = TcpListener::bind(server).expect("bind server");
-        ready_tx.send(()).expect("signal ready");
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0;
-        while got < send {
-            let n = conn.read(&mut buf).expect("server read");
-            assert!(n > 0, "client closed early after {got} bytes");
-            got += n;
-        }
-        conn.write_all(&vec![b'r'; reply]).expect("server write");
-        got
-    });
-    ready_rx.recv_timeout(WAIT).expect("server listening");
-    let cli = spawn_in(&lab.client_ns, "lab-client", move || {
-        let mut conn = TcpStream::connect_timeout(&server, WAIT).expect("connect");
-        conn.write_all(&vec![b's'; send]).expect("client write");
-        let mut received = Vec::new();
-        conn.read_to_end(&mut received).expect("client read");
-        received.len()
-    });
-    assert_eq!(srv.join().expect("server thread"), send);
-    cli.join().expect("client thread")
-}
 
 fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
     let agent = Agent::start(&[]);

@@ -1,0 +1,336 @@
+//! Real protocol servers started in a lab's server namespace, shared by the
+//! L7 tests and the dashboard test: each listens on the lab's server
+//! address and a port of the test's, keeps its state in a temporary
+//! directory of its own, and is stopped (by its pid) and cleaned up when
+//! the returned [`Server`] is dropped.
+
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use crate::{
+    lab::Lab,
+    peer::{Peer, TempDir, require_program},
+    run,
+};
+
+/// Database servers take a few seconds to start on a busy machine.
+const START: Duration = Duration::from_secs(30);
+
+/// A running server. Fields drop in order: the process stops before its
+/// directory is removed.
+pub struct Server {
+    pub peer: Peer,
+    /// Where clients in the lab's client namespace reach it.
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts `args` in the server namespace and waits until a client in
+    /// the client namespace can connect to `port`.
+    fn start(lab: &Lab, name: &str, port: u16, dir: TempDir, args: &[&str]) -> Self {
+        let mut peer = Peer::start(name, &lab.server_ns, args);
+        let addr = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
+        peer.wait_tcp(&lab.client_ns, addr, START);
+        Self {
+            peer,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server now (to flush its connections' close records).
+    pub fn stop(&mut self) {
+        self.peer.stop();
+    }
+}
+
+/// redis-server without persistence.
+pub fn redis(lab: &Lab, port: u16) -> Server {
+    require_program("redis-server");
+    require_program("redis-cli");
+    let dir = TempDir::new("redis");
+    let port_s = port.to_string();
+    let dir_s = dir.as_str().to_owned();
+    let args = [
+        "redis-server",
+        "--bind",
+        &lab.server_v4,
+        "--port",
+        &port_s,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &dir_s,
+    ];
+    Server::start(lab, "redis-server", port, dir, &args)
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql";
+
+/// The newest installed PostgreSQL major version's bin directory.
+fn pg_bin() -> String {
+    let mut versions: Vec<u32> = std::fs::read_dir(PG_BIN)
+        .unwrap_or_else(|e| {
+            panic!("{PG_BIN}: {e}: PostgreSQL is not installed (`cargo xtask setup` installs it)")
+        })
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|v| Path::new(&format!("{PG_BIN}/{v}/bin/postgres")).exists())
+        .collect();
+    versions.sort_unstable();
+    let v = versions
+        .last()
+        .unwrap_or_else(|| panic!("no PostgreSQL server under {PG_BIN}"));
+    format!("{PG_BIN}/{v}/bin")
+}
+
+/// A PostgreSQL cluster of the test's own, owned by the `postgres` user
+/// (the server refuses to run as root), trusting local connections and
+/// the lab's client; its superuser and database are both `postgres`.
+pub fn postgres(lab: &Lab, port: u16) -> Server {
+    require_program("psql");
+    require_program("setpriv");
+    let bin = pg_bin();
+    let dir = TempDir::new("postgres");
+    let data = dir.join("data");
+    let sockets = dir.join("sockets");
+    std::fs::create_dir_all(&sockets).expect("socket directory");
+    run(&["chown", "-R", "postgres:postgres", dir.as_str()]);
+    let as_postgres = [
+        "setpriv",
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+    ];
+    let initdb = format!("{bin}/initdb");
+    let mut args = as_postgres.to_vec();
+    args.extend([
+        initdb.as_str(),
+        "--pgdata",
+        &data,
+        "--auth=trust",
+        "--username=postgres",
+        "--no-sync",
+        "--no-instructions",
+    ]);
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir.as_str())
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        format!("{data}/pg_hba.conf"),
+        format!(
+            "local all all trust\nhost all all {}/32 trust\n",
+            lab.client_v4
+        ),
+    )
+    .expect("pg_hba.conf");
+
+    let postgres = format!("{bin}/postgres");
+    let port_s = port.to_string();
+    let listen = format!("listen_addresses={}", lab.server_v4);
+    let socket_dir = format!("unix_socket_directories={sockets}");
+    let mut args = as_postgres.to_vec();
+    args.extend([
+        postgres.as_str(),
+        "-D",
+        &data,
+        "-p",
+        &port_s,
+        "-c",
+        &listen,
+        "-c",
+        &socket_dir,
+        "-c",
+        "fsync=off",
+        "-c",
+        "logging_collector=off",
+    ]);
+    Server::start(lab, "postgres", port, dir, &args)
+}
+
+/// psql in the client namespace running `statements` (one `-c` each) on
+/// `server`; returns (stdout, stderr).
+pub fn psql(lab: &Lab, server: &Server, statements: &[&str]) -> (String, String) {
+    let ip = server.addr.ip().to_string();
+    let port = server.addr.port().to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.client_ns])
+        .args(["psql", "--no-psqlrc", "--quiet", "-h", &ip, "-p", &port])
+        .args(["-U", "postgres", "-d", "postgres"]);
+    for sql in statements {
+        cmd.args(["-c", sql]);
+    }
+    let out = cmd.output().expect("run psql");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A MariaDB server of the test's own, without grant tables (any client
+/// is root) and without a binary log.
+pub fn mariadb(lab: &Lab, port: u16) -> Server {
+    require_program("mariadb-install-db");
+    require_program("mariadbd");
+    require_program("mariadb");
+    let dir = TempDir::new("mariadb");
+    let datadir = format!("--datadir={}", dir.join("data"));
+    let out = Command::new("mariadb-install-db")
+        .args([
+            "--no-defaults",
+            &datadir,
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ])
+        .output()
+        .expect("run mariadb-install-db");
+    assert!(
+        out.status.success(),
+        "mariadb-install-db failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bind = format!("--bind-address={}", lab.server_v4);
+    let port_arg = format!("--port={port}");
+    let socket = format!("--socket={}", dir.join("mysqld.sock"));
+    let pid_file = format!("--pid-file={}", dir.join("mysqld.pid"));
+    let args = [
+        "mariadbd",
+        "--no-defaults",
+        &datadir,
+        &bind,
+        &port_arg,
+        &socket,
+        &pid_file,
+        "--user=root",
+        "--skip-grant-tables",
+        "--skip-name-resolve",
+        "--skip-log-bin",
+        "--innodb-buffer-pool-size=16M",
+    ];
+    Server::start(lab, "mariadbd", port, dir, &args)
+}
+
+/// The mariadb client in the client namespace reading `statements` from
+/// stdin (one COM_QUERY each; `--force` goes on after an error, where `-e`
+/// would stop); returns (stdout, stderr).
+pub fn mariadb_client(lab: &Lab, server: &Server, statements: &[&str]) -> (String, String) {
+    let ip = server.addr.ip().to_string();
+    let port = server.addr.port().to_string();
+    let script: String = statements.iter().map(|s| format!("{s};\n")).collect();
+    let client = [
+        "mariadb",
+        "--no-defaults",
+        "--batch",
+        "--force",
+        "-h",
+        &ip,
+        "-P",
+        &port,
+        "-u",
+        "root",
+    ];
+    let (_, stdout, stderr) = crate::peer::exec_with_input(&lab.client_ns, &client, &script);
+    (stdout, stderr)
+}
+
+/// A Python with grpcio: Debian's (python3-grpcio), else the first
+/// `python3` on PATH.
+pub fn grpc_python() -> String {
+    require_program("python3");
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import grpc"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return python.to_owned();
+        }
+    }
+    panic!(
+        "no python3 with grpcio: the gRPC tests need a real gRPC peer \
+         (`cargo xtask setup` installs python3-grpcio)"
+    );
+}
+
+/// The script behind the gRPC server and client (tests/peers).
+const GRPC_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/grpc_peer.py");
+
+/// The grpcio server of tests/peers/grpc_peer.py (service
+/// `weft.test.Greeter`).
+pub fn grpc(lab: &Lab, port: u16) -> Server {
+    let python = grpc_python();
+    let port_s = port.to_string();
+    let args = [python.as_str(), GRPC_PEER, "serve", &lab.server_v4, &port_s];
+    Server::start(lab, "grpc server", port, TempDir::new("grpc"), &args)
+}
+
+/// The peer's client in the client namespace: four unary calls on one
+/// channel (OK, OK, NOT_FOUND, and one that takes 100 ms). Returns what it
+/// printed, one `METHOD STATUS` line per call.
+pub fn grpc_calls(lab: &Lab, server: &Server) -> String {
+    let python = grpc_python();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, &python, GRPC_PEER, "call"])
+        .args([server.addr.ip().to_string(), server.addr.port().to_string()])
+        .output()
+        .expect("run the gRPC client");
+    assert!(
+        out.status.success(),
+        "gRPC client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// nginx serving h2c (HTTP/2 without TLS) on the lab's server address:
+/// `/hello` answers 200, anything else 404.
+pub fn nginx_h2c(lab: &Lab, port: u16) -> Server {
+    require_program("nginx");
+    let dir = TempDir::new("nginx-h2c");
+    let d = dir.as_str();
+    let addr = &lab.server_v4;
+    let conf = format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {addr}:{port} http2;
+        location = /hello {{ return 200 \"hello\\n\"; }}
+        location / {{ return 404; }}
+    }}
+}}
+"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let prefix = d.to_owned();
+    let args = ["nginx", "-p", &prefix, "-c", &conf_path];
+    Server::start(lab, "nginx", port, dir, &args)
+}
