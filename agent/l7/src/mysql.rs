@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::detect::FirstBytes;
 use crate::framer::{Frame, Framer, Layout};
-use crate::pending::{Fifo, Lost};
+use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sql_operation};
 use crate::text::{bounded, bounded_lossy};
 use crate::{
@@ -177,7 +177,6 @@ pub struct MysqlSession {
     pending: Fifo<Request>,
     statements: VecDeque<(u32, String)>,
     lost: Lost,
-    client_resync: bool,
 }
 
 impl MysqlSession {
@@ -194,7 +193,6 @@ impl MysqlSession {
             pending: Fifo::new(limits.max_pending),
             statements: VecDeque::new(),
             lost: Lost::default(),
-            client_resync: false,
         }
     }
 
@@ -453,34 +451,8 @@ impl MysqlSession {
         e
     }
 
-    /// Bytes were lost: pending requests become truncated answers, server
-    /// bytes are discarded until the client's next command.
-    fn lose(&mut self, ts_ns: u64) -> Result<(), ErrorKind> {
-        if self.phase != Phase::Command {
-            return Err(ErrorKind::Desync);
-        }
-        let requests: Vec<Request> = self.pending.drain().filter(|r| r.report).collect();
-        let exchanges: Vec<Exchange> = requests.into_iter().map(|r| self.exchange(r)).collect();
-        self.lost.begin(exchanges.into_iter(), ts_ns);
-        self.server.reset();
-        self.continued = [false; 2];
-        self.client_resync = true;
-        Ok(())
-    }
-
     fn feed_dir(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         let client = chunk.direction == Direction::ToServer;
-        if client {
-            if self.lost.active {
-                self.lost.finish(out);
-            }
-            if std::mem::take(&mut self.client_resync) {
-                self.client.reset();
-            }
-        } else if self.lost.active {
-            self.lost.server_bytes(chunk.ts_ns);
-            return Ok(());
-        }
         let mut input = chunk.data;
         while !input.is_empty() && self.phase != Phase::Done {
             let frame = if client {
@@ -521,21 +493,36 @@ impl MysqlSession {
     }
 }
 
+impl Resync for MysqlSession {
+    /// Continued payloads are forgotten too: the next packets start new
+    /// ones.
+    fn abandon(&mut self) -> Result<Vec<Exchange>, ErrorKind> {
+        if self.phase != Phase::Command {
+            return Err(ErrorKind::Desync);
+        }
+        self.server.reset();
+        self.continued = [false; 2];
+        let requests: Vec<Request> = self.pending.drain().filter(|r| r.report).collect();
+        Ok(requests.into_iter().map(|r| self.exchange(r)).collect())
+    }
+
+    fn restart_client(&mut self) {
+        self.client.reset();
+    }
+
+    fn lost(&mut self) -> &mut Lost {
+        &mut self.lost
+    }
+}
+
 impl Session for MysqlSession {
     fn protocol(&self) -> Protocol {
         Protocol::Mysql
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
-        if self.phase == Phase::Done {
+        if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
             return Ok(());
-        }
-        if chunk.gap_before > 0 {
-            self.lose(chunk.ts_ns).map_err(Self::err)?;
-            if chunk.direction == Direction::ToClient {
-                self.lost.server_bytes(chunk.ts_ns);
-                return Ok(());
-            }
         }
         self.feed_dir(chunk, out).map_err(Self::err)
     }

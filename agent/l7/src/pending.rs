@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use crate::Exchange;
+use crate::{Chunk, Direction, ErrorKind, Exchange};
 
 pub(crate) struct Fifo<T> {
     queue: VecDeque<T>,
@@ -84,13 +84,18 @@ impl<T> Fifo<T> {
 pub(crate) struct Lost {
     exchanges: Vec<Exchange>,
     /// Server bytes are being discarded until the next client chunk.
-    pub(crate) active: bool,
+    active: bool,
+    /// The client's parser restarts at its next chunk: what it holds of a
+    /// partial request may belong to the lost bytes.
+    client_resync: bool,
 }
 
 impl Lost {
-    /// Starts discarding server bytes; `pending` become truncated answers.
+    /// Starts discarding server bytes (and restarting the client's parser
+    /// at its next chunk); `pending` become truncated answers.
     pub(crate) fn begin(&mut self, pending: impl Iterator<Item = Exchange>, ts_ns: u64) {
         self.active = true;
+        self.client_resync = true;
         for mut exchange in pending {
             exchange.answered = true;
             exchange.response_ns = ts_ns.max(exchange.request_ns);
@@ -112,6 +117,52 @@ impl Lost {
     pub(crate) fn finish(&mut self, out: &mut Vec<Exchange>) {
         self.active = false;
         out.append(&mut self.exchanges);
+    }
+}
+
+/// A request/response session that survives lost bytes as the module
+/// comment says, instead of giving up on the connection.
+pub(crate) trait Resync {
+    /// Bytes were lost: drops the server's partial response and returns
+    /// the pending requests as exchanges. Fails when the session cannot
+    /// resynchronise (e.g. during a handshake, whose state is unknown).
+    fn abandon(&mut self) -> Result<Vec<Exchange>, ErrorKind>;
+
+    /// Drops the client's partial request.
+    fn restart_client(&mut self);
+
+    /// The session's loss state.
+    fn lost(&mut self) -> &mut Lost;
+
+    /// Bytes were lost: pending requests become truncated answers.
+    fn lose(&mut self, ts_ns: u64) -> Result<(), ErrorKind> {
+        let pending = self.abandon()?;
+        self.lost().begin(pending.into_iter(), ts_ns);
+        Ok(())
+    }
+
+    /// The loss and resync handling before a chunk is parsed. Returns
+    /// whether to parse it: while responses are lost, server bytes are
+    /// only timed, since nothing tells where the lost ones end.
+    fn admit(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<bool, ErrorKind> {
+        if chunk.gap_before > 0 {
+            self.lose(chunk.ts_ns)?;
+        }
+        let lost = self.lost();
+        if chunk.direction == Direction::ToClient {
+            if lost.active {
+                lost.server_bytes(chunk.ts_ns);
+            }
+            return Ok(!lost.active);
+        }
+        // The client speaks again: the lost exchanges are reported.
+        if lost.active {
+            lost.finish(out);
+        }
+        if std::mem::take(&mut lost.client_resync) {
+            self.restart_client();
+        }
+        Ok(true)
     }
 }
 

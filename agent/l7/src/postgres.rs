@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::detect::FirstBytes;
 use crate::framer::{Frame, Framer, Layout};
-use crate::pending::{Fifo, Lost};
+use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sql_operation};
 use crate::text::{bounded, bounded_lossy};
 use crate::{
@@ -184,8 +184,6 @@ pub struct PostgresSession {
     /// Portal name to statement name, from `Bind`.
     portals: VecDeque<(Vec<u8>, Vec<u8>)>,
     lost: Lost,
-    /// The client framer restarts at the next client chunk.
-    client_resync: bool,
     /// The first `ReadyForQuery` (end of startup) was seen: later ones
     /// answer requests.
     ready: bool,
@@ -205,7 +203,6 @@ impl PostgresSession {
             named: VecDeque::new(),
             portals: VecDeque::new(),
             lost: Lost::default(),
-            client_resync: false,
             ready: false,
         }
     }
@@ -433,31 +430,7 @@ impl PostgresSession {
         e
     }
 
-    /// Bytes were lost (see `pending`): pending requests become truncated
-    /// answers and server bytes are discarded until the client speaks.
-    fn lose(&mut self, ts_ns: u64) -> Result<(), ErrorKind> {
-        if self.phase != Phase::Typed {
-            return Err(ErrorKind::Desync);
-        }
-        if let Some(mut batch) = self.batch.take() {
-            batch.silent = batch.statement.is_none() && batch.executes == 0;
-            self.pending.push(batch);
-        }
-        let requests: Vec<Request> = self.pending.drain().filter(|r| !r.silent).collect();
-        let exchanges: Vec<Exchange> = requests.into_iter().map(|r| self.exchange(r)).collect();
-        self.lost.begin(exchanges.into_iter(), ts_ns);
-        self.server.reset();
-        self.client_resync = true;
-        Ok(())
-    }
-
-    fn feed_client(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
-        if self.lost.active {
-            self.lost.finish(out);
-        }
-        if std::mem::take(&mut self.client_resync) {
-            self.client.reset();
-        }
+    fn feed_client(&mut self, chunk: &Chunk<'_>) -> Result<(), ErrorKind> {
         let mut input = chunk.data;
         while !input.is_empty() && self.phase != Phase::Done {
             let layout = self.client_layout();
@@ -480,10 +453,6 @@ impl PostgresSession {
     }
 
     fn feed_server(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
-        if self.lost.active {
-            self.lost.server_bytes(chunk.ts_ns);
-            return Ok(());
-        }
         let mut input = chunk.data;
         while !input.is_empty() && self.phase != Phase::Done {
             let layout = ServerLayout { phase: self.phase };
@@ -504,24 +473,42 @@ impl PostgresSession {
     }
 }
 
+impl Resync for PostgresSession {
+    /// The batch being built counts as pending: its `Sync` may be among
+    /// the lost bytes.
+    fn abandon(&mut self) -> Result<Vec<Exchange>, ErrorKind> {
+        if self.phase != Phase::Typed {
+            return Err(ErrorKind::Desync);
+        }
+        if let Some(mut batch) = self.batch.take() {
+            batch.silent = batch.statement.is_none() && batch.executes == 0;
+            self.pending.push(batch);
+        }
+        self.server.reset();
+        let requests: Vec<Request> = self.pending.drain().filter(|r| !r.silent).collect();
+        Ok(requests.into_iter().map(|r| self.exchange(r)).collect())
+    }
+
+    fn restart_client(&mut self) {
+        self.client.reset();
+    }
+
+    fn lost(&mut self) -> &mut Lost {
+        &mut self.lost
+    }
+}
+
 impl Session for PostgresSession {
     fn protocol(&self) -> Protocol {
         Protocol::Postgres
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
-        if self.phase == Phase::Done {
+        if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
             return Ok(());
         }
-        if chunk.gap_before > 0 {
-            self.lose(chunk.ts_ns).map_err(Self::err)?;
-            if chunk.direction == Direction::ToClient {
-                self.lost.server_bytes(chunk.ts_ns);
-                return Ok(());
-            }
-        }
         match chunk.direction {
-            Direction::ToServer => self.feed_client(chunk, out),
+            Direction::ToServer => self.feed_client(chunk),
             Direction::ToClient => self.feed_server(chunk, out),
         }
         .map_err(Self::err)

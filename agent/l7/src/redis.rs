@@ -16,7 +16,7 @@
 use serde_json::Value as Json;
 
 use crate::detect::FirstBytes;
-use crate::pending::{Fifo, Lost};
+use crate::pending::{Fifo, Lost, Resync};
 use crate::resp::{Reader, Value};
 use crate::text::{bounded, bounded_lossy, command_name};
 use crate::{
@@ -86,7 +86,6 @@ pub struct RedisSession {
     /// A subscribe command was sent: RESP2 message arrays are not replies.
     subscribed: bool,
     lost: Lost,
-    client_resync: bool,
 }
 
 impl RedisSession {
@@ -99,7 +98,6 @@ impl RedisSession {
             pending: Fifo::new(limits.max_pending),
             subscribed: false,
             lost: Lost::default(),
-            client_resync: false,
         }
     }
 
@@ -211,28 +209,8 @@ impl RedisSession {
         e
     }
 
-    /// Bytes were lost (see `pending`).
-    fn lose(&mut self, ts_ns: u64) {
-        let requests: Vec<Request> = self.pending.drain().collect();
-        let exchanges: Vec<Exchange> = requests.into_iter().map(|r| self.exchange(r)).collect();
-        self.lost.begin(exchanges.into_iter(), ts_ns);
-        self.replies.reset();
-        self.client_resync = true;
-    }
-
     fn feed_dir(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         let client = chunk.direction == Direction::ToServer;
-        if client {
-            if self.lost.active {
-                self.lost.finish(out);
-            }
-            if std::mem::take(&mut self.client_resync) {
-                self.requests.reset();
-            }
-        } else if self.lost.active {
-            self.lost.server_bytes(chunk.ts_ns);
-            return Ok(());
-        }
         let mut input = chunk.data;
         while !input.is_empty() {
             if client {
@@ -257,10 +235,27 @@ impl RedisSession {
                 None => {}
             }
             if lost {
-                self.lose(chunk.ts_ns);
+                self.lose(chunk.ts_ns)?;
             }
         }
         Ok(())
+    }
+}
+
+impl Resync for RedisSession {
+    /// Never fails: Redis has no handshake, and each command stands alone.
+    fn abandon(&mut self) -> Result<Vec<Exchange>, ErrorKind> {
+        self.replies.reset();
+        let requests: Vec<Request> = self.pending.drain().collect();
+        Ok(requests.into_iter().map(|r| self.exchange(r)).collect())
+    }
+
+    fn restart_client(&mut self) {
+        self.requests.reset();
+    }
+
+    fn lost(&mut self) -> &mut Lost {
+        &mut self.lost
     }
 }
 
@@ -270,17 +265,14 @@ impl Session for RedisSession {
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
-        if chunk.gap_before > 0 {
-            self.lose(chunk.ts_ns);
-            if chunk.direction == Direction::ToClient {
-                self.lost.server_bytes(chunk.ts_ns);
-                return Ok(());
-            }
-        }
-        self.feed_dir(chunk, out).map_err(|kind| ParseError {
+        let err = |kind| ParseError {
             protocol: Protocol::Redis,
             kind,
-        })
+        };
+        if !self.admit(chunk, out).map_err(err)? {
+            return Ok(());
+        }
+        self.feed_dir(chunk, out).map_err(err)
     }
 
     fn close(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
