@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testkit::{self, Record};
+use crate::testkit::{self, Fixtures, Record};
 
 fn udp() -> DnsSession {
     DnsSession::new(Transport::Datagram, Limits::default(), &Privacy::default())
@@ -11,19 +11,20 @@ fn tcp() -> DnsSession {
     DnsSession::new(Transport::Stream, Limits::default(), &Privacy::default())
 }
 
+const FIXTURES: Fixtures = Fixtures {
+    dir: "dns",
+    names: &["udp", "tcp"],
+};
+
+/// Datagrams are never split, so only the golden applies.
 #[test]
 fn udp_queries_from_dig_against_dnsmasq() {
-    let records = testkit::load("dns/udp.bin");
-    let outcome = testkit::replay(&mut udp(), &testkit::pieces(&records));
-    testkit::check_golden("dns/udp.json", &testkit::outcome_json(&outcome));
+    FIXTURES.assert_golden("udp", &udp);
 }
 
 #[test]
 fn tcp_queries_from_dig_against_dnsmasq() {
-    let records = testkit::load("dns/tcp.bin");
-    let outcome = testkit::replay(&mut tcp(), &testkit::pieces(&records));
-    testkit::check_golden("dns/tcp.json", &testkit::outcome_json(&outcome));
-    testkit::assert_split_invariant(&records, &|| Box::new(tcp()));
+    FIXTURES.assert_recording("tcp", &tcp);
 }
 
 /// The UDP recording re-framed for TCP: the same exchanges, and splitting
@@ -45,7 +46,7 @@ fn udp_messages_framed_for_tcp_split_anywhere() {
     let plain = testkit::load("dns/udp.bin");
     let datagrams = testkit::outcome_json(&testkit::replay(&mut udp(), &testkit::pieces(&plain)));
     assert_eq!(framed, datagrams);
-    testkit::assert_split_invariant(&records, &|| Box::new(tcp()));
+    testkit::assert_split_invariant(&records, &tcp);
 }
 
 /// Pipelined TCP queries answered out of order (RFC 7766 6.2.1.1), made
@@ -90,7 +91,7 @@ fn pipelined_tcp_queries_pair_by_id() {
         ]
         .map(|(q, r)| (Value::from(q), Value::from(r)))
     );
-    testkit::assert_split_invariant(&records, &|| Box::new(tcp()));
+    testkit::assert_split_invariant(&records, &tcp);
 }
 
 fn header(id: u16, flags: u16, qd: u16, an: u16) -> Vec<u8> {
@@ -136,14 +137,8 @@ fn truncated_and_hostile_datagrams() {
     let mut s = udp();
     let mut out = Vec::new();
     let mut feed = |direction, data: &[u8], ts_ns| {
-        let chunk = Chunk {
-            direction,
-            data,
-            truncated: 0,
-            gap_before: 0,
-            ts_ns,
-        };
-        s.feed(&chunk, &mut out).unwrap();
+        s.feed(&testkit::chunk(direction, data, ts_ns), &mut out)
+            .unwrap();
     };
     feed(Direction::ToServer, b"\x00\x01", 1);
     feed(Direction::ToClient, &[0xff; 3000], 2);
@@ -159,13 +154,7 @@ fn truncated_and_hostile_datagrams() {
     assert_eq!(out[0].fields["rcode"], "NXDOMAIN");
     // TCP: a length below the header size is an error.
     let mut s = tcp();
-    let chunk = Chunk {
-        direction: Direction::ToServer,
-        data: b"\x00\x05hello",
-        truncated: 0,
-        gap_before: 0,
-        ts_ns: 1,
-    };
+    let chunk = testkit::chunk(Direction::ToServer, b"\x00\x05hello", 1);
     assert!(s.feed(&chunk, &mut Vec::new()).is_err());
 }
 
@@ -180,14 +169,8 @@ fn pending_queries_are_bounded() {
     for id in 0..10u16 {
         let mut q = header(id, 0x0100, 1, 0);
         q.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
-        let chunk = Chunk {
-            direction: Direction::ToServer,
-            data: &q,
-            truncated: 0,
-            gap_before: 0,
-            ts_ns: 1,
-        };
-        s.feed(&chunk, &mut out).unwrap();
+        s.feed(&testkit::chunk(Direction::ToServer, &q, 1), &mut out)
+            .unwrap();
     }
     assert_eq!(s.pending.len(), 4);
     assert_eq!(out.len(), 6);
@@ -257,21 +240,13 @@ fn detection() {
 fn fuzz_smoke() {
     let limits = Limits::default();
     let bounded = |s: &DnsSession| {
-        if s.buffered() > 2 * (limits.max_message + 2) || s.pending.len() > limits.max_pending {
-            return Err(format!(
-                "buffered {} pending {}",
-                s.buffered(),
-                s.pending.len()
-            ));
-        }
-        Ok(())
+        let max = 2 * (limits.max_message + 2);
+        testkit::within(s.buffered(), max, s.pending.len(), limits.max_pending)
     };
     let seeds = vec![testkit::load("dns/tcp.bin")];
-    let n = testkit::fuzz(&seeds, Duration::from_secs(1), &tcp, &bounded);
-    assert!(n > 100, "only {n} iterations");
+    testkit::fuzz(&seeds, Duration::from_secs(1), &tcp, &bounded);
     let seeds = vec![testkit::load("dns/udp.bin")];
-    let n = testkit::fuzz(&seeds, Duration::from_secs(1), &udp, &bounded);
-    assert!(n > 100, "only {n} iterations");
+    testkit::fuzz(&seeds, Duration::from_secs(1), &udp, &bounded);
 }
 
 #[test]
@@ -286,13 +261,7 @@ fn tcp_messages_are_kept_only_up_to_the_limit() {
     q.resize(1000, 0);
     let mut data = (q.len() as u16).to_be_bytes().to_vec();
     data.extend_from_slice(&q[..900]);
-    let chunk = Chunk {
-        direction: Direction::ToServer,
-        data: &data,
-        truncated: 0,
-        gap_before: 0,
-        ts_ns: 1,
-    };
+    let chunk = testkit::chunk(Direction::ToServer, &data, 1);
     let mut out = Vec::new();
     s.feed(&chunk, &mut out).unwrap();
     assert!(s.buffered() <= 64 + 2, "buffered {}", s.buffered());

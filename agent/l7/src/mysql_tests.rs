@@ -1,30 +1,25 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testkit::{self, Record};
+use crate::testkit::{self, Fixtures, Record};
 
 fn session() -> MysqlSession {
     MysqlSession::new(Limits::default(), &Privacy::default())
 }
 
-fn golden(name: &str) {
-    let records = testkit::load(&format!("mysql/{name}.bin"));
-    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(
-        &format!("mysql/{name}.json"),
-        &testkit::outcome_json(&outcome),
-    );
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
-}
+const FIXTURES: Fixtures = Fixtures {
+    dir: "mysql",
+    names: &["query", "prepared"],
+};
 
 #[test]
 fn queries_from_the_mariadb_client() {
-    golden("query");
+    FIXTURES.assert_recording("query", &session);
 }
 
 #[test]
 fn prepared_statements_from_connector_python() {
-    golden("prepared");
+    FIXTURES.assert_recording("prepared", &session);
 }
 
 fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
@@ -93,23 +88,14 @@ fn result_sets_without_eof_packets() {
     assert_eq!((out[0].request_ns, out[0].response_ns), (4000, 5000));
     assert_eq!(out[1].fields["error_code"], "1146");
     assert_eq!(out[1].fields["sqlstate"], "42S02");
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+    testkit::assert_split_invariant(&records, &session);
 }
 
 #[test]
 fn hostile_packets() {
     let mut s = session();
     let mut out = Vec::new();
-    let mut feed = |direction, data: &[u8]| {
-        let chunk = Chunk {
-            direction,
-            data,
-            truncated: 0,
-            gap_before: 0,
-            ts_ns: 1,
-        };
-        s.feed(&chunk, &mut out)
-    };
+    let mut feed = |direction, data: &[u8]| s.feed(&testkit::chunk(direction, data, 1), &mut out);
     let records = testkit::load("mysql/query.bin");
     for r in &records[..3] {
         feed(r.direction, &r.data).unwrap();
@@ -126,34 +112,16 @@ fn hostile_packets() {
     let mut s = session();
     let mut out = Vec::new();
     for r in &records[..3] {
-        let chunk = Chunk {
-            direction: r.direction,
-            data: &r.data,
-            truncated: 0,
-            gap_before: 0,
-            ts_ns: 1,
-        };
-        s.feed(&chunk, &mut out).unwrap();
+        s.feed(&testkit::chunk(r.direction, &r.data, 1), &mut out)
+            .unwrap();
     }
     let query = b"\x09\x00\x00\x00\x03SELECT 1";
-    let chunk = Chunk {
-        direction: Direction::ToServer,
-        data: query,
-        truncated: 0,
-        gap_before: 0,
-        ts_ns: 2,
-    };
-    s.feed(&chunk, &mut out).unwrap();
+    s.feed(&testkit::chunk(Direction::ToServer, query, 2), &mut out)
+        .unwrap();
     let bad = b"\x01\x00\x00\x01\xff";
-    let chunk = Chunk {
-        direction: Direction::ToClient,
-        data: &bad[..],
-        truncated: 0,
-        gap_before: 0,
-        ts_ns: 3,
-    };
     // 0xff alone is an (empty) ERR packet: answered, error code 0.
-    s.feed(&chunk, &mut out).unwrap();
+    s.feed(&testkit::chunk(Direction::ToClient, bad, 3), &mut out)
+        .unwrap();
     assert_eq!(out.len(), 1);
 }
 
@@ -175,29 +143,19 @@ fn detects_the_greeting() {
 
 #[test]
 fn fuzz_smoke() {
-    let seeds: Vec<Vec<Record>> = ["query", "prepared"]
-        .iter()
-        .map(|n| testkit::load(&format!("mysql/{n}.bin")))
-        .collect();
+    let seeds = FIXTURES.records();
     let limits = Limits::default();
-    let n = testkit::fuzz(
+    testkit::fuzz(
         &seeds,
         Duration::from_secs(2),
         &session,
         &|s: &MysqlSession| {
             let max = limits.max_message + SERVER_KEEP + 8;
-            if s.buffered() > max
-                || s.pending.len() > limits.max_pending
-                || s.statements.len() > MAX_STATEMENTS
-            {
-                return Err(format!(
-                    "buffered {} pending {}",
-                    s.buffered(),
-                    s.pending.len()
-                ));
+            testkit::within(s.buffered(), max, s.pending.len(), limits.max_pending)?;
+            if s.statements.len() > MAX_STATEMENTS {
+                return Err(format!("statements {}", s.statements.len()));
             }
             Ok(())
         },
     );
-    assert!(n > 100, "only {n} iterations");
 }

@@ -1,41 +1,35 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testkit::{self, Record};
+use crate::testkit::{self, Fixtures, Record};
 
 fn session() -> PostgresSession {
     PostgresSession::new(Limits::default(), &Privacy::default())
 }
 
-/// Golden output and split invariance of a recorded conversation.
-fn golden(name: &str) {
-    let records = testkit::load(&format!("postgres/{name}.bin"));
-    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(
-        &format!("postgres/{name}.json"),
-        &testkit::outcome_json(&outcome),
-    );
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
-}
+const FIXTURES: Fixtures = Fixtures {
+    dir: "postgres",
+    names: &["simple", "extended", "prepared", "extended-error"],
+};
 
 #[test]
 fn simple_queries_from_psql() {
-    golden("simple");
+    FIXTURES.assert_recording("simple", &session);
 }
 
 #[test]
 fn extended_unnamed_statements_from_pgbench() {
-    golden("extended");
+    FIXTURES.assert_recording("extended", &session);
 }
 
 #[test]
 fn prepared_statements_from_pgbench() {
-    golden("prepared");
+    FIXTURES.assert_recording("prepared", &session);
 }
 
 #[test]
 fn extended_error_from_pgbench() {
-    golden("extended-error");
+    FIXTURES.assert_recording("extended-error", &session);
 }
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -77,7 +71,7 @@ fn ssl_accepted_stops_quietly() {
     ];
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
     assert!(outcome.0.is_empty() && outcome.1.is_none(), "{outcome:?}");
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+    testkit::assert_split_invariant(&records, &session);
 }
 
 #[test]
@@ -105,7 +99,7 @@ fn pipelined_simple_queries_pair_in_order() {
         out[1].fields.get("error_message").is_none(),
         "private by default"
     );
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
+    testkit::assert_split_invariant(&records, &session);
 }
 
 #[test]
@@ -120,11 +114,8 @@ fn truncated_statement_keeps_its_prefix_and_pairs() {
     let feed =
         |s: &mut PostgresSession, direction, data: &[u8], truncated, ts_ns, out: &mut Vec<_>| {
             let chunk = Chunk {
-                direction,
-                data,
                 truncated,
-                gap_before: 0,
-                ts_ns,
+                ..testkit::chunk(direction, data, ts_ns)
             };
             s.feed(&chunk, out)
         };
@@ -155,11 +146,8 @@ fn lost_server_bytes_resync_at_the_next_request() {
     let mut out = Vec::new();
     let mut feed = |direction, data: &[u8], truncated, ts_ns| {
         let chunk = Chunk {
-            direction,
-            data,
             truncated,
-            gap_before: 0,
-            ts_ns,
+            ..testkit::chunk(direction, data, ts_ns)
         };
         s.feed(&chunk, &mut out).unwrap();
     };
@@ -187,30 +175,24 @@ fn lost_server_bytes_resync_at_the_next_request() {
 
 #[test]
 fn hostile_lengths_are_errors_not_allocations() {
+    fn client(data: &[u8]) -> Chunk<'_> {
+        testkit::chunk(Direction::ToServer, data, 1)
+    }
+    fn server(data: &[u8]) -> Chunk<'_> {
+        testkit::chunk(Direction::ToClient, data, 1)
+    }
     let mut s = session();
     let mut out = Vec::new();
-    let chunk = |data: &[u8], direction| Chunk {
-        direction,
-        data: &data.to_vec().leak()[..],
-        truncated: 0,
-        gap_before: 0,
-        ts_ns: 1,
-    };
-    assert!(
-        s.feed(&chunk(&startup(), Direction::ToServer), &mut out)
-            .is_ok()
-    );
+    let start = startup();
+    assert!(s.feed(&client(&start), &mut out).is_ok());
     // A 3 GB message: refused.
-    let err = s.feed(&chunk(b"Q\xc0\x00\x00\x00", Direction::ToServer), &mut out);
+    let err = s.feed(&client(b"Q\xc0\x00\x00\x00"), &mut out);
     assert!(err.is_err());
     // A 1 GB row is counted down, never buffered.
     let mut s = session();
-    s.feed(&chunk(&startup(), Direction::ToServer), &mut out)
-        .unwrap();
-    s.feed(&chunk(b"D\x3f\xff\xff\xff", Direction::ToClient), &mut out)
-        .unwrap();
-    s.feed(&chunk(&[0u8; 100_000], Direction::ToClient), &mut out)
-        .unwrap();
+    s.feed(&client(&start), &mut out).unwrap();
+    s.feed(&server(b"D\x3f\xff\xff\xff"), &mut out).unwrap();
+    s.feed(&server(&[0u8; 100_000]), &mut out).unwrap();
     assert!(s.buffered() <= crate::framer::MAX_HEADER);
     let ssl = FirstBytes {
         direction: Direction::ToServer,
@@ -220,7 +202,6 @@ fn hostile_lengths_are_errors_not_allocations() {
     };
     assert_eq!(detect(&ssl), Detection::Yes);
     assert_eq!(crate::detect(&ssl), Ok(Protocol::Postgres));
-    let start = startup();
     let first = FirstBytes {
         data: &start,
         ..ssl
@@ -230,26 +211,15 @@ fn hostile_lengths_are_errors_not_allocations() {
 
 #[test]
 fn fuzz_smoke() {
-    let seeds: Vec<Vec<Record>> = ["simple", "extended", "prepared", "extended-error"]
-        .iter()
-        .map(|n| testkit::load(&format!("postgres/{n}.bin")))
-        .collect();
+    let seeds = FIXTURES.records();
     let limits = Limits::default();
-    let n = testkit::fuzz(
+    testkit::fuzz(
         &seeds,
         Duration::from_secs(2),
         &session,
         &|s: &PostgresSession| {
             let max = limits.max_message + crate::framer::MAX_HEADER;
-            if s.buffered() > max || s.pending.len() > limits.max_pending {
-                return Err(format!(
-                    "buffered {} pending {}",
-                    s.buffered(),
-                    s.pending.len()
-                ));
-            }
-            Ok(())
+            testkit::within(s.buffered(), max, s.pending.len(), limits.max_pending)
         },
     );
-    assert!(n > 100, "only {n} iterations");
 }

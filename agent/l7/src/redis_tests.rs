@@ -1,49 +1,42 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testkit::{self, Record};
+use crate::testkit::{self, Fixtures};
 
 fn session() -> RedisSession {
     RedisSession::new(Limits::default(), &Privacy::default())
 }
 
-fn golden(name: &str) {
-    let records = testkit::load(&format!("redis/{name}.bin"));
-    let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
-    testkit::check_golden(
-        &format!("redis/{name}.json"),
-        &testkit::outcome_json(&outcome),
-    );
-    testkit::assert_split_invariant(&records, &|| Box::new(session()));
-}
+const FIXTURES: Fixtures = Fixtures {
+    dir: "redis",
+    names: &["resp2", "pipeline", "resp3", "pubsub"],
+};
 
 #[test]
 fn resp2_commands_errors_and_inline() {
-    golden("resp2");
+    FIXTURES.assert_recording("resp2", &session);
 }
 
 #[test]
 fn pipelined_commands_pair_in_order() {
-    golden("pipeline");
+    FIXTURES.assert_recording("pipeline", &session);
 }
 
 #[test]
 fn resp3_types_and_push_frames() {
-    golden("resp3");
+    FIXTURES.assert_recording("resp3", &session);
 }
 
 #[test]
 fn pubsub_messages_are_not_replies() {
-    golden("pubsub");
+    FIXTURES.assert_recording("pubsub", &session);
 }
 
+/// A read or write of which the last `truncated` bytes were not captured.
 fn chunk(direction: Direction, data: &[u8], truncated: usize, ts_ns: u64) -> Chunk<'_> {
     Chunk {
-        direction,
-        data,
         truncated,
-        gap_before: 0,
-        ts_ns,
+        ..testkit::chunk(direction, data, ts_ns)
     }
 }
 
@@ -200,27 +193,16 @@ fn detection() {
 
 #[test]
 fn fuzz_smoke() {
-    let seeds: Vec<Vec<Record>> = ["resp2", "pipeline", "resp3", "pubsub"]
-        .iter()
-        .map(|n| testkit::load(&format!("redis/{n}.bin")))
-        .collect();
+    let seeds = FIXTURES.records();
     let limits = Limits::default();
-    let n = testkit::fuzz(
+    testkit::fuzz(
         &seeds,
         Duration::from_secs(2),
         &session,
         &|s: &RedisSession| {
             let max =
                 (MAX_ARGS + 2) * limits.max_field + REPLY_KEEP + 2 * crate::resp::MAX_DEPTH * 16;
-            if s.buffered() > max || s.pending.len() > limits.max_pending {
-                return Err(format!(
-                    "buffered {} pending {}",
-                    s.buffered(),
-                    s.pending.len()
-                ));
-            }
-            Ok(())
+            testkit::within(s.buffered(), max, s.pending.len(), limits.max_pending)
         },
     );
-    assert!(n > 100, "only {n} iterations");
 }

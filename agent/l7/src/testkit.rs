@@ -1,6 +1,10 @@
 //! Test support for parsers: byte fixtures, golden JSON, every-split
 //! replays and a deterministic mutation fuzzer.
 //!
+//! A parser's tests name their recordings once ([`Fixtures`]) and get the
+//! checks every recording deserves from it, so each protocol's tests say
+//! only what is particular to the protocol.
+//!
 //! Fixture files (`src/fixtures/<protocol>/*.bin`) are the records of a
 //! recording relay (see the fixtures' README): per read, one direction byte
 //! (`>` client to server, `<` server to client), a 4-byte big-endian
@@ -68,6 +72,17 @@ pub fn pieces(records: &[Record]) -> Vec<Piece<'_>> {
         .collect()
 }
 
+/// A whole captured read or write: nothing lost before it or cut from it.
+pub fn chunk(direction: Direction, data: &[u8], ts_ns: u64) -> Chunk<'_> {
+    Chunk {
+        direction,
+        data,
+        truncated: 0,
+        gap_before: 0,
+        ts_ns,
+    }
+}
+
 /// Feeds the pieces in order and closes the session after the last one.
 /// Stops at the first error, which is returned along with the exchanges
 /// emitted before it.
@@ -78,14 +93,7 @@ pub fn replay(
     let mut out = Vec::new();
     let mut last = 0;
     for &(direction, data, ts_ns) in pieces {
-        let chunk = Chunk {
-            direction,
-            data,
-            truncated: 0,
-            gap_before: 0,
-            ts_ns,
-        };
-        if let Err(e) = session.feed(&chunk, &mut out) {
+        if let Err(e) = session.feed(&chunk(direction, data, ts_ns), &mut out) {
             return (out, Some(e));
         }
         last = ts_ns;
@@ -159,19 +167,25 @@ pub fn check_golden(rel: &str, actual: &Value) {
     assert_eq!(&golden, actual, "{rel} differs; actual:\n{pretty}");
 }
 
+/// The exchanges of a whole replay, as JSON (an error only ends them).
+pub fn exchanges_json<S: Session>(records: &[Record], make: &dyn Fn() -> S) -> Vec<Value> {
+    let (exchanges, _) = replay(&mut make(), &pieces(records));
+    exchanges.iter().map(exchange_json).collect()
+}
+
 /// Replays the records split in every way the ticket asks for and checks
 /// each gives the same outcome as the unsplit replay: every record cut in
 /// two at every position, and everything fed one byte at a time.
-pub fn assert_split_invariant(records: &[Record], make: &dyn Fn() -> Box<dyn Session>) {
+pub fn assert_split_invariant<S: Session>(records: &[Record], make: &dyn Fn() -> S) {
     let whole = pieces(records);
-    let want = outcome_json(&replay(make().as_mut(), &whole));
+    let want = outcome_json(&replay(&mut make(), &whole));
     for (i, (direction, data, ts)) in whole.iter().enumerate() {
         for cut in 1..data.len() {
             let mut split = whole[..i].to_vec();
             split.push((*direction, &data[..cut], *ts));
             split.push((*direction, &data[cut..], *ts));
             split.extend_from_slice(&whole[i + 1..]);
-            let got = outcome_json(&replay(make().as_mut(), &split));
+            let got = outcome_json(&replay(&mut make(), &split));
             assert_eq!(got, want, "record {i} cut at {cut}");
         }
     }
@@ -180,10 +194,83 @@ pub fn assert_split_invariant(records: &[Record], make: &dyn Fn() -> Box<dyn Ses
         .flat_map(|&(d, data, ts)| data.chunks(1).map(move |b| (d, b, ts)))
         .collect();
     assert_eq!(
-        outcome_json(&replay(make().as_mut(), &bytes)),
+        outcome_json(&replay(&mut make(), &bytes)),
         want,
         "byte by byte"
     );
+}
+
+/// A protocol's recordings, `src/fixtures/<dir>/<name>.bin`, each with its
+/// golden `<name>.json`.
+pub struct Fixtures {
+    pub dir: &'static str,
+    pub names: &'static [&'static str],
+}
+
+impl Fixtures {
+    fn path(&self, name: &str, extension: &str) -> String {
+        format!("{}/{name}.{extension}", self.dir)
+    }
+
+    /// The recordings with their names.
+    pub fn load(&self) -> Vec<(&'static str, Vec<Record>)> {
+        let load_one = |&name| (name, load(&self.path(name, "bin")));
+        self.names.iter().map(load_one).collect()
+    }
+
+    /// The recordings alone, e.g. as fuzzing seeds.
+    pub fn records(&self) -> Vec<Vec<Record>> {
+        self.load()
+            .into_iter()
+            .map(|(_, records)| records)
+            .collect()
+    }
+
+    /// Replays one recording into a fresh session and compares the outcome
+    /// with its golden. Returns the recording.
+    pub fn assert_golden<S: Session>(&self, name: &str, make: &dyn Fn() -> S) -> Vec<Record> {
+        let records = load(&self.path(name, "bin"));
+        let outcome = replay(&mut make(), &pieces(&records));
+        check_golden(&self.path(name, "json"), &outcome_json(&outcome));
+        records
+    }
+
+    /// One recording's golden, and the same outcome however it is split.
+    pub fn assert_recording<S: Session>(&self, name: &str, make: &dyn Fn() -> S) {
+        let records = self.assert_golden(name, make);
+        assert_split_invariant(&records, make);
+    }
+
+    /// Every recording's golden.
+    pub fn assert_goldens<S: Session>(&self, make: &dyn Fn() -> S) {
+        for name in self.names {
+            self.assert_golden(name, make);
+        }
+    }
+
+    /// Every recording gives the same outcome however it is split.
+    pub fn assert_split_invariant<S: Session>(&self, make: &dyn Fn() -> S) {
+        for records in self.records() {
+            assert_split_invariant(&records, make);
+        }
+    }
+
+    /// Joining at any record: never an error, and every exchange reported
+    /// is one the full replay reports too (a parser that joins late must
+    /// not make up what it did not see).
+    pub fn assert_joining_invents_nothing<S: Session>(&self, make: &dyn Fn() -> S) {
+        for (name, records) in self.load() {
+            let full = exchanges_json(&records, make);
+            for k in 1..records.len() {
+                let joined = pieces(&records).split_off(k);
+                let (got, err) = replay(&mut make(), &joined);
+                assert!(err.is_none(), "{name} joined at {k}: {err:?}");
+                for e in got.iter().map(exchange_json) {
+                    assert!(full.contains(&e), "{name} joined at {k}: made up {e}");
+                }
+            }
+        }
+    }
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for fuzzing.
@@ -275,15 +362,30 @@ pub fn mutate(rng: &mut Rng, seeds: &[Vec<Record>]) -> Vec<(Record, usize, usize
     records
 }
 
+/// For [`fuzz`]'s `bounded`: what a session holds, whatever it is fed,
+/// within the limits.
+pub fn within(
+    buffered: usize,
+    max_buffered: usize,
+    pending: usize,
+    max_pending: usize,
+) -> Result<(), String> {
+    if buffered > max_buffered || pending > max_pending {
+        return Err(format!("buffered {buffered} pending {pending}"));
+    }
+    Ok(())
+}
+
 /// Runs mutated recordings through fresh sessions for `budget`, after each
 /// chunk checking `bounded` (e.g. buffered bytes within limits). A panic
-/// fails the test with the seed and iteration to replay it.
+/// fails the test with the seed and iteration to replay it; so do fewer
+/// than 100 iterations, which would test too little.
 pub fn fuzz<S: Session>(
     seeds: &[Vec<Record>],
     budget: Duration,
     make: &dyn Fn() -> S,
     bounded: &dyn Fn(&S) -> Result<(), String>,
-) -> usize {
+) {
     let mut rng = Rng::new(0x5eed_f00d_1234_5678);
     let start = Instant::now();
     let mut iterations = 0;
@@ -294,11 +396,9 @@ pub fn fuzz<S: Session>(
         let mut out = Vec::new();
         for (n, (record, gap_before, truncated)) in case.iter().enumerate() {
             let chunk = Chunk {
-                direction: record.direction,
-                data: &record.data,
                 truncated: *truncated,
                 gap_before: *gap_before,
-                ts_ns: ts_of(n),
+                ..chunk(record.direction, &record.data, ts_of(n))
             };
             let result = session.feed(&chunk, &mut out);
             if let Err(why) = bounded(&session) {
@@ -316,5 +416,5 @@ pub fn fuzz<S: Session>(
             );
         }
     }
-    iterations
+    assert!(iterations > 100, "only {iterations} iterations");
 }
