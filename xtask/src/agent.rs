@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{display, find_program, is_root, read, run as run_cmd, say};
 use crate::setup::Env;
 
-const NEEDS_ROOT: &str =
-    "weft agent needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN)";
+const NEEDS_ROOT: &str = "weft agent needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, \
+     and CAP_SYS_ADMIN if tracefs or bpffs must be mounted)";
 
 /// Builds the release agent (its build.rs builds the kernel programs) and
 /// returns the binary's absolute path.

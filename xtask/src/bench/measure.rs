@@ -56,6 +56,8 @@ pub struct Cost {
     /// weft's events read and lost over the point (agent configurations).
     pub events: Option<f64>,
     pub lost: Option<BTreeMap<String, f64>>,
+    /// L7 streams weft could not frame over the point.
+    pub parse_errors: Option<f64>,
     /// L7 requests weft recorded over the point.
     pub l7_requests: Option<f64>,
     /// weft's resident memory at the end of the point, KiB.
@@ -102,6 +104,7 @@ impl Snapshot {
             foreign_programs: self.foreign_programs.max(after.foreign_programs),
             events: None,
             lost: None,
+            parse_errors: None,
             l7_requests: None,
             agent_rss_kib: None,
         }
@@ -113,6 +116,7 @@ impl Cost {
     pub fn with_counters(mut self, before: &Counters, after: &Counters) -> Self {
         self.events = Some(after.events - before.events);
         self.l7_requests = Some(after.l7_requests - before.l7_requests);
+        self.parse_errors = Some(after.parse_errors - before.parse_errors);
         let lost = after
             .lost
             .iter()
@@ -132,20 +136,13 @@ impl Cost {
 
     /// Events lost for want of capacity (rings, queues, tables, budgets).
     pub fn lost_total(&self) -> Option<f64> {
-        self.lost_where(|key| !is_parse_error(key))
+        self.lost.as_ref().map(|l| l.values().sum())
     }
 
-    /// L7 streams weft could not frame: weft counts them in
-    /// `weft_events_lost_total{stage="parse_error"}`, but they are not
-    /// events dropped for want of capacity, so the bench keeps them apart.
+    /// L7 streams weft could not frame (not lost for want of capacity, so
+    /// the bench keeps them apart).
     pub fn parse_errors(&self) -> Option<f64> {
-        self.lost_where(is_parse_error)
-    }
-
-    fn lost_where(&self, keep: impl Fn(&str) -> bool) -> Option<f64> {
-        self.lost
-            .as_ref()
-            .map(|l| l.iter().filter(|(k, _)| keep(k)).map(|(_, v)| v).sum())
+        self.parse_errors
     }
 
     /// The JSON of this cost, with per-request figures for `requests`.
@@ -201,10 +198,6 @@ impl Cost {
             "weft_rss_kib": self.agent_rss_kib,
         })
     }
-}
-
-fn is_parse_error(key: &str) -> bool {
-    key.ends_with("/parse_error")
 }
 
 /// Busy and total time of all CPUs from the first line of /proc/stat, in

@@ -125,8 +125,11 @@ pub struct Agent {
 /// Counters read from the agent's metrics page.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
-    /// `weft_events_total`, all sources.
+    /// `weft_events_total`, all sources but `l7_parse_errors`.
     pub events: f64,
+    /// `weft_events_total{source="l7_parse_errors"}`: L7 streams weft could
+    /// not frame (not events lost for want of capacity).
+    pub parse_errors: f64,
     /// `weft_events_lost_total`, per `source/stage`.
     pub lost: BTreeMap<String, f64>,
     /// L7 requests recorded: the counts of the OpenTelemetry duration
@@ -243,19 +246,22 @@ fn parse_counters(page: &str) -> Counters {
             continue;
         };
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches(['"', '}']))
+                .unwrap_or("?")
+        };
         match name {
+            "weft_events_total" if label("source") == "l7_parse_errors" => {
+                counters.parse_errors += value;
+            }
             "weft_events_total" => counters.events += value,
             l7 if l7.ends_with("_duration_seconds_count") && !l7.starts_with("weft_") => {
                 counters.l7_requests += value;
             }
             "weft_events_lost_total" => {
-                let label = |key: &str| {
-                    labels
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\""))
-                        .map(|v| v.trim_end_matches(['"', '}']))
-                        .unwrap_or("?")
-                };
                 let key = format!("{}/{}", label("source"), label("stage"));
                 *counters.lost.entry(key).or_default() += value;
             }
@@ -300,6 +306,7 @@ mod tests {
         let page = "# HELP weft_events Events\n\
                     weft_events_total{source=\"tcp_events\"} 10\n\
                     weft_events_total{source=\"udp_packet\"} 5\n\
+                    weft_events_total{source=\"l7_parse_errors\"} 2\n\
                     weft_events_lost_total{source=\"tcp_events\",stage=\"kernel_ring\"} 3\n\
                     weft_events_lost_total{source=\"udp_packet\",stage=\"flow_table_full\"} 0\n\
                     weft_events_lost_created 1.7e9\n\
@@ -308,6 +315,7 @@ mod tests {
                     http_server_request_duration_seconds_bucket{le=\"+Inf\"} 7\n";
         let counters = parse_counters(page);
         assert_eq!(counters.events, 15.0);
+        assert_eq!(counters.parse_errors, 2.0);
         assert_eq!(counters.l7_requests, 13.0);
         assert_eq!(counters.lost["tcp_events/kernel_ring"], 3.0);
         assert_eq!(counters.lost["udp_packet/flow_table_full"], 0.0);
