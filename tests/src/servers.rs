@@ -334,3 +334,13 @@ http {{
     let args = ["nginx", "-p", &prefix, "-c", &conf_path];
     Server::start(lab, "nginx", port, dir, &args)
 }
+
+/// The Python HTTP/1.1 server of tests/peers/http_server.py (keep-alive;
+/// `/slow` takes 100 ms, `/status/N` answers N, anything else 200).
+pub fn python_http(lab: &Lab, port: u16) -> Server {
+    require_program("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
+    let port_s = port.to_string();
+    let args = ["python3", script, &lab.server_v4, &port_s];
+    Server::start(lab, "python http server", port, TempDir::new("http"), &args)
+}

@@ -1,6 +1,7 @@
 //! HTTP/1.1 requests between two namespaces, seen from both sockets: curl
 //! (client, egress records) against a real Python HTTP server (ingress
-//! records), over one keep-alive connection.
+//! records), over one keep-alive connection; and hundreds of requests each
+//! on a connection of its own.
 
 use std::{
     process::{Command, Stdio},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use weft_tests::{agent::Agent, lab::Lab, require_root, unique_port, wait_for};
+use weft_tests::{agent::Agent, lab::Lab, require_root, servers, unique_port, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -169,4 +170,67 @@ fn http1_requests_from_both_sides() {
         ),
         1.0
     );
+}
+
+/// Requests each on a new connection, one after the other: the kernel
+/// hands the memory of the socket just freed to the next connection, so a
+/// few kernel socket addresses serve them all, faster than the agent reads
+/// payload records (in batches). Every request must still be counted on
+/// both sides, and no stream given up.
+#[test]
+fn http1_new_connection_per_request() {
+    if !require_root("http1_new_connection_per_request") {
+        return;
+    }
+    const REQUESTS: usize = 400;
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(12);
+    let server = servers::python_http(&lab, port);
+    // Threads of the client, each making its share of the requests.
+    const THREADS: usize = 16;
+    let client = format!(
+        "import http.client, threading\n\
+         def run(t):\n\
+         \x20   for i in range(t, {REQUESTS}, {THREADS}):\n\
+         \x20       c = http.client.HTTPConnection('{}', {port}, timeout=10)\n\
+         \x20       c.request('GET', f'/users/{{i}}')\n\
+         \x20       assert c.getresponse().read()\n\
+         \x20       c.close()\n\
+         ts = [threading.Thread(target=run, args=(t,)) for t in range({THREADS})]\n\
+         [t.start() for t in ts]\n\
+         [t.join() for t in ts]\n",
+        lab.server_v4
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "python3", "-c", &client])
+        .output()
+        .expect("run the Python client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+
+    let port_label = format!("server_port=\"{port}\"");
+    let route = "http_route=\"/users/{id}\"";
+    let counted = |family: &str| agent.metric_sum(family, &[&port_label, route]);
+    let families = [
+        "http_client_request_duration_seconds_count",
+        "http_server_request_duration_seconds_count",
+    ];
+    let deadline = std::time::Instant::now() + WAIT;
+    while families.iter().any(|f| counted(f) < REQUESTS as f64)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for family in families {
+        assert_eq!(counted(family), REQUESTS as f64, "{family}");
+    }
+    for stage in ["evicted", "unattributed"] {
+        let lost = agent.metric_sum("weft_events_lost_total", &[&format!("stage=\"{stage}\"")]);
+        assert_eq!(lost, 0.0, "L7 streams or records lost ({stage})");
+    }
 }

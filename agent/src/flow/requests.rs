@@ -23,6 +23,10 @@ use crate::{events::data::DataRecord, l7::SocketRole};
 const L7_CLOSE_DELAY_NS: u64 = 500_000_000;
 /// ... but no longer than this on a node where no payload comes after it.
 const L7_CLOSE_MAX_WAIT_NS: u64 = 10_000_000_000;
+/// How far apart in time two payload records may be read out of order
+/// (the ring is one queue; records of different CPUs reserve their places
+/// microseconds after taking their timestamps).
+const RING_REORDER_NS: u64 = 5_000_000;
 
 /// A closed socket whose stream waits for late payload records.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +52,7 @@ impl FlowTable {
     /// One captured read or write.
     pub fn handle_data(&mut self, rec: &DataRecord) {
         self.l7.saw(rec.header.ts_ns);
+        self.end_superseded_streams(&rec.header);
         let Some(view) = self.socket_view(&rec.header) else {
             if !self.is_own_traffic(&rec.header) {
                 self.l7_unattributed += 1;
@@ -136,6 +141,33 @@ impl FlowTable {
             for closing in ended {
                 self.close_stream(sk, closing);
             }
+        }
+    }
+
+    /// A record of a new socket at the kernel address of closed ones: the
+    /// payload ring is read in order, so the closed sockets' last records,
+    /// written before their close, have been read once a record this much
+    /// later arrives. Their streams end now instead of waiting out the
+    /// close delay: with a new connection per request, the kernel hands
+    /// one freed socket's memory to connection after connection, and
+    /// their closed streams would crowd out each other at that address.
+    fn end_superseded_streams(&mut self, h: &DataHeader) {
+        let superseded =
+            |c: &Closing| !c.owns(&h.tuple) && c.ts_ns.saturating_add(RING_REORDER_NS) <= h.ts_ns;
+        if !self
+            .l7_closing
+            .get(&h.sk)
+            .is_some_and(|list| list.iter().any(superseded))
+        {
+            return;
+        }
+        let list = self.l7_closing.remove(&h.sk).unwrap_or_default();
+        let (ended, waiting): (Vec<Closing>, Vec<Closing>) = list.into_iter().partition(superseded);
+        if !waiting.is_empty() {
+            self.l7_closing.insert(h.sk, waiting);
+        }
+        for closing in ended {
+            self.close_stream(h.sk, closing);
         }
     }
 
@@ -253,16 +285,11 @@ impl FlowTable {
 }
 
 impl FlowTable {
-    /// Records of the agent's own connections are dropped on purpose.
+    /// Records of the agent's own connections are dropped on purpose:
+    /// either end of the socket may be the agent's listening address.
     fn is_own_traffic(&self, h: &DataHeader) -> bool {
         let (local, remote) = addr::endpoints(&h.tuple);
-        [local, remote].into_iter().any(|server| {
-            self.tcp.is_ignored(&FlowKey {
-                transport: Transport::Tcp,
-                client: local,
-                server,
-            })
-        })
+        self.tcp.is_ignored_server(local) || self.tcp.is_ignored_server(remote)
     }
 }
 

@@ -150,8 +150,13 @@ impl TcpTracker {
 
     /// The agent's own connections (its metrics endpoint).
     pub fn is_ignored(&self, key: &FlowKey) -> bool {
+        self.is_ignored_server(key.server)
+    }
+
+    /// Whether `server` is one of the agent's own listening addresses.
+    pub fn is_ignored_server(&self, server: std::net::SocketAddr) -> bool {
         self.ignored.iter().any(|a| {
-            a.port() == key.server.port() && (a.ip().is_unspecified() || a.ip() == key.server.ip())
+            a.port() == server.port() && (a.ip().is_unspecified() || a.ip() == server.ip())
         })
     }
 

@@ -39,7 +39,7 @@ use weft_common::{
     data::{DATA_MAX, DIR_RECV, DIR_SEND, DataEvent, DataHeader, SyscallArgs, kind},
 };
 
-use crate::maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, config, count};
+use crate::maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, batched_wakeup, config, count};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -145,7 +145,10 @@ fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> 
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).peer = [0; 28];
         (*h).tuple = sock_tuple(sk);
-        if DATA.output::<DataHeader>(&*h, 0).is_err() {
+        if DATA
+            .output::<DataHeader>(&*h, batched_wakeup(&DATA))
+            .is_err()
+        {
             count(index::LOST_RING_DATA);
         } else {
             count(index::DATA);
@@ -371,7 +374,7 @@ fn send(scratch: *mut DataEvent, captured: u64, total: u64, peer: u64) {
         (*h).captured_len = captured as u32;
         let len = core::mem::size_of::<DataHeader>() + captured as usize;
         let record = core::slice::from_raw_parts(scratch.cast::<u8>(), len);
-        if DATA.output::<[u8]>(record, 0).is_err() {
+        if DATA.output::<[u8]>(record, batched_wakeup(&DATA)).is_err() {
             count(index::LOST_RING_DATA);
         } else {
             count(index::DATA);

@@ -2,6 +2,7 @@
 //! capacities at load time from its configuration.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -77,4 +78,23 @@ pub fn config() -> &'static ProbeConfig {
     // SAFETY: CONFIG is a valid static; the volatile read of its address
     // keeps the compiler from assuming its compile-time contents.
     unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}
+
+/// The agent is woken once this fraction of a ring holds unread records.
+const WAKEUP_FRACTION: u64 = 32;
+
+/// Flags for a payload record: wake the agent only once a batch of records
+/// is waiting (1/32 of the ring). Below that, the agent finds them on its
+/// own timer (events/drain.rs). A wakeup per record is an interrupt and a
+/// context switch per record: on a virtual machine it cost several
+/// microseconds per record, inside the traced syscall.
+#[inline(always)]
+pub fn batched_wakeup(ring: &RingBuf) -> u64 {
+    let pending = ring.query(BPF_RB_AVAIL_DATA as u64);
+    let size = ring.query(BPF_RB_RING_SIZE as u64);
+    if pending >= size / WAKEUP_FRACTION {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }

@@ -32,5 +32,8 @@ pub fn send(kind: u32, sk: u64, conn: Option<*const TcpConn>, tuple: SockTuple) 
             }
         }
     }
+    // Woken at once (not batched like payload records): lifecycle events
+    // are few, and the flow table needs a connection's open and close
+    // before the payload records that follow them in the other ring.
     entry.submit(0);
 }
