@@ -260,7 +260,16 @@ fn bpf_linker(env: &Env, cargo_bin: &Path) -> Result<()> {
         )),
     }
     let mut install = cmd::cargo();
-    install.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION]);
+    // --locked: the versions bpf-linker was released with, as the
+    // Containerfile installs it (a newer llvm-sys also builds, but the
+    // build should not change under us).
+    install.args([
+        "install",
+        "--locked",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+    ]);
     // On Debian, build it on the same LLVM 22 as the BPF rustc (rustc-web);
     // elsewhere (nightly) its default features fit.
     if Path::new(DEBIAN_LLVM).is_dir() {
