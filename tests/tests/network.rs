@@ -107,8 +107,11 @@ fn srtt_agrees_with_ss_and_retransmits_are_counted() {
         "weft srtt {srtt_ms} ms, retransmits {retrans}; ss rtt {ss_rtt_ms} ms, retrans {ss_retrans}"
     );
     assert_eq!(close["bytes_sent"], BULK as u64);
+    // A veth pair's RTT is tens of µs; the shaper's queue adds
+    // milliseconds (how many depends on how full the queue is when the
+    // upload ends: 5 to 30 ms seen here).
     assert!(
-        ss_rtt_ms > 5.0,
+        ss_rtt_ms > 1.0,
         "the shaper should add queueing delay (ss rtt {ss_rtt_ms} ms)"
     );
     let ratio = srtt_ms / ss_rtt_ms;

@@ -7,12 +7,13 @@
 //! the end that sees it best: bytes from the client's socket when it is
 //! here (what it wrote is what was sent), RTT from the client's view.
 //!
-//! Records: `open` when the first end is established, `update` every
-//! update interval, `close` when every known end has closed. An end closing
+//! Records: `open` once both ends are established, or [`OPEN_WAIT_NS`]
+//! after the first when the other is not on this node; `update` every
+//! update interval; `close` when every known end has closed. An end closing
 //! while the other end has not been seen yet waits `close_grace` for it, so
 //! that a short connection between two local processes is still one record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use weft_common::{
     conn::{CONN_ACTIVE, TcpConn},
@@ -28,6 +29,13 @@ use super::{
     record::{Failure, FlowEvent, Transport},
 };
 use crate::export::labels::ResetLabels;
+
+/// How long (kernel time) a connection's `open` waits for its other end.
+/// When both run on this node, the server's socket is established within
+/// microseconds of the client's; waiting names both processes in the
+/// record and in the labels of `weft_tcp_connections_opened_total`, the
+/// same as the connection's later records and metrics.
+const OPEN_WAIT_NS: u64 = 10_000_000;
 
 /// One socket of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +53,9 @@ struct Connection {
     last_record_ns: u64,
     /// Set when every known end has closed: when to write the record.
     close_at_ns: Option<u64>,
+    /// Set while the `open` record waits for the other end: when it was
+    /// established (the record's time).
+    open_pending_ns: Option<u64>,
     closed_ns: u64,
     exported: Exported,
 }
@@ -111,6 +122,8 @@ pub struct TcpTracker {
     missing: HashMap<u64, u8>,
     /// Servers whose connections are the agent's own (its metrics port).
     ignored: Vec<std::net::SocketAddr>,
+    /// Connections whose `open` waits, oldest first.
+    pending_opens: VecDeque<FlowKey>,
 }
 
 impl TcpTracker {
@@ -123,6 +136,7 @@ impl TcpTracker {
             closes_lost: 0,
             missing: HashMap::new(),
             ignored,
+            pending_opens: VecDeque::new(),
         }
     }
 
@@ -166,6 +180,9 @@ impl TcpTracker {
         if self.is_ignored(&key) {
             return;
         }
+        // Events come in about kernel time order: one this late means the
+        // other ends of the connections opened before it have been read.
+        self.write_due_opens(ev.ts_ns, out);
         match ev.kind {
             EVENT_TCP_OPEN => self.opened(key, ev, is_client, out),
             EVENT_TCP_CLOSE => self.closed(key, ev, is_client, out),
@@ -221,6 +238,7 @@ impl TcpTracker {
             start_ns: ev.conn.start_ns,
             last_record_ns: ev.ts_ns,
             close_at_ns: None,
+            open_pending_ns: Some(ev.ts_ns),
             closed_ns: 0,
             exported: Exported::default(),
         });
@@ -234,7 +252,26 @@ impl TcpTracker {
         conn.close_at_ns = None;
         self.sockets.insert(ev.sk, key);
         if new {
-            emit(&key, conn, FlowEvent::Open, ev.ts_ns, out);
+            self.pending_opens.push_back(key);
+        } else if conn.client.is_some() && conn.server.is_some() {
+            write_open(&key, conn, out);
+        }
+    }
+
+    /// Writes the `open` records that waited long enough for their other
+    /// end: established before `now_ns - OPEN_WAIT_NS` (kernel time).
+    fn write_due_opens(&mut self, now_ns: u64, out: &mut Emitter) {
+        while let Some(key) = self.pending_opens.front() {
+            // A connection no longer in the table was closed, and its open
+            // written then.
+            if let Some(conn) = self.conns.get_mut(key) {
+                match conn.open_pending_ns {
+                    Some(at) if at.saturating_add(OPEN_WAIT_NS) > now_ns => return,
+                    Some(_) => write_open(key, conn, out),
+                    None => {}
+                }
+            }
+            self.pending_opens.pop_front();
         }
     }
 
@@ -254,6 +291,7 @@ impl TcpTracker {
                 start_ns: ev.conn.start_ns,
                 last_record_ns: ev.ts_ns,
                 close_at_ns: None,
+                open_pending_ns: None,
                 closed_ns: ev.ts_ns,
                 exported: Exported::default(),
             };
@@ -327,6 +365,8 @@ impl TcpTracker {
 
     fn finish(&mut self, key: &FlowKey, out: &mut Emitter) {
         if let Some(mut conn) = self.conns.remove(key) {
+            // An `open` still waiting goes first.
+            write_open(key, &mut conn, out);
             let ts = conn.closed_ns;
             emit(key, &mut conn, FlowEvent::Close, ts, out);
         }
@@ -355,8 +395,13 @@ impl TcpTracker {
             }
         }
         self.close_vanished(&present, now_ns, out);
+        self.write_due_opens(now_ns, out);
         let mut due = Vec::new();
         for (key, conn) in &mut self.conns {
+            if conn.open_pending_ns.is_some() {
+                // Opened less than OPEN_WAIT_NS ago: nothing to add yet.
+                continue;
+            }
             if let Some(at) = conn.close_at_ns {
                 if now_ns >= at {
                     due.push(*key);
@@ -392,6 +437,14 @@ fn observation<'a>(
         server: conn.server.map(|e| e.conn.owner),
         figures,
         failure: None,
+    }
+}
+
+/// The connection's `open` record, if it has not been written yet, at the
+/// time the first end was established.
+fn write_open(key: &FlowKey, conn: &mut Connection, out: &mut Emitter) {
+    if let Some(at) = conn.open_pending_ns.take() {
+        emit(key, conn, FlowEvent::Open, at, out);
     }
 }
 
@@ -504,5 +557,94 @@ mod tests {
         let events: Vec<_> = records.iter().map(|r| r.event).collect();
         assert_eq!(events, [FlowEvent::Open, FlowEvent::Close]);
         assert_eq!(records[1].bytes_sent, 10);
+    }
+
+    /// The server's socket of `open_event`'s connection, on this node.
+    fn server_open_event(sk: u64, ts_ns: u64) -> TcpEvent {
+        let client = open_event(0);
+        let c = client.conn.tuple;
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"python3");
+        TcpEvent {
+            kind: EVENT_TCP_OPEN,
+            sk,
+            ts_ns,
+            conn: TcpConn {
+                tuple: SockTuple {
+                    local_addr: c.remote_addr,
+                    remote_addr: c.local_addr,
+                    local_port: c.remote_port,
+                    remote_port: c.local_port,
+                    ..c
+                },
+                flags: CONN_ESTABLISHED,
+                owner: weft_common::Owner {
+                    pid: 42,
+                    tid: 42,
+                    cgroup_id: 0,
+                    comm,
+                },
+                ..TcpConn::default()
+            },
+            ..TcpEvent::default()
+        }
+    }
+
+    fn tracker() -> TcpTracker {
+        let settings = TcpSettings {
+            update_interval_ns: u64::MAX,
+            close_grace_ns: 0,
+            capacity: 10,
+        };
+        TcpTracker::new(settings, Vec::new())
+    }
+
+    #[test]
+    fn the_open_record_waits_for_the_server_end_on_this_node() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        t.handle(&open_event(7), &mut out);
+        assert!(store.query(&FlowFilter::default(), None, None).is_empty());
+        t.handle(&server_open_event(8, 1_050), &mut out);
+        let records = store.query(&FlowFilter::default(), None, None);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].event, FlowEvent::Open);
+        assert_eq!(records[0].destination.pid, Some(42));
+        assert_eq!(records[0].destination.process.as_deref(), Some("python3"));
+        assert_eq!(records[0].mono_ns, 1_000, "the first end's time");
+    }
+
+    #[test]
+    fn an_open_without_a_local_server_is_written_after_the_wait() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let ev = open_event(7);
+        t.handle(&ev, &mut out);
+        let count = |store: &FlowStore| store.query(&FlowFilter::default(), None, None).len();
+        // A poll before the wait is over writes nothing...
+        t.tick(
+            1_000 + OPEN_WAIT_NS - 1,
+            &mut std::iter::once((7, ev.conn)),
+            &mut out,
+        );
+        assert_eq!(count(&store), 0);
+        // ... an event of another connection after it does.
+        let mut later = open_event(9);
+        later.ts_ns = 1_000 + OPEN_WAIT_NS;
+        later.conn.tuple.local_port = 40001;
+        t.handle(&later, &mut out);
+        let records = store.query(&FlowFilter::default(), None, None);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].event, FlowEvent::Open);
+        assert_eq!(records[0].destination.pid, None);
+        // And the poll writes the second once its wait is over.
+        t.tick(
+            1_000 + 2 * OPEN_WAIT_NS,
+            &mut [(7, ev.conn), (9, later.conn)].into_iter(),
+            &mut out,
+        );
+        assert_eq!(count(&store), 2);
     }
 }

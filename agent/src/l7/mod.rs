@@ -433,14 +433,16 @@ mod tests {
     fn an_address_keeps_a_bounded_number_of_streams() {
         let mut e = engine();
         let mut out = Vec::new();
-        for port in 0..10 {
+        let streams = STREAMS_PER_ADDRESS as u16 + 6;
+        for port in 0..streams {
             let h = header(1, tuple(40000 + port, 80), DIR_SEND, 1, u64::from(port));
             e.feed(&h, b"x", CLIENT, &mut out);
         }
         assert_eq!(e.len(), STREAMS_PER_ADDRESS);
-        assert_eq!(e.counters.streams_evicted, 10 - STREAMS_PER_ADDRESS as u64);
+        assert_eq!(e.counters.streams_evicted, 6);
         // The newest are kept.
-        assert_eq!(e.first_sent(1, &tuple(40009, 80)), Some(true));
+        let newest = 40000 + streams - 1;
+        assert_eq!(e.first_sent(1, &tuple(newest, 80)), Some(true));
         assert_eq!(e.first_sent(1, &tuple(40000, 80)), None);
     }
 
