@@ -55,6 +55,12 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
         "one open record per connection: {flows:#?}"
     );
     assert_eq!(flows.iter().filter(|r| r["event"] == "close").count(), 1);
+    // Both ends are on this node: the open record names both processes,
+    // as the close does (the server's socket is established just after
+    // the client's; the open waits for it).
+    let open = flows.iter().find(|r| r["event"] == "open").expect("open");
+    assert_eq!(open["source"]["process"], "lab-client", "{open:#}");
+    assert_eq!(open["destination"]["process"], "lab-server", "{open:#}");
 
     // The same figures in the metrics.
     let port_label = format!("destination_port=\"{port}\"");
@@ -84,6 +90,10 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
     assert_eq!(
         agent.metric_sum("weft_tcp_sent_bytes_total", &named),
         send as f64
+    );
+    assert_eq!(
+        agent.metric_sum("weft_tcp_connections_opened_total", &named),
+        1.0
     );
 }
 
