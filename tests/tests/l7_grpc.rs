@@ -79,11 +79,14 @@ fn grpc_calls_from_both_sides() {
         assert_eq!(agent.metric_sum(family, &[grpc, &dport]), total as f64);
         assert_eq!(agent.metric_sum(family, &[grpc, &dport, &say_hello]), 2.0);
         assert_eq!(
-            agent.metric_sum(family, &[&dport, &lookup, "rpc_response_status_code=\"5\""]),
+            agent.metric_sum(
+                family,
+                &[&dport, &lookup, "rpc_response_status_code=\"NOT_FOUND\""]
+            ),
             1.0
         );
         assert_eq!(
-            agent.metric_sum(family, &[&dport, "rpc_response_status_code=\"0\""]),
+            agent.metric_sum(family, &[&dport, "rpc_response_status_code=\"OK\""]),
             3.0
         );
     }

@@ -76,6 +76,32 @@ impl Call<'_> {
     }
 }
 
+/// The name of a gRPC status code (grpc/doc/statuscodes.md), which
+/// OpenTelemetry's `rpc.response.status_code` carries for gRPC; `None` for
+/// a code outside the 17 defined.
+pub fn status_name(code: u32) -> Option<&'static str> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::try_from(code).ok()?).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +118,14 @@ mod tests {
         assert_eq!(parse_status(b"x"), None);
         assert!(is_grpc(b"application/grpc+proto"));
         assert!(!is_grpc(b"application/json"));
+    }
+
+    #[test]
+    fn status_names_follow_the_grpc_codes() {
+        assert_eq!(super::status_name(0), Some("OK"));
+        assert_eq!(super::status_name(4), Some("DEADLINE_EXCEEDED"));
+        assert_eq!(super::status_name(5), Some("NOT_FOUND"));
+        assert_eq!(super::status_name(16), Some("UNAUTHENTICATED"));
+        assert_eq!(super::status_name(17), None);
     }
 }

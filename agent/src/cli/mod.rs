@@ -32,8 +32,8 @@ pub struct ApiSocketArgs {
 
 impl ApiSocketArgs {
     /// The socket to dial: the flag, else `$WEFT_API_SOCKET`, else the
-    /// default. (Resolved here rather than by clap's `env`, which needs a
-    /// clap feature the crate does not enable.)
+    /// default. (Resolved here rather than by clap's `env`, so that an
+    /// empty `$WEFT_API_SOCKET` means the default.)
     pub fn path(&self) -> PathBuf {
         self.api_socket
             .clone()

@@ -6,7 +6,7 @@
 //! after that, new sets are folded into `other` (and counted), while the
 //! admitted ones keep their names.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -74,6 +74,42 @@ impl LabelBudget {
     }
 }
 
+/// Distinct values kept per free-form L7 label (`rpc_method`,
+/// `db_operation_name`, `http_route`, `server_address`, `error_type`).
+pub const L7_VALUES_PER_LABEL: usize = 500;
+
+/// Admits the values of L7 labels whose values come from traffic (a gRPC
+/// path, a Redis command name, a route, a server address, an error code)
+/// up to [`L7_VALUES_PER_LABEL`] distinct values per label; later new
+/// values fold into `other` (and are counted). The bounded labels (HTTP
+/// method, status code, DNS types) need no budget.
+#[derive(Debug, Default)]
+pub struct ValueBudget {
+    admitted: HashMap<&'static str, HashSet<String>>,
+    /// Values folded into `other`.
+    pub overflowed: u64,
+}
+
+impl ValueBudget {
+    /// `value` if admitted (or if `label` has room), else `other`.
+    pub fn admit(&mut self, label: &'static str, value: String) -> String {
+        self.admit_within(label, value, L7_VALUES_PER_LABEL)
+    }
+
+    fn admit_within(&mut self, label: &'static str, value: String, limit: usize) -> String {
+        let values = self.admitted.entry(label).or_default();
+        if values.contains(&value) {
+            return value;
+        }
+        if values.len() < limit {
+            values.insert(value.clone());
+            return value;
+        }
+        self.overflowed += 1;
+        OVERFLOW.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +132,18 @@ mod tests {
         assert_eq!(b.admit(labels(3)), L4Labels::overflow());
         // Admitted sets keep their names.
         assert_eq!(b.admit(labels(1)), labels(1));
+        assert_eq!(b.overflowed, 1);
+    }
+
+    #[test]
+    fn folds_l7_values_beyond_their_budget_per_label() {
+        let mut b = ValueBudget::default();
+        assert_eq!(b.admit_within("rpc_method", "a/A".into(), 2), "a/A");
+        assert_eq!(b.admit_within("rpc_method", "a/B".into(), 2), "a/B");
+        assert_eq!(b.admit_within("rpc_method", "a/C".into(), 2), "other");
+        // Admitted values keep their names; each label has its own room.
+        assert_eq!(b.admit_within("rpc_method", "a/A".into(), 2), "a/A");
+        assert_eq!(b.admit_within("http_route", "/x".into(), 2), "/x");
         assert_eq!(b.overflowed, 1);
     }
 }

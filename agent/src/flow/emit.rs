@@ -19,7 +19,7 @@ use super::{
 use crate::{
     enrich::{Enricher, workload_label},
     export::{
-        labels::{L4Labels, LabelBudget},
+        labels::{L4Labels, LabelBudget, ValueBudget},
         metrics::L4Metrics,
     },
 };
@@ -64,6 +64,8 @@ pub struct Emitter {
     store: Arc<FlowStore>,
     metrics: L4Metrics,
     budget: LabelBudget,
+    /// The budget of the L7 labels whose values come from traffic.
+    values: ValueBudget,
     enricher: Enricher,
 }
 
@@ -78,6 +80,7 @@ impl Emitter {
             store,
             metrics,
             budget,
+            values: ValueBudget::default(),
             enricher,
         }
     }
@@ -90,9 +93,9 @@ impl Emitter {
         &self.enricher
     }
 
-    /// Label sets folded into `other` so far.
+    /// Label sets (L4) and label values (L7) folded into `other` so far.
     pub fn labels_overflowed(&self) -> u64 {
-        self.budget.overflowed
+        self.budget.overflowed + self.values.overflowed
     }
 
     fn endpoints(&mut self, obs: &Observation<'_>) -> (Endpoint, Endpoint) {

@@ -7,7 +7,10 @@ use weft_l7::{Exchange, MetricAttributes};
 
 use super::{Emitter, Observation};
 use crate::{
-    export::l7_metrics::{DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels},
+    export::{
+        l7_metrics::{DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels},
+        labels::ValueBudget,
+    },
     flow::{
         addr::FlowKey,
         clock,
@@ -58,7 +61,15 @@ impl Emitter {
         let (source, destination) = self.endpoints(&obs);
         let workload = self.labels_of(&source, &destination);
         let seconds = ex.latency_ns() as f64 / 1e9;
-        observe(metrics, ex, direction, key, workload, seconds);
+        observe(
+            metrics,
+            &mut self.values,
+            ex,
+            direction,
+            key,
+            workload,
+            seconds,
+        );
 
         let mut l7 = Map::new();
         l7.insert("protocol".into(), Value::from(ex.protocol.name()));
@@ -96,8 +107,11 @@ impl Emitter {
     }
 }
 
+/// Observes the exchange's histogram. Labels whose values come from
+/// traffic go through `values`, the per-label budget.
 fn observe(
     m: &L7Metrics,
+    values: &mut ValueBudget,
     ex: &Exchange,
     direction: TrafficDirection,
     key: &FlowKey,
@@ -115,9 +129,9 @@ fn observe(
             let labels = HttpLabels {
                 http_request_method: method.clone(),
                 http_response_status_code: status_code.map(|s| s.to_string()).unwrap_or_default(),
-                http_route: route.clone(),
+                http_route: values.admit("http_route", route.clone()),
                 url_scheme: (*scheme).to_owned(),
-                server_address: key.server.ip().to_string(),
+                server_address: values.admit("server_address", key.server.ip().to_string()),
                 server_port: key.server.port().to_string(),
                 workload,
             };
@@ -135,8 +149,14 @@ fn observe(
         } => {
             let labels = RpcLabels {
                 rpc_system_name: (*system).to_owned(),
-                rpc_method: method.clone(),
-                rpc_response_status_code: status_code.map(|s| s.to_string()).unwrap_or_default(),
+                rpc_method: values.admit("rpc_method", method.clone()),
+                // OpenTelemetry: gRPC's status name (`NOT_FOUND`); a code
+                // outside the defined ones as its number.
+                rpc_response_status_code: status_code
+                    .map(|c| {
+                        weft_l7::grpc::status_name(c).map_or_else(|| c.to_string(), str::to_owned)
+                    })
+                    .unwrap_or_default(),
                 workload,
             };
             let family = if server { &m.rpc_server } else { &m.rpc_client };
@@ -153,8 +173,8 @@ fn observe(
             if !server {
                 let labels = DbLabels {
                     db_system_name: (*system).to_owned(),
-                    db_operation_name: operation.clone(),
-                    error_type: error_type.clone().unwrap_or_default(),
+                    db_operation_name: values.admit("db_operation_name", operation.clone()),
+                    error_type: values.admit("error_type", error_type.clone().unwrap_or_default()),
                     workload,
                 };
                 m.db_client.get_or_create(&labels).observe(seconds);
@@ -167,12 +187,79 @@ fn observe(
             // A lookup's duration is the client's wait.
             if !server {
                 let labels = DnsLabels {
-                    dns_question_type: question_type.clone(),
-                    dns_response_code: response_code.clone(),
+                    dns_question_type: values.admit("dns_question_type", question_type.clone()),
+                    dns_response_code: values.admit("dns_response_code", response_code.clone()),
                     workload,
                 };
                 m.dns_lookup.get_or_create(&labels).observe(seconds);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Map;
+    use weft_l7::{Direction, Protocol};
+
+    use super::*;
+    use crate::{
+        enrich::Enricher,
+        export::{
+            labels::{L7_VALUES_PER_LABEL, LabelBudget},
+            metrics::Metrics,
+        },
+        flow::{emit::Emitter, filter::FlowFilter, record::Transport, store::FlowStore},
+    };
+
+    fn call(method: String) -> Exchange {
+        Exchange {
+            protocol: Protocol::Grpc,
+            request_ns: 1_000,
+            response_ns: 2_000,
+            answered: true,
+            fields: Map::new(),
+            metric: MetricAttributes::Rpc {
+                system: "grpc",
+                method,
+                status_code: Some(0),
+            },
+            request_direction: Direction::ToServer,
+        }
+    }
+
+    /// gRPC paths come from traffic: past the budget, new methods fold into
+    /// `other` in the metrics (and are counted), while records keep them.
+    #[test]
+    fn l7_label_values_beyond_the_budget_fold_into_other() {
+        let store = Arc::new(FlowStore::new(10));
+        let (metrics, l4, _, l7) = Metrics::new();
+        let mut out = Emitter::new(store.clone(), l4, LabelBudget::new(10), Enricher::new(None));
+        let key = FlowKey {
+            transport: Transport::Tcp,
+            client: "10.0.0.1:40000".parse().expect("address"),
+            server: "10.0.0.2:50051".parse().expect("address"),
+        };
+        let methods = L7_VALUES_PER_LABEL + 3;
+        for i in 0..methods {
+            let ex = call(format!("weft.Test/Method{i}"));
+            out.emit_l7(&l7, &key, None, None, TrafficDirection::Egress, &ex);
+        }
+        assert_eq!(out.labels_overflowed(), 3);
+        let text = metrics.encode().expect("metrics encode");
+        let other = text
+            .lines()
+            .find(|l| {
+                l.starts_with("rpc_client_call_duration_seconds_count{")
+                    && l.contains(r#"rpc_method="other""#)
+            })
+            .unwrap_or_else(|| panic!("no `other` series:\n{text}"));
+        assert!(other.ends_with(" 3"), "{other}");
+        let records = store.query(&FlowFilter::default(), None, None);
+        let last = records.last().expect("a record");
+        assert_eq!(last.l7.as_ref().expect("l7")["protocol"], "grpc");
+        assert_eq!(records.len(), 10, "the store keeps its newest records");
     }
 }
