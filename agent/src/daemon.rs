@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             udp_flows: maps.udp_flows,
             counters: maps.counters,
             drop_reasons: maps.drop_reasons,
+            drop_flows: maps.drop_flows,
             tcp_capacity: config.tcp_socket_capacity,
             udp_capacity: config.udp_flow_capacity,
         },
@@ -128,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         l7_metrics,
         l7_unattributed: 0,
         l7_closing: Default::default(),
+        drops: Default::default(),
     };
 
     let shutdown = CancellationToken::new();

@@ -180,4 +180,30 @@ fn firewall_drops_show_their_reason() {
         (after - before >= syns as f64).then_some(after - before)
     });
     assert_eq!(drops, syns as f64);
+
+    // And as `drop` records: the SYNs from the client's address to the
+    // server's port, with their reason and count, summed over the polls
+    // they fell in.
+    let records = weft_tests::wait_for("drop records of every SYN", WAIT, || {
+        let records = agent.flows(&["--port", &port_s, "--verdict", "dropped", "--all"]);
+        let packets: u64 = records
+            .iter()
+            .filter_map(|r| r["packets_sent"].as_u64())
+            .sum();
+        (packets >= syns).then_some(records)
+    });
+    for r in &records {
+        assert_eq!(r["event"], "drop", "{r:#}");
+        assert_eq!(r["verdict"], "dropped", "{r:#}");
+        assert_eq!(r["drop_reason"], "NETFILTER_DROP", "{r:#}");
+        assert_eq!(r["transport"], "tcp", "{r:#}");
+        assert_eq!(r["source"]["ip"], lab.client_v4.as_str(), "{r:#}");
+        assert_eq!(r["destination"]["ip"], lab.server_v4.as_str(), "{r:#}");
+        assert_eq!(r["destination"]["port"], port, "{r:#}");
+    }
+    let packets: u64 = records
+        .iter()
+        .filter_map(|r| r["packets_sent"].as_u64())
+        .sum();
+    assert_eq!(packets, syns, "{records:#?}");
 }

@@ -150,6 +150,13 @@ fn refused_connection_is_a_failure_with_a_reset() {
     let received = [port_label.as_str(), "direction=\"received\""];
     assert_eq!(agent.metric_sum("weft_tcp_resets_total", &sent), 1.0);
     assert_eq!(agent.metric_sum("weft_tcp_resets_total", &received), 1.0);
+    // The SYN itself was dropped there for want of a socket: one packet.
+    let drop = agent.wait_flow(&["--port", &port_s], "drop", WAIT);
+    assert_eq!(drop["drop_reason"], "NO_SOCKET", "{drop:#}");
+    assert_eq!(drop["verdict"], "dropped", "{drop:#}");
+    assert_eq!(drop["packets_sent"], 1, "{drop:#}");
+    assert_eq!(drop["source"]["ip"], lab.client_v4.as_str(), "{drop:#}");
+    assert_eq!(drop["destination"]["port"], port, "{drop:#}");
 }
 
 #[test]

@@ -162,6 +162,39 @@ impl Emitter {
         self.store.push(record);
     }
 
+    /// A `drop` record: packets from `dropped.src` to `dropped.dst` that the
+    /// kernel dropped for `reason` since the previous one. No metric: drops
+    /// are counted by reason as they are read (`weft_packet_drops_total`).
+    pub fn emit_drop(&mut self, dropped: &super::drops::Dropped, reason: &str) {
+        let d = dropped;
+        let source = self.enricher.endpoint(d.src.ip(), d.src.port(), None);
+        let destination = self.enricher.endpoint(d.dst.ip(), d.dst.port(), None);
+        let record = FlowRecord {
+            time: clock::rfc3339(d.last_ns),
+            flow_type: FlowType::L4,
+            event: FlowEvent::Drop,
+            transport: d.transport,
+            source,
+            destination,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: Some(d.packets),
+            packets_received: None,
+            retransmits: 0,
+            srtt_us: None,
+            duration_us: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            verdict: Verdict::Dropped,
+            drop_reason: Some(reason.to_owned()),
+            failure: None,
+            l7: None,
+            traffic_direction: None,
+            mono_ns: d.last_ns,
+        };
+        self.store.push(record);
+    }
+
     /// Metrics only (periodic progress between records).
     pub fn export_growth(&mut self, obs: &Observation<'_>, exported: &mut Exported) {
         let labels = self.labels(obs);

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod clock;
+pub mod drops;
 pub mod emit;
 pub mod filter;
 pub mod record;

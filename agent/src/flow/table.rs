@@ -14,7 +14,14 @@ use std::{
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent, udp::UdpFlow};
+use weft_common::{
+    SockTuple,
+    conn::TcpConn,
+    counters::index,
+    drop::{DropKey, DropStats},
+    event::TcpEvent,
+    udp::UdpFlow,
+};
 
 use super::{emit::Emitter, store::FlowStore, tcp::TcpTracker, udp::UdpTracker};
 use crate::{
@@ -48,6 +55,7 @@ pub struct KernelTables {
     pub udp_flows: HashMap<MapData, SockTuple, UdpFlow>,
     pub counters: PerCpuArray<MapData, u64>,
     pub drop_reasons: PerCpuArray<MapData, u64>,
+    pub drop_flows: HashMap<MapData, DropKey, DropStats>,
     pub tcp_capacity: u32,
     pub udp_capacity: u32,
 }
@@ -81,6 +89,8 @@ pub struct FlowTable {
     /// Closed sockets whose L7 stream waits for late payload records, by
     /// kernel socket address (several when the address was reused).
     pub l7_closing: std::collections::HashMap<u64, Vec<super::requests::Closing>>,
+    /// Dropped packets per address pair, into `drop` records.
+    pub drops: super::drops::DropTracker,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -174,6 +184,7 @@ impl FlowTable {
             let _ = self.tables.udp_flows.remove(&key);
         }
         self.export_drops(seen);
+        self.write_drop_records();
         self.report(seen, started, tcp_entries, udp_entries)
     }
 
@@ -183,6 +194,24 @@ impl FlowTable {
             .get(&idx, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// One `drop` record per address pair whose drops grew since the last
+    /// poll (reasons that are not drops left out, as in the metric).
+    fn write_drop_records(&mut self) {
+        let kernel = self.tables.drop_flows.iter().filter_map(Result::ok);
+        for dropped in self.drops.poll(kernel) {
+            let name = self.info.drop_reason_names.get(&dropped.reason);
+            let reason = name.map_or_else(|| format!("reason_{}", dropped.reason), Clone::clone);
+            // Packets of the agent's own endpoint (a probe before it
+            // listened) are not flows, as its connections are not.
+            let own =
+                self.tcp.is_ignored_server(dropped.dst) || self.tcp.is_ignored_server(dropped.src);
+            if own || NOT_DROPS.contains(&reason.as_str()) {
+                continue;
+            }
+            self.emitter.emit_drop(&dropped, &reason);
+        }
     }
 
     fn export_drops(&mut self, seen: &mut Seen) {
@@ -309,6 +338,11 @@ impl FlowTable {
                 self.counter(index::LOST_MAP_SYSCALL),
             ),
             (
+                "skb_drop",
+                "kernel_map_full",
+                self.counter(index::LOST_MAP_DROP),
+            ),
+            (
                 "l7_data",
                 "userspace_queue",
                 self.pipeline.data_queue_full.load(Ordering::Relaxed),
@@ -353,6 +387,11 @@ impl FlowTable {
                 name: "UDP_FLOWS".into(),
                 entries: udp_entries,
                 capacity: self.tables.udp_capacity.into(),
+            },
+            MapStatus {
+                name: "DROP_FLOWS".into(),
+                entries: self.drops.entries(),
+                capacity: weft_common::drop::DROP_FLOWS_CAPACITY.into(),
             },
         ];
         for m in &maps {

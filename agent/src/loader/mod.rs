@@ -19,7 +19,13 @@ use aya::{
     maps::{HashMap, Map, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
 };
-use weft_common::{SockTuple, config::ProbeConfig, conn::TcpConn, udp::UdpFlow};
+use weft_common::{
+    SockTuple,
+    config::ProbeConfig,
+    conn::TcpConn,
+    drop::{DropKey, DropStats},
+    udp::UdpFlow,
+};
 
 use crate::{
     config::Config,
@@ -82,6 +88,8 @@ pub struct ProbeMaps {
     pub udp_flows: HashMap<aya::maps::MapData, SockTuple, UdpFlow>,
     pub counters: PerCpuArray<aya::maps::MapData, u64>,
     pub drop_reasons: PerCpuArray<aya::maps::MapData, u64>,
+    /// Dropped packets by address pair and reason.
+    pub drop_flows: HashMap<aya::maps::MapData, DropKey, DropStats>,
     /// Payload snippets, when L7 capture is on.
     pub data: Option<RingBuf<aya::maps::MapData>>,
 }
@@ -154,6 +162,7 @@ impl Probes {
             });
         }
         let sock = sock_offsets(&mut features);
+        let skb = skb_offsets(&mut features);
         // Payload capture needs the syscall records in the layout the
         // programs assume; without it, L7 is off and status says why.
         let capture = if config.l7_capture_bytes == 0 {
@@ -191,7 +200,7 @@ impl Probes {
             snippet_bytes: if capture { config.l7_capture_bytes } else { 0 },
             offsets,
             sock,
-            ..ProbeConfig::DEFAULT
+            skb,
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -288,6 +297,12 @@ impl Probes {
                     source,
                 },
             )?,
+            drop_flows: HashMap::try_from(take_map(&mut ebpf, "DROP_FLOWS")?).map_err(
+                |source| LoadError::Map {
+                    name: "DROP_FLOWS",
+                    source,
+                },
+            )?,
         };
 
         Ok(Self {
@@ -298,6 +313,44 @@ impl Probes {
             maps: Some(maps),
         })
     }
+}
+
+/// `struct sk_buff` member offsets from the kernel's BTF, for the addresses
+/// of dropped packets.
+fn skb_offsets(features: &mut Vec<FeatureStatus>) -> weft_common::config::SkbOffsets {
+    use weft_common::config::SkbOffsets;
+    let found = btf::Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|btf| {
+            let off = |m: &str| {
+                btf.member_offset("sk_buff", m)
+                    .map_err(|e| e.to_string())
+                    .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
+            };
+            Ok(SkbOffsets {
+                head: off("head")?,
+                network_header: off("network_header")?,
+            })
+        });
+    let (offsets, available, detail) = match found {
+        Ok(offsets) => (
+            offsets,
+            true,
+            "struct sk_buff offsets from /sys/kernel/btf/vmlinux".to_owned(),
+        ),
+        Err(why) => (
+            SkbOffsets::ABSENT,
+            false,
+            format!("{why}: drops are counted by reason, without drop records"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "packet layout (BTF)".into(),
+        available,
+        detail,
+    });
+    offsets
 }
 
 /// `struct sock_common` member offsets from the kernel's BTF, for the

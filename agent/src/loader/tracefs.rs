@@ -153,6 +153,8 @@ impl Formats {
             srst_saddr: t.offset("saddr", 28),
             srst_daddr: t.offset("daddr", 28),
             drop_reason: self.kfree_skb.offset("reason", 4),
+            drop_skbaddr: self.kfree_skb.offset("skbaddr", 8),
+            drop_protocol: self.kfree_skb.offset("protocol", 2),
         }
     }
 }

@@ -47,8 +47,11 @@ pub struct TracepointOffsets {
     pub srst_daddr: u16,
     // skb:kfree_skb
     pub drop_reason: u16,
+    pub drop_skbaddr: u16,
+    /// The packet's L3 protocol (ETH_P_*, host order).
+    pub drop_protocol: u16,
 }
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 60);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 64);
 
 impl TracepointOffsets {
     /// Every field absent: the programs that need a field do nothing.
@@ -83,6 +86,8 @@ impl TracepointOffsets {
         srst_saddr: NO_FIELD,
         srst_daddr: NO_FIELD,
         drop_reason: NO_FIELD,
+        drop_skbaddr: NO_FIELD,
+        drop_protocol: NO_FIELD,
     };
 }
 
@@ -116,6 +121,26 @@ impl SockOffsets {
     };
 }
 
+/// Offsets of `struct sk_buff` members, from the kernel's BTF, for the
+/// addresses of a dropped packet. `NO_FIELD` when unknown: drops are then
+/// counted by reason only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `unsigned char *head`.
+    pub head: u16,
+    /// `u16 network_header`, an offset from `head` (`0xffff` when unset).
+    pub network_header: u16,
+}
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 4);
+
+impl SkbOffsets {
+    pub const ABSENT: Self = Self {
+        head: NO_FIELD,
+        network_header: NO_FIELD,
+    };
+}
+
 /// All load-time settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,17 +151,17 @@ pub struct ProbeConfig {
     /// payload capture.
     pub snippet_bytes: u32,
     pub offsets: TracepointOffsets,
-    pub _pad2: u32,
     pub sock: SockOffsets,
+    pub skb: SkbOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 92);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
         agent_pid: 0,
         snippet_bytes: 0,
         offsets: TracepointOffsets::ABSENT,
-        _pad2: 0,
         sock: SockOffsets::ABSENT,
+        skb: SkbOffsets::ABSENT,
     };
 }

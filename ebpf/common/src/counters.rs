@@ -28,6 +28,9 @@ pub mod index {
     pub const LOST_RING_DATA: u32 = 12;
     /// Data syscalls not tracked: the SYSCALL_ARGS map was full.
     pub const LOST_MAP_SYSCALL: u32 = 13;
+    /// A dropped packet's address pair could not be inserted in
+    /// DROP_FLOWS (it is still counted by reason).
+    pub const LOST_MAP_DROP: u32 = 14;
     pub const COUNT: u32 = 16;
 }
 

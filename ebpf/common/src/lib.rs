@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod counters;
 pub mod data;
+pub mod drop;
 pub mod event;
 pub mod udp;
 

@@ -5,6 +5,7 @@ use crate::{
     config::ProbeConfig,
     conn::{ListenKey, TcpConn},
     data::{DataHeader, SyscallArgs},
+    drop::{DropKey, DropStats},
     event::TcpEvent,
     udp::UdpFlow,
 };
@@ -20,6 +21,8 @@ unsafe impl aya::Pod for UdpFlow {}
 unsafe impl aya::Pod for ProbeConfig {}
 unsafe impl aya::Pod for SyscallArgs {}
 unsafe impl aya::Pod for DataHeader {}
+unsafe impl aya::Pod for DropKey {}
+unsafe impl aya::Pod for DropStats {}
 
 impl Owner {
     /// The `comm` as text, up to its first NUL.

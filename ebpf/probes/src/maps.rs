@@ -12,6 +12,7 @@ use weft_common::{
     conn::{ListenKey, TcpConn},
     counters::{DROP_REASON_SLOTS, index},
     data::{DataEvent, SyscallArgs},
+    drop::{DROP_FLOWS_CAPACITY, DropKey, DropStats},
     udp::{UdpFlow, UdpKey},
 };
 
@@ -56,6 +57,13 @@ pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(
 /// Per-CPU event and loss counters, see `weft_common::counters::index`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(index::COUNT, 0);
+
+/// Dropped packets by address pair and reason, for the agent's `drop`
+/// records. LRU: under a flood of distinct addresses the oldest pairs go
+/// (their packets are still in `DROP_REASONS`).
+#[map]
+pub static DROP_FLOWS: LruHashMap<DropKey, DropStats> =
+    LruHashMap::with_max_entries(DROP_FLOWS_CAPACITY, 0);
 
 /// Per-CPU count of dropped packets by `enum skb_drop_reason`.
 #[map]
