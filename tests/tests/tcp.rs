@@ -265,3 +265,70 @@ fn curl_and_python_http_server_are_named() {
     assert_eq!(close["bytes_sent"], request, "{close:#}");
     assert_eq!(close["bytes_received"], header + body, "{close:#}");
 }
+
+/// A connection made before the agent started is reported from its next
+/// bytes on: an `open` then, exactly the bytes moved since, both processes,
+/// and the server told from the client by the ports (the lower is the
+/// server's).
+#[test]
+fn connections_older_than_the_agent_are_reported_from_their_next_bytes() {
+    if !require_root("connections_older_than_the_agent_are_reported_from_their_next_bytes") {
+        return;
+    }
+    const BEFORE: usize = 5_000;
+    const AFTER: usize = 100_000;
+    const REPLY: usize = 20_000;
+    let lab = Lab::new();
+    // The lab's own namespace: a low port no other test can hold.
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), 80);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let srv = spawn_in(&lab.server_ns, "lab-server", move || {
+        let listener = TcpListener::bind(server).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < BEFORE + AFTER {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0, "closed early after {got} bytes");
+            got += n;
+        }
+        conn.write_all(&vec![b'r'; REPLY]).expect("reply");
+    });
+    ready_rx.recv_timeout(WAIT).expect("listening");
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<u16>();
+    let cli = spawn_in(&lab.client_ns, "lab-client", move || {
+        let mut conn = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+        conn.write_all(&vec![b's'; BEFORE]).expect("write before");
+        let port = conn.local_addr().expect("local address").port();
+        connected_tx.send(port).expect("connected");
+        go_rx.recv_timeout(WAIT).expect("the agent started");
+        conn.write_all(&vec![b's'; AFTER]).expect("write after");
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).expect("reply");
+        reply.len()
+    });
+    let client_port = connected_rx.recv_timeout(WAIT).expect("connected");
+    let agent = Agent::start(&[]);
+    go_tx.send(()).expect("go");
+    assert_eq!(cli.join().expect("client"), REPLY);
+    srv.join().expect("server");
+
+    let filters = ["--ip", lab.server_v4.as_str(), "--port", "80"];
+    let close = agent.wait_flow(&filters, "close", WAIT);
+    assert_eq!(close["bytes_sent"], AFTER as u64, "{close:#}");
+    assert_eq!(close["bytes_received"], REPLY as u64, "{close:#}");
+    assert_eq!(close["source"]["port"], client_port, "{close:#}");
+    assert_eq!(close["source"]["process"], "lab-client", "{close:#}");
+    assert_eq!(
+        close["destination"]["ip"],
+        lab.server_v4.as_str(),
+        "{close:#}"
+    );
+    assert_eq!(close["destination"]["port"], 80, "{close:#}");
+    assert_eq!(close["destination"]["process"], "lab-server", "{close:#}");
+    let flows = agent.flows(&filters);
+    let opens: Vec<_> = flows.iter().filter(|r| r["event"] == "open").collect();
+    assert_eq!(opens.len(), 1, "{flows:#?}");
+}

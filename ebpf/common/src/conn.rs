@@ -14,6 +14,9 @@ pub const CONN_ESTABLISHED: u32 = 1 << 2;
 pub const CONN_OWNER_EXACT: u32 = 1 << 3;
 /// The socket belongs to the agent itself: not reported.
 pub const CONN_AGENT: u32 = 1 << 4;
+/// First seen moving data, established before the agent started: its
+/// figures count from then, and its role was guessed from the ports.
+pub const CONN_ADOPTED: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

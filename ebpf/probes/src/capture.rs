@@ -247,7 +247,7 @@ fn emit_msghdr(msg: u64, total: u64) {
 
 /// The socket's addresses from `struct sock_common`, at offsets the agent
 /// found in the kernel's BTF.
-fn sock_tuple(sk: u64) -> SockTuple {
+pub fn sock_tuple(sk: u64) -> SockTuple {
     let o = &config().sock;
     let mut t = SockTuple::default();
     if o.family == NO_FIELD {

@@ -8,11 +8,18 @@
 //! real owner: this is how the server side of accepted connections gets
 //! its process.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::tracepoint,
+    programs::TracePointContext,
+};
 use weft_common::{
-    IPPROTO_TCP,
-    conn::{CONN_AGENT, CONN_OWNER_EXACT},
+    IPPROTO_TCP, SockTuple,
+    conn::{
+        CONN_ACTIVE, CONN_ADOPTED, CONN_AGENT, CONN_ESTABLISHED, CONN_OWNER_EXACT, CONN_PASSIVE,
+        TcpConn, tcp_state,
+    },
     counters::index,
+    event::EVENT_TCP_OPEN,
 };
 
 use crate::{
@@ -68,6 +75,7 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
         return Ok(());
     }
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
+        adopt(sk, dir, ret as u64);
         return Ok(());
     };
     // SAFETY: `conn` points into the map value; the counters are updated
@@ -88,4 +96,47 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
         }
     }
     Ok(())
+}
+
+/// A TCP socket moving data that was never seen being established: one
+/// connected before the agent started. It is tracked from here on, as
+/// if it opened now (an `open` event), with its addresses from the
+/// socket's `sock_common` (BTF offsets; without them it stays untracked).
+/// Which end is the client is not known: the lower port is taken for the
+/// server's, as ephemeral ports are high.
+fn adopt(sk: u64, dir: Direction, moved: u64) {
+    if owner::is_agent() {
+        return;
+    }
+    let tuple: SockTuple = crate::capture::sock_tuple(sk);
+    if tuple.family == 0 || tuple.local_port == 0 || tuple.remote_port == 0 {
+        return;
+    }
+    let role = if tuple.local_port < tuple.remote_port {
+        CONN_PASSIVE
+    } else {
+        CONN_ACTIVE
+    };
+    let mut conn = TcpConn {
+        tuple,
+        owner: owner::current(),
+        // SAFETY: a helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        flags: role | CONN_ESTABLISHED | CONN_OWNER_EXACT | CONN_ADOPTED,
+        state: tcp_state::ESTABLISHED,
+        ..TcpConn::default()
+    };
+    match dir {
+        Direction::Send => conn.bytes_sent = moved,
+        Direction::Recv => conn.bytes_received = moved,
+    }
+    // Only the first thread to get here adopts it; a full map leaves the
+    // socket untracked (new connections are counted as lost then, not
+    // this one, which would be counted again at every send).
+    if TCP_CONNS.insert(&sk, &conn, BPF_NOEXIST as u64).is_err() {
+        return;
+    }
+    if let Some(conn) = TCP_CONNS.get_ptr(&sk) {
+        crate::report::send(EVENT_TCP_OPEN, sk, Some(conn), SockTuple::default());
+    }
 }
