@@ -332,11 +332,15 @@ fn row(record: &FlowRecord) -> [String; 9] {
         .ok()
         .and_then(table::local_clock)
         .unwrap_or_else(|| record.time.clone());
-    let bytes = format!(
-        "{}/{}",
-        table::human_bytes(record.bytes_sent),
-        table::human_bytes(record.bytes_received)
-    );
+    // A drop moved no bytes: how many packets it dropped says more.
+    let bytes = match (record.event, record.packets_sent) {
+        (FlowEvent::Drop, Some(packets)) => format!("{packets} pkt"),
+        _ => format!(
+            "{}/{}",
+            table::human_bytes(record.bytes_sent),
+            table::human_bytes(record.bytes_received)
+        ),
+    };
     let rtt = record
         .srtt_us
         .map_or_else(|| "-".to_owned(), table::millis_us);
@@ -524,6 +528,13 @@ mod tests {
         assert_eq!(row(&r)[4], "svc:shop/cart 10.96.20.5:6379");
         assert_eq!(cells[6], "-");
         assert_eq!(cells[8], "dropped(NO_SOCKET)");
+        // A drop record counts packets, not bytes.
+        r.event = FlowEvent::Drop;
+        r.failure = None;
+        r.packets_sent = Some(3);
+        let cells = row(&r);
+        assert_eq!(cells[1], "tcp drop");
+        assert_eq!(cells[5], "3 pkt");
     }
 
     #[test]
