@@ -184,7 +184,7 @@ impl FlowTable {
         } else {
             TrafficDirection::Ingress
         };
-        for ex in &out {
+        for ex in out {
             self.emitter.emit_l7(
                 &self.l7_metrics,
                 &view.key,

@@ -1,7 +1,7 @@
 //! L7 records and metrics: one record per request/response exchange, and
 //! the OpenTelemetry-named duration histograms.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use weft_common::Owner;
 use weft_l7::{Exchange, MetricAttributes};
 
@@ -38,7 +38,8 @@ impl TrafficDirection {
 }
 
 impl Emitter {
-    /// Writes the record and observes the histogram of one exchange.
+    /// Writes the record and observes the histogram of one exchange (taken
+    /// by value: its fields become the record's `l7` object as they are).
     pub fn emit_l7(
         &mut self,
         metrics: &L7Metrics,
@@ -46,7 +47,7 @@ impl Emitter {
         client: Option<&Owner>,
         server: Option<&Owner>,
         direction: TrafficDirection,
-        ex: &Exchange,
+        ex: Exchange,
     ) {
         let obs = Observation {
             key,
@@ -64,19 +65,17 @@ impl Emitter {
         observe(
             metrics,
             &mut self.values,
-            ex,
+            &ex,
             direction,
             key,
             workload,
             seconds,
         );
 
-        let mut l7 = Map::new();
+        let latency_us = ex.latency_ns() / 1_000;
+        let mut l7 = ex.fields;
         l7.insert("protocol".into(), Value::from(ex.protocol.name()));
-        for (k, v) in &ex.fields {
-            l7.insert(k.clone(), v.clone());
-        }
-        l7.insert("latency_us".into(), Value::from(ex.latency_ns() / 1_000));
+        l7.insert("latency_us".into(), Value::from(latency_us));
         if !ex.answered {
             l7.insert("answered".into(), Value::from(false));
         }
@@ -93,7 +92,7 @@ impl Emitter {
             packets_received: None,
             retransmits: 0,
             srtt_us: None,
-            duration_us: ex.latency_ns() / 1_000,
+            duration_us: latency_us,
             resets_sent: 0,
             resets_received: 0,
             verdict: Verdict::Forwarded,
@@ -245,7 +244,7 @@ mod tests {
         let methods = L7_VALUES_PER_LABEL + 3;
         for i in 0..methods {
             let ex = call(format!("weft.Test/Method{i}"));
-            out.emit_l7(&l7, &key, None, None, TrafficDirection::Egress, &ex);
+            out.emit_l7(&l7, &key, None, None, TrafficDirection::Egress, ex);
         }
         assert_eq!(out.labels_overflowed(), 3);
         let text = metrics.encode().expect("metrics encode");
