@@ -227,6 +227,9 @@ impl Drop for Agent {
             eprintln!("--- agent log ---\n{}", self.log());
         }
         let _ = std::fs::remove_file(&self.stderr_path);
+        // The agent removes its socket when it shuts down, but not when a
+        // test killed it with SIGKILL.
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
