@@ -298,13 +298,13 @@ pub fn grpc_calls(lab: &Lab, server: &Server) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// nginx serving h2c (HTTP/2 without TLS) on the lab's server address:
-/// `/hello` answers 200, anything else 404.
-pub fn nginx_h2c(lab: &Lab, port: u16) -> Server {
+/// nginx (one worker, in the foreground) in the server namespace: `http`
+/// is the body of its `http` block (server blocks and their settings); its
+/// pid file and temporary paths are in `dir`, which it keeps. Returns once
+/// a client can connect to `port` on the lab's server address.
+pub fn nginx(lab: &Lab, port: u16, dir: TempDir, http: &str) -> Server {
     require_program("nginx");
-    let dir = TempDir::new("nginx-h2c");
     let d = dir.as_str();
-    let addr = &lab.server_v4;
     let conf = format!(
         "daemon off;
 master_process on;
@@ -320,11 +320,7 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    server {{
-        listen {addr}:{port} http2;
-        location = /hello {{ return 200 \"hello\\n\"; }}
-        location / {{ return 404; }}
-    }}
+{http}
 }}
 "
     );
@@ -333,6 +329,20 @@ http {{
     let prefix = d.to_owned();
     let args = ["nginx", "-p", &prefix, "-c", &conf_path];
     Server::start(lab, "nginx", port, dir, &args)
+}
+
+/// nginx serving h2c (HTTP/2 without TLS) on the lab's server address:
+/// `/hello` answers 200, anything else 404.
+pub fn nginx_h2c(lab: &Lab, port: u16) -> Server {
+    let addr = &lab.server_v4;
+    let http = format!(
+        "    server {{
+        listen {addr}:{port} http2;
+        location = /hello {{ return 200 \"hello\\n\"; }}
+        location / {{ return 404; }}
+    }}"
+    );
+    nginx(lab, port, TempDir::new("nginx-h2c"), &http)
 }
 
 /// The Python HTTP/1.1 server of tests/peers/http_server.py (keep-alive;

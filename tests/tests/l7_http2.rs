@@ -12,42 +12,25 @@ use weft_tests::{
     follow::{Follower, closes_by},
     lab::Lab,
     peer::{Peer, TempDir, require_program},
-    require_root, unique_port,
+    require_root, servers, unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// nginx serving h2c on `addr:port`; `/slow` (it sleeps 100 ms) and
-/// `/echo` (a POST: 201) go to the Python test server on the server
-/// namespace's loopback. (A `return` for a POST answers before reading
-/// the body and resets the stream, which curl 7.88 reports as an error.)
-fn nginx_conf(dir: &TempDir, addr: &str, port: u16, backend: u16) -> String {
-    let d = dir.as_str();
+/// The h2c server block: `/slow` (it sleeps 100 ms) and `/echo` (a POST:
+/// 201) go to the Python test server on the server namespace's loopback.
+/// (A `return` for a POST answers before reading the body and resets the
+/// stream, which curl 7.88 reports as an error.)
+fn h2c_server(addr: &str, port: u16, backend: u16) -> String {
     format!(
-        "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
+        "    server {{
         listen {addr}:{port} http2;
         location = /hello {{ return 200 \"hello\\n\"; }}
         location /users/ {{ return 200 \"a user\\n\"; }}
         location = /echo {{ proxy_pass http://127.0.0.1:{backend}; }}
         location = /slow {{ proxy_pass http://127.0.0.1:{backend}; }}
         location / {{ return 404; }}
-    }}
-}}
-"
+    }}"
     )
 }
 
@@ -56,7 +39,6 @@ fn http2_requests_from_both_sides() {
     if !require_root("http2_requests_from_both_sides") {
         return;
     }
-    require_program("nginx");
     require_program("curl");
     let agent = Agent::start(&[]);
     let lab = Lab::new();
@@ -65,9 +47,6 @@ fn http2_requests_from_both_sides() {
     let backend = unique_port(29);
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
 
-    let dir = TempDir::new("nginx");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&dir, &lab.server_v4, port, backend)).expect("nginx.conf");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
     let backend_s = backend.to_string();
     let mut python = Peer::start(
@@ -75,13 +54,8 @@ fn http2_requests_from_both_sides() {
         &lab.server_ns,
         &["python3", script, "127.0.0.1", &backend_s],
     );
-    let mut nginx = Peer::start(
-        "nginx",
-        &lab.server_ns,
-        &["nginx", "-p", dir.as_str(), "-c", &conf],
-    );
-    let addr = format!("{}:{port}", lab.server_v4).parse().unwrap();
-    nginx.wait_tcp(&lab.client_ns, addr, WAIT);
+    let http = h2c_server(&lab.server_v4, port, backend);
+    let mut nginx = servers::nginx(&lab, port, TempDir::new("nginx"), &http);
     let backend_addr = format!("127.0.0.1:{backend}").parse().expect("address");
     python.wait_tcp(&lab.server_ns, backend_addr, WAIT);
 

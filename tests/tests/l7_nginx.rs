@@ -3,47 +3,17 @@
 //! HTTP framing must still hold across keep-alive requests. curl is the
 //! client (egress records), nginx the server (ingress records).
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
-    agent::Agent,
-    lab::Lab,
-    peer::{Peer, TempDir, require_program},
-    require_root, unique_port, wait_for,
+    agent::Agent, lab::Lab, peer::TempDir, require_root, servers, unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 /// The file's size: large enough that sendfile carries it in several
 /// pieces, none of which weft sees.
 const FILE_BYTES: usize = 100_000;
-
-fn nginx_conf(dir: &TempDir, addr: &str, port: u16) -> String {
-    let d = dir.as_str();
-    format!(
-        "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen {addr}:{port};
-        root {d}/html;
-    }}
-}}
-"
-    )
-}
 
 fn l7(records: &[Value], direction: &str) -> Vec<Value> {
     records
@@ -59,23 +29,23 @@ fn http1_through_nginx_sendfile() {
     if !require_root("http1_through_nginx_sendfile") {
         return;
     }
-    require_program("nginx");
     let agent = Agent::start(&[]);
     let lab = Lab::new();
     let port = unique_port(41);
     let port_s = port.to_string();
     let dir = TempDir::new("nginx-sendfile");
-    std::fs::create_dir_all(dir.join("html")).expect("html dir");
+    let root = dir.join("html");
+    std::fs::create_dir_all(&root).expect("html dir");
     std::fs::write(dir.join("html/file.bin"), vec![b'x'; FILE_BYTES]).expect("file");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&dir, &lab.server_v4, port)).expect("nginx.conf");
-    let mut nginx = Peer::start(
-        "nginx",
-        &lab.server_ns,
-        &["nginx", "-p", dir.as_str(), "-c", &conf],
+    let addr = &lab.server_v4;
+    let http = format!(
+        "    sendfile on;
+    server {{
+        listen {addr}:{port};
+        root {root};
+    }}"
     );
-    let addr: SocketAddr = format!("{}:{port}", lab.server_v4).parse().expect("addr");
-    nginx.wait_tcp(&lab.client_ns, addr, WAIT);
+    let mut nginx = servers::nginx(&lab, port, dir, &http);
 
     // Three requests on one keep-alive connection: two files, one 404.
     let base = format!("http://{}:{port}", lab.server_v4);
