@@ -15,6 +15,7 @@ pub mod lab;
 pub mod peer;
 pub mod prometheus;
 pub mod servers;
+pub mod sql;
 pub mod traffic;
 
 use std::{

@@ -9,7 +9,9 @@ use weft_tests::{
     agent::Agent,
     follow::{Follower, closes_by},
     lab::Lab,
-    require_root, servers, unique_port,
+    require_root, servers,
+    sql::SqlExchange,
+    unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -71,52 +73,22 @@ fn mysql_queries_from_both_sides() {
 
     let total = STATEMENTS.len();
     let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["mariadb"]) >= 1);
+    let sql = SqlExchange {
+        protocol: "mysql",
+        system: "mysql",
+        client: "mariadb",
+        server: "mariadbd",
+        server_ip: &lab.server_v4,
+        port,
+    };
     for sorted in &sides {
         for (r, (_, operation, rows, error)) in sorted.iter().zip(STATEMENTS) {
-            assert_eq!(r["l7"]["protocol"], "mysql", "{r:#}");
-            assert_eq!(r["source"]["process"], "mariadb", "{r:#}");
-            assert_eq!(r["destination"]["process"], "mariadbd", "{r:#}");
-            assert_eq!(r["destination"]["ip"], lab.server_v4.as_str(), "{r:#}");
-            assert_eq!(r["destination"]["port"], port, "{r:#}");
-            assert!(r["l7"]["answered"].is_null(), "unanswered: {r:#}");
-            assert_eq!(r["l7"]["operation"], operation, "{r:#}");
-            match rows {
-                Some(n) => assert_eq!(r["l7"]["rows"], n, "{r:#}"),
-                None => assert!(r["l7"]["rows"].is_null(), "{r:#}"),
-            }
-            match error {
-                Some((code, state)) => {
-                    assert_eq!(r["l7"]["error_code"], code, "{r:#}");
-                    assert_eq!(r["l7"]["sqlstate"], state, "{r:#}");
-                }
-                None => assert!(r["l7"]["error_code"].is_null(), "{r:#}"),
+            sql.check_record(r, operation, rows, error.map(|(code, _)| code));
+            if let Some((_, state)) = error {
+                assert_eq!(r["l7"]["sqlstate"], state, "{r:#}");
             }
         }
-        let insert = sorted[2]["l7"]["statement"].as_str().expect("statement");
-        assert!(!insert.contains("alice"), "{insert}");
-        assert_eq!(
-            sorted[3]["l7"]["statement"],
-            "SELECT name FROM weft.t WHERE id = ?"
-        );
-        let sleep = sorted[5]["l7"]["latency_us"].as_u64().expect("latency");
-        assert!(
-            (200_000..2_000_000).contains(&sleep),
-            "SLEEP(0.2): {sleep} µs"
-        );
-        let select = sorted[3]["l7"]["latency_us"].as_u64().expect("latency");
-        assert!(select < 200_000, "SELECT took {select} µs");
+        sql.check_side(sorted, 2, 3, "SELECT name FROM weft.t WHERE id = ?", 5);
     }
-
-    let db = "db_client_operation_duration_seconds_count";
-    let system = "db_system_name=\"mysql\"";
-    let dport = format!("destination_port=\"{port}\"");
-    assert_eq!(agent.metric_sum(db, &[system, &dport]), total as f64);
-    assert_eq!(
-        agent.metric_sum(db, &[system, &dport, "db_operation_name=\"SELECT\""]),
-        3.0
-    );
-    assert_eq!(
-        agent.metric_sum(db, &[system, &dport, "error_type=\"1146\""]),
-        1.0
-    );
+    sql.check_metrics(&agent, total, "1146");
 }

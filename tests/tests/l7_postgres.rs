@@ -9,7 +9,9 @@ use weft_tests::{
     agent::Agent,
     follow::{Follower, closes_by},
     lab::Lab,
-    require_root, servers, unique_port,
+    require_root, servers,
+    sql::SqlExchange,
+    unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -71,50 +73,19 @@ fn postgres_queries_from_both_sides() {
     let total = STATEMENTS.len();
     // The connection's L4 close comes after its L7 stream was flushed.
     let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["psql"]) >= 1);
+    let sql = SqlExchange {
+        protocol: "postgres",
+        system: "postgresql",
+        client: "psql",
+        server: "postgres",
+        server_ip: &lab.server_v4,
+        port,
+    };
     for sorted in &sides {
         for (r, (_, operation, rows, error)) in sorted.iter().zip(STATEMENTS) {
-            assert_eq!(r["l7"]["protocol"], "postgres", "{r:#}");
-            assert_eq!(r["source"]["process"], "psql", "{r:#}");
-            assert_eq!(r["destination"]["process"], "postgres", "{r:#}");
-            assert_eq!(r["destination"]["ip"], lab.server_v4.as_str(), "{r:#}");
-            assert_eq!(r["destination"]["port"], port, "{r:#}");
-            assert!(r["l7"]["answered"].is_null(), "unanswered: {r:#}");
-            assert_eq!(r["l7"]["operation"], operation, "{r:#}");
-            match rows {
-                Some(n) => assert_eq!(r["l7"]["rows"], n, "{r:#}"),
-                None => assert!(r["l7"]["rows"].is_null(), "{r:#}"),
-            }
-            match error {
-                Some(code) => assert_eq!(r["l7"]["error_code"], code, "{r:#}"),
-                None => assert!(r["l7"]["error_code"].is_null(), "{r:#}"),
-            }
+            sql.check_record(r, operation, rows, error);
         }
-        // Literals never leave the agent.
-        let insert = sorted[1]["l7"]["statement"].as_str().expect("statement");
-        assert!(!insert.contains("alice"), "{insert}");
-        assert_eq!(
-            sorted[2]["l7"]["statement"],
-            "SELECT name FROM weft_t WHERE id = ?"
-        );
-        let sleep = sorted[5]["l7"]["latency_us"].as_u64().expect("latency");
-        assert!(
-            (200_000..2_000_000).contains(&sleep),
-            "pg_sleep(0.2): {sleep} µs"
-        );
-        let select = sorted[2]["l7"]["latency_us"].as_u64().expect("latency");
-        assert!(select < 200_000, "SELECT took {select} µs");
+        sql.check_side(sorted, 1, 2, "SELECT name FROM weft_t WHERE id = ?", 5);
     }
-
-    let db = "db_client_operation_duration_seconds_count";
-    let system = "db_system_name=\"postgresql\"";
-    let dport = format!("destination_port=\"{port}\"");
-    assert_eq!(agent.metric_sum(db, &[system, &dport]), total as f64);
-    assert_eq!(
-        agent.metric_sum(db, &[system, &dport, "db_operation_name=\"SELECT\""]),
-        3.0
-    );
-    assert_eq!(
-        agent.metric_sum(db, &[system, &dport, "error_type=\"42P01\""]),
-        1.0
-    );
+    sql.check_metrics(&agent, total, "42P01");
 }
