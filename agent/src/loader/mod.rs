@@ -161,8 +161,12 @@ impl Probes {
                 detail: "kernel older than 6.4: no smoothed RTT".into(),
             });
         }
-        let sock = sock_offsets(&mut features);
-        let skb = skb_offsets(&mut features);
+        // Read once: both layouts come from the same (large) BTF blob.
+        let btf = btf::Btf::from_sys_fs()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let sock = sock_offsets(btf.as_ref(), &mut features);
+        let skb = skb_offsets(btf.as_ref(), &mut features);
         // Payload capture needs the syscall records in the layout the
         // programs assume; without it, L7 is off and status says why.
         let capture = if config.l7_capture_bytes == 0 {
@@ -315,24 +319,27 @@ impl Probes {
     }
 }
 
+/// A member's byte offset in a kernel struct, as the programs take it.
+fn member_offset(btf: &btf::Btf, strukt: &str, member: &str) -> Result<u16, String> {
+    btf.member_offset(strukt, member)
+        .map_err(|e| e.to_string())
+        .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
+}
+
 /// `struct sk_buff` member offsets from the kernel's BTF, for the addresses
 /// of dropped packets.
-fn skb_offsets(features: &mut Vec<FeatureStatus>) -> weft_common::config::SkbOffsets {
+fn skb_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::SkbOffsets {
     use weft_common::config::SkbOffsets;
-    let found = btf::Btf::from_sys_fs()
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|btf| {
-            let off = |m: &str| {
-                btf.member_offset("sk_buff", m)
-                    .map_err(|e| e.to_string())
-                    .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
-            };
-            Ok(SkbOffsets {
-                head: off("head")?,
-                network_header: off("network_header")?,
-            })
-        });
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let off = |m: &str| member_offset(btf, "sk_buff", m);
+        Ok(SkbOffsets {
+            head: off("head")?,
+            network_header: off("network_header")?,
+        })
+    });
     let (offsets, available, detail) = match found {
         Ok(offsets) => (
             offsets,
@@ -355,28 +362,24 @@ fn skb_offsets(features: &mut Vec<FeatureStatus>) -> weft_common::config::SkbOff
 
 /// `struct sock_common` member offsets from the kernel's BTF, for the
 /// addresses of sockets no tracepoint describes (UDP, pre-existing TCP).
-fn sock_offsets(features: &mut Vec<FeatureStatus>) -> weft_common::config::SockOffsets {
+fn sock_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::SockOffsets {
     use weft_common::config::SockOffsets;
-    let found = btf::Btf::from_sys_fs()
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|btf| {
-            let off = |m: &str| {
-                btf.member_offset("sock_common", m)
-                    .map_err(|e| e.to_string())
-                    .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
-            };
-            Ok(SockOffsets {
-                daddr: off("skc_daddr")?,
-                rcv_saddr: off("skc_rcv_saddr")?,
-                dport: off("skc_dport")?,
-                num: off("skc_num")?,
-                family: off("skc_family")?,
-                v6_daddr: off("skc_v6_daddr")?,
-                v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
-                _pad: 0,
-            })
-        });
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let off = |m: &str| member_offset(btf, "sock_common", m);
+        Ok(SockOffsets {
+            daddr: off("skc_daddr")?,
+            rcv_saddr: off("skc_rcv_saddr")?,
+            dport: off("skc_dport")?,
+            num: off("skc_num")?,
+            family: off("skc_family")?,
+            v6_daddr: off("skc_v6_daddr")?,
+            v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
+            _pad: 0,
+        })
+    });
     match found {
         Ok(offsets) => {
             features.push(FeatureStatus {
