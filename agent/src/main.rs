@@ -79,7 +79,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            let node_setup = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<weft::loader::LoadError>()
+                    .is_some_and(weft::loader::LoadError::is_node_setup)
+            });
+            if node_setup {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

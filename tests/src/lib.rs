@@ -12,6 +12,7 @@ pub mod agent;
 pub mod dashboards;
 pub mod follow;
 pub mod lab;
+pub mod node;
 pub mod peer;
 pub mod prometheus;
 pub mod servers;

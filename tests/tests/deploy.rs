@@ -9,13 +9,14 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use weft_tests::{
-    agent::{Agent, weft},
+    agent::{Agent, weft, weft_bin},
+    node::NodeMounts,
     require_root, wait_for,
 };
 
@@ -339,6 +340,125 @@ fn agent_config(docs: &[Value]) -> Value {
     serde_yaml_ng::from_str(&text).expect("the configuration is YAML")
 }
 
+/// The capabilities the DaemonSet adds, lower-case (`bpf`, ...).
+fn daemonset_caps(docs: &[Value]) -> Vec<String> {
+    let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
+    strings(&pod["containers"][0]["securityContext"]["capabilities"]["add"])
+        .iter()
+        .map(|c| c.to_lowercase())
+        .collect()
+}
+
+/// Writes the ConfigMap's weft.yaml into `dir`, checks that the agent
+/// accepts it, and returns its path.
+fn configmap_config(docs: &[Value], dir: &Path) -> PathBuf {
+    let config = dir.join("weft.yaml");
+    let text = find(docs, "ConfigMap")["data"]["weft.yaml"]
+        .as_str()
+        .expect("weft.yaml")
+        .to_owned();
+    std::fs::write(&config, &text).expect("write config");
+    let out = weft(&[
+        "agent",
+        "--config",
+        config.to_str().expect("path"),
+        "--print-config",
+    ]);
+    assert!(
+        out.status.success(),
+        "the agent rejects the ConfigMap's configuration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    config
+}
+
+/// `setpriv` arguments for uid 0 with only `caps`, as in the container
+/// (bounding set: nothing else can be regained).
+fn setpriv_only(setpriv: &Path, caps: &[String]) -> Vec<String> {
+    let set = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let setpriv = setpriv.to_str().expect("path").to_owned();
+    [
+        setpriv.as_str(),
+        "--bounding-set",
+        &set,
+        "--inh-caps",
+        &set,
+        "--ambient-caps",
+        &set,
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn without_tracefs_the_agent_says_what_to_do() {
+    let test = "without_tracefs_the_agent_says_what_to_do";
+    if !require_root(test) {
+        return;
+    }
+    let Some(docs) = rendered_base(test) else {
+        return;
+    };
+    let Some(setpriv) = tool(test, "setpriv", None) else {
+        return;
+    };
+    let caps = daemonset_caps(&docs);
+    let dir = tempdir("no-tracefs");
+    let config = configmap_config(&docs, &dir);
+    // A fresh node that mounts nothing at boot, and an agent with the
+    // DaemonSet's capabilities, which cannot mount tracefs itself.
+    let mut command = NodeMounts::Nothing.wrapper();
+    command.extend(setpriv_only(&setpriv, &caps));
+    let socket = dir.join("weft.sock");
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .arg(weft_bin())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .args(["--metrics-addr", "127.0.0.1:0", "--api-socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    // It must stop at once with the reason; never run half-attached.
+    let status = wait_for("the agent to exit", Duration::from_secs(30), || {
+        child.try_wait().expect("wait")
+    });
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "bad node setup is exit status 2: {stderr}"
+    );
+    for says in [
+        "tracefs is not mounted and mounting it failed",
+        "Operation not permitted",
+        "mount it by hand",
+        "CAP_SYS_ADMIN",
+    ] {
+        assert!(stderr.contains(says), "the error says {says:?}: {stderr}");
+    }
+    assert!(
+        !socket.exists(),
+        "no API socket from an agent that did not start"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A directory of this test's own (the tests of this file run in parallel).
 fn tempdir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weft-{test}-{}", std::process::id()));
@@ -358,53 +478,18 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
     let Some(setpriv) = tool(test, "setpriv", None) else {
         return;
     };
-    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
-    let caps: Vec<String> =
-        strings(&pod["containers"][0]["securityContext"]["capabilities"]["add"])
-            .iter()
-            .map(|c| c.to_lowercase())
-            .collect();
+    let caps = daemonset_caps(&docs);
     // The ConfigMap's configuration, as the agent reads it (the harness's
     // flags then move the listener and socket to private ones).
     let dir = tempdir("config");
-    let config = dir.join("weft.yaml");
-    let text = find(&docs, "ConfigMap")["data"]["weft.yaml"]
-        .as_str()
-        .expect("weft.yaml")
-        .to_owned();
-    std::fs::write(&config, &text).expect("write config");
-    let out = weft(&[
-        "agent",
-        "--config",
-        config.to_str().expect("path"),
-        "--print-config",
-    ]);
-    assert!(
-        out.status.success(),
-        "the agent rejects the ConfigMap's configuration: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = configmap_config(&docs, &dir);
 
-    // uid 0 with only the DaemonSet's capabilities, as in the container
-    // (bounding set: nothing else can be regained).
-    let set = format!(
-        "-all,{}",
-        caps.iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let setpriv = setpriv.to_str().expect("path").to_owned();
-    let wrapper = [
-        setpriv.as_str(),
-        "--bounding-set",
-        &set,
-        "--inh-caps",
-        &set,
-        "--ambient-caps",
-        &set,
-        "--",
-    ];
+    // A node as systemd distributions and the DaemonSet give it: tracefs
+    // mounted, and here no bpffs (the observation programs pin nothing).
+    // The agent cannot mount anything without CAP_SYS_ADMIN.
+    let mut wrapper = NodeMounts::Tracefs.wrapper();
+    wrapper.extend(setpriv_only(&setpriv, &caps));
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_under(&wrapper, &["--config", config.to_str().expect("path")]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let eff = status

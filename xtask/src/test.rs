@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite, exactly as CI runs it (`.ci/run`).
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -62,6 +63,9 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
     let mut test = env.cargo();
     test.args(["test", "--workspace"])
         .env("RUST_BACKTRACE", "1");
+    // Every test binary runs even when one fails, so one failure does not
+    // hide the others; the run still fails.
+    test.arg("--no-fail-fast");
     let mut harness = Vec::new();
     if options.unit_only {
         test.args(["--lib", "--bins"]);
@@ -84,7 +88,50 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
     if !harness.is_empty() {
         test.arg("--").args(harness);
     }
-    run(&mut test)
+    if options.unit_only {
+        run(&mut test)
+    } else {
+        run(&mut on_a_fresh_node(&test))
+    }
+}
+
+/// The mounts a fresh node boots without: these machines, and many
+/// nodes, mount neither tracefs nor bpffs at boot.
+const FRESH_NODE_UNMOUNTED: &[&str] = &[
+    "/sys/kernel/debug/tracing",
+    "/sys/kernel/tracing",
+    "/sys/fs/bpf",
+];
+
+/// `cmd` in a private mount namespace where tracefs and bpffs start
+/// unmounted, as on a fresh node, whatever an earlier run (or another tool)
+/// mounted on this machine. A test that passes only because something was
+/// mounted before it then fails here too; and what the tests mount stays in
+/// the namespace.
+fn on_a_fresh_node(cmd: &Command) -> Command {
+    let script = format!(
+        "for m in {}; do while mountpoint -q \"$m\"; do umount -l \"$m\" || exit 1; done; done\n\
+         echo '[xtask] root tests in a private mount namespace: tracefs and bpffs unmounted, as on a fresh node' >&2\n\
+         exec \"$@\"",
+        FRESH_NODE_UNMOUNTED.join(" ")
+    );
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(script)
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
 }
 
 fn minutes(elapsed: Duration) -> String {

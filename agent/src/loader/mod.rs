@@ -40,10 +40,14 @@ pub enum LoadError {
     #[error(
         "weft agent lacks {missing}: run it as root, or grant the capabilities \
          (e.g. `setcap cap_bpf,cap_perfmon,cap_net_admin+ep weft`; cap_sys_admin too \
-         if tracefs or bpffs is not mounted)"
+         if tracefs is not mounted)"
     )]
     Privileges { missing: String },
-    #[error("{what}: {source}; mount it by hand or run the agent with CAP_SYS_ADMIN")]
+    #[error(
+        "{what}: {source}; mount it by hand (systemd distributions mount tracefs at \
+         boot; a DaemonSet mounts the host's /sys/kernel/tracing) or run the agent with \
+         CAP_SYS_ADMIN"
+    )]
     Mount {
         what: &'static str,
         source: std::io::Error,
@@ -104,6 +108,17 @@ pub struct Probes {
     pub maps: Option<ProbeMaps>,
 }
 
+impl LoadError {
+    /// The node is not set up for the agent (privileges, mounts, cgroup
+    /// v2): bad configuration, exit status 2, as a bad config file is.
+    pub fn is_node_setup(&self) -> bool {
+        matches!(
+            self,
+            Self::Privileges { .. } | Self::Mount { .. } | Self::NoCgroup2
+        )
+    }
+}
+
 impl Probes {
     /// Checks, mounts, loads and attaches. On error nothing stays attached.
     pub fn load(config: &Config) -> Result<Self, LoadError> {
@@ -121,16 +136,7 @@ impl Probes {
             what: "tracefs is not mounted and mounting it failed",
             source,
         })?;
-        let bpffs = mounts::ensure_bpffs(&mounts).map_err(|source| LoadError::Mount {
-            what: "bpffs is not mounted and mounting it failed",
-            source,
-        })?;
-        if let Err(err) = cleanup::remove_stale_pins(&bpffs) {
-            log::warn!(
-                "could not remove stale pins under {}: {err}",
-                bpffs.display()
-            );
-        }
+        remove_stale_pins(&mounts);
         let cgroup_root = mounts::cgroup2(&mounts).ok_or(LoadError::NoCgroup2)?;
 
         let mut features = vec![features::btf_available()];
@@ -205,6 +211,7 @@ impl Probes {
             offsets,
             sock,
             skb,
+            drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -377,7 +384,7 @@ fn sock_offsets(
             family: off("skc_family")?,
             v6_daddr: off("skc_v6_daddr")?,
             v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
-            _pad: 0,
+            state: off("skc_state")?,
         })
     });
     match found {
@@ -411,6 +418,26 @@ const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("weft_rst_recv", "tcp", "tcp_receive_reset"),
     ("weft_skb_drop", "skb", "kfree_skb"),
 ];
+
+/// Removes what an earlier run left pinned. The observation programs pin
+/// nothing (they are attached by links that die with the agent), so a
+/// node without bpffs, where an agent without CAP_SYS_ADMIN cannot mount
+/// it, has nothing to clean and the agent runs without it.
+fn remove_stale_pins(mounts: &[mounts::Mount]) {
+    let bpffs = match mounts::ensure_bpffs(mounts) {
+        Ok(bpffs) => bpffs,
+        Err(err) => {
+            log::info!("bpffs is not mounted and mounting it failed ({err}): nothing to clean up");
+            return;
+        }
+    };
+    if let Err(err) = cleanup::remove_stale_pins(&bpffs) {
+        log::warn!(
+            "could not remove stale pins under {}: {err}",
+            bpffs.display()
+        );
+    }
+}
 
 fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
     let read = |category, name| {
