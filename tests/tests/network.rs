@@ -207,3 +207,99 @@ fn firewall_drops_show_their_reason() {
         .sum();
     assert_eq!(packets, syns, "{records:#?}");
 }
+
+/// curl in the lab's client namespace: `requests` GETs of `url`, each on a
+/// new connection (`Connection: close`) or all on one keep-alive
+/// connection; returns how many answered 200.
+fn curl_gets(lab: &Lab, url: &str, requests: usize, new_connections: bool) -> usize {
+    let mut curl = std::process::Command::new("ip");
+    curl.args(["netns", "exec", &lab.client_ns, "curl", "-s"]);
+    if new_connections {
+        curl.args(["-H", "Connection: close"]);
+    }
+    for _ in 0..requests {
+        curl.args(["-o", "/dev/null", "-w", "%{http_code}\n", url]);
+    }
+    let out = curl.output().expect("curl");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|code| *code == "200")
+        .count()
+}
+
+/// Connections that open, exchange and close normally lose no packet, so
+/// they make no `drop` record and no `weft_packet_drops_total`: the kernel
+/// frees a closed socket's queued FIN with `QUEUE_PURGE` at teardown, the
+/// peer's FIN that a TIME_WAIT socket acknowledged with `NOT_SPECIFIED`,
+/// and the lab's IPv6 multicast (MLD, router solicitations) for groups
+/// nobody joined with `NOT_SPECIFIED`; none of them is a loss.
+#[test]
+fn ordinary_connections_are_not_drops() {
+    if !require_root("ordinary_connections_are_not_drops") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(8);
+    let mut server = weft_tests::servers::python_http(&lab, port);
+    let url = format!("http://{}:{port}/", lab.server_v4);
+    // The lab's links are up and the server answers; what came before
+    // (link setup) is not what this test is about.
+    let server_port = format!("destination_port=\"{port}\"");
+    let settled = |agent: &Agent| {
+        let labels = [server_port.as_str()];
+        let opened = agent.metric_sum("weft_tcp_connections_opened_total", &labels);
+        let closed = agent.metric_sum("weft_tcp_connections_closed_total", &labels);
+        (opened == closed).then_some(opened)
+    };
+    let warmup = weft_tests::wait_for("the server's first connections closed", WAIT, || {
+        settled(&agent).filter(|&n| n >= 1.0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // The server's start-up made real drops: the harness's connects
+    // before it listened were refused (NO_SOCKET).
+    let lab_drops = |agent: &Agent| -> Vec<serde_json::Value> {
+        [lab.client_v4.as_str(), lab.server_v4.as_str()]
+            .into_iter()
+            .flat_map(|ip| agent.flows(&["--ip", ip, "--verdict", "dropped", "--all"]))
+            .collect()
+    };
+    let records_before = lab_drops(&agent).len();
+    let drops_before = agent.metric_sum("weft_packet_drops_total", &[]);
+
+    assert_eq!(curl_gets(&lab, &url, 200, true), 200);
+    assert_eq!(curl_gets(&lab, &url, 50, false), 50);
+    // 200 connections of one request, one of 50; all closed.
+    weft_tests::wait_for("all 201 connections closed", WAIT, || {
+        settled(&agent).filter(|&n| n == warmup + 201.0)
+    });
+    // Two polls (1 s each) for any drop to reach records and metrics.
+    std::thread::sleep(Duration::from_millis(2500));
+    let drops = lab_drops(&agent);
+    assert_eq!(
+        drops.len(),
+        records_before,
+        "ordinary connections made drop records: {:#?}",
+        &drops[records_before.min(drops.len())..]
+    );
+    let drops_after = agent.metric_sum("weft_packet_drops_total", &[]);
+    assert_eq!(
+        drops_after - drops_before,
+        0.0,
+        "weft_packet_drops_total grew: {}",
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("weft_packet_drops_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // What was freed and is not a drop is still counted, apart.
+    let not_drops = agent.metric_sum("weft_events_total", &["source=\"skb_not_drop\""]);
+    assert!(
+        not_drops >= 200.0,
+        "teardown frees counted apart: {not_drops}"
+    );
+    server.stop();
+}

@@ -4,16 +4,42 @@
 //! pair is one record per poll, not one per packet.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use weft_common::{
     AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    config::DropFilter,
     drop::{DropKey, DropStats},
 };
 
 use super::record::Transport;
+
+/// `enum skb_drop_reason` names under which `kfree_skb` frees packets that
+/// were not lost, so neither a `drop` record nor `weft_packet_drops_total`
+/// counts them (the kernel program leaves them out, README "Drops"):
+/// - `NOT_DROPPED_YET`, `CONSUMED`: the "no drop" values of the enum;
+/// - `QUEUE_PURGE`: a socket's queues emptied when the socket is destroyed
+///   after its application closed it (net/core/stream.c,
+///   `sk_stream_kill_queues` -> `__skb_queue_purge`, from
+///   `inet_csk_destroy_sock`). Every TCP connection whose closing side
+///   receives the peer's FIN after close() frees that FIN so.
+pub const NOT_DROP_REASONS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "QUEUE_PURGE"];
+
+/// The kernel program's filter for the running kernel's reason values.
+pub fn drop_filter(names: &BTreeMap<u32, String>) -> DropFilter {
+    let mut filter = DropFilter::NONE;
+    for (&value, name) in names {
+        if NOT_DROP_REASONS.contains(&name.as_str()) {
+            filter.set_not_drop(value);
+        }
+        if name == "NOT_SPECIFIED" {
+            filter.not_specified = value;
+        }
+    }
+    filter
+}
 
 /// Packets of one address pair dropped for one reason since the last poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +132,29 @@ mod tests {
             packets,
             last_ns: packets * 10,
         }
+    }
+
+    #[test]
+    fn the_filter_marks_bookkeeping_reasons_of_this_kernel() {
+        // Values as 6.18 numbers them; another kernel numbers them otherwise.
+        let names: BTreeMap<u32, String> = [
+            (1, "CONSUMED"),
+            (2, "NOT_SPECIFIED"),
+            (3, "NO_SOCKET"),
+            (12, "NETFILTER_DROP"),
+            (104, "QUEUE_PURGE"),
+        ]
+        .into_iter()
+        .map(|(v, n)| (v, n.to_owned()))
+        .collect();
+        let filter = drop_filter(&names);
+        assert!(filter.is_not_drop(1));
+        assert!(filter.is_not_drop(104));
+        for real in [2, 3, 12, 105, 511, 512, u32::MAX] {
+            assert!(!filter.is_not_drop(real), "{real}");
+        }
+        assert_eq!(filter.not_specified, 2);
+        assert_eq!(drop_filter(&BTreeMap::new()), DropFilter::NONE);
     }
 
     #[test]

@@ -44,11 +44,9 @@ const SOURCES: &[(u32, &str)] = &[
     (index::TCP_RETRANSMIT, "tcp_retransmit"),
     (index::TCP_RESET, "tcp_reset"),
     (index::SKB_DROP, "skb_drop"),
+    (index::SKB_NOT_DROP, "skb_not_drop"),
     (index::UDP_PACKET, "udp_packet"),
 ];
-
-/// Drop reasons that are not drops.
-const NOT_DROPS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED"];
 
 pub struct KernelTables {
     pub tcp_conns: HashMap<MapData, u64, TcpConn>,
@@ -197,7 +195,7 @@ impl FlowTable {
     }
 
     /// One `drop` record per address pair whose drops grew since the last
-    /// poll (reasons that are not drops left out, as in the metric).
+    /// poll (the kernel program already left out what is not a drop).
     fn write_drop_records(&mut self) {
         let kernel = self.tables.drop_flows.iter().filter_map(Result::ok);
         for dropped in self.drops.poll(kernel) {
@@ -207,7 +205,7 @@ impl FlowTable {
             // listened) are not flows, as its connections are not.
             let own =
                 self.tcp.is_ignored_server(dropped.dst) || self.tcp.is_ignored_server(dropped.src);
-            if own || NOT_DROPS.contains(&reason.as_str()) {
+            if own {
                 continue;
             }
             self.emitter.emit_drop(&dropped, &reason);
@@ -216,9 +214,6 @@ impl FlowTable {
 
     fn export_drops(&mut self, seen: &mut Seen) {
         for (&reason, name) in &self.info.drop_reason_names {
-            if NOT_DROPS.contains(&name.as_str()) {
-                continue;
-            }
             let total: u64 = self
                 .tables
                 .drop_reasons

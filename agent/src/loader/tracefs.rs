@@ -155,6 +155,8 @@ impl Formats {
             drop_reason: self.kfree_skb.offset("reason", 4),
             drop_skbaddr: self.kfree_skb.offset("skbaddr", 8),
             drop_protocol: self.kfree_skb.offset("protocol", 2),
+            drop_rx_sk: self.kfree_skb.offset("rx_sk", 8),
+            _pad: 0,
         }
     }
 }

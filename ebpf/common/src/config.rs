@@ -50,8 +50,11 @@ pub struct TracepointOffsets {
     pub drop_skbaddr: u16,
     /// The packet's L3 protocol (ETH_P_*, host order).
     pub drop_protocol: u16,
+    /// The socket that received the packet (`rx_sk`, 6.12 and later).
+    pub drop_rx_sk: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 68);
 
 impl TracepointOffsets {
     /// Every field absent: the programs that need a field do nothing.
@@ -88,6 +91,8 @@ impl TracepointOffsets {
         drop_reason: NO_FIELD,
         drop_skbaddr: NO_FIELD,
         drop_protocol: NO_FIELD,
+        drop_rx_sk: NO_FIELD,
+        _pad: 0,
     };
 }
 
@@ -104,7 +109,8 @@ pub struct SockOffsets {
     pub family: u16,
     pub v6_daddr: u16,
     pub v6_rcv_saddr: u16,
-    pub _pad: u16,
+    /// `skc_state` (one byte: TCP_ESTABLISHED, ..., TCP_TIME_WAIT).
+    pub state: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16);
 
@@ -117,7 +123,7 @@ impl SockOffsets {
         family: NO_FIELD,
         v6_daddr: NO_FIELD,
         v6_rcv_saddr: NO_FIELD,
-        _pad: 0,
+        state: NO_FIELD,
     };
 }
 
@@ -141,6 +147,49 @@ impl SkbOffsets {
     };
 }
 
+/// Which freed packets the drop program leaves out: `kfree_skb` also
+/// fires for packets that were never lost (a closed socket's queue purged
+/// at teardown, multicast for a group nobody joined), and the values of
+/// `enum skb_drop_reason` differ between kernels, so the agent names them
+/// from the running kernel's tracepoint format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropFilter {
+    /// Bit `r` set: reason `r` is bookkeeping, not a drop. One bit per
+    /// slot of the drop-reason histogram.
+    pub not_drop: [u32; (crate::counters::DROP_REASON_SLOTS / 32) as usize],
+    /// The kernel's `NOT_SPECIFIED` value (`u32::MAX` when it has none): a
+    /// multicast or broadcast packet freed for it was not for this host,
+    /// and a TCP segment freed for it by a TIME_WAIT socket was handled
+    /// (the peer's FIN, acknowledged).
+    pub not_specified: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropFilter>() == 68);
+
+impl DropFilter {
+    /// Nothing left out (before the agent fills it in).
+    pub const NONE: Self = Self {
+        not_drop: [0; (crate::counters::DROP_REASON_SLOTS / 32) as usize],
+        not_specified: u32::MAX,
+    };
+
+    /// Marks `reason` as not a drop; reasons past the histogram are ignored.
+    pub fn set_not_drop(&mut self, reason: u32) {
+        if let Some(word) = self.not_drop.get_mut((reason / 32) as usize) {
+            *word |= 1 << (reason % 32);
+        }
+    }
+
+    /// Whether `reason` is bookkeeping rather than a drop.
+    #[inline(always)]
+    pub fn is_not_drop(&self, reason: u32) -> bool {
+        match self.not_drop.get((reason / 32) as usize) {
+            Some(word) => word & (1 << (reason % 32)) != 0,
+            None => false,
+        }
+    }
+}
+
 /// All load-time settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,8 +202,9 @@ pub struct ProbeConfig {
     pub offsets: TracepointOffsets,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
+    pub drops: DropFilter,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 92);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 164);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
@@ -163,5 +213,6 @@ impl ProbeConfig {
         offsets: TracepointOffsets::ABSENT,
         sock: SockOffsets::ABSENT,
         skb: SkbOffsets::ABSENT,
+        drops: DropFilter::NONE,
     };
 }

@@ -31,7 +31,10 @@ pub mod index {
     /// A dropped packet's address pair could not be inserted in
     /// DROP_FLOWS (it is still counted by reason).
     pub const LOST_MAP_DROP: u32 = 14;
-    pub const COUNT: u32 = 16;
+    /// Packets `kfree_skb` freed that were not lost: not IP, a reason that
+    /// is bookkeeping (`DropFilter`), or multicast nobody here joined.
+    pub const SKB_NOT_DROP: u32 = 15;
+    pub const COUNT: u32 = 24;
 }
 
 /// Slots of the drop-reason histogram; the kernel has about 130 reasons.

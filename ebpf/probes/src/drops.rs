@@ -24,6 +24,8 @@ use crate::{
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+/// `enum` TCP state of a socket in TIME_WAIT (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = 6;
 /// `skb->network_header` when no network header was set.
 const UNSET_HEADER: u16 = 0xffff;
 
@@ -33,9 +35,41 @@ pub fn weft_skb_drop(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Counts a freed packet as a drop, unless it was not lost: weft's drops
+/// are packets the network or the stack lost or refused between two
+/// endpoints, as Hubble's are. Left out (counted in `SKB_NOT_DROP`):
+/// - packets that are not IPv4 or IPv6 (vsock, netlink, ...);
+/// - reasons the agent marked as bookkeeping (`DropFilter::not_drop`:
+///   `QUEUE_PURGE`, a closed socket's queues emptied at teardown, and the
+///   "not dropped" values);
+/// - `NOT_SPECIFIED` frees of multicast or broadcast packets: a group no
+///   socket on this host joined (`ip6_mc_input`), not a loss.
 fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
     count(index::SKB_DROP);
     let reason: u32 = field(ctx, config().offsets.drop_reason)?;
+    let l3: u16 = field(ctx, config().offsets.drop_protocol)?;
+    let family = match l3 {
+        ETH_P_IP => AF_INET,
+        ETH_P_IPV6 => AF_INET6,
+        _ => {
+            count(index::SKB_NOT_DROP);
+            return Ok(());
+        }
+    };
+    let filter = &config().drops;
+    if filter.is_not_drop(reason) {
+        count(index::SKB_NOT_DROP);
+        return Ok(());
+    }
+    // The packet's addresses, when its header can be read; without them
+    // the drop is still counted by reason.
+    let key = read_pair(ctx, family, reason).ok().flatten();
+    if reason == filter.not_specified
+        && (key.as_ref().is_some_and(is_multicast) || freed_by_time_wait(ctx))
+    {
+        count(index::SKB_NOT_DROP);
+        return Ok(());
+    }
     if reason >= DROP_REASON_SLOTS {
         count(index::DROP_REASON_OVERFLOW);
         return Ok(());
@@ -44,23 +78,56 @@ fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
         // SAFETY: a per-CPU slot of this CPU.
         unsafe { *slot += 1 };
     }
-    record_pair(ctx, reason)
+    if let Some(key) = key {
+        record_pair(&key);
+    }
+    Ok(())
 }
 
-/// Counts the drop under the packet's address pair, when the packet is IP
-/// and its header can be read.
-fn record_pair(ctx: &TracePointContext, reason: u32) -> Result<(), Skip> {
+/// Whether the receiving socket (`rx_sk`, 6.12 and later) is in
+/// TIME_WAIT. `tcp_v4_rcv`/`tcp_v6_rcv` hand a segment for a TIME_WAIT
+/// socket to `tcp_timewait_state_process` (which acknowledges the peer's
+/// FIN, or a duplicate) and then free it at `discard_it` with
+/// `NOT_SPECIFIED`: every connection whose closing end was already
+/// orphaned frees the peer's FIN so.
+#[inline(always)]
+fn freed_by_time_wait(ctx: &TracePointContext) -> bool {
+    let state_off = config().sock.state;
+    if state_off == NO_FIELD {
+        return false;
+    }
+    let Ok(sk) = field::<u64>(ctx, config().offsets.drop_rx_sk) else {
+        return false;
+    };
+    if sk == 0 {
+        return false;
+    }
+    // SAFETY: a kernel read through the checked helper.
+    let state = unsafe { bpf_probe_read_kernel((sk + state_off as u64) as *const u8) };
+    state == Ok(TCP_TIME_WAIT)
+}
+
+/// Multicast or broadcast destination (224.0.0.0/4, 255.255.255.255,
+/// ff00::/8).
+#[inline(always)]
+fn is_multicast(key: &DropKey) -> bool {
+    let d = &key.dst_addr;
+    if key.family == AF_INET {
+        d[0] & 0xf0 == 0xe0 || d[..4] == [0xff; 4]
+    } else {
+        d[0] == 0xff
+    }
+}
+
+/// The packet's address pair (and ports for TCP and UDP) from its IP
+/// header, or `None` when the kernel gave no header offsets or the packet
+/// has no network header.
+fn read_pair(ctx: &TracePointContext, family: u16, reason: u32) -> Result<Option<DropKey>, Skip> {
     let off = &config().skb;
     if off.head == NO_FIELD || off.network_header == NO_FIELD {
-        return Ok(());
+        return Ok(None);
     }
     let skb: u64 = field(ctx, config().offsets.drop_skbaddr)?;
-    let l3: u16 = field(ctx, config().offsets.drop_protocol)?;
-    let family = match l3 {
-        ETH_P_IP => AF_INET,
-        ETH_P_IPV6 => AF_INET6,
-        _ => return Ok(()),
-    };
     // SAFETY: kernel reads through the checked helper; a failed read ends
     // here without a record.
     let (head, nh) = unsafe {
@@ -71,7 +138,7 @@ fn record_pair(ctx: &TracePointContext, reason: u32) -> Result<(), Skip> {
         (head, nh)
     };
     if head == 0 || nh == UNSET_HEADER {
-        return Ok(());
+        return Ok(None);
     }
     let ip = head + nh as u64;
     let mut key = DropKey {
@@ -103,22 +170,26 @@ fn record_pair(ctx: &TracePointContext, reason: u32) -> Result<(), Skip> {
             key.dst_port = u16::from_be_bytes([p[2], p[3]]);
         }
     }
+    Ok(Some(key))
+}
+
+/// Counts the drop under its address pair, for `drop` records.
+fn record_pair(key: &DropKey) {
     // SAFETY: reads the clock; no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(stats) = DROP_FLOWS.get_ptr_mut(&key) {
+    if let Some(stats) = DROP_FLOWS.get_ptr_mut(key) {
         // SAFETY: the map value; two CPUs may drop for one pair at once.
         unsafe {
             crate::atomic::add_u64(&raw mut (*stats).packets, 1);
             (*stats).last_ns = now;
         }
-        return Ok(());
+        return;
     }
     let stats = DropStats {
         packets: 1,
         last_ns: now,
     };
-    if DROP_FLOWS.insert(&key, &stats, 0).is_err() {
+    if DROP_FLOWS.insert(key, &stats, 0).is_err() {
         count(index::LOST_MAP_DROP);
     }
-    Ok(())
 }
