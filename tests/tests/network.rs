@@ -228,6 +228,9 @@ fn curl_gets(lab: &Lab, url: &str, requests: usize, new_connections: bool) -> us
         .count()
 }
 
+/// The kernel's frees that were not drops (`weft_events_total`).
+const NOT_DROP: &str = "source=\"skb_not_drop\"";
+
 /// Connections that open, exchange and close normally lose no packet, so
 /// they make no `drop` record and no `weft_packet_drops_total`: the kernel
 /// frees a closed socket's queued FIN with `QUEUE_PURGE` at teardown, the
@@ -265,8 +268,26 @@ fn ordinary_connections_are_not_drops() {
             .flat_map(|ip| agent.flows(&["--ip", ip, "--verdict", "dropped", "--all"]))
             .collect()
     };
+    // The metric is the node's: a drop elsewhere on the machine while this
+    // test runs is counted too, and has its own record. So every drop
+    // counted during the traffic must be a record of another address pair.
+    let dropped_packets = |agent: &Agent| -> f64 {
+        agent
+            .flows(&["--verdict", "dropped", "--all"])
+            .iter()
+            .filter_map(|r| r["packets_sent"].as_u64())
+            .sum::<u64>() as f64
+    };
+    // The baseline once the drops of the server's start-up have reached
+    // the metric: unchanged over more than two polls.
+    let drops_before = weft_tests::wait_for("the drop metric to settle", WAIT, || {
+        let first = agent.metric_sum("weft_packet_drops_total", &[]);
+        std::thread::sleep(Duration::from_millis(2500));
+        (agent.metric_sum("weft_packet_drops_total", &[]) == first).then_some(first)
+    });
+    let packets_before = dropped_packets(&agent);
     let records_before = lab_drops(&agent).len();
-    let drops_before = agent.metric_sum("weft_packet_drops_total", &[]);
+    let not_drops_before = agent.metric_sum("weft_events_total", &[NOT_DROP]);
 
     assert_eq!(curl_gets(&lab, &url, 200, true), 200);
     assert_eq!(curl_gets(&lab, &url, 50, false), 50);
@@ -284,10 +305,11 @@ fn ordinary_connections_are_not_drops() {
         &drops[records_before.min(drops.len())..]
     );
     let drops_after = agent.metric_sum("weft_packet_drops_total", &[]);
+    let elsewhere = dropped_packets(&agent) - packets_before;
     assert_eq!(
         drops_after - drops_before,
-        0.0,
-        "weft_packet_drops_total grew: {}",
+        elsewhere,
+        "weft_packet_drops_total grew by more than the drops recorded elsewhere: {}",
         agent
             .metrics()
             .lines()
@@ -295,11 +317,16 @@ fn ordinary_connections_are_not_drops() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // What was freed and is not a drop is still counted, apart.
-    let not_drops = agent.metric_sum("weft_events_total", &["source=\"skb_not_drop\""]);
+    if elsewhere > 0.0 {
+        eprintln!("{elsewhere} packets dropped elsewhere on the machine meanwhile");
+    }
+    // What was freed and is not a drop is still counted, apart. How many
+    // of the 201 closes free a FIN so depends on which end closed first
+    // and on timing, so only its growth is certain.
+    let not_drops_after = agent.metric_sum("weft_events_total", &[NOT_DROP]);
     assert!(
-        not_drops >= 200.0,
-        "teardown frees counted apart: {not_drops}"
+        not_drops_after > not_drops_before,
+        "teardown frees counted apart: {not_drops_before} -> {not_drops_after}"
     );
     server.stop();
 }
