@@ -108,7 +108,7 @@ fn try_udp(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
         crate::atomic::add_u64(bytes, dgram.payload);
         crate::atomic::add_u64(packets, dgram.segments);
         if egress && (*flow).flags & UDP_OWNER_KNOWN == 0 {
-            (*flow).owner = owner::current();
+            owner::fill(&raw mut (*flow).owner);
             (*flow).flags |= UDP_OWNER_KNOWN;
         }
     }
