@@ -38,8 +38,8 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Records the outcome of loading and attaching one program; an error
-    /// is returned only for a required one.
+    /// Records the outcome of loading and attaching one program: whether
+    /// it runs; an error only for a required one.
     fn record(
         &mut self,
         need: Need,
@@ -47,7 +47,7 @@ impl Attached {
         kind: &str,
         attach_point: String,
         result: Result<(), ProgramError>,
-    ) -> Result<(), LoadError> {
+    ) -> Result<bool, LoadError> {
         match result {
             Ok(()) => {
                 self.programs.push(ProgramStatus {
@@ -55,7 +55,7 @@ impl Attached {
                     kind: kind.into(),
                     attach_point,
                 });
-                Ok(())
+                Ok(true)
             }
             Err(source) if need == Need::Required => Err(LoadError::Program {
                 name,
@@ -63,7 +63,9 @@ impl Attached {
                 source,
             }),
             Err(source) => {
-                let error = condense(&source.to_string());
+                let full = source.to_string();
+                log::debug!("eBPF program {name} ({attach_point}): {full}");
+                let error = condense(&full);
                 log::warn!("eBPF program {name} ({attach_point}) was not loaded: {error}");
                 self.failed.push(ProgramFailure {
                     name: name.into(),
@@ -71,7 +73,7 @@ impl Attached {
                     attach_point,
                     error,
                 });
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -84,7 +86,7 @@ impl Attached {
         name: &'static str,
         category: &str,
         tracepoint: &str,
-    ) -> Result<(), LoadError> {
+    ) -> Result<bool, LoadError> {
         let result = program_mut::<TracePoint>(ebpf, name).and_then(|program| {
             program.load()?;
             program.attach(category, tracepoint).map(drop)
@@ -101,7 +103,7 @@ impl Attached {
         name: &'static str,
         cgroup: (&File, &Path),
         attach_type: CgroupSkbAttachType,
-    ) -> Result<(), LoadError> {
+    ) -> Result<bool, LoadError> {
         let label = match attach_type {
             CgroupSkbAttachType::Ingress => "ingress",
             CgroupSkbAttachType::Egress => "egress",
@@ -132,11 +134,16 @@ where
 /// The first and last lines of a load error (a verifier log can run to
 /// thousands of lines), joined with " | " to fit one status row.
 pub fn condense(error: &str) -> String {
-    let lines: Vec<&str> = error
+    let mut lines: Vec<&str> = error
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
+    // The verifier's statistics come after its verdict: dropped, so that
+    // the verdict is among the last lines.
+    while lines.last().is_some_and(|l| is_statistics(l)) {
+        lines.pop();
+    }
     if lines.len() <= 2 * ERROR_LINES {
         return lines.join(" | ");
     }
@@ -144,6 +151,13 @@ pub fn condense(error: &str) -> String {
     let tail = lines[lines.len() - ERROR_LINES..].join(" | ");
     let skipped = lines.len() - 2 * ERROR_LINES;
     format!("{head} | ... ({skipped} lines) ... | {tail}")
+}
+
+/// The verifier's closing statistics ("processed 840 insns ...").
+fn is_statistics(line: &str) -> bool {
+    ["verification time", "stack depth", "processed "]
+        .iter()
+        .any(|p| line.starts_with(p))
 }
 
 #[cfg(test)]
@@ -154,12 +168,13 @@ mod tests {
     fn short_errors_are_kept_whole() {
         let e = "the BPF_PROG_LOAD syscall returned Permission denied.\n\
                  Verifier output: combined stack size of 2 calls is 672. Too large\n\
-                 stack depth 408+232+0\n";
+                 verification time 3822351 usec\n\
+                 stack depth 408+232+0\n\
+                 processed 11561 insns (limit 1000000)\n";
         assert_eq!(
             condense(e),
             "the BPF_PROG_LOAD syscall returned Permission denied. | \
-             Verifier output: combined stack size of 2 calls is 672. Too large | \
-             stack depth 408+232+0"
+             Verifier output: combined stack size of 2 calls is 672. Too large"
         );
     }
 

@@ -149,23 +149,51 @@ impl Probes {
             path: env.cgroup_root.clone(),
             source,
         })?;
-        for (prog, attach_type) in [
-            ("weft_udp_egress", CgroupSkbAttachType::Egress),
-            ("weft_udp_ingress", CgroupSkbAttachType::Ingress),
-        ] {
-            let at = (&cgroup, env.cgroup_root.as_path());
-            attached.cgroup_skb(&mut ebpf, Need::Optional, prog, at, attach_type)?;
-        }
+        let mut features = env.features;
+        udp(
+            &mut ebpf,
+            &mut attached,
+            (&cgroup, &env.cgroup_root),
+            &mut features,
+        )?;
         let maps = maps::take(&mut ebpf, env.capture)?;
         Ok(Self {
             _ebpf: ebpf,
             programs: attached.programs,
             failed: attached.failed,
-            features: env.features,
+            features,
             drop_reason_names: env.drop_reason_names,
             maps: Some(maps),
         })
     }
+}
+
+/// The UDP programs on the cgroup v2 root. Egress with the sending
+/// process where the kernel allows task helpers in cgroup_skb programs,
+/// else without it.
+fn udp(
+    ebpf: &mut Ebpf,
+    attached: &mut Attached,
+    cgroup: (&File, &Path),
+    features: &mut Vec<FeatureStatus>,
+) -> Result<(), LoadError> {
+    let egress = CgroupSkbAttachType::Egress;
+    let with_owner =
+        attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_egress", cgroup, egress)?;
+    if !with_owner
+        && attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_egress_anon", cgroup, egress)?
+    {
+        features.push(FeatureStatus {
+            name: "UDP sender process".into(),
+            available: false,
+            detail: "the kernel refuses task helpers in cgroup_skb programs: UDP flows \
+                     carry no process (weft_udp_egress_anon runs instead)"
+                .into(),
+        });
+    }
+    let ingress = CgroupSkbAttachType::Ingress;
+    attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_ingress", cgroup, ingress)?;
+    Ok(())
 }
 
 /// Privileges, mounts, hooks and layouts: everything checked and read
