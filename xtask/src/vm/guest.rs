@@ -23,8 +23,6 @@ pub struct Plan<'a> {
     pub tests: &'a [(String, PathBuf)],
     /// Arguments for every test binary (name filters, `--nocapture`).
     pub harness: &'a [String],
-    /// `weft agent --bpf-log` for the start-up check.
-    pub bpf_log: bool,
 }
 
 /// How one kernel did.
@@ -52,7 +50,6 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
     let out_q = q(out);
     let agent = q(plan.agent);
-    let bpf_log = if plan.bpf_log { " --bpf-log" } else { "" };
     let mut s = format!(
         "#!/bin/sh\n\
          # Written by `cargo xtask vm-test`; runs as root inside the guest.\n\
@@ -64,7 +61,7 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
          export WEFT_TEST_SOCKET_DIR=/run/weft-test\n\
          mkdir -p /run/weft-test\n\
          echo \"kernel $(uname -r)\" >\"$OUT/status\"\n\
-         {agent} agent{bpf_log} --api-socket /run/weft-test/matrix.sock \
+         {agent} agent --api-socket /run/weft-test/matrix.sock \
          --metrics-addr 127.0.0.1:9464 2>\"$OUT/agent.log\" &\n\
          AGENT=$!\n\
          i=0\n\
@@ -198,7 +195,6 @@ mod tests {
                 agent: Path::new("/b/weft"),
                 tests: &tests,
                 harness: &["exact bytes".to_owned()],
-                bpf_log: false,
             },
         );
         assert!(

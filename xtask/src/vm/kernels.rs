@@ -100,8 +100,10 @@ pub fn fetch(series: &Series, dir: &Path) -> Result<Kernel> {
             // sandbox user.
             .args(["-o", "APT::Sandbox::User=root", "download", &package]))?;
         let deb = find_deb(&debs, &package)?;
-        let partial = tree.with_extension("partial");
+        // Package names have dots: no with_extension here.
+        let partial = dir.join("kernels").join(format!("{package}.partial"));
         let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial)?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
         fs::rename(&partial, &tree)?;
     }

@@ -53,9 +53,6 @@ pub struct Options {
     /// Test binaries (tests/tests/NAME.rs) to run in each guest.
     #[arg(long, value_delimiter = ',', default_values_t = CORE_TESTS.iter().map(|s| s.to_string()))]
     tests: Vec<String>,
-    /// Start the agent with `--bpf-log` in the start-up check.
-    #[arg(long)]
-    bpf_log: bool,
     /// After `--`: arguments for every test binary (name filters).
     #[arg(last = true)]
     harness: Vec<String>,
@@ -67,7 +64,6 @@ impl Options {
         Self {
             kernel: kernels.iter().map(|s| s.to_string()).collect(),
             tests: CORE_TESTS.iter().map(|s| s.to_string()).collect(),
-            bpf_log: true,
             harness: Vec::new(),
         }
     }
@@ -150,7 +146,6 @@ fn one_kernel(
         agent: bin,
         tests,
         harness: &options.harness,
-        bpf_log: options.bpf_log,
     };
     let script = out.join("run.sh");
     fs::write(&script, guest::script(&out, &plan))?;
