@@ -56,6 +56,8 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
          OUT={out_q}\n\
          exec >\"$OUT/guest.log\" 2>&1\n\
          export RUST_BACKTRACE=1 WEFT_BIN={agent} WEFT_REQUIRE_ROOT_TESTS=1\n\
+         # Emulation is several times slower than the machine.\n\
+         export WEFT_TEST_TIMEOUT_SCALE=4\n\
          # Unix sockets cannot be created on the shared folders: the\n\
          # agent's socket lives on the guest's own /run.\n\
          export WEFT_TEST_SOCKET_DIR=/run/weft-test\n\
