@@ -38,6 +38,21 @@ use crate::{
     status::StatusReport,
 };
 
+/// `weft_program_state{program, state}`: 1 for each program, attached or
+/// failed, so that a refused optional program shows on dashboards.
+fn program_states(health: &crate::export::metrics::HealthMetrics, probes: &Probes) {
+    use crate::export::metrics::ProgramLabels;
+    let attached = probes.programs.iter().map(|p| (&p.name, "attached"));
+    let failed = probes.failed.iter().map(|p| (&p.name, "failed"));
+    for (name, state) in attached.chain(failed) {
+        let labels = ProgramLabels {
+            program: name.clone(),
+            state: state.into(),
+        };
+        health.program_state.get_or_create(&labels).set(1);
+    }
+}
+
 /// How long tasks get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             kernel: kernel.clone(),
         })
         .set(1);
+    program_states(&health, &probes);
     let metrics = Arc::new(metrics);
     let store = Arc::new(FlowStore::new(config.flow_store_capacity));
     let pipeline = Arc::new(PipelineCounters::default());
@@ -114,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline: pipeline.clone(),
         info: StaticStatus {
             programs: probes.programs.clone(),
+            failed_programs: probes.failed.clone(),
             features: probes.features.clone(),
             kernel,
             drop_reason_names: probes.drop_reason_names.clone(),

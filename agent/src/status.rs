@@ -12,6 +12,9 @@ pub struct StatusReport {
     pub kernel: String,
     pub uptime_seconds: u64,
     pub programs: Vec<ProgramStatus>,
+    /// Optional programs the running kernel refused to load or attach.
+    #[serde(default)]
+    pub failed_programs: Vec<ProgramFailure>,
     /// Kernel features weft looked for, and whether they were found.
     pub features: Vec<FeatureStatus>,
     pub events: Vec<EventSourceStatus>,
@@ -30,6 +33,16 @@ pub struct ProgramStatus {
     pub kind: String,
     /// Where it is attached, e.g. `sock/inet_sock_set_state`.
     pub attach_point: String,
+}
+
+/// An optional program the kernel refused: what it measures is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramFailure {
+    pub name: String,
+    pub kind: String,
+    pub attach_point: String,
+    /// The load error with the first and last lines of the verifier's log.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

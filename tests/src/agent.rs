@@ -58,7 +58,10 @@ impl Agent {
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let socket = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.sock"));
+        // A virtual machine's shared folders cannot hold unix sockets: the
+        // matrix (cargo xtask vm-test) points this at the guest's /run.
+        let dir = std::env::var("WEFT_TEST_SOCKET_DIR").unwrap_or_else(|_| "/tmp".into());
+        let socket = PathBuf::from(format!("{dir}/weft-test-{pid}-{n}.sock"));
         let stderr_path = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.log"));
         let metrics_port = free_port();
         let metrics_addr = format!("127.0.0.1:{metrics_port}");

@@ -57,7 +57,11 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+/// `WEFT_TEST_TIMEOUT_SCALE` (an integer) multiplies every wait: under
+/// qemu's emulation (cargo xtask vm-test) a Python server takes seconds to
+/// start.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = timeout * timeout_scale();
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -68,6 +72,14 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn timeout_scale() -> u32 {
+    std::env::var("WEFT_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
 }
 
 /// A port no other test uses (the agent sees the whole node's traffic, so

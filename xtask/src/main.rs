@@ -7,6 +7,7 @@ mod cmd;
 mod deploy_tools;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Task {
     /// The whole test suite as CI runs it: setup, fmt, clippy, release
     /// build, then all tests including the root integration tests.
     Test(test::Options),
+    /// The agent and the core root tests on Debian's 5.10, 6.1 and 6.12
+    /// kernels in qemu (virtme-ng, emulated) and on the machine's 6.18.
+    VmTest(vm::Options),
     /// Measure weft's cost against no instrumentation and against a
     /// sidecar proxy, side by side (as root); writes target/bench/latest.*.
     Bench(bench::Options),
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => agent::run(&setup::setup()?, &args),
         Task::Test(options) => test::test(&options),
+        Task::VmTest(options) => vm::vm_test(&options),
         Task::Bench(options) => bench::bench(&options),
     }
 }

@@ -119,7 +119,7 @@ fn packages() -> Result<()> {
 }
 
 /// Installs those of `packages` that are missing, in one apt-get run.
-fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
+pub fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
     if find_program("dpkg-query", None).is_none() {
         say(format_args!(
             "{what}: not a Debian system; install the equivalents of these yourself: {}",

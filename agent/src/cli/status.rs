@@ -106,6 +106,20 @@ fn table(report: &StatusReport) -> String {
         },
     );
 
+    // Shown only when a kernel refused something: the usual case is none.
+    if !report.failed_programs.is_empty() {
+        section(
+            &mut out,
+            "programs the kernel refused",
+            &["PROGRAM", "ATTACH POINT", "ERROR"],
+            report
+                .failed_programs
+                .iter()
+                .map(|p| vec![p.name.clone(), p.attach_point.clone(), p.error.clone()])
+                .collect(),
+        );
+    }
+
     section(
         &mut out,
         "kernel features",
@@ -209,7 +223,9 @@ fn fill(entries: u64, capacity: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramStatus};
+    use crate::status::{
+        EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramFailure, ProgramStatus,
+    };
 
     fn report() -> StatusReport {
         StatusReport {
@@ -222,6 +238,7 @@ mod tests {
                 kind: "tracepoint".into(),
                 attach_point: "sock/inet_sock_set_state".into(),
             }],
+            failed_programs: Vec::new(),
             features: vec![FeatureStatus {
                 name: "btf".into(),
                 available: true,
@@ -286,6 +303,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("attached programs: none"), "{text}");
+        assert!(!text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn refused_programs_are_listed_with_the_verifiers_words() {
+        let mut r = report();
+        r.failed_programs.push(ProgramFailure {
+            name: "weft_tcp_probe".into(),
+            kind: "tracepoint".into(),
+            attach_point: "tcp/tcp_probe".into(),
+            error: "combined stack size of 2 calls is 672. Too large".into(),
+        });
+        let text = table(&r);
+        assert!(
+            text.contains(
+                "PROGRAM         ATTACH POINT   ERROR\n\
+                 weft_tcp_probe  tcp/tcp_probe  combined stack size of 2 calls is 672. Too large\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

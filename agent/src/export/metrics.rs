@@ -53,6 +53,13 @@ pub struct BuildLabels {
     pub kernel: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+    /// `attached`, or `failed` (an optional program the kernel refused).
+    pub state: String,
+}
+
 /// The agent's own health.
 #[derive(Default, Clone)]
 pub struct HealthMetrics {
@@ -61,6 +68,7 @@ pub struct HealthMetrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub program_state: Family<ProgramLabels, Gauge>,
 }
 
 /// RTT buckets: 50 µs (same host) to 2.5 s (intercontinental, or queues).
@@ -175,6 +183,11 @@ impl Metrics {
             "weft_build_info",
             "Build information; always 1",
             health.build_info.clone(),
+        );
+        r.register(
+            "weft_program_state",
+            "eBPF programs by state: attached, or failed (refused by the kernel; what it measures is missing); always 1",
+            health.program_state.clone(),
         );
         r.register_collector(Box::new(super::process::ProcessCollector));
         let l7 = super::l7_metrics::L7Metrics::register(r);

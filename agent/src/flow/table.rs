@@ -31,8 +31,8 @@ use crate::{
         server::Readiness,
     },
     status::{
-        EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramStatus, StatusReport,
-        TableStatus,
+        EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramFailure, ProgramStatus,
+        StatusReport, TableStatus,
     },
 };
 
@@ -61,6 +61,7 @@ pub struct KernelTables {
 /// The static part of the status report.
 pub struct StaticStatus {
     pub programs: Vec<ProgramStatus>,
+    pub failed_programs: Vec<ProgramFailure>,
     pub features: Vec<FeatureStatus>,
     pub kernel: String,
     pub drop_reason_names: BTreeMap<u32, String>,
@@ -409,6 +410,7 @@ impl FlowTable {
             kernel: self.info.kernel.clone(),
             uptime_seconds: started.elapsed().as_secs(),
             programs: self.info.programs.clone(),
+            failed_programs: self.info.failed_programs.clone(),
             features: (self.info.features.iter().cloned())
                 .chain(self.emitter.enricher().status())
                 .collect(),

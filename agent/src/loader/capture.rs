@@ -5,8 +5,11 @@ use std::path::Path;
 
 use aya::Ebpf;
 
-use super::{LoadError, attach_tracepoint, tracefs};
-use crate::status::ProgramStatus;
+use super::{
+    LoadError,
+    attach::{Attached, Need},
+    tracefs,
+};
 
 /// (syscall, entry program, exit program).
 const SYSCALLS: &[(&str, &str, &str)] = &[
@@ -48,18 +51,15 @@ pub fn formats_match(tracefs_root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub fn attach(ebpf: &mut Ebpf, programs: &mut Vec<ProgramStatus>) -> Result<(), LoadError> {
+/// Attaches every capture program; one a kernel refuses is reported and
+/// costs the payload of its syscall only.
+pub fn attach(ebpf: &mut Ebpf, attached: &mut Attached) -> Result<(), LoadError> {
     for (syscall, enter, exit) in SYSCALLS {
         for (prog, tp) in [
             (*enter, format!("sys_enter_{syscall}")),
             (*exit, format!("sys_exit_{syscall}")),
         ] {
-            attach_tracepoint(ebpf, prog, "syscalls", &tp)?;
-            programs.push(ProgramStatus {
-                name: prog.into(),
-                kind: "tracepoint".into(),
-                attach_point: format!("syscalls/{tp}"),
-            });
+            attached.tracepoint(ebpf, Need::Optional, prog, "syscalls", &tp)?;
         }
     }
     Ok(())

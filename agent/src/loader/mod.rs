@@ -5,31 +5,33 @@
 //! is missing, read tracepoint layouts, then load and attach. Everything
 //! attached is owned by [`Probes`]; dropping it detaches everything.
 
+pub mod attach;
 pub mod btf;
 pub mod capture;
 pub mod cleanup;
 pub mod features;
+pub mod layouts;
+pub mod maps;
 pub mod mounts;
+#[cfg(test)]
+mod stack;
 pub mod tracefs;
 
-use std::{collections::BTreeMap, fs::File, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
 
-use aya::{
-    Ebpf, EbpfLoader, Pod,
-    maps::{HashMap, Map, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
-};
-use weft_common::{
-    SockTuple,
-    config::ProbeConfig,
-    conn::TcpConn,
-    drop::{DropKey, DropStats},
-    udp::UdpFlow,
-};
+use attach::{Attached, Need};
+use aya::{Ebpf, EbpfLoader, Pod, programs::CgroupSkbAttachType};
+use weft_common::{config::ProbeConfig, conn::TcpConn, udp::UdpFlow};
+
+pub use maps::ProbeMaps;
 
 use crate::{
     config::Config,
-    status::{FeatureStatus, ProgramStatus},
+    status::{FeatureStatus, ProgramFailure, ProgramStatus},
 };
 
 /// The kernel object built by build.rs.
@@ -84,24 +86,12 @@ pub enum LoadError {
     },
 }
 
-/// The maps the agent reads, taken out of the object so that each can be
-/// handed to the one task that owns it.
-pub struct ProbeMaps {
-    pub events: RingBuf<aya::maps::MapData>,
-    pub tcp_conns: HashMap<aya::maps::MapData, u64, TcpConn>,
-    pub udp_flows: HashMap<aya::maps::MapData, SockTuple, UdpFlow>,
-    pub counters: PerCpuArray<aya::maps::MapData, u64>,
-    pub drop_reasons: PerCpuArray<aya::maps::MapData, u64>,
-    /// Dropped packets by address pair and reason.
-    pub drop_flows: HashMap<aya::maps::MapData, DropKey, DropStats>,
-    /// Payload snippets, when L7 capture is on.
-    pub data: Option<RingBuf<aya::maps::MapData>>,
-}
-
 /// Loaded and attached programs. Dropping this detaches them.
 pub struct Probes {
     _ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
+    /// Optional programs the running kernel refused.
+    pub failed: Vec<ProgramFailure>,
     pub features: Vec<FeatureStatus>,
     /// `enum skb_drop_reason` value -> name, from the running kernel.
     pub drop_reason_names: BTreeMap<u32, String>,
@@ -119,292 +109,194 @@ impl LoadError {
     }
 }
 
+/// What the kernel offers, found before anything is loaded.
+struct Prepared {
+    tracefs: PathBuf,
+    cgroup_root: PathBuf,
+    features: Vec<FeatureStatus>,
+    probe_config: ProbeConfig,
+    capture: bool,
+    drop_reason_names: BTreeMap<u32, String>,
+}
+
 impl Probes {
     /// Checks, mounts, loads and attaches. On error nothing stays attached.
     pub fn load(config: &Config) -> Result<Self, LoadError> {
-        let missing = features::missing_caps(features::effective_caps());
-        if !missing.is_empty() {
-            return Err(LoadError::Privileges {
-                missing: missing.join(", "),
-            });
-        }
-        let mounts = mounts::mounts().map_err(|source| LoadError::Mount {
-            what: "cannot read /proc/self/mountinfo",
-            source,
-        })?;
-        let tracefs = mounts::ensure_tracefs(&mounts).map_err(|source| LoadError::Mount {
-            what: "tracefs is not mounted and mounting it failed",
-            source,
-        })?;
-        remove_stale_pins(&mounts);
-        let cgroup_root = mounts::cgroup2(&mounts).ok_or(LoadError::NoCgroup2)?;
+        let env = prepare(config)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &env.probe_config, true)
+            .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
+            .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(PROBES_OBJECT)?;
 
-        let mut features = vec![features::btf_available()];
-        for tp in features::TRACEPOINTS {
-            let present = features::tracepoint_exists(&tracefs, tp.category, tp.name);
-            if tp.required && !present {
-                return Err(LoadError::MissingTracepoint(format!(
-                    "{}:{}",
-                    tp.category, tp.name
-                )));
+        let mut attached = Attached::default();
+        for (prog, category, name) in TRACEPOINT_PROGRAMS {
+            if !features::tracepoint_exists(&env.tracefs, category, name) {
+                continue;
             }
-            features.push(FeatureStatus {
-                name: format!("tracepoint {}:{}", tp.category, tp.name),
-                available: present,
-                detail: if present {
-                    "attached".into()
-                } else {
-                    tp.without.into()
-                },
-            });
+            let need = if *prog == "weft_tcp_state" {
+                Need::Required
+            } else {
+                Need::Optional
+            };
+            attached.tracepoint(&mut ebpf, need, prog, category, name)?;
         }
-        let formats = read_formats(&tracefs);
-        let offsets = formats.offsets();
-        if offsets.probe_skaddr == weft_common::config::NO_FIELD {
-            features.push(FeatureStatus {
-                name: "tcp_probe skaddr field".into(),
-                available: false,
-                detail: "kernel older than 6.4: no smoothed RTT".into(),
-            });
+        if env.capture {
+            capture::attach(&mut ebpf, &mut attached)?;
         }
-        // Read once: both layouts come from the same (large) BTF blob.
-        let btf = btf::Btf::from_sys_fs()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let sock = sock_offsets(btf.as_ref(), &mut features);
-        let skb = skb_offsets(btf.as_ref(), &mut features);
-        // Payload capture needs the syscall records in the layout the
-        // programs assume; without it, L7 is off and status says why.
-        let capture = if config.l7_capture_bytes == 0 {
-            features.push(FeatureStatus {
-                name: "L7 payload capture".into(),
-                available: false,
-                detail: "turned off (l7_capture_bytes: 0)".into(),
-            });
-            false
-        } else {
-            match capture::formats_match(&tracefs) {
-                Ok(()) => {
-                    features.push(FeatureStatus {
-                        name: "L7 payload capture".into(),
-                        available: true,
-                        detail: format!(
-                            "{} bytes per read/write from syscall tracepoints",
-                            config.l7_capture_bytes
-                        ),
-                    });
-                    true
-                }
-                Err(why) => {
-                    features.push(FeatureStatus {
-                        name: "L7 payload capture".into(),
-                        available: false,
-                        detail: format!("no L7: {why}"),
-                    });
-                    false
-                }
-            }
-        };
-        let probe_config = ProbeConfig {
+        let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: env.cgroup_root.clone(),
+            source,
+        })?;
+        let mut features = env.features;
+        udp(
+            &mut ebpf,
+            &mut attached,
+            (&cgroup, &env.cgroup_root),
+            &mut features,
+        )?;
+        let maps = maps::take(&mut ebpf, env.capture)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            programs: attached.programs,
+            failed: attached.failed,
+            features,
+            drop_reason_names: env.drop_reason_names,
+            maps: Some(maps),
+        })
+    }
+}
+
+/// The UDP programs on the cgroup v2 root. Egress with the sending
+/// process where the kernel allows task helpers in cgroup_skb programs,
+/// else without it.
+fn udp(
+    ebpf: &mut Ebpf,
+    attached: &mut Attached,
+    cgroup: (&File, &Path),
+    features: &mut Vec<FeatureStatus>,
+) -> Result<(), LoadError> {
+    let egress = CgroupSkbAttachType::Egress;
+    let with_owner =
+        attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_egress", cgroup, egress)?;
+    if !with_owner
+        && attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_egress_anon", cgroup, egress)?
+    {
+        features.push(FeatureStatus {
+            name: "UDP sender process".into(),
+            available: false,
+            detail: "the kernel refuses task helpers in cgroup_skb programs: UDP flows \
+                     carry no process (weft_udp_egress_anon runs instead)"
+                .into(),
+        });
+    }
+    let ingress = CgroupSkbAttachType::Ingress;
+    attached.cgroup_skb(ebpf, Need::Optional, "weft_udp_ingress", cgroup, ingress)?;
+    Ok(())
+}
+
+/// Privileges, mounts, hooks and layouts: everything checked and read
+/// before the object is loaded.
+fn prepare(config: &Config) -> Result<Prepared, LoadError> {
+    let missing = features::missing_caps(features::effective_caps());
+    if !missing.is_empty() {
+        return Err(LoadError::Privileges {
+            missing: missing.join(", "),
+        });
+    }
+    let mounts = mounts::mounts().map_err(|source| LoadError::Mount {
+        what: "cannot read /proc/self/mountinfo",
+        source,
+    })?;
+    let tracefs = mounts::ensure_tracefs(&mounts).map_err(|source| LoadError::Mount {
+        what: "tracefs is not mounted and mounting it failed",
+        source,
+    })?;
+    remove_stale_pins(&mounts);
+    let cgroup_root = mounts::cgroup2(&mounts).ok_or(LoadError::NoCgroup2)?;
+
+    let mut features = vec![features::btf_available()];
+    hook_features(&tracefs, &mut features)?;
+    let formats = read_formats(&tracefs);
+    let offsets = formats.offsets();
+    if offsets.probe_skaddr == weft_common::config::NO_FIELD {
+        features.push(FeatureStatus {
+            name: "tcp_probe skaddr field".into(),
+            available: false,
+            detail: "kernel older than 6.4: no smoothed RTT".into(),
+        });
+    }
+    // Read once: both layouts come from the same (large) BTF blob.
+    let btf = btf::Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let sock = layouts::sock_offsets(btf.as_ref(), &mut features);
+    let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
+    let capture = capture_feature(config, &tracefs, &mut features);
+    Ok(Prepared {
+        probe_config: ProbeConfig {
             agent_pid: std::process::id(),
             snippet_bytes: if capture { config.l7_capture_bytes } else { 0 },
             offsets,
             sock,
             skb,
             drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
-        };
+        },
+        tracefs,
+        cgroup_root,
+        features,
+        capture,
+        drop_reason_names: formats.kfree_skb.symbols(),
+    })
+}
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &probe_config, true)
-            .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
-            .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(PROBES_OBJECT)?;
-
-        let mut programs = Vec::new();
-        for (prog, category, name) in TRACEPOINT_PROGRAMS {
-            if !features::tracepoint_exists(&tracefs, category, name) {
-                continue;
-            }
-            attach_tracepoint(&mut ebpf, prog, category, name)?;
-            programs.push(ProgramStatus {
-                name: (*prog).into(),
-                kind: "tracepoint".into(),
-                attach_point: format!("{category}/{name}"),
-            });
+/// One feature row per tracepoint; a missing required one stops here.
+fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<(), LoadError> {
+    for tp in features::TRACEPOINTS {
+        let present = features::tracepoint_exists(tracefs, tp.category, tp.name);
+        if tp.required && !present {
+            return Err(LoadError::MissingTracepoint(format!(
+                "{}:{}",
+                tp.category, tp.name
+            )));
         }
-        if capture {
-            capture::attach(&mut ebpf, &mut programs)?;
-        }
-        let cgroup = File::open(&cgroup_root).map_err(|source| LoadError::Cgroup {
-            path: cgroup_root.clone(),
-            source,
-        })?;
-        for (prog, attach_type, label) in [
-            ("weft_udp_egress", CgroupSkbAttachType::Egress, "egress"),
-            ("weft_udp_ingress", CgroupSkbAttachType::Ingress, "ingress"),
-        ] {
-            let attach_point = format!("cgroup {} ({label})", cgroup_root.display());
-            let err = |source| LoadError::Program {
-                name: prog,
-                attach_point: attach_point.clone(),
-                source,
-            };
-            let program: &mut CgroupSkb = program_mut(&mut ebpf, prog, &attach_point)?;
-            program.load().map_err(err)?;
-            // aya attaches through a BPF link, which the kernel always
-            // stacks with other programs on the cgroup (and rejects attach
-            // flags for), so other tools keep working next to ours.
-            program
-                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
-                .map_err(err)?;
-            programs.push(ProgramStatus {
-                name: prog.into(),
-                kind: "cgroup_skb".into(),
-                attach_point,
-            });
-        }
-
-        let maps = ProbeMaps {
-            events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
-                LoadError::Map {
-                    name: "EVENTS",
-                    source,
-                }
-            })?,
-            tcp_conns: HashMap::try_from(take_map(&mut ebpf, "TCP_CONNS")?).map_err(|source| {
-                LoadError::Map {
-                    name: "TCP_CONNS",
-                    source,
-                }
-            })?,
-            udp_flows: HashMap::try_from(take_map(&mut ebpf, "UDP_FLOWS")?).map_err(|source| {
-                LoadError::Map {
-                    name: "UDP_FLOWS",
-                    source,
-                }
-            })?,
-            counters: PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(
-                |source| LoadError::Map {
-                    name: "COUNTERS",
-                    source,
-                },
-            )?,
-            data: if capture {
-                Some(
-                    RingBuf::try_from(take_map(&mut ebpf, "DATA")?).map_err(|source| {
-                        LoadError::Map {
-                            name: "DATA",
-                            source,
-                        }
-                    })?,
-                )
+        features.push(FeatureStatus {
+            name: format!("tracepoint {}:{}", tp.category, tp.name),
+            available: present,
+            detail: if present {
+                "present".into()
             } else {
-                None
+                tp.without.into()
             },
-            drop_reasons: PerCpuArray::try_from(take_map(&mut ebpf, "DROP_REASONS")?).map_err(
-                |source| LoadError::Map {
-                    name: "DROP_REASONS",
-                    source,
-                },
-            )?,
-            drop_flows: HashMap::try_from(take_map(&mut ebpf, "DROP_FLOWS")?).map_err(
-                |source| LoadError::Map {
-                    name: "DROP_FLOWS",
-                    source,
-                },
-            )?,
-        };
-
-        Ok(Self {
-            _ebpf: ebpf,
-            programs,
-            features,
-            drop_reason_names: formats.kfree_skb.symbols(),
-            maps: Some(maps),
-        })
+        });
     }
+    Ok(())
 }
 
-/// A member's byte offset in a kernel struct, as the programs take it.
-fn member_offset(btf: &btf::Btf, strukt: &str, member: &str) -> Result<u16, String> {
-    btf.member_offset(strukt, member)
-        .map_err(|e| e.to_string())
-        .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
-}
-
-/// `struct sk_buff` member offsets from the kernel's BTF, for the addresses
-/// of dropped packets.
-fn skb_offsets(
-    btf: Result<&btf::Btf, &String>,
-    features: &mut Vec<FeatureStatus>,
-) -> weft_common::config::SkbOffsets {
-    use weft_common::config::SkbOffsets;
-    let found = btf.map_err(Clone::clone).and_then(|btf| {
-        let off = |m: &str| member_offset(btf, "sk_buff", m);
-        Ok(SkbOffsets {
-            head: off("head")?,
-            network_header: off("network_header")?,
-        })
-    });
-    let (offsets, available, detail) = match found {
-        Ok(offsets) => (
-            offsets,
-            true,
-            "struct sk_buff offsets from /sys/kernel/btf/vmlinux".to_owned(),
-        ),
-        Err(why) => (
-            SkbOffsets::ABSENT,
-            false,
-            format!("{why}: drops are counted by reason, without drop records"),
-        ),
+/// Payload capture needs the syscall records in the layout the programs
+/// assume; without it, L7 is off and status says why.
+fn capture_feature(config: &Config, tracefs: &Path, features: &mut Vec<FeatureStatus>) -> bool {
+    let (available, detail) = if config.l7_capture_bytes == 0 {
+        (false, "turned off (l7_capture_bytes: 0)".to_owned())
+    } else {
+        match capture::formats_match(tracefs) {
+            Ok(()) => (
+                true,
+                format!(
+                    "{} bytes per read/write from syscall tracepoints",
+                    config.l7_capture_bytes
+                ),
+            ),
+            Err(why) => (false, format!("no L7: {why}")),
+        }
     };
     features.push(FeatureStatus {
-        name: "packet layout (BTF)".into(),
+        name: "L7 payload capture".into(),
         available,
         detail,
     });
-    offsets
-}
-
-/// `struct sock_common` member offsets from the kernel's BTF, for the
-/// addresses of sockets no tracepoint describes (UDP, pre-existing TCP).
-fn sock_offsets(
-    btf: Result<&btf::Btf, &String>,
-    features: &mut Vec<FeatureStatus>,
-) -> weft_common::config::SockOffsets {
-    use weft_common::config::SockOffsets;
-    let found = btf.map_err(Clone::clone).and_then(|btf| {
-        let off = |m: &str| member_offset(btf, "sock_common", m);
-        Ok(SockOffsets {
-            daddr: off("skc_daddr")?,
-            rcv_saddr: off("skc_rcv_saddr")?,
-            dport: off("skc_dport")?,
-            num: off("skc_num")?,
-            family: off("skc_family")?,
-            v6_daddr: off("skc_v6_daddr")?,
-            v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
-            state: off("skc_state")?,
-        })
-    });
-    match found {
-        Ok(offsets) => {
-            features.push(FeatureStatus {
-                name: "socket layout (BTF)".into(),
-                available: true,
-                detail: "struct sock_common offsets from /sys/kernel/btf/vmlinux".into(),
-            });
-            offsets
-        }
-        Err(why) => {
-            features.push(FeatureStatus {
-                name: "socket layout (BTF)".into(),
-                available: false,
-                detail: format!("{why}: no L7 for UDP or for connections older than the agent"),
-            });
-            SockOffsets::ABSENT
-        }
-    }
+    available
 }
 
 /// (program, tracepoint category, tracepoint name).
@@ -456,48 +348,6 @@ fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
         send_reset: read("tcp", "tcp_send_reset"),
         kfree_skb: read("skb", "kfree_skb"),
     }
-}
-
-fn program_mut<'a, T>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-    attach_point: &str,
-) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let program = ebpf.program_mut(name).ok_or_else(|| LoadError::Program {
-        name,
-        attach_point: attach_point.to_owned(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    })?;
-    program.try_into().map_err(|source| LoadError::Program {
-        name,
-        attach_point: attach_point.to_owned(),
-        source,
-    })
-}
-
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    category: &str,
-    tracepoint: &str,
-) -> Result<(), LoadError> {
-    let attach_point = format!("{category}/{tracepoint}");
-    let err = |source| LoadError::Program {
-        name,
-        attach_point: attach_point.clone(),
-        source,
-    };
-    let program: &mut TracePoint = program_mut(ebpf, name, &attach_point)?;
-    program.load().map_err(err)?;
-    program.attach(category, tracepoint).map_err(err)?;
-    Ok(())
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {
-    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
 }
 
 /// Compile-time check that the shared types are usable as map values.

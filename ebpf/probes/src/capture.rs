@@ -289,6 +289,20 @@ fn bounded(n: u64) -> u64 {
     }
 }
 
+/// `n` (at most DATA_MAX already) as a copy length that every kernel's
+/// verifier sees bounded. LLVM computes the length of a gathered copy in
+/// a register the verifier of 6.1 and older cannot follow back to the
+/// checks above ("R2 min value is negative"); read back through memory,
+/// the value is opaque to LLVM, which must keep this check on the very
+/// register the helper gets.
+#[inline(always)]
+fn copy_len(n: u64) -> Option<u32> {
+    let slot = n;
+    // SAFETY: a volatile read of a local.
+    let len = unsafe { core::ptr::read_volatile(&slot) };
+    (len <= DATA_MAX as u64).then_some(len as u32)
+}
+
 /// One record of `total` bytes moved through the user buffer `buf`.
 /// Subprograms of their own (not inlined), this one and
 /// [`emit_iovecs`]: the verifier then checks a small function per call
@@ -340,12 +354,14 @@ fn emit_iovecs(iov: u64, total: u64, peer: u64) {
             let moved = len.min(rest);
             let n = bounded(moved.min(snippet.saturating_sub(done)));
             if n > 0 {
+                let Some(size) = copy_len(n) else {
+                    break;
+                };
                 // `done` < snippet <= DATA_MAX: the offset is below
                 // DATA_MAX and the copy ends inside the 2 * DATA_MAX area.
                 let at = done & (DATA_MAX as u64 - 1);
                 let data = (&raw mut (*scratch).data).cast::<u8>().add(at as usize);
-                if probe_read_user_raw(data.cast(), n as u32, base as *const core::ffi::c_void) != 0
-                {
+                if probe_read_user_raw(data.cast(), size, base as *const core::ffi::c_void) != 0 {
                     break;
                 }
                 gathered.write_volatile(done + n);

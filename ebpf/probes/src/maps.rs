@@ -54,6 +54,14 @@ pub static DATA: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// One TCP connection record being built, per CPU. A `TcpConn` built on
+/// the stack next to its callers' frames put `weft_tcp_state` over the
+/// verifier's 512-byte combined stack on kernels without a private stack
+/// for tracing programs (before 6.17): it is filled here and copied into
+/// `TCP_CONNS` from map memory.
+#[map]
+pub static CONN_SCRATCH: PerCpuArray<TcpConn> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU event and loss counters, see `weft_common::counters::index`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(index::COUNT, 0);

@@ -16,14 +16,14 @@ use weft_common::{
     IPPROTO_TCP, SockTuple,
     conn::{
         CONN_ACTIVE, CONN_ADOPTED, CONN_AGENT, CONN_ESTABLISHED, CONN_OWNER_EXACT, CONN_PASSIVE,
-        TcpConn, tcp_state,
+        tcp_state,
     },
     counters::index,
     event::EVENT_TCP_OPEN,
 };
 
 use crate::{
-    maps::{TCP_CONNS, config, count},
+    maps::{CONN_SCRATCH, TCP_CONNS, config, count},
     owner,
     tp::{Skip, field},
 };
@@ -87,7 +87,7 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
         };
         crate::atomic::add_u64(counter, ret as u64);
         if (*conn).flags & CONN_OWNER_EXACT == 0 {
-            (*conn).owner = owner::current();
+            owner::fill(&raw mut (*conn).owner);
             let mut flags = (*conn).flags | CONN_OWNER_EXACT;
             if owner::is_agent() {
                 flags |= CONN_AGENT;
@@ -117,23 +117,31 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
     } else {
         CONN_ACTIVE
     };
-    let mut conn = TcpConn {
-        tuple,
-        owner: owner::current(),
-        // SAFETY: a helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        flags: role | CONN_ESTABLISHED | CONN_OWNER_EXACT | CONN_ADOPTED,
-        state: tcp_state::ESTABLISHED,
-        ..TcpConn::default()
+    let Some(conn) = CONN_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    match dir {
-        Direction::Send => conn.bytes_sent = moved,
-        Direction::Recv => conn.bytes_received = moved,
+    // SAFETY: this CPU's scratch record (a `TcpConn` is too large for the
+    // stack of these programs, see maps.rs).
+    unsafe {
+        core::ptr::write_bytes(conn, 0, 1);
+        (*conn).tuple = tuple;
+        owner::fill(&raw mut (*conn).owner);
+        (*conn).start_ns = bpf_ktime_get_ns();
+        (*conn).flags = role | CONN_ESTABLISHED | CONN_OWNER_EXACT | CONN_ADOPTED;
+        (*conn).state = tcp_state::ESTABLISHED;
+        match dir {
+            Direction::Send => (*conn).bytes_sent = moved,
+            Direction::Recv => (*conn).bytes_received = moved,
+        }
     }
     // Only the first thread to get here adopts it; a full map leaves the
     // socket untracked (new connections are counted as lost then, not
     // this one, which would be counted again at every send).
-    if TCP_CONNS.insert(&sk, &conn, BPF_NOEXIST as u64).is_err() {
+    // SAFETY: as above.
+    if TCP_CONNS
+        .insert(&sk, unsafe { &*conn }, BPF_NOEXIST as u64)
+        .is_err()
+    {
         return;
     }
     if let Some(conn) = TCP_CONNS.get_ptr(&sk) {

@@ -16,7 +16,7 @@ use weft_common::{
 };
 
 use crate::{
-    maps::{TCP_CONNS, TCP_LISTENERS, config, count},
+    maps::{CONN_SCRATCH, TCP_CONNS, TCP_LISTENERS, config, count},
     owner,
     tp::{Skip, field},
 };
@@ -47,7 +47,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
             if owner::is_agent() {
                 flags |= CONN_AGENT;
             }
-            insert(ctx, sk, flags, owner::current(), new)
+            insert(ctx, sk, flags, OwnerFrom::Current, new)
         }
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
@@ -67,17 +67,17 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
                 port: tuple.local_port,
                 family: tuple.family,
             };
-            // SAFETY: the value is copied out before any other map call.
-            let listener = unsafe { TCP_LISTENERS.get(&key) }
-                .copied()
-                .unwrap_or_default();
+            let listener = TCP_LISTENERS.get_ptr(&key);
             let mut flags = CONN_PASSIVE;
             // Connections to the agent's own listeners (its metrics
             // endpoint) are the agent's traffic: not reported.
-            if listener.pid != 0 && listener.pid == config().agent_pid {
+            // SAFETY: a valid pointer into the map value.
+            let pid = listener.map_or(0, |l| unsafe { (*l).pid });
+            if pid != 0 && pid == config().agent_pid {
                 flags |= CONN_AGENT;
             }
-            insert(ctx, sk, flags, listener, new)
+            let owner = listener.map_or(OwnerFrom::Unknown, OwnerFrom::Listener);
+            insert(ctx, sk, flags, owner, new)
         }
         (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
         (_, tcp_state::CLOSE) => closed(ctx, sk),
@@ -91,24 +91,46 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
     }
 }
 
+/// Where a new connection's owner comes from.
+#[derive(Clone, Copy)]
+enum OwnerFrom {
+    /// The task in whose context the state changed.
+    Current,
+    /// The listening socket's owner (a map value).
+    Listener(*const weft_common::Owner),
+    /// Not known (a connection older than the agent).
+    Unknown,
+}
+
+/// Starts tracking `sk`. The record is built in this CPU's
+/// `CONN_SCRATCH` slot, not on the stack (see maps.rs).
 fn insert(
     ctx: &TracePointContext,
     sk: u64,
     flags: u32,
-    owner: weft_common::Owner,
+    owner: OwnerFrom,
     state: u32,
 ) -> Result<(), Skip> {
-    let conn = TcpConn {
-        tuple: read_tuple(ctx)?,
-        owner,
-        // SAFETY: a helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        flags,
-        state,
-        ..TcpConn::default()
-    };
-    if TCP_CONNS.insert(&sk, &conn, 0).is_err() {
-        count(index::LOST_MAP_TCP);
+    let tuple = read_tuple(ctx)?;
+    let conn = CONN_SCRATCH.get_ptr_mut(0).ok_or(Skip::ReadFailed)?;
+    // SAFETY: this CPU's scratch record; `Listener` points into a map
+    // value that outlives this call.
+    unsafe {
+        core::ptr::write_bytes(conn, 0, 1);
+        (*conn).tuple = tuple;
+        match owner {
+            OwnerFrom::Current => owner::fill(&raw mut (*conn).owner),
+            OwnerFrom::Listener(from) => {
+                core::ptr::copy_nonoverlapping(from, &raw mut (*conn).owner, 1)
+            }
+            OwnerFrom::Unknown => {}
+        }
+        (*conn).start_ns = bpf_ktime_get_ns();
+        (*conn).flags = flags;
+        (*conn).state = state;
+        if TCP_CONNS.insert(&sk, &*conn, 0).is_err() {
+            count(index::LOST_MAP_TCP);
+        }
     }
     Ok(())
 }
@@ -124,13 +146,7 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
             } else {
                 CONN_PASSIVE
             };
-            insert(
-                ctx,
-                sk,
-                role,
-                weft_common::Owner::default(),
-                tcp_state::ESTABLISHED,
-            )?;
+            insert(ctx, sk, role, OwnerFrom::Unknown, tcp_state::ESTABLISHED)?;
             TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
         }
     };

@@ -27,13 +27,22 @@ const IPV6_HEADER_LEN: u32 = 40;
 
 #[cgroup_skb(egress)]
 pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp(&ctx, true);
+    let _ = try_udp::<true>(&ctx, true);
+    1
+}
+
+/// `weft_udp_egress` without the sending process: kernels up to at least
+/// 6.12 refuse the task helpers (`bpf_get_current_pid_tgid`...) in
+/// cgroup_skb programs, and the agent loads this one there instead.
+#[cgroup_skb(egress)]
+pub fn weft_udp_egress_anon(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp::<false>(&ctx, true);
     1
 }
 
 #[cgroup_skb(ingress)]
 pub fn weft_udp_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp(&ctx, false);
+    let _ = try_udp::<false>(&ctx, false);
     1
 }
 
@@ -48,11 +57,12 @@ struct Datagram {
     segments: u64,
 }
 
-fn try_udp(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
+/// `OWNER`: the program may learn the sending task (egress only).
+fn try_udp<const OWNER: bool>(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     let Some(dgram) = parse(ctx)? else {
         return Ok(());
     };
-    if egress && owner::is_agent() {
+    if OWNER && owner::is_agent() {
         return Ok(());
     }
     count(index::UDP_PACKET);
@@ -107,8 +117,8 @@ fn try_udp(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
         };
         crate::atomic::add_u64(bytes, dgram.payload);
         crate::atomic::add_u64(packets, dgram.segments);
-        if egress && (*flow).flags & UDP_OWNER_KNOWN == 0 {
-            (*flow).owner = owner::current();
+        if OWNER && (*flow).flags & UDP_OWNER_KNOWN == 0 {
+            owner::fill(&raw mut (*flow).owner);
             (*flow).flags |= UDP_OWNER_KNOWN;
         }
     }

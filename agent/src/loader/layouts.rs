@@ -1,0 +1,86 @@
+//! Kernel struct layouts from BTF that the programs read through
+//! (`struct sock_common`, `struct sk_buff`), each reported as a feature.
+
+use super::btf;
+use crate::status::FeatureStatus;
+
+/// A member's byte offset in a kernel struct, as the programs take it.
+fn member_offset(btf: &btf::Btf, strukt: &str, member: &str) -> Result<u16, String> {
+    btf.member_offset(strukt, member)
+        .map_err(|e| e.to_string())
+        .and_then(|o| u16::try_from(o).map_err(|e| e.to_string()))
+}
+
+/// `struct sk_buff` member offsets from the kernel's BTF, for the addresses
+/// of dropped packets.
+pub fn skb_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::SkbOffsets {
+    use weft_common::config::SkbOffsets;
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let off = |m: &str| member_offset(btf, "sk_buff", m);
+        Ok(SkbOffsets {
+            head: off("head")?,
+            network_header: off("network_header")?,
+        })
+    });
+    let (offsets, available, detail) = match found {
+        Ok(offsets) => (
+            offsets,
+            true,
+            "struct sk_buff offsets from /sys/kernel/btf/vmlinux".to_owned(),
+        ),
+        Err(why) => (
+            SkbOffsets::ABSENT,
+            false,
+            format!("{why}: drops are counted by reason, without drop records"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "packet layout (BTF)".into(),
+        available,
+        detail,
+    });
+    offsets
+}
+
+/// `struct sock_common` member offsets from the kernel's BTF, for the
+/// addresses of sockets no tracepoint describes (UDP, pre-existing TCP).
+pub fn sock_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::SockOffsets {
+    use weft_common::config::SockOffsets;
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let off = |m: &str| member_offset(btf, "sock_common", m);
+        Ok(SockOffsets {
+            daddr: off("skc_daddr")?,
+            rcv_saddr: off("skc_rcv_saddr")?,
+            dport: off("skc_dport")?,
+            num: off("skc_num")?,
+            family: off("skc_family")?,
+            v6_daddr: off("skc_v6_daddr")?,
+            v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
+            state: off("skc_state")?,
+        })
+    });
+    match found {
+        Ok(offsets) => {
+            features.push(FeatureStatus {
+                name: "socket layout (BTF)".into(),
+                available: true,
+                detail: "struct sock_common offsets from /sys/kernel/btf/vmlinux".into(),
+            });
+            offsets
+        }
+        Err(why) => {
+            features.push(FeatureStatus {
+                name: "socket layout (BTF)".into(),
+                available: false,
+                detail: format!("{why}: no L7 for UDP or for connections older than the agent"),
+            });
+            SockOffsets::ABSENT
+        }
+    }
+}

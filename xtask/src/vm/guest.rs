@@ -1,0 +1,208 @@
+//! One kernel of the matrix: a guest booted with virtme-ng on the
+//! machine's own root filesystem (read-only), running the agent and the
+//! root tests, and the verdict read back from files.
+//!
+//! virtme-ng does not pass the guest's exit status back (it would need
+//! udev), so the guest writes `status` lines into a folder shared
+//! read-write with the host, and the host judges from them: a guest that
+//! hung, crashed or was killed leaves no `done` line and fails.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{display, say};
+
+/// What runs inside a guest.
+pub struct Plan<'a> {
+    pub agent: &'a Path,
+    /// (test binary name, executable).
+    pub tests: &'a [(String, PathBuf)],
+    /// Arguments for every test binary (name filters, `--nocapture`).
+    pub harness: &'a [String],
+}
+
+/// How one kernel did.
+pub struct Verdict {
+    pub kernel: String,
+    /// (test binary, exit status).
+    pub tests: Vec<(String, i32)>,
+    pub agent_started: bool,
+    pub finished: bool,
+}
+
+impl Verdict {
+    pub fn passed(&self, expected_tests: usize) -> bool {
+        self.finished
+            && self.agent_started
+            && self.tests.len() == expected_tests
+            && self.tests.iter().all(|(_, rc)| *rc == 0)
+    }
+}
+
+/// The guest's script: start the agent alone and keep its status (the
+/// proof that every program loads, and the kernel table's source), then
+/// each test binary, one status line each.
+pub fn script(out: &Path, plan: &Plan<'_>) -> String {
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let out_q = q(out);
+    let agent = q(plan.agent);
+    let mut s = format!(
+        "#!/bin/sh\n\
+         # Written by `cargo xtask vm-test`; runs as root inside the guest.\n\
+         OUT={out_q}\n\
+         exec >\"$OUT/guest.log\" 2>&1\n\
+         export RUST_BACKTRACE=1 WEFT_BIN={agent} WEFT_REQUIRE_ROOT_TESTS=1\n\
+         # Emulation is several times slower than the machine.\n\
+         export WEFT_TEST_TIMEOUT_SCALE=4\n\
+         # Unix sockets cannot be created on the shared folders: the\n\
+         # agent's socket lives on the guest's own /run.\n\
+         export WEFT_TEST_SOCKET_DIR=/run/weft-test\n\
+         mkdir -p /run/weft-test\n\
+         echo \"kernel $(uname -r)\" >\"$OUT/status\"\n\
+         {agent} agent --api-socket /run/weft-test/matrix.sock \
+         --metrics-addr 127.0.0.1:9464 2>\"$OUT/agent.log\" &\n\
+         AGENT=$!\n\
+         i=0\n\
+         while [ $i -lt 120 ]; do\n\
+         \x20 {agent} status -o json --api-socket /run/weft-test/matrix.sock \
+         >\"$OUT/agent-status.json\" 2>/dev/null && break\n\
+         \x20 kill -0 $AGENT 2>/dev/null || break\n\
+         \x20 i=$((i + 1)); sleep 1\n\
+         done\n\
+         if [ -s \"$OUT/agent-status.json\" ]; then\n\
+         \x20 {agent} status --api-socket /run/weft-test/matrix.sock >\"$OUT/agent-status.txt\"\n\
+         \x20 echo \"agent started\" >>\"$OUT/status\"\n\
+         fi\n\
+         kill -INT $AGENT 2>/dev/null; wait $AGENT\n\
+         echo \"agent exit $?\" >>\"$OUT/status\"\n"
+    );
+    let harness: Vec<String> = plan.harness.iter().map(|a| shell_quote(a)).collect();
+    for (name, exe) in plan.tests {
+        s.push_str(&format!(
+            "echo \"== {name}\"\n{} --test-threads=1 {}\n\
+             echo \"test {name} $?\" >>\"$OUT/status\"\n",
+            q(exe),
+            harness.join(" ")
+        ));
+    }
+    s.push_str("echo done >>\"$OUT/status\"\n");
+    s
+}
+
+/// Boots `image` with virtme-ng and waits (at most `timeout`) for the
+/// guest to finish `script` in `out`.
+pub fn boot(vng: &Path, image: &Path, out: &Path, script: &Path, timeout: Duration) -> Result<()> {
+    let bin_dir = vng.parent().context("virtme-ng has no directory")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin_dir.to_path_buf()];
+    paths.extend(std::env::split_paths(&path));
+    let console = fs::File::create(out.join("console.log"))?;
+    let mut cmd = Command::new(vng);
+    cmd.env("PATH", std::env::join_paths(paths)?)
+        .arg("--run")
+        .arg(image)
+        // KVM guests of these kernels hang or abort on the machines the
+        // matrix runs on: emulation is slower but works everywhere.
+        .args(["--disable-kvm", "--memory", "4G", "--cpus", "2", "--rwdir"])
+        .arg(out)
+        .arg("--exec")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console);
+    say(format_args!("$ {}", display(&cmd)));
+    let mut child = cmd.spawn().context("could not start virtme-ng")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            say(format_args!(
+                "guest finished in {}s ({status})",
+                started.elapsed().as_secs()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the guest did not finish within {}s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Reads what the guest wrote to `out/status`.
+pub fn verdict(out: &Path) -> Verdict {
+    let text = fs::read_to_string(out.join("status")).unwrap_or_default();
+    let mut v = Verdict {
+        kernel: String::new(),
+        tests: Vec::new(),
+        agent_started: false,
+        finished: false,
+    };
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["kernel", release] => v.kernel = (*release).to_owned(),
+            ["agent", "started"] => v.agent_started = true,
+            ["test", name, rc] => v.tests.push(((*name).to_owned(), rc.parse().unwrap_or(-1))),
+            ["done"] => v.finished = true,
+            _ => {}
+        }
+    }
+    v
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_needs_every_test_and_the_end() {
+        let dir = std::env::temp_dir().join(format!("weft-vm-verdict-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("status"),
+            "kernel 6.1.0-57-amd64\nagent started\nagent exit 0\ntest tcp 0\ntest udp 101\n",
+        )
+        .unwrap();
+        let v = verdict(&dir);
+        assert_eq!(v.kernel, "6.1.0-57-amd64");
+        assert!(v.agent_started && !v.finished);
+        assert!(!v.passed(2));
+        fs::write(
+            dir.join("status"),
+            "kernel 6.1.0-57-amd64\nagent started\ntest tcp 0\ntest udp 0\ndone\n",
+        )
+        .unwrap();
+        let v = verdict(&dir);
+        assert!(v.passed(2));
+        assert!(!v.passed(3), "a test binary that never reported fails");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn script_quotes_paths() {
+        let tests = [("tcp".to_owned(), PathBuf::from("/t/tcp-1"))];
+        let s = script(
+            Path::new("/r/6.1"),
+            &Plan {
+                agent: Path::new("/b/weft"),
+                tests: &tests,
+                harness: &["exact bytes".to_owned()],
+            },
+        );
+        assert!(
+            s.contains("'/t/tcp-1' --test-threads=1 'exact bytes'\n"),
+            "{s}"
+        );
+        assert!(s.contains("OUT='/r/6.1'\n"), "{s}");
+    }
+}
