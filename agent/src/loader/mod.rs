@@ -9,7 +9,9 @@ pub mod btf;
 pub mod capture;
 pub mod cleanup;
 pub mod features;
+pub mod listeners;
 pub mod mounts;
+pub mod recursion;
 pub mod tracefs;
 
 use std::{collections::BTreeMap, fs::File, path::PathBuf};
@@ -75,6 +77,8 @@ pub enum LoadError {
         attach_point: String,
         source: aya::programs::ProgramError,
     },
+    #[error("cannot read the agent's network namespace (/proc/self/ns/net): {0}")]
+    OwnNetns(std::io::Error),
     #[error("eBPF map {0} is missing from the object (weft was built wrong)")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -96,11 +100,13 @@ pub struct ProbeMaps {
     pub drop_flows: HashMap<aya::maps::MapData, DropKey, DropStats>,
     /// Payload snippets, when L7 capture is on.
     pub data: Option<RingBuf<aya::maps::MapData>>,
+    /// Runs of the tracing programs the kernel skipped.
+    pub recursion: recursion::RecursionMisses,
 }
 
 /// Loaded and attached programs. Dropping this detaches them.
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
     pub features: Vec<FeatureStatus>,
     /// `enum skb_drop_reason` value -> name, from the running kernel.
@@ -173,6 +179,7 @@ impl Probes {
             .and_then(|r| r.map_err(|e| e.to_string()));
         let sock = sock_offsets(btf.as_ref(), &mut features);
         let skb = skb_offsets(btf.as_ref(), &mut features);
+        let netns = netns_offsets(btf.as_ref(), &mut features);
         // Payload capture needs the syscall records in the layout the
         // programs assume; without it, L7 is off and status says why.
         let capture = if config.l7_capture_bytes == 0 {
@@ -212,6 +219,7 @@ impl Probes {
             sock,
             skb,
             drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
+            netns,
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -265,7 +273,9 @@ impl Probes {
             });
         }
 
+        let recursion = recursion::RecursionMisses::new(tracing_fds(&ebpf, &programs));
         let maps = ProbeMaps {
+            recursion,
             events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
                 LoadError::Map {
                     name: "EVENTS",
@@ -317,7 +327,7 @@ impl Probes {
         };
 
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             programs,
             features,
             drop_reason_names: formats.kfree_skb.symbols(),
@@ -361,6 +371,42 @@ fn skb_offsets(
     };
     features.push(FeatureStatus {
         name: "packet layout (BTF)".into(),
+        available,
+        detail,
+    });
+    offsets
+}
+
+/// Where a socket's network namespace number is, from the kernel's BTF:
+/// listening ports are told apart by namespace with it.
+fn netns_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::NetnsOffsets {
+    use weft_common::config::NetnsOffsets;
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let ns = member_offset(btf, "net", "ns")?;
+        let inum = member_offset(btf, "ns_common", "inum")?;
+        Ok(NetnsOffsets {
+            // `possible_net_t skc_net` holds one `struct net *`.
+            skc_net: member_offset(btf, "sock_common", "skc_net")?,
+            net_inum: ns.checked_add(inum).ok_or("struct net too large")?,
+        })
+    });
+    let (offsets, available, detail) = match found {
+        Ok(offsets) => (
+            offsets,
+            true,
+            "listening ports per network namespace (BTF)".to_owned(),
+        ),
+        Err(why) => (
+            NetnsOffsets::ABSENT,
+            false,
+            format!("{why}: a port's listeners in different namespaces are not told apart"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "network namespaces".into(),
         available,
         detail,
     });
@@ -494,6 +540,16 @@ fn attach_tracepoint(
     program.load().map_err(err)?;
     program.attach(category, tracepoint).map_err(err)?;
     Ok(())
+}
+
+/// Handles on the attached tracepoint programs, for their recursion
+/// misses (cgroup_skb programs are not skipped that way).
+fn tracing_fds(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<aya::programs::ProgramFd> {
+    programs
+        .iter()
+        .filter(|p| p.kind == "tracepoint")
+        .filter_map(|p| ebpf.program(&p.name)?.fd().ok()?.try_clone().ok())
+        .collect()
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoadError> {

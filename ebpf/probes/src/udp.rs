@@ -27,13 +27,17 @@ const IPV6_HEADER_LEN: u32 = 40;
 
 #[cgroup_skb(egress)]
 pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp(&ctx, true);
+    if try_udp(&ctx, true).is_err() {
+        crate::maps::count(weft_common::counters::index::SKIP_READ_FAILED);
+    }
     1
 }
 
 #[cgroup_skb(ingress)]
 pub fn weft_udp_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp(&ctx, false);
+    if try_udp(&ctx, false).is_err() {
+        crate::maps::count(weft_common::counters::index::SKIP_READ_FAILED);
+    }
     1
 }
 
