@@ -104,13 +104,16 @@ fn a_burst_through_a_tiny_ring_closes_each_connection_once() {
     assert!(lost > 0.0, "the burst lost no event: make it bigger");
 
     let port_s = port.to_string();
-    let records = agent.flows(&["--port", &port_s]);
+    let records = agent.flows(&["--port", &port_s, "--all"]);
     let mut closes: HashMap<u64, usize> = HashMap::new();
     let mut opened = HashSet::new();
     let mut sent = 0u64;
     let mut received = 0u64;
     for r in &records {
         let source_port = r["source"]["port"].as_u64().expect("source port");
+        if r["type"] != "l4" {
+            continue;
+        }
         match r["event"].as_str() {
             Some("close") => {
                 *closes.entry(source_port).or_default() += 1;

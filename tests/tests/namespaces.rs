@@ -94,8 +94,11 @@ fn same_port_in_two_namespaces_names_each_server() {
 
     let port_s = port.to_string();
     let records = wait_for("40 close records", WAIT, || {
-        let records = agent.flows(&["--port", &port_s]);
-        let closes = records.iter().filter(|r| r["event"] == "close").count();
+        let records = agent.flows(&["--port", &port_s, "--all"]);
+        let closes = records
+            .iter()
+            .filter(|r| r["type"] == "l4" && r["event"] == "close")
+            .count();
         (closes >= 2 * CONNS).then_some(records)
     });
     for (lab, server, client) in [(&lab_a, "srvA", "cliA"), (&lab_b, "srvB", "cliB")] {
@@ -142,11 +145,11 @@ fn same_port_in_two_namespaces_names_each_server() {
 /// Reads an HTTP/1.1 request head and answers 200 with a short body.
 fn http_answer(conn: &mut TcpStream) {
     let mut head = Vec::new();
-    let mut byte = [0u8; 1];
+    let mut buf = [0u8; 1024];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = conn.read(&mut byte).expect("server read");
-        assert_eq!(n, 1, "request head cut short: {head:?}");
-        head.push(byte[0]);
+        let n = conn.read(&mut buf).expect("server read");
+        assert!(n > 0, "request head cut short: {head:?}");
+        head.extend_from_slice(&buf[..n]);
     }
     conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
         .expect("server write");
@@ -182,8 +185,11 @@ fn the_agents_port_in_another_namespace_is_observed() {
 
     let port_s = port.to_string();
     let records = wait_for("20 close records", WAIT, || {
-        let records = agent.flows(&["--port", &port_s]);
-        let closes = records.iter().filter(|r| r["event"] == "close").count();
+        let records = agent.flows(&["--port", &port_s, "--all"]);
+        let closes = records
+            .iter()
+            .filter(|r| r["type"] == "l4" && r["event"] == "close")
+            .count();
         (closes >= CONNS).then_some(records)
     });
     for event in ["open", "close"] {

@@ -44,6 +44,11 @@ const OPEN_WAIT_NS: u64 = 10_000_000;
 /// ~28,000 ephemeral ports after which a client reuses an address pair.
 const FINISHED_MEMORY: usize = 16_384;
 
+/// How many of the agent's own connections are remembered after they
+/// ended (a scrape is one connection per poll of Prometheus: a handful
+/// per second at most).
+const OWN_ENDED_MEMORY: usize = 64;
+
 /// One socket of a connection.
 #[derive(Debug, Clone, Copy)]
 struct End {
@@ -140,6 +145,9 @@ pub struct TcpTracker {
     /// are open: not reported. The kernel marks the agent's sockets; the
     /// other end of such a connection is known by its address pair.
     own: HashMap<FlowKey, u8>,
+    /// The agent's connections that ended lately, oldest first: their
+    /// packets' drops and last payload records are read after their close.
+    own_ended: VecDeque<FlowKey>,
     /// Connections whose `open` waits, oldest first.
     pending_opens: VecDeque<FlowKey>,
 }
@@ -156,6 +164,7 @@ impl TcpTracker {
             finished_order: VecDeque::new(),
             missing: HashMap::new(),
             own: HashMap::new(),
+            own_ended: VecDeque::new(),
             pending_opens: VecDeque::new(),
         }
     }
@@ -182,9 +191,10 @@ impl TcpTracker {
         })
     }
 
-    /// Whether the connection has an end that is the agent's own socket.
+    /// Whether the connection has an end that is the agent's own socket
+    /// (open, or closed lately).
     pub fn is_own(&self, key: &FlowKey) -> bool {
-        self.own.contains_key(key)
+        self.own.contains_key(key) || self.own_ended.contains(key)
     }
 
     /// Whether the open socket `sk` is an end of one of the agent's own
@@ -257,7 +267,7 @@ impl TcpTracker {
     /// record is still waiting for that end (`OPEN_WAIT_NS`).
     fn own_traffic(&mut self, key: FlowKey, ev: &TcpEvent) -> bool {
         let agent = ev.conn.flags & CONN_AGENT != 0;
-        if !agent && !self.own.contains_key(&key) {
+        if !agent && !self.is_own(&key) {
             return false;
         }
         match ev.kind {
@@ -284,6 +294,10 @@ impl TcpTracker {
             *open = open.saturating_sub(1);
             if *open == 0 {
                 self.own.remove(&key);
+                if self.own_ended.len() >= OWN_ENDED_MEMORY {
+                    self.own_ended.pop_front();
+                }
+                self.own_ended.push_back(key);
             }
         }
     }

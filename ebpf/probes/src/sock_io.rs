@@ -118,11 +118,11 @@ fn account(sk: u64, dir: Direction, moved: u64) -> u64 {
 /// if it opened now (an `open` event), with its addresses from the
 /// socket's `sock_common` (BTF offsets; without them it stays untracked).
 /// Which end is the client is not known: the lower port is taken for the
-/// server's, as ephemeral ports are high.
+/// server's, as ephemeral ports are high. The agent's own sockets are
+/// adopted too, marked: a scrape accepted while the programs were being
+/// loaded is the agent's connection, and its other end must be known as
+/// such (both ends' roles are guessed alike, so they name one flow).
 fn adopt(sk: u64, dir: Direction, moved: u64) {
-    if owner::is_agent() {
-        return;
-    }
     let tuple: SockTuple = crate::capture::sock_tuple(sk);
     if tuple.family == 0 || tuple.local_port == 0 || tuple.remote_port == 0 {
         return;
@@ -137,7 +137,11 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
         owner: owner::current(),
         // SAFETY: a helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
-        flags: role | CONN_ESTABLISHED | CONN_OWNER_EXACT | CONN_ADOPTED,
+        flags: role
+            | CONN_ESTABLISHED
+            | CONN_OWNER_EXACT
+            | CONN_ADOPTED
+            | if owner::is_agent() { CONN_AGENT } else { 0 },
         state: tcp_state::ESTABLISHED,
         ..TcpConn::default()
     };
