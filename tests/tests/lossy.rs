@@ -1,5 +1,6 @@
 //! Events lost under a burst (a one-page ring and a tiny queue, set by
-//! configuration): what is reported stays true. No connection is closed
+//! configuration, and the agent stalled meanwhile): what is reported
+//! stays true. No connection is closed
 //! twice, the byte metrics are the sum of the close records, every
 //! connection that was seen open is closed, the flow table returns to its
 //! idle size, and the losses are counted.
@@ -8,7 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{Arc, Barrier, mpsc},
     time::Duration,
 };
 
@@ -19,7 +20,10 @@ use weft_tests::{
 };
 
 const THREADS: usize = 8;
-const PER_THREAD: usize = 100;
+/// Connections per client thread open across the stall.
+const PER_THREAD: usize = 50;
+/// Connections per client thread after it.
+const LATER: usize = 25;
 const SEND: usize = 1000;
 const REPLY: usize = 100;
 
@@ -62,47 +66,114 @@ fn a_burst_through_a_tiny_ring_closes_each_connection_once() {
     std::thread::sleep(Duration::from_secs(3));
     let idle = flow_table_entries(&agent);
 
+    let total = THREADS * (PER_THREAD + LATER);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let srv = spawn_in(&lab.server_ns, "burst-server", move || {
         let listener = TcpListener::bind(server).expect("bind");
         ready_tx.send(()).expect("ready");
-        for _ in 0..THREADS * PER_THREAD {
+        let mut handlers = Vec::with_capacity(total);
+        for _ in 0..total {
             let (mut c, _) = listener.accept().expect("accept");
-            let mut buf = [0u8; SEND];
-            c.read_exact(&mut buf).expect("server read");
-            c.write_all(&[b'r'; REPLY]).expect("server write");
+            handlers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; SEND];
+                c.read_exact(&mut buf).expect("server read");
+                c.write_all(&[b'r'; REPLY]).expect("server write");
+                // Until the client closes.
+                let _ = c.read(&mut buf);
+            }));
+        }
+        for h in handlers {
+            h.join().expect("handler");
         }
     });
     ready_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("listening");
+    // Phase one: connections opened and used while the agent runs...
+    let opened = Arc::new(Barrier::new(THREADS + 1));
+    let stalled = Arc::new(Barrier::new(THREADS + 1));
+    let closed = Arc::new(Barrier::new(THREADS + 1));
+    let resumed = Arc::new(Barrier::new(THREADS + 1));
     let clients: Vec<_> = (0..THREADS)
         .map(|_| {
+            let barriers = [&opened, &stalled, &closed, &resumed].map(Arc::clone);
             spawn_in(&lab.client_ns, "burst-client", move || {
-                for _ in 0..PER_THREAD {
+                let exchange = || {
                     let mut c = TcpStream::connect(server).expect("connect");
                     c.write_all(&[b's'; SEND]).expect("client write");
-                    let mut got = Vec::new();
-                    c.read_to_end(&mut got).expect("client read");
-                    assert_eq!(got.len(), REPLY);
+                    let mut got = [0u8; REPLY];
+                    c.read_exact(&mut got).expect("client read");
+                    c
+                };
+                let conns: Vec<TcpStream> = (0..PER_THREAD).map(|_| exchange()).collect();
+                barriers[0].wait();
+                barriers[1].wait();
+                drop(conns);
+                barriers[2].wait();
+                barriers[3].wait();
+                // Phase three: new sockets, at addresses the kernel frees
+                // and hands out again, while the old closes are missing.
+                for _ in 0..LATER {
+                    drop(exchange());
                 }
             })
         })
         .collect();
+    opened.wait();
+    // A poll reads every socket's bytes before the stall.
+    std::thread::sleep(Duration::from_millis(2500));
+    // ... phase two: they all close while the agent stalls (as a
+    // CPU-starved one does): the one-page ring overflows, and their close
+    // events are lost in the kernel.
+    let pid = agent.pid() as i32;
+    // SAFETY: stopping and resuming the agent this test started, by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    stalled.wait();
+    closed.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    resumed.wait();
     for c in clients {
         c.join().expect("client");
     }
     srv.join().expect("server");
 
-    // Every connection closes, seen or not: the table returns to idle.
-    wait_for(
-        "the flow table to return to its idle size",
-        Duration::from_secs(30),
-        || (flow_table_entries(&agent) <= idle).then_some(()),
-    );
-    let lost = losses(&agent);
-    assert!(lost > 0.0, "the burst lost no event: make it bigger");
-
+    let lost = wait_for("the losses to be counted", Duration::from_secs(15), || {
+        let lost = losses(&agent);
+        (lost > 0.0).then_some(lost)
+    });
+    // Sockets whose close was lost are closed after two polls without
+    // them in the kernel's table; then the table is back to idle.
+    std::thread::sleep(Duration::from_secs(3));
+    // A close the kernel skipped (its program not run: another BPF
+    // program was running on that CPU) leaves its socket in the kernel's
+    // table, and so its connection open here: such a socket is counted
+    // as lost (kernel_programs/recursion), and only such a one may stay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = flow_table_entries(&agent);
+        let skipped = agent.metric_sum(
+            "weft_events_lost_total",
+            &["source=\"kernel_programs\"", "stage=\"recursion\""],
+        );
+        if entries <= idle + skipped as u64 {
+            if entries > idle {
+                eprintln!(
+                    "{} connections left open by {skipped} skipped program runs",
+                    entries - idle
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flow table holds {entries} entries, {idle} when idle \
+             ({skipped} program runs skipped): {:#?}",
+            agent.flows(&["--port", &port.to_string(), "--last", "4"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let port_s = port.to_string();
     let records = agent.flows(&["--port", &port_s, "--all"]);
     let mut closes: HashMap<u64, usize> = HashMap::new();
@@ -130,11 +201,11 @@ fn a_burst_through_a_tiny_ring_closes_each_connection_once() {
     assert!(twice.is_empty(), "closed more than once: {twice:?}");
     let unclosed: Vec<_> = opened.iter().filter(|p| !closes.contains_key(p)).collect();
     assert!(unclosed.is_empty(), "opened and never closed: {unclosed:?}");
-    assert!(closes.len() <= THREADS * PER_THREAD);
+    assert!(closes.len() <= THREADS * (PER_THREAD + LATER));
     assert!(!closes.is_empty());
     eprintln!(
         "{} connections, {} closed in records, {} opens seen, {lost} events lost",
-        THREADS * PER_THREAD,
+        THREADS * (PER_THREAD + LATER),
         closes.len(),
         opened.len()
     );

@@ -512,6 +512,12 @@ impl TcpTracker {
             let Some(key) = self.sockets.get(&sk) else {
                 continue;
             };
+            // Another socket at a freed socket's address (its open event
+            // lost, or not established yet): the one tracked is gone.
+            let is_client = state.flags & CONN_ACTIVE != 0;
+            if super::addr::key(Transport::Tcp, &state.tuple, is_client) != *key {
+                continue;
+            }
             present.insert(sk);
             if let Some(conn) = self.conns.get_mut(key) {
                 for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
