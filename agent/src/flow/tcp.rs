@@ -267,8 +267,17 @@ impl TcpTracker {
     /// record is still waiting for that end (`OPEN_WAIT_NS`).
     fn own_traffic(&mut self, key: FlowKey, ev: &TcpEvent) -> bool {
         let agent = ev.conn.flags & CONN_AGENT != 0;
-        if !agent && !self.is_own(&key) {
-            return false;
+        if !agent && !self.own.contains_key(&key) {
+            if !self.own_ended.contains(&key) {
+                return false;
+            }
+            if ev.kind == EVENT_TCP_OPEN {
+                // A new connection between the same addresses.
+                self.own_ended.retain(|k| *k != key);
+                return false;
+            }
+            // A late event of an ended own connection.
+            return true;
         }
         match ev.kind {
             EVENT_TCP_OPEN => {
