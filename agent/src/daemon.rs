@@ -43,8 +43,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listener = metrics_server::bind(config.metrics_addr).await?;
-    let mut probes = Probes::load(&config)?;
-    probes.add_own_listener(metrics_listener.local_addr()?)?;
+    let mut probes = Probes::load(&config, metrics_listener.local_addr()?)?;
     let maps = probes
         .maps
         .take()

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, os::unix::fs::MetadataExt};
 use aya::maps::HashMap;
 use weft_common::{AF_INET, AF_INET6, COMM_LEN, Owner, conn::ListenKey};
 
-use super::{LoadError, Probes};
+use super::LoadError;
 
 /// The inode number of the agent's network namespace, as the programs read
 /// it from a socket (`net->ns.inum`).
@@ -43,14 +43,13 @@ fn agent_owner() -> Owner {
     }
 }
 
-impl Probes {
-    /// Enters the agent's listening socket bound to `addr` in the kernel's
-    /// listener table, so that every connection it accepts is marked as the
-    /// agent's own from its first event.
-    pub fn add_own_listener(&mut self, addr: SocketAddr) -> Result<(), LoadError> {
+/// Enters the agent's listening socket bound to `addr` in the kernel's
+/// listener table, so that every connection it accepts is marked as the
+/// agent's own from its first event.
+pub fn add_own(ebpf: &mut aya::Ebpf, addr: SocketAddr) -> Result<(), LoadError> {
+    {
         let netns = own_netns().map_err(LoadError::OwnNetns)?;
-        let map = self
-            .ebpf
+        let map = ebpf
             .map_mut("TCP_LISTENERS")
             .ok_or(LoadError::MissingMap("TCP_LISTENERS"))?;
         let mut listeners: HashMap<_, ListenKey, Owner> =

@@ -106,7 +106,7 @@ pub struct ProbeMaps {
 
 /// Loaded and attached programs. Dropping this detaches them.
 pub struct Probes {
-    ebpf: Ebpf,
+    _ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
     pub features: Vec<FeatureStatus>,
     /// `enum skb_drop_reason` value -> name, from the running kernel.
@@ -127,7 +127,9 @@ impl LoadError {
 
 impl Probes {
     /// Checks, mounts, loads and attaches. On error nothing stays attached.
-    pub fn load(config: &Config) -> Result<Self, LoadError> {
+    /// `own_listener` is the agent's metrics listener, entered in the
+    /// kernel's listener table before any program is attached.
+    pub fn load(config: &Config, own_listener: std::net::SocketAddr) -> Result<Self, LoadError> {
         let missing = features::missing_caps(features::effective_caps());
         if !missing.is_empty() {
             return Err(LoadError::Privileges {
@@ -229,6 +231,9 @@ impl Probes {
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(PROBES_OBJECT)?;
 
+        // Before attaching: a connection the listener accepts from then on
+        // is known as the agent's from its first event.
+        listeners::add_own(&mut ebpf, own_listener)?;
         let mut programs = Vec::new();
         for (prog, category, name) in TRACEPOINT_PROGRAMS {
             if !features::tracepoint_exists(&tracefs, category, name) {
@@ -327,7 +332,7 @@ impl Probes {
         };
 
         Ok(Self {
-            ebpf,
+            _ebpf: ebpf,
             programs,
             features,
             drop_reason_names: formats.kfree_skb.symbols(),
