@@ -23,7 +23,7 @@ use crate::{
 
 #[tracepoint]
 pub fn weft_tcp_state(ctx: TracePointContext) -> u32 {
-    let _ = try_tcp_state(&ctx);
+    crate::tp::counted(try_tcp_state(&ctx));
     0
 }
 
@@ -51,22 +51,17 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         }
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
-            let tuple = read_tuple(ctx)?;
-            let key = ListenKey {
-                port: tuple.local_port,
-                family: tuple.family,
-            };
-            let _ = TCP_LISTENERS.insert(&key, &owner::current(), 0);
+            let key = listen_key(ctx, sk)?;
+            if TCP_LISTENERS.insert(&key, &owner::current(), 0).is_err() {
+                count(index::LOST_MAP_LISTENER);
+            }
             Ok(())
         }
         // A child socket created from a listener (softirq): borrow the
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let tuple = read_tuple(ctx)?;
-            let key = ListenKey {
-                port: tuple.local_port,
-                family: tuple.family,
-            };
+            // The child is in its listener's namespace.
+            let key = listen_key(ctx, sk)?;
             let listener = TCP_LISTENERS.get_ptr(&key);
             let mut flags = CONN_PASSIVE;
             // Connections to the agent's own listeners (its metrics
@@ -187,13 +182,23 @@ fn closed(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
 }
 
 /// Sends a lifecycle event with a snapshot of the socket's state. The
-/// agent's own sockets are not reported.
+/// agent's own sockets are sent too, marked `CONN_AGENT`: the agent needs
+/// them to recognise the other end of its own connections (a scrape from
+/// another process on this node) and leave it out. Nothing else of them
+/// (bytes, payload, resets) is sent.
 fn emit(sk: u64, conn: *const TcpConn, kind: u32) {
-    // SAFETY: `conn` points into a map value that outlives this call.
-    if unsafe { (*conn).flags } & CONN_AGENT != 0 {
-        return;
-    }
     crate::report::send(kind, sk, Some(conn), SockTuple::default());
+}
+
+/// The listening port of `sk` (a listener or a child of one) in its
+/// network namespace.
+fn listen_key(ctx: &TracePointContext, sk: u64) -> Result<ListenKey, Skip> {
+    let off = &config().offsets;
+    Ok(ListenKey {
+        netns: crate::netns::of_socket(sk),
+        port: field(ctx, off.state_sport)?,
+        family: field(ctx, off.state_family)?,
+    })
 }
 
 /// The socket's address pair from the tracepoint record.
