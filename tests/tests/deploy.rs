@@ -340,6 +340,19 @@ fn agent_config(docs: &[Value]) -> Value {
     serde_yaml_ng::from_str(&text).expect("the configuration is YAML")
 }
 
+/// What a test running the agent as the DaemonSet does needs: root, the
+/// rendered manifests, the DaemonSet's capabilities and setpriv. `None`
+/// when the test is skipped (each step says why).
+fn daemonset_agent_setup(test: &str) -> Option<(Vec<Value>, Vec<String>, PathBuf)> {
+    if !require_root(test) {
+        return None;
+    }
+    let docs = rendered_base(test)?;
+    let setpriv = tool(test, "setpriv", None)?;
+    let caps = daemonset_caps(&docs);
+    Some((docs, caps, setpriv))
+}
+
 /// The capabilities the DaemonSet adds, lower-case (`bpf`, ...).
 fn daemonset_caps(docs: &[Value]) -> Vec<String> {
     let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
@@ -400,16 +413,9 @@ fn setpriv_only(setpriv: &Path, caps: &[String]) -> Vec<String> {
 #[test]
 fn without_tracefs_the_agent_says_what_to_do() {
     let test = "without_tracefs_the_agent_says_what_to_do";
-    if !require_root(test) {
-        return;
-    }
-    let Some(docs) = rendered_base(test) else {
+    let Some((docs, caps, setpriv)) = daemonset_agent_setup(test) else {
         return;
     };
-    let Some(setpriv) = tool(test, "setpriv", None) else {
-        return;
-    };
-    let caps = daemonset_caps(&docs);
     let dir = tempdir("no-tracefs");
     let config = configmap_config(&docs, &dir);
     // A fresh node that mounts nothing at boot, and an agent with the
@@ -469,16 +475,9 @@ fn tempdir(test: &str) -> PathBuf {
 #[test]
 fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
     let test = "the_agent_runs_with_the_daemonsets_capabilities_and_configuration";
-    if !require_root(test) {
-        return;
-    }
-    let Some(docs) = rendered_base(test) else {
+    let Some((docs, caps, setpriv)) = daemonset_agent_setup(test) else {
         return;
     };
-    let Some(setpriv) = tool(test, "setpriv", None) else {
-        return;
-    };
-    let caps = daemonset_caps(&docs);
     // The ConfigMap's configuration, as the agent reads it (the harness's
     // flags then move the listener and socket to private ones).
     let dir = tempdir("config");

@@ -208,24 +208,29 @@ fn firewall_drops_show_their_reason() {
     assert_eq!(packets, syns, "{records:#?}");
 }
 
-/// curl in the lab's client namespace: `requests` GETs of `url`, each on a
-/// new connection (`Connection: close`) or all on one keep-alive
-/// connection; returns how many answered 200.
+/// curl in the lab's client namespace: `requests` GETs of `url`, all on one
+/// keep-alive connection (one curl), or each on a new connection (one
+/// curl each, as a user runs it: curl closes first); returns how many
+/// answered 200.
 fn curl_gets(lab: &Lab, url: &str, requests: usize, new_connections: bool) -> usize {
-    let mut curl = std::process::Command::new("ip");
-    curl.args(["netns", "exec", &lab.client_ns, "curl", "-s"]);
+    let curl = |n: usize| {
+        let mut curl = std::process::Command::new("ip");
+        curl.args(["netns", "exec", &lab.client_ns, "curl", "-s"]);
+        for _ in 0..n {
+            curl.args(["-o", "/dev/null", "-w", "%{http_code}\n", url]);
+        }
+        let out = curl.output().expect("curl");
+        assert!(out.status.success(), "curl failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|code| *code == "200")
+            .count()
+    };
     if new_connections {
-        curl.args(["-H", "Connection: close"]);
+        (0..requests).map(|_| curl(1)).sum()
+    } else {
+        curl(requests)
     }
-    for _ in 0..requests {
-        curl.args(["-o", "/dev/null", "-w", "%{http_code}\n", url]);
-    }
-    let out = curl.output().expect("curl");
-    assert!(out.status.success(), "curl failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|code| *code == "200")
-        .count()
 }
 
 /// The kernel's frees that were not drops (`weft_events_total`).
@@ -242,13 +247,14 @@ fn ordinary_connections_are_not_drops() {
     if !require_root("ordinary_connections_are_not_drops") {
         return;
     }
-    let agent = Agent::start(&[]);
+    // The lab and the server first: the harness's connects before the
+    // server listened were refused (real NO_SOCKET drops), and the lab's
+    // link setup is not what this test is about.
     let lab = Lab::new();
     let port = unique_port(8);
     let mut server = weft_tests::servers::python_http(&lab, port);
     let url = format!("http://{}:{port}/", lab.server_v4);
-    // The lab's links are up and the server answers; what came before
-    // (link setup) is not what this test is about.
+    let agent = Agent::start(&[]);
     let server_port = format!("destination_port=\"{port}\"");
     let settled = |agent: &Agent| {
         let labels = [server_port.as_str()];
@@ -256,12 +262,7 @@ fn ordinary_connections_are_not_drops() {
         let closed = agent.metric_sum("weft_tcp_connections_closed_total", &labels);
         (opened == closed).then_some(opened)
     };
-    let warmup = weft_tests::wait_for("the server's first connections closed", WAIT, || {
-        settled(&agent).filter(|&n| n >= 1.0)
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    // The server's start-up made real drops: the harness's connects
-    // before it listened were refused (NO_SOCKET).
+    let warmup = weft_tests::wait_for("no connection to the server open", WAIT, || settled(&agent));
     let lab_drops = |agent: &Agent| -> Vec<serde_json::Value> {
         [lab.client_v4.as_str(), lab.server_v4.as_str()]
             .into_iter()
@@ -278,15 +279,14 @@ fn ordinary_connections_are_not_drops() {
             .filter_map(|r| r["packets_sent"].as_u64())
             .sum::<u64>() as f64
     };
-    // The baseline once the drops of the server's start-up have reached
-    // the metric: unchanged over more than two polls.
+    // The baseline once the metric is steady: unchanged over more than
+    // two polls.
     let drops_before = weft_tests::wait_for("the drop metric to settle", WAIT, || {
         let first = agent.metric_sum("weft_packet_drops_total", &[]);
         std::thread::sleep(Duration::from_millis(2500));
         (agent.metric_sum("weft_packet_drops_total", &[]) == first).then_some(first)
     });
     let packets_before = dropped_packets(&agent);
-    let records_before = lab_drops(&agent).len();
     let not_drops_before = agent.metric_sum("weft_events_total", &[NOT_DROP]);
 
     assert_eq!(curl_gets(&lab, &url, 200, true), 200);
@@ -298,11 +298,9 @@ fn ordinary_connections_are_not_drops() {
     // Two polls (1 s each) for any drop to reach records and metrics.
     std::thread::sleep(Duration::from_millis(2500));
     let drops = lab_drops(&agent);
-    assert_eq!(
-        drops.len(),
-        records_before,
-        "ordinary connections made drop records: {:#?}",
-        &drops[records_before.min(drops.len())..]
+    assert!(
+        drops.is_empty(),
+        "ordinary connections made drop records: {drops:#?}"
     );
     let drops_after = agent.metric_sum("weft_packet_drops_total", &[]);
     let elsewhere = dropped_packets(&agent) - packets_before;
