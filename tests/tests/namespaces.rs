@@ -4,6 +4,7 @@
 //! own server, and only the agent's own connections may be left out.
 
 use std::{
+    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::mpsc,
@@ -14,8 +15,10 @@ use std::{
 use serde_json::Value;
 use weft_tests::{
     agent::Agent,
+    apiserver::{RecordedApi, empty_list},
     lab::{Lab, spawn_in},
-    require_root, unique_port, wait_for,
+    pods::{self, ContainerCgroup},
+    require_root, servers, unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -233,4 +236,118 @@ fn the_agents_port_in_another_namespace_is_observed() {
             "{family}"
         );
     }
+}
+
+/// One connection per request, as curl makes them.
+fn http_clients(ns: &str, server: SocketAddr, conns: usize) -> JoinHandle<()> {
+    spawn_in(ns, "pod-client", move || {
+        for _ in 0..conns {
+            let mut c = TcpStream::connect_timeout(&server, WAIT).expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+                .expect("client write");
+            let mut got = String::new();
+            c.read_to_string(&mut got).expect("client read");
+            assert!(got.starts_with("HTTP/1.0 200") || got.starts_with("HTTP/1.1 200"), "{got}");
+        }
+    })
+}
+
+#[test]
+fn same_port_in_two_pods_names_each_pod() {
+    if !require_root("same_port_in_two_pods_names_each_pod") {
+        return;
+    }
+    let (lab_a, lab_b) = (Lab::new(), Lab::new());
+    let (cg_a, cg_b) = (ContainerCgroup::new(), ContainerCgroup::new());
+    // The cluster as the API server describes it: one pod per namespace,
+    // each at its lab's server address, both on this node.
+    let pods = [
+        pods::pod("team-a", "web-a", &lab_a.server_v4, &cg_a.id),
+        pods::pod("team-b", "web-b", &lab_b.server_v4, &cg_b.id),
+    ];
+    let api = RecordedApi::start(HashMap::from([
+        ("/api/v1/pods", pods::pod_list(&pods)),
+        ("/api/v1/services", empty_list("ServiceList", "v1")),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
+        ),
+        (
+            "/apis/apps/v1/replicasets",
+            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
+        ),
+        (
+            "/apis/batch/v1/jobs",
+            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
+        ),
+    ]));
+    let dir = std::env::temp_dir().join(format!("weft-pods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let config = dir.join("weft.yaml");
+    let kubeconfig = api.kubeconfig(&dir);
+    std::fs::write(
+        &config,
+        format!(
+            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\n",
+            kubeconfig.display(),
+            pods::NODE
+        ),
+    )
+    .expect("write config");
+    let agent = Agent::start(&["--config", &config.to_string_lossy()]);
+    wait_for("the pods to be named", WAIT, || {
+        let status = agent.status_json()?;
+        let features = status["features"].as_array()?.clone();
+        features
+            .iter()
+            .any(|f| f["name"] == "kubernetes" && f["available"] == true)
+            .then_some(())
+    });
+
+    let port = unique_port(17);
+    // web-b listens after web-a: a table keyed by port alone would name
+    // web-b's container (and so its pod) for web-a's connections.
+    let mut web_a = servers::python_http_in(&lab_a, port, Some(cg_a.path()));
+    let mut web_b = servers::python_http_in(&lab_b, port, Some(cg_b.path()));
+    let cli_a = http_clients(&lab_a.client_ns, web_a.addr, CONNS);
+    let cli_b = http_clients(&lab_b.client_ns, web_b.addr, CONNS);
+    cli_a.join().expect("clients of web-a");
+    cli_b.join().expect("clients of web-b");
+
+    let port_s = port.to_string();
+    // Each lab's readiness probe is a connection too (it sends nothing).
+    let records = wait_for("42 close records", WAIT, || {
+        let records = agent.flows(&["--port", &port_s, "--all"]);
+        let closes = records
+            .iter()
+            .filter(|r| r["type"] == "l4" && r["event"] == "close")
+            .count();
+        (closes >= 2 * (CONNS + 1)).then_some(records)
+    });
+    web_a.stop();
+    web_b.stop();
+    for (lab, namespace, pod) in [(&lab_a, "team-a", "web-a"), (&lab_b, "team-b", "web-b")] {
+        for event in ["open", "close"] {
+            let seen = of(&records, event, &lab.server_v4);
+            assert_eq!(seen.len(), CONNS + 1, "{event} records to {pod}: {seen:#?}");
+            for r in seen {
+                assert_eq!(r["destination"]["pod"], pod, "{r:#}");
+                assert_eq!(r["destination"]["namespace"], namespace, "{r:#}");
+                assert_eq!(r["destination"]["process"], "python3", "{r:#}");
+            }
+        }
+        let labels = [
+            format!("destination_port=\"{port}\""),
+            format!("destination_workload=\"{pod}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(
+            agent.metric_sum("weft_tcp_connections_opened_total", &labels),
+            (CONNS + 1) as f64,
+            "weft_tcp_connections_opened_total for {pod}"
+        );
+    }
+    drop((web_a, web_b));
+    drop((cg_a, cg_b));
+    let _ = std::fs::remove_dir_all(&dir);
 }
