@@ -57,8 +57,9 @@ fn program_states(health: &crate::export::metrics::HealthMetrics, probes: &Probe
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics_listener = metrics_server::bind(config.metrics_addr).await?;
-    let mut probes = Probes::load(&config, metrics_listener.local_addr()?)?;
+    let metrics_socket = metrics_server::bind(config.metrics_addr)?;
+    let mut probes = Probes::load(&config, metrics_socket.addr)?;
+    let metrics_listener = metrics_socket.listen()?;
     let maps = probes
         .maps
         .take()

@@ -66,7 +66,9 @@ fn serve(mut stream: TcpStream, lists: &HashMap<&'static str, String>) {
         return;
     };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
     let head = |status: &str, extra: &str| {
         format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n{extra}\r\n"
@@ -75,7 +77,10 @@ fn serve(mut stream: TcpStream, lists: &HashMap<&'static str, String>) {
     match lists.get(path) {
         None => {
             let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}"#;
-            let text = head("404 Not Found", &format!("Content-Length: {}\r\n", body.len()));
+            let text = head(
+                "404 Not Found",
+                &format!("Content-Length: {}\r\n", body.len()),
+            );
             let _ = stream.write_all(format!("{text}{body}").as_bytes());
         }
         Some(_) if watch => {

@@ -26,7 +26,8 @@ pub struct ContainerCgroup {
 }
 
 impl ContainerCgroup {
-    pub fn new() -> Self {
+    /// Creates the cgroup (a container's, not started yet).
+    pub fn create() -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // 64 hex digits, distinct per test process and container.

@@ -1,8 +1,9 @@
 //! The agent's own listening sockets, entered in the kernel's listener
-//! table. They are bound before the programs are loaded (a taken port
-//! fails before anything is attached), so the programs never see their
-//! `listen()`; without this entry the connections they accept would not
-//! be known as the agent's own until the agent first reads from them.
+//! table before any program is attached, so that every connection they
+//! accept is known as the agent's own from its first event, whatever the
+//! order in which the programs attach. (They are bound before the
+//! programs are loaded, so that a taken port fails before anything is
+//! attached, and listen only after: see export/server.rs.)
 
 use std::{net::SocketAddr, os::unix::fs::MetadataExt};
 

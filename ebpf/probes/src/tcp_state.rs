@@ -60,18 +60,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         // A child socket created from a listener (softirq): borrow the
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            // The child is in its listener's namespace.
-            let key = listen_key(ctx, sk)?;
-            let listener = TCP_LISTENERS.get_ptr(&key);
-            let mut flags = CONN_PASSIVE;
-            // Connections to the agent's own listeners (its metrics
-            // endpoint) are the agent's traffic: not reported.
-            // SAFETY: a valid pointer into the map value.
-            let pid = listener.map_or(0, |l| unsafe { (*l).pid });
-            if pid != 0 && pid == config().agent_pid {
-                flags |= CONN_AGENT;
-            }
-            let owner = listener.map_or(OwnerFrom::Unknown, OwnerFrom::Listener);
+            let (flags, owner) = accepted(ctx, sk)?;
             insert(ctx, sk, flags, owner, new)
         }
         (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
@@ -84,6 +73,25 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
             Ok(())
         }
     }
+}
+
+/// The flags and owner of a socket accepted by a listener: its
+/// listener's owner, and whether it is the agent's (a connection to its
+/// metrics endpoint is the agent's traffic: not reported).
+fn accepted(ctx: &TracePointContext, sk: u64) -> Result<(u32, OwnerFrom), Skip> {
+    // The child is in its listener's namespace, on its port.
+    let key = listen_key(ctx, sk)?;
+    let listener = TCP_LISTENERS.get_ptr(&key);
+    let mut flags = CONN_PASSIVE;
+    // SAFETY: a valid pointer into the map value.
+    let pid = listener.map_or(0, |l| unsafe { (*l).pid });
+    if pid != 0 && pid == config().agent_pid {
+        flags |= CONN_AGENT;
+    }
+    Ok((
+        flags,
+        listener.map_or(OwnerFrom::Unknown, OwnerFrom::Listener),
+    ))
 }
 
 /// Where a new connection's owner comes from.
@@ -99,6 +107,7 @@ enum OwnerFrom {
 
 /// Starts tracking `sk`. The record is built in this CPU's
 /// `CONN_SCRATCH` slot, not on the stack (see maps.rs).
+#[inline(always)]
 fn insert(
     ctx: &TracePointContext,
     sk: u64,
@@ -135,13 +144,16 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
     let conn = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(conn) => conn,
         None => {
-            // A socket whose handshake began before the agent started.
-            let role = if old == tcp_state::SYN_SENT {
-                CONN_ACTIVE
+            // A socket whose handshake began before the agent started
+            // (or before this program was attached). An accepted one is
+            // named after its listener as at SYN_RECV: one accepted by the
+            // agent during its start is the agent's.
+            let (flags, owner) = if old == tcp_state::SYN_SENT {
+                (CONN_ACTIVE, OwnerFrom::Unknown)
             } else {
-                CONN_PASSIVE
+                accepted(ctx, sk)?
             };
-            insert(ctx, sk, role, OwnerFrom::Unknown, tcp_state::ESTABLISHED)?;
+            insert(ctx, sk, flags, owner, tcp_state::ESTABLISHED)?;
             TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
         }
     };
