@@ -57,8 +57,9 @@ fn program_states(health: &crate::export::metrics::HealthMetrics, probes: &Probe
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics_listener = metrics_server::bind(config.metrics_addr).await?;
-    let mut probes = Probes::load(&config)?;
+    let metrics_socket = metrics_server::bind(config.metrics_addr)?;
+    let mut probes = Probes::load(&config, metrics_socket.addr)?;
+    let metrics_listener = metrics_socket.listen()?;
     let maps = probes
         .maps
         .take()
@@ -105,15 +106,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             drop_flows: maps.drop_flows,
             tcp_capacity: config.tcp_socket_capacity,
             udp_capacity: config.udp_flow_capacity,
+            recursion: maps.recursion,
         },
-        tcp: TcpTracker::new(
-            TcpSettings {
-                update_interval_ns: secs(config.update_interval),
-                close_grace_ns: secs(config.close_grace),
-                capacity: config.flow_table_capacity,
-            },
-            vec![config.metrics_addr],
-        ),
+        tcp: TcpTracker::new(TcpSettings {
+            update_interval_ns: secs(config.update_interval),
+            close_grace_ns: secs(config.close_grace),
+            capacity: config.flow_table_capacity,
+        }),
         udp: UdpTracker::new(UdpSettings {
             update_interval_ns: secs(config.update_interval),
             idle_timeout_ns: secs(config.udp_idle_timeout),

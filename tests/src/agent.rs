@@ -56,6 +56,16 @@ impl Agent {
     /// capabilities) and waits until it is ready: its flow API answers and
     /// its `/readyz` says 200.
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Self {
+        Self::launch(wrapper, "127.0.0.1", extra)
+    }
+
+    /// Starts an agent whose metrics listener is bound to `metrics_ip` (as
+    /// the DaemonSet binds `0.0.0.0`), on a free port.
+    pub fn start_metrics_on(metrics_ip: &str, extra: &[&str]) -> Self {
+        Self::launch(&[], metrics_ip, extra)
+    }
+
+    fn launch(wrapper: &[&str], metrics_ip: &str, extra: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // A virtual machine's shared folders cannot hold unix sockets: the
@@ -64,7 +74,7 @@ impl Agent {
         let socket = PathBuf::from(format!("{dir}/weft-test-{pid}-{n}.sock"));
         let stderr_path = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.log"));
         let metrics_port = free_port();
-        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let metrics_addr = format!("{metrics_ip}:{metrics_port}");
         let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

@@ -9,11 +9,13 @@
 //! which case not being root is a failure.
 
 pub mod agent;
+pub mod apiserver;
 pub mod dashboards;
 pub mod follow;
 pub mod lab;
 pub mod node;
 pub mod peer;
+pub mod pods;
 pub mod prometheus;
 pub mod servers;
 pub mod sql;

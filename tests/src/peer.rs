@@ -57,6 +57,28 @@ pub struct Peer {
 impl Peer {
     /// Starts `args` in namespace `ns`. `name` is for messages.
     pub fn start(name: &str, ns: &str, args: &[&str]) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).args(args);
+        Self::spawn(name, command, args)
+    }
+
+    /// Starts `args` in namespace `ns` as a process of the cgroup v2
+    /// directory `cgroup` from its first instruction (as a container
+    /// runtime starts a container's process), so that every socket it
+    /// opens is its container's.
+    pub fn start_in_cgroup(name: &str, ns: &str, cgroup: &Path, args: &[&str]) -> Self {
+        let procs = cgroup.join("cgroup.procs");
+        let mut command = Command::new("sh");
+        // `ip netns exec` remounts /sys, so the cgroup is joined before it.
+        command
+            .args(["-c", "echo $$ > \"$0\" && exec ip netns exec \"$@\""])
+            .arg(&procs)
+            .arg(ns)
+            .args(args);
+        Self::spawn(name, command, args)
+    }
+
+    fn spawn(name: &str, mut command: Command, args: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let log_path = PathBuf::from(format!(
             "/tmp/weft-peer-{name}-{}-{n}.log",
@@ -64,9 +86,7 @@ impl Peer {
         ));
         let log = File::create(&log_path).expect("peer log file");
         let err = log.try_clone().expect("peer log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

@@ -28,7 +28,11 @@ impl Server {
     /// Starts `args` in the server namespace and waits until a client in
     /// the client namespace can connect to `port`.
     fn start(lab: &Lab, name: &str, port: u16, dir: TempDir, args: &[&str]) -> Self {
-        let mut peer = Peer::start(name, &lab.server_ns, args);
+        Self::started(lab, Peer::start(name, &lab.server_ns, args), port, dir)
+    }
+
+    /// Waits for the started `peer` as [`Server::start`] does.
+    fn started(lab: &Lab, mut peer: Peer, port: u16, dir: TempDir) -> Self {
         let addr = SocketAddr::new(lab.server_v4.parse().expect("lab address"), port);
         peer.wait_tcp(&lab.client_ns, addr, START);
         Self {
@@ -348,9 +352,20 @@ pub fn nginx_h2c(lab: &Lab, port: u16) -> Server {
 /// The Python HTTP/1.1 server of tests/peers/http_server.py (keep-alive;
 /// `/slow` takes 100 ms, `/status/N` answers N, anything else 200).
 pub fn python_http(lab: &Lab, port: u16) -> Server {
+    python_http_in(lab, port, None)
+}
+
+/// [`python_http`], as a process of the cgroup directory `cgroup` when
+/// given (a container's cgroup, named as container runtimes name it).
+pub fn python_http_in(lab: &Lab, port: u16, cgroup: Option<&Path>) -> Server {
     require_program("python3");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
     let port_s = port.to_string();
     let args = ["python3", script, &lab.server_v4, &port_s];
-    Server::start(lab, "python http server", port, TempDir::new("http"), &args)
+    let name = "python http server";
+    let peer = match cgroup {
+        Some(cgroup) => Peer::start_in_cgroup(name, &lab.server_ns, cgroup, &args),
+        None => Peer::start(name, &lab.server_ns, &args),
+    };
+    Server::started(lab, peer, port, TempDir::new("http"))
 }

@@ -42,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "mariadb-client",
+    // Prepared statements from a real benchmark client (oltp_read_only).
+    "sysbench",
     "dnsmasq-base",
     "dnsutils",
     "nginx",

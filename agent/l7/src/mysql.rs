@@ -14,7 +14,8 @@
 //!   `CLIENT_DEPRECATE_EOF`), repeated while the server flags more results;
 //! - `COM_STMT_PREPARE`: ERR, or OK with the statement id, followed by
 //!   parameter and column definitions; the statement is remembered by id
-//!   (bounded) so executions report it;
+//!   (bounded) so executions report it and its operation (`SELECT`;
+//!   `EXECUTE` when its prepare was not seen);
 //! - `COM_STMT_CLOSE`, `COM_STMT_SEND_LONG_DATA`, `COM_QUIT`: no answer;
 //! - anything else: one packet.
 
@@ -286,11 +287,14 @@ impl MysqlSession {
             COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => {
                 let id = args.get(..4).map(|b| le(b) as u32);
                 request.report = true;
-                request.operation = "EXECUTE".into();
-                request.statement = id.and_then(|id| {
-                    let found = self.statements.iter().rev().find(|(i, _)| *i == id);
-                    found.map(|(_, s)| s.clone())
-                });
+                let found = id.and_then(|id| self.statements.iter().rev().find(|(i, _)| *i == id));
+                // Named by the prepared statement's operation (as
+                // OpenTelemetry's `db.operation.name` is); `EXECUTE` only
+                // for one prepared before weft saw the connection.
+                request.operation = found
+                    .and_then(|(_, s)| sql_operation(s))
+                    .unwrap_or_else(|| "EXECUTE".into());
+                request.statement = found.map(|(_, s)| s.clone());
                 request.expect = Expect::Result;
             }
             COM_STMT_CLOSE => {

@@ -91,6 +91,71 @@ fn result_sets_without_eof_packets() {
     testkit::assert_split_invariant(&records, &session);
 }
 
+/// Greeting, handshake response and OK (4.1 protocol, EOF packets): a
+/// session in its command phase.
+fn logged_in() -> Vec<Record> {
+    let caps: u32 = CLIENT_PROTOCOL_41;
+    let mut greeting = vec![10];
+    greeting.extend_from_slice(b"10.11.6\0\x01\0\0\0abcdefgh\0");
+    greeting.extend_from_slice(&(caps as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0x21, 0x02, 0x00]);
+    greeting.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0; 11]);
+    let mut response = caps.to_le_bytes().to_vec();
+    response.extend_from_slice(&[0; 28]);
+    response.extend_from_slice(b"u\0");
+    vec![
+        Record {
+            direction: Direction::ToClient,
+            data: packet(0, &greeting),
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(1, &response),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(2, b"\0\0\0\x02\0\0\0"),
+        },
+    ]
+}
+
+/// An execution is named by the operation of the statement it runs (as
+/// `db.operation.name` is); `EXECUTE` only when its prepare was not seen.
+#[test]
+fn an_execution_is_named_by_its_statement() {
+    let mut records = logged_in();
+    let command = |payload: &[u8]| Record {
+        direction: Direction::ToServer,
+        data: packet(0, payload),
+    };
+    let ok = Record {
+        direction: Direction::ToClient,
+        data: packet(1, b"\0\0\0\x02\0\0\0"),
+    };
+    // Statement 7 was prepared before the capture began.
+    records.push(command(b"\x17\x07\0\0\0\0\x01\0\0\0"));
+    records.push(ok.clone());
+    // Statement 8 is prepared here: no columns, no parameters.
+    records.push(command(b"\x16UPDATE t SET v = 1"));
+    records.push(Record {
+        direction: Direction::ToClient,
+        data: packet(1, b"\0\x08\0\0\0\0\0\0\0\0\0\0"),
+    });
+    records.push(command(b"\x17\x08\0\0\0\0\x01\0\0\0"));
+    records.push(ok);
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    let ops: Vec<_> = out.iter().map(|x| x.fields["operation"].clone()).collect();
+    assert_eq!(ops, ["EXECUTE", "PREPARE", "UPDATE"], "{out:?}");
+    assert!(out[0].fields.get("statement").is_none());
+    assert_eq!(out[2].fields["statement"], "UPDATE t SET v = ?");
+    let MetricAttributes::Db { operation, .. } = &out[2].metric else {
+        panic!("{:?}", out[2].metric);
+    };
+    assert_eq!(operation, "UPDATE");
+}
+
 #[test]
 fn hostile_packets() {
     let mut s = session();

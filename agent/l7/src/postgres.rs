@@ -9,7 +9,8 @@
 //! - Extended query: `Parse`/`Bind`/`Execute`... up to `Sync` form one
 //!   request, answered up to its `ReadyForQuery`. The statement comes from
 //!   the `Parse` (named statements are remembered, bounded), and executions
-//!   of a named (prepared) statement are reported as `EXECUTE`.
+//!   of a named (prepared) statement are named by its operation (`SELECT`),
+//!   or `EXECUTE` when its `Parse` was not seen.
 //!
 //! One `Z` answers each `Q` and each `Sync`, so a FIFO pairs them even when
 //! the client pipelines.
@@ -279,8 +280,17 @@ impl PostgresSession {
                         s.map(|s| s.text),
                     )
                 } else {
-                    let s = lookup(&self.named, &stmt_name).map(|s| s.text.clone());
-                    (Some("EXECUTE".to_owned()), s)
+                    // A prepared statement is named by its own operation
+                    // (as OpenTelemetry's `db.operation.name` is); only one
+                    // prepared before weft saw the connection stays
+                    // `EXECUTE`.
+                    match lookup(&self.named, &stmt_name) {
+                        Some(s) => (
+                            Some(s.operation.clone().unwrap_or_else(|| "EXECUTE".into())),
+                            Some(s.text.clone()),
+                        ),
+                        None => (Some("EXECUTE".to_owned()), None),
+                    }
                 };
                 let batch = self.batch(frame.start_ns);
                 if batch.executes == 0 {

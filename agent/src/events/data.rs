@@ -57,7 +57,7 @@ pub async fn read_data(
                 }
             }
             Err(err) => {
-                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                counters.data_decode_errors.fetch_add(1, Ordering::Relaxed);
                 log::debug!("{err}");
             }
         }

@@ -18,6 +18,8 @@ pub struct PipelineCounters {
     pub queue_full: AtomicU64,
     /// Records that did not decode (wrong size: an agent/kernel mismatch).
     pub decode_errors: AtomicU64,
+    /// Payload records that did not decode.
+    pub data_decode_errors: AtomicU64,
     /// Payload records read from the data ring.
     pub data_read: AtomicU64,
     /// Payload records dropped because the L7 queue was full.

@@ -37,11 +37,43 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Binds now (so that a taken port is reported at start-up), serves later.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+/// The metrics socket, bound but not listening yet.
+pub struct Bound {
+    socket: tokio::net::TcpSocket,
+    /// The address bound (its port chosen by the kernel when 0 was asked).
+    pub addr: SocketAddr,
+}
+
+/// Binds now, so that a taken port is reported at start-up before any
+/// program is loaded. The socket listens only once the programs are
+/// attached ([`Bound::listen`]): a connection made while they load is
+/// refused, as by an agent not started yet, rather than accepted unseen
+/// and then taken for somebody else's traffic.
+pub fn bind(addr: SocketAddr) -> Result<Bound, BindError> {
+    let err = |source| BindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std's listeners do: a restart binds while old connections linger.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let bound = socket.local_addr().map_err(err)?;
+    Ok(Bound {
+        socket,
+        addr: bound,
+    })
+}
+
+impl Bound {
+    pub fn listen(self) -> Result<tokio::net::TcpListener, BindError> {
+        let addr = self.addr;
+        self.socket
+            .listen(1024)
+            .map_err(|source| BindError { addr, source })
+    }
 }
 
 /// Paths of the health endpoints (the metrics path may not take them).
@@ -134,8 +166,9 @@ mod tests {
 
     /// Serves on a free loopback port; returns its address.
     async fn start(readiness: Readiness) -> (SocketAddr, CancellationToken) {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.addr;
+        let listener = bound.listen().unwrap();
         let metrics = Metrics::new().0;
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(
@@ -159,6 +192,21 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let code = head.split(' ').nth(1).unwrap().parse().unwrap();
         (code, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_bound_port_is_taken_but_refuses_until_it_listens() {
+        let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.addr;
+        // Taken: a second agent on the same address fails at start...
+        let listener = bound.listen().unwrap();
+        assert!(bind(addr).and_then(Bound::listen).is_err());
+        drop(listener);
+        // ... and before it listens, a connect is refused at once.
+        let bound = bind(addr).unwrap();
+        let err = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        drop(bound);
     }
 
     #[tokio::test]

@@ -272,7 +272,7 @@ impl FlowTable {
             client,
             server,
         };
-        if self.tcp.is_ignored(&key) {
+        if self.tcp.is_own(&key) {
             return None;
         }
         Some(SocketView {
@@ -285,11 +285,14 @@ impl FlowTable {
 }
 
 impl FlowTable {
-    /// Records of the agent's own connections are dropped on purpose:
-    /// either end of the socket may be the agent's listening address.
+    /// Records of the agent's own connections (the other end of a scrape
+    /// of its metrics endpoint) are dropped on purpose.
     fn is_own_traffic(&self, h: &DataHeader) -> bool {
+        if self.tcp.is_own_socket(h.sk) {
+            return true;
+        }
         let (local, remote) = addr::endpoints(&h.tuple);
-        self.tcp.is_ignored_server(local) || self.tcp.is_ignored_server(remote)
+        h.tuple.family != 0 && self.tcp.is_own_pair(local, remote)
     }
 }
 

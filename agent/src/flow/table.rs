@@ -46,6 +46,9 @@ const SOURCES: &[(u32, &str)] = &[
     (index::SKB_DROP, "skb_drop"),
     (index::SKB_NOT_DROP, "skb_not_drop"),
     (index::UDP_PACKET, "udp_packet"),
+    // Payload records the kernel sent (what reached the agent is
+    // `l7_data`; the difference is in the losses).
+    (index::DATA, "l7_capture"),
 ];
 
 pub struct KernelTables {
@@ -56,6 +59,8 @@ pub struct KernelTables {
     pub drop_flows: HashMap<MapData, DropKey, DropStats>,
     pub tcp_capacity: u32,
     pub udp_capacity: u32,
+    /// Runs of the tracing programs the kernel skipped (events lost).
+    pub recursion: crate::loader::recursion::RecursionMisses,
 }
 
 /// The static part of the status report.
@@ -202,10 +207,9 @@ impl FlowTable {
         for dropped in self.drops.poll(kernel) {
             let name = self.info.drop_reason_names.get(&dropped.reason);
             let reason = name.map_or_else(|| format!("reason_{}", dropped.reason), Clone::clone);
-            // Packets of the agent's own endpoint (a probe before it
-            // listened) are not flows, as its connections are not.
-            let own =
-                self.tcp.is_ignored_server(dropped.dst) || self.tcp.is_ignored_server(dropped.src);
+            // Packets of the agent's own connections are not flows, as
+            // its connections are not.
+            let own = self.tcp.is_own_pair(dropped.src, dropped.dst);
             if own {
                 continue;
             }
@@ -288,6 +292,9 @@ impl FlowTable {
         // A stream its parser gave up on is not a lost event: the bytes
         // were delivered, they were just not a protocol weft can follow.
         read_total("l7_parse_errors", self.l7.counters.parse_errors, seen);
+        // Payload records missing inside a stream (lost in the ring or the
+        // queue, counted there): the parser resynchronised after each.
+        read_total("l7_stream_gaps", self.l7.counters.gaps, seen);
 
         let loss_values = [
             (
@@ -337,6 +344,33 @@ impl FlowTable {
                 "skb_drop",
                 "kernel_map_full",
                 self.counter(index::LOST_MAP_DROP),
+            ),
+            (
+                "tcp_listeners",
+                "kernel_map_full",
+                self.counter(index::LOST_MAP_LISTENER),
+            ),
+            // A program the kernel did not run lost whatever event it
+            // would have handled (a close, a payload record...).
+            (
+                "kernel_programs",
+                "recursion",
+                self.tables.recursion.total(),
+            ),
+            (
+                "l7_data",
+                "decode",
+                self.pipeline.data_decode_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "kernel_programs",
+                "missing_field",
+                self.counter(index::SKIP_MISSING_FIELD),
+            ),
+            (
+                "kernel_programs",
+                "read_failed",
+                self.counter(index::SKIP_READ_FAILED),
             ),
             (
                 "l7_data",

@@ -13,10 +13,10 @@
 //! while the other end has not been seen yet waits `close_grace` for it, so
 //! that a short connection between two local processes is still one record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use weft_common::{
-    conn::{CONN_ACTIVE, TcpConn},
+    conn::{CONN_ACTIVE, CONN_AGENT, TcpConn},
     event::{
         EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN, EVENT_TCP_RESET_RECEIVED,
         EVENT_TCP_RESET_SENT, TcpEvent,
@@ -36,6 +36,18 @@ use crate::export::labels::ResetLabels;
 /// record and in the labels of `weft_tcp_connections_opened_total`, the
 /// same as the connection's later records and metrics.
 const OPEN_WAIT_NS: u64 = 10_000_000;
+
+/// How many finished connections are remembered, so that a close event
+/// arriving after its connection was finished is recognised. A late close
+/// comes at most a few polls (or `close_grace`) after; this covers
+/// thousands of connections closing per second, and stays below the
+/// ~28,000 ephemeral ports after which a client reuses an address pair.
+const FINISHED_MEMORY: usize = 16_384;
+
+/// How many of the agent's own connections are remembered after they
+/// ended (a scrape is one connection per poll of Prometheus: a handful
+/// per second at most).
+const OWN_ENDED_MEMORY: usize = 64;
 
 /// One socket of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -116,26 +128,43 @@ pub struct TcpTracker {
     sockets: HashMap<u64, FlowKey>,
     /// Connections not tracked because the table was full.
     pub rejected: u64,
-    /// Sockets closed by the poll because their close event was lost.
+    /// Sockets closed here because their close event was lost: gone from
+    /// the kernel's table, or their address taken by a new socket.
     pub closes_lost: u64,
+    /// Connections recently finished (their `close` written): a close
+    /// event of one that comes after (a close the poll gave up waiting
+    /// for, or the other end's after `close_grace`) is late, not a second
+    /// close. The one place that knows a connection has been closed.
+    finished: HashSet<FlowKey>,
+    /// The same, oldest first, to forget the oldest when full.
+    finished_order: VecDeque<FlowKey>,
     /// Open sockets missing from the kernel's table, and on how many polls.
     missing: HashMap<u64, u8>,
-    /// Servers whose connections are the agent's own (its metrics port).
-    ignored: Vec<std::net::SocketAddr>,
+    /// Connections with an end that is the agent's own socket (a scrape of
+    /// its metrics endpoint, its API clients), and how many of their ends
+    /// are open: not reported. The kernel marks the agent's sockets; the
+    /// other end of such a connection is known by its address pair.
+    own: HashMap<FlowKey, u8>,
+    /// The agent's connections that ended lately, oldest first: their
+    /// packets' drops and last payload records are read after their close.
+    own_ended: VecDeque<FlowKey>,
     /// Connections whose `open` waits, oldest first.
     pending_opens: VecDeque<FlowKey>,
 }
 
 impl TcpTracker {
-    pub fn new(settings: TcpSettings, ignored: Vec<std::net::SocketAddr>) -> Self {
+    pub fn new(settings: TcpSettings) -> Self {
         Self {
             settings,
             conns: HashMap::new(),
             sockets: HashMap::new(),
             rejected: 0,
             closes_lost: 0,
+            finished: HashSet::new(),
+            finished_order: VecDeque::new(),
             missing: HashMap::new(),
-            ignored,
+            own: HashMap::new(),
+            own_ended: VecDeque::new(),
             pending_opens: VecDeque::new(),
         }
     }
@@ -162,22 +191,33 @@ impl TcpTracker {
         })
     }
 
-    /// The agent's own connections (its metrics endpoint).
-    pub fn is_ignored(&self, key: &FlowKey) -> bool {
-        self.is_ignored_server(key.server)
+    /// Whether the connection has an end that is the agent's own socket
+    /// (open, or closed lately).
+    pub fn is_own(&self, key: &FlowKey) -> bool {
+        self.own.contains_key(key) || self.own_ended.contains(key)
     }
 
-    /// Whether `server` is one of the agent's own listening addresses.
-    pub fn is_ignored_server(&self, server: std::net::SocketAddr) -> bool {
-        self.ignored.iter().any(|a| {
-            a.port() == server.port() && (a.ip().is_unspecified() || a.ip() == server.ip())
-        })
+    /// Whether the open socket `sk` is an end of one of the agent's own
+    /// connections.
+    pub fn is_own_socket(&self, sk: u64) -> bool {
+        self.sockets.get(&sk).is_some_and(|key| self.is_own(key))
+    }
+
+    /// Whether a packet between `a` and `b` belongs to one of the agent's
+    /// own connections.
+    pub fn is_own_pair(&self, a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+        let k = |client, server| FlowKey {
+            transport: Transport::Tcp,
+            client,
+            server,
+        };
+        self.is_own(&k(a, b)) || self.is_own(&k(b, a))
     }
 
     pub fn handle(&mut self, ev: &TcpEvent, out: &mut Emitter) {
         let is_client = ev.conn.flags & CONN_ACTIVE != 0;
         let key = key(Transport::Tcp, &ev.conn.tuple, is_client);
-        if self.is_ignored(&key) {
+        if self.own_traffic(key, ev) {
             return;
         }
         // Events come in about kernel time order: one this late means the
@@ -221,7 +261,63 @@ impl TcpTracker {
         }
     }
 
+    /// Follows the agent's own connections, and tells whether `ev` is of
+    /// one (then it is not reported). An end of the agent opening takes
+    /// over a connection whose other end opened just before: its `open`
+    /// record is still waiting for that end (`OPEN_WAIT_NS`).
+    fn own_traffic(&mut self, key: FlowKey, ev: &TcpEvent) -> bool {
+        let agent = ev.conn.flags & CONN_AGENT != 0;
+        if !agent && !self.own.contains_key(&key) {
+            if !self.own_ended.contains(&key) {
+                return false;
+            }
+            if ev.kind == EVENT_TCP_OPEN {
+                // A new connection between the same addresses.
+                self.own_ended.retain(|k| *k != key);
+                return false;
+            }
+            // A late event of an ended own connection.
+            return true;
+        }
+        match ev.kind {
+            EVENT_TCP_OPEN => {
+                let mut open = 1;
+                if agent && let Some(conn) = self.conns.remove(&key) {
+                    open += conn.ends().filter(|e| !e.closed).count() as u8;
+                }
+                *self.own.entry(key).or_insert(0) += open;
+                self.sockets.insert(ev.sk, key);
+            }
+            EVENT_TCP_CLOSE | EVENT_TCP_FAIL => self.own_end_closed(ev.sk),
+            _ => {}
+        }
+        true
+    }
+
+    /// An end of one of the agent's own connections closed (or vanished).
+    fn own_end_closed(&mut self, sk: u64) {
+        let Some(key) = self.sockets.remove(&sk) else {
+            return;
+        };
+        if let Some(open) = self.own.get_mut(&key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.own.remove(&key);
+                if self.own_ended.len() >= OWN_ENDED_MEMORY {
+                    self.own_ended.pop_front();
+                }
+                self.own_ended.push_back(key);
+            }
+        }
+    }
+
     fn opened(&mut self, key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
+        if self.sockets.get(&ev.sk).is_some_and(|old| *old != key) {
+            // The kernel reuses a socket's memory once it is freed: a new
+            // socket at this address means the old one closed, and its
+            // close event was lost.
+            self.end_lost(ev.sk, ev.ts_ns, out);
+        }
         let end = End {
             sk: ev.sk,
             conn: ev.conn,
@@ -276,8 +372,20 @@ impl TcpTracker {
     }
 
     fn closed(&mut self, key: FlowKey, ev: &TcpEvent, is_client: bool, out: &mut Emitter) {
-        self.sockets.remove(&ev.sk);
+        match self.sockets.get(&ev.sk) {
+            Some(k) if *k == key => {
+                self.sockets.remove(&ev.sk);
+            }
+            // Another connection's socket at this address: that one
+            // closed and its close was lost (its memory is this socket's).
+            Some(_) => self.end_lost(ev.sk, ev.ts_ns, out),
+            None => {}
+        }
         let Some(conn) = self.conns.get_mut(&key) else {
+            if self.finished.contains(&key) {
+                // Already closed (with this end's last figures polled).
+                return;
+            }
             // Its open was not seen (lost, or the table was full): write
             // what the close tells.
             let end = End {
@@ -296,6 +404,8 @@ impl TcpTracker {
                 exported: Exported::default(),
             };
             emit(&key, &mut conn, FlowEvent::Close, ev.ts_ns, out);
+            // Its other end's close, if it comes, is the same connection's.
+            self.remember_finished(key);
             return;
         };
         let end = End {
@@ -343,28 +453,54 @@ impl TcpTracker {
             }
         }
         for sk in gone {
-            self.missing.remove(&sk);
-            self.closes_lost += 1;
-            let Some(key) = self.sockets.remove(&sk) else {
-                continue;
-            };
-            let Some(conn) = self.conns.get_mut(&key) else {
-                continue;
-            };
-            for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
-                if end.sk == sk {
-                    end.closed = true;
-                }
-            }
-            conn.closed_ns = conn.closed_ns.max(now_ns);
-            if conn.ends().all(|e| e.closed) {
-                self.finish(&key, out);
+            self.end_lost(sk, now_ns, out);
+        }
+    }
+
+    /// The open socket `sk` closed without a close event (lost): its end
+    /// is closed with its last figures, and the connection finished when
+    /// that was its last open end. Counted.
+    fn end_lost(&mut self, sk: u64, now_ns: u64, out: &mut Emitter) {
+        self.missing.remove(&sk);
+        self.closes_lost += 1;
+        if self.is_own_socket(sk) {
+            self.own_end_closed(sk);
+            return;
+        }
+        let Some(key) = self.sockets.remove(&sk) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
+            if end.sk == sk {
+                end.closed = true;
             }
         }
+        conn.closed_ns = conn.closed_ns.max(now_ns);
+        if conn.ends().all(|e| e.closed) {
+            self.finish(&key, out);
+        }
+    }
+
+    /// Remembers that `key` was finished, forgetting the oldest when the
+    /// memory is full.
+    fn remember_finished(&mut self, key: FlowKey) {
+        if !self.finished.insert(key) {
+            return;
+        }
+        if self.finished_order.len() >= FINISHED_MEMORY
+            && let Some(oldest) = self.finished_order.pop_front()
+        {
+            self.finished.remove(&oldest);
+        }
+        self.finished_order.push_back(key);
     }
 
     fn finish(&mut self, key: &FlowKey, out: &mut Emitter) {
         if let Some(mut conn) = self.conns.remove(key) {
+            self.remember_finished(*key);
             // An `open` still waiting goes first.
             write_open(key, &mut conn, out);
             let ts = conn.closed_ns;
@@ -385,6 +521,12 @@ impl TcpTracker {
             let Some(key) = self.sockets.get(&sk) else {
                 continue;
             };
+            // Another socket at a freed socket's address (its open event
+            // lost, or not established yet): the one tracked is gone.
+            let is_client = state.flags & CONN_ACTIVE != 0;
+            if super::addr::key(Transport::Tcp, &state.tuple, is_client) != *key {
+                continue;
+            }
             present.insert(sk);
             if let Some(conn) = self.conns.get_mut(key) {
                 for end in [&mut conn.client, &mut conn.server].into_iter().flatten() {
@@ -540,7 +682,7 @@ mod tests {
             close_grace_ns: 0,
             capacity: 10,
         };
-        let mut t = TcpTracker::new(settings, Vec::new());
+        let mut t = TcpTracker::new(settings);
         let ev = open_event(7);
         t.handle(&ev, &mut out);
         assert_eq!(t.len(), 1);
@@ -596,7 +738,7 @@ mod tests {
             close_grace_ns: 0,
             capacity: 10,
         };
-        TcpTracker::new(settings, Vec::new())
+        TcpTracker::new(settings)
     }
 
     #[test]
@@ -646,5 +788,89 @@ mod tests {
             &mut out,
         );
         assert_eq!(count(&store), 2);
+    }
+
+    fn close_of(open: &TcpEvent, ts_ns: u64) -> TcpEvent {
+        TcpEvent {
+            kind: EVENT_TCP_CLOSE,
+            ts_ns,
+            ..*open
+        }
+    }
+
+    fn events(store: &FlowStore) -> Vec<FlowEvent> {
+        let records = store.query(&FlowFilter::default(), None, None);
+        records.iter().map(|r| r.event).collect()
+    }
+
+    #[test]
+    fn a_close_after_the_poll_closed_the_socket_is_not_a_second_close() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let ev = open_event(7);
+        t.handle(&ev, &mut out);
+        // Gone from the kernel's table on two polls: closed here.
+        t.tick(1_000 + OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
+        t.tick(2_000 + OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
+        assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
+        // Its close event comes after all.
+        t.handle(&close_of(&ev, 3_000 + OPEN_WAIT_NS), &mut out);
+        assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_new_socket_at_the_address_of_one_whose_close_was_lost_closes_it() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let old = open_event(7);
+        t.handle(&old, &mut out);
+        // The old socket's close is lost; the kernel hands its memory to a
+        // new connection's socket.
+        let mut new = open_event(7);
+        new.ts_ns = 1_000 + 2 * OPEN_WAIT_NS;
+        new.conn.tuple.local_port = 40001;
+        t.handle(&new, &mut out);
+        assert_eq!(t.closes_lost, 1);
+        assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
+        assert_eq!(t.len(), 1, "only the new connection is open");
+        // The new one is followed, and closes once.
+        t.handle(&close_of(&new, new.ts_ns + 1), &mut out);
+        assert_eq!(t.len(), 0);
+        let records = store.query(&FlowFilter::default(), None, None);
+        let closes: Vec<_> = records
+            .iter()
+            .filter(|r| r.event == FlowEvent::Close)
+            .map(|r| r.source.port)
+            .collect();
+        assert_eq!(closes, [40000, 40001]);
+    }
+
+    #[test]
+    fn a_connection_to_the_agents_own_socket_is_not_reported() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let client = open_event(7);
+        let mut agent = server_open_event(8, 1_050);
+        agent.conn.flags |= CONN_AGENT;
+        t.handle(&client, &mut out);
+        t.handle(&agent, &mut out);
+        assert_eq!(t.len(), 0);
+        t.tick(
+            1_000 + 2 * OPEN_WAIT_NS,
+            &mut [(7, client.conn), (8, agent.conn)].into_iter(),
+            &mut out,
+        );
+        t.handle(&close_of(&client, 2_000 + 2 * OPEN_WAIT_NS), &mut out);
+        t.handle(&close_of(&agent, 2_001 + 2 * OPEN_WAIT_NS), &mut out);
+        assert!(events(&store).is_empty());
+        assert!(t.own.is_empty() && t.sockets.is_empty());
+        // The same server address afterwards, not the agent's: reported.
+        t.handle(&open_event(9), &mut out);
+        t.handle(&server_open_event(10, 1_050), &mut out);
+        assert_eq!(events(&store), [FlowEvent::Open]);
     }
 }

@@ -58,6 +58,7 @@ struct Pending {
     direction: Direction,
     data: Vec<u8>,
     truncated: usize,
+    gap_before: usize,
     ts_ns: u64,
 }
 
@@ -69,12 +70,32 @@ struct Stream {
     tuple: SockTuple,
     /// The socket's first captured read/write was a write.
     first_sent: bool,
+    /// TCP: where the next record of each direction (sent, received)
+    /// starts in the socket's stream; a record starting further on comes
+    /// after lost ones. `None` while unknown.
+    next_offset: [Option<u64>; 2],
+}
+
+impl Stream {
+    /// Bytes lost before a record of `total_len` bytes at `offset` in its
+    /// direction. Records of two threads writing one socket at once may
+    /// overlap or come out of order: that is not a loss.
+    fn gap_before(&mut self, sent: bool, offset: u64, total_len: u64) -> usize {
+        let next = &mut self.next_offset[usize::from(!sent)];
+        let gap = next.map_or(0, |n| offset.saturating_sub(n));
+        let end = offset.saturating_add(total_len);
+        *next = Some(next.map_or(end, |n| n.max(end)));
+        usize::try_from(gap).unwrap_or(usize::MAX)
+    }
 }
 
 /// Counters for the status report and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct L7Counters {
     pub streams_evicted: u64,
+    /// Payload records found missing between two of a stream (a gap the
+    /// parser had to resynchronise after).
+    pub gaps: u64,
     pub parse_errors: u64,
     pub exchanges: u64,
 }
@@ -149,11 +170,21 @@ impl L7Engine {
             return;
         };
         stream.last_ns = header.ts_ns;
+        let gap_before = match role.transport {
+            Transport::Stream => {
+                stream.gap_before(sent, header.offset, u64::from(header.total_len))
+            }
+            // One datagram is one message: nothing to resynchronise.
+            Transport::Datagram => 0,
+        };
+        if gap_before > 0 {
+            self.counters.gaps += 1;
+        }
         let chunk = Chunk {
             direction,
             data: payload,
             truncated,
-            gap_before: 0,
+            gap_before,
             ts_ns: header.ts_ns,
         };
         match &mut stream.stage {
@@ -169,6 +200,7 @@ impl L7Engine {
                     direction,
                     data: payload.to_vec(),
                     truncated,
+                    gap_before,
                     ts_ns: header.ts_ns,
                 });
                 stream.stage = detect_stage(
@@ -202,6 +234,15 @@ impl L7Engine {
             last_ns: header.ts_ns,
             tuple: header.tuple,
             first_sent: sent,
+            // A stream that begins at the start of its socket's bytes
+            // knows where both directions start: a first response lost is
+            // a gap too. One that begins later (its first records lost, or
+            // an evicted stream's socket) learns each from its first record.
+            next_offset: if header.offset == 0 {
+                [Some(0); 2]
+            } else {
+                [None; 2]
+            },
         });
         self.count += 1;
     }
@@ -299,6 +340,10 @@ fn detect_stage(
     };
     let mut bytes = Vec::new();
     for p in pending.iter().filter(|p| p.direction == first.direction) {
+        if p.gap_before > 0 && !bytes.is_empty() {
+            // Not contiguous: what came before the gap is all there is.
+            break;
+        }
         bytes.extend_from_slice(&p.data);
         if p.truncated > 0 || bytes.len() >= DETECT_BYTES || role.transport == Transport::Datagram {
             break;
@@ -338,7 +383,7 @@ fn start_session(
             direction: p.direction,
             data: &p.data,
             truncated: p.truncated,
-            gap_before: 0,
+            gap_before: p.gap_before,
             ts_ns: p.ts_ns,
         };
         if session.feed(&chunk, out).is_err() {
@@ -490,5 +535,83 @@ mod tests {
         assert_eq!(out[0].fields["rcode"], "NOERROR");
         assert_eq!(out[0].fields["answers"], 1);
         assert_eq!(out[0].latency_ns(), 20);
+    }
+
+    /// A keep-alive HTTP/1.1 connection seen from its client, one record
+    /// per read/write at its place in the socket's stream: `(sent, bytes)`.
+    fn http_client_records() -> Vec<(bool, &'static [u8])> {
+        vec![
+            (true, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (false, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            (true, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (
+                false,
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (true, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (false, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ]
+    }
+
+    /// Feeds the records but the one at `lost`, each with its offset.
+    fn feed_losing(e: &mut L7Engine, lost: Option<usize>) -> Vec<Exchange> {
+        let t = tuple(40000, 80);
+        let mut offsets = [0u64; 2];
+        let mut out = Vec::new();
+        for (i, (sent, bytes)) in http_client_records().into_iter().enumerate() {
+            let dir = if sent { DIR_SEND } else { DIR_RECV };
+            let mut h = header(1, t, dir, bytes.len(), 10 * i as u64 + 10);
+            h.offset = offsets[usize::from(!sent)];
+            offsets[usize::from(!sent)] += bytes.len() as u64;
+            if Some(i) != lost {
+                e.feed(&h, bytes, CLIENT, &mut out);
+            }
+        }
+        out
+    }
+
+    fn pairs(out: &[Exchange]) -> Vec<(String, String)> {
+        out.iter()
+            .map(|x| {
+                let field = |k: &str| x.fields.get(k).map(|v| v.to_string()).unwrap_or_default();
+                (field("path"), field("status"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_response_never_pairs_the_next_one_with_its_request() {
+        let mut whole = engine();
+        let all = pairs(&feed_losing(&mut whole, None));
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(whole.counters.gaps, 0);
+        // The first response's record is lost.
+        let mut e = engine();
+        let out = feed_losing(&mut e, Some(1));
+        assert_eq!(e.counters.gaps, 1);
+        let got = pairs(&out);
+        // The response after the gap cannot be placed (HTTP/1 has no ids):
+        // the parser gives up on the requests waiting then (the gap is
+        // counted) and finds its footing at the next request.
+        assert!(
+            got.iter().all(|p| all.contains(p)),
+            "an exchange paired wrong: {got:?} (right: {all:?})"
+        );
+        assert_eq!(got.last(), all.last(), "/c after the gap: {got:?}");
+    }
+
+    #[test]
+    fn a_lost_request_leaves_the_others_right() {
+        let mut whole = engine();
+        let all = pairs(&feed_losing(&mut whole, None));
+        let mut e = engine();
+        let out = feed_losing(&mut e, Some(2));
+        assert_eq!(e.counters.gaps, 1);
+        let got = pairs(&out);
+        assert!(
+            got.iter().all(|p| all.contains(p)),
+            "an exchange paired wrong: {got:?} (right: {all:?})"
+        );
+        assert!(got.contains(&all[2]), "/c after the gap: {got:?}");
     }
 }

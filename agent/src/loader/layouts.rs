@@ -84,3 +84,39 @@ pub fn sock_offsets(
         }
     }
 }
+
+/// Where a socket's network namespace number is, from the kernel's BTF:
+/// listening ports are told apart by namespace with it.
+pub fn netns_offsets(
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::NetnsOffsets {
+    use weft_common::config::NetnsOffsets;
+    let found = btf.map_err(Clone::clone).and_then(|btf| {
+        let ns = member_offset(btf, "net", "ns")?;
+        let inum = member_offset(btf, "ns_common", "inum")?;
+        Ok(NetnsOffsets {
+            // `possible_net_t skc_net` holds one `struct net *`.
+            skc_net: member_offset(btf, "sock_common", "skc_net")?,
+            net_inum: ns.checked_add(inum).ok_or("struct net too large")?,
+        })
+    });
+    let (offsets, available, detail) = match found {
+        Ok(offsets) => (
+            offsets,
+            true,
+            "listening ports per network namespace (BTF)".to_owned(),
+        ),
+        Err(why) => (
+            NetnsOffsets::ABSENT,
+            false,
+            format!("{why}: a port's listeners in different namespaces are not told apart"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "network namespaces".into(),
+        available,
+        detail,
+    });
+    offsets
+}

@@ -25,11 +25,18 @@ pub struct ProbeMaps {
     pub drop_flows: HashMap<MapData, DropKey, DropStats>,
     /// Payload snippets, when L7 capture is on.
     pub data: Option<RingBuf<MapData>>,
+    /// Runs of the tracing programs the kernel skipped.
+    pub recursion: super::recursion::RecursionMisses,
 }
 
 /// Takes the maps out of the object, each for the one task that owns it.
-pub fn take(ebpf: &mut Ebpf, capture: bool) -> Result<ProbeMaps, LoadError> {
+pub fn take(
+    ebpf: &mut Ebpf,
+    capture: bool,
+    recursion: super::recursion::RecursionMisses,
+) -> Result<ProbeMaps, LoadError> {
     Ok(ProbeMaps {
+        recursion,
         events: convert(ebpf, "EVENTS", RingBuf::try_from)?,
         tcp_conns: convert(ebpf, "TCP_CONNS", HashMap::try_from)?,
         udp_flows: convert(ebpf, "UDP_FLOWS", HashMap::try_from)?,

@@ -11,8 +11,10 @@ pub mod capture;
 pub mod cleanup;
 pub mod features;
 pub mod layouts;
+pub mod listeners;
 pub mod maps;
 pub mod mounts;
+pub mod recursion;
 #[cfg(test)]
 mod stack;
 pub mod tracefs;
@@ -77,6 +79,8 @@ pub enum LoadError {
         attach_point: String,
         source: aya::programs::ProgramError,
     },
+    #[error("cannot read the agent's network namespace (/proc/self/ns/net): {0}")]
+    OwnNetns(std::io::Error),
     #[error("eBPF map {0} is missing from the object (weft was built wrong)")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -121,7 +125,9 @@ struct Prepared {
 
 impl Probes {
     /// Checks, mounts, loads and attaches. On error nothing stays attached.
-    pub fn load(config: &Config) -> Result<Self, LoadError> {
+    /// `own_listener` is the agent's metrics listener, entered in the
+    /// kernel's listener table before any program is attached.
+    pub fn load(config: &Config, own_listener: std::net::SocketAddr) -> Result<Self, LoadError> {
         let env = prepare(config)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &env.probe_config, true)
@@ -129,6 +135,9 @@ impl Probes {
             .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(PROBES_OBJECT)?;
+        // Before attaching: a connection the listener accepts from then on
+        // is known as the agent's from its first event.
+        listeners::add_own(&mut ebpf, own_listener)?;
 
         let mut attached = Attached::default();
         for (prog, category, name) in TRACEPOINT_PROGRAMS {
@@ -156,7 +165,8 @@ impl Probes {
             (&cgroup, &env.cgroup_root),
             &mut features,
         )?;
-        let maps = maps::take(&mut ebpf, env.capture)?;
+        let recursion = recursion::RecursionMisses::new(tracing_fds(&ebpf, &attached.programs));
+        let maps = maps::take(&mut ebpf, env.capture, recursion)?;
         Ok(Self {
             _ebpf: ebpf,
             programs: attached.programs,
@@ -233,6 +243,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         .and_then(|r| r.map_err(|e| e.to_string()));
     let sock = layouts::sock_offsets(btf.as_ref(), &mut features);
     let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
+    let netns = layouts::netns_offsets(btf.as_ref(), &mut features);
     let capture = capture_feature(config, &tracefs, &mut features);
     Ok(Prepared {
         probe_config: ProbeConfig {
@@ -242,6 +253,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             sock,
             skb,
             drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
+            netns,
         },
         tracefs,
         cgroup_root,
@@ -348,6 +360,16 @@ fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
         send_reset: read("tcp", "tcp_send_reset"),
         kfree_skb: read("skb", "kfree_skb"),
     }
+}
+
+/// Handles on the attached tracepoint programs, for their recursion
+/// misses (cgroup_skb programs are not skipped that way).
+fn tracing_fds(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<aya::programs::ProgramFd> {
+    programs
+        .iter()
+        .filter(|p| p.kind == "tracepoint")
+        .filter_map(|p| ebpf.program(&p.name)?.fd().ok()?.try_clone().ok())
+        .collect()
 }
 
 /// Compile-time check that the shared types are usable as map values.

@@ -190,6 +190,26 @@ impl DropFilter {
     }
 }
 
+/// Where a socket's network namespace is found, from the kernel's BTF:
+/// `struct sock_common`'s `skc_net` (a `struct net *`), and in `struct
+/// net` the namespace's inode number (`ns.inum`, what `/proc/PID/ns/net`
+/// shows). `NO_FIELD` when unknown: every socket is then in namespace 0,
+/// and a port's listeners in different namespaces are not told apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    pub skc_net: u16,
+    pub net_inum: u16,
+}
+const _: () = assert!(core::mem::size_of::<NetnsOffsets>() == 4);
+
+impl NetnsOffsets {
+    pub const ABSENT: Self = Self {
+        skc_net: NO_FIELD,
+        net_inum: NO_FIELD,
+    };
+}
+
 /// All load-time settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +223,9 @@ pub struct ProbeConfig {
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub drops: DropFilter,
+    pub netns: NetnsOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 164);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 168);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
@@ -214,5 +235,6 @@ impl ProbeConfig {
         sock: SockOffsets::ABSENT,
         skb: SkbOffsets::ABSENT,
         drops: DropFilter::NONE,
+        netns: NetnsOffsets::ABSENT,
     };
 }

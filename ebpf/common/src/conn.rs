@@ -42,15 +42,19 @@ pub struct TcpConn {
 }
 const _: () = assert!(core::mem::size_of::<TcpConn>() == 120);
 
-/// The owner of a listening port, used for accepted sockets until the
-/// server touches the socket itself.
+/// A listening port, whose owner is used for accepted sockets until the
+/// server touches the socket itself. Ports are per network namespace (as
+/// in the kernel's own socket lookup): pods on one node listen on the same
+/// port each in their own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenKey {
+    /// Inode number of the socket's network namespace (0 when unknown).
+    pub netns: u32,
     pub port: u16,
     pub family: u16,
 }
-const _: () = assert!(core::mem::size_of::<ListenKey>() == 4);
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
 
 /// TCP states (include/net/tcp_states.h), stable kernel ABI.
 pub mod tcp_state {

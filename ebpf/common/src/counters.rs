@@ -34,6 +34,16 @@ pub mod index {
     /// Packets `kfree_skb` freed that were not lost: not IP, a reason that
     /// is bookkeeping (`DropFilter`), or multicast nobody here joined.
     pub const SKB_NOT_DROP: u32 = 15;
+    /// A listening socket could not be inserted in TCP_LISTENERS: its
+    /// accepted connections are reported without an owner until the
+    /// server touches them.
+    pub const LOST_MAP_LISTENER: u32 = 16;
+    /// A program stopped early because the running kernel's tracepoint
+    /// lacks a field it needs: its event is not seen.
+    pub const SKIP_MISSING_FIELD: u32 = 17;
+    /// A program stopped early because a read of the kernel's record or
+    /// packet failed: its event is not seen.
+    pub const SKIP_READ_FAILED: u32 = 18;
     pub const COUNT: u32 = 24;
 }
 

@@ -41,8 +41,11 @@ pub struct SyscallArgs {
     /// The socket, set by sock_send_length/sock_recv_length during the
     /// syscall: 0 means the fd was not a socket.
     pub sk: u64,
+    /// Where the syscall's bytes start in the socket's stream (TCP), set
+    /// with `sk`: see [`DataHeader::offset`].
+    pub offset: u64,
 }
-const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 40);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +71,12 @@ pub struct DataHeader {
     /// The socket's own addresses, read from `struct sock_common` (zero
     /// when the kernel's layout is unknown).
     pub tuple: crate::SockTuple,
+    /// TCP: bytes the socket had moved in this direction before these
+    /// (counted since the agent first saw it), so that a record lost
+    /// between two others shows as a gap. 0 for UDP.
+    pub offset: u64,
 }
-const _: () = assert!(core::mem::size_of::<DataHeader>() == 120);
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 128);
 
 impl Default for DataHeader {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for DataHeader {
                 family: 0,
                 _pad: 0,
             },
+            offset: 0,
         }
     }
 }

@@ -99,6 +99,7 @@ fn enter(ctx: &TracePointContext, kind: u32) {
         buf,
         addr,
         sk: 0,
+        offset: 0,
     };
     let tid = bpf_get_current_pid_tgid();
     if SYSCALL_ARGS.insert(&tid, &args, 0).is_err() {
@@ -109,13 +110,14 @@ fn enter(ctx: &TracePointContext, kind: u32) {
 /// Called from the socket tracepoints during a data syscall: the fd is a
 /// socket, and this is it.
 #[inline(always)]
-pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool) {
+pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool, offset: u64) {
     let tid = bpf_get_current_pid_tgid();
     if let Some(args) = SYSCALL_ARGS.get_ptr_mut(&tid) {
         // SAFETY: a valid pointer into the map value of this thread.
         unsafe {
             (*args).sk = sk;
             (*args).protocol = protocol as u32;
+            (*args).offset = offset;
         }
         return;
     }
@@ -124,13 +126,17 @@ pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool) {
     // must know that they passed, or a response body sent with sendfile
     // would be mistaken for the next message.
     if len > 0 && config().snippet_bytes != 0 && !crate::owner::is_agent() {
-        let _ = emit_uncaptured(sk, tid, protocol, len as u64, recv);
+        emit_uncaptured(sk, protocol, len as u64, recv, offset);
     }
 }
 
 /// A record with no payload: `total_len` bytes passed uncaptured.
-fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> Result<(), i64> {
-    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+/// (At most five arguments: the BPF calling convention has no more.)
+fn emit_uncaptured(sk: u64, protocol: u16, total: u64, recv: bool, offset: u64) {
+    let tid = bpf_get_current_pid_tgid();
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: this CPU's scratch record.
     unsafe {
         let h = &raw mut (*scratch).header;
@@ -145,6 +151,7 @@ fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> 
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).peer = [0; 28];
         (*h).tuple = sock_tuple(sk);
+        (*h).offset = offset;
         if DATA
             .output::<DataHeader>(&*h, batched_wakeup(&DATA))
             .is_err()
@@ -154,7 +161,6 @@ fn emit_uncaptured(sk: u64, tid: u64, protocol: u16, total: u64, recv: bool) -> 
             count(index::DATA);
         }
     }
-    Ok(())
 }
 
 /// `syscall` (a `kind::*`) is a constant in each exit program: only its
@@ -201,6 +207,7 @@ fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
         (*h).protocol = args.protocol as u8;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).tuple = sock_tuple(args.sk);
+        (*h).offset = args.offset;
     }
     Some(())
 }

@@ -31,7 +31,7 @@ const UNSET_HEADER: u16 = 0xffff;
 
 #[tracepoint]
 pub fn weft_skb_drop(ctx: TracePointContext) -> u32 {
-    let _ = try_drop(&ctx);
+    crate::tp::counted(try_drop(&ctx));
     0
 }
 

@@ -36,6 +36,8 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod netns;
+#[cfg(target_arch = "bpf")]
 mod owner;
 #[cfg(target_arch = "bpf")]
 mod report;

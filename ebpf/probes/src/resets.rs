@@ -22,7 +22,7 @@ use crate::{
 
 #[tracepoint]
 pub fn weft_rst_recv(ctx: TracePointContext) -> u32 {
-    let _ = try_reset_received(&ctx);
+    crate::tp::counted(try_reset_received(&ctx));
     0
 }
 
@@ -52,7 +52,7 @@ fn try_reset_received(ctx: &TracePointContext) -> Result<(), Skip> {
 
 #[tracepoint]
 pub fn weft_rst_send(ctx: TracePointContext) -> u32 {
-    let _ = try_reset_sent(&ctx);
+    crate::tp::counted(try_reset_sent(&ctx));
     0
 }
 

@@ -33,13 +33,13 @@ const MSG_PEEK: i32 = 2;
 
 #[tracepoint]
 pub fn weft_sock_send(ctx: TracePointContext) -> u32 {
-    let _ = try_sock_io(&ctx, Direction::Send);
+    crate::tp::counted(try_sock_io(&ctx, Direction::Send));
     0
 }
 
 #[tracepoint]
 pub fn weft_sock_recv(ctx: TracePointContext) -> u32 {
-    let _ = try_sock_io(&ctx, Direction::Recv);
+    crate::tp::counted(try_sock_io(&ctx, Direction::Recv));
     0
 }
 
@@ -61,31 +61,46 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
             return Ok(());
         }
     }
-    // Tell the payload capture that the syscall in progress is on a TCP or
-    // UDP socket (unix sockets and the rest are not for the L7 parsers).
-    if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
-        crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv);
-    }
-    if protocol != IPPROTO_TCP as u16 {
-        // UDP is counted per datagram by the cgroup_skb programs.
+    let tcp = protocol == IPPROTO_TCP as u16;
+    if !tcp {
+        // Tell the payload capture that the syscall in progress is on a
+        // UDP socket (unix sockets and the rest are not for the L7
+        // parsers). UDP is counted per datagram by the cgroup_skb programs.
+        if protocol == weft_common::IPPROTO_UDP as u16 {
+            crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, 0);
+        }
         return Ok(());
     }
     count(index::SOCK_IO);
-    if ret <= 0 {
-        return Ok(());
-    }
+    let offset = if ret > 0 {
+        account(sk, dir, ret as u64)
+    } else {
+        0
+    };
+    crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, offset);
+    Ok(())
+}
+
+/// Adds `moved` bytes to the socket's count in `dir`, and returns the
+/// count before them: where these bytes start in the socket's stream (as
+/// far as the agent has seen it), so that the L7 parsers can tell a lost
+/// payload record from the next one.
+#[inline(always)]
+fn account(sk: u64, dir: Direction, moved: u64) -> u64 {
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
-        adopt(sk, dir, ret as u64);
-        return Ok(());
+        adopt(sk, dir, moved);
+        return 0;
     };
     // SAFETY: `conn` points into the map value; the counters are updated
-    // atomically because two threads may use one socket at once.
+    // atomically because two threads may use one socket at once (their
+    // offsets may then overlap: the parsers take that as no gap).
     unsafe {
         let counter = match dir {
             Direction::Send => &raw mut (*conn).bytes_sent,
             Direction::Recv => &raw mut (*conn).bytes_received,
         };
-        crate::atomic::add_u64(counter, ret as u64);
+        let before = counter.read_volatile();
+        crate::atomic::add_u64(counter, moved);
         if (*conn).flags & CONN_OWNER_EXACT == 0 {
             owner::fill(&raw mut (*conn).owner);
             let mut flags = (*conn).flags | CONN_OWNER_EXACT;
@@ -94,8 +109,8 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
             }
             (*conn).flags = flags;
         }
+        before
     }
-    Ok(())
 }
 
 /// A TCP socket moving data that was never seen being established: one
@@ -103,11 +118,11 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
 /// if it opened now (an `open` event), with its addresses from the
 /// socket's `sock_common` (BTF offsets; without them it stays untracked).
 /// Which end is the client is not known: the lower port is taken for the
-/// server's, as ephemeral ports are high.
+/// server's, as ephemeral ports are high. The agent's own sockets are
+/// adopted too, marked: a scrape accepted while the programs were being
+/// loaded is the agent's connection, and its other end must be known as
+/// such (both ends' roles are guessed alike, so they name one flow).
 fn adopt(sk: u64, dir: Direction, moved: u64) {
-    if owner::is_agent() {
-        return;
-    }
     let tuple: SockTuple = crate::capture::sock_tuple(sk);
     if tuple.family == 0 || tuple.local_port == 0 || tuple.remote_port == 0 {
         return;
@@ -127,7 +142,11 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
         (*conn).tuple = tuple;
         owner::fill(&raw mut (*conn).owner);
         (*conn).start_ns = bpf_ktime_get_ns();
-        (*conn).flags = role | CONN_ESTABLISHED | CONN_OWNER_EXACT | CONN_ADOPTED;
+        (*conn).flags = role
+            | CONN_ESTABLISHED
+            | CONN_OWNER_EXACT
+            | CONN_ADOPTED
+            | if owner::is_agent() { CONN_AGENT } else { 0 };
         (*conn).state = tcp_state::ESTABLISHED;
         match dir {
             Direction::Send => (*conn).bytes_sent = moved,

@@ -15,7 +15,7 @@ use crate::{
 
 #[tracepoint]
 pub fn weft_tcp_probe(ctx: TracePointContext) -> u32 {
-    let _ = try_tcp_probe(&ctx);
+    crate::tp::counted(try_tcp_probe(&ctx));
     0
 }
 
@@ -34,7 +34,7 @@ fn try_tcp_probe(ctx: &TracePointContext) -> Result<(), Skip> {
 
 #[tracepoint]
 pub fn weft_tcp_retrans(ctx: TracePointContext) -> u32 {
-    let _ = try_retransmit(&ctx);
+    crate::tp::counted(try_retransmit(&ctx));
     0
 }
 

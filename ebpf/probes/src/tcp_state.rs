@@ -23,7 +23,7 @@ use crate::{
 
 #[tracepoint]
 pub fn weft_tcp_state(ctx: TracePointContext) -> u32 {
-    let _ = try_tcp_state(&ctx);
+    crate::tp::counted(try_tcp_state(&ctx));
     0
 }
 
@@ -51,32 +51,16 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         }
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
-            let tuple = read_tuple(ctx)?;
-            let key = ListenKey {
-                port: tuple.local_port,
-                family: tuple.family,
-            };
-            let _ = TCP_LISTENERS.insert(&key, &owner::current(), 0);
+            let key = listen_key(ctx, sk)?;
+            if TCP_LISTENERS.insert(&key, &owner::current(), 0).is_err() {
+                count(index::LOST_MAP_LISTENER);
+            }
             Ok(())
         }
         // A child socket created from a listener (softirq): borrow the
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let tuple = read_tuple(ctx)?;
-            let key = ListenKey {
-                port: tuple.local_port,
-                family: tuple.family,
-            };
-            let listener = TCP_LISTENERS.get_ptr(&key);
-            let mut flags = CONN_PASSIVE;
-            // Connections to the agent's own listeners (its metrics
-            // endpoint) are the agent's traffic: not reported.
-            // SAFETY: a valid pointer into the map value.
-            let pid = listener.map_or(0, |l| unsafe { (*l).pid });
-            if pid != 0 && pid == config().agent_pid {
-                flags |= CONN_AGENT;
-            }
-            let owner = listener.map_or(OwnerFrom::Unknown, OwnerFrom::Listener);
+            let (flags, owner) = accepted(ctx, sk)?;
             insert(ctx, sk, flags, owner, new)
         }
         (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
@@ -89,6 +73,25 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
             Ok(())
         }
     }
+}
+
+/// The flags and owner of a socket accepted by a listener: its
+/// listener's owner, and whether it is the agent's (a connection to its
+/// metrics endpoint is the agent's traffic: not reported).
+fn accepted(ctx: &TracePointContext, sk: u64) -> Result<(u32, OwnerFrom), Skip> {
+    // The child is in its listener's namespace, on its port.
+    let key = listen_key(ctx, sk)?;
+    let listener = TCP_LISTENERS.get_ptr(&key);
+    let mut flags = CONN_PASSIVE;
+    // SAFETY: a valid pointer into the map value.
+    let pid = listener.map_or(0, |l| unsafe { (*l).pid });
+    if pid != 0 && pid == config().agent_pid {
+        flags |= CONN_AGENT;
+    }
+    Ok((
+        flags,
+        listener.map_or(OwnerFrom::Unknown, OwnerFrom::Listener),
+    ))
 }
 
 /// Where a new connection's owner comes from.
@@ -104,6 +107,7 @@ enum OwnerFrom {
 
 /// Starts tracking `sk`. The record is built in this CPU's
 /// `CONN_SCRATCH` slot, not on the stack (see maps.rs).
+#[inline(always)]
 fn insert(
     ctx: &TracePointContext,
     sk: u64,
@@ -140,13 +144,16 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
     let conn = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(conn) => conn,
         None => {
-            // A socket whose handshake began before the agent started.
-            let role = if old == tcp_state::SYN_SENT {
-                CONN_ACTIVE
+            // A socket whose handshake began before the agent started
+            // (or before this program was attached). An accepted one is
+            // named after its listener as at SYN_RECV: one accepted by the
+            // agent during its start is the agent's.
+            let (flags, owner) = if old == tcp_state::SYN_SENT {
+                (CONN_ACTIVE, OwnerFrom::Unknown)
             } else {
-                CONN_PASSIVE
+                accepted(ctx, sk)?
             };
-            insert(ctx, sk, role, OwnerFrom::Unknown, tcp_state::ESTABLISHED)?;
+            insert(ctx, sk, flags, owner, tcp_state::ESTABLISHED)?;
             TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
         }
     };
@@ -187,13 +194,23 @@ fn closed(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
 }
 
 /// Sends a lifecycle event with a snapshot of the socket's state. The
-/// agent's own sockets are not reported.
+/// agent's own sockets are sent too, marked `CONN_AGENT`: the agent needs
+/// them to recognise the other end of its own connections (a scrape from
+/// another process on this node) and leave it out. Nothing else of them
+/// (bytes, payload, resets) is sent.
 fn emit(sk: u64, conn: *const TcpConn, kind: u32) {
-    // SAFETY: `conn` points into a map value that outlives this call.
-    if unsafe { (*conn).flags } & CONN_AGENT != 0 {
-        return;
-    }
     crate::report::send(kind, sk, Some(conn), SockTuple::default());
+}
+
+/// The listening port of `sk` (a listener or a child of one) in its
+/// network namespace.
+fn listen_key(ctx: &TracePointContext, sk: u64) -> Result<ListenKey, Skip> {
+    let off = &config().offsets;
+    Ok(ListenKey {
+        netns: crate::netns::of_socket(sk),
+        port: field(ctx, off.state_sport)?,
+        family: field(ctx, off.state_family)?,
+    })
 }
 
 /// The socket's address pair from the tracepoint record.

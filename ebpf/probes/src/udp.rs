@@ -27,7 +27,9 @@ const IPV6_HEADER_LEN: u32 = 40;
 
 #[cgroup_skb(egress)]
 pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp::<true>(&ctx, true);
+    if try_udp::<true>(&ctx, true).is_err() {
+        crate::maps::count(weft_common::counters::index::SKIP_READ_FAILED);
+    }
     1
 }
 
@@ -36,13 +38,17 @@ pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
 /// cgroup_skb programs, and the agent loads this one there instead.
 #[cgroup_skb(egress)]
 pub fn weft_udp_egress_anon(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp::<false>(&ctx, true);
+    if try_udp::<false>(&ctx, true).is_err() {
+        crate::maps::count(weft_common::counters::index::SKIP_READ_FAILED);
+    }
     1
 }
 
 #[cgroup_skb(ingress)]
 pub fn weft_udp_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_udp::<false>(&ctx, false);
+    if try_udp::<false>(&ctx, false).is_err() {
+        crate::maps::count(weft_common::counters::index::SKIP_READ_FAILED);
+    }
     1
 }
 
