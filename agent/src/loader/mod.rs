@@ -116,6 +116,8 @@ struct Prepared {
     features: Vec<FeatureStatus>,
     probe_config: ProbeConfig,
     capture: bool,
+    /// The data syscalls' exits count bytes (no socket tracepoints).
+    fd_fallback: bool,
     drop_reason_names: BTreeMap<u32, String>,
 }
 
@@ -135,6 +137,10 @@ impl Probes {
             if !features::tracepoint_exists(&env.tracefs, category, name) {
                 continue;
             }
+            // Bytes are counted at the syscall exits instead: not twice.
+            if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
+                continue;
+            }
             let need = if *prog == "weft_tcp_state" {
                 Need::Required
             } else {
@@ -142,7 +148,7 @@ impl Probes {
             };
             attached.tracepoint(&mut ebpf, need, prog, category, name)?;
         }
-        if env.capture {
+        if env.capture || env.fd_fallback {
             capture::attach(&mut ebpf, &mut attached)?;
         }
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
@@ -220,13 +226,16 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     hook_features(&tracefs, &mut features)?;
     let formats = read_formats(&tracefs);
     let offsets = formats.offsets();
-    if offsets.probe_skaddr == weft_common::config::NO_FIELD {
-        features.push(FeatureStatus {
-            name: "tcp_probe skaddr field".into(),
-            available: false,
-            detail: "kernel older than 6.4: no smoothed RTT".into(),
-        });
-    }
+    let rtt = offsets.probe_skaddr != weft_common::config::NO_FIELD;
+    features.push(FeatureStatus {
+        name: "tcp_probe skaddr field".into(),
+        available: rtt,
+        detail: if rtt {
+            "smoothed RTT per connection".into()
+        } else {
+            "kernel older than 6.4: no smoothed RTT".into()
+        },
+    });
     // Read once: both layouts come from the same (large) BTF blob.
     let btf = btf::Btf::from_sys_fs()
         .map_err(|e| e.to_string())
@@ -234,6 +243,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     let sock = layouts::sock_offsets(btf.as_ref(), &mut features);
     let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
     let capture = capture_feature(config, &tracefs, &mut features);
+    let fd = fd_fallback(&tracefs, btf.as_ref(), &mut features);
     Ok(Prepared {
         probe_config: ProbeConfig {
             agent_pid: std::process::id(),
@@ -242,11 +252,13 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             sock,
             skb,
             drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
+            fd,
         },
         tracefs,
         cgroup_root,
         features,
         capture,
+        fd_fallback: fd.enabled != 0,
         drop_reason_names: formats.kfree_skb.symbols(),
     })
 }
@@ -272,6 +284,49 @@ fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// On kernels without `sock:sock_send_length`/`sock_recv_length` (before
+/// 6.3), TCP bytes are counted at the data syscalls' exits, with the fd
+/// resolved to its socket at offsets from BTF. Only there: where the
+/// tracepoints exist they are exact for every way of sending (sendfile,
+/// splice, io_uring), which the syscall exits are not.
+fn fd_fallback(
+    tracefs: &Path,
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::FdOffsets {
+    use weft_common::config::FdOffsets;
+    let has = |name| features::tracepoint_exists(tracefs, "sock", name);
+    if has("sock_send_length") && has("sock_recv_length") {
+        return FdOffsets::ABSENT;
+    }
+    let found = btf
+        .map_err(Clone::clone)
+        .and_then(layouts::fd_offsets)
+        .and_then(|o| capture::formats_match(tracefs).map(|()| o));
+    let (offsets, available, detail) = match found {
+        Ok(o) => (
+            FdOffsets { enabled: 1, ..o },
+            true,
+            "the kernel lacks sock:sock_send_length/sock_recv_length (6.3+): TCP bytes \
+             are counted at the exits of read/write/send*/recv*/readv/writev, with the fd \
+             resolved to its socket through the task's file table (BTF offsets); bytes \
+             moved by sendfile, splice or io_uring are not counted"
+                .to_owned(),
+        ),
+        Err(why) => (
+            FdOffsets::ABSENT,
+            false,
+            format!("{why}: no TCP byte counts, no process for accepted sockets, no L7"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "byte counts from syscall exits".into(),
+        available,
+        detail,
+    });
+    offsets
 }
 
 /// Payload capture needs the syscall records in the layout the programs

@@ -41,8 +41,12 @@ pub struct SyscallArgs {
     /// The socket, set by sock_send_length/sock_recv_length during the
     /// syscall: 0 means the fd was not a socket.
     pub sk: u64,
+    /// The file descriptor (argument 0 of every data syscall).
+    pub fd: u32,
+    /// recvfrom/recvmsg/recvmmsg flags (MSG_PEEK...), 0 for the others.
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 32);
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 40);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

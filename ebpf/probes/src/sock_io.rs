@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// recvmsg flag: the data stays queued and will be read again.
-const MSG_PEEK: i32 = 2;
+pub const MSG_PEEK: i32 = 2;
 
 #[tracepoint]
 pub fn weft_sock_send(ctx: TracePointContext) -> u32 {
@@ -66,17 +66,32 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
     if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
         crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv);
     }
+    account(sk, protocol, ret as i64, dir == Direction::Recv);
+    Ok(())
+}
+
+/// Counts `ret` bytes (a syscall's result: negative for an error) moved
+/// by the current task through the socket `sk`. Called here from the
+/// socket tracepoints, and from the data syscalls' exits on kernels
+/// without them (capture.rs).
+#[inline(always)]
+pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) {
     if protocol != IPPROTO_TCP as u16 {
         // UDP is counted per datagram by the cgroup_skb programs.
-        return Ok(());
+        return;
     }
     count(index::SOCK_IO);
     if ret <= 0 {
-        return Ok(());
+        return;
     }
+    let dir = if recv {
+        Direction::Recv
+    } else {
+        Direction::Send
+    };
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         adopt(sk, dir, ret as u64);
-        return Ok(());
+        return;
     };
     // SAFETY: `conn` points into the map value; the counters are updated
     // atomically because two threads may use one socket at once.
@@ -95,7 +110,6 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
             (*conn).flags = flags;
         }
     }
-    Ok(())
 }
 
 /// A TCP socket moving data that was never seen being established: one
