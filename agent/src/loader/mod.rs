@@ -236,6 +236,21 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             "kernel older than 6.4: no smoothed RTT".into()
         },
     });
+    // The skb-based record (28-byte addresses) also fires for resets that
+    // answer a packet no socket matched; the older sock-based one cannot.
+    let nosock = offsets.srst_saddr != weft_common::config::NO_FIELD;
+    features.push(FeatureStatus {
+        name: "resets sent without a socket".into(),
+        available: nosock,
+        detail: if nosock {
+            "tcp:tcp_send_reset also reports resets answering a closed port".into()
+        } else {
+            "older tcp:tcp_send_reset fires only for a socket's own resets: a reset \
+             answering a packet to a closed port is not seen (the client's received \
+             reset and the dropped packet are)"
+                .into()
+        },
+    });
     // Read once: both layouts come from the same (large) BTF blob.
     let btf = btf::Btf::from_sys_fs()
         .map_err(|e| e.to_string())
@@ -243,6 +258,21 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     let sock = layouts::sock_offsets(btf.as_ref(), &mut features);
     let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
     let capture = capture_feature(config, &tracefs, &mut features);
+    let has_reason = offsets.drop_reason != weft_common::config::NO_FIELD;
+    let reasons = crate::flow::drops::reason_names(formats.kfree_skb.symbols(), has_reason);
+    features.push(FeatureStatus {
+        name: "drop reasons".into(),
+        available: has_reason,
+        detail: if has_reason {
+            "skb:kfree_skb reports the kernel's drop reason".into()
+        } else {
+            format!(
+                "skb:kfree_skb has no reason before 5.17: every drop is {}, and packets \
+                 freed at a socket's teardown (QUEUE_PURGE on newer kernels) count as drops",
+                crate::flow::drops::NOT_REPORTED
+            )
+        },
+    });
     let fd = fd_fallback(&tracefs, btf.as_ref(), &mut features);
     Ok(Prepared {
         probe_config: ProbeConfig {
@@ -251,7 +281,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             offsets,
             sock,
             skb,
-            drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
+            drops: crate::flow::drops::drop_filter(&reasons),
             fd,
         },
         tracefs,
@@ -259,7 +289,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         features,
         capture,
         fd_fallback: fd.enabled != 0,
-        drop_reason_names: formats.kfree_skb.symbols(),
+        drop_reason_names: reasons,
     })
 }
 
