@@ -147,6 +147,19 @@ impl Agent {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Whether the running kernel offers the feature `name` (a row of
+    /// `weft status`): tests hold an older kernel to what the README's
+    /// kernel table says it does without a feature, not to what it lacks.
+    pub fn has_feature(&self, name: &str) -> bool {
+        let status = self.status_json().expect("weft status -o json");
+        let features = status["features"].as_array().expect("features");
+        let row = features
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no feature {name:?} in {features:#?}"));
+        row["available"].as_bool().expect("available")
+    }
+
     /// Flow records matching `filters` (`weft flows -o jsonl FILTERS`).
     pub fn flows(&self, filters: &[&str]) -> Vec<Value> {
         let mut args = vec!["flows", "-o", "jsonl"];

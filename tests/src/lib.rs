@@ -76,6 +76,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `d` stretched by `WEFT_TEST_TIMEOUT_SCALE`, for waits that are not
+/// polls (a channel's `recv_timeout` across the agent's start-up).
+pub fn scaled(d: Duration) -> Duration {
+    d * timeout_scale()
+}
+
 fn timeout_scale() -> u32 {
     std::env::var("WEFT_TEST_TIMEOUT_SCALE")
         .ok()

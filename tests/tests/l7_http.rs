@@ -220,7 +220,8 @@ fn http1_new_connection_per_request() {
         "http_client_request_duration_seconds_count",
         "http_server_request_duration_seconds_count",
     ];
-    let deadline = std::time::Instant::now() + WAIT;
+    // Stretched under emulation, as every other wait is.
+    let deadline = std::time::Instant::now() + weft_tests::scaled(WAIT);
     while families.iter().any(|f| counted(f) < REQUESTS as f64)
         && std::time::Instant::now() < deadline
     {

@@ -46,7 +46,13 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
     assert_eq!(close["destination"]["process"], "lab-server", "{close:#}");
     assert_eq!(close["destination"]["pid"], me);
     assert_eq!(close["verdict"], "forwarded");
-    assert!(close["srtt_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
+    // Before 6.4 tcp_probe names no socket: no RTT (README kernel table).
+    let rtt = agent.has_feature("tcp_probe skaddr field");
+    if rtt {
+        assert!(close["srtt_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
+    } else {
+        assert!(close["srtt_us"].is_null(), "{close:#}");
+    }
     assert!(close["duration_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
     let flows = agent.flows(&["--port", &port_s]);
     assert_eq!(
@@ -81,7 +87,10 @@ fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
         agent.metric_sum("weft_tcp_connections_closed_total", &l),
         1.0
     );
-    assert_eq!(agent.metric_sum("weft_tcp_srtt_seconds_count", &l), 1.0);
+    assert_eq!(
+        agent.metric_sum("weft_tcp_srtt_seconds_count", &l),
+        if rtt { 1.0 } else { 0.0 }
+    );
     let named = [
         port_label.as_str(),
         "source_workload=\"lab-client\"",
@@ -148,11 +157,29 @@ fn refused_connection_is_a_failure_with_a_reset() {
     // The server's namespace sent the reset (no socket), the client got it.
     let sent = [port_label.as_str(), "direction=\"sent\""];
     let received = [port_label.as_str(), "direction=\"received\""];
-    assert_eq!(agent.metric_sum("weft_tcp_resets_total", &sent), 1.0);
-    assert_eq!(agent.metric_sum("weft_tcp_resets_total", &received), 1.0);
-    // The SYN itself was dropped there for want of a socket: one packet.
+    // Each reset is its own event: waited for, as it may be read after
+    // the failure that it caused. Older kernels do not trace a reset sent
+    // for no socket (README kernel table): there the count is 0.
+    let nosock = agent.has_feature("resets sent without a socket");
+    for (labels, want) in [(&received, 1.0), (&sent, if nosock { 1.0 } else { 0.0 })] {
+        wait_for("a reset", WAIT, || {
+            (agent.metric_sum("weft_tcp_resets_total", labels) >= want).then_some(())
+        });
+        assert_eq!(
+            agent.metric_sum("weft_tcp_resets_total", labels),
+            want,
+            "{labels:?}"
+        );
+    }
+    // The SYN itself was dropped there for want of a socket: one packet
+    // (for a reason the kernel names from 5.17 on).
     let drop = agent.wait_flow(&["--port", &port_s], "drop", WAIT);
-    assert_eq!(drop["drop_reason"], "NO_SOCKET", "{drop:#}");
+    let reason = if agent.has_feature("drop reasons") {
+        "NO_SOCKET"
+    } else {
+        "NOT_REPORTED_BY_KERNEL"
+    };
+    assert_eq!(drop["drop_reason"], reason, "{drop:#}");
     assert_eq!(drop["verdict"], "dropped", "{drop:#}");
     assert_eq!(drop["packets_sent"], 1, "{drop:#}");
     assert_eq!(drop["source"]["ip"], lab.client_v4.as_str(), "{drop:#}");
@@ -303,7 +330,10 @@ fn connections_older_than_the_agent_are_reported_from_their_next_bytes() {
         conn.write_all(&vec![b's'; BEFORE]).expect("write before");
         let port = conn.local_addr().expect("local address").port();
         connected_tx.send(port).expect("connected");
-        go_rx.recv_timeout(WAIT).expect("the agent started");
+        // The agent's start-up takes far longer under emulation.
+        go_rx
+            .recv_timeout(weft_tests::scaled(WAIT))
+            .expect("the agent started");
         conn.write_all(&vec![b's'; AFTER]).expect("write after");
         let mut reply = Vec::new();
         conn.read_to_end(&mut reply).expect("reply");

@@ -19,9 +19,9 @@ pub struct Options {
     unit_only: bool,
     /// Kernels of the virtual-machine matrix (`cargo xtask vm-test`) run
     /// after the whole suite, e.g. `5.10,6.1`; `none` (the default until
-    /// kernels before 6.3 get byte counts, without which their core tests
-    /// fail) skips it. Not run when arguments for `cargo test` select part
-    /// of the suite.
+    /// the core tests' time on every kernel is measured against CI's
+    /// budget) skips it. Not run when arguments for `cargo test` select
+    /// part of the suite.
     #[arg(long, value_delimiter = ',', default_value = "none")]
     vm_kernels: Vec<String>,
     /// After `--`: arguments for `cargo test` (a test name filter,

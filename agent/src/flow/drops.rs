@@ -27,14 +27,31 @@ use super::record::Transport;
 ///   receives the peer's FIN after close() frees that FIN so.
 pub const NOT_DROP_REASONS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "QUEUE_PURGE"];
 
+/// The reason of every drop on kernels whose `kfree_skb` reports none
+/// (before 5.17). The kernel program records them under 0, the value
+/// this name gets there.
+pub const NOT_REPORTED: &str = "NOT_REPORTED_BY_KERNEL";
+
+/// The running kernel's reason names from the `kfree_skb` format's
+/// symbols; when the record has no reason field, 0 is
+/// [`NOT_REPORTED`].
+pub fn reason_names(symbols: BTreeMap<u32, String>, has_reason: bool) -> BTreeMap<u32, String> {
+    if has_reason {
+        return symbols;
+    }
+    BTreeMap::from([(0, NOT_REPORTED.to_owned())])
+}
+
 /// The kernel program's filter for the running kernel's reason values.
+/// An unreported reason is taken as `NOT_SPECIFIED` is: a multicast
+/// packet freed for no stated reason was not for this host.
 pub fn drop_filter(names: &BTreeMap<u32, String>) -> DropFilter {
     let mut filter = DropFilter::NONE;
     for (&value, name) in names {
         if NOT_DROP_REASONS.contains(&name.as_str()) {
             filter.set_not_drop(value);
         }
-        if name == "NOT_SPECIFIED" {
+        if name == "NOT_SPECIFIED" || name == NOT_REPORTED {
             filter.not_specified = value;
         }
     }
@@ -113,6 +130,17 @@ mod tests {
     use weft_common::AF_INET;
 
     use super::*;
+
+    #[test]
+    fn kernels_without_a_reason_name_every_drop_not_reported() {
+        let symbols = BTreeMap::from([(2, "NOT_SPECIFIED".to_owned())]);
+        assert_eq!(reason_names(symbols.clone(), true), symbols);
+        let names = reason_names(BTreeMap::new(), false);
+        assert_eq!(names, BTreeMap::from([(0, NOT_REPORTED.to_owned())]));
+        let filter = drop_filter(&names);
+        assert_eq!(filter.not_specified, 0);
+        assert!(!filter.is_not_drop(0));
+    }
 
     fn syn(reason: u32) -> DropKey {
         DropKey {

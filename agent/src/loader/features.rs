@@ -67,13 +67,13 @@ pub const TRACEPOINTS: &[TracepointNeed] = &[
         category: "sock",
         name: "sock_send_length",
         required: false,
-        without: "no bytes sent and no process for accepted sockets (kernel 6.3+)",
+        without: "kernel before 6.3: bytes sent are counted at the syscall exits instead (see `byte counts from syscall exits`)",
     },
     TracepointNeed {
         category: "sock",
         name: "sock_recv_length",
         required: false,
-        without: "no bytes received (kernel 6.3+)",
+        without: "kernel before 6.3: bytes received are counted at the syscall exits instead",
     },
     TracepointNeed {
         category: "tcp",

@@ -120,3 +120,43 @@ pub fn netns_offsets(
     });
     offsets
 }
+
+/// The offsets from a task to the socket behind one of its fds, for
+/// counting bytes at the data syscalls' exits on kernels without the
+/// socket tracepoints (see ebpf/probes/src/fd_sock.rs). `enabled` is
+/// left to the caller.
+pub fn fd_offsets(btf: &btf::Btf) -> Result<weft_common::config::FdOffsets, String> {
+    use weft_common::config::FdOffsets;
+    Ok(FdOffsets {
+        task_files: member_offset(btf, "task_struct", "files")?,
+        files_fdt: member_offset(btf, "files_struct", "fdt")?,
+        fdt_max_fds: member_offset(btf, "fdtable", "max_fds")?,
+        fdt_fd: member_offset(btf, "fdtable", "fd")?,
+        file_inode: member_offset(btf, "file", "f_inode")?,
+        file_private_data: member_offset(btf, "file", "private_data")?,
+        inode_mode: member_offset(btf, "inode", "i_mode")?,
+        socket_sk: member_offset(btf, "socket", "sk")?,
+        sock_protocol: member_offset(btf, "sock", "sk_protocol")?,
+        enabled: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_kernel_has_the_fd_to_socket_path() {
+        let Ok(Ok(btf)) = btf::Btf::from_sys_fs() else {
+            eprintln!("no /sys/kernel/btf/vmlinux here; skipping");
+            return;
+        };
+        let o = fd_offsets(&btf).expect("every struct and member of the walk");
+        // `struct socket { int state; short type; unsigned long flags;
+        // struct file *file; struct sock *sk; ...}` on 64-bit kernels.
+        assert_eq!(o.socket_sk, 24);
+        // `struct fdtable { unsigned int max_fds; struct file **fd; ...}`.
+        assert_eq!((o.fdt_max_fds, o.fdt_fd), (0, 8));
+        assert_eq!(o.enabled, 0);
+    }
+}

@@ -120,6 +120,8 @@ struct Prepared {
     features: Vec<FeatureStatus>,
     probe_config: ProbeConfig,
     capture: bool,
+    /// The data syscalls' exits count bytes (no socket tracepoints).
+    fd_fallback: bool,
     drop_reason_names: BTreeMap<u32, String>,
 }
 
@@ -144,6 +146,10 @@ impl Probes {
             if !features::tracepoint_exists(&env.tracefs, category, name) {
                 continue;
             }
+            // Bytes are counted at the syscall exits instead: not twice.
+            if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
+                continue;
+            }
             let need = if *prog == "weft_tcp_state" {
                 Need::Required
             } else {
@@ -151,7 +157,7 @@ impl Probes {
             };
             attached.tracepoint(&mut ebpf, need, prog, category, name)?;
         }
-        if env.capture {
+        if env.capture || env.fd_fallback {
             capture::attach(&mut ebpf, &mut attached)?;
         }
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
@@ -230,13 +236,31 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     hook_features(&tracefs, &mut features)?;
     let formats = read_formats(&tracefs);
     let offsets = formats.offsets();
-    if offsets.probe_skaddr == weft_common::config::NO_FIELD {
-        features.push(FeatureStatus {
-            name: "tcp_probe skaddr field".into(),
-            available: false,
-            detail: "kernel older than 6.4: no smoothed RTT".into(),
-        });
-    }
+    let rtt = offsets.probe_skaddr != weft_common::config::NO_FIELD;
+    features.push(FeatureStatus {
+        name: "tcp_probe skaddr field".into(),
+        available: rtt,
+        detail: if rtt {
+            "smoothed RTT per connection".into()
+        } else {
+            "kernel older than 6.4: no smoothed RTT".into()
+        },
+    });
+    // The skb-based record (28-byte addresses) also fires for resets that
+    // answer a packet no socket matched; the older sock-based one cannot.
+    let nosock = offsets.srst_saddr != weft_common::config::NO_FIELD;
+    features.push(FeatureStatus {
+        name: "resets sent without a socket".into(),
+        available: nosock,
+        detail: if nosock {
+            "tcp:tcp_send_reset also reports resets answering a closed port".into()
+        } else {
+            "older tcp:tcp_send_reset fires only for a socket's own resets: a reset \
+             answering a packet to a closed port is not seen (the client's received \
+             reset and the dropped packet are)"
+                .into()
+        },
+    });
     // Read once: both layouts come from the same (large) BTF blob.
     let btf = btf::Btf::from_sys_fs()
         .map_err(|e| e.to_string())
@@ -245,6 +269,22 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
     let netns = layouts::netns_offsets(btf.as_ref(), &mut features);
     let capture = capture_feature(config, &tracefs, &mut features);
+    let has_reason = offsets.drop_reason != weft_common::config::NO_FIELD;
+    let reasons = crate::flow::drops::reason_names(formats.kfree_skb.symbols(), has_reason);
+    features.push(FeatureStatus {
+        name: "drop reasons".into(),
+        available: has_reason,
+        detail: if has_reason {
+            "skb:kfree_skb reports the kernel's drop reason".into()
+        } else {
+            format!(
+                "skb:kfree_skb has no reason before 5.17: every drop is {}, and packets \
+                 freed at a socket's teardown (QUEUE_PURGE on newer kernels) count as drops",
+                crate::flow::drops::NOT_REPORTED
+            )
+        },
+    });
+    let fd = fd_fallback(&tracefs, btf.as_ref(), &mut features);
     Ok(Prepared {
         probe_config: ProbeConfig {
             agent_pid: std::process::id(),
@@ -252,14 +292,16 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             offsets,
             sock,
             skb,
-            drops: crate::flow::drops::drop_filter(&formats.kfree_skb.symbols()),
+            drops: crate::flow::drops::drop_filter(&reasons),
             netns,
+            fd,
         },
         tracefs,
         cgroup_root,
         features,
         capture,
-        drop_reason_names: formats.kfree_skb.symbols(),
+        fd_fallback: fd.enabled != 0,
+        drop_reason_names: reasons,
     })
 }
 
@@ -284,6 +326,49 @@ fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// On kernels without `sock:sock_send_length`/`sock_recv_length` (before
+/// 6.3), TCP bytes are counted at the data syscalls' exits, with the fd
+/// resolved to its socket at offsets from BTF. Only there: where the
+/// tracepoints exist they are exact for every way of sending (sendfile,
+/// splice, io_uring), which the syscall exits are not.
+fn fd_fallback(
+    tracefs: &Path,
+    btf: Result<&btf::Btf, &String>,
+    features: &mut Vec<FeatureStatus>,
+) -> weft_common::config::FdOffsets {
+    use weft_common::config::FdOffsets;
+    let has = |name| features::tracepoint_exists(tracefs, "sock", name);
+    if has("sock_send_length") && has("sock_recv_length") {
+        return FdOffsets::ABSENT;
+    }
+    let found = btf
+        .map_err(Clone::clone)
+        .and_then(layouts::fd_offsets)
+        .and_then(|o| capture::formats_match(tracefs).map(|()| o));
+    let (offsets, available, detail) = match found {
+        Ok(o) => (
+            FdOffsets { enabled: 1, ..o },
+            true,
+            "the kernel lacks sock:sock_send_length/sock_recv_length (6.3+): TCP bytes \
+             are counted at the exits of read/write/send*/recv*/readv/writev, with the fd \
+             resolved to its socket through the task's file table (BTF offsets); bytes \
+             moved by sendfile, splice or io_uring are not counted"
+                .to_owned(),
+        ),
+        Err(why) => (
+            FdOffsets::ABSENT,
+            false,
+            format!("{why}: no TCP byte counts, no process for accepted sockets, no L7"),
+        ),
+    };
+    features.push(FeatureStatus {
+        name: "byte counts from syscall exits".into(),
+        available,
+        detail,
+    });
+    offsets
 }
 
 /// Payload capture needs the syscall records in the layout the programs

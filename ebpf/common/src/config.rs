@@ -147,6 +147,46 @@ impl SkbOffsets {
     };
 }
 
+/// Offsets of the kernel structs between a task and the socket behind one
+/// of its file descriptors (`task_struct.files -> files_struct.fdt ->
+/// fdtable.fd[fd] -> file.private_data`, a `struct socket`, whose `sk` is
+/// the `struct sock`), from the kernel's BTF. Used only on kernels without
+/// `sock:sock_send_length`/`sock_recv_length` (before 6.3): there the data
+/// syscalls' exit tracepoints count the bytes (`enabled` is then 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdOffsets {
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_max_fds: u16,
+    pub fdt_fd: u16,
+    pub file_inode: u16,
+    pub file_private_data: u16,
+    /// `umode_t i_mode` (u16): only a socket inode's file is followed.
+    pub inode_mode: u16,
+    pub socket_sk: u16,
+    /// `u16 sk_protocol` (a plain member since 5.6).
+    pub sock_protocol: u16,
+    /// 1: the syscall exits count bytes (the fallback is on).
+    pub enabled: u16,
+}
+const _: () = assert!(core::mem::size_of::<FdOffsets>() == 20);
+
+impl FdOffsets {
+    pub const ABSENT: Self = Self {
+        task_files: NO_FIELD,
+        files_fdt: NO_FIELD,
+        fdt_max_fds: NO_FIELD,
+        fdt_fd: NO_FIELD,
+        file_inode: NO_FIELD,
+        file_private_data: NO_FIELD,
+        inode_mode: NO_FIELD,
+        socket_sk: NO_FIELD,
+        sock_protocol: NO_FIELD,
+        enabled: 0,
+    };
+}
+
 /// Which freed packets the drop program leaves out: `kfree_skb` also
 /// fires for packets that were never lost (a closed socket's queue purged
 /// at teardown, multicast for a group nobody joined), and the values of
@@ -224,8 +264,9 @@ pub struct ProbeConfig {
     pub skb: SkbOffsets,
     pub drops: DropFilter,
     pub netns: NetnsOffsets,
+    pub fd: FdOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 168);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 188);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
@@ -236,5 +277,6 @@ impl ProbeConfig {
         skb: SkbOffsets::ABSENT,
         drops: DropFilter::NONE,
         netns: NetnsOffsets::ABSENT,
+        fd: FdOffsets::ABSENT,
     };
 }

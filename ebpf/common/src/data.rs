@@ -44,8 +44,12 @@ pub struct SyscallArgs {
     /// Where the syscall's bytes start in the socket's stream (TCP), set
     /// with `sk`: see [`DataHeader::offset`].
     pub offset: u64,
+    /// The file descriptor (argument 0 of every data syscall).
+    pub fd: u32,
+    /// recvfrom/recvmsg/recvmmsg flags (MSG_PEEK...), 0 for the others.
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 40);
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 48);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,9 @@
 //! 2. `sock:sock_send_length`/`sock_recv_length` fire inside the syscall
 //!    only when the fd is a socket, and name the socket (see sock_io.rs,
 //!    which calls [`mark_socket`]). Files and pipes never get this far, so
-//!    no fd-to-socket lookup in kernel structures is needed.
+//!    no fd-to-socket lookup in kernel structures is needed there. Kernels
+//!    before 6.3 lack these tracepoints: the exit resolves the fd to its
+//!    socket itself (fd_sock.rs) and also counts the bytes.
 //! 3. `sys_exit_*` copies the first `snippet_bytes` of what moved (the
 //!    data is in user memory by then, also for reads), gathered from the
 //!    buffers of a readv/writev/recvmsg/sendmsg in order (the first
@@ -43,6 +45,8 @@ use crate::maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, batched_wakeup, config, coun
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+const ARG2: usize = 32;
+const ARG3: usize = 40;
 const ARG4: usize = 48;
 const RET: usize = 16;
 
@@ -82,17 +86,28 @@ capture_syscall!(weft_ent_recvmmsg, weft_ext_recvmmsg, kind::RECVMMSG);
 capture_syscall!(weft_ent_sendmmsg, weft_ext_sendmmsg, kind::SENDMMSG);
 
 fn enter(ctx: &TracePointContext, kind: u32) {
-    if config().snippet_bytes == 0 || crate::owner::is_agent() {
+    // Where the syscall exits count bytes (fd_sock.rs), every data syscall
+    // is followed, the agent's own too (its sockets are flagged, as the
+    // socket tracepoints flag them); else only those to capture.
+    if !crate::fd_sock::enabled() && (config().snippet_bytes == 0 || crate::owner::is_agent()) {
         return;
     }
     // SAFETY: offsets of the uniform syscall record (see the module docs).
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(u64::MAX);
+    // SAFETY: as above.
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.unwrap_or(0);
     let addr: u64 = match kind {
         // SAFETY: as above.
         kind::SENDTO | kind::RECVFROM => unsafe { ctx.read_at(ARG4) }.unwrap_or(0),
         _ => 0,
     };
-    let _ = ARG0;
+    let flags: u64 = match kind {
+        // SAFETY: as above.
+        kind::RECVFROM | kind::RECVMMSG => unsafe { ctx.read_at(ARG3) }.unwrap_or(0),
+        // SAFETY: as above.
+        kind::RECVMSG => unsafe { ctx.read_at(ARG2) }.unwrap_or(0),
+        _ => 0,
+    };
     let args = SyscallArgs {
         kind,
         protocol: 0,
@@ -100,6 +115,8 @@ fn enter(ctx: &TracePointContext, kind: u32) {
         addr,
         sk: 0,
         offset: 0,
+        fd: fd as u32,
+        flags: flags as u32,
     };
     let tid = bpf_get_current_pid_tgid();
     if SYSCALL_ARGS.insert(&tid, &args, 0).is_err() {
@@ -170,16 +187,19 @@ fn emit_uncaptured(sk: u64, protocol: u16, total: u64, recv: bool, offset: u64) 
 fn exit(ctx: &TracePointContext, syscall: u32) {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
+    let Some(mut args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return;
     };
     let _ = SYSCALL_ARGS.remove(&tid);
-    if args.sk == 0 || args.kind != syscall {
+    if args.kind != syscall {
         return;
     }
     // SAFETY: `ret` of the uniform sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
-    if ret <= 0 {
+    if args.sk == 0 && crate::fd_sock::enabled() {
+        count_bytes(syscall, &mut args, ret);
+    }
+    if args.sk == 0 || ret <= 0 || config().snippet_bytes == 0 || crate::owner::is_agent() {
         return;
     }
     // The header is the same for every record of the syscall: written
@@ -188,6 +208,61 @@ fn exit(ctx: &TracePointContext, syscall: u32) {
         return;
     }
     emit_syscall(syscall, &args, ret as u64);
+}
+
+/// Whether `syscall` (a `kind::*`) reads.
+#[inline(always)]
+fn is_recv(syscall: u32) -> bool {
+    matches!(
+        syscall,
+        kind::READ | kind::RECVFROM | kind::RECVMSG | kind::READV | kind::RECVMMSG
+    )
+}
+
+/// On kernels without the socket tracepoints: the bytes a data syscall
+/// that returned `ret` moved through its fd, counted if the fd is a TCP
+/// socket, and the socket noted in `args` for the capture (TCP and UDP),
+/// as [`mark_socket`] notes it elsewhere. Peeked data is neither: it will
+/// be read again.
+#[inline(always)]
+fn count_bytes(syscall: u32, args: &mut SyscallArgs, ret: i64) {
+    let recv = is_recv(syscall);
+    if recv && args.flags as i32 & crate::sock_io::MSG_PEEK != 0 {
+        return;
+    }
+    let Some((sk, protocol)) = crate::fd_sock::socket_of_fd(args.fd) else {
+        return;
+    };
+    if protocol != weft_common::IPPROTO_TCP as u16 && protocol != weft_common::IPPROTO_UDP as u16 {
+        return;
+    }
+    args.sk = sk;
+    args.protocol = protocol as u32;
+    let bytes = match syscall {
+        kind::RECVMMSG | kind::SENDMMSG => mmsg_bytes(args.buf, ret),
+        _ => ret,
+    };
+    args.offset = crate::sock_io::account(sk, protocol, bytes, recv);
+}
+
+/// The bytes of the first [`MAX_MMSGS`] of the `ret` messages a
+/// recvmmsg/sendmmsg moved (TCP sockets rarely see these; past the first
+/// messages the count falls short).
+#[inline(always)]
+fn mmsg_bytes(vec: u64, ret: i64) -> i64 {
+    let mut total = 0i64;
+    for i in 0..MAX_MMSGS {
+        if i as i64 >= ret {
+            break;
+        }
+        let at = vec + i * MMSGHDR_SIZE + MMSG_LEN_OFFSET;
+        // SAFETY: reading user memory through the checked helper.
+        match unsafe { bpf_probe_read_user(at as *const u32) } {
+            Ok(len) => total += len as i64,
+            Err(_) => break,
+        }
+    }
+    if ret < 0 { ret } else { total }
 }
 
 /// Fills this CPU's scratch header with what the syscall's records share.
@@ -200,10 +275,7 @@ fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
         (*h).sk = args.sk;
         (*h).pid = (tid >> 32) as u32;
         (*h).tid = tid as u32;
-        (*h).direction = match syscall {
-            kind::READ | kind::RECVFROM | kind::RECVMSG | kind::READV | kind::RECVMMSG => DIR_RECV,
-            _ => DIR_SEND,
-        };
+        (*h).direction = if is_recv(syscall) { DIR_RECV } else { DIR_SEND };
         (*h).protocol = args.protocol as u8;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).tuple = sock_tuple(args.sk);

@@ -46,7 +46,13 @@ pub fn weft_skb_drop(ctx: TracePointContext) -> u32 {
 ///   socket on this host joined (`ip6_mc_input`), not a loss.
 fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
     count(index::SKB_DROP);
-    let reason: u32 = field(ctx, config().offsets.drop_reason)?;
+    // Before 5.17 the record has no reason: every drop gets reason 0,
+    // which the agent names NOT_REPORTED_BY_KERNEL on those kernels.
+    let reason: u32 = if config().offsets.drop_reason == NO_FIELD {
+        0
+    } else {
+        field(ctx, config().offsets.drop_reason)?
+    };
     let l3: u16 = field(ctx, config().offsets.drop_protocol)?;
     let family = match l3 {
         ETH_P_IP => AF_INET,
@@ -62,10 +68,16 @@ fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
         return Ok(());
     }
     // The packet's addresses, when its header can be read; without them
-    // the drop is still counted by reason.
-    let key = read_pair(ctx, family, reason).ok().flatten();
-    if reason == filter.not_specified
-        && (key.as_ref().is_some_and(is_multicast) || freed_by_time_wait(ctx))
+    // the drop is still counted by reason. The key is written in place,
+    // never moved as an `Option`: the 5.10 verifier refuses the copy of
+    // its (unwritten) bytes on the path without addresses.
+    let mut key = DropKey {
+        family,
+        reason,
+        ..DropKey::default()
+    };
+    let paired = read_pair(ctx, &mut key).unwrap_or(false);
+    if reason == filter.not_specified && ((paired && is_multicast(&key)) || freed_by_time_wait(ctx))
     {
         count(index::SKB_NOT_DROP);
         return Ok(());
@@ -78,7 +90,7 @@ fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
         // SAFETY: a per-CPU slot of this CPU.
         unsafe { *slot += 1 };
     }
-    if let Some(key) = key {
+    if paired {
         record_pair(&key);
     }
     Ok(())
@@ -120,13 +132,14 @@ fn is_multicast(key: &DropKey) -> bool {
 }
 
 /// The packet's address pair (and ports for TCP and UDP) from its IP
-/// header, or `None` when the kernel gave no header offsets or the packet
-/// has no network header.
-fn read_pair(ctx: &TracePointContext, family: u16, reason: u32) -> Result<Option<DropKey>, Skip> {
+/// header, written into `key` (its family set); false when the kernel
+/// gave no header offsets or the packet has no network header.
+fn read_pair(ctx: &TracePointContext, key: &mut DropKey) -> Result<bool, Skip> {
     let off = &config().skb;
     if off.head == NO_FIELD || off.network_header == NO_FIELD {
-        return Ok(None);
+        return Ok(false);
     }
+    let family = key.family;
     let skb: u64 = field(ctx, config().offsets.drop_skbaddr)?;
     // SAFETY: kernel reads through the checked helper; a failed read ends
     // here without a record.
@@ -138,14 +151,9 @@ fn read_pair(ctx: &TracePointContext, family: u16, reason: u32) -> Result<Option
         (head, nh)
     };
     if head == 0 || nh == UNSET_HEADER {
-        return Ok(None);
+        return Ok(false);
     }
     let ip = head + nh as u64;
-    let mut key = DropKey {
-        family,
-        reason,
-        ..DropKey::default()
-    };
     // SAFETY: as above, the packet's bytes through the checked helper.
     let l4 = unsafe {
         if family == AF_INET {
@@ -170,7 +178,7 @@ fn read_pair(ctx: &TracePointContext, family: u16, reason: u32) -> Result<Option
             key.dst_port = u16::from_be_bytes([p[2], p[3]]);
         }
     }
-    Ok(Some(key))
+    Ok(true)
 }
 
 /// Counts the drop under its address pair, for `drop` records.

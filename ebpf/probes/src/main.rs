@@ -9,7 +9,10 @@
 //! - `sock:sock_send_length` / `sock:sock_recv_length` — payload bytes per
 //!   socket exactly as the application wrote and read them, in the
 //!   application's own context: this is also where the process that owns an
-//!   accepted socket is learned.
+//!   accepted socket is learned. Before 6.3 these do not exist: the data
+//!   syscalls' exit tracepoints (below, with the payload capture) count
+//!   the bytes instead, from their return value, with the fd resolved to
+//!   its socket through the task's file table (fd_sock.rs).
 //! - `tcp:tcp_probe` (smoothed RTT), `tcp:tcp_retransmit_skb`,
 //!   `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`.
 //! - `skb:kfree_skb` — packet drops with the kernel's drop reason.
@@ -33,6 +36,8 @@ mod atomic;
 mod capture;
 #[cfg(target_arch = "bpf")]
 mod drops;
+#[cfg(target_arch = "bpf")]
+mod fd_sock;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

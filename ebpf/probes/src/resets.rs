@@ -1,15 +1,18 @@
 //! TCP resets from `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
 //!
 //! tcp_receive_reset: skaddr, sport, dport, family, saddr[4], daddr[4],
-//! saddr_v6[16], daddr_v6[16] (the socket's side first).
+//! saddr_v6[16], daddr_v6[16] (the socket's side first); older kernels
+//! have no `family`.
 //! tcp_send_reset: skaddr (NULL for a reset answering a packet that matched
 //! no socket, e.g. a SYN to a closed port), saddr and daddr as 28-byte
 //! `struct sockaddr_in`/`sockaddr_in6` describing the reset itself (source
-//! = this host).
+//! = this host). Older kernels (5.10, 6.1) trace only the resets a socket
+//! sends, with the socket's addresses as 4- and 16-byte arrays.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use weft_common::{
     AF_INET, AF_INET6, SockTuple,
+    config::NO_FIELD,
     conn::CONN_AGENT,
     counters::index,
     event::{EVENT_TCP_RESET_RECEIVED, EVENT_TCP_RESET_SENT},
@@ -30,6 +33,12 @@ fn try_reset_received(ctx: &TracePointContext) -> Result<(), Skip> {
     let off = &config().offsets;
     count(index::TCP_RESET);
     let sk: u64 = field(ctx, off.rrst_skaddr)?;
+    // Older kernels' record has no family: the socket's own addresses
+    // (BTF offsets) stand in for the record's.
+    if off.rrst_family == NO_FIELD {
+        emit_reset(sk, crate::capture::sock_tuple(sk), EVENT_TCP_RESET_RECEIVED);
+        return Ok(());
+    }
     let family: u16 = field(ctx, off.rrst_family)?;
     let mut tuple = SockTuple {
         local_port: field(ctx, off.rrst_sport)?,
@@ -60,6 +69,14 @@ fn try_reset_sent(ctx: &TracePointContext) -> Result<(), Skip> {
     let off = &config().offsets;
     count(index::TCP_RESET);
     let sk: u64 = field(ctx, off.srst_skaddr)?;
+    // Older kernels' record carries the socket's addresses as 4- and
+    // 16-byte arrays (and fires only for a socket): read from the socket.
+    if off.srst_saddr == NO_FIELD {
+        if sk != 0 {
+            emit_reset(sk, crate::capture::sock_tuple(sk), EVENT_TCP_RESET_SENT);
+        }
+        return Ok(());
+    }
     let src: [u8; 28] = field(ctx, off.srst_saddr)?;
     let dst: [u8; 28] = field(ctx, off.srst_daddr)?;
     let family = u16::from_ne_bytes([src[0], src[1]]);

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// recvmsg flag: the data stays queued and will be read again.
-const MSG_PEEK: i32 = 2;
+pub const MSG_PEEK: i32 = 2;
 
 #[tracepoint]
 pub fn weft_sock_send(ctx: TracePointContext) -> u32 {
@@ -61,32 +61,39 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
             return Ok(());
         }
     }
-    let tcp = protocol == IPPROTO_TCP as u16;
-    if !tcp {
-        // Tell the payload capture that the syscall in progress is on a
-        // UDP socket (unix sockets and the rest are not for the L7
-        // parsers). UDP is counted per datagram by the cgroup_skb programs.
-        if protocol == weft_common::IPPROTO_UDP as u16 {
-            crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, 0);
-        }
-        return Ok(());
+    let recv = dir == Direction::Recv;
+    let offset = account(sk, protocol, ret as i64, recv);
+    // Tell the payload capture that the syscall in progress is on a TCP or
+    // UDP socket (unix sockets and the rest are not for the L7 parsers).
+    if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
+        crate::capture::mark_socket(sk, protocol, ret, recv, offset);
     }
-    count(index::SOCK_IO);
-    let offset = if ret > 0 {
-        account(sk, dir, ret as u64)
-    } else {
-        0
-    };
-    crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, offset);
     Ok(())
 }
 
-/// Adds `moved` bytes to the socket's count in `dir`, and returns the
-/// count before them: where these bytes start in the socket's stream (as
-/// far as the agent has seen it), so that the L7 parsers can tell a lost
-/// payload record from the next one.
+/// Counts `ret` bytes (a syscall's result: negative for an error) moved
+/// by the current task through the socket `sk`, and returns the count
+/// before them: where these bytes start in the socket's stream (as far as
+/// the agent has seen it), so that the L7 parsers can tell a lost payload
+/// record from the next one (0 for UDP and errors). Called here from the
+/// socket tracepoints, and from the data syscalls' exits on kernels
+/// without them (capture.rs).
 #[inline(always)]
-fn account(sk: u64, dir: Direction, moved: u64) -> u64 {
+pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> u64 {
+    if protocol != IPPROTO_TCP as u16 {
+        // UDP is counted per datagram by the cgroup_skb programs.
+        return 0;
+    }
+    count(index::SOCK_IO);
+    if ret <= 0 {
+        return 0;
+    }
+    let dir = if recv {
+        Direction::Recv
+    } else {
+        Direction::Send
+    };
+    let moved = ret as u64;
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         adopt(sk, dir, moved);
         return 0;

@@ -1,0 +1,62 @@
+//! The socket behind a file descriptor of the current task, for kernels
+//! without `sock:sock_send_length`/`sock_recv_length` (before 6.3): there
+//! the data syscalls' exit tracepoints count the bytes themselves, and
+//! need the socket their fd names.
+//!
+//! The walk is `current->files->fdt->fd[fd]` to the `struct file`, whose
+//! inode must be a socket's (`S_IFSOCK`) before its `private_data` is
+//! taken for a `struct socket`, and `socket->sk` is the `struct sock`.
+//! Every offset comes from the running kernel's BTF (the agent reads it
+//! and sets `CONFIG.fd`); every read goes through the checked helper, so a
+//! layout the agent got wrong yields no socket, never a fault.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use weft_common::config::NO_FIELD;
+
+use crate::maps::config;
+
+/// `S_IFMT` and `S_IFSOCK` (include/uapi/linux/stat.h).
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// Whether the syscall exits count bytes on this kernel.
+#[inline(always)]
+pub fn enabled() -> bool {
+    config().fd.enabled != 0
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, offset: u16) -> Option<T> {
+    if base == 0 || offset == NO_FIELD {
+        return None;
+    }
+    // SAFETY: the checked helper fails cleanly on a bad address.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// The `struct sock` and its protocol (IPPROTO_*) behind `fd` of the
+/// current task, or None when the fd is not a socket.
+#[inline(never)]
+pub fn socket_of_fd(fd: u32) -> Option<(u64, u16)> {
+    let o = &config().fd;
+    // SAFETY: a helper without arguments, allowed in tracepoints.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, o.task_files)?;
+    let fdt: u64 = read(files, o.files_fdt)?;
+    let max_fds: u32 = read(fdt, o.fdt_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = read(fdt, o.fdt_fd)?;
+    let file: u64 = read(fds + fd as u64 * 8, 0)?;
+    let inode: u64 = read(file, o.file_inode)?;
+    let mode: u16 = read(inode, o.inode_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, o.file_private_data)?;
+    let sk: u64 = read(socket, o.socket_sk)?;
+    let protocol: u16 = read(sk, o.sock_protocol)?;
+    (sk != 0).then_some((sk, protocol))
+}
