@@ -215,14 +215,11 @@ fn the_agents_port_in_another_namespace_is_observed() {
         assert_eq!(r["l7"]["path"], "/metrics", "{r:#}");
     }
     // Nothing of the agent's own scrapes: no record of any other address.
-    // (The harness's readiness checks made while the programs were being
-    // loaded were refused, the agent not listening yet: those are failed
-    // connects like any other, recorded as such, and not the agent's.)
     let all = agent.flows(&["--port", &port_s, "--all"]);
     let own: Vec<&Value> = all
         .iter()
         .filter(|r| r["destination"]["ip"] != lab.server_v4.as_str())
-        .filter(|r| !(r["event"] == "fail" || r["drop_reason"] == "NO_SOCKET"))
+        .filter(|r| !weft_tests::agent::refused_while_loading(r))
         .collect();
     assert!(own.is_empty(), "the agent's own connections: {own:#?}");
 
