@@ -280,3 +280,12 @@ fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
+
+/// Whether a record on the agent's port is one of the harness's readiness
+/// checks made while the programs were being loaded: the port is bound
+/// but not listening then, so they were refused (a `fail`, and the SYN's
+/// NO_SOCKET drop). Those are failed connects like any other, recorded as
+/// such, not the agent's traffic.
+pub fn refused_while_loading(record: &Value) -> bool {
+    record["event"] == "fail" || record["drop_reason"] == "NO_SOCKET"
+}

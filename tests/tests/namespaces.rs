@@ -68,6 +68,19 @@ fn clients(ns: &str, name: &str, server: SocketAddr, conns: usize) -> JoinHandle
     })
 }
 
+/// Every record on `port` once at least `closes` connections on it have
+/// closed (their close records written).
+fn records_after_closes(agent: &Agent, port: &str, closes: usize) -> Vec<Value> {
+    wait_for(&format!("{closes} close records"), WAIT, || {
+        let records = agent.flows(&["--port", port, "--all"]);
+        let closed = records
+            .iter()
+            .filter(|r| r["type"] == "l4" && r["event"] == "close")
+            .count();
+        (closed >= closes).then_some(records)
+    })
+}
+
 /// The records of `event` whose destination is `ip`.
 fn of<'a>(records: &'a [Value], event: &str, ip: &str) -> Vec<&'a Value> {
     records
@@ -96,14 +109,7 @@ fn same_port_in_two_namespaces_names_each_server() {
     }
 
     let port_s = port.to_string();
-    let records = wait_for("40 close records", WAIT, || {
-        let records = agent.flows(&["--port", &port_s, "--all"]);
-        let closes = records
-            .iter()
-            .filter(|r| r["type"] == "l4" && r["event"] == "close")
-            .count();
-        (closes >= 2 * CONNS).then_some(records)
-    });
+    let records = records_after_closes(&agent, &port_s, 2 * CONNS);
     for (lab, server, client) in [(&lab_a, "srvA", "cliA"), (&lab_b, "srvB", "cliB")] {
         for event in ["open", "close"] {
             let seen = of(&records, event, &lab.server_v4);
@@ -187,14 +193,7 @@ fn the_agents_port_in_another_namespace_is_observed() {
     app.join().expect("app");
 
     let port_s = port.to_string();
-    let records = wait_for("20 close records", WAIT, || {
-        let records = agent.flows(&["--port", &port_s, "--all"]);
-        let closes = records
-            .iter()
-            .filter(|r| r["type"] == "l4" && r["event"] == "close")
-            .count();
-        (closes >= CONNS).then_some(records)
-    });
+    let records = records_after_closes(&agent, &port_s, CONNS);
     for event in ["open", "close"] {
         let seen = of(&records, event, &lab.server_v4);
         assert_eq!(seen.len(), CONNS, "{event} records: {seen:#?}");
@@ -215,14 +214,11 @@ fn the_agents_port_in_another_namespace_is_observed() {
         assert_eq!(r["l7"]["path"], "/metrics", "{r:#}");
     }
     // Nothing of the agent's own scrapes: no record of any other address.
-    // (The harness's readiness checks made while the programs were being
-    // loaded were refused, the agent not listening yet: those are failed
-    // connects like any other, recorded as such, and not the agent's.)
     let all = agent.flows(&["--port", &port_s, "--all"]);
     let own: Vec<&Value> = all
         .iter()
         .filter(|r| r["destination"]["ip"] != lab.server_v4.as_str())
-        .filter(|r| !(r["event"] == "fail" || r["drop_reason"] == "NO_SOCKET"))
+        .filter(|r| !weft_tests::agent::refused_while_loading(r))
         .collect();
     assert!(own.is_empty(), "the agent's own connections: {own:#?}");
 
@@ -323,14 +319,7 @@ fn same_port_in_two_pods_names_each_pod() {
 
     let port_s = port.to_string();
     // Each lab's readiness probe is a connection too (it sends nothing).
-    let records = wait_for("42 close records", WAIT, || {
-        let records = agent.flows(&["--port", &port_s, "--all"]);
-        let closes = records
-            .iter()
-            .filter(|r| r["type"] == "l4" && r["event"] == "close")
-            .count();
-        (closes >= 2 * (CONNS + 1)).then_some(records)
-    });
+    let records = records_after_closes(&agent, &port_s, 2 * (CONNS + 1));
     web_a.stop();
     web_b.stop();
     for (lab, namespace, pod) in [(&lab_a, "team-a", "web-a"), (&lab_b, "team-b", "web-b")] {
