@@ -19,6 +19,7 @@ use weft_common::{
         tcp_state,
     },
     counters::index,
+    data::role,
     event::EVENT_TCP_OPEN,
 };
 
@@ -67,18 +68,56 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
         // UDP socket (unix sockets and the rest are not for the L7
         // parsers). UDP is counted per datagram by the cgroup_skb programs.
         if protocol == weft_common::IPPROTO_UDP as u16 {
-            crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, 0);
+            let pos = StreamPos::default();
+            crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, pos);
         }
         return Ok(());
     }
     count(index::SOCK_IO);
-    let offset = if ret > 0 {
+    // Nothing is captured of a failed or empty read/write.
+    let pos = if ret > 0 {
         account(sk, dir, ret as u64)
     } else {
-        0
+        StreamPos::default()
     };
-    crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, offset);
+    crate::capture::mark_socket(sk, protocol, ret, dir == Direction::Recv, pos);
     Ok(())
+}
+
+/// Where a read/write's bytes sit in their socket's stream, and which
+/// end of its connection the socket is: what its payload records carry.
+#[derive(Clone, Copy, Default)]
+pub struct StreamPos {
+    /// The socket's count of bytes in this direction before these.
+    pub offset: u64,
+    /// `weft_common::data::role::*`.
+    pub role: u8,
+}
+
+/// The role recorded for a tracked connection: its end is known from how
+/// it began (connect or accept); an adopted one's is only guessed, and
+/// the agent guesses it again from the same ports.
+#[inline(always)]
+fn role(flags: u32) -> u8 {
+    if flags & CONN_ADOPTED != 0 {
+        role::UNKNOWN
+    } else if flags & CONN_ACTIVE != 0 {
+        role::CLIENT
+    } else if flags & CONN_PASSIVE != 0 {
+        role::SERVER
+    } else {
+        role::UNKNOWN
+    }
+}
+
+/// The role of socket `sk`, looked up (for bytes that passed uncaptured,
+/// which carry no [`StreamPos`]).
+#[inline(always)]
+pub fn role_of(sk: u64) -> u8 {
+    // SAFETY: the flags are copied out of the map value.
+    TCP_CONNS
+        .get_ptr(&sk)
+        .map_or(role::UNKNOWN, |conn| role(unsafe { (*conn).flags }))
 }
 
 /// Adds `moved` bytes to the socket's count in `dir`, and returns the
@@ -86,10 +125,10 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
 /// far as the agent has seen it), so that the L7 parsers can tell a lost
 /// payload record from the next one.
 #[inline(always)]
-fn account(sk: u64, dir: Direction, moved: u64) -> u64 {
+fn account(sk: u64, dir: Direction, moved: u64) -> StreamPos {
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         adopt(sk, dir, moved);
-        return 0;
+        return StreamPos::default();
     };
     // SAFETY: `conn` points into the map value; the counters are updated
     // atomically because two threads may use one socket at once (their
@@ -109,7 +148,10 @@ fn account(sk: u64, dir: Direction, moved: u64) -> u64 {
             }
             (*conn).flags = flags;
         }
-        before
+        StreamPos {
+            offset: before,
+            role: role((*conn).flags),
+        }
     }
 }
 
