@@ -228,7 +228,22 @@ fn http1_new_connection_per_request() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for family in families {
-        assert_eq!(counted(family), REQUESTS as f64, "{family}");
+        let seen = counted(family);
+        if seen != REQUESTS as f64 {
+            let metrics = agent.metrics();
+            let losses: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("weft_events_lost_total") && !l.ends_with(" 0"))
+                .collect();
+            eprintln!("losses:\n{}", losses.join("\n"));
+            let series: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("http_") && l.contains("_count"))
+                .collect();
+            eprintln!("series:\n{}", series.join("\n"));
+            eprintln!("status: {:?}", agent.status_json());
+        }
+        assert_eq!(seen, REQUESTS as f64, "{family}");
     }
     for stage in ["evicted", "unattributed"] {
         let lost = agent.metric_sum("weft_events_lost_total", &[&format!("stage=\"{stage}\"")]);

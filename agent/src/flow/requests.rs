@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use weft_common::{
     IPPROTO_UDP, Owner, SockTuple,
-    data::{DIR_SEND, DataHeader},
+    data::{self, DIR_SEND, DataHeader},
 };
 
 use super::{
@@ -152,6 +152,7 @@ impl FlowTable {
     /// one freed socket's memory to connection after connection, and
     /// their closed streams would crowd out each other at that address.
     fn end_superseded_streams(&mut self, h: &DataHeader) {
+        self.make_room(h);
         let superseded =
             |c: &Closing| !c.owns(&h.tuple) && c.ts_ns.saturating_add(RING_REORDER_NS) <= h.ts_ns;
         if !self
@@ -169,6 +170,37 @@ impl FlowTable {
         for closing in ended {
             self.close_stream(h.sk, closing);
         }
+    }
+
+    /// A new socket at an address whose streams are all taken (sockets
+    /// closed there within the last few milliseconds: a hot address turns
+    /// over faster than `RING_REORDER_NS` allows to end them as
+    /// superseded): the earliest closed one ends now, flushed (an HTTP/1.0
+    /// response that ends with its connection is complete), rather than
+    /// evicted with what it holds. Its late records, if any, start a
+    /// stream of their own that cannot pair them: they would have been
+    /// lost with an eviction too.
+    fn make_room(&mut self, h: &DataHeader) {
+        if !self.l7.crowded(h.sk, &h.tuple) {
+            return;
+        }
+        let Some(list) = self.l7_closing.get_mut(&h.sk) else {
+            return;
+        };
+        let Some(earliest) = list
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.owns(&h.tuple))
+            .min_by_key(|(_, c)| c.ts_ns)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        let closing = list.remove(earliest);
+        if list.is_empty() {
+            self.l7_closing.remove(&h.sk);
+        }
+        self.close_stream(h.sk, closing);
     }
 
     fn close_stream(&mut self, sk: u64, closing: Closing) {
@@ -247,14 +279,10 @@ impl FlowTable {
                 .first_sent(h.sk, &h.tuple)
                 .unwrap_or(h.direction == DIR_SEND),
             // Payload can come in before the lifecycle event that tells the
-            // tracker about the socket (two rings, two readers): the
-            // kernel's table already knows which side connected. Only a
-            // connection older than the agent falls back to "the server
-            // has the lower port".
-            Transport::Tcp => match self.tables.tcp_conns.get(&h.sk, 0) {
-                Ok(conn) => conn.flags & weft_common::conn::CONN_ACTIVE != 0,
-                Err(_) => local.port() > remote.port(),
-            },
+            // tracker about the socket (two rings, two readers), even after
+            // the kernel forgot a short connection: the record says which
+            // end its socket is.
+            Transport::Tcp => tcp_is_client(h.role, local, remote),
         };
         let owner = Owner {
             pid: h.pid,
@@ -312,6 +340,18 @@ fn same_socket(view: &SocketView, tuple: &SockTuple) -> bool {
     local == mine && remote == peer
 }
 
+/// Whether a TCP socket is its connection's client, by the role its
+/// payload record carries. Only a connection older than the agent has
+/// none: the lower port is then taken for the server's, as ephemeral
+/// ports are high (a server on a port above the client's is misread).
+fn tcp_is_client(role: u8, local: SocketAddr, remote: SocketAddr) -> bool {
+    match role {
+        data::role::CLIENT => true,
+        data::role::SERVER => false,
+        _ => local.port() > remote.port(),
+    }
+}
+
 /// A `struct sockaddr_in`/`sockaddr_in6` copied from user memory.
 fn sockaddr(raw: &[u8; 28]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([raw[0], raw[1]]);
@@ -354,6 +394,19 @@ mod tests {
         t.local_addr[..4].copy_from_slice(&local.0);
         t.remote_addr[..4].copy_from_slice(&remote.0);
         t
+    }
+
+    #[test]
+    fn a_records_role_names_the_client_whatever_the_ports() {
+        let server: SocketAddr = "10.0.0.2:35000".parse().unwrap();
+        let client: SocketAddr = "10.0.0.1:33000".parse().unwrap();
+        // A server on a port above its client's ephemeral port.
+        assert!(!tcp_is_client(data::role::SERVER, server, client));
+        assert!(tcp_is_client(data::role::CLIENT, client, server));
+        // Without a role (a connection older than the agent), the ports
+        // decide, and get this one wrong.
+        assert!(tcp_is_client(data::role::UNKNOWN, server, client));
+        assert!(!tcp_is_client(data::role::UNKNOWN, client, server));
     }
 
     #[test]

@@ -33,7 +33,7 @@ const DETECT_CHUNKS: usize = 8;
 /// connection after connection, and payload records are read in batches
 /// (every 20 ms when quiet): at 1000 connections/s, 20 may share an
 /// address between two reads.
-const STREAMS_PER_ADDRESS: usize = 16;
+pub const STREAMS_PER_ADDRESS: usize = 16;
 
 /// What the engine needs to know about the socket a record came from.
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +245,14 @@ impl L7Engine {
             },
         });
         self.count += 1;
+    }
+
+    /// Whether a record of socket `sk` with addresses `tuple` would start
+    /// a stream at an address that has no room left for one.
+    pub fn crowded(&self, sk: u64, tuple: &SockTuple) -> bool {
+        self.streams
+            .get(&sk)
+            .is_some_and(|l| l.len() >= STREAMS_PER_ADDRESS && !l.iter().any(|s| s.tuple == *tuple))
     }
 
     /// Whether socket `sk` (with addresses `tuple`) wrote before it read,
@@ -480,8 +488,13 @@ mod tests {
         let mut out = Vec::new();
         let streams = STREAMS_PER_ADDRESS as u16 + 6;
         for port in 0..streams {
-            let h = header(1, tuple(40000 + port, 80), DIR_SEND, 1, u64::from(port));
+            let t = tuple(40000 + port, 80);
+            // Full once it holds its share, for new sockets only.
+            assert_eq!(e.crowded(1, &t), port >= STREAMS_PER_ADDRESS as u16);
+            let h = header(1, t, DIR_SEND, 1, u64::from(port));
             e.feed(&h, b"x", CLIENT, &mut out);
+            assert!(!e.crowded(1, &t));
+            assert!(!e.crowded(2, &t));
         }
         assert_eq!(e.len(), STREAMS_PER_ADDRESS);
         assert_eq!(e.counters.streams_evicted, 6);

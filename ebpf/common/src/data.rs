@@ -12,6 +12,17 @@ pub const DIR_SEND: u8 = 0;
 /// The application received the bytes.
 pub const DIR_RECV: u8 = 1;
 
+/// Which end of its TCP connection the socket is, as the kernel's
+/// connection table knew it when the bytes moved (`DataHeader::role`).
+pub mod role {
+    /// Not known: UDP, or a connection older than the agent.
+    pub const UNKNOWN: u8 = 0;
+    /// The socket connected.
+    pub const CLIENT: u8 = 1;
+    /// The socket was accepted from a listener.
+    pub const SERVER: u8 = 2;
+}
+
 /// Syscalls whose payload is captured (SyscallArgs.kind).
 pub mod kind {
     pub const READ: u32 = 1;
@@ -33,7 +44,10 @@ pub struct SyscallArgs {
     /// `kind::*`.
     pub kind: u32,
     /// IPPROTO_TCP or IPPROTO_UDP, set when the socket tracepoint fires.
-    pub protocol: u32,
+    pub protocol: u16,
+    /// `role::*`, set with `protocol`.
+    pub role: u8,
+    pub _pad: u8,
     /// The user buffer, iovec array or msghdr, by kind.
     pub buf: u64,
     /// The user sockaddr of sendto/recvfrom (0 when none).
@@ -67,7 +81,12 @@ pub struct DataHeader {
     pub direction: u8,
     /// IPPROTO_TCP or IPPROTO_UDP.
     pub protocol: u8,
-    pub _pad: [u8; 2],
+    /// `role::*`: which end of its connection the socket is. Payload
+    /// records come through another ring than the lifecycle events, and
+    /// may be read before the agent learns of the connection (and after
+    /// the kernel forgot it, once closed): the record itself must say.
+    pub role: u8,
+    pub _pad: u8,
     /// The peer's `struct sockaddr_in`/`_in6` when the syscall named one
     /// (unconnected UDP); zero otherwise.
     pub peer: [u8; 28],
@@ -93,7 +112,8 @@ impl Default for DataHeader {
             captured_len: 0,
             direction: 0,
             protocol: 0,
-            _pad: [0; 2],
+            role: role::UNKNOWN,
+            _pad: 0,
             peer: [0; 28],
             comm: [0; crate::COMM_LEN],
             tuple: crate::SockTuple {

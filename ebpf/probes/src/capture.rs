@@ -41,7 +41,10 @@ use weft_common::{
     data::{DATA_MAX, DIR_RECV, DIR_SEND, DataEvent, DataHeader, SyscallArgs, kind},
 };
 
-use crate::maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, batched_wakeup, config, count};
+use crate::{
+    maps::{DATA, DATA_SCRATCH, SYSCALL_ARGS, batched_wakeup, config, count},
+    sock_io::StreamPos,
+};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -111,6 +114,8 @@ fn enter(ctx: &TracePointContext, kind: u32) {
     let args = SyscallArgs {
         kind,
         protocol: 0,
+        role: 0,
+        _pad: 0,
         buf,
         addr,
         sk: 0,
@@ -127,14 +132,15 @@ fn enter(ctx: &TracePointContext, kind: u32) {
 /// Called from the socket tracepoints during a data syscall: the fd is a
 /// socket, and this is it.
 #[inline(always)]
-pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool, offset: u64) {
+pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool, pos: StreamPos) {
     let tid = bpf_get_current_pid_tgid();
     if let Some(args) = SYSCALL_ARGS.get_ptr_mut(&tid) {
         // SAFETY: a valid pointer into the map value of this thread.
         unsafe {
             (*args).sk = sk;
-            (*args).protocol = protocol as u32;
-            (*args).offset = offset;
+            (*args).protocol = protocol;
+            (*args).role = pos.role;
+            (*args).offset = pos.offset;
         }
         return;
     }
@@ -143,7 +149,7 @@ pub fn mark_socket(sk: u64, protocol: u16, len: i32, recv: bool, offset: u64) {
     // must know that they passed, or a response body sent with sendfile
     // would be mistaken for the next message.
     if len > 0 && config().snippet_bytes != 0 && !crate::owner::is_agent() {
-        emit_uncaptured(sk, protocol, len as u64, recv, offset);
+        emit_uncaptured(sk, protocol, len as u64, recv, pos.offset);
     }
 }
 
@@ -165,6 +171,8 @@ fn emit_uncaptured(sk: u64, protocol: u16, total: u64, recv: bool, offset: u64) 
         (*h).captured_len = 0;
         (*h).direction = if recv { DIR_RECV } else { DIR_SEND };
         (*h).protocol = protocol as u8;
+        // A rare path (sendfile, splice...): the role is looked up again.
+        (*h).role = crate::sock_io::role_of(sk);
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).peer = [0; 28];
         (*h).tuple = sock_tuple(sk);
@@ -237,12 +245,14 @@ fn count_bytes(syscall: u32, args: &mut SyscallArgs, ret: i64) {
         return;
     }
     args.sk = sk;
-    args.protocol = protocol as u32;
+    args.protocol = protocol;
     let bytes = match syscall {
         kind::RECVMMSG | kind::SENDMMSG => mmsg_bytes(args.buf, ret),
         _ => ret,
     };
-    args.offset = crate::sock_io::account(sk, protocol, bytes, recv);
+    let pos = crate::sock_io::account(sk, protocol, bytes, recv);
+    args.offset = pos.offset;
+    args.role = pos.role;
 }
 
 /// The bytes of the first [`MAX_MMSGS`] of the `ret` messages a
@@ -277,6 +287,7 @@ fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
         (*h).tid = tid as u32;
         (*h).direction = if is_recv(syscall) { DIR_RECV } else { DIR_SEND };
         (*h).protocol = args.protocol as u8;
+        (*h).role = args.role;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).tuple = sock_tuple(args.sk);
         (*h).offset = args.offset;

@@ -19,6 +19,7 @@ use weft_common::{
         tcp_state,
     },
     counters::index,
+    data::role,
     event::EVENT_TCP_OPEN,
 };
 
@@ -62,31 +63,67 @@ fn try_sock_io(ctx: &TracePointContext, dir: Direction) -> Result<(), Skip> {
         }
     }
     let recv = dir == Direction::Recv;
-    let offset = account(sk, protocol, ret as i64, recv);
+    let pos = account(sk, protocol, ret as i64, recv);
     // Tell the payload capture that the syscall in progress is on a TCP or
     // UDP socket (unix sockets and the rest are not for the L7 parsers).
     if protocol == IPPROTO_TCP as u16 || protocol == weft_common::IPPROTO_UDP as u16 {
-        crate::capture::mark_socket(sk, protocol, ret, recv, offset);
+        crate::capture::mark_socket(sk, protocol, ret, recv, pos);
     }
     Ok(())
 }
 
-/// Counts `ret` bytes (a syscall's result: negative for an error) moved
-/// by the current task through the socket `sk`, and returns the count
-/// before them: where these bytes start in the socket's stream (as far as
-/// the agent has seen it), so that the L7 parsers can tell a lost payload
-/// record from the next one (0 for UDP and errors). Called here from the
-/// socket tracepoints, and from the data syscalls' exits on kernels
-/// without them (capture.rs).
+/// Where a read/write's bytes sit in their socket's stream, and which
+/// end of its connection the socket is: what its payload records carry.
+#[derive(Clone, Copy, Default)]
+pub struct StreamPos {
+    /// The socket's count of bytes in this direction before these.
+    pub offset: u64,
+    /// `weft_common::data::role::*`.
+    pub role: u8,
+}
+
+/// The role recorded for a tracked connection: its end is known from how
+/// it began (connect or accept); an adopted one's is only guessed, and
+/// the agent guesses it again from the same ports.
 #[inline(always)]
-pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> u64 {
+fn role(flags: u32) -> u8 {
+    if flags & CONN_ADOPTED != 0 {
+        role::UNKNOWN
+    } else if flags & CONN_ACTIVE != 0 {
+        role::CLIENT
+    } else if flags & CONN_PASSIVE != 0 {
+        role::SERVER
+    } else {
+        role::UNKNOWN
+    }
+}
+
+/// The role of socket `sk`, looked up (for bytes that passed uncaptured,
+/// which carry no [`StreamPos`]).
+#[inline(always)]
+pub fn role_of(sk: u64) -> u8 {
+    // SAFETY: the flags are copied out of the map value.
+    TCP_CONNS
+        .get_ptr(&sk)
+        .map_or(role::UNKNOWN, |conn| role(unsafe { (*conn).flags }))
+}
+
+/// Counts `ret` bytes (a syscall's result: negative for an error) moved
+/// by the current task through the socket `sk`, and returns where these
+/// bytes start in the socket's stream (as far as the agent has seen it),
+/// so that the L7 parsers can tell a lost payload record from the next
+/// one, with the socket's role (nothing for UDP and errors: nothing of
+/// them is captured). Called here from the socket tracepoints, and from
+/// the data syscalls' exits on kernels without them (capture.rs).
+#[inline(always)]
+pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> StreamPos {
     if protocol != IPPROTO_TCP as u16 {
         // UDP is counted per datagram by the cgroup_skb programs.
-        return 0;
+        return StreamPos::default();
     }
     count(index::SOCK_IO);
     if ret <= 0 {
-        return 0;
+        return StreamPos::default();
     }
     let dir = if recv {
         Direction::Recv
@@ -96,7 +133,7 @@ pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> u64 {
     let moved = ret as u64;
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         adopt(sk, dir, moved);
-        return 0;
+        return StreamPos::default();
     };
     // SAFETY: `conn` points into the map value; the counters are updated
     // atomically because two threads may use one socket at once (their
@@ -116,7 +153,10 @@ pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> u64 {
             }
             (*conn).flags = flags;
         }
-        before
+        StreamPos {
+            offset: before,
+            role: role((*conn).flags),
+        }
     }
 }
 
