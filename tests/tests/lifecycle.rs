@@ -96,8 +96,17 @@ fn nothing_outlives_the_agent() {
     let mut agent = Agent::start(&[]);
     let n = expected_programs(&agent);
     // 8 L4 tracepoints, 2 cgroup_skb programs, and 20 syscall tracepoints
-    // for L7 payload capture.
-    assert_eq!(n, 30, "programs: {:?}", agent.status_json());
+    // for L7 payload capture, less what older kernels cannot have: before
+    // 6.3 the syscall exits count bytes (no socket tracepoints), before
+    // 6.4 tcp_probe names no socket (no RTT program).
+    let mut want = 30;
+    if !agent.has_feature("tracepoint sock:sock_send_length") {
+        want -= 2;
+    }
+    if !agent.has_feature("tcp_probe skaddr field") {
+        want -= 1;
+    }
+    assert_eq!(n, want, "programs: {:?}", agent.status_json());
     let progs = programs_of(&agent);
     assert_eq!(progs.len(), n, "the agent holds each of its programs");
     // Every program hangs on a link owned by the agent's descriptors.

@@ -122,6 +122,9 @@ struct Prepared {
     capture: bool,
     /// The data syscalls' exits count bytes (no socket tracepoints).
     fd_fallback: bool,
+    /// `tcp:tcp_probe` names its socket (6.4+); before, the program could
+    /// only skip every packet, so it is not attached.
+    rtt: bool,
     drop_reason_names: BTreeMap<u32, String>,
 }
 
@@ -148,6 +151,9 @@ impl Probes {
             }
             // Bytes are counted at the syscall exits instead: not twice.
             if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
+                continue;
+            }
+            if !env.rtt && *prog == "weft_tcp_probe" {
                 continue;
             }
             let need = if *prog == "weft_tcp_state" {
@@ -243,7 +249,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         detail: if rtt {
             "smoothed RTT per connection".into()
         } else {
-            "kernel older than 6.4: no smoothed RTT".into()
+            "kernel older than 6.4: no smoothed RTT (weft_tcp_probe is not attached)".into()
         },
     });
     // The skb-based record (28-byte addresses) also fires for resets that
@@ -301,6 +307,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         features,
         capture,
         fd_fallback: fd.enabled != 0,
+        rtt,
         drop_reason_names: reasons,
     })
 }
