@@ -150,6 +150,17 @@ impl Agent {
     /// Whether the running kernel offers the feature `name` (a row of
     /// `weft status`): tests hold an older kernel to what the README's
     /// kernel table says it does without a feature, not to what it lacks.
+    /// Whether `weft status` lists feature `name` as unavailable (some
+    /// rows appear only on the kernels that lack the feature).
+    pub fn lacks_feature(&self, name: &str) -> bool {
+        let status = self.status_json().expect("weft status -o json");
+        status["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .any(|f| f["name"] == name && f["available"] == false)
+    }
+
     pub fn has_feature(&self, name: &str) -> bool {
         let status = self.status_json().expect("weft status -o json");
         let features = status["features"].as_array().expect("features");

@@ -160,6 +160,18 @@ pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> StreamPos {
     }
 }
 
+/// Whether the socket's state (`skc_state`, BTF offset) is TCP_CLOSE.
+#[inline(always)]
+fn is_closed(sk: u64) -> bool {
+    let off = config().sock.state;
+    if off == weft_common::config::NO_FIELD {
+        return false;
+    }
+    // SAFETY: a kernel read through the checked helper.
+    let state = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((sk + off as u64) as *const u8) };
+    state.is_ok_and(|s| u32::from(s) == tcp_state::CLOSE)
+}
+
 /// A TCP socket moving data that was never seen being established: one
 /// connected before the agent started. It is tracked from here on, as
 /// if it opened now (an `open` event), with its addresses from the
@@ -170,6 +182,12 @@ pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> StreamPos {
 /// loaded is the agent's connection, and its other end must be known as
 /// such (both ends' roles are guessed alike, so they name one flow).
 fn adopt(sk: u64, dir: Direction, moved: u64) {
+    // A connection that closed while this read or write was in progress
+    // (a reset, or the syscall exit after the close on kernels that count
+    // there) is not one older than the agent: its close was seen.
+    if is_closed(sk) {
+        return;
+    }
     let tuple: SockTuple = crate::capture::sock_tuple(sk);
     if tuple.family == 0 || tuple.local_port == 0 || tuple.remote_port == 0 {
         return;
