@@ -116,13 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (services_tx, services_rx) = watch::channel(Vec::new());
     let reporter = steering.map(|s| {
-        let names = s
-            .plan
-            .services
-            .iter()
-            .map(|(id, p)| (*id, p.name.clone()))
-            .collect();
-        emitter.services = ServiceTags::new(s.steered, names);
+        emitter.services = ServiceTags::new(s.steered, &s.plan);
         Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
     });
 

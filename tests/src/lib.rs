@@ -17,6 +17,7 @@ pub mod peer;
 pub mod prometheus;
 pub mod servers;
 pub mod sql;
+pub mod steer;
 pub mod traffic;
 
 use std::{

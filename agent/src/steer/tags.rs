@@ -5,7 +5,7 @@
 //! emitter tags every record of the connection with it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
 };
 
@@ -15,13 +15,15 @@ use weft_common::steer::Origin;
 use super::plan::ip_of;
 use crate::flow::{addr::FlowKey, record::ServiceRef};
 
-/// Connections that entered the table this many times the table's
-/// capacity... are bounded by the flow table itself: an entry is removed
-/// with the connection's last record.
+/// Tags are kept per connection until its last record is written, so they
+/// are bounded by the flow table.
 pub struct ServiceTags {
     steered: Option<BpfHashMap<MapData, u64, Origin>>,
     /// Service id -> name.
     names: BTreeMap<u32, String>,
+    /// Every backend: only a connection to one of them can have been
+    /// steered, so only those cost a map lookup.
+    backends: HashSet<SocketAddr>,
     by_flow: HashMap<FlowKey, ServiceRef>,
     /// Steered sockets whose entry named another backend than the socket's
     /// peer (a stale entry of a reused socket address): ignored.
@@ -34,15 +36,28 @@ impl ServiceTags {
         Self {
             steered: None,
             names: BTreeMap::new(),
+            backends: HashSet::new(),
             by_flow: HashMap::new(),
             mismatched: 0,
         }
     }
 
-    pub fn new(steered: BpfHashMap<MapData, u64, Origin>, names: BTreeMap<u32, String>) -> Self {
+    pub fn new(steered: BpfHashMap<MapData, u64, Origin>, plan: &super::plan::Plan) -> Self {
+        let names = plan
+            .services
+            .iter()
+            .map(|(id, s)| (*id, s.name.clone()))
+            .collect();
+        let backends = plan
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter())
+            .map(|(_, b, _)| SocketAddr::new(ip_of(&b.addr, b.family), b.port))
+            .collect();
         Self {
             steered: Some(steered),
             names,
+            backends,
             ..Self::none()
         }
     }
@@ -53,6 +68,9 @@ impl ServiceTags {
         let Some(map) = self.steered.as_mut() else {
             return;
         };
+        if !self.backends.contains(&key.server) {
+            return;
+        }
         let Ok(origin) = map.get(&sk, 0) else {
             return;
         };
