@@ -118,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reporter = steering.map(|s| {
         emitter.services = ServiceTags::new(s.steered, &s.plan);
         Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
+            .with_losses(s.counters, health.events_lost.clone())
     });
 
     let readiness = metrics_server::Readiness::default();

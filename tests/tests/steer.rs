@@ -195,6 +195,13 @@ fn connects_are_balanced_over_real_backends() {
         },
     );
 
+    // Nothing the steering programs could not do.
+    let metrics = agent.metrics();
+    for stage in ["kernel_map_full", "incomplete_service"] {
+        let series = format!("weft_events_lost_total{{source=\"steer\",stage=\"{stage}\"}} 0");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+
     let out = agent.client(&["services", "-o", "json"]);
     assert!(out.status.success());
     let services: Vec<Value> = serde_json::from_slice(&out.stdout).expect("services JSON");

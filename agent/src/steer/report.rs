@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use aya::maps::{MapData, PerCpuArray};
+use weft_common::steer::counter;
+
 use super::{plan::Plan, plan::ip_of, sync::ServiceMaps};
+use crate::export::metrics::LossLabels;
 
 /// One service in `weft services -o json` (shape fixed by the spec).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,12 +97,25 @@ impl SteerMetrics {
     }
 }
 
+/// What the steering programs could not do, as `weft_events_lost_total`
+/// stages of source `steer`.
+const LOSSES: &[(u32, &str)] = &[
+    // A steered socket not remembered: its getpeername shows the backend
+    // and its flow records name no service.
+    (counter::LOST_ORIGIN, "kernel_map_full"),
+    // A service met half-written (a slot or backend missing): the connect
+    // went on unchanged.
+    (counter::INCOMPLETE, "incomplete_service"),
+];
+
 /// Owns the service maps; turns their counters into metrics and reports.
 pub struct Reporter {
     pub maps: ServiceMaps,
     pub plan: Plan,
     pub metrics: SteerMetrics,
     pub interval: Duration,
+    /// The programs' per-CPU counters and the loss family they feed.
+    pub counters: Option<(PerCpuArray<MapData, u64>, Family<LossLabels, Counter>)>,
     /// Counter values already added to the metrics, by id.
     seen: BTreeMap<(bool, u32), u64>,
 }
@@ -110,7 +127,36 @@ impl Reporter {
             plan,
             metrics,
             interval,
+            counters: None,
             seen: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the programs' own losses to `weft_events_lost_total`.
+    pub fn with_losses(
+        mut self,
+        counters: PerCpuArray<MapData, u64>,
+        lost: Family<LossLabels, Counter>,
+    ) -> Self {
+        self.counters = Some((counters, lost));
+        self
+    }
+
+    fn count_losses(&mut self) {
+        let Some((counters, lost)) = &self.counters else {
+            return;
+        };
+        for &(index, stage) in LOSSES {
+            let Ok(per_cpu) = counters.get(&index, 0) else {
+                continue;
+            };
+            let total: u64 = per_cpu.iter().sum();
+            let metric = lost.get_or_create(&LossLabels {
+                source: "steer".into(),
+                stage: stage.into(),
+            });
+            // Ids above any service's: the `seen` keys of the losses.
+            add(&mut self.seen, (false, u32::MAX - index), total, &metric);
         }
     }
 
@@ -134,6 +180,7 @@ impl Reporter {
 
     /// Reads the kernel's counters once.
     pub fn refresh(&mut self) -> Vec<ServiceReport> {
+        self.count_losses();
         let mut out = Vec::with_capacity(self.plan.services.len());
         for s in self.plan.services.values() {
             let no_backend = self
