@@ -96,6 +96,9 @@ fn main() -> ExitCode {
                 cause
                     .downcast_ref::<weft::loader::LoadError>()
                     .is_some_and(weft::loader::LoadError::is_node_setup)
+                    || cause
+                        .downcast_ref::<weft::steer::SteerError>()
+                        .is_some_and(weft::steer::SteerError::is_node_setup)
             });
             if node_setup {
                 ExitCode::from(2)

@@ -88,6 +88,14 @@ pub enum SteerError {
     },
 }
 
+impl SteerError {
+    /// The node is not set up for services (bpffs, cgroup v2): bad
+    /// configuration, exit status 2, as the loader's own node errors are.
+    pub fn is_node_setup(&self) -> bool {
+        matches!(self, Self::NoBpffs(_) | Self::NoCgroup2)
+    }
+}
+
 /// The running steering datapath.
 pub struct Steering {
     /// Keeps the object's map descriptors (the programs stay attached by
