@@ -12,7 +12,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 mod kubernetes;
+pub mod steer;
 pub use kubernetes::{Enabled, KubernetesConfig};
+pub use steer::{HealthConfig, PolicyConfig, PolicyMode, ServiceConfig};
 
 /// Default Prometheus listener (spec.md).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -70,6 +72,16 @@ pub struct Config {
     pub l7_obfuscate_redis_values: bool,
     /// Kubernetes identity (pods, namespaces, workloads, Services).
     pub kubernetes: KubernetesConfig,
+    /// Virtual addresses balanced at connect time (README "Steering").
+    pub services: Vec<ServiceConfig>,
+    /// Passive health defaults of every service.
+    pub health: HealthConfig,
+    /// Kubernetes ClusterIP Services as services.
+    pub kubernetes_services: bool,
+    /// `enforce` or `audit` for every rule of `policies`.
+    pub policy_mode: PolicyMode,
+    /// Named L3/L4 rules.
+    pub policies: Vec<PolicyConfig>,
 }
 
 impl Default for Config {
@@ -95,6 +107,11 @@ impl Default for Config {
             l7_obfuscate_sql: true,
             l7_obfuscate_redis_values: true,
             kubernetes: KubernetesConfig::default(),
+            services: Vec::new(),
+            health: HealthConfig::default(),
+            kubernetes_services: false,
+            policy_mode: PolicyMode::default(),
+            policies: Vec::new(),
         }
     }
 }
@@ -137,6 +154,13 @@ pub enum ConfigError {
     #[error("invalid {field} {value:?}: {reason}")]
     Invalid {
         field: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// An invalid value at a path known at run time (`services[1].port`).
+    #[error("invalid {field} {value:?}: {reason}")]
+    Field {
+        field: String,
         value: String,
         reason: String,
     },
@@ -309,6 +333,8 @@ impl Config {
             1 << 22,
         )?;
         self.kubernetes.validate()?;
+        steer::validate(&self.services, &self.health, &self.policies)?;
+        steer::refuse_unsupported(self)?;
         Ok(())
     }
 }
@@ -358,7 +384,7 @@ fn check_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), Co
 }
 
 /// Durations written as text in YAML ("10s", "500ms").
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -36,6 +36,10 @@ use crate::{
     l7::L7Engine,
     loader::{Probes, mounts},
     status::StatusReport,
+    steer::{
+        report::{Reporter, SteerMetrics},
+        tags::ServiceTags,
+    },
 };
 
 /// `weft_program_state{program, state}`: 1 for each program, attached or
@@ -64,6 +68,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .maps
         .take()
         .context("kernel maps were already taken")?;
+    // Steering after observation: a node that cannot run the agent at all
+    // says so first.
+    let steering = crate::steer::Steering::start(&config).context("cannot set up steering")?;
+    if let Some(s) = &steering {
+        probes.programs.extend(s.programs.iter().cloned());
+        if s.adopted > 0 {
+            log::info!("adopted {} pinned steering programs", s.adopted);
+        }
+    }
     for p in &probes.programs {
         log::info!("attached {} ({}) to {}", p.name, p.kind, p.attach_point);
     }
@@ -71,7 +84,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("{} is not available: {}", f.name, f.detail);
     }
 
-    let (metrics, l4, health, l7_metrics) = Metrics::new();
+    let (mut metrics, l4, health, l7_metrics) = Metrics::new();
+    let steer_metrics = SteerMetrics::register(&mut metrics.registry);
     let kernel = kernel_release();
     health
         .build_info
@@ -94,6 +108,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         enricher = enricher.with_kubernetes(names);
         kube_watcher = Some(watcher);
     }
+
+    let mut emitter = Emitter::new(
+        store.clone(),
+        l4,
+        LabelBudget::new(config.metric_label_budget),
+        enricher,
+    );
+    let (services_tx, services_rx) = watch::channel(Vec::new());
+    let reporter = steering.map(|s| {
+        emitter.services = ServiceTags::new(s.steered, &s.plan);
+        Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
+            .with_losses(s.counters, health.events_lost.clone())
+    });
 
     let readiness = metrics_server::Readiness::default();
     let secs = |d: Duration| d.as_nanos() as u64;
@@ -118,12 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idle_timeout_ns: secs(config.udp_idle_timeout),
             capacity: config.flow_table_capacity,
         }),
-        emitter: Emitter::new(
-            store.clone(),
-            l4,
-            LabelBudget::new(config.metric_label_budget),
-            enricher,
-        ),
+        emitter,
         store: store.clone(),
         health,
         pipeline: pipeline.clone(),
@@ -191,6 +213,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("metrics endpoint failed")
         });
     }
+    if let Some(reporter) = reporter {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            reporter.run(services_tx, shutdown).await;
+            Ok(())
+        });
+    }
     if let Some(watcher) = kube_watcher {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -202,7 +231,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let socket = config.api_socket.clone();
         tasks.spawn(async move {
-            api::serve(&socket, store, status_rx, shutdown)
+            api::serve(&socket, store, status_rx, services_rx, shutdown)
                 .await
                 .map_err(anyhow::Error::from)
         });
@@ -236,9 +265,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log::warn!("tasks did not finish within {DRAIN_TIMEOUT:?}; detaching anyway");
         tasks.abort_all();
     }
-    // Detaches every program.
+    // Detaches every observation program; steering stays pinned.
     drop(probes);
-    log::info!("detached all programs");
+    log::info!("detached all observation programs");
     outcome
 }
 

@@ -17,3 +17,4 @@ pub mod flow;
 pub mod l7;
 pub mod loader;
 pub mod status;
+pub mod steer;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weft::{
-    cli::{flows::FlowsArgs, status::StatusArgs},
+    cli::{flows::FlowsArgs, services::ServicesArgs, status::StatusArgs},
     config::{AgentArgs, Config},
 };
 
@@ -26,6 +26,11 @@ enum Command {
     Flows(FlowsArgs),
     /// Show the local agent's health.
     Status(StatusArgs),
+    /// Show the services the local agent steers.
+    Services(ServicesArgs),
+    /// Remove every pinned weft object (steering programs and maps): run
+    /// it after stopping the agent for good.
+    Cleanup,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,14 @@ fn main() -> ExitCode {
         }
         Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
         Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),
+        Command::Services(args) => runtime.block_on(weft::cli::services::run(args)),
+        Command::Cleanup => match weft::steer::cleanup() {
+            Ok(n) => {
+                println!("removed {n} pinned weft objects");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => Err(err.into()),
+        },
     };
     match result {
         Ok(code) => code,
@@ -83,6 +96,9 @@ fn main() -> ExitCode {
                 cause
                     .downcast_ref::<weft::loader::LoadError>()
                     .is_some_and(weft::loader::LoadError::is_node_setup)
+                    || cause
+                        .downcast_ref::<weft::steer::SteerError>()
+                        .is_some_and(weft::steer::SteerError::is_node_setup)
             });
             if node_setup {
                 ExitCode::from(2)

@@ -19,6 +19,7 @@ pub mod pods;
 pub mod prometheus;
 pub mod servers;
 pub mod sql;
+pub mod steer;
 pub mod traffic;
 
 use std::{

@@ -108,7 +108,16 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (socket, store, shutdown) = (socket.to_owned(), store.clone(), shutdown.clone());
-            async move { serve(&socket, store, status, shutdown).await }
+            async move {
+                serve(
+                    &socket,
+                    store,
+                    status,
+                    watch::channel(Vec::new()).1,
+                    shutdown,
+                )
+                .await
+            }
         });
         tokio::time::timeout(WAIT, async {
             while connect(socket).await.is_err() {
@@ -230,6 +239,7 @@ mod tests {
             &socket,
             store.clone(),
             status.clone(),
+            watch::channel(Vec::new()).1,
             CancellationToken::new(),
         )
         .await
@@ -249,9 +259,15 @@ mod tests {
         agent.task.await.unwrap().unwrap();
 
         std::fs::write(&socket, "not a socket").unwrap();
-        let err = serve(&socket, store, status, CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = serve(
+            &socket,
+            store,
+            status,
+            watch::channel(Vec::new()).1,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ApiError::NotASocket { .. }), "{err:?}");
         assert!(socket.exists(), "a regular file is never removed");
     }

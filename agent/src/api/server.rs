@@ -16,11 +16,12 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::proto::flow_api_server::{FlowApi, FlowApiServer};
-use super::proto::{self, Flow, GetFlowsRequest, GetStatusRequest};
+use super::proto::{self, Flow, GetFlowsRequest, GetServicesRequest, GetStatusRequest};
 use crate::flow::filter::FlowFilter;
 use crate::flow::record::FlowRecord;
 use crate::flow::store::FlowStore;
 use crate::status::StatusReport;
+use crate::steer::report::ServiceReport;
 
 /// Messages buffered between a stream's producer task and the connection.
 /// Small: the follower's real buffer is the store's broadcast channel; this
@@ -37,12 +38,14 @@ pub async fn serve(
     socket: &Path,
     store: Arc<FlowStore>,
     status: watch::Receiver<StatusReport>,
+    services: watch::Receiver<Vec<ServiceReport>>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let (listener, socket_file) = bind(socket).await?;
     let service = FlowService {
         store,
         status,
+        services,
         shutdown: shutdown.clone(),
     };
     let served = tonic::transport::Server::builder()
@@ -172,6 +175,7 @@ impl Drop for SocketFile {
 struct FlowService {
     store: Arc<FlowStore>,
     status: watch::Receiver<StatusReport>,
+    services: watch::Receiver<Vec<ServiceReport>>,
     shutdown: CancellationToken,
 }
 
@@ -185,6 +189,16 @@ impl FlowApi for FlowService {
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let request = request.into_inner();
         let filter = FlowFilter::try_from(&request.filter.unwrap_or_default())?;
+        // An unknown service is an error, never an empty result.
+        let unknown = filter
+            .services()
+            .iter()
+            .find(|name| !self.services.borrow().iter().any(|s| &s.name == *name));
+        if let Some(name) = unknown {
+            return Err(Status::invalid_argument(format!(
+                "invalid service {name:?}: the agent steers no service of that name (see `weft services`)"
+            )));
+        }
         let last = (request.last != 0).then(|| usize::try_from(request.last).unwrap_or(usize::MAX));
         let since = since_instant(request.since_unix_nanos, SystemTime::now(), Instant::now());
 
@@ -213,6 +227,16 @@ impl FlowApi for FlowService {
         let json = serde_json::to_string(&report)
             .map_err(|e| Status::internal(format!("cannot encode the status report: {e}")))?;
         Ok(Response::new(proto::Status { json }))
+    }
+
+    async fn get_services(
+        &self,
+        _request: Request<GetServicesRequest>,
+    ) -> Result<Response<proto::Services>, Status> {
+        let report = self.services.borrow().clone();
+        let json = serde_json::to_string(&report)
+            .map_err(|e| Status::internal(format!("cannot encode the services: {e}")))?;
+        Ok(Response::new(proto::Services { json }))
     }
 }
 

@@ -104,13 +104,16 @@ pub struct FilterArgs {
     /// DNS name of L7 records (matches subdomains too)
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub dns_query: Vec<String>,
+    /// Name of the service a connection was made through
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub service: Vec<String>,
 }
 
 impl FilterArgs {
     /// Validates every value; the first bad one is the error.
     pub fn to_filter(&self) -> Result<FlowFilter, FilterError> {
         type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
-        let kinds: [(&[String], Add); 11] = [
+        let kinds: [(&[String], Add); 12] = [
             (&self.protocol, FlowFilter::add_protocol),
             (&self.ip, FlowFilter::add_ip),
             (&self.port, FlowFilter::add_port),
@@ -122,6 +125,7 @@ impl FilterArgs {
             (&self.http_status, FlowFilter::add_http_status),
             (&self.http_path, FlowFilter::add_http_path),
             (&self.dns_query, FlowFilter::add_dns_query),
+            (&self.service, FlowFilter::add_service),
         ];
         let mut filter = FlowFilter::default();
         for (values, add) in kinds {

@@ -15,6 +15,7 @@ use anyhow::anyhow;
 use crate::api::DEFAULT_API_SOCKET;
 
 pub mod flows;
+pub mod services;
 pub mod status;
 pub mod table;
 

@@ -67,6 +67,8 @@ pub struct Emitter {
     /// The budget of the L7 labels whose values come from traffic.
     values: ValueBudget,
     enricher: Enricher,
+    /// Which connections went through a service.
+    pub services: crate::steer::tags::ServiceTags,
 }
 
 impl Emitter {
@@ -82,6 +84,7 @@ impl Emitter {
             budget,
             values: ValueBudget::default(),
             enricher,
+            services: crate::steer::tags::ServiceTags::none(),
         }
     }
 
@@ -157,8 +160,12 @@ impl Emitter {
             failure: obs.failure,
             l7: None,
             traffic_direction: None,
+            service: self.services.get(obs.key),
             mono_ns: obs.ts_ns,
         };
+        if matches!(obs.event, FlowEvent::Close | FlowEvent::Fail) {
+            self.services.forget(obs.key);
+        }
         self.store.push(record);
     }
 
@@ -190,6 +197,7 @@ impl Emitter {
             failure: None,
             l7: None,
             traffic_direction: None,
+            service: None,
             mono_ns: d.last_ns,
         };
         self.store.push(record);

@@ -101,6 +101,7 @@ pub struct FlowFilter {
     pods: Vec<PodFilter>,
     namespaces: Vec<String>,
     verdicts: Vec<Verdict>,
+    services: Vec<String>,
     l7: l7::L7Filter,
 }
 
@@ -253,6 +254,18 @@ impl FlowFilter {
         self.l7.add_dns_query(value)
     }
 
+    /// `--service`: the name of the service a connection was made through.
+    pub fn add_service(&mut self, value: &str) -> Result<(), FilterError> {
+        let name = non_empty("service", value)?;
+        self.services.push(name.to_owned());
+        Ok(())
+    }
+
+    /// The service names asked for.
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+
     /// Whether `record` passes: every constrained kind has a matching value.
     pub fn matches(&self, record: &FlowRecord) -> bool {
         self.l7.matches(record) && self.l4_matches(record)
@@ -267,6 +280,11 @@ impl FlowFilter {
                 .protocol_names()
                 .any(|name| self.protocols.contains(&name)))
             && (self.verdicts.is_empty() || self.verdicts.contains(&record.verdict))
+            && (self.services.is_empty()
+                || record
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| self.services.contains(&s.name)))
             && (self.ports.is_empty() || any_side(&|e| self.ports.contains(&e.port)))
             && (self.ips.is_empty() || any_side(&|e| self.ip_matches(e.ip)))
             && (self.pids.is_empty()
@@ -336,6 +354,9 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
         for v in &raw.dns_query {
             filter.add_dns_query(v)?;
         }
+        for v in &raw.service {
+            filter.add_service(v)?;
+        }
         Ok(filter)
     }
 }
@@ -358,6 +379,7 @@ impl From<&FlowFilter> for proto::FlowFilter {
             http_status: filter.l7.statuses(),
             http_path: filter.l7.paths(),
             dns_query: filter.l7.dns_queries(),
+            service: filter.services.clone(),
         }
     }
 }
@@ -406,6 +428,7 @@ pub(crate) mod test_support {
             failure: None,
             l7: None,
             traffic_direction: None,
+            service: None,
             mono_ns: 0,
         }
     }

@@ -100,6 +100,14 @@ impl Endpoint {
     }
 }
 
+/// A service as named on flow records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    pub port: u16,
+}
+
 /// A flow record (`type: l4` today; `l7` records add the `l7` object).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowRecord {
@@ -144,6 +152,10 @@ pub struct FlowRecord {
     /// outgoing request), `ingress` at the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_direction: Option<String>,
+    /// The service the client dialed, on records of connections made
+    /// through one (`destination` is the backend it reached).
+    #[serde(default)]
+    pub service: Option<ServiceRef>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]

@@ -152,6 +152,11 @@ impl FlowTable {
         if ev.kind == EVENT_TCP_OPEN {
             self.stream_opened(ev.sk);
         }
+        let is_client = ev.conn.flags & weft_common::conn::CONN_ACTIVE != 0;
+        if is_client && matches!(ev.kind, EVENT_TCP_OPEN | EVENT_TCP_FAIL) {
+            let key = super::addr::key(super::record::Transport::Tcp, &ev.conn.tuple, true);
+            self.emitter.services.learn(ev.sk, &key);
+        }
         self.tcp.handle(ev, &mut self.emitter);
         if closing {
             self.stream_closing(ev.sk, ev.ts_ns, &ev.conn.tuple, view);

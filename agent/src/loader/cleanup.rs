@@ -1,25 +1,47 @@
 //! Leftovers of a predecessor that crashed.
 //!
-//! weft attaches every program through a BPF link or perf event owned by a
-//! file descriptor of the agent process, and pins nothing, so the kernel
-//! detaches everything when the process dies, even by SIGKILL. The only
-//! state that could outlive it is a pin directory (from an older or
-//! differently configured agent); it is removed at start.
+//! weft attaches every observation program through a BPF link or perf
+//! event owned by a file descriptor of the agent process, and pins none of
+//! them, so the kernel detaches them when the process dies, even by
+//! SIGKILL. Pins below `<bpffs>/weft` other than steering's (which are
+//! meant to outlive the agent, see `steer/pins.rs`) are removed at start.
 
 use std::{io, path::Path};
 
 /// Where weft would pin objects under bpffs.
 pub const PIN_DIR: &str = "weft";
 
-/// Removes `<bpffs>/weft` and everything pinned below it. Returns how many
-/// pins were removed.
+/// Steering's pins (`<bpffs>/weft/steer`) outlive the agent on purpose:
+/// the steering module adopts or removes them, never this cleanup.
+const KEEP: &str = crate::steer::pins::STEER_DIR;
+
+/// Removes everything pinned below `<bpffs>/weft` but steering's pins.
+/// Returns how many pins were removed.
 pub fn remove_stale_pins(bpffs: &Path) -> io::Result<usize> {
     let dir = bpffs.join(PIN_DIR);
     if !dir.exists() {
         return Ok(0);
     }
     let mut removed = 0;
-    remove_tree(&dir, &mut removed)?;
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name() == KEEP {
+            continue;
+        }
+        if path.is_dir() {
+            remove_tree(&path, &mut removed)?;
+        } else {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    if !dir.join(KEEP).exists() {
+        std::fs::remove_dir(&dir)?;
+    }
+    if removed == 0 {
+        return Ok(0);
+    }
     log::warn!(
         "removed {removed} objects pinned by a previous weft agent under {}",
         dir.display()
@@ -55,5 +77,16 @@ mod tests {
         assert_eq!(remove_stale_pins(root.path()).unwrap(), 2);
         assert!(!root.path().join(PIN_DIR).exists());
         assert_eq!(remove_stale_pins(root.path()).unwrap(), 0);
+    }
+
+    #[test]
+    fn steering_pins_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let steer = root.path().join(PIN_DIR).join(KEEP).join("v1");
+        std::fs::create_dir_all(&steer).unwrap();
+        std::fs::write(steer.join("link"), b"").unwrap();
+        std::fs::write(root.path().join(PIN_DIR).join("prog"), b"").unwrap();
+        assert_eq!(remove_stale_pins(root.path()).unwrap(), 1);
+        assert!(steer.join("link").exists());
     }
 }

@@ -7,6 +7,7 @@ use crate::{
     data::{DataHeader, SyscallArgs},
     drop::{DropKey, DropStats},
     event::TcpEvent,
+    steer::{Backend, Origin, ServiceEntry, ServiceKey, SlotKey},
     udp::UdpFlow,
 };
 
@@ -23,6 +24,11 @@ unsafe impl aya::Pod for SyscallArgs {}
 unsafe impl aya::Pod for DataHeader {}
 unsafe impl aya::Pod for DropKey {}
 unsafe impl aya::Pod for DropStats {}
+unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for ServiceEntry {}
+unsafe impl aya::Pod for SlotKey {}
+unsafe impl aya::Pod for Backend {}
+unsafe impl aya::Pod for Origin {}
 
 impl Owner {
     /// The `comm` as text, up to its first NUL.

@@ -100,6 +100,7 @@ impl Emitter {
             failure: None,
             l7: Some(Value::Object(l7)),
             traffic_direction: Some(direction.name().into()),
+            service: self.services.get(key),
             mono_ns: ex.request_ns,
         };
         self.store.push(record);

@@ -1,0 +1,160 @@
+//! `weft services`: the services the local agent steers, each backend with
+//! its state, weight and connects.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+
+use super::table::Table;
+use super::{ApiSocketArgs, rpc_failure};
+use crate::api::{self, proto};
+use crate::steer::report::ServiceReport;
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ServicesOutput {
+    /// One line per backend.
+    #[default]
+    Table,
+    /// An array of services.
+    Json,
+}
+
+/// The services the local agent steers, with their backends
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub socket: ApiSocketArgs,
+
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = ServicesOutput::Table)]
+    pub output: ServicesOutput,
+}
+
+pub async fn run(args: ServicesArgs) -> anyhow::Result<ExitCode> {
+    let socket = args.socket.path();
+    let mut client = api::connect(&socket).await?;
+    let answer = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        client.get_services(proto::GetServicesRequest {}),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "the weft agent at {} did not answer within {}s",
+            socket.display(),
+            ANSWER_TIMEOUT.as_secs()
+        )
+    })?;
+    let json = match answer {
+        Ok(response) => response.into_inner().json,
+        Err(status) => return rpc_failure(&socket, status),
+    };
+    let services: Vec<ServiceReport> = serde_json::from_str(&json)
+        .context("cannot decode the agent's services (is the agent another version of weft?)")?;
+    let text = match args.output {
+        ServicesOutput::Json => serde_json::to_string_pretty(&services)? + "\n",
+        ServicesOutput::Table => table(&services),
+    };
+    let mut stdout = io::stdout();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// One row per backend; a service without backends gets one row of its
+/// own.
+pub fn table(services: &[ServiceReport]) -> String {
+    if services.is_empty() {
+        return "no services (configure `services:`, README \"Steering\")\n".into();
+    }
+    let mut t = Table::new(&[
+        "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS",
+        "REFUSED",
+    ]);
+    for s in services {
+        let front = format!("{}", std::net::SocketAddr::new(s.address, s.port));
+        let head = |t: &mut Table, rest: [String; 4]| {
+            let mut row = vec![
+                s.name.clone(),
+                front.clone(),
+                s.protocol.clone(),
+                s.source.clone(),
+            ];
+            row.extend(rest);
+            row.push(s.no_backend.to_string());
+            t.push(row);
+        };
+        if s.backends.is_empty() {
+            head(&mut t, ["-".into(), "-".into(), "-".into(), "-".into()]);
+        }
+        for b in &s.backends {
+            let state = match &b.ejected_until {
+                Some(until) => format!("{} until {until}", b.state),
+                None => b.state.clone(),
+            };
+            head(
+                &mut t,
+                [
+                    std::net::SocketAddr::new(b.address, b.port).to_string(),
+                    b.weight.to_string(),
+                    state,
+                    b.connections.to_string(),
+                ],
+            );
+        }
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steer::report::BackendReport;
+
+    #[test]
+    fn the_table_has_a_row_per_backend() {
+        let s = ServiceReport {
+            name: "web".into(),
+            address: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            protocol: "tcp".into(),
+            source: "config".into(),
+            backends: vec![BackendReport {
+                address: "10.0.1.2".parse().unwrap(),
+                port: 8080,
+                weight: 2,
+                state: "active".into(),
+                ejected_until: None,
+                reason: None,
+                connections: 7,
+                active_connections: None,
+            }],
+            no_backend: 0,
+        };
+        let empty = ServiceReport {
+            name: "none".into(),
+            backends: vec![],
+            no_backend: 3,
+            ..s.clone()
+        };
+        let text = table(&[s, empty]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].contains("10.0.1.2:8080") && lines[1].contains(" 7 "),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("none") && lines[2].ends_with('3'),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Steering: services balanced at connect time by the cgroup sock_addr
+//! programs of the `weft-steer` object.
+//!
+//! Unlike the observation programs, these outlive the agent: programs (by
+//! their links) and maps are pinned under `<bpffs>/weft/steer/<version>/`
+//! (see [`pins`]). A starting agent adopts what its own version pinned,
+//! rewrites the maps to match its configuration ([`sync`]) and removes
+//! other versions; with no service configured it removes everything, so
+//! no steering program stays attached. `weft cleanup` removes it all.
+
+pub mod pins;
+pub mod plan;
+pub mod report;
+pub mod sync;
+pub mod tags;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+};
+use weft_common::steer::Origin;
+
+use crate::{config::Config, loader::mounts, status::ProgramStatus};
+use plan::Plan;
+use sync::ServiceMaps;
+
+/// The steering object built by build.rs.
+static STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-steer"));
+
+/// Every map of the object: each is pinned by name.
+const MAPS: &[&str] = &[
+    "SERVICES",
+    "SLOTS",
+    "BACKENDS",
+    "BACKEND_CONNECTS",
+    "SERVICE_NO_BACKEND",
+    "ORIGINS",
+    "STEERED",
+    "STEER_COUNTERS",
+];
+
+/// (program, attach type name).
+const PROGRAMS: &[(&str, &str)] = &[
+    ("weft_steer_connect4", "connect4"),
+    ("weft_steer_peername4", "getpeername4"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error(
+        "services need bpffs, where steering is pinned to outlive the agent, and it is not \
+         mounted (mounting it failed: {0}); mount it (mount -t bpf bpf /sys/fs/bpf) or run \
+         the agent with CAP_SYS_ADMIN"
+    )]
+    NoBpffs(std::io::Error),
+    #[error("services need a cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup)")]
+    NoCgroup2,
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mounts(std::io::Error),
+    #[error("steering pins under {path}: {source}")]
+    Pins {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading weft's steering object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("steering map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("steering program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("steering program {name}: cannot pin its link at {path}: {reason}")]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl SteerError {
+    /// The node is not set up for services (bpffs, cgroup v2): bad
+    /// configuration, exit status 2, as the loader's own node errors are.
+    pub fn is_node_setup(&self) -> bool {
+        matches!(self, Self::NoBpffs(_) | Self::NoCgroup2)
+    }
+}
+
+/// The running steering datapath.
+pub struct Steering {
+    /// Keeps the object's map descriptors (the programs stay attached by
+    /// their pinned links whatever happens to this).
+    _ebpf: Ebpf,
+    pub maps: ServiceMaps,
+    /// `struct sock` address -> what the socket dialed (flow records).
+    pub steered: HashMap<MapData, u64, Origin>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub plan: Plan,
+    pub programs: Vec<ProgramStatus>,
+    /// Programs found attached and pinned by an earlier agent.
+    pub adopted: usize,
+}
+
+impl Steering {
+    /// Sets up steering for `config`; `None` when it has no services
+    /// (after removing whatever an earlier agent pinned).
+    pub fn start(config: &Config) -> Result<Option<Self>, SteerError> {
+        let mounts = mounts::mounts().map_err(SteerError::Mounts)?;
+        if config.services.is_empty() {
+            remove_all_if_mounted(&mounts);
+            return Ok(None);
+        }
+        let bpffs = mounts::ensure_bpffs(&mounts).map_err(SteerError::NoBpffs)?;
+        let cgroup_root = mounts::cgroup2(&mounts).ok_or(SteerError::NoCgroup2)?;
+        let root = pins::steer_root(&bpffs);
+        let version = pins::version(STEER_OBJECT);
+        let dir = root.join(&version);
+        for sub in ["maps", "links"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| SteerError::Pins { path, source })?;
+        }
+        let mut steering = Self::load_maps(config, &dir)?;
+        steering.attach(&dir, &cgroup_root)?;
+        // Only now that this version's programs run are older ones removed.
+        let others = pins::other_versions(&root, &version).map_err(|source| SteerError::Pins {
+            path: root.clone(),
+            source,
+        })?;
+        for other in others {
+            match pins::remove(&other) {
+                Ok(n) => log::info!("removed {n} steering pins of {}", other.display()),
+                Err(e) => log::warn!("cannot remove {}: {e}", other.display()),
+            }
+        }
+        Ok(Some(steering))
+    }
+
+    /// Loads the object with every map pinned (created, or reused as an
+    /// earlier agent left it) and writes the configuration into them.
+    fn load_maps(config: &Config, dir: &Path) -> Result<Self, SteerError> {
+        let paths: Vec<(&str, PathBuf)> = MAPS
+            .iter()
+            .map(|&name| (name, dir.join("maps").join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(STEER_OBJECT)?;
+        let mut maps = ServiceMaps {
+            services: take(&mut ebpf, "SERVICES", HashMap::try_from)?,
+            slots: take(&mut ebpf, "SLOTS", HashMap::try_from)?,
+            backends: take(&mut ebpf, "BACKENDS", HashMap::try_from)?,
+            backend_connects: take(&mut ebpf, "BACKEND_CONNECTS", HashMap::try_from)?,
+            service_no_backend: take(&mut ebpf, "SERVICE_NO_BACKEND", HashMap::try_from)?,
+        };
+        let plan = Plan::new(&config.services, &maps.existing_ids());
+        let removed = maps.apply(&plan).map_err(|source| SteerError::Map {
+            name: "SERVICES",
+            source,
+        })?;
+        log::info!(
+            "steering {} services ({removed} stale map entries removed)",
+            plan.services.len()
+        );
+        Ok(Self {
+            steered: take(&mut ebpf, "STEERED", HashMap::try_from)?,
+            counters: take(&mut ebpf, "STEER_COUNTERS", PerCpuArray::try_from)?,
+            _ebpf: ebpf,
+            maps,
+            plan,
+            programs: Vec::new(),
+            adopted: 0,
+        })
+    }
+
+    /// Adopts each program's pinned link, or loads, attaches and pins it.
+    fn attach(&mut self, dir: &Path, cgroup_root: &Path) -> Result<(), SteerError> {
+        let cgroup = File::open(cgroup_root).map_err(|source| SteerError::Pins {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+        for &(name, hook) in PROGRAMS {
+            let link_path = dir.join("links").join(name);
+            if PinnedLink::from_pin(&link_path).is_ok() {
+                self.adopted += 1;
+            } else {
+                let program: &mut CgroupSockAddr = self
+                    ._ebpf
+                    .program_mut(name)
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+                    .and_then(TryInto::try_into)
+                    .map_err(|source| SteerError::Program { name, source })?;
+                let pin = |reason: String| SteerError::Pin {
+                    name,
+                    path: link_path.clone(),
+                    reason,
+                };
+                program
+                    .load()
+                    .map_err(|source| SteerError::Program { name, source })?;
+                let id = program
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(|source| SteerError::Program { name, source })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| SteerError::Program { name, source })?;
+                let fd_link = FdLink::try_from(link).map_err(|e| pin(e.to_string()))?;
+                fd_link.pin(&link_path).map_err(|e| pin(e.to_string()))?;
+            }
+            self.programs.push(ProgramStatus {
+                name: name.into(),
+                kind: "cgroup_sock_addr".into(),
+                attach_point: format!("cgroup {} ({hook}, pinned)", cgroup_root.display()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// With no service configured nothing of steering may stay attached.
+fn remove_all_if_mounted(mounts: &[mounts::Mount]) {
+    let Some(bpffs) = mounts.iter().find(|m| m.fs_type == "bpf") else {
+        return;
+    };
+    let root = pins::steer_root(&bpffs.mount_point);
+    match pins::remove(&root) {
+        Ok(0) => {}
+        Ok(n) => log::info!("no services configured: removed {n} steering pins"),
+        Err(e) => log::warn!("cannot remove steering pins under {}: {e}", root.display()),
+    }
+}
+
+/// `weft cleanup`: removes every pinned weft object (steering programs
+/// and maps included). Returns how many pins were removed.
+pub fn cleanup() -> Result<usize, SteerError> {
+    let mounts = mounts::mounts().map_err(SteerError::Mounts)?;
+    let mut removed = 0;
+    for m in mounts.iter().filter(|m| m.fs_type == "bpf") {
+        let dir = m.mount_point.join(crate::loader::cleanup::PIN_DIR);
+        removed += pins::remove(&dir).map_err(|source| SteerError::Pins { path: dir, source })?;
+    }
+    Ok(removed)
+}
+
+fn take<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    into: impl FnOnce(Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, SteerError> {
+    let map = ebpf.take_map(name).ok_or(SteerError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    into(map).map_err(|source| SteerError::Map { name, source })
+}

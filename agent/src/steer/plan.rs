@@ -1,0 +1,231 @@
+//! What the steering maps should hold for a configuration: a pure
+//! function of the `services:` section (and of the ids already in use, so
+//! that a service keeps its id across restarts and reloads).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use weft_common::{
+    IPPROTO_TCP, IPPROTO_UDP,
+    steer::{Backend, STEER_MAX_SLOTS, ServiceEntry, ServiceKey, SlotKey},
+};
+
+use crate::config::{ServiceConfig, steer::Protocol};
+
+/// One service as the kernel will see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedService {
+    pub name: String,
+    pub key: ServiceKey,
+    pub entry: ServiceEntry,
+    /// (backend id, backend, weight), in configuration order.
+    pub backends: Vec<(u32, Backend, u32)>,
+    /// Backend id of each slot.
+    pub slots: Vec<u32>,
+}
+
+/// Every service, by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub services: BTreeMap<u32, PlannedService>,
+}
+
+impl Plan {
+    /// `existing`: the ids the kernel's SERVICES map already gives keys.
+    pub fn new(services: &[ServiceConfig], existing: &BTreeMap<ServiceKey, u32>) -> Plan {
+        let keys: Vec<ServiceKey> = services.iter().map(service_key).collect();
+        let ids = assign_ids(&keys, existing);
+        let mut plan = Plan::default();
+        for ((s, key), id) in services.iter().zip(keys).zip(ids) {
+            let weights: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
+            let backends: Vec<(u32, Backend, u32)> = s
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(j, b)| (backend_id(id, j), backend(b.address, b.port), b.weight))
+                .collect();
+            let slots: Vec<u32> = slot_counts(&weights)
+                .iter()
+                .enumerate()
+                .flat_map(|(j, &n)| std::iter::repeat_n(backend_id(id, j), n as usize))
+                .collect();
+            let entry = ServiceEntry {
+                id,
+                slots: slots.len() as u32,
+            };
+            plan.services.insert(
+                id,
+                PlannedService {
+                    name: s.name.clone(),
+                    key,
+                    entry,
+                    backends,
+                    slots,
+                },
+            );
+        }
+        plan
+    }
+
+    pub fn slot_keys(&self) -> BTreeSet<(u32, u32)> {
+        self.services
+            .values()
+            .flat_map(|s| (0..s.entry.slots).map(move |i| (s.entry.id, i)))
+            .collect()
+    }
+
+    pub fn backend_ids(&self) -> BTreeSet<u32> {
+        self.services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| b.0))
+            .collect()
+    }
+}
+
+pub fn slot_key(service: u32, slot: u32) -> SlotKey {
+    SlotKey { service, slot }
+}
+
+/// Backend ids: the service id in the high bits, the backend's index in
+/// the low six (at most 64 backends per service).
+pub fn backend_id(service: u32, index: usize) -> u32 {
+    (service << 6) | index as u32
+}
+
+pub fn service_key(s: &ServiceConfig) -> ServiceKey {
+    let (addr, family) = addr16(s.address);
+    ServiceKey {
+        addr,
+        port: s.port,
+        proto: match s.protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        },
+        family,
+    }
+}
+
+pub fn backend(address: IpAddr, port: u16) -> Backend {
+    let (addr, family) = addr16(address);
+    Backend {
+        addr,
+        port,
+        family,
+        ..Backend::default()
+    }
+}
+
+/// An address in the maps' layout: IPv4 in the first four bytes.
+fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 6),
+    }
+}
+
+/// The address stored in a map entry.
+pub fn ip_of(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == 6 {
+        IpAddr::from(*addr)
+    } else {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    }
+}
+
+/// Keeps the id a key already has; new keys get the smallest ids no
+/// entry of the kernel's map has (not even one about to be removed: its
+/// slots must not be overwritten while connects can still reach them).
+fn assign_ids(keys: &[ServiceKey], existing: &BTreeMap<ServiceKey, u32>) -> Vec<u32> {
+    let kept: BTreeSet<u32> = existing.values().copied().collect();
+    let mut next = 1;
+    keys.iter()
+        .map(|k| {
+            if let Some(&id) = existing.get(k) {
+                return id;
+            }
+            while kept.contains(&next) {
+                next += 1;
+            }
+            next += 1;
+            next - 1
+        })
+        .collect()
+}
+
+/// Slots per backend, proportional to the weights: exactly the weights
+/// when they add up to at most STEER_MAX_SLOTS, else scaled down by
+/// largest remainder with at least one slot each.
+pub fn slot_counts(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let max = u64::from(STEER_MAX_SLOTS);
+    if total <= max {
+        return weights.to_vec();
+    }
+    // Each backend first gets one slot, the rest is shared by weight.
+    let spare = max - weights.len() as u64;
+    let mut counts: Vec<u32> = Vec::with_capacity(weights.len());
+    let mut remainders: Vec<(u64, usize)> = Vec::with_capacity(weights.len());
+    for (i, &w) in weights.iter().enumerate() {
+        let exact = u64::from(w) * spare;
+        counts.push(1 + (exact / total) as u32);
+        remainders.push((exact % total, i));
+    }
+    let mut left = max - counts.iter().map(|&c| u64::from(c)).sum::<u64>();
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in remainders {
+        if left == 0 {
+            break;
+        }
+        counts[i] += 1;
+        left -= 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn slots_follow_the_weights() {
+        assert_eq!(slot_counts(&[1, 1, 1]), vec![1, 1, 1]);
+        assert_eq!(slot_counts(&[2, 1, 1]), vec![2, 1, 1]);
+        assert_eq!(slot_counts(&[]), Vec::<u32>::new());
+        let big = slot_counts(&[1000, 1000, 1]);
+        assert_eq!(big.iter().sum::<u32>(), STEER_MAX_SLOTS);
+        assert_eq!(big, vec![128, 127, 1]);
+        let many = slot_counts(&[1000; 64]);
+        assert_eq!(many, vec![4; 64]);
+    }
+
+    #[test]
+    fn a_plan_keeps_existing_ids() {
+        let c = Config::from_yaml(
+            "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    backends:\n      - {address: 10.0.0.2, port: 8080, weight: 2}\n      - {address: 10.0.0.3, port: 8080}\n  - name: b\n    address: 10.96.0.2\n    port: 80\n",
+        )
+        .unwrap();
+        let fresh = Plan::new(&c.services, &BTreeMap::new());
+        let ids: Vec<u32> = fresh.services.keys().copied().collect();
+        assert_eq!(ids, vec![1, 2]);
+        let a = &fresh.services[&1];
+        assert_eq!(a.name, "a");
+        assert_eq!(a.entry.slots, 3);
+        assert_eq!(a.slots, vec![64, 64, 65]);
+        assert_eq!(ip_of(&a.key.addr, a.key.family).to_string(), "10.96.0.1");
+        assert_eq!(fresh.services[&2].entry.slots, 0);
+        // b already had id 1 in the kernel: it keeps it and a takes 2.
+        let existing = BTreeMap::from([(service_key(&c.services[1]), 1)]);
+        let again = Plan::new(&c.services, &existing);
+        assert_eq!(again.services[&1].name, "b");
+        assert_eq!(again.services[&2].name, "a");
+        assert_eq!(again.slot_keys().len(), 3);
+        assert_eq!(again.backend_ids(), BTreeSet::from([128, 129]));
+    }
+}

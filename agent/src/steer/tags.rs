@@ -1,0 +1,121 @@
+//! The `service` of flow records: which connections went through a
+//! service. The connect4 program remembers, per `struct sock` address
+//! (the key the TCP events carry), what the socket dialed; the flow table
+//! reads that once per client socket (its open or fail event) and the
+//! emitter tags every record of the connection with it.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use weft_common::steer::Origin;
+
+use super::plan::ip_of;
+use crate::flow::{addr::FlowKey, record::ServiceRef};
+
+/// Tags are kept per connection until its last record is written, so they
+/// are bounded by the flow table.
+pub struct ServiceTags {
+    steered: Option<BpfHashMap<MapData, u64, Origin>>,
+    /// Service id -> name.
+    names: BTreeMap<u32, String>,
+    /// Every backend: only a connection to one of them can have been
+    /// steered, so only those cost a map lookup.
+    backends: HashSet<SocketAddr>,
+    by_flow: HashMap<FlowKey, ServiceRef>,
+    /// Steered sockets whose entry named another backend than the socket's
+    /// peer (a stale entry of a reused socket address): ignored.
+    pub mismatched: u64,
+}
+
+impl ServiceTags {
+    /// No steering: no record names a service.
+    pub fn none() -> Self {
+        Self {
+            steered: None,
+            names: BTreeMap::new(),
+            backends: HashSet::new(),
+            by_flow: HashMap::new(),
+            mismatched: 0,
+        }
+    }
+
+    pub fn new(steered: BpfHashMap<MapData, u64, Origin>, plan: &super::plan::Plan) -> Self {
+        let names = plan
+            .services
+            .iter()
+            .map(|(id, s)| (*id, s.name.clone()))
+            .collect();
+        let backends = plan
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter())
+            .map(|(_, b, _)| SocketAddr::new(ip_of(&b.addr, b.family), b.port))
+            .collect();
+        Self {
+            steered: Some(steered),
+            names,
+            backends,
+            ..Self::none()
+        }
+    }
+
+    /// A client socket `sk` of connection `key` was established or failed:
+    /// takes what the kernel remembered of its connect.
+    pub fn learn(&mut self, sk: u64, key: &FlowKey) {
+        let Some(map) = self.steered.as_mut() else {
+            return;
+        };
+        if !self.backends.contains(&key.server) {
+            return;
+        }
+        let Ok(origin) = map.get(&sk, 0) else {
+            return;
+        };
+        // The entry has served its purpose; removing it keeps a reused
+        // socket address from inheriting it.
+        let _ = map.remove(&sk);
+        let b = &origin.backend;
+        let backend = SocketAddr::new(ip_of(&b.addr, b.family), b.port);
+        if backend != key.server {
+            self.mismatched += 1;
+            return;
+        }
+        let s = &origin.service;
+        let name = self
+            .names
+            .get(&origin.service_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", origin.service_id));
+        self.by_flow.insert(
+            *key,
+            ServiceRef {
+                name,
+                address: ip_of(&s.addr, s.family),
+                port: s.port,
+            },
+        );
+    }
+
+    pub fn get(&self, key: &FlowKey) -> Option<ServiceRef> {
+        if self.by_flow.is_empty() {
+            return None;
+        }
+        self.by_flow.get(key).cloned()
+    }
+
+    /// The connection's last record was written.
+    pub fn forget(&mut self, key: &FlowKey) {
+        self.by_flow.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_flow.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_flow.is_empty()
+    }
+}

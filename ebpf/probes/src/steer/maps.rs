@@ -1,0 +1,70 @@
+//! The steering maps. Every one is pinned by the agent under
+//! `<bpffs>/weft/steer/<version>/maps/`, so their contents survive the
+//! agent; the agent is their only writer (the programs write only ORIGINS,
+//! STEERED and the counters).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use weft_common::steer::{
+    Backend, Origin, STEER_MAX_BACKENDS, STEER_MAX_SERVICES, STEER_MAX_SOCKETS, ServiceEntry,
+    ServiceKey, SlotKey, counter,
+};
+
+/// Service address -> id and slot count. The one lookup every connect
+/// pays.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(STEER_MAX_SERVICES, 0);
+
+/// (service id, slot) -> backend id; a backend of weight w fills about w
+/// shares of the slots.
+#[map]
+pub static SLOTS: HashMap<SlotKey, u32> =
+    HashMap::with_max_entries(STEER_MAX_SERVICES * weft_common::steer::STEER_MAX_SLOTS, 0);
+
+/// Backend id -> address.
+#[map]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(STEER_MAX_BACKENDS, 0);
+
+/// Connects rewritten to each backend, by backend id (entries created by
+/// the agent; the programs only add).
+#[map]
+pub static BACKEND_CONNECTS: HashMap<u32, u64> = HashMap::with_max_entries(STEER_MAX_BACKENDS, 0);
+
+/// Connects refused for want of a backend, by service id.
+#[map]
+pub static SERVICE_NO_BACKEND: HashMap<u32, u64> = HashMap::with_max_entries(STEER_MAX_SERVICES, 0);
+
+/// Socket cookie -> what it dialed, for getpeername. LRU: sockets are not
+/// removed when they close; the oldest go first.
+#[map]
+pub static ORIGINS: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(STEER_MAX_SOCKETS, 0);
+
+/// `struct sock` address -> what it dialed, for the agent's flow records
+/// (its TCP events name sockets by that address). The agent removes an
+/// entry once the connection's record is written; LRU for the rest.
+#[map]
+pub static STEERED: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(STEER_MAX_SOCKETS, 0);
+
+/// See `weft_common::steer::counter`.
+#[map]
+pub static STEER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Adds one to a per-CPU counter (no atomics needed per CPU).
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(slot) = STEER_COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: the pointer comes from the map and is valid for this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to an agent-created counter shared between CPUs.
+#[inline(always)]
+pub fn bump(map: &HashMap<u32, u64>, id: u32) {
+    if let Some(slot) = map.get_ptr_mut(&id) {
+        crate::atomic::add_u64(slot, 1);
+    }
+}

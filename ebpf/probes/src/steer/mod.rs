@@ -1,0 +1,4 @@
+//! Connect-time load balancing (see `steer_main.rs`).
+
+mod connect;
+mod maps;

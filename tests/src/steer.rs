@@ -1,0 +1,165 @@
+//! A lab for steering: one client namespace joined by its own veth pair to
+//! each of several backend namespaces (one /24 per backend), each backend
+//! running a real HTTP server whose page names it. The service address is
+//! in no subnet of the client and the client has no default route: without
+//! weft's rewrite a connect to it fails with ENETUNREACH.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::{
+    peer::{Peer, TempDir},
+    run,
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Backend {
+    pub ns: String,
+    pub addr: SocketAddr,
+    /// The body its server answers with (`backend-N`).
+    pub name: String,
+    server: Option<Peer>,
+    _root: TempDir,
+}
+
+impl Backend {
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+pub struct SteerLab {
+    pub client_ns: String,
+    pub backends: Vec<Backend>,
+    /// Routed nowhere from the client namespace.
+    pub service_ip: String,
+}
+
+impl SteerLab {
+    /// `n` backends serving HTTP on `port`.
+    pub fn new(n: usize, port: u16) -> Self {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id() % 200) * 5 + k % 5;
+        let net = id % 250 + 1;
+        let client_ns = format!("weft-s{id}-c");
+        let names: Vec<String> = (0..n).map(|i| format!("weft-s{id}-b{i}")).collect();
+        remove_namespaces(&client_ns, &names);
+        run(&["ip", "netns", "add", &client_ns]);
+        run(&["ip", "-n", &client_ns, "link", "set", "lo", "up"]);
+        let mut backends = Vec::new();
+        for (i, ns) in names.iter().enumerate() {
+            let (cdev, bdev) = (format!("ws{id}c{i}"), format!("ws{id}b{i}"));
+            let subnet = format!("10.{}.{net}", 232 + i);
+            run(&["ip", "netns", "add", ns]);
+            run(&[
+                "ip", "link", "add", &cdev, "netns", &client_ns, "type", "veth", "peer", "name",
+                &bdev, "netns", ns,
+            ]);
+            for (space, dev, host) in [(&client_ns, &cdev, 1), (ns, &bdev, 2)] {
+                let cidr = format!("{subnet}.{host}/24");
+                run(&["ip", "-n", space, "link", "set", "lo", "up"]);
+                run(&["ip", "-n", space, "addr", "add", &cidr, "dev", dev]);
+                run(&["ip", "-n", space, "link", "set", dev, "up"]);
+            }
+            let addr: SocketAddr = format!("{subnet}.2:{port}").parse().expect("address");
+            let name = format!("backend-{i}");
+            let root = TempDir::new("steer-http");
+            std::fs::write(root.path.join("index.html"), format!("{name}\n")).expect("page");
+            let port_s = port.to_string();
+            let ip = addr.ip().to_string();
+            let args = [
+                "python3",
+                "-m",
+                "http.server",
+                &port_s,
+                "--bind",
+                &ip,
+                "--directory",
+                root.as_str(),
+            ];
+            let mut server = Peer::start(&name, ns, &args);
+            server.wait_tcp(ns, addr, Duration::from_secs(20));
+            backends.push(Backend {
+                ns: ns.clone(),
+                addr,
+                name,
+                server: Some(server),
+                _root: root,
+            });
+        }
+        Self {
+            client_ns,
+            backends,
+            service_ip: format!("10.240.{net}.10"),
+        }
+    }
+
+    /// A `services:` entry: this lab's service `name` on `port` in front
+    /// of the backends with `weights` (an empty slice: no backend).
+    pub fn service_yaml(&self, name: &str, port: u16, weights: &[u32]) -> String {
+        let mut y = format!(
+            "  - name: {name}\n    address: {}\n    port: {port}\n    backends:",
+            self.service_ip
+        );
+        if weights.is_empty() {
+            y.push_str(" []\n");
+            return y;
+        }
+        y.push('\n');
+        for (b, w) in self.backends.iter().zip(weights) {
+            y.push_str(&format!(
+                "      - {{address: {}, port: {}, weight: {w}}}\n",
+                b.addr.ip(),
+                b.addr.port()
+            ));
+        }
+        y
+    }
+
+    /// `ip netns exec CLIENT sh -c SCRIPT`: its stdout.
+    pub fn client_sh(&self, script: &str) -> String {
+        let out = run(&["ip", "netns", "exec", &self.client_ns, "sh", "-c", script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `n` curls from the client, each its own process and connection, to
+    /// `http://SERVICE:port/`: one line per curl, `<body> <status> <peer>`
+    /// (peer as curl reports it).
+    pub fn curls(&self, port: u16, n: usize) -> Vec<String> {
+        let script = format!(
+            "for i in $(seq {n}); do curl -s --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
+             http://{}:{port}/ | tr -d '\\n'; echo; done",
+            self.service_ip
+        );
+        self.client_sh(&script)
+            .lines()
+            .map(|l| l.replace("  ", " ").trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for SteerLab {
+    fn drop(&mut self) {
+        for b in &mut self.backends {
+            b.stop();
+        }
+        let names: Vec<String> = self.backends.iter().map(|b| b.ns.clone()).collect();
+        remove_namespaces(&self.client_ns, &names);
+    }
+}
+
+fn remove_namespaces(client: &str, backends: &[String]) {
+    for ns in std::iter::once(&client.to_owned()).chain(backends) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,412 @@
+//! Steering: connects to a service address are balanced in the kernel over
+//! real HTTP servers in backend namespaces, every connect accounted for in
+//! flow records and metrics; a service with no backend refuses at once;
+//! steering survives the agent being killed, and `weft cleanup` leaves
+//! nothing of it in the kernel.
+//!
+//! Steering state is one per node (pinned under bpffs), so these tests run
+//! one at a time.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::{Agent, weft},
+    require_root, run,
+    steer::SteerLab,
+    unique_port, wait_for,
+};
+
+/// One steering test at a time: they share the node's pinned maps.
+static STEERING: Mutex<()> = Mutex::new(());
+
+/// Removes every pinned steering object when a test ends, also when it
+/// fails, so that no program stays attached to the node.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = weft(&["cleanup"]);
+        if !out.status.success() {
+            eprintln!(
+                "weft cleanup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn config(tag: &str, services: &[String]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("weft-steer-{}-{tag}.yaml", std::process::id()));
+    let text = format!("services:\n{}", services.concat());
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn start(config: &std::path::Path) -> Agent {
+    Agent::start(&["--config", config.to_str().expect("utf-8")])
+}
+
+/// Connects per backend body, after checking that every curl got a 200
+/// and saw the service address as its peer.
+fn shares(lab: &SteerLab, lines: &[String], port: u16) -> BTreeMap<String, usize> {
+    let peer = format!("{}:{port}", lab.service_ip);
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "curl output {line:?}");
+        assert_eq!(fields[1], "200", "{line}");
+        assert_eq!(fields[2], peer, "{line}");
+        *counts.entry(fields[0].to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `close` records of service `name`, per destination address.
+fn records_by_backend(agent: &Agent, name: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in agent.flows(&["--all", "--service", name]) {
+        if r["event"] != "close" {
+            continue;
+        }
+        assert_eq!(r["service"]["name"], name, "{r}");
+        let dst = format!(
+            "{}:{}",
+            r["destination"]["ip"].as_str().unwrap_or("?"),
+            r["destination"]["port"]
+        );
+        *out.entry(dst).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Waits until records and metrics account for exactly `expected`
+/// (backend body -> connects).
+fn assert_accounted(agent: &Agent, lab: &SteerLab, name: &str, expected: &BTreeMap<String, usize>) {
+    let want: BTreeMap<String, usize> = lab
+        .backends
+        .iter()
+        .filter_map(|b| expected.get(&b.name).map(|&n| (b.addr.to_string(), n)))
+        .collect();
+    let total: usize = want.values().sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = records_by_backend(agent, name);
+    while got.values().sum::<usize>() < total && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        got = records_by_backend(agent, name);
+    }
+    if got != want {
+        // What the agent recorded for the backends, service or not.
+        let port = lab.backends[0].addr.port().to_string();
+        let all = agent.flows(&["--all", "--port", &port]);
+        let mut summary = BTreeMap::new();
+        for r in &all {
+            let key = format!("{} service={}", r["event"], r["service"]["name"]);
+            *summary.entry(key).or_insert(0) += 1;
+        }
+        eprintln!("records on port {port}: {summary:?}");
+        let services = agent.client(&["services", "-o", "json"]);
+        eprintln!("services: {}", String::from_utf8_lossy(&services.stdout));
+    }
+    assert_eq!(got, want, "records per backend");
+    wait_for("the service metrics", Duration::from_secs(10), || {
+        let metrics = agent.metrics();
+        let all = want.iter().all(|(addr, &n)| {
+            let labels = [format!("service=\"{name}\""), format!("backend=\"{addr}\"")];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            weft_tests::agent::metric_sum(&metrics, "weft_service_connections_total", &labels)
+                == n as f64
+        });
+        all.then_some(())
+    });
+}
+
+#[test]
+fn connects_are_balanced_over_real_backends() {
+    if !require_root("connects_are_balanced_over_real_backends") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(1);
+    let lab = SteerLab::new(3, port);
+    // Without steering the service address is unreachable.
+    let script = format!(
+        "curl -s --max-time 2 http://{}:80/ || echo failed $?",
+        lab.service_ip
+    );
+    assert_eq!(lab.client_sh(&script).trim(), "failed 7");
+
+    let cfg = config(
+        "even",
+        &[
+            lab.service_yaml("web", 80, &[1, 1, 1]),
+            lab.service_yaml("nobody", 81, &[]),
+        ],
+    );
+    let agent = start(&cfg);
+    let lines = lab.curls(80, 300);
+    assert_eq!(lines.len(), 300);
+    let counts = shares(&lab, &lines, 80);
+    for b in &lab.backends {
+        let n = counts.get(&b.name).copied().unwrap_or(0);
+        assert!(
+            (60..=141).contains(&n),
+            "{} got {n} of 300: {counts:?}",
+            b.name
+        );
+    }
+    assert_accounted(&agent, &lab, "web", &counts);
+
+    // getpeername: the application sees the address it dialed.
+    let peer = format!(
+        "import socket\nfor _ in range(10):\n    s = socket.create_connection(('{}', 80), timeout=5)\n    print('%s:%d' % s.getpeername())\n    s.close()\n",
+        lab.service_ip
+    );
+    let out = lab.client_sh(&format!("python3 -c \"{peer}\""));
+    let want = format!("{}:80", lab.service_ip);
+    assert_eq!(out.lines().filter(|l| *l == want).count(), 10, "{out}");
+
+    // No backend: refused at once, counted.
+    let refused = format!(
+        "import socket, time, errno\nfor _ in range(20):\n    t = time.monotonic()\n    try:\n        socket.create_connection(('{}', 81), timeout=5)\n        print('connected')\n    except OSError as e:\n        print(errno.errorcode.get(e.errno), int((time.monotonic() - t) * 1000))\n",
+        lab.service_ip
+    );
+    let out = lab.client_sh(&format!("python3 -c \"{refused}\""));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 20, "{out}");
+    for line in &lines {
+        let (err, ms) = line.split_once(' ').expect("errno and time");
+        assert_eq!(err, "ECONNREFUSED", "{out}");
+        assert!(ms.parse::<u64>().expect("ms") < 100, "{out}");
+    }
+    wait_for(
+        "weft_service_no_backend_total",
+        Duration::from_secs(10),
+        || {
+            (agent.metric_sum("weft_service_no_backend_total", &["service=\"nobody\""]) == 20.0)
+                .then_some(())
+        },
+    );
+
+    // Nothing the steering programs could not do.
+    let metrics = agent.metrics();
+    for stage in ["kernel_map_full", "incomplete_service"] {
+        let series = format!("weft_events_lost_total{{source=\"steer\",stage=\"{stage}\"}} 0");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+
+    let out = agent.client(&["services", "-o", "json"]);
+    assert!(out.status.success());
+    let services: Vec<Value> = serde_json::from_slice(&out.stdout).expect("services JSON");
+    assert_eq!(services.len(), 2);
+    let web = services.iter().find(|s| s["name"] == "web").expect("web");
+    assert_eq!(web["address"], lab.service_ip.as_str());
+    assert_eq!(web["source"], "config");
+    assert_eq!(web["backends"].as_array().map(Vec::len), Some(3));
+    assert!(
+        web["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .all(|b| b["state"] == "active")
+    );
+    assert_eq!(
+        agent.metric_sum(
+            "weft_service_backends",
+            &["service=\"web\"", "state=\"active\""]
+        ),
+        3.0
+    );
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn weights_shape_the_shares() {
+    if !require_root("weights_shape_the_shares") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(2);
+    let lab = SteerLab::new(3, port);
+    let cfg = config("weighted", &[lab.service_yaml("weighted", 80, &[2, 1, 1])]);
+    let agent = start(&cfg);
+    let lines = lab.curls(80, 600);
+    assert_eq!(lines.len(), 600);
+    let counts = shares(&lab, &lines, 80);
+    for (b, want) in lab.backends.iter().zip([50.0, 25.0, 25.0]) {
+        let share = counts.get(&b.name).copied().unwrap_or(0) as f64 / 6.0;
+        assert!(
+            (share - want).abs() <= 7.0,
+            "{}: {share:.1} % (want {want} %): {counts:?}",
+            b.name
+        );
+    }
+    assert_accounted(&agent, &lab, "weighted", &counts);
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// Ids of loaded programs and maps whose names are steering's.
+fn steering_objects() -> (Vec<u64>, Vec<u64>) {
+    let ids = |kind: &str, names: &[&str]| -> Vec<u64> {
+        let out = run(&["bpftool", "-j", kind, "show"]);
+        let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        all.iter()
+            .filter(|o| o["name"].as_str().is_some_and(|n| names.contains(&n)))
+            .filter_map(|o| o["id"].as_u64())
+            .collect()
+    };
+    // bpftool shows a program's full name (from its BTF), a map's as the
+    // kernel keeps it (cut at 15 characters).
+    let progs = ids("prog", &["weft_steer_connect4", "weft_steer_peername4"]);
+    let maps = ids(
+        "map",
+        &[
+            "SERVICES",
+            "SLOTS",
+            "BACKENDS",
+            "BACKEND_CONNECT",
+            "SERVICE_NO_BACK",
+            "ORIGINS",
+            "STEERED",
+            "STEER_COUNTERS",
+        ],
+    );
+    (progs, maps)
+}
+
+#[test]
+fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
+    if !require_root("steering_survives_a_killed_agent_and_cleanup_removes_it") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(3);
+    let lab = SteerLab::new(3, port);
+    let cfg = config("restart", &[lab.service_yaml("web", 80, &[1, 1, 1])]);
+    let mut first = start(&cfg);
+    // A bounded loop of connects, each its own curl, running while the
+    // agent is killed and replaced.
+    let script = format!(
+        "ok=0; bad=0; for i in $(seq 400); do if curl -sf --max-time 5 -o /dev/null http://{}:80/; then ok=$((ok+1)); else bad=$((bad+1)); fi; done; echo $ok $bad",
+        lab.service_ip
+    );
+    let looping = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the connect loop");
+    std::thread::sleep(Duration::from_millis(1500));
+    first.signal_and_wait(libc::SIGKILL);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = start(&cfg);
+    let out = looping.wait_with_output().expect("connect loop");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "400 0",
+        "connects that failed"
+    );
+    assert!(
+        second.log().contains("adopted 2 pinned steering programs"),
+        "{}",
+        second.log()
+    );
+
+    // A stopped agent leaves steering in place: connects keep working.
+    drop(second);
+    let one = format!("curl -sf --max-time 5 http://{}:80/", lab.service_ip);
+    assert!(lab.client_sh(&one).starts_with("backend-"));
+    let (progs, maps) = steering_objects();
+    assert_eq!(progs.len(), 2, "steering programs while no agent runs");
+    assert_eq!(maps.len(), 8, "steering maps while no agent runs");
+
+    let out = weft(&["cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the kernel to free steering",
+        Duration::from_secs(10),
+        || (steering_objects() == (vec![], vec![])).then_some(()),
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/weft").exists(),
+        "pins left"
+    );
+    let script = format!(
+        "curl -s --max-time 2 http://{}:80/ || echo failed $?",
+        lab.service_ip
+    );
+    assert_eq!(lab.client_sh(&script).trim(), "failed 7");
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn an_agent_without_services_removes_steering() {
+    if !require_root("an_agent_without_services_removes_steering") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(4);
+    let lab = SteerLab::new(1, port);
+    let cfg = config("once", &[lab.service_yaml("web", 80, &[1])]);
+    drop(start(&cfg));
+    assert_eq!(steering_objects().0.len(), 2);
+    let plain = Agent::start(&[]);
+    wait_for("steering to be removed", Duration::from_secs(10), || {
+        (steering_objects() == (vec![], vec![])).then_some(())
+    });
+    let status = plain.status_json().expect("status");
+    let programs = status["programs"].as_array().expect("programs");
+    assert!(
+        programs
+            .iter()
+            .all(|p| !p["name"].as_str().unwrap_or("").starts_with("weft_steer"))
+    );
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn bad_steering_configuration_exits_2_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("weft-steer-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("weft.yaml");
+    let web = "services:\n  - name: web\n    address: 10.96.0.10\n    port: 80\n    backends:\n      - {address: 10.0.1.2, port: 8080}\n";
+    for (yaml, field) in [
+        (
+            format!("{web}  - name: web2\n    address: 10.96.0.10\n    port: 80\n"),
+            "services[1].address",
+        ),
+        (
+            "services:\n  - name: a\n    address: 10.96.0.10\n    port: 80\n    backends:\n      - {address: 10.0.1.2}\n".to_owned(),
+            "services[0].backends[0]",
+        ),
+        (
+            "policies:\n  - name: r\n    direction: egress\n    action: deny\n    colour: red\n".to_owned(),
+            "colour",
+        ),
+        (
+            format!("{web}policies:\n  - name: r\n    direction: egress\n    to: {{service: db}}\n    action: deny\n"),
+            "policies[0].to.service",
+        ),
+    ] {
+        std::fs::write(&file, &yaml).expect("write config");
+        let out = weft(&["agent", "--config", file.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
