@@ -7,12 +7,15 @@
 //! broken), which the binary prints and turns into exit code 1.
 
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::anyhow;
+use tonic::transport::Channel;
 
-use crate::api::DEFAULT_API_SOCKET;
+use crate::api::{self, DEFAULT_API_SOCKET, proto::flow_api_client::FlowApiClient};
 
 pub mod flows;
 pub mod services;
@@ -55,10 +58,7 @@ pub(crate) fn usage_error(message: impl Display) -> ExitCode {
 
 /// What an RPC error means for the user: the agent rejecting the request is
 /// bad usage (exit 2); anything else is a runtime failure.
-pub(crate) fn rpc_failure(
-    socket: &std::path::Path,
-    status: tonic::Status,
-) -> anyhow::Result<ExitCode> {
+pub(crate) fn rpc_failure(socket: &Path, status: tonic::Status) -> anyhow::Result<ExitCode> {
     match status.code() {
         tonic::Code::InvalidArgument => Ok(usage_error(status.message())),
         tonic::Code::Unavailable => Err(anyhow!(
@@ -72,6 +72,51 @@ pub(crate) fn rpc_failure(
             status.message(),
             status.code()
         )),
+    }
+}
+
+/// How long a one-shot command waits for the agent's answer: its reports
+/// are prepared in advance, so a slow answer means a stuck agent, which is
+/// worth saying.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request to the agent at `socket` answered by a JSON document
+/// (`weft status`, `weft services`): `Ok(Ok(json))`, or `Ok(Err(code))`
+/// for a request the agent rejected as bad usage (already printed).
+pub(crate) async fn ask_json<F, Fut>(
+    socket: &Path,
+    ask: F,
+) -> anyhow::Result<Result<String, ExitCode>>
+where
+    F: FnOnce(FlowApiClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<String, tonic::Status>>,
+{
+    let client = api::connect(socket).await?;
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, ask(client))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the weft agent at {} did not answer within {}s",
+                socket.display(),
+                ANSWER_TIMEOUT.as_secs()
+            )
+        })?;
+    match answer {
+        Ok(json) => Ok(Ok(json)),
+        Err(status) => rpc_failure(socket, status).map(Err),
+    }
+}
+
+/// Writes a command's output; the reader leaving early (`weft status |
+/// head`) is not a failure.
+pub(crate) fn print(text: &str) -> anyhow::Result<ExitCode> {
+    let mut stdout = io::stdout();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

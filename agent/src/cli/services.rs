@@ -1,18 +1,14 @@
 //! `weft services`: the services the local agent steers, each backend with
 //! its state, weight and connects.
 
-use std::io::{self, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use super::table::Table;
-use super::{ApiSocketArgs, rpc_failure};
-use crate::api::{self, proto};
+use super::{ApiSocketArgs, ask_json, print};
+use crate::api::proto;
 use crate::steer::report::ServiceReport;
-
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ServicesOutput {
@@ -36,37 +32,21 @@ pub struct ServicesArgs {
 
 pub async fn run(args: ServicesArgs) -> anyhow::Result<ExitCode> {
     let socket = args.socket.path();
-    let mut client = api::connect(&socket).await?;
-    let answer = tokio::time::timeout(
-        ANSWER_TIMEOUT,
-        client.get_services(proto::GetServicesRequest {}),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "the weft agent at {} did not answer within {}s",
-            socket.display(),
-            ANSWER_TIMEOUT.as_secs()
-        )
-    })?;
+    let answer = ask_json(&socket, |mut client| async move {
+        let response = client.get_services(proto::GetServicesRequest {}).await?;
+        Ok(response.into_inner().json)
+    })
+    .await?;
     let json = match answer {
-        Ok(response) => response.into_inner().json,
-        Err(status) => return rpc_failure(&socket, status),
+        Ok(json) => json,
+        Err(code) => return Ok(code),
     };
     let services: Vec<ServiceReport> = serde_json::from_str(&json)
         .context("cannot decode the agent's services (is the agent another version of weft?)")?;
-    let text = match args.output {
+    print(&match args.output {
         ServicesOutput::Json => serde_json::to_string_pretty(&services)? + "\n",
         ServicesOutput::Table => table(&services),
-    };
-    let mut stdout = io::stdout();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    })
 }
 
 /// One row per backend; a service without backends gets one row of its

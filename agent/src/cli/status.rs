@@ -2,20 +2,15 @@
 //! event rates, losses, map fill, table fill.
 
 use std::fmt::Write as _;
-use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use super::table::Table;
-use super::{ApiSocketArgs, rpc_failure};
-use crate::api::{self, proto};
+use super::{ApiSocketArgs, ask_json, print};
+use crate::api::proto;
 use crate::status::{StatusReport, TableStatus};
-
-/// How long to wait for the agent's answer: the report is prepared in
-/// advance, so a slow answer means a stuck agent, which is worth saying.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Output formats of `weft status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -41,32 +36,14 @@ pub struct StatusArgs {
 /// Runs `weft status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = args.socket.path();
-    let mut client = api::connect(&socket).await?;
-    let answer = tokio::time::timeout(
-        ANSWER_TIMEOUT,
-        client.get_status(proto::GetStatusRequest {}),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "the weft agent at {} did not answer within {}s",
-            socket.display(),
-            ANSWER_TIMEOUT.as_secs()
-        )
-    })?;
-    let json = match answer {
-        Ok(response) => response.into_inner().json,
-        Err(status) => return rpc_failure(&socket, status),
-    };
-    let text = render(&json, args.output)?;
-    let mut stdout = io::stdout();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        // `weft status | head`: the reader leaving early is not a failure.
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(ExitCode::SUCCESS),
+    let answer = ask_json(&socket, |mut client| async move {
+        let response = client.get_status(proto::GetStatusRequest {}).await?;
+        Ok(response.into_inner().json)
+    })
+    .await?;
+    match answer {
+        Ok(json) => print(&render(&json, args.output)?),
+        Err(code) => Ok(code),
     }
 }
 
