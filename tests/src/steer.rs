@@ -39,6 +39,10 @@ pub struct SteerLab {
     pub backends: Vec<Backend>,
     /// Routed nowhere from the client namespace.
     pub service_ip: String,
+    /// Further client namespaces ([`SteerLab::add_client`]).
+    pub more_clients: Vec<String>,
+    id: u32,
+    net: u32,
 }
 
 impl SteerLab {
@@ -97,7 +101,47 @@ impl SteerLab {
             client_ns,
             backends,
             service_ip: format!("10.240.{net}.10"),
+            more_clients: Vec::new(),
+            id,
+            net,
         }
+    }
+
+    /// Another client namespace, joined to every backend by a veth pair of
+    /// its own (subnet `10.{100 + 8c + i}.NET`, `c` the client's number)
+    /// and routed to each backend's server address through it. Returns its
+    /// name.
+    pub fn add_client(&mut self) -> String {
+        let c = self.more_clients.len() as u32 + 1;
+        assert!(c <= 16 && self.backends.len() <= 8, "too many lab clients");
+        let (id, net) = (self.id, self.net);
+        let ns = format!("weft-s{id}-x{c}");
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["ip", "netns", "add", &ns]);
+        self.more_clients.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        for (i, b) in self.backends.iter().enumerate() {
+            let (cdev, bdev) = (format!("ws{id}x{c}c{i}"), format!("ws{id}x{c}b{i}"));
+            let subnet = format!("10.{}.{net}", 100 + 8 * c + i as u32);
+            run(&[
+                "ip", "link", "add", &cdev, "netns", &ns, "type", "veth", "peer", "name", &bdev,
+                "netns", &b.ns,
+            ]);
+            for (space, dev, host) in [(&ns, &cdev, 1), (&b.ns, &bdev, 2)] {
+                let cidr = format!("{subnet}.{host}/24");
+                run(&["ip", "-n", space, "addr", "add", &cidr, "dev", dev]);
+                run(&["ip", "-n", space, "link", "set", dev, "up"]);
+            }
+            let server = format!("{}/32", b.addr.ip());
+            let via = format!("{subnet}.2");
+            run(&[
+                "ip", "-n", &ns, "route", "add", &server, "via", &via, "dev", &cdev,
+            ]);
+        }
+        ns
     }
 
     /// A `services:` entry: this lab's service `name` on `port` in front
@@ -132,12 +176,18 @@ impl SteerLab {
     /// `http://SERVICE:port/`: one line per curl, `<body> <status> <peer>`
     /// (peer as curl reports it).
     pub fn curls(&self, port: u16, n: usize) -> Vec<String> {
+        self.curls_in(&self.client_ns, port, n)
+    }
+
+    /// [`SteerLab::curls`] from client namespace `ns`.
+    pub fn curls_in(&self, ns: &str, port: u16, n: usize) -> Vec<String> {
         let script = format!(
             "for i in $(seq {n}); do curl -s --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
              http://{}:{port}/ | tr -d '\\n'; echo; done",
             self.service_ip
         );
-        self.client_sh(&script)
+        let out = run(&["ip", "netns", "exec", ns, "sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.replace("  ", " ").trim().to_owned())
             .filter(|l| !l.is_empty())
@@ -150,7 +200,12 @@ impl Drop for SteerLab {
         for b in &mut self.backends {
             b.stop();
         }
-        let names: Vec<String> = self.backends.iter().map(|b| b.ns.clone()).collect();
+        let names: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| b.ns.clone())
+            .chain(self.more_clients.iter().cloned())
+            .collect();
         remove_namespaces(&self.client_ns, &names);
     }
 }

@@ -1,8 +1,9 @@
 //! Steering: connects to a service address are balanced in the kernel over
 //! real HTTP servers in backend namespaces, every connect accounted for in
 //! flow records and metrics; a service with no backend refuses at once;
-//! steering survives the agent being killed, and `weft cleanup` leaves
-//! nothing of it in the kernel.
+//! session affinity keeps each client namespace on its backend; steering
+//! survives the agent being killed, and `weft cleanup` leaves nothing of
+//! it in the kernel.
 //!
 //! Steering state is one per node (pinned under bpffs), so these tests run
 //! one at a time.
@@ -253,6 +254,136 @@ fn weights_shape_the_shares() {
     let _ = std::fs::remove_file(cfg);
 }
 
+/// `lines` of curls (see [`shares`]) that all reached one backend: its
+/// body.
+fn one_backend(lab: &SteerLab, lines: &[String], port: u16, n: usize, who: &str) -> String {
+    assert_eq!(lines.len(), n, "{who}: {lines:?}");
+    let counts = shares(lab, lines, port);
+    assert_eq!(
+        counts.len(),
+        1,
+        "{who} reached several backends: {counts:?}"
+    );
+    counts.into_keys().next().expect("one backend")
+}
+
+/// A `services:` entry with `session_affinity: client_ip` (and
+/// `timeout`, unless empty) in front of every lab backend but the one
+/// whose body is `skip`.
+fn sticky_yaml(lab: &SteerLab, name: &str, port: u16, timeout: &str, skip: &str) -> String {
+    let mut y = format!(
+        "  - name: {name}\n    address: {}\n    port: {port}\n    session_affinity: client_ip\n",
+        lab.service_ip
+    );
+    if !timeout.is_empty() {
+        y.push_str(&format!("    session_affinity_timeout: {timeout}\n"));
+    }
+    y.push_str("    backends:\n");
+    for b in lab.backends.iter().filter(|b| b.name != skip) {
+        y.push_str(&format!(
+            "      - {{address: {}, port: {}}}\n",
+            b.addr.ip(),
+            b.addr.port()
+        ));
+    }
+    y
+}
+
+#[test]
+fn session_affinity_keeps_each_client_on_its_backend() {
+    if !require_root("session_affinity_keeps_each_client_on_its_backend") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(5);
+    let mut lab = SteerLab::new(3, port);
+    let services = [
+        sticky_yaml(&lab, "sticky", 80, "", ""),
+        sticky_yaml(&lab, "brief", 81, "2s", ""),
+    ];
+    let cfg = config("affinity", &services);
+    let agent = start(&cfg);
+
+    // One client: 50 connects, each a new curl and connection, one backend.
+    let lines = lab.curls(80, 50);
+    let first = one_backend(&lab, &lines, 80, 50, "the first client");
+    let mut expected = BTreeMap::from([(first.clone(), 50)]);
+
+    // Other clients (each its own network namespace) stick to their own
+    // backend, chosen at random: within 12 of them one reaches another
+    // backend than the first client's (all 12 on the same one: (1/3)^12).
+    let mut other = None;
+    for _ in 0..12 {
+        let ns = lab.add_client();
+        let lines = lab.curls_in(&ns, 80, 10);
+        let body = one_backend(&lab, &lines, 80, 10, &ns);
+        *expected.entry(body.clone()).or_insert(0) += 10;
+        if body != first {
+            other = Some(body);
+            break;
+        }
+    }
+    let other = other.expect("no second client reached another backend in 12 tries");
+    eprintln!("first client on {first}, another on {other}: {expected:?}");
+    assert_accounted(&agent, &lab, "sticky", &expected);
+
+    // The timeout runs from a client's last connect: connects in a row
+    // stay, and after 2 s without one the choice is made anew (a different
+    // backend within 12 rounds: the same one 12 times is (1/3)^12).
+    let lines = lab.curls(81, 5);
+    let mut last = one_backend(&lab, &lines, 81, 5, "the first client (brief)");
+    let mut moved = false;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(2500));
+        let lines = lab.curls(81, 1);
+        let now = one_backend(&lab, &lines, 81, 1, "the first client (brief)");
+        if now != last {
+            moved = true;
+            break;
+        }
+        last = now;
+    }
+    assert!(moved, "the brief service's choice never expired");
+
+    let out = agent.client(&["services", "-o", "json"]);
+    assert!(out.status.success());
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("services JSON");
+    let by_name = |n: &str| listed.iter().find(|s| s["name"] == n).cloned();
+    let sticky = by_name("sticky").expect("sticky");
+    assert_eq!(sticky["session_affinity"], "client_ip");
+    assert_eq!(sticky["session_affinity_timeout_s"], 10_800);
+    let brief = by_name("brief").expect("brief");
+    assert_eq!(brief["session_affinity_timeout_s"], 2);
+    let lost = "weft_events_lost_total{source=\"steer\",stage=\"affinity_not_remembered\"} 0";
+    assert!(agent.metrics().contains(lost), "no {lost}");
+
+    // The clients' choices are pinned: a restarted agent keeps them.
+    drop(agent);
+    let agent = start(&cfg);
+    let lines = lab.curls(80, 10);
+    assert_eq!(
+        one_backend(&lab, &lines, 80, 10, "after a restart"),
+        first,
+        "the first client lost its backend over a restart"
+    );
+    drop(agent);
+
+    // A reconcile that removes the first client's backend: its connects
+    // all succeed on one other backend, never the removed one.
+    let without = config(
+        "affinity-without",
+        &[sticky_yaml(&lab, "sticky", 80, "", &first)],
+    );
+    let agent = start(&without);
+    let lines = lab.curls(80, 20);
+    let moved_to = one_backend(&lab, &lines, 80, 20, "after its backend was removed");
+    assert_ne!(moved_to, first);
+    drop(agent);
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(without);
+}
+
 /// Ids of loaded programs and maps whose names are steering's.
 fn steering_objects() -> (Vec<u64>, Vec<u64>) {
     let ids = |kind: &str, names: &[&str]| -> Vec<u64> {
@@ -277,6 +408,7 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
             "ORIGINS",
             "STEERED",
             "STEER_COUNTERS",
+            "AFFINITY",
         ],
     );
     (progs, maps)
@@ -327,7 +459,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
     assert!(lab.client_sh(&one).starts_with("backend-"));
     let (progs, maps) = steering_objects();
     assert_eq!(progs.len(), 2, "steering programs while no agent runs");
-    assert_eq!(maps.len(), 8, "steering maps while no agent runs");
+    assert_eq!(maps.len(), 9, "steering maps while no agent runs");
 
     let out = weft(&["cleanup"]);
     assert!(

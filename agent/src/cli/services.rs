@@ -57,10 +57,18 @@ pub fn table(services: &[ServiceReport]) -> String {
     }
     let mut t = Table::new(&[
         "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS",
-        "REFUSED",
+        "REFUSED", "AFFINITY",
     ]);
     for s in services {
         let front = format!("{}", std::net::SocketAddr::new(s.address, s.port));
+        let affinity = match s.session_affinity_timeout_s {
+            Some(t) => format!(
+                "{} {}",
+                s.session_affinity,
+                humantime::format_duration(std::time::Duration::from_secs(t.into()))
+            ),
+            None => s.session_affinity.clone(),
+        };
         let head = |t: &mut Table, rest: [String; 4]| {
             let mut row = vec![
                 s.name.clone(),
@@ -70,6 +78,7 @@ pub fn table(services: &[ServiceReport]) -> String {
             ];
             row.extend(rest);
             row.push(s.no_backend.to_string());
+            row.push(affinity.clone());
             t.push(row);
         };
         if s.backends.is_empty() {
@@ -118,22 +127,28 @@ mod tests {
                 active_connections: None,
             }],
             no_backend: 0,
+            session_affinity: "client_ip".into(),
+            session_affinity_timeout_s: Some(10_800),
         };
         let empty = ServiceReport {
             name: "none".into(),
             backends: vec![],
             no_backend: 3,
+            session_affinity: "none".into(),
+            session_affinity_timeout_s: None,
             ..s.clone()
         };
         let text = table(&[s, empty]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(
-            lines[1].contains("10.0.1.2:8080") && lines[1].contains(" 7 "),
+            lines[1].contains("10.0.1.2:8080")
+                && lines[1].contains(" 7 ")
+                && lines[1].ends_with("client_ip 3h"),
             "{text}"
         );
         assert!(
-            lines[2].starts_with("none") && lines[2].ends_with('3'),
+            lines[2].starts_with("none") && lines[2].contains(" 3 ") && lines[2].ends_with("none"),
             "{text}"
         );
     }

@@ -43,6 +43,15 @@ pub enum SessionAffinity {
     ClientIp,
 }
 
+impl SessionAffinity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAffinity::None => "none",
+            SessionAffinity::ClientIp => "client_ip",
+        }
+    }
+}
+
 /// A virtual address balanced at connect time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,13 +312,6 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
         if s.protocol == Protocol::Udp {
             return Err(field(format!("services[{i}].protocol"), "udp", LATER));
         }
-        if s.session_affinity == SessionAffinity::ClientIp {
-            return Err(field(
-                format!("services[{i}].session_affinity"),
-                "client_ip",
-                LATER,
-            ));
-        }
     }
     Ok(())
 }
@@ -444,6 +446,19 @@ mod tests {
         assert_eq!(s.backends[0].weight, 1);
         assert_eq!(s.backends[1].weight, 3);
         assert_eq!(s.session_affinity, super::SessionAffinity::None);
+        assert_eq!(
+            s.session_affinity_timeout,
+            std::time::Duration::from_secs(10_800)
+        );
+        let sticky = Config::from_yaml(&format!(
+            "{WEB}    session_affinity: client_ip\n    session_affinity_timeout: 10m\n"
+        ))
+        .unwrap();
+        sticky.validate().unwrap();
+        assert_eq!(
+            sticky.services[0].session_affinity,
+            super::SessionAffinity::ClientIp
+        );
         assert_eq!(c.health.with(&s.health).consecutive_failures, 5);
         let text = serde_yaml_ng::to_string(&c).unwrap();
         assert_eq!(Config::from_yaml(&text).unwrap(), c);
@@ -482,6 +497,12 @@ mod tests {
         assert!(e.contains("services[0].protocol"), "{e}");
         let e = err("health:\n  max_ejection_percent: 150\n");
         assert!(e.contains("health.max_ejection_percent"), "{e}");
+        let e = err(&format!(
+            "{WEB}    session_affinity: client_ip\n    session_affinity_timeout: 0s\n"
+        ));
+        assert!(e.contains("services[0].session_affinity_timeout"), "{e}");
+        let e = err(&format!("{WEB}    session_affinity: sticky\n"));
+        assert!(e.contains("session_affinity"), "{e}");
         let e = err(&format!("{WEB}    health: {{consecutive_failures: 0}}\n"));
         assert!(e.contains("services[0].health.consecutive_failures"), "{e}");
     }

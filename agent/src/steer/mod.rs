@@ -43,6 +43,7 @@ const MAPS: &[&str] = &[
     "ORIGINS",
     "STEERED",
     "STEER_COUNTERS",
+    "AFFINITY",
 ];
 
 /// (program, attach type name).
@@ -163,6 +164,7 @@ impl Steering {
             backends: take(&mut ebpf, "BACKENDS", HashMap::try_from)?,
             backend_connects: take(&mut ebpf, "BACKEND_CONNECTS", HashMap::try_from)?,
             service_no_backend: take(&mut ebpf, "SERVICE_NO_BACKEND", HashMap::try_from)?,
+            affinity: take(&mut ebpf, "AFFINITY", HashMap::try_from)?,
         };
         let plan = Plan::new(&config.services, &maps.existing_ids());
         let removed = maps.apply(&plan).map_err(|source| SteerError::Map {

@@ -12,7 +12,10 @@ use weft_common::{
     steer::{Backend, STEER_MAX_SLOTS, ServiceEntry, ServiceKey, SlotKey},
 };
 
-use crate::config::{ServiceConfig, steer::Protocol};
+use crate::config::{
+    ServiceConfig,
+    steer::{Protocol, SessionAffinity},
+};
 
 /// One service as the kernel will see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,8 @@ impl Plan {
             let entry = ServiceEntry {
                 id,
                 slots: slots.len() as u32,
+                affinity_timeout_s: affinity_timeout_s(s),
+                _pad: 0,
             };
             plan.services.insert(
                 id,
@@ -81,6 +86,16 @@ impl Plan {
             .values()
             .flat_map(|s| s.backends.iter().map(|b| b.0))
             .collect()
+    }
+}
+
+/// The kernel's affinity timeout of a service: 0 without
+/// `session_affinity: client_ip`, else whole seconds (validated to
+/// 1..=86400, so it fits and is never 0).
+pub fn affinity_timeout_s(s: &ServiceConfig) -> u32 {
+    match s.session_affinity {
+        SessionAffinity::None => 0,
+        SessionAffinity::ClientIp => s.session_affinity_timeout.as_secs().clamp(1, 86_400) as u32,
     }
 }
 
@@ -220,6 +235,7 @@ mod tests {
         assert_eq!(a.slots, vec![64, 64, 65]);
         assert_eq!(ip_of(&a.key.addr, a.key.family).to_string(), "10.96.0.1");
         assert_eq!(fresh.services[&2].entry.slots, 0);
+        assert_eq!(a.entry.affinity_timeout_s, 0);
         // b already had id 1 in the kernel: it keeps it and a takes 2.
         let existing = BTreeMap::from([(service_key(&c.services[1]), 1)]);
         let again = Plan::new(&c.services, &existing);
@@ -227,5 +243,16 @@ mod tests {
         assert_eq!(again.services[&2].name, "a");
         assert_eq!(again.slot_keys().len(), 3);
         assert_eq!(again.backend_ids(), BTreeSet::from([128, 129]));
+    }
+
+    #[test]
+    fn affinity_reaches_the_service_entry() {
+        let c = Config::from_yaml(
+            "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    session_affinity: client_ip\n  - name: b\n    address: 10.96.0.2\n    port: 80\n    session_affinity: client_ip\n    session_affinity_timeout: 90s\n",
+        )
+        .unwrap();
+        let plan = Plan::new(&c.services, &BTreeMap::new());
+        assert_eq!(plan.services[&1].entry.affinity_timeout_s, 10_800);
+        assert_eq!(plan.services[&2].entry.affinity_timeout_s, 90);
     }
 }

@@ -31,6 +31,11 @@ pub struct ServiceReport {
     pub backends: Vec<BackendReport>,
     /// Connects refused since the service was created: it had no backend.
     pub no_backend: u64,
+    /// `none` or `client_ip`.
+    pub session_affinity: String,
+    /// With `client_ip`: how long (seconds) a client keeps its backend
+    /// after its last connect; else null.
+    pub session_affinity_timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +111,9 @@ const LOSSES: &[(u32, &str)] = &[
     // A service met half-written (a slot or backend missing): the connect
     // went on unchanged.
     (counter::INCOMPLETE, "incomplete_service"),
+    // A client's backend not remembered (session affinity): its next
+    // connect may be balanced anew.
+    (counter::AFFINITY_LOST, "affinity_not_remembered"),
 ];
 
 /// Owns the service maps; turns their counters into metrics and reports.
@@ -242,6 +250,13 @@ impl Reporter {
                 source: "config".into(),
                 backends,
                 no_backend,
+                session_affinity: if s.entry.affinity_timeout_s > 0 {
+                    "client_ip".into()
+                } else {
+                    "none".into()
+                },
+                session_affinity_timeout_s: (s.entry.affinity_timeout_s > 0)
+                    .then_some(s.entry.affinity_timeout_s),
             });
         }
         out

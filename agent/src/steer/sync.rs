@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapData, MapError};
-use weft_common::steer::{Backend, ServiceEntry, ServiceKey, SlotKey};
+use weft_common::steer::{AffinityEntry, AffinityKey, Backend, ServiceEntry, ServiceKey, SlotKey};
 
 use super::plan::{Plan, slot_key};
 
@@ -17,6 +17,9 @@ pub struct ServiceMaps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub backend_connects: HashMap<MapData, u32, u64>,
     pub service_no_backend: HashMap<MapData, u32, u64>,
+    /// Written by the connect program; the agent only removes what no
+    /// longer applies.
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
 }
 
 /// BPF_NOEXIST: create only.
@@ -91,6 +94,49 @@ impl ServiceMaps {
         removed += remove_ids(&mut self.backends, |id| backends.contains(id))?;
         removed += remove_ids(&mut self.backend_connects, |id| backends.contains(id))?;
         removed += remove_ids(&mut self.service_no_backend, |id| ids.contains(id))?;
+        removed += self.remove_stale_affinity(plan)?;
+        Ok(removed)
+    }
+
+    /// Forgets the clients of services that are gone or without affinity,
+    /// and those sent to a backend that is no longer the service's (the
+    /// connect program checks that too, at every lookup; removing them
+    /// here only frees the room).
+    fn remove_stale_affinity(&mut self, plan: &Plan) -> Result<usize, MapError> {
+        let current: std::collections::BTreeMap<u32, Backend> = plan
+            .services
+            .values()
+            .filter(|s| s.entry.affinity_timeout_s > 0)
+            .flat_map(|s| s.backends.iter().map(|&(id, b, _)| (id, b)))
+            .collect();
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                let kept = plan
+                    .services
+                    .get(&k.service)
+                    .is_some_and(|s| s.entry.affinity_timeout_s > 0)
+                    && v.backend_id >> 6 == k.service
+                    && current
+                        .get(&v.backend_id)
+                        .is_some_and(|b| b.addr == v.backend.addr && b.port == v.backend.port);
+                !kept
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in &stale {
+            // The program may have replaced or the LRU evicted it since.
+            match self.affinity.remove(k) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(removed)
     }
 }

@@ -13,6 +13,8 @@ pub const STEER_MAX_SERVICES: u32 = 1024;
 pub const STEER_MAX_BACKENDS: u32 = 65536;
 /// Sockets remembered as steered (LRU) for getpeername and flow records.
 pub const STEER_MAX_SOCKETS: u32 = 65536;
+/// Clients remembered per (service, client) for session affinity (LRU).
+pub const STEER_MAX_AFFINITY: u32 = 65536;
 
 /// A service address: what a connect dialed.
 #[repr(C)]
@@ -29,7 +31,8 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 
-/// A service's entry: its id and how many weighted slots it has.
+/// A service's entry: its id, how many weighted slots it has and its
+/// session affinity.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceEntry {
@@ -38,8 +41,44 @@ pub struct ServiceEntry {
     /// Slots 0..slots of SLOTS are filled; 0: no usable backend, the
     /// connect fails with ECONNREFUSED.
     pub slots: u32,
+    /// `session_affinity: client_ip`: how long (seconds) a client keeps
+    /// its backend after its last connect; 0: no affinity.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceEntry>() == 16);
+
+/// Key of AFFINITY: one client of one service. A client is a network
+/// namespace (a pod on Kubernetes, where each pod has its own namespace
+/// and address) and, when the socket was bound before its connect, the
+/// address it was bound to; an unbound socket (the usual case) has no
+/// source address yet when connect4 runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// `bpf_get_netns_cookie` of the connecting socket's namespace.
+    pub netns: u64,
+    pub service: u32,
+    /// The bound source address (IPv4 in the first four bytes, network
+    /// order); all zero when unbound.
+    pub client: [u8; 16],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 32);
+
+/// Value of AFFINITY: the backend a client was sent to and when it last
+/// connected. The backend's address is kept with its id so that a
+/// reconciled service whose id now names another address is not followed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// `bpf_ktime_get_ns` of the client's last connect to the service.
+    pub last_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub backend: Backend,
+}
+const _: () = assert!(core::mem::size_of::<AffinityEntry>() == 40);
 
 /// Key of SLOTS: one weighted slot of one service.
 #[repr(C)]
@@ -92,5 +131,11 @@ pub mod counter {
     pub const LOST_ORIGIN: u32 = 3;
     /// getpeername calls answered with the service address.
     pub const PEERNAME: u32 = 4;
+    /// Connects of an affinity service sent to the client's remembered
+    /// backend.
+    pub const AFFINITY_HIT: u32 = 5;
+    /// A client's choice could not be remembered (its next connect may go
+    /// to another backend).
+    pub const AFFINITY_LOST: u32 = 6;
     pub const COUNT: u32 = 8;
 }

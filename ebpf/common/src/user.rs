@@ -7,7 +7,7 @@ use crate::{
     data::{DataHeader, SyscallArgs},
     drop::{DropKey, DropStats},
     event::TcpEvent,
-    steer::{Backend, Origin, ServiceEntry, ServiceKey, SlotKey},
+    steer::{AffinityEntry, AffinityKey, Backend, Origin, ServiceEntry, ServiceKey, SlotKey},
     udp::UdpFlow,
 };
 
@@ -29,6 +29,8 @@ unsafe impl aya::Pod for ServiceEntry {}
 unsafe impl aya::Pod for SlotKey {}
 unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for Origin {}
+unsafe impl aya::Pod for AffinityKey {}
+unsafe impl aya::Pod for AffinityEntry {}
 
 impl Owner {
     /// The `comm` as text, up to its first NUL.

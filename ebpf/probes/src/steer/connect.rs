@@ -9,14 +9,20 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::{bpf_get_netns_cookie, bpf_set_retval},
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_common::steer::{Origin, ServiceKey, SlotKey, counter};
+use weft_common::steer::{
+    AffinityEntry, AffinityKey, Backend, Origin, ServiceEntry, ServiceKey, SlotKey, counter,
+};
 
 use super::maps::{
-    BACKEND_CONNECTS, BACKENDS, ORIGINS, SERVICE_NO_BACKEND, SERVICES, SLOTS, STEERED, bump, count,
+    AFFINITY, BACKEND_CONNECTS, BACKENDS, ORIGINS, SERVICE_NO_BACKEND, SERVICES, SLOTS, STEERED,
+    bump, count,
 };
 
 const ECONNREFUSED: i32 = 111;
@@ -53,6 +59,7 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
     let Some(service) = (unsafe { SERVICES.get(&key) }) else {
         return ALLOW;
     };
+    let service = *service;
     let (id, slots) = (service.id, service.slots);
     if slots == 0 {
         count(counter::NO_BACKEND);
@@ -61,19 +68,27 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    let slot = SlotKey {
-        service: id,
-        // SAFETY: a helper call without arguments.
-        slot: unsafe { bpf_get_prandom_u32() } % slots,
+    let affinity = if service.affinity_timeout_s == 0 {
+        None
+    } else {
+        Some(affinity_key(ctx, id))
     };
-    // SAFETY: lookups in maps of plain values.
-    let Some(backend_id) = (unsafe { SLOTS.get(&slot) }).copied() else {
-        count(counter::INCOMPLETE);
-        return ALLOW;
+    let remembered = match &affinity {
+        Some(k) => remembered(k, &service),
+        None => None,
     };
-    let Some(backend) = (unsafe { BACKENDS.get(&backend_id) }).copied() else {
-        count(counter::INCOMPLETE);
-        return ALLOW;
+    let (backend_id, backend) = match remembered {
+        Some(found) => found,
+        None => {
+            let Some(chosen) = choose(id, slots) else {
+                count(counter::INCOMPLETE);
+                return ALLOW;
+            };
+            if let Some(k) = &affinity {
+                remember_backend(k, chosen.0, &chosen.1);
+            }
+            chosen
+        }
     };
     sa.user_ip4 = u32::from_ne_bytes([
         backend.addr[0],
@@ -94,6 +109,96 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
         },
     );
     ALLOW
+}
+
+/// Weighted random: one of the service's slots.
+#[inline(always)]
+fn choose(id: u32, slots: u32) -> Option<(u32, Backend)> {
+    let slot = SlotKey {
+        service: id,
+        // SAFETY: a helper call without arguments.
+        slot: unsafe { bpf_get_prandom_u32() } % slots,
+    };
+    // SAFETY: lookups in maps of plain values.
+    let backend_id = unsafe { SLOTS.get(&slot) }.copied()?;
+    let backend = unsafe { BACKENDS.get(&backend_id) }.copied()?;
+    Some((backend_id, backend))
+}
+
+/// The client of a connect (see `AffinityKey`): its network namespace
+/// and the address its socket is bound to, if any.
+#[inline(always)]
+fn affinity_key(ctx: &SockAddrContext, service: u32) -> AffinityKey {
+    // SAFETY: the context is a sock_addr context, which the helper takes.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the context's socket pointer is never null in connect4 (the
+    // verifier types it as a socket); src_ip4 is one of its readable
+    // fields, 0 while the socket is not bound to an address.
+    let bound = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_ip4 }.to_ne_bytes();
+    let mut key = AffinityKey {
+        netns,
+        service,
+        ..AffinityKey::default()
+    };
+    key.client[0] = bound[0];
+    key.client[1] = bound[1];
+    key.client[2] = bound[2];
+    key.client[3] = bound[3];
+    key
+}
+
+/// The backend this client was sent to, if it connected within the
+/// timeout and that backend is still the service's (same id, same
+/// address): a reconciled service never sends a client to a removed
+/// backend. A hit refreshes the entry's time (Kubernetes: the timeout
+/// runs from the client's last connect).
+#[inline(always)]
+fn remembered(key: &AffinityKey, service: &ServiceEntry) -> Option<(u32, Backend)> {
+    let entry = AFFINITY.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from the map and stays valid for the
+    // program's run (an LRU entry is freed only after an RCU grace
+    // period).
+    let (last, backend_id, backend) =
+        unsafe { ((*entry).last_ns, (*entry).backend_id, (*entry).backend) };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(last) >= u64::from(service.affinity_timeout_s) * 1_000_000_000 {
+        return None;
+    }
+    // SAFETY: a lookup in a map of plain values.
+    let current = unsafe { BACKENDS.get(&backend_id) }.copied()?;
+    if ip4(&current) != ip4(&backend)
+        || current.port != backend.port
+        || backend_id >> 6 != service.id
+    {
+        return None;
+    }
+    // SAFETY: as above; a plain store of the refreshed time.
+    unsafe { (*entry).last_ns = now };
+    count(counter::AFFINITY_HIT);
+    Some((backend_id, current))
+}
+
+/// A backend's IPv4 address as one word (compared without memcmp).
+#[inline(always)]
+fn ip4(b: &Backend) -> u32 {
+    u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+}
+
+/// Remembers a client's new backend; failing to only costs affinity
+/// (counted), never the connect.
+#[inline(always)]
+fn remember_backend(key: &AffinityKey, backend_id: u32, backend: &Backend) {
+    let entry = AffinityEntry {
+        // SAFETY: a helper call without arguments.
+        last_ns: unsafe { bpf_ktime_get_ns() },
+        backend_id,
+        _pad: 0,
+        backend: *backend,
+    };
+    if AFFINITY.insert(key, &entry, 0).is_err() {
+        count(counter::AFFINITY_LOST);
+    }
 }
 
 /// Keeps what the socket dialed for getpeername (by cookie) and for the

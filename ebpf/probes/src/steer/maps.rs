@@ -1,15 +1,15 @@
 //! The steering maps. Every one is pinned by the agent under
 //! `<bpffs>/weft/steer/<version>/maps/`, so their contents survive the
 //! agent; the agent is their only writer (the programs write only ORIGINS,
-//! STEERED and the counters).
+//! STEERED, AFFINITY and the counters).
 
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use weft_common::steer::{
-    Backend, Origin, STEER_MAX_BACKENDS, STEER_MAX_SERVICES, STEER_MAX_SOCKETS, ServiceEntry,
-    ServiceKey, SlotKey, counter,
+    AffinityEntry, AffinityKey, Backend, Origin, STEER_MAX_AFFINITY, STEER_MAX_BACKENDS,
+    STEER_MAX_SERVICES, STEER_MAX_SOCKETS, ServiceEntry, ServiceKey, SlotKey, counter,
 };
 
 /// Service address -> id and slot count. The one lookup every connect
@@ -47,6 +47,14 @@ pub static ORIGINS: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(STEER
 /// entry once the connection's record is written; LRU for the rest.
 #[map]
 pub static STEERED: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(STEER_MAX_SOCKETS, 0);
+
+/// (service, client) -> the backend the client was last sent to and when
+/// (`session_affinity: client_ip`). LRU: a client that stops connecting
+/// is forgotten when room is needed; the agent removes the entries of
+/// services and backends that are gone.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(STEER_MAX_AFFINITY, 0);
 
 /// See `weft_common::steer::counter`.
 #[map]
