@@ -25,7 +25,11 @@ use crate::{
     config::Config,
     enrich::{Enricher, kubernetes},
     events::{PipelineCounters, data, ring},
-    export::{labels::LabelBudget, metrics::Metrics, server as metrics_server},
+    export::{
+        labels::LabelBudget,
+        metrics::{LossLabels, Metrics},
+        server as metrics_server,
+    },
     flow::{
         emit::Emitter,
         store::FlowStore,
@@ -38,7 +42,7 @@ use crate::{
     status::StatusReport,
     steer::{
         report::{Reporter, SteerMetrics},
-        tags::ServiceTags,
+        tags::{OutcomeFeed, ServiceTags},
     },
 };
 
@@ -56,6 +60,10 @@ fn program_states(health: &crate::export::metrics::HealthMetrics, probes: &Probe
         health.program_state.get_or_create(&labels).set(1);
     }
 }
+
+/// Outcomes of steered connects waiting for passive health; more are
+/// counted as lost (`steer/health_outcome_dropped`).
+const OUTCOME_QUEUE: usize = 4096;
 
 /// How long tasks get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,10 +124,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         enricher,
     );
     let (services_tx, services_rx) = watch::channel(Vec::new());
+    let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
     let reporter = steering.map(|s| {
         emitter.services = ServiceTags::new(s.steered, &s.plan);
-        Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
-            .with_losses(s.counters, health.events_lost.clone())
+        emitter.services.outcomes = Some(OutcomeFeed {
+            tx: outcomes_tx,
+            dropped: health
+                .events_lost
+                .get_or_create(&LossLabels {
+                    source: "steer".into(),
+                    stage: "health_outcome_dropped".into(),
+                })
+                .clone(),
+        });
+        let mut reporter = Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
+            .with_losses(s.counters, health.events_lost.clone());
+        reporter.store = Some(store.clone());
+        reporter
     });
 
     let readiness = metrics_server::Readiness::default();
@@ -216,7 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(reporter) = reporter {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            reporter.run(services_tx, shutdown).await;
+            reporter.run(outcomes_rx, services_tx, shutdown).await;
             Ok(())
         });
     }

@@ -23,6 +23,8 @@ pub struct Backend {
     /// The body its server answers with (`backend-N`).
     pub name: String,
     server: Option<Peer>,
+    /// The server's command line, to start it again.
+    args: Vec<String>,
     _root: TempDir,
 }
 
@@ -31,6 +33,16 @@ impl Backend {
         if let Some(mut s) = self.server.take() {
             s.stop();
         }
+    }
+
+    /// Starts the server again after [`Backend::stop`]; returns once it
+    /// accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.server.is_none(), "{} is running", self.name);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut server = Peer::start(&self.name, &self.ns, &args);
+        server.wait_tcp(&self.ns, self.addr, Duration::from_secs(20));
+        self.server = Some(server);
     }
 }
 
@@ -94,6 +106,7 @@ impl SteerLab {
                 addr,
                 name,
                 server: Some(server),
+                args: args.iter().map(|a| a.to_string()).collect(),
                 _root: root,
             });
         }

@@ -542,3 +542,204 @@ fn bad_steering_configuration_exits_2_naming_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One curl at a time from the lab's client: `Some(body)` when it got a
+/// 200 from the service address, `None` when its connect failed.
+fn one_curl(lab: &SteerLab, port: u16) -> Option<String> {
+    let lines = lab.curls(port, 1);
+    let line = lines.first().map(String::as_str).unwrap_or("");
+    let fields: Vec<&str> = line.split(' ').collect();
+    match fields.as_slice() {
+        [body, "200", _peer] => Some((*body).to_owned()),
+        ["000", ..] => None,
+        _ => panic!("unexpected curl output {line:?}"),
+    }
+}
+
+/// The state of the backend at `addr` in `weft services -o json`.
+fn backend_state(agent: &Agent, service: &str, addr: std::net::SocketAddr) -> Value {
+    let out = agent.client(&["services", "-o", "json"]);
+    assert!(out.status.success(), "weft services failed");
+    let services: Vec<Value> = serde_json::from_slice(&out.stdout).expect("services JSON");
+    let s = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .expect("the service");
+    s["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["address"] == addr.ip().to_string().as_str() && b["port"] == addr.port())
+        .cloned()
+        .expect("the backend")
+}
+
+/// `ejected` / `returned` records of `service`.
+fn health_records(agent: &Agent, service: &str, event: &str) -> Vec<Value> {
+    agent
+        .flows(&["--all", "--service", service])
+        .into_iter()
+        .filter(|r| r["event"] == event)
+        .collect()
+}
+
+#[test]
+fn a_failing_backend_is_ejected_and_comes_back() {
+    if !require_root("a_failing_backend_is_ejected_and_comes_back") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(6);
+    let mut lab = SteerLab::new(3, port);
+    let mut svc = lab.service_yaml("health", 80, &[1, 1, 1]);
+    // Long enough for the 200 connects below to run while it is out.
+    svc.push_str("    health: {consecutive_failures: 5, base_ejection_time: 15s}\n");
+    let cfg = config("health", &[svc]);
+    let agent = start(&cfg);
+    let warm = lab.curls(80, 30);
+    assert_eq!(shares(&lab, &warm, 80).values().sum::<usize>(), 30);
+
+    let dead = lab.backends[1].addr;
+    let dead_name = lab.backends[1].name.clone();
+    lab.backends[1].stop();
+    // One connect at a time (each a new curl) until five have failed: a
+    // third of them reach the stopped backend and are refused.
+    let mut failed = 0;
+    for _ in 0..300 {
+        if let Some(body) = one_curl(&lab, 80) {
+            assert_ne!(body, dead_name, "the stopped backend answered");
+            continue;
+        }
+        failed += 1;
+        if failed == 4 {
+            // Four in a row is not yet enough.
+            std::thread::sleep(Duration::from_millis(500));
+            let b = backend_state(&agent, "health", dead);
+            assert_eq!(b["state"], "active", "ejected after 4 failures: {b}");
+            assert_eq!(b["recent_failures"], 4, "{b}");
+        }
+        if failed == 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        failed, 5,
+        "fewer than 5 connects reached the stopped backend"
+    );
+    let ejected = wait_for("the ejection", Duration::from_secs(3), || {
+        let b = backend_state(&agent, "health", dead);
+        (b["state"] == "ejected").then_some(b)
+    });
+    assert_eq!(
+        ejected["reason"], "consecutive_connect_failures",
+        "{ejected}"
+    );
+    assert_eq!(ejected["ejections"], 1, "{ejected}");
+    assert!(ejected["ejected_until"].is_string(), "{ejected}");
+
+    // Out of rotation: the next 200 connects all succeed on the others.
+    let lines = lab.curls(80, 200);
+    let counts = shares(&lab, &lines, 80);
+    assert_eq!(counts.values().sum::<usize>(), 200, "{counts:?}");
+    assert!(!counts.contains_key(&dead_name), "{counts:?}");
+
+    // A record and the metrics show it.
+    let records = health_records(&agent, "health", "ejected");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["destination"]["ip"], dead.ip().to_string().as_str());
+    assert_eq!(r["destination"]["port"], dead.port());
+    assert_eq!(r["health"]["consecutive_failures"], 5, "{r}");
+    assert_eq!(r["health"]["reason"], "consecutive_connect_failures", "{r}");
+    assert_eq!(r["health"]["ejection_time_s"], 15, "{r}");
+    let backend_label = format!("backend=\"{dead}\"");
+    let ejection_labels = [
+        "service=\"health\"",
+        backend_label.as_str(),
+        "reason=\"consecutive_connect_failures\"",
+    ];
+    assert_eq!(
+        agent.metric_sum("weft_service_backend_ejections_total", &ejection_labels),
+        1.0
+    );
+    for (state, n) in [("ejected", 1.0), ("active", 2.0)] {
+        let state = format!("state=\"{state}\"");
+        assert_eq!(
+            agent.metric_sum("weft_service_backends", &["service=\"health\"", &state]),
+            n,
+            "{state}"
+        );
+    }
+
+    // Running again, it comes back by itself when the ejection runs out.
+    lab.backends[1].start();
+    wait_for("the backend's return", Duration::from_secs(25), || {
+        (backend_state(&agent, "health", dead)["state"] == "active").then_some(())
+    });
+    let lines = lab.curls(80, 60);
+    let counts = shares(&lab, &lines, 80);
+    assert!(
+        counts.get(&dead_name).copied().unwrap_or(0) > 0,
+        "no traffic after its return: {counts:?}"
+    );
+    let back = health_records(&agent, "health", "returned");
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0]["destination"]["port"], dead.port());
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn at_most_max_ejection_percent_of_backends_are_ejected() {
+    if !require_root("at_most_max_ejection_percent_of_backends_are_ejected") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(7);
+    let mut lab = SteerLab::new(3, port);
+    let mut svc = lab.service_yaml("half", 80, &[1, 1, 1]);
+    svc.push_str("    health: {consecutive_failures: 3, max_ejection_percent: 50}\n");
+    let cfg = config("half", &[svc]);
+    let agent = start(&cfg);
+    let stopped = [lab.backends[0].addr, lab.backends[1].addr];
+    lab.backends[0].stop();
+    lab.backends[1].stop();
+    // Enough connects for both stopped backends to fail 3 times in a row
+    // (bounded; after one is out, half the connects reach the other).
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..60 {
+        match one_curl(&lab, 80) {
+            Some(body) => {
+                assert_eq!(body, lab.backends[2].name);
+                ok += 1;
+            }
+            None => failed += 1,
+        }
+    }
+    eprintln!("{ok} connects succeeded, {failed} failed");
+    std::thread::sleep(Duration::from_millis(500));
+    let states: Vec<Value> = stopped
+        .iter()
+        .map(|&a| backend_state(&agent, "half", a))
+        .collect();
+    let ejected = states.iter().filter(|b| b["state"] == "ejected").count();
+    assert_eq!(ejected, 1, "one of 3 at most with 50 %: {states:?}");
+    let active = states
+        .iter()
+        .find(|b| b["state"] == "active")
+        .expect("the other stopped backend");
+    assert!(
+        active["recent_failures"].as_u64().unwrap_or(0) >= 3,
+        "{active}"
+    );
+    assert_eq!(health_records(&agent, "half", "ejected").len(), 1);
+    assert_eq!(
+        agent.metric_sum(
+            "weft_service_backend_ejections_total",
+            &["service=\"half\""]
+        ),
+        1.0
+    );
+    let _ = std::fs::remove_file(cfg);
+}

@@ -383,6 +383,8 @@ fn event(record: &FlowRecord) -> String {
         FlowEvent::Fail => "fail",
         FlowEvent::Drop => "drop",
         FlowEvent::Request => "request",
+        FlowEvent::Ejected => "ejected",
+        FlowEvent::Returned => "returned",
     };
     match record.failure {
         Some(failure) => {

@@ -56,7 +56,7 @@ pub fn table(services: &[ServiceReport]) -> String {
         return "no services (configure `services:`, README \"Steering\")\n".into();
     }
     let mut t = Table::new(&[
-        "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS",
+        "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS", "FAILS",
         "REFUSED", "AFFINITY",
     ]);
     for s in services {
@@ -69,7 +69,7 @@ pub fn table(services: &[ServiceReport]) -> String {
             ),
             None => s.session_affinity.clone(),
         };
-        let head = |t: &mut Table, rest: [String; 4]| {
+        let head = |t: &mut Table, rest: [String; 5]| {
             let mut row = vec![
                 s.name.clone(),
                 front.clone(),
@@ -82,11 +82,15 @@ pub fn table(services: &[ServiceReport]) -> String {
             t.push(row);
         };
         if s.backends.is_empty() {
-            head(&mut t, ["-".into(), "-".into(), "-".into(), "-".into()]);
+            head(
+                &mut t,
+                ["-".into(), "-".into(), "-".into(), "-".into(), "-".into()],
+            );
         }
         for b in &s.backends {
+            // Seconds are enough on a terminal.
             let state = match &b.ejected_until {
-                Some(until) => format!("{} until {until}", b.state),
+                Some(until) => format!("{} until {}", b.state, until.get(..19).unwrap_or(until)),
                 None => b.state.clone(),
             };
             head(
@@ -96,6 +100,7 @@ pub fn table(services: &[ServiceReport]) -> String {
                     b.weight.to_string(),
                     state,
                     b.connections.to_string(),
+                    b.recent_failures.to_string(),
                 ],
             );
         }
@@ -124,6 +129,8 @@ mod tests {
                 ejected_until: None,
                 reason: None,
                 connections: 7,
+                recent_failures: 2,
+                ejections: 0,
                 active_connections: None,
             }],
             no_backend: 0,
@@ -144,6 +151,7 @@ mod tests {
         assert!(
             lines[1].contains("10.0.1.2:8080")
                 && lines[1].contains(" 7 ")
+                && lines[1].contains(" 2 ")
                 && lines[1].ends_with("client_ip 3h"),
             "{text}"
         );

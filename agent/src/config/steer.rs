@@ -301,7 +301,17 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     if !c.policies.is_empty() {
         return Err(field("policies".into(), &c.policies[0].name, LATER));
     }
+    if c.health.eject_on_l7_errors {
+        return Err(field("health.eject_on_l7_errors".into(), true, LATER));
+    }
     for (i, s) in c.services.iter().enumerate() {
+        if s.health.eject_on_l7_errors == Some(true) {
+            return Err(field(
+                format!("services[{i}].health.eject_on_l7_errors"),
+                true,
+                LATER,
+            ));
+        }
         if s.address.is_ipv6() {
             return Err(field(
                 format!("services[{i}].address"),

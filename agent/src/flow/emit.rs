@@ -161,11 +161,13 @@ impl Emitter {
             l7: None,
             traffic_direction: None,
             service: self.services.get(obs.key),
+            health: None,
             mono_ns: obs.ts_ns,
         };
         if matches!(obs.event, FlowEvent::Close | FlowEvent::Fail) {
             self.services.forget(obs.key);
         }
+        self.services.report_outcome(&record);
         self.store.push(record);
     }
 
@@ -198,6 +200,7 @@ impl Emitter {
             l7: None,
             traffic_direction: None,
             service: None,
+            health: None,
             mono_ns: d.last_ns,
         };
         self.store.push(record);

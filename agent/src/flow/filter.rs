@@ -429,6 +429,7 @@ pub(crate) mod test_support {
             l7: None,
             traffic_direction: None,
             service: None,
+            health: None,
             mono_ns: 0,
         }
     }

@@ -29,6 +29,11 @@ pub enum FlowEvent {
     Drop,
     /// An L7 request/response pair.
     Request,
+    /// A service's backend was taken out of rotation (passive health):
+    /// `destination` is the backend, `health` says why.
+    Ejected,
+    /// An ejected backend came back into rotation.
+    Returned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,6 +161,10 @@ pub struct FlowRecord {
     /// through one (`destination` is the backend it reached).
     #[serde(default)]
     pub service: Option<ServiceRef>,
+    /// On `ejected` and `returned` records: the reason and the counts
+    /// behind the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::steer::health::HealthChange>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]

@@ -8,6 +8,8 @@
 //! other versions; with no service configured it removes everything, so
 //! no steering program stays attached. `weft cleanup` removes it all.
 
+pub mod eject;
+pub mod health;
 pub mod pins;
 pub mod plan;
 pub mod report;
@@ -166,7 +168,7 @@ impl Steering {
             service_no_backend: take(&mut ebpf, "SERVICE_NO_BACKEND", HashMap::try_from)?,
             affinity: take(&mut ebpf, "AFFINITY", HashMap::try_from)?,
         };
-        let plan = Plan::new(&config.services, &maps.existing_ids());
+        let plan = Plan::new(&config.services, &maps.existing_ids(), &config.health);
         let removed = maps.apply(&plan).map_err(|source| SteerError::Map {
             name: "SERVICES",
             source,

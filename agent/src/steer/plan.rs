@@ -14,7 +14,7 @@ use weft_common::{
 
 use crate::config::{
     ServiceConfig,
-    steer::{Protocol, SessionAffinity},
+    steer::{HealthConfig, Protocol, SessionAffinity},
 };
 
 /// One service as the kernel will see it.
@@ -25,8 +25,41 @@ pub struct PlannedService {
     pub entry: ServiceEntry,
     /// (backend id, backend, weight), in configuration order.
     pub backends: Vec<(u32, Backend, u32)>,
-    /// Backend id of each slot.
+    /// Backend id of each slot (ejected backends hold none).
     pub slots: Vec<u32>,
+    /// Backends out of rotation (passive health).
+    pub ejected: BTreeSet<u32>,
+    /// Passive health settings (the defaults with the service's
+    /// overrides).
+    pub health: HealthConfig,
+}
+
+impl PlannedService {
+    /// The backend ids, in configuration order.
+    pub fn backend_ids(&self) -> Vec<u32> {
+        self.backends.iter().map(|b| b.0).collect()
+    }
+
+    /// This service with `ejected` out of rotation: the slots are shared
+    /// by weight among the others.
+    pub fn with_ejected(&self, ejected: BTreeSet<u32>) -> PlannedService {
+        let in_rotation: Vec<(u32, u32)> = self
+            .backends
+            .iter()
+            .filter(|b| !ejected.contains(&b.0))
+            .map(|&(id, _, weight)| (id, weight))
+            .collect();
+        let slots = fill_slots(&in_rotation);
+        PlannedService {
+            entry: ServiceEntry {
+                slots: slots.len() as u32,
+                ..self.entry
+            },
+            slots,
+            ejected,
+            ..self.clone()
+        }
+    }
 }
 
 /// Every service, by id.
@@ -37,23 +70,23 @@ pub struct Plan {
 
 impl Plan {
     /// `existing`: the ids the kernel's SERVICES map already gives keys.
-    pub fn new(services: &[ServiceConfig], existing: &BTreeMap<ServiceKey, u32>) -> Plan {
+    pub fn new(
+        services: &[ServiceConfig],
+        existing: &BTreeMap<ServiceKey, u32>,
+        health: &HealthConfig,
+    ) -> Plan {
         let keys: Vec<ServiceKey> = services.iter().map(service_key).collect();
         let ids = assign_ids(&keys, existing);
         let mut plan = Plan::default();
         for ((s, key), id) in services.iter().zip(keys).zip(ids) {
-            let weights: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
             let backends: Vec<(u32, Backend, u32)> = s
                 .backends
                 .iter()
                 .enumerate()
                 .map(|(j, b)| (backend_id(id, j), backend(b.address, b.port), b.weight))
                 .collect();
-            let slots: Vec<u32> = slot_counts(&weights)
-                .iter()
-                .enumerate()
-                .flat_map(|(j, &n)| std::iter::repeat_n(backend_id(id, j), n as usize))
-                .collect();
+            let weighted: Vec<(u32, u32)> = backends.iter().map(|&(id, _, w)| (id, w)).collect();
+            let slots = fill_slots(&weighted);
             let entry = ServiceEntry {
                 id,
                 slots: slots.len() as u32,
@@ -68,6 +101,8 @@ impl Plan {
                     entry,
                     backends,
                     slots,
+                    ejected: BTreeSet::new(),
+                    health: health.with(&s.health),
                 },
             );
         }
@@ -173,6 +208,17 @@ fn assign_ids(keys: &[ServiceKey], existing: &BTreeMap<ServiceKey, u32>) -> Vec<
         .collect()
 }
 
+/// The slots of backends (id, weight): each id repeated as many times as
+/// [`slot_counts`] gives it.
+fn fill_slots(backends: &[(u32, u32)]) -> Vec<u32> {
+    let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
+    slot_counts(&weights)
+        .iter()
+        .zip(backends)
+        .flat_map(|(&n, &(id, _))| std::iter::repeat_n(id, n as usize))
+        .collect()
+}
+
 /// Slots per backend, proportional to the weights: exactly the weights
 /// when they add up to at most STEER_MAX_SLOTS, else scaled down by
 /// largest remainder with at least one slot each.
@@ -226,7 +272,7 @@ mod tests {
             "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    backends:\n      - {address: 10.0.0.2, port: 8080, weight: 2}\n      - {address: 10.0.0.3, port: 8080}\n  - name: b\n    address: 10.96.0.2\n    port: 80\n",
         )
         .unwrap();
-        let fresh = Plan::new(&c.services, &BTreeMap::new());
+        let fresh = Plan::new(&c.services, &BTreeMap::new(), &c.health);
         let ids: Vec<u32> = fresh.services.keys().copied().collect();
         assert_eq!(ids, vec![1, 2]);
         let a = &fresh.services[&1];
@@ -238,11 +284,17 @@ mod tests {
         assert_eq!(a.entry.affinity_timeout_s, 0);
         // b already had id 1 in the kernel: it keeps it and a takes 2.
         let existing = BTreeMap::from([(service_key(&c.services[1]), 1)]);
-        let again = Plan::new(&c.services, &existing);
+        let again = Plan::new(&c.services, &existing, &c.health);
         assert_eq!(again.services[&1].name, "b");
         assert_eq!(again.services[&2].name, "a");
         assert_eq!(again.slot_keys().len(), 3);
         assert_eq!(again.backend_ids(), BTreeSet::from([128, 129]));
+        // Ejecting the weight-2 backend leaves the other all the slots.
+        let out = again.services[&2].with_ejected(BTreeSet::from([128]));
+        assert_eq!((out.entry.slots, out.slots.clone()), (1, vec![129]));
+        assert_eq!(out.backends.len(), 2);
+        let back = out.with_ejected(BTreeSet::new());
+        assert_eq!(back.slots, again.services[&2].slots);
     }
 
     #[test]
@@ -251,7 +303,7 @@ mod tests {
             "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    session_affinity: client_ip\n  - name: b\n    address: 10.96.0.2\n    port: 80\n    session_affinity: client_ip\n    session_affinity_timeout: 90s\n",
         )
         .unwrap();
-        let plan = Plan::new(&c.services, &BTreeMap::new());
+        let plan = Plan::new(&c.services, &BTreeMap::new(), &c.health);
         assert_eq!(plan.services[&1].entry.affinity_timeout_s, 10_800);
         assert_eq!(plan.services[&2].entry.affinity_timeout_s, 90);
     }

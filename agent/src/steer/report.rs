@@ -2,7 +2,7 @@
 //! `weft services`, refreshed from the kernel's counters by one task that
 //! owns the service maps.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -10,14 +10,14 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use aya::maps::{MapData, PerCpuArray};
 use weft_common::steer::counter;
 
-use super::{plan::Plan, plan::ip_of, sync::ServiceMaps};
-use crate::export::metrics::LossLabels;
+use super::{health::ConnectOutcome, health::Health, plan::Plan, plan::ip_of, sync::ServiceMaps};
+use crate::{export::metrics::LossLabels, flow::store::FlowStore};
 
 /// One service in `weft services -o json` (shape fixed by the spec).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +52,11 @@ pub struct BackendReport {
     /// Connects rewritten to it (the kernel's count, which outlives agent
     /// restarts).
     pub connections: u64,
+    /// Its connects that failed in a row since the last one that
+    /// succeeded (or since it was ejected or came back).
+    pub recent_failures: u32,
+    /// How many times passive health has ejected it.
+    pub ejections: u32,
     /// Not tracked yet: always null.
     pub active_connections: Option<u64>,
 }
@@ -73,11 +78,19 @@ pub struct ServiceStateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub service: String,
+    pub backend: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Default)]
 pub struct SteerMetrics {
     pub connections: Family<ServiceBackendLabels, Counter>,
     pub no_backend: Family<ServiceLabels, Counter>,
     pub backends: Family<ServiceStateLabels, Gauge>,
+    pub ejections: Family<EjectionLabels, Counter>,
 }
 
 impl SteerMetrics {
@@ -97,6 +110,11 @@ impl SteerMetrics {
             "weft_service_backends",
             "Backends of a service by state (active, ejected)",
             m.backends.clone(),
+        );
+        r.register(
+            "weft_service_backend_ejections",
+            "Backends taken out of rotation by passive health, by reason",
+            m.ejections.clone(),
         );
         m
     }
@@ -126,6 +144,10 @@ pub struct Reporter {
     pub counters: Option<(PerCpuArray<MapData, u64>, Family<LossLabels, Counter>)>,
     /// Counter values already added to the metrics, by id.
     seen: BTreeMap<(bool, u32), u64>,
+    /// Passive health: which backends are out of rotation.
+    pub health: Health,
+    /// Where ejection and return records go.
+    pub store: Option<Arc<FlowStore>>,
 }
 
 impl Reporter {
@@ -137,6 +159,8 @@ impl Reporter {
             interval,
             counters: None,
             seen: BTreeMap::new(),
+            health: Health::default(),
+            store: None,
         }
     }
 
@@ -168,8 +192,11 @@ impl Reporter {
         }
     }
 
+    /// Refreshes the report every interval and acts on the outcomes of
+    /// steered connects as they come (passive health).
     pub async fn run(
         mut self,
+        mut outcomes: mpsc::Receiver<ConnectOutcome>,
         out: watch::Sender<Vec<ServiceReport>>,
         shutdown: CancellationToken,
     ) {
@@ -178,7 +205,13 @@ impl Reporter {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                Some(outcome) = outcomes.recv() => {
+                    if self.on_outcome(&outcome) {
+                        out.send_replace(self.refresh());
+                    }
+                }
                 _ = tick.tick() => {
+                    self.expire_ejections();
                     let report = self.refresh();
                     out.send_replace(report);
                 }
@@ -218,18 +251,22 @@ impl Reporter {
                     connections,
                     &self.metrics.connections.get_or_create(&labels),
                 );
+                let until = self.health.ejected_until(s.entry.id, id);
                 backends.push(BackendReport {
                     address,
                     port: b.port,
                     weight,
-                    state: "active".into(),
-                    ejected_until: None,
-                    reason: None,
+                    state: if until.is_some() { "ejected" } else { "active" }.into(),
+                    ejected_until: until.map(|t| crate::flow::clock::rfc3339(t.as_nanos() as u64)),
+                    reason: self.health.reason(s.entry.id, id).map(|c| c.reason.clone()),
                     connections,
+                    recent_failures: self.health.consecutive_failures(s.entry.id, id),
+                    ejections: self.health.ejections(s.entry.id, id),
                     active_connections: None,
                 });
             }
-            for (state, n) in [("active", backends.len()), ("ejected", 0)] {
+            let ejected = s.ejected.len();
+            for (state, n) in [("active", backends.len() - ejected), ("ejected", ejected)] {
                 self.metrics
                     .backends
                     .get_or_create(&ServiceStateLabels {

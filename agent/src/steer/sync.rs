@@ -101,13 +101,19 @@ impl ServiceMaps {
     /// Forgets the clients of services that are gone or without affinity,
     /// and those sent to a backend that is no longer the service's (the
     /// connect program checks that too, at every lookup; removing them
-    /// here only frees the room).
+    /// here only frees the room) or is ejected (the program does not know
+    /// ejections: this is what moves such clients on).
     fn remove_stale_affinity(&mut self, plan: &Plan) -> Result<usize, MapError> {
         let current: std::collections::BTreeMap<u32, Backend> = plan
             .services
             .values()
             .filter(|s| s.entry.affinity_timeout_s > 0)
-            .flat_map(|s| s.backends.iter().map(|&(id, b, _)| (id, b)))
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .filter(|b| !s.ejected.contains(&b.0))
+                    .map(|&(id, b, _)| (id, b))
+            })
             .collect();
         let stale: Vec<AffinityKey> = self
             .affinity

@@ -10,10 +10,25 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
 use weft_common::steer::Origin;
 
-use super::plan::ip_of;
-use crate::flow::{addr::FlowKey, record::ServiceRef};
+use super::{
+    health::{ConnectOutcome, Outcome},
+    plan::ip_of,
+};
+use crate::flow::{
+    addr::FlowKey,
+    record::{FlowEvent, FlowRecord, ServiceRef},
+};
+
+/// Where the outcomes of steered connects go (passive health), and the
+/// count of those that found the channel full.
+pub struct OutcomeFeed {
+    pub tx: mpsc::Sender<ConnectOutcome>,
+    pub dropped: Counter,
+}
 
 /// Tags are kept per connection until its last record is written, so they
 /// are bounded by the flow table.
@@ -28,6 +43,8 @@ pub struct ServiceTags {
     /// Steered sockets whose entry named another backend than the socket's
     /// peer (a stale entry of a reused socket address): ignored.
     pub mismatched: u64,
+    /// Passive health's input.
+    pub outcomes: Option<OutcomeFeed>,
 }
 
 impl ServiceTags {
@@ -39,6 +56,7 @@ impl ServiceTags {
             backends: HashSet::new(),
             by_flow: HashMap::new(),
             mismatched: 0,
+            outcomes: None,
         }
     }
 
@@ -97,6 +115,28 @@ impl ServiceTags {
                 port: s.port,
             },
         );
+    }
+
+    /// Passes the outcome of a steered connect (its `open` or `fail`
+    /// record) to passive health. Never waits: a full channel counts the
+    /// outcome as lost.
+    pub fn report_outcome(&self, record: &FlowRecord) {
+        let (Some(feed), Some(service)) = (&self.outcomes, &record.service) else {
+            return;
+        };
+        let outcome = match (record.event, record.failure) {
+            (FlowEvent::Open, _) => Outcome::Connected,
+            (FlowEvent::Fail, Some(failure)) => Outcome::Failed(failure),
+            _ => return,
+        };
+        let sent = feed.tx.try_send(ConnectOutcome {
+            service: service.name.clone(),
+            backend: SocketAddr::new(record.destination.ip, record.destination.port),
+            outcome,
+        });
+        if sent.is_err() {
+            feed.dropped.inc();
+        }
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<ServiceRef> {

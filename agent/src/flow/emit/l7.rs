@@ -101,6 +101,7 @@ impl Emitter {
             l7: Some(Value::Object(l7)),
             traffic_direction: Some(direction.name().into()),
             service: self.services.get(key),
+            health: None,
             mono_ns: ex.request_ns,
         };
         self.store.push(record);

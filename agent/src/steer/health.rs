@@ -1,0 +1,267 @@
+//! Passive health (outlier ejection), with Envoy's semantics: a backend
+//! whose connects fail `consecutive_failures` times in a row is taken out
+//! of its service's rotation for `base_ejection_time` times the number of
+//! times it has been ejected, and comes back by itself when that passes.
+//! At most `max_ejection_percent` of a service's backends are out at once
+//! (counting the one about to go), except that one may always go while
+//! the others are all in; a service's last backend in rotation is never
+//! ejected, so health alone never leaves a service without a backend.
+//!
+//! This is the pure state machine; the reporter feeds it the outcomes of
+//! steered connects (from flow records) and writes its decisions into the
+//! kernel's slots.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::steer::HealthConfig;
+
+/// How a steered connect ended, as the flow table saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Established.
+    Connected,
+    /// Refused, reset or timed out (the flow record's `failure`).
+    Failed(crate::flow::record::Failure),
+}
+
+/// A steered connect's outcome, sent from the flow table to the steering
+/// task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    pub service: String,
+    pub backend: std::net::SocketAddr,
+    pub outcome: Outcome,
+}
+
+/// An ejection or a return, as flow records and metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthChange {
+    /// `ejected` or `returned`.
+    pub state: String,
+    /// Why: `consecutive_connect_failures` (for a return, why it had been
+    /// ejected).
+    pub reason: String,
+    /// The failures in a row that caused the ejection.
+    pub consecutive_failures: u32,
+    /// How many times the backend has been ejected (this one included).
+    pub ejections: u32,
+    /// How long this ejection lasts, in seconds.
+    pub ejection_time_s: u64,
+}
+
+/// The reason label of ejections caused by failed connects.
+pub const CONNECT_FAILURES: &str = "consecutive_connect_failures";
+
+#[derive(Debug, Clone, Default)]
+struct BackendHealth {
+    consecutive_failures: u32,
+    ejections: u32,
+    /// While ejected: until when (agent clock).
+    ejected_until: Option<Duration>,
+    /// Why it was last ejected, with the failures that caused it.
+    last: Option<HealthChange>,
+}
+
+/// The health of every backend of every service, by (service id, backend
+/// id).
+#[derive(Debug, Default)]
+pub struct Health {
+    backends: BTreeMap<(u32, u32), BackendHealth>,
+}
+
+impl Health {
+    /// Records an outcome of backend `backend` of service `service` (which
+    /// has the backends `all`) at `now`. Returns the ejection it caused.
+    pub fn record(
+        &mut self,
+        (service, backend): (u32, u32),
+        all: &[u32],
+        outcome: Outcome,
+        config: &HealthConfig,
+        now: Duration,
+    ) -> Option<HealthChange> {
+        let ejected_now = self.ejected_of(service, all);
+        let b = self.backends.entry((service, backend)).or_default();
+        if b.ejected_until.is_some() {
+            // Connects that were already on their way when it went out.
+            return None;
+        }
+        match outcome {
+            Outcome::Connected => {
+                b.consecutive_failures = 0;
+                return None;
+            }
+            Outcome::Failed(_) => b.consecutive_failures += 1,
+        }
+        if b.consecutive_failures < config.consecutive_failures {
+            return None;
+        }
+        let total = all.len() as u64;
+        let out = ejected_now.len() as u64;
+        let within_percent = (out + 1) * 100 <= total * u64::from(config.max_ejection_percent);
+        let allowed = out + 1 < total && (within_percent || out == 0);
+        if !allowed {
+            return None;
+        }
+        b.ejections += 1;
+        let time = config.base_ejection_time * b.ejections;
+        b.ejected_until = Some(now + time);
+        let change = HealthChange {
+            state: "ejected".into(),
+            reason: CONNECT_FAILURES.into(),
+            consecutive_failures: b.consecutive_failures,
+            ejections: b.ejections,
+            ejection_time_s: time.as_secs(),
+        };
+        b.consecutive_failures = 0;
+        b.last = Some(change.clone());
+        Some(change)
+    }
+
+    /// Returns the backends whose ejection has run out by `now`, with what
+    /// they had been ejected for.
+    pub fn expire(&mut self, now: Duration) -> Vec<((u32, u32), HealthChange)> {
+        let mut back = Vec::new();
+        for (&key, b) in &mut self.backends {
+            if b.ejected_until.is_some_and(|until| until <= now) {
+                b.ejected_until = None;
+                b.consecutive_failures = 0;
+                if let Some(last) = &b.last {
+                    back.push((
+                        key,
+                        HealthChange {
+                            state: "returned".into(),
+                            ..last.clone()
+                        },
+                    ));
+                }
+            }
+        }
+        back
+    }
+
+    /// The ejected backends of `service` among `all`.
+    pub fn ejected_of(&self, service: u32, all: &[u32]) -> BTreeSet<u32> {
+        all.iter()
+            .copied()
+            .filter(|&id| self.ejected_until(service, id).is_some())
+            .collect()
+    }
+
+    /// Until when backend `id` of `service` is out, if it is.
+    pub fn ejected_until(&self, service: u32, id: u32) -> Option<Duration> {
+        self.backends
+            .get(&(service, id))
+            .and_then(|b| b.ejected_until)
+    }
+
+    /// Why backend `id` of `service` is out, if it is.
+    pub fn reason(&self, service: u32, id: u32) -> Option<&HealthChange> {
+        let b = self.backends.get(&(service, id))?;
+        b.ejected_until?;
+        b.last.as_ref()
+    }
+
+    /// How many times backend `id` of `service` has been ejected.
+    pub fn ejections(&self, service: u32, id: u32) -> u32 {
+        self.backends.get(&(service, id)).map_or(0, |b| b.ejections)
+    }
+
+    /// Failed connects in a row so far (since the last success, ejection
+    /// or return).
+    pub fn consecutive_failures(&self, service: u32, id: u32) -> u32 {
+        self.backends
+            .get(&(service, id))
+            .map_or(0, |b| b.consecutive_failures)
+    }
+
+    /// Forgets the backends that are no longer configured.
+    pub fn retain(&mut self, keep: impl Fn(u32, u32) -> bool) {
+        self.backends.retain(|&(s, b), _| keep(s, b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::record::Failure;
+
+    const FAIL: Outcome = Outcome::Failed(Failure::Refused);
+
+    fn config() -> HealthConfig {
+        HealthConfig {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 50,
+            eject_on_l7_errors: false,
+        }
+    }
+
+    fn fail(h: &mut Health, backend: u32, all: &[u32], n: u32, now: u64) -> Option<HealthChange> {
+        let mut last = None;
+        for _ in 0..n {
+            last = h.record((1, backend), all, FAIL, &config(), Duration::from_secs(now));
+        }
+        last
+    }
+
+    #[test]
+    fn ejected_after_exactly_consecutive_failures_and_back_after_the_time() {
+        let mut h = Health::default();
+        let all = [10, 11, 12];
+        assert_eq!(fail(&mut h, 10, &all, 2, 0), None);
+        let c = fail(&mut h, 10, &all, 1, 0).expect("third failure ejects");
+        assert_eq!(
+            (c.consecutive_failures, c.ejections, c.ejection_time_s),
+            (3, 1, 10)
+        );
+        assert_eq!(h.ejected_until(1, 10), Some(Duration::from_secs(10)));
+        assert!(h.expire(Duration::from_secs(9)).is_empty());
+        let back = h.expire(Duration::from_secs(10));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].1.state, "returned");
+        assert_eq!(h.ejected_until(1, 10), None);
+        // The second ejection lasts twice as long.
+        let c = fail(&mut h, 10, &all, 3, 20).expect("ejected again");
+        assert_eq!((c.ejections, c.ejection_time_s), (2, 20));
+    }
+
+    #[test]
+    fn a_success_starts_the_count_over() {
+        let mut h = Health::default();
+        let all = [10, 11];
+        fail(&mut h, 10, &all, 2, 0);
+        h.record((1, 10), &all, Outcome::Connected, &config(), Duration::ZERO);
+        assert_eq!(fail(&mut h, 10, &all, 2, 0), None);
+        assert!(fail(&mut h, 10, &all, 1, 0).is_some());
+    }
+
+    #[test]
+    fn at_most_max_ejection_percent_and_never_the_last_backend() {
+        let mut h = Health::default();
+        let all = [10, 11, 12];
+        assert!(fail(&mut h, 10, &all, 3, 0).is_some());
+        // A second of three would make 67 % > 50 %.
+        assert_eq!(fail(&mut h, 11, &all, 10, 0), None);
+        assert_eq!(h.ejected_of(1, &all).len(), 1);
+        // One backend alone is never ejected.
+        let mut h = Health::default();
+        assert_eq!(fail(&mut h, 10, &[10], 10, 0), None);
+        // With 0 % one may still go while the others are all in (Envoy).
+        let mut h = Health::default();
+        let zero = HealthConfig {
+            max_ejection_percent: 0,
+            ..config()
+        };
+        let mut out = None;
+        for _ in 0..3 {
+            out = h.record((1, 10), &all, FAIL, &zero, Duration::ZERO);
+        }
+        assert!(out.is_some());
+    }
+}
