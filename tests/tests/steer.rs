@@ -533,6 +533,10 @@ fn bad_steering_configuration_exits_2_naming_the_field() {
             format!("{web}policies:\n  - name: r\n    direction: egress\n    to: {{service: db}}\n    action: deny\n"),
             "policies[0].to.service",
         ),
+        (
+            format!("{web}health:\n  eject_on_l7_errors: true\n"),
+            "health.eject_on_l7_errors",
+        ),
     ] {
         std::fs::write(&file, &yaml).expect("write config");
         let out = weft(&["agent", "--config", file.to_str().expect("utf-8")]);
@@ -613,11 +617,13 @@ fn a_failing_backend_is_ejected_and_comes_back() {
         }
         failed += 1;
         if failed == 4 {
-            // Four in a row is not yet enough.
-            std::thread::sleep(Duration::from_millis(500));
-            let b = backend_state(&agent, "health", dead);
+            // Four in a row is not yet enough: once the agent has counted
+            // them, the backend is still in rotation.
+            let b = wait_for("4 failures counted", Duration::from_secs(5), || {
+                let b = backend_state(&agent, "health", dead);
+                (b["recent_failures"] == 4).then_some(b)
+            });
             assert_eq!(b["state"], "active", "ejected after 4 failures: {b}");
-            assert_eq!(b["recent_failures"], 4, "{b}");
         }
         if failed == 5 {
             break;
