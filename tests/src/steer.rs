@@ -179,6 +179,44 @@ impl SteerLab {
         y
     }
 
+    /// dnsmasq in every backend namespace on UDP (and TCP) `port`, each
+    /// answering `which.test` with `10.250.0.N` for backend N. The peers
+    /// stop when dropped.
+    pub fn dnsmasqs(&self, port: u16) -> Vec<(Peer, TempDir)> {
+        let mut out = Vec::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let dir = TempDir::new("steer-dns");
+            let listen = format!("--listen-address={}", b.addr.ip());
+            let port_arg = format!("--port={port}");
+            let pid_arg = format!("--pid-file={}", dir.join("dnsmasq.pid"));
+            let record = format!("--host-record=which.test,10.250.0.{i}");
+            let args = [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                &listen,
+                "--bind-interfaces",
+                &port_arg,
+                &pid_arg,
+                "--user=root",
+                "--group=root",
+                "--log-facility=-",
+                &record,
+            ];
+            let mut peer = Peer::start(&format!("dnsmasq-{i}"), &b.ns, &args);
+            // TCP accepting means UDP is bound too (one listen address).
+            peer.wait_tcp(
+                &b.ns,
+                SocketAddr::new(b.addr.ip(), port),
+                Duration::from_secs(20),
+            );
+            out.push((peer, dir));
+        }
+        out
+    }
+
     /// `ip netns exec CLIENT sh -c SCRIPT`: its stdout.
     pub fn client_sh(&self, script: &str) -> String {
         let out = run(&["ip", "netns", "exec", &self.client_ns, "sh", "-c", script]);

@@ -396,7 +396,15 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
     };
     // bpftool shows a program's full name (from its BTF), a map's as the
     // kernel keeps it (cut at 15 characters).
-    let progs = ids("prog", &["weft_steer_connect4", "weft_steer_peername4"]);
+    let progs = ids(
+        "prog",
+        &[
+            "weft_steer_connect4",
+            "weft_steer_peername4",
+            "weft_steer_sendmsg4",
+            "weft_steer_recvmsg4",
+        ],
+    );
     let maps = ids(
         "map",
         &[
@@ -409,6 +417,7 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
             "STEERED",
             "STEER_COUNTERS",
             "AFFINITY",
+            "REPLIES",
         ],
     );
     (progs, maps)
@@ -458,8 +467,8 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
     let one = format!("curl -sf --max-time 5 http://{}:80/", lab.service_ip);
     assert!(lab.client_sh(&one).starts_with("backend-"));
     let (progs, maps) = steering_objects();
-    assert_eq!(progs.len(), 2, "steering programs while no agent runs");
-    assert_eq!(maps.len(), 9, "steering maps while no agent runs");
+    assert_eq!(progs.len(), 4, "steering programs while no agent runs");
+    assert_eq!(maps.len(), 10, "steering maps while no agent runs");
 
     let out = weft(&["cleanup"]);
     assert!(
@@ -495,7 +504,7 @@ fn an_agent_without_services_removes_steering() {
     let lab = SteerLab::new(1, port);
     let cfg = config("once", &[lab.service_yaml("web", 80, &[1])]);
     drop(start(&cfg));
-    assert_eq!(steering_objects().0.len(), 2);
+    assert_eq!(steering_objects().0.len(), 4);
     let plain = Agent::start(&[]);
     wait_for("steering to be removed", Duration::from_secs(10), || {
         (steering_objects() == (vec![], vec![])).then_some(())
@@ -747,5 +756,60 @@ fn at_most_max_ejection_percent_of_backends_are_ejected() {
         ),
         1.0
     );
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn udp_datagrams_to_a_service_reach_dnsmasq_backends() {
+    if !require_root("udp_datagrams_to_a_service_reach_dnsmasq_backends") {
+        return;
+    }
+    weft_tests::peer::require_program("dnsmasq");
+    weft_tests::peer::require_program("dig");
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(8);
+    let dns_port = unique_port(9);
+    let lab = SteerLab::new(2, port);
+    let _servers = lab.dnsmasqs(dns_port);
+    let mut svc = format!(
+        "  - name: dns\n    address: {}\n    port: 53\n    protocol: udp\n    backends:\n",
+        lab.service_ip
+    );
+    for b in &lab.backends {
+        svc.push_str(&format!(
+            "      - {{address: {}, port: {dns_port}}}\n",
+            b.addr.ip()
+        ));
+    }
+    let cfg = config("dns", &[svc]);
+    let agent = start(&cfg);
+    // 100 lookups, each a new dig with its own unconnected socket: dig
+    // takes an answer only from the address it asked, so every answer
+    // counted below had its source rewritten to the service address.
+    let script = format!(
+        "for i in $(seq 100); do dig @{} -p 53 +short +tries=1 +time=3 which.test A || echo failed; done",
+        lab.service_ip
+    );
+    let out = lab.client_sh(&script);
+    let mut answers = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        *answers.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    let total: usize = answers.values().sum();
+    assert_eq!(total, 100, "{answers:?}");
+    assert_eq!(
+        answers.keys().cloned().collect::<Vec<_>>(),
+        ["10.250.0.0", "10.250.0.1"],
+        "both backends answer and nothing else: {answers:?}"
+    );
+    // Datagrams rewritten per backend, as the kernel counted them.
+    wait_for("the service metrics", Duration::from_secs(10), || {
+        let sum = agent.metric_sum("weft_service_connections_total", &["service=\"dns\""]);
+        (sum == 100.0).then_some(())
+    });
+    let metrics = agent.metrics();
+    let series = "weft_events_lost_total{source=\"steer\",stage=\"reply_not_remembered\"} 0";
+    assert!(metrics.contains(series), "no {series} in\n{metrics}");
     let _ = std::fs::remove_file(cfg);
 }

@@ -319,9 +319,6 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
                 format!("IPv6 {LATER}"),
             ));
         }
-        if s.protocol == Protocol::Udp {
-            return Err(field(format!("services[{i}].protocol"), "udp", LATER));
-        }
     }
     Ok(())
 }

@@ -46,12 +46,15 @@ const MAPS: &[&str] = &[
     "STEERED",
     "STEER_COUNTERS",
     "AFFINITY",
+    "REPLIES",
 ];
 
 /// (program, attach type name).
 const PROGRAMS: &[(&str, &str)] = &[
     ("weft_steer_connect4", "connect4"),
     ("weft_steer_peername4", "getpeername4"),
+    ("weft_steer_sendmsg4", "sendmsg4"),
+    ("weft_steer_recvmsg4", "recvmsg4"),
 ];
 
 #[derive(Debug, thiserror::Error)]

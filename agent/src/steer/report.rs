@@ -132,6 +132,9 @@ const LOSSES: &[(u32, &str)] = &[
     // A client's backend not remembered (session affinity): its next
     // connect may be balanced anew.
     (counter::AFFINITY_LOST, "affinity_not_remembered"),
+    // A UDP datagram steered whose replies keep the backend's address as
+    // their source (a DNS client may drop them).
+    (counter::REPLY_LOST, "reply_not_remembered"),
 ];
 
 /// Owns the service maps; turns their counters into metrics and reports.

@@ -15,6 +15,8 @@ pub const STEER_MAX_BACKENDS: u32 = 65536;
 pub const STEER_MAX_SOCKETS: u32 = 65536;
 /// Clients remembered per (service, client) for session affinity (LRU).
 pub const STEER_MAX_AFFINITY: u32 = 65536;
+/// (UDP socket, backend) pairs remembered to rewrite replies (LRU).
+pub const STEER_MAX_REPLIES: u32 = 65536;
 
 /// A service address: what a connect dialed.
 #[repr(C)]
@@ -116,6 +118,20 @@ pub struct Origin {
 }
 const _: () = assert!(core::mem::size_of::<Origin>() == 52);
 
+/// Key of REPLIES: datagrams from `backend` arriving at the UDP socket
+/// `cookie` are replies to datagrams it sent to a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub cookie: u64,
+    /// The backend's IPv4 address, as the kernel's `user_ip4` holds it.
+    pub backend_ip4: u32,
+    /// Host byte order.
+    pub backend_port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ReplyKey>() == 16);
+
 /// Per-CPU counters of the steering programs (STEER_COUNTERS).
 pub mod counter {
     /// Connects rewritten to a backend.
@@ -137,5 +153,10 @@ pub mod counter {
     /// A client's choice could not be remembered (its next connect may go
     /// to another backend).
     pub const AFFINITY_LOST: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// A UDP datagram to a service rewritten, whose replies could not be
+    /// remembered: they keep the backend's address as their source.
+    pub const REPLY_LOST: u32 = 7;
+    /// UDP replies whose source was rewritten to the service address.
+    pub const REPLY_REWRITTEN: u32 = 8;
+    pub const COUNT: u32 = 10;
 }

@@ -1,4 +1,5 @@
-//! `cgroup/connect4` and `cgroup/getpeername4`.
+//! `cgroup/connect4` and `cgroup/getpeername4` (TCP, and UDP sockets that
+//! connect), and the decision `sendmsg4` shares.
 //!
 //! Contract (kernel `__cgroup_bpf_run_filter_sock_addr`): the program may
 //! rewrite `user_ip4`/`user_port` before the kernel's own connect runs;
@@ -16,8 +17,11 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_common::steer::{
-    AffinityEntry, AffinityKey, Backend, Origin, ServiceEntry, ServiceKey, SlotKey, counter,
+use weft_common::{
+    IPPROTO_UDP,
+    steer::{
+        AffinityEntry, AffinityKey, Backend, Origin, ServiceEntry, ServiceKey, SlotKey, counter,
+    },
 };
 
 use super::maps::{
@@ -26,7 +30,7 @@ use super::maps::{
 };
 
 const ECONNREFUSED: i32 = 111;
-const ALLOW: i32 = 1;
+pub(super) const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
@@ -40,8 +44,45 @@ pub fn weft_steer_peername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// What [`steer4`] did to a connect or a datagram.
+pub(super) enum Steer {
+    /// Not to a service (or the service was half-written): unchanged.
+    Untouched,
+    /// To a service without a usable backend: fail it with ECONNREFUSED.
+    Refused,
+    /// Rewritten to a backend.
+    Rewritten(Origin),
+}
+
 #[inline(always)]
 fn connect4(ctx: &SockAddrContext) -> i32 {
+    match steer4(ctx) {
+        Steer::Untouched => ALLOW,
+        Steer::Refused => refuse(),
+        Steer::Rewritten(origin) => {
+            remember(ctx, &origin);
+            if origin.service.proto == IPPROTO_UDP {
+                // A connected UDP socket: its replies come from the backend.
+                super::udp::remember_replies(ctx, &origin);
+            }
+            ALLOW
+        }
+    }
+}
+
+/// Fails the call with ECONNREFUSED.
+#[inline(always)]
+pub(super) fn refuse() -> i32 {
+    // SAFETY: a helper call with a constant.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+/// The shared decision of connect4 and sendmsg4: whether the address the
+/// context holds is a service's, and if so which backend it becomes
+/// (rewritten in place).
+#[inline(always)]
+pub(super) fn steer4(ctx: &SockAddrContext) -> Steer {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let mut key = ServiceKey {
@@ -57,16 +98,14 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
     key.addr[3] = ip[3];
     // SAFETY: a lookup in a map of plain values.
     let Some(service) = (unsafe { SERVICES.get(&key) }) else {
-        return ALLOW;
+        return Steer::Untouched;
     };
     let service = *service;
     let (id, slots) = (service.id, service.slots);
     if slots == 0 {
         count(counter::NO_BACKEND);
         bump(&SERVICE_NO_BACKEND, id);
-        // SAFETY: a helper call with a constant.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return REJECT;
+        return Steer::Refused;
     }
     let affinity = if service.affinity_timeout_s == 0 {
         None
@@ -82,7 +121,7 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
         None => {
             let Some(chosen) = choose(id, slots) else {
                 count(counter::INCOMPLETE);
-                return ALLOW;
+                return Steer::Untouched;
             };
             if let Some(k) = &affinity {
                 remember_backend(k, chosen.0, &chosen.1);
@@ -99,16 +138,12 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
     sa.user_port = u32::from(backend.port.to_be());
     count(counter::REWRITTEN);
     bump(&BACKEND_CONNECTS, backend_id);
-    remember(
-        ctx,
-        &Origin {
-            service: key,
-            service_id: id,
-            backend_id,
-            backend,
-        },
-    );
-    ALLOW
+    Steer::Rewritten(Origin {
+        service: key,
+        service_id: id,
+        backend_id,
+        backend,
+    })
 }
 
 /// Weighted random: one of the service's slots.

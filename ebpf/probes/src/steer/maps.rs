@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use weft_common::steer::{
-    AffinityEntry, AffinityKey, Backend, Origin, STEER_MAX_AFFINITY, STEER_MAX_BACKENDS,
-    STEER_MAX_SERVICES, STEER_MAX_SOCKETS, ServiceEntry, ServiceKey, SlotKey, counter,
+    AffinityEntry, AffinityKey, Backend, Origin, ReplyKey, STEER_MAX_AFFINITY, STEER_MAX_BACKENDS,
+    STEER_MAX_REPLIES, STEER_MAX_SERVICES, STEER_MAX_SOCKETS, ServiceEntry, ServiceKey, SlotKey,
+    counter,
 };
 
 /// Service address -> id and slot count. The one lookup every connect
@@ -55,6 +56,13 @@ pub static STEERED: LruHashMap<u64, Origin> = LruHashMap::with_max_entries(STEER
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(STEER_MAX_AFFINITY, 0);
+
+/// (UDP socket cookie, backend) -> the service the socket sent to: a
+/// datagram from that backend reads as coming from the service address.
+/// LRU: nothing removes entries of closed sockets.
+#[map]
+pub static REPLIES: LruHashMap<ReplyKey, ServiceKey> =
+    LruHashMap::with_max_entries(STEER_MAX_REPLIES, 0);
 
 /// See `weft_common::steer::counter`.
 #[map]
