@@ -457,7 +457,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
         "connects that failed"
     );
     assert!(
-        second.log().contains("adopted 2 pinned steering programs"),
+        second.log().contains("adopted 4 pinned steering programs"),
         "{}",
         second.log()
     );
