@@ -3,7 +3,8 @@
 //!
 //! A lab of two pods ([`lab`]) runs a workload's server and load generator
 //! ([`workloads`]). Configurations ([`phases`]) B0 (nothing), B1 (weft L4),
-//! B2 (weft L4 + L7) and S1 (a haproxy sidecar in each pod) take turns in
+//! B2 (weft L4 + L7), S1 (a haproxy sidecar in each pod) and B3 (weft L4,
+//! the client dialing a weft service address) take turns in
 //! interleaved rounds, each measured at fixed open-loop rates and at its
 //! closed-loop maximum ([`load`], [`measure`]); an event-rate stress
 //! ([`stress`]) looks for the rate at which weft starts losing events. The
@@ -51,7 +52,12 @@ pub struct Options {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: Option<u64>,
     /// Configurations to compare; B0, the baseline, always runs.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "b0,b1,b2,s1")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "b0,b1,b2,s1,b3"
+    )]
     configs: Vec<Config>,
     /// The workload (server and load generator).
     #[arg(long, default_value = "http")]
@@ -188,7 +194,15 @@ pub fn bench(options: &Options) -> Result<()> {
                 (Config::B2, switch.on.describe()),
             ],
             None => vec![(Config::B1, "the defaults (this weft has no L7)".into())],
-        },
+        }
+        .into_iter()
+        .chain(std::iter::once((
+            Config::B3,
+            "B1's, plus one `services:` entry whose only backend is the server; the client \
+             dials the service address, which is routed nowhere"
+                .into(),
+        )))
+        .collect(),
         points: Vec::new(),
         memory: Vec::new(),
         weft_status: BTreeMap::new(),

@@ -25,10 +25,13 @@ pub enum Config {
     B2,
     /// A sidecar proxy (haproxy) in each pod.
     S1,
+    /// weft with L4 only, the client dialing a weft service address in
+    /// front of the server (connect-time load balancing in the kernel).
+    B3,
 }
 
 impl Config {
-    pub const ALL: [Config; 4] = [Config::B0, Config::B1, Config::B2, Config::S1];
+    pub const ALL: [Config; 5] = [Config::B0, Config::B1, Config::B2, Config::S1, Config::B3];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl Config {
             Config::B1 => "B1",
             Config::B2 => "B2",
             Config::S1 => "S1",
+            Config::B3 => "B3",
         }
     }
 
@@ -45,11 +49,12 @@ impl Config {
             Config::B1 => "weft, L4",
             Config::B2 => "weft, L4 + L7",
             Config::S1 => "haproxy sidecar in each pod",
+            Config::B3 => "weft, L4, the client dialing a weft service address",
         }
     }
 
     pub fn is_weft(self) -> bool {
-        matches!(self, Config::B1 | Config::B2)
+        matches!(self, Config::B1 | Config::B2 | Config::B3)
     }
 }
 
@@ -86,6 +91,10 @@ pub struct Running {
     pub target: SocketAddrV4,
 }
 
+/// B3's service address: routed nowhere (the client pod has no route to
+/// it), so every request that succeeds went through weft's rewrite.
+const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 233, 0, 10);
+
 const SIDECAR_OUT: u16 = 15001;
 const SIDECAR_IN: u16 = 15006;
 
@@ -110,6 +119,11 @@ impl Running {
                     (_, None) => &off,
                 };
                 running.agent = Some(Agent::start(ctx.weft_bin, lab, mode)?);
+            }
+            Config::B3 => {
+                let mode = steering_mode(ctx, direct);
+                running.agent = Some(Agent::start(ctx.weft_bin, lab, &mode)?);
+                running.target = SocketAddrV4::new(SERVICE_IP, ctx.workload.port());
             }
             Config::S1 => {
                 // Like a mesh's sidecars, without the iptables redirect (the
@@ -201,10 +215,33 @@ impl Running {
 
     pub fn stop(self) {
         if let Some(agent) = self.agent {
+            let bin = agent.bin().to_owned();
             agent.stop();
+            if self.config == Config::B3 {
+                // Steering outlives the agent by design: remove it so that
+                // the next configuration's connects pay nothing for it.
+                super::weft::cleanup(&bin);
+            }
         }
         // The sidecars stop when dropped.
     }
+}
+
+/// B1's mode with one service, at [`SERVICE_IP`], whose only backend is
+/// the server.
+pub fn steering_mode(ctx: &Ctx, server: SocketAddrV4) -> Mode {
+    let mut mode = ctx.l7.map(|s| s.off.clone()).unwrap_or_default();
+    let mut config = mode.config.take().unwrap_or_default();
+    if !config.is_empty() && !config.ends_with('\n') {
+        config.push('\n');
+    }
+    config.push_str(&format!(
+        "services:\n  - name: bench\n    address: {SERVICE_IP}\n    port: {port}\n    backends:\n      - {{address: {ip}, port: {port}}}\n",
+        port = server.port(),
+        ip = server.ip(),
+    ));
+    mode.config = Some(config);
+    mode
 }
 
 /// haproxy as a sidecar in `pod`, listening on `listen` and forwarding to

@@ -50,6 +50,19 @@ pub struct L7Switch {
     pub off: Mode,
 }
 
+/// `weft cleanup`: removes the steering a B3 agent left pinned. A failure
+/// is reported, not fatal (the next agent with no service removes it too).
+pub fn cleanup(bin: &Path) {
+    match Command::new(bin).arg("cleanup").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "[bench] weft cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("[bench] cannot run weft cleanup: {e}"),
+    }
+}
+
 /// Why B2 does not run on an agent without L7.
 pub const NO_L7: &str = "this weft has no L7 (no `l7_capture_bytes` in `weft agent --print-config`, \
                          no `--l7` or `--no-l7` in `weft agent --help`)";
@@ -193,6 +206,10 @@ impl Agent {
     /// Stops the agent with SIGTERM (it detaches its programs).
     pub fn stop(mut self) {
         self.proc.stop();
+    }
+
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
