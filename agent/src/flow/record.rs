@@ -156,6 +156,10 @@ pub struct FlowRecord {
     /// through one (`destination` is the backend it reached).
     #[serde(default)]
     pub service: Option<ServiceRef>,
+    /// On `l7` records with a span: `trace_id`, `span_id`,
+    /// `parent_span_id`.
+    #[serde(flatten, default)]
+    pub trace: Option<crate::trace::TraceIds>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]

@@ -1,0 +1,281 @@
+//! Traces: spans of HTTP/1.x exchanges exported over OTLP to a real
+//! receiver (the official protobuf definitions, tests/peers/
+//! otlp_receiver.py), checked by what it received: curl against a Python
+//! HTTP server in the lab, both ends on this node, so every request is one
+//! trace of a CLIENT span (curl) and its child SERVER span (python3).
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::Agent,
+    lab::Lab,
+    otlp::{self, KIND_CLIENT, KIND_SERVER, Receiver},
+    peer::TempDir,
+    require_root, servers, unique_port, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Requests per curl process (one keep-alive connection each) ...
+const PER_CONNECTION: usize = 10;
+/// ... and processes: 50 requests, every fifth to `/slow`.
+const CONNECTIONS: usize = 5;
+const REQUESTS: usize = PER_CONNECTION * CONNECTIONS;
+
+/// An agent whose `traces:` section is `traces` (YAML lines).
+fn agent_with(dir: &TempDir, traces: &str) -> Agent {
+    let path = dir.join("weft.yaml");
+    std::fs::write(&path, format!("traces:\n{traces}")).expect("write the configuration");
+    Agent::start(&["--config", &path])
+}
+
+/// The paths curl asks for: `/users/N`, and every fifth `/slow`.
+fn paths() -> Vec<String> {
+    (0..REQUESTS)
+        .map(|i| {
+            if i % 5 == 4 {
+                "/slow".to_owned()
+            } else {
+                format!("/users/{i}")
+            }
+        })
+        .collect()
+}
+
+/// 50 GETs from curl in the client namespace, `PER_CONNECTION` per process.
+fn curl_requests(lab: &Lab, base: &str, headers: &[&str]) {
+    for chunk in paths().chunks(PER_CONNECTION) {
+        let mut curl = Command::new("ip");
+        curl.args(["netns", "exec", &lab.client_ns, "curl", "-sf"]);
+        for h in headers {
+            curl.args(["-H", h]);
+        }
+        for path in chunk {
+            curl.args(["-o", "/dev/null", &format!("{base}{path}")]);
+        }
+        let out = curl.output().expect("run curl");
+        assert!(out.status.success(), "curl failed: {out:?}");
+    }
+}
+
+/// The spans of the test's requests (not of the server's readiness probe).
+fn request_spans(receiver: &Receiver, port: u16) -> Vec<Value> {
+    receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s["attributes"]["server.port"] == port)
+        .collect()
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+/// Exactly one trace per request, each a CLIENT span of curl and its child
+/// SERVER span of python3, with the HTTP attributes of the request.
+fn check_traces(spans: &[Value], protocol: &str, lab: &Lab, port: u16) {
+    assert_eq!(spans.len(), 2 * REQUESTS, "spans: {spans:#?}");
+    let traces = otlp::traces(spans);
+    assert_eq!(traces.len(), REQUESTS, "one trace per request");
+    let mut paths_seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, trace) in &traces {
+        assert_eq!(id.len(), 32, "{id}");
+        let client: Vec<&Value> = trace.iter().filter(|s| s["kind"] == KIND_CLIENT).collect();
+        let server: Vec<&Value> = trace.iter().filter(|s| s["kind"] == KIND_SERVER).collect();
+        assert_eq!((client.len(), server.len()), (1, 1), "{trace:#?}");
+        let (client, server) = (client[0], server[0]);
+        assert_eq!(client["parent_span_id"], "", "the client span is the root");
+        assert_eq!(
+            server["parent_span_id"], client["span_id"],
+            "the server span is the client span's child"
+        );
+        for s in [client, server] {
+            assert_eq!(s["protocol"], protocol);
+            assert_eq!(s["scope"], "weft");
+            assert_eq!(attr(s, "http.request.method"), "GET");
+            assert_eq!(attr(s, "http.response.status_code"), 200);
+            assert_eq!(attr(s, "server.address"), lab.server_v4.as_str());
+            assert_eq!(attr(s, "server.port"), port);
+            assert_eq!(attr(s, "url.path"), attr(client, "url.path"));
+            assert_ne!(s["status"], otlp::STATUS_ERROR);
+            let duration =
+                s["end_ns"].as_u64().expect("end") - s["start_ns"].as_u64().expect("start");
+            if attr(s, "url.path") == "/slow" {
+                assert!(duration >= 100_000_000, "/slow took {duration} ns: {s:#}");
+            }
+        }
+        assert_eq!(attr(server, "client.address"), lab.client_v4.as_str());
+        assert_eq!(attr(client, "network.peer.port"), port);
+        assert_eq!(client["resource"]["service.name"], "curl");
+        assert_eq!(client["resource"]["process.executable.name"], "curl");
+        assert_eq!(server["resource"]["service.name"], "python3");
+        assert_eq!(server["resource"]["process.executable.name"], "python3");
+        for s in [client, server] {
+            assert!(
+                s["resource"]["process.pid"].as_u64().is_some_and(|p| p > 0),
+                "{s:#}"
+            );
+            assert!(
+                s["resource"]["host.name"]
+                    .as_str()
+                    .is_some_and(|h| !h.is_empty())
+            );
+        }
+        let path = attr(client, "url.path")
+            .as_str()
+            .expect("url.path")
+            .to_owned();
+        *paths_seen.entry(path).or_default() += 1;
+    }
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for p in paths() {
+        *expected.entry(p).or_default() += 1;
+    }
+    assert_eq!(paths_seen, expected);
+}
+
+/// The agent's records of the requests carry the spans' ids, and
+/// `weft flows --trace-id` lists both records of one trace.
+fn check_records(agent: &Agent, spans: &[Value], port: u16) {
+    let port_s = port.to_string();
+    let records: Vec<Value> = agent
+        .flows(&["--port", &port_s, "--protocol", "http", "--all"])
+        .into_iter()
+        .filter(|r| r["type"] == "l7" && r["l7"]["path"] != "/ready")
+        .collect();
+    assert_eq!(records.len(), 2 * REQUESTS, "{records:#?}");
+    for r in &records {
+        let span = spans
+            .iter()
+            .find(|s| s["span_id"] == r["span_id"])
+            .unwrap_or_else(|| panic!("no span for record {r:#}"));
+        assert_eq!(span["trace_id"], r["trace_id"]);
+        let parent = r["parent_span_id"].as_str().unwrap_or_default();
+        assert_eq!(span["parent_span_id"], parent);
+    }
+    let trace_id = records[0]["trace_id"].as_str().expect("trace_id");
+    let one = agent.flows(&["--trace-id", trace_id, "--all"]);
+    assert_eq!(one.len(), 2, "{one:#?}");
+    assert!(one.iter().all(|r| r["trace_id"] == trace_id));
+}
+
+fn http1_traces_over(protocol: &str) {
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint(protocol);
+    let agent = agent_with(
+        &dir,
+        &format!("  endpoint: {endpoint}\n  protocol: {protocol}\n"),
+    );
+    let lab = Lab::new();
+    let port = unique_port(30);
+    let server = servers::python_http(&lab, port);
+    let base = format!("http://{}", server.addr);
+    curl_requests(&lab, &base, &[]);
+    let spans = wait_for("the spans of 50 requests at the receiver", WAIT, || {
+        let spans = request_spans(&receiver, port);
+        (spans.len() >= 2 * REQUESTS).then_some(spans)
+    });
+    // Nothing more comes after a batch interval.
+    std::thread::sleep(Duration::from_secs(1));
+    let spans_after = request_spans(&receiver, port);
+    assert_eq!(spans_after.len(), spans.len());
+    check_traces(&spans, protocol, &lab, port);
+    check_records(&agent, &spans, port);
+    let exported = agent.metric_sum("weft_spans_exported_total", &[]);
+    assert!(exported >= (2 * REQUESTS) as f64, "exported {exported}");
+    let lost = agent.metric_sum("weft_events_lost_total", &["source=\"spans\""]);
+    assert_eq!(lost, 0.0);
+}
+
+#[test]
+fn http1_traces_over_otlp_grpc() {
+    if !require_root("http1_traces_over_otlp_grpc") {
+        return;
+    }
+    http1_traces_over("grpc");
+}
+
+#[test]
+fn http1_traces_over_otlp_http_protobuf() {
+    if !require_root("http1_traces_over_otlp_http_protobuf") {
+        return;
+    }
+    http1_traces_over("http/protobuf");
+}
+
+/// No collector listening: the agent keeps running, every span it made is
+/// counted as lost, none as exported.
+#[test]
+fn spans_for_an_absent_collector_are_counted_as_lost() {
+    if !require_root("spans_for_an_absent_collector_are_counted_as_lost") {
+        return;
+    }
+    let dir = TempDir::new("traces");
+    // A port nothing listens on (bound, then released).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let agent = agent_with(
+        &dir,
+        &format!("  endpoint: http://127.0.0.1:{closed}\n  protocol: grpc\n"),
+    );
+    let lab = Lab::new();
+    let port = unique_port(31);
+    let server = servers::python_http(&lab, port);
+    curl_requests(&lab, &format!("http://{}", server.addr), &[]);
+    let port_s = port.to_string();
+    // Every L7 record with a span id is a span that was made.
+    let made = wait_for("records of the 100 spans", WAIT, || {
+        let with_span = agent
+            .flows(&["--port", &port_s, "--protocol", "http", "--all"])
+            .into_iter()
+            .filter(|r| r["span_id"].is_string())
+            .count();
+        (with_span >= 2 * REQUESTS).then_some(with_span)
+    });
+    let all_spans = agent
+        .flows(&["--protocol", "http", "--all"])
+        .into_iter()
+        .filter(|r| r["span_id"].is_string())
+        .count();
+    assert!(made >= 2 * REQUESTS);
+    let lost = wait_for("the spans counted as lost", WAIT, || {
+        let lost = agent.metric_sum("weft_events_lost_total", &["source=\"spans\""]);
+        (lost >= all_spans as f64).then_some(lost)
+    });
+    assert_eq!(lost, all_spans as f64, "every span made is lost, once");
+    assert_eq!(agent.metric_sum("weft_spans_exported_total", &[]), 0.0);
+    let status = agent.status_json().expect("the agent answers");
+    let losses = status.to_string();
+    assert!(
+        losses.contains("\"spans\""),
+        "weft status shows span losses: {losses}"
+    );
+}
+
+/// A bad `traces:` value stops the agent at start with status 2, naming
+/// the field.
+#[test]
+fn bad_traces_configuration_is_refused() {
+    let dir = TempDir::new("traces");
+    for (yaml, field) in [
+        ("traces:\n  sampling_ratio: 2\n", "traces.sampling_ratio"),
+        (
+            "traces:\n  inject_traceparent: true\n",
+            "traces.inject_traceparent",
+        ),
+        (
+            "traces:\n  endpoint: http://127.0.0.1:4318\n  protocol: zipkin\n",
+            "traces.protocol",
+        ),
+    ] {
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, yaml).expect("write the configuration");
+        let out = weft_tests::agent::weft(&["agent", "--config", &path, "--print-config"]);
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}
