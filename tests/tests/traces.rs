@@ -279,3 +279,72 @@ fn bad_traces_configuration_is_refused() {
         assert!(err.contains(field), "{yaml}: {err}");
     }
 }
+
+/// A client that sends its own `traceparent`: its trace id on every span,
+/// its parent as the client span's parent; with sampled=0, no spans.
+#[test]
+fn an_incoming_traceparent_is_honoured() {
+    if !require_root("an_incoming_traceparent_is_honoured") {
+        return;
+    }
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("http/protobuf");
+    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n"));
+    let lab = Lab::new();
+    let (sampled_port, unsampled_port) = (unique_port(32), unique_port(33));
+    let sampled = servers::python_http(&lab, sampled_port);
+    let unsampled = servers::python_http(&lab, unsampled_port);
+    let header = |flags: &str| format!("traceparent: 00-{TRACE}-{PARENT}-{flags}");
+    curl_requests(&lab, &format!("http://{}", sampled.addr), &[&header("01")]);
+    curl_requests(
+        &lab,
+        &format!("http://{}", unsampled.addr),
+        &[&header("00")],
+    );
+
+    let spans = wait_for("the spans of the sampled requests", WAIT, || {
+        let spans = request_spans(&receiver, sampled_port);
+        (spans.len() >= 2 * REQUESTS).then_some(spans)
+    });
+    assert_eq!(spans.len(), 2 * REQUESTS);
+    let ids: std::collections::BTreeSet<&str> =
+        spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+    assert_eq!(ids.len(), 2 * REQUESTS, "every span has its own id");
+    for s in &spans {
+        assert_eq!(s["trace_id"], TRACE, "{s:#}");
+        if s["kind"] == KIND_CLIENT {
+            assert_eq!(s["parent_span_id"], PARENT, "{s:#}");
+        } else {
+            assert_eq!(s["kind"], KIND_SERVER);
+            let parent = s["parent_span_id"].as_str().expect("parent");
+            let client = spans
+                .iter()
+                .find(|c| c["span_id"] == parent)
+                .unwrap_or_else(|| panic!("the parent of {s:#} is no client span"));
+            assert_eq!(client["kind"], KIND_CLIENT);
+            assert_eq!(attr(client, "url.path"), attr(s, "url.path"));
+        }
+    }
+
+    // The unsampled requests were parsed (their records are there) but
+    // gave no span and no trace fields.
+    let port_s = unsampled_port.to_string();
+    let records = wait_for("the records of the unsampled requests", WAIT, || {
+        let records: Vec<Value> = agent
+            .flows(&["--port", &port_s, "--protocol", "http", "--all"])
+            .into_iter()
+            .filter(|r| r["type"] == "l7" && r["l7"]["path"] != "/ready")
+            .collect();
+        (records.len() >= 2 * REQUESTS).then_some(records)
+    });
+    assert!(
+        records.iter().all(|r| r.get("trace_id").is_none()),
+        "{records:#?}"
+    );
+    // One more batch interval: nothing for that port arrives.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(request_spans(&receiver, unsampled_port).len(), 0);
+}
