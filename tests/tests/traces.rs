@@ -181,6 +181,17 @@ fn http1_traces_over(protocol: &str) {
     let spans_after = request_spans(&receiver, port);
     assert_eq!(spans_after.len(), spans.len());
     check_traces(&spans, protocol, &lab, port);
+    // The agent's own export connections are never traced (no loop).
+    let own: Vec<Value> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            [receiver.grpc_port, receiver.http_port]
+                .iter()
+                .any(|p| s["attributes"]["server.port"] == *p)
+        })
+        .collect();
+    assert!(own.is_empty(), "spans of the export itself: {own:#?}");
     check_records(&agent, &spans, port);
     let exported = agent.metric_sum("weft_spans_exported_total", &[]);
     assert!(exported >= (2 * REQUESTS) as f64, "exported {exported}");
@@ -347,4 +358,74 @@ fn an_incoming_traceparent_is_honoured() {
     // One more batch interval: nothing for that port arrives.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(request_spans(&receiver, unsampled_port).len(), 0);
+}
+
+/// gRPC calls (grpcio at both ends): one trace per call, CLIENT and its
+/// child SERVER span, named `service/method`, NOT_FOUND an error.
+#[test]
+fn grpc_spans_carry_the_rpc_and_its_status() {
+    if !require_root("grpc_spans_carry_the_rpc_and_its_status") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("grpc");
+    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
+    let lab = Lab::new();
+    let port = unique_port(34);
+    let server = servers::grpc(&lab, port);
+    assert_eq!(
+        servers::grpc_calls(&lab, &server),
+        "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n"
+    );
+    let spans = wait_for("the spans of four gRPC calls", WAIT, || {
+        let spans = request_spans(&receiver, port);
+        (spans.len() >= 8).then_some(spans)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(request_spans(&receiver, port).len(), 8, "{spans:#?}");
+    let traces = otlp::traces(&spans);
+    assert_eq!(traces.len(), 4, "{traces:#?}");
+    let mut methods = Vec::new();
+    for trace in traces.values() {
+        let client = trace
+            .iter()
+            .find(|s| s["kind"] == KIND_CLIENT)
+            .expect("client span");
+        let server = trace
+            .iter()
+            .find(|s| s["kind"] == KIND_SERVER)
+            .expect("server span");
+        assert_eq!(server["parent_span_id"], client["span_id"]);
+        for s in [client, server] {
+            assert_eq!(attr(s, "rpc.system"), "grpc");
+            assert_eq!(attr(s, "rpc.service"), "weft.test.Greeter");
+            let method = attr(s, "rpc.method").as_str().expect("rpc.method");
+            assert_eq!(s["name"], format!("weft.test.Greeter/{method}"));
+            let code = attr(s, "rpc.grpc.status_code")
+                .as_u64()
+                .expect("status code");
+            let error = s["status"] == otlp::STATUS_ERROR;
+            let not_found = method == "Lookup";
+            assert_eq!(code == 5, not_found, "{s:#}");
+            assert_eq!(
+                error, not_found,
+                "NOT_FOUND, and only it, is an error: {s:#}"
+            );
+            if method == "Slow" {
+                let d = s["end_ns"].as_u64().expect("end") - s["start_ns"].as_u64().expect("start");
+                assert!(d >= 100_000_000, "Slow took {d} ns");
+            }
+            assert_eq!(s["resource"]["service.name"], "python3");
+        }
+        methods.push(
+            attr(client, "rpc.method")
+                .as_str()
+                .expect("method")
+                .to_owned(),
+        );
+    }
+    methods.sort();
+    assert_eq!(methods, ["Lookup", "SayHello", "SayHello", "Slow"]);
+    drop(agent);
 }
