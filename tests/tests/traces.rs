@@ -429,3 +429,67 @@ fn grpc_spans_carry_the_rpc_and_its_status() {
     assert_eq!(methods, ["Lookup", "SayHello", "SayHello", "Slow"]);
     drop(agent);
 }
+
+/// PostgreSQL (psql against a real server): database spans with the
+/// system, operation and obfuscated query, the failed one an error.
+#[test]
+fn postgres_spans_carry_the_obfuscated_query() {
+    if !require_root("postgres_spans_carry_the_obfuscated_query") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("http/protobuf");
+    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n"));
+    let lab = Lab::new();
+    let port = unique_port(35);
+    let server = servers::postgres(&lab, port);
+    let statements = [
+        "CREATE TABLE weft_t (id int PRIMARY KEY, name text)",
+        "SELECT name FROM weft_t WHERE id = 1",
+        "SELECT * FROM weft_missing",
+    ];
+    let (_, stderr) = servers::psql(&lab, &server, &statements);
+    assert!(stderr.contains("weft_missing"), "psql: {stderr}");
+    let query = |text: &str| -> Vec<Value> {
+        request_spans(&receiver, port)
+            .into_iter()
+            .filter(|s| attr(s, "db.query.text") == text)
+            .collect()
+    };
+    let select = wait_for("the SELECT's spans", WAIT, || {
+        let spans = query("SELECT name FROM weft_t WHERE id = ?");
+        (spans.len() >= 2).then_some(spans)
+    });
+    let missing = wait_for("the failed SELECT's spans", WAIT, || {
+        let spans = query("SELECT * FROM weft_missing");
+        (spans.len() >= 2).then_some(spans)
+    });
+    for spans in [&select, &missing] {
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let client = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_CLIENT)
+            .expect("client span");
+        let server = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_SERVER)
+            .expect("server span");
+        assert_eq!(server["parent_span_id"], client["span_id"]);
+        assert_eq!(client["resource"]["service.name"], "psql");
+        assert_eq!(server["resource"]["service.name"], "postgres");
+        for s in [client, server] {
+            assert_eq!(s["name"], "SELECT");
+            assert_eq!(attr(s, "db.system.name"), "postgresql");
+            assert_eq!(attr(s, "db.operation.name"), "SELECT");
+        }
+    }
+    for s in &missing {
+        assert_eq!(s["status"], otlp::STATUS_ERROR, "{s:#}");
+        assert_eq!(attr(s, "error.type"), "42P01");
+    }
+    for s in &select {
+        assert_ne!(s["status"], otlp::STATUS_ERROR, "{s:#}");
+    }
+    drop(agent);
+}

@@ -196,6 +196,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_traceparent_header_is_picked_up() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {tp}\r\n\r\n");
+        let r = parse_request(head.as_bytes()).unwrap();
+        assert_eq!(r.traceparent, Some(tp));
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(r.traceparent, None);
+    }
+
+    #[test]
     fn request_framing() {
         let r = parse_request(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert_eq!(
