@@ -54,24 +54,7 @@ impl Receiver {
         let dir = TempDir::new("otlp");
         let out = dir.join("spans.jsonl");
         let (grpc_port, http_port) = (free_port(), free_port());
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/otlp_receiver.py");
-        let python = python();
-        let (g, h) = (grpc_port.to_string(), http_port.to_string());
-        let args = [python.as_str(), script, "127.0.0.1", &g, &h, &out];
-        let mut peer = Peer::start_here("otlp receiver", &args);
-        for port in [grpc_port, http_port] {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            wait_for(
-                "the OTLP receiver to listen",
-                Duration::from_secs(20),
-                || {
-                    peer.assert_running();
-                    TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-                        .ok()
-                        .map(|_| ())
-                },
-            );
-        }
+        let peer = listen(grpc_port, http_port, &out);
         Self {
             peer,
             grpc_port,
@@ -79,6 +62,13 @@ impl Receiver {
             out,
             _dir: dir,
         }
+    }
+
+    /// Starts a stopped receiver again on the same ports; what it received
+    /// before is forgotten.
+    pub fn restart(&mut self) {
+        self.peer.stop();
+        self.peer = listen(self.grpc_port, self.http_port, &self.out);
     }
 
     /// The base URL of the collector for `protocol` (`grpc` or
@@ -114,6 +104,29 @@ pub fn traces(spans: &[Value]) -> BTreeMap<String, Vec<Value>> {
         out.entry(id).or_default().push(s.clone());
     }
     out
+}
+
+/// The receiver on `grpc_port` and `http_port`, once both accept.
+fn listen(grpc_port: u16, http_port: u16, out: &str) -> Peer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/otlp_receiver.py");
+    let python = python();
+    let (g, h) = (grpc_port.to_string(), http_port.to_string());
+    let args = [python.as_str(), script, "127.0.0.1", &g, &h, out];
+    let mut peer = Peer::start_here("otlp receiver", &args);
+    for port in [grpc_port, http_port] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for(
+            "the OTLP receiver to listen",
+            Duration::from_secs(20),
+            || {
+                peer.assert_running();
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .ok()
+                    .map(|_| ())
+            },
+        );
+    }
+    peer
 }
 
 fn free_port() -> u16 {

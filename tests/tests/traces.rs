@@ -230,7 +230,7 @@ fn spans_for_an_absent_collector_are_counted_as_lost() {
         .port();
     let agent = agent_with(
         &dir,
-        &format!("  endpoint: http://127.0.0.1:{closed}\n  protocol: grpc\n"),
+        &format!("  endpoint: http://127.0.0.1:{closed}\n  protocol: http/protobuf\n"),
     );
     let lab = Lab::new();
     let port = unique_port(31);
@@ -492,4 +492,63 @@ fn postgres_spans_carry_the_obfuscated_query() {
         assert_ne!(s["status"], otlp::STATUS_ERROR, "{s:#}");
     }
     drop(agent);
+}
+
+/// The collector goes away and comes back (OTLP/gRPC; the absent
+/// collector above is OTLP/HTTP): the agent keeps running, counts the
+/// spans it could not send, and sends again once the collector is back.
+/// The first export after the collector went away waits out the export
+/// timeout (10 s) before its spans count as lost.
+#[test]
+fn export_resumes_when_the_collector_returns() {
+    if !require_root("export_resumes_when_the_collector_returns") {
+        return;
+    }
+    {
+        let protocol = "grpc";
+        let started = std::time::Instant::now();
+        let mut receiver = Receiver::start();
+        let dir = TempDir::new("traces");
+        let endpoint = receiver.endpoint(protocol);
+        let agent = agent_with(
+            &dir,
+            &format!("  endpoint: {endpoint}\n  protocol: {protocol}\n"),
+        );
+        let lab = Lab::new();
+        let port = unique_port(36);
+        let server = servers::python_http(&lab, port);
+        let base = format!("http://{}", server.addr);
+        let lost = || agent.metric_sum("weft_events_lost_total", &["source=\"spans\""]);
+
+        curl_requests(&lab, &base, &[]);
+        wait_for("the first spans", WAIT, || {
+            (request_spans(&receiver, port).len() >= 2 * REQUESTS).then_some(())
+        });
+        assert_eq!(lost(), 0.0);
+
+        eprintln!("{protocol}: first spans after {:?}", started.elapsed());
+        receiver.stop();
+        eprintln!("{protocol}: receiver stopped after {:?}", started.elapsed());
+        curl_requests(&lab, &base, &[]);
+        let dropped = wait_for(
+            "the spans sent while the collector was away counted as lost",
+            WAIT,
+            || {
+                let lost = lost();
+                (lost >= (2 * REQUESTS) as f64).then_some(lost)
+            },
+        );
+
+        eprintln!("{protocol}: losses counted after {:?}", started.elapsed());
+        receiver.restart();
+        curl_requests(&lab, &base, &[]);
+        let spans = wait_for("spans again once the collector is back", WAIT, || {
+            let spans = request_spans(&receiver, port);
+            (spans.len() >= 2 * REQUESTS).then_some(spans)
+        });
+        eprintln!("{protocol}: spans again after {:?}", started.elapsed());
+        check_traces(&spans, protocol, &lab, port);
+        assert_eq!(lost(), dropped, "no more losses once the collector is back");
+        drop(agent);
+    }
 }
