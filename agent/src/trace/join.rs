@@ -5,10 +5,11 @@
 //! takes it, so the server span becomes the child of the client span
 //! without either waiting for the other.
 //!
-//! Exchanges are matched in order per connection (HTTP/1.x answers in
-//! order; each side sees the same sequence), checked by a fingerprint of
-//! the request (protocol, method, path): an entry that does not match was
-//! lost on the other side and is discarded.
+//! Exchanges are matched per connection by a fingerprint of the request
+//! (protocol, method, path), the earliest waiting first: HTTP/1.x answers
+//! in order, so each side sees the same sequence. An entry whose other
+//! side never comes (lost, or that end was not on this node after all)
+//! expires.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -60,22 +61,21 @@ impl Joins {
         make: impl FnOnce() -> Shared,
     ) -> Shared {
         let queue = self.pending.entry(*key).or_default();
-        while let Some(front) = queue.front() {
-            let expired = now_ns.saturating_sub(front.at_ns) > JOIN_WAIT_NS;
-            if front.from_client == from_client && !expired {
-                break;
-            }
-            let Some(front) = queue.pop_front() else {
-                break;
-            };
+        // The earliest waiting exchange of the other side with the same
+        // request: in order on HTTP/1.x; HTTP/2 streams may finish in
+        // another order on each side, so a different request waiting
+        // first is passed over (it stays for its own match, or expires).
+        let found = queue.iter().position(|p| {
+            p.from_client != from_client
+                && p.fingerprint == fingerprint
+                && now_ns.saturating_sub(p.at_ns) <= JOIN_WAIT_NS
+        });
+        if let Some(shared) = found.and_then(|i| queue.remove(i)).map(|p| p.shared) {
             self.count -= 1;
-            if !expired && front.fingerprint == fingerprint {
-                if queue.is_empty() {
-                    self.pending.remove(key);
-                }
-                return front.shared;
+            if queue.is_empty() {
+                self.pending.remove(key);
             }
-            self.unmatched += 1;
+            return shared;
         }
         let shared = make();
         if self.count < JOIN_CAPACITY {
@@ -145,13 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn a_side_lost_is_skipped_by_fingerprint_and_expiry() {
+    fn a_side_lost_or_reordered_is_skipped_by_fingerprint_and_expires() {
         let mut j = Joins::default();
         j.join(&key(), true, 1, 0, || shared(1));
         j.join(&key(), true, 2, 0, || shared(2));
-        // The server never saw exchange 1.
+        // The server saw exchange 2 first (another stream order), and
+        // never exchange 1.
         assert_eq!(j.join(&key(), false, 2, 1, || shared(9)), shared(2));
-        assert_eq!(j.unmatched, 1);
+        assert_eq!((j.count, j.unmatched), (1, 0));
         j.join(&key(), true, 3, 0, || shared(3));
         j.expire(JOIN_WAIT_NS + 1);
         assert_eq!((j.count, j.unmatched), (0, 2));
