@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 mod kubernetes;
 pub mod steer;
+pub mod traces;
 pub use kubernetes::{Enabled, KubernetesConfig};
 pub use steer::{HealthConfig, PolicyConfig, PolicyMode, ServiceConfig};
+pub use traces::{OtlpProtocol, TraceSettings, TracesConfig};
 
 /// Default Prometheus listener (spec.md).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -82,6 +84,8 @@ pub struct Config {
     pub policy_mode: PolicyMode,
     /// Named L3/L4 rules.
     pub policies: Vec<PolicyConfig>,
+    /// Spans over OTLP (off while no endpoint is set).
+    pub traces: TracesConfig,
 }
 
 impl Default for Config {
@@ -112,6 +116,7 @@ impl Default for Config {
             kubernetes_services: false,
             policy_mode: PolicyMode::default(),
             policies: Vec::new(),
+            traces: TracesConfig::default(),
         }
     }
 }
@@ -333,6 +338,10 @@ impl Config {
             1 << 22,
         )?;
         self.kubernetes.validate()?;
+        self.traces.validate()?;
+        // The environment is part of the tracing configuration: a bad
+        // variable fails here, with the fields.
+        self.traces.resolve(&|name| std::env::var(name).ok())?;
         steer::validate(&self.services, &self.health, &self.policies)?;
         steer::refuse_unsupported(self)?;
         Ok(())

@@ -94,6 +94,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (mut metrics, l4, health, l7_metrics) = Metrics::new();
     let steer_metrics = SteerMetrics::register(&mut metrics.registry);
+    let spans_exported = prometheus_client::metrics::counter::Counter::default();
+    metrics.registry.register(
+        "weft_spans_exported",
+        "Spans accepted by the OTLP collector",
+        spans_exported.clone(),
+    );
     let kernel = kernel_release();
     health
         .build_info
@@ -117,12 +123,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kube_watcher = Some(watcher);
     }
 
+    // Traces: the exporter is built here, inside the runtime (its gRPC
+    // channel's worker runs on it); nothing is built while they are off.
+    let mut span_export = None;
+    let tracer = match config
+        .traces
+        .resolve(&|name| std::env::var(name).ok())
+        .context("invalid traces configuration")?
+    {
+        Some(settings) => {
+            let (tracer, task) = crate::trace::Tracer::start(&settings, spans_exported)?;
+            log::info!(
+                "traces on: {:?} to {}",
+                settings.protocol,
+                settings
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("the OTEL_EXPORTER_OTLP_* endpoint")
+            );
+            span_export = Some(task);
+            Some(tracer)
+        }
+        None => None,
+    };
     let mut emitter = Emitter::new(
         store.clone(),
         l4,
         LabelBudget::new(config.metric_label_budget),
         enricher,
     );
+    emitter.traces = tracer;
     let (services_tx, services_rx) = watch::channel(Vec::new());
     let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
     let reporter = steering.map(|s| {
@@ -232,6 +262,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics_server::serve(metrics_listener, path, metrics, readiness, shutdown)
                 .await
                 .context("metrics endpoint failed")
+        });
+    }
+    if let Some(task) = span_export {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            task.run(shutdown).await;
+            Ok(())
         });
     }
     if let Some(reporter) = reporter {

@@ -18,3 +18,4 @@ pub mod l7;
 pub mod loader;
 pub mod status;
 pub mod steer;
+pub mod trace;

@@ -14,6 +14,7 @@ pub mod dashboards;
 pub mod follow;
 pub mod lab;
 pub mod node;
+pub mod otlp;
 pub mod peer;
 pub mod pods;
 pub mod prometheus;

@@ -62,6 +62,14 @@ impl Peer {
         Self::spawn(name, command, args)
     }
 
+    /// Starts `args` in the test's own network namespace (where the agent
+    /// runs: its collector, for instance).
+    pub fn start_here(name: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(args[0]);
+        command.args(&args[1..]);
+        Self::spawn(name, command, args)
+    }
+
     /// Starts `args` in namespace `ns` as a process of the cgroup v2
     /// directory `cgroup` from its first instruction (as a container
     /// runtime starts a container's process), so that every socket it

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod cmd;
 mod deploy_tools;
+mod otlp_tools;
 mod setup;
 mod test;
 mod vm;

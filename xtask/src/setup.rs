@@ -109,6 +109,7 @@ pub fn setup() -> Result<Env> {
     lint_tools(&env, &rustup)?;
     bpf_linker(&env, &cargo_bin)?;
     crate::deploy_tools::ensure()?;
+    crate::otlp_tools::ensure()?;
     say(format_args!(
         "setup done; cargo runs by xtask get WEFT_BPF_TOOLCHAIN={}",
         env.bpf_toolchain

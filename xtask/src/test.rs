@@ -84,6 +84,7 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
                 "WEFT_KUBERNETES_VALIDATE",
                 crate::deploy_tools::kubernetes_validate_path()?,
             )
+            .env("WEFT_OTLP_PYTHON", crate::otlp_tools::python_path()?)
             .env("WEFT_REQUIRE_ROOT_TESTS", "1");
         // The root tests share kernel state (maps, hooks, namespaces).
         harness.push("--test-threads=1");

@@ -24,6 +24,9 @@ pub struct Exchange {
     /// The direction of the request (always `ToServer` for client/server
     /// protocols; kept for protocols where the server may speak first).
     pub request_direction: Direction,
+    /// The W3C `traceparent` the request carried (HTTP/1.x), unchecked
+    /// but bounded; for traces only, never in records.
+    pub traceparent: Option<String>,
 }
 
 impl Exchange {
@@ -82,6 +85,7 @@ impl Protocol {
                 scheme: "http",
             },
             request_direction: Direction::ToServer,
+            traceparent: None,
         }
     }
 }

@@ -31,6 +31,9 @@ use crate::{
     Session,
 };
 
+/// Bytes of a `traceparent` header kept at most.
+const MAX_TRACEPARENT: usize = 128;
+
 /// Longest request line `detect` waits for before saying no.
 const DETECT_MAX_LINE: usize = 8192;
 
@@ -371,7 +374,7 @@ impl Http1Session {
         if self.pending.len() >= self.limits.max_pending {
             return Err(ErrorKind::TooLarge(self.limits.max_pending));
         }
-        let info = RequestInfo::new(
+        let mut info = RequestInfo::new(
             req.method,
             req.target,
             req.host,
@@ -379,6 +382,12 @@ impl Http1Session {
             &self.limits,
             &self.privacy,
         );
+        // Kept only for traces (never in records); 55 bytes in version 00,
+        // a little more allowed for later versions.
+        info.traceparent = req
+            .traceparent
+            .filter(|t| t.len() <= MAX_TRACEPARENT)
+            .map(str::to_owned);
         self.pending.push_back(Pending {
             info,
             request_ns: start_ns,

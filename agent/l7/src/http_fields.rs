@@ -21,6 +21,9 @@ pub struct RequestInfo {
     pub route: String,
     pub host: Option<String>,
     pub scheme: &'static str,
+    /// The request's W3C `traceparent` header (HTTP/1.x), when it is no
+    /// longer than a traceparent can be.
+    pub traceparent: Option<String>,
 }
 
 impl RequestInfo {
@@ -42,6 +45,7 @@ impl RequestInfo {
             route: route::template(path_part),
             host: host.map(|h| clip(strip_userinfo(h), limits.max_field)),
             scheme,
+            traceparent: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl RequestInfo {
         if let Some(status) = status {
             f.insert("status".into(), Value::from(status));
         }
+        exchange.traceparent = self.traceparent.clone();
         exchange.metric = MetricAttributes::Http {
             method: metric_method(&self.method),
             status_code: status,

@@ -107,13 +107,16 @@ pub struct FilterArgs {
     /// Name of the service a connection was made through
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub service: Vec<String>,
+    /// Trace id of L7 records (32 hex digits): every record of a trace
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub trace_id: Vec<String>,
 }
 
 impl FilterArgs {
     /// Validates every value; the first bad one is the error.
     pub fn to_filter(&self) -> Result<FlowFilter, FilterError> {
         type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
-        let kinds: [(&[String], Add); 12] = [
+        let kinds: [(&[String], Add); 13] = [
             (&self.protocol, FlowFilter::add_protocol),
             (&self.ip, FlowFilter::add_ip),
             (&self.port, FlowFilter::add_port),
@@ -126,6 +129,7 @@ impl FilterArgs {
             (&self.http_path, FlowFilter::add_http_path),
             (&self.dns_query, FlowFilter::add_dns_query),
             (&self.service, FlowFilter::add_service),
+            (&self.trace_id, FlowFilter::add_trace_id),
         ];
         let mut filter = FlowFilter::default();
         for (values, add) in kinds {

@@ -69,6 +69,8 @@ pub struct Emitter {
     enricher: Enricher,
     /// Which connections went through a service.
     pub services: crate::steer::tags::ServiceTags,
+    /// Spans of L7 exchanges, when traces are on.
+    pub traces: Option<crate::trace::Tracer>,
 }
 
 impl Emitter {
@@ -85,6 +87,7 @@ impl Emitter {
             values: ValueBudget::default(),
             enricher,
             services: crate::steer::tags::ServiceTags::none(),
+            traces: None,
         }
     }
 
@@ -162,6 +165,7 @@ impl Emitter {
             traffic_direction: None,
             service: self.services.get(obs.key),
             health: None,
+            trace: None,
             mono_ns: obs.ts_ns,
         };
         if matches!(obs.event, FlowEvent::Close | FlowEvent::Fail) {
@@ -201,6 +205,7 @@ impl Emitter {
             traffic_direction: None,
             service: None,
             health: None,
+            trace: None,
             mono_ns: d.last_ns,
         };
         self.store.push(record);

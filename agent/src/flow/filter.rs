@@ -102,6 +102,7 @@ pub struct FlowFilter {
     namespaces: Vec<String>,
     verdicts: Vec<Verdict>,
     services: Vec<String>,
+    trace_ids: Vec<String>,
     l7: l7::L7Filter,
 }
 
@@ -261,6 +262,20 @@ impl FlowFilter {
         Ok(())
     }
 
+    /// `--trace-id`: the trace of L7 records (32 hex digits).
+    pub fn add_trace_id(&mut self, value: &str) -> Result<(), FilterError> {
+        let id = non_empty("trace-id", value)?.to_ascii_lowercase();
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(FilterError::new(
+                "trace-id",
+                value,
+                "expected a trace id (32 hex digits)",
+            ));
+        }
+        self.trace_ids.push(id);
+        Ok(())
+    }
+
     /// The service names asked for.
     pub fn services(&self) -> &[String] {
         &self.services
@@ -280,6 +295,11 @@ impl FlowFilter {
                 .protocol_names()
                 .any(|name| self.protocols.contains(&name)))
             && (self.verdicts.is_empty() || self.verdicts.contains(&record.verdict))
+            && (self.trace_ids.is_empty()
+                || record
+                    .trace
+                    .as_ref()
+                    .is_some_and(|t| self.trace_ids.contains(&t.trace_id)))
             && (self.services.is_empty()
                 || record
                     .service
@@ -357,6 +377,9 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
         for v in &raw.service {
             filter.add_service(v)?;
         }
+        for v in &raw.trace_id {
+            filter.add_trace_id(v)?;
+        }
         Ok(filter)
     }
 }
@@ -380,6 +403,7 @@ impl From<&FlowFilter> for proto::FlowFilter {
             http_path: filter.l7.paths(),
             dns_query: filter.l7.dns_queries(),
             service: filter.services.clone(),
+            trace_id: filter.trace_ids.clone(),
         }
     }
 }
@@ -430,6 +454,7 @@ pub(crate) mod test_support {
             traffic_direction: None,
             service: None,
             health: None,
+            trace: None,
             mono_ns: 0,
         }
     }

@@ -165,6 +165,10 @@ pub struct FlowRecord {
     /// behind the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::steer::health::HealthChange>,
+    /// On `l7` records with a span: `trace_id`, `span_id`,
+    /// `parent_span_id`.
+    #[serde(flatten, default)]
+    pub trace: Option<crate::trace::TraceIds>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]

@@ -301,6 +301,19 @@ impl FlowTable {
         // queue, counted there): the parser resynchronised after each.
         read_total("l7_stream_gaps", self.l7.counters.gaps, seen);
 
+        // Spans that could not be queued or sent (zero while traces are
+        // off, so that the series exist).
+        let (spans_queue_full, spans_export_failed) = match self.emitter.traces.as_mut() {
+            Some(tracer) => {
+                tracer.tick();
+                let c = tracer.counters();
+                (
+                    c.queue_full.load(Ordering::Relaxed),
+                    c.export_failed.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0),
+        };
         let loss_values = [
             (
                 "tcp_events",
@@ -384,6 +397,8 @@ impl FlowTable {
             ),
             ("l7_data", "unattributed", self.l7_unattributed),
             ("l7_streams", "evicted", self.l7.counters.streams_evicted),
+            ("spans", "export_queue", spans_queue_full),
+            ("spans", "export_failed", spans_export_failed),
             (
                 "metric_labels",
                 "cardinality_budget",

@@ -141,6 +141,7 @@ impl Reporter {
                 port: s.key.port,
             }),
             health: Some(change),
+            trace: None,
             mono_ns,
         });
     }

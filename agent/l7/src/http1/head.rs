@@ -19,6 +19,8 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     pub target: &'a str,
     pub host: Option<&'a str>,
+    /// The W3C `traceparent` header, as sent (checked by the caller).
+    pub traceparent: Option<&'a str>,
     pub body: BodyKind,
 }
 
@@ -51,9 +53,12 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, &'static str> {
         return Err("bad HTTP version");
     }
     let mut host = None;
+    let mut traceparent = None;
     let framing = parse_fields(fields, |name, value| {
         if name.eq_ignore_ascii_case(b"host") && host.is_none() {
             host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"traceparent") && traceparent.is_none() {
+            traceparent = Some(value);
         }
     })?;
     // RFC 9112 §6.3 (rules 4–6): a request's transfer coding must end in
@@ -68,6 +73,7 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, &'static str> {
         method: utf8(method)?,
         target: utf8(target)?,
         host: host.map(utf8).transpose()?,
+        traceparent: traceparent.and_then(|v| utf8(v).ok()),
         body,
     })
 }
@@ -188,6 +194,16 @@ fn utf8(b: &[u8]) -> Result<&str, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_traceparent_header_is_picked_up() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {tp}\r\n\r\n");
+        let r = parse_request(head.as_bytes()).unwrap();
+        assert_eq!(r.traceparent, Some(tp));
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(r.traceparent, None);
+    }
 
     #[test]
     fn request_framing() {

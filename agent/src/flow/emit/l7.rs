@@ -17,6 +17,7 @@ use crate::{
         emit::Figures,
         record::{FlowEvent, FlowRecord, FlowType, Verdict},
     },
+    trace::Observed,
 };
 
 /// Where an exchange was observed.
@@ -60,6 +61,18 @@ impl Emitter {
             failure: None,
         };
         let (source, destination) = self.endpoints(&obs);
+        // Built only when traces are on.
+        let both_local = client.is_some() && server.is_some();
+        let at_server = direction == TrafficDirection::Ingress;
+        let trace = self.traces.as_mut().and_then(|tracer| {
+            let observed = Observed {
+                key,
+                server: at_server,
+                both_local,
+                endpoint: if at_server { &destination } else { &source },
+            };
+            tracer.exchange(&ex, &observed)
+        });
         let workload = self.labels_of(&source, &destination);
         let seconds = ex.latency_ns() as f64 / 1e9;
         observe(
@@ -102,6 +115,7 @@ impl Emitter {
             traffic_direction: Some(direction.name().into()),
             service: self.services.get(key),
             health: None,
+            trace,
             mono_ns: ex.request_ns,
         };
         self.store.push(record);
@@ -228,6 +242,7 @@ mod tests {
                 status_code: Some(0),
             },
             request_direction: Direction::ToServer,
+            traceparent: None,
         }
     }
 

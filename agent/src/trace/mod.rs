@@ -1,0 +1,254 @@
+//! Traces: every L7 exchange as an OpenTelemetry span, exported over OTLP.
+//!
+//! The flow table's emitter hands each exchange to [`Tracer`] (only when
+//! traces are on: otherwise nothing here is built). The tracer decides the
+//! span's place in its trace (an incoming `traceparent`, the other end of
+//! the same exchange on this node, sampling), builds it, and queues it for
+//! the export task without waiting.
+
+mod context;
+mod export;
+mod join;
+mod span;
+
+use std::{
+    hash::{Hash as _, Hasher as _},
+    sync::{Arc, atomic::Ordering},
+};
+
+use opentelemetry::{InstrumentationScope, trace::TraceId};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use weft_l7::Exchange;
+
+pub use export::{ExportTask, ExporterError, SpanCounters};
+use export::{Outgoing, ResourceKey};
+use join::{Joins, Shared};
+
+use crate::{
+    config::TraceSettings,
+    flow::{addr::FlowKey, clock, record::Endpoint},
+};
+
+/// The trace fields of an L7 record (hex, W3C sizes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraceIds {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+}
+
+pub struct Tracer {
+    tx: mpsc::Sender<Outgoing>,
+    counters: Arc<SpanCounters>,
+    ratio: f64,
+    ids: RandomIdGenerator,
+    joins: Joins,
+    scope: InstrumentationScope,
+}
+
+/// Where one exchange was observed.
+pub struct Observed<'a> {
+    pub key: &'a FlowKey,
+    /// At the server's socket.
+    pub server: bool,
+    /// Both ends of the connection are on this node (both parsed).
+    pub both_local: bool,
+    /// The end the exchange was observed at.
+    pub endpoint: &'a Endpoint,
+}
+
+impl Tracer {
+    /// The tracer and its export task, for `settings` (call inside the
+    /// runtime).
+    pub fn start(
+        settings: &TraceSettings,
+        exported: Counter,
+    ) -> Result<(Tracer, ExportTask), ExporterError> {
+        let exporter = export::exporter(settings)?;
+        let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
+        let counters = Arc::new(SpanCounters::default());
+        let task = ExportTask::new(rx, exporter, counters.clone(), exported, host_name());
+        let tracer = Tracer {
+            tx,
+            counters,
+            ratio: settings.sampling_ratio,
+            ids: RandomIdGenerator::default(),
+            joins: Joins::default(),
+            scope: InstrumentationScope::builder("weft")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        };
+        Ok((tracer, task))
+    }
+
+    pub fn counters(&self) -> &SpanCounters {
+        &self.counters
+    }
+
+    /// Exchanges whose other side never came to be joined.
+    pub fn unmatched(&self) -> u64 {
+        self.joins.unmatched
+    }
+
+    /// Periodic upkeep (unmatched join entries).
+    pub fn tick(&mut self) {
+        self.joins.expire(clock::mono_now_ns());
+    }
+
+    /// The span of one exchange, queued for export; its ids for the
+    /// record, or `None` when the trace is not sampled.
+    pub fn exchange(&mut self, ex: &Exchange, at: &Observed<'_>) -> Option<TraceIds> {
+        let (ids, ratio) = (&self.ids, self.ratio);
+        let start_trace = || new_trace(ex, ids, ratio);
+        let shared = if at.both_local {
+            let now = clock::mono_now_ns();
+            self.joins
+                .join(at.key, !at.server, fingerprint(ex), now, start_trace)
+        } else {
+            start_trace()
+        };
+        if !shared.sampled {
+            return None;
+        }
+        let place = if at.server {
+            span::Place {
+                trace_id: shared.trace_id,
+                span_id: self.ids.new_span_id(),
+                // The client span when the client is on this node, else
+                // the span its `traceparent` names.
+                parent: if at.both_local {
+                    Some(shared.client_span_id)
+                } else {
+                    shared.client_parent
+                },
+                parent_is_remote: true,
+                server: true,
+            }
+        } else {
+            span::Place {
+                trace_id: shared.trace_id,
+                span_id: shared.client_span_id,
+                parent: shared.client_parent,
+                parent_is_remote: true,
+                server: false,
+            }
+        };
+        let start = clock::wall_time(ex.request_ns);
+        let end = clock::wall_time(ex.response_ns);
+        let data = span::build(ex, at.key, &place, start, end, &self.scope);
+        let ids = TraceIds {
+            trace_id: place.trace_id.to_string(),
+            span_id: place.span_id.to_string(),
+            parent_span_id: place.parent.map(|p| p.to_string()),
+        };
+        let item = Outgoing {
+            resource: resource_key(at.endpoint),
+            span: data,
+        };
+        if self.tx.try_send(item).is_err() {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(ids)
+    }
+}
+
+/// The context of an exchange seen first: the trace of the request's
+/// `traceparent`, keeping its sampled flag (parent-based sampling); else a
+/// new trace, sampled by trace-ID ratio.
+fn new_trace(ex: &Exchange, ids: &RandomIdGenerator, ratio: f64) -> Shared {
+    if let Some(incoming) = ex.traceparent.as_deref().and_then(context::parse) {
+        return Shared {
+            trace_id: incoming.trace_id,
+            client_span_id: ids.new_span_id(),
+            client_parent: Some(incoming.parent),
+            sampled: incoming.sampled,
+        };
+    }
+    let trace_id = ids.new_trace_id();
+    Shared {
+        trace_id,
+        client_span_id: ids.new_span_id(),
+        client_parent: None,
+        sampled: ratio_sampled(trace_id, ratio),
+    }
+}
+
+/// OpenTelemetry's TraceIdRatioBased: the trace id's lower 8 bytes (as
+/// 63 bits) below `ratio` of their range. Any agent deciding by the same
+/// rule keeps the same traces.
+fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[8..]);
+    let x = u64::from_be_bytes(low) >> 1;
+    x < (ratio * (1u64 << 63) as f64) as u64
+}
+
+/// What both sides of one exchange see alike: protocol, method, path.
+fn fingerprint(ex: &Exchange) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ex.protocol.name().hash(&mut h);
+    for field in ["method", "path", "command", "operation", "query"] {
+        if let Some(v) = ex.fields.get(field).and_then(|v| v.as_str()) {
+            v.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// The resource of spans observed at `ep`: `service.name` is the
+/// Kubernetes workload, else the process name.
+fn resource_key(ep: &Endpoint) -> ResourceKey {
+    let service_name = ep
+        .workload
+        .clone()
+        .or_else(|| ep.process.clone())
+        .unwrap_or_else(|| "unknown_service".to_owned());
+    ResourceKey {
+        service_name,
+        namespace: ep.namespace.clone(),
+        pod: ep.pod.clone(),
+        pid: ep.pid,
+        executable: ep.process.clone(),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::SpanId;
+
+    use super::*;
+
+    #[test]
+    fn ratio_sampling_is_by_trace_id() {
+        let low = TraceId::from_bytes([0; 16]);
+        let high = TraceId::from_bytes([0xff; 16]);
+        assert!(ratio_sampled(low, 0.5) && !ratio_sampled(high, 0.5));
+        assert!(ratio_sampled(high, 1.0) && !ratio_sampled(low, 0.0));
+    }
+
+    #[test]
+    fn trace_ids_print_as_w3c_hex() {
+        let ids = TraceIds {
+            trace_id: TraceId::from_bytes([0xab; 16]).to_string(),
+            span_id: SpanId::from_bytes([1; 8]).to_string(),
+            parent_span_id: None,
+        };
+        assert_eq!(ids.trace_id.len(), 32);
+        assert_eq!(ids.span_id, "0101010101010101");
+    }
+}
