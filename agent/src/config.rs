@@ -86,6 +86,9 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     /// Spans over OTLP (off while no endpoint is set).
     pub traces: TracesConfig,
+    /// The kernel programs log their rare paths (losses, early stops,
+    /// layouts that did not match) into the agent's log.
+    pub bpf_log: bool,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             policy_mode: PolicyMode::default(),
             policies: Vec::new(),
             traces: TracesConfig::default(),
+            bpf_log: false,
         }
     }
 }
@@ -142,6 +146,11 @@ pub struct AgentArgs {
     /// Recent flow records kept for `weft flows` [default: 10000].
     #[arg(long, value_name = "N")]
     pub flow_store_capacity: Option<String>,
+    /// Log the kernel programs' rare paths (a full map or ring, a program
+    /// stopped by a missing field or a failed read, a layout that did not
+    /// match) at their 1st, 2nd, 4th... occurrence per CPU [default: off].
+    #[arg(long)]
+    pub bpf_log: bool,
     /// Print the effective configuration as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -233,6 +242,9 @@ impl Config {
         }
         if let Some(text) = &args.udp_idle_timeout {
             self.udp_idle_timeout = parse_duration("udp_idle_timeout", text)?;
+        }
+        if args.bpf_log {
+            self.bpf_log = true;
         }
         if let Some(text) = &args.flow_store_capacity {
             self.flow_store_capacity = text

@@ -72,6 +72,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_socket = metrics_server::bind(config.metrics_addr)?;
     let mut probes = Probes::load(&config, metrics_socket.addr)?;
     let metrics_listener = metrics_socket.listen()?;
+    if let Some(kernel_log) = probes.kernel_log.take() {
+        tokio::spawn(crate::loader::kernel_log::forward(kernel_log));
+    }
     let maps = probes
         .maps
         .take()

@@ -72,7 +72,18 @@ impl Agent {
         // matrix (cargo xtask vm-test) points this at the guest's /run.
         let dir = std::env::var("WEFT_TEST_SOCKET_DIR").unwrap_or_else(|_| "/tmp".into());
         let socket = PathBuf::from(format!("{dir}/weft-test-{pid}-{n}.sock"));
-        let stderr_path = PathBuf::from(format!("/tmp/weft-test-{pid}-{n}.log"));
+        // The matrix keeps every agent's log (with the programs' rare-path
+        // logs on) in its results; elsewhere a log lives as long as its test.
+        let log_dir = std::env::var("WEFT_TEST_AGENT_LOG_DIR").ok();
+        let stderr_path = PathBuf::from(format!(
+            "{}/weft-test-{pid}-{n}.log",
+            log_dir.as_deref().unwrap_or("/tmp")
+        ));
+        let bpf_log: &[&str] = if log_dir.is_some() {
+            &["--bpf-log"]
+        } else {
+            &[]
+        };
         let metrics_port = free_port();
         let metrics_addr = format!("{metrics_ip}:{metrics_port}");
         let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
@@ -88,6 +99,7 @@ impl Agent {
             .args(["agent", "--metrics-addr", &metrics_addr, "--api-socket"])
             .arg(&socket)
             .args(extra)
+            .args(bpf_log)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -263,7 +275,9 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
-        let _ = std::fs::remove_file(&self.stderr_path);
+        if std::env::var_os("WEFT_TEST_AGENT_LOG_DIR").is_none() {
+            let _ = std::fs::remove_file(&self.stderr_path);
+        }
         // The agent removes its socket when it shuts down, but not when a
         // test killed it with SIGKILL.
         let _ = std::fs::remove_file(&self.socket);
@@ -296,7 +310,12 @@ fn free_port() -> u16 {
 /// checks made while the programs were being loaded: the port is bound
 /// but not listening then, so they were refused (a `fail`, and the SYN's
 /// NO_SOCKET drop). Those are failed connects like any other, recorded as
-/// such, not the agent's traffic.
+/// such, not the agent's traffic. Kernels before 5.17 give no drop
+/// reason: there the SYN's drop is NOT_REPORTED_BY_KERNEL.
 pub fn refused_while_loading(record: &Value) -> bool {
-    record["event"] == "fail" || record["drop_reason"] == "NO_SOCKET"
+    record["event"] == "fail"
+        || (record["event"] == "drop"
+            && ["NO_SOCKET", "NOT_REPORTED_BY_KERNEL"]
+                .iter()
+                .any(|r| record["drop_reason"] == *r))
 }

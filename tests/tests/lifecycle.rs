@@ -170,18 +170,40 @@ fn nothing_outlives_the_agent() {
 }
 
 /// Link fds held by `pid`.
+/// The agent's attachments: its bpf_link descriptors, and before 5.15
+/// (no bpf_link for perf events) the perf event descriptors its
+/// tracepoint programs hang on.
 fn held_links(pid: u32) -> usize {
+    let perf_links = kernel_at_least(5, 15);
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .map(|entries| {
             entries
                 .flatten()
                 .filter(|e| {
-                    std::fs::read_to_string(e.path())
-                        .is_ok_and(|info| info.lines().any(|l| l.starts_with("link_id:")))
+                    let link = std::fs::read_to_string(e.path())
+                        .is_ok_and(|info| info.lines().any(|l| l.starts_with("link_id:")));
+                    let perf_event = !perf_links
+                        && std::fs::read_link(format!(
+                            "/proc/{pid}/fd/{}",
+                            e.file_name().to_string_lossy()
+                        ))
+                        .is_ok_and(|target| target.to_string_lossy() == "anon_inode:[perf_event]");
+                    link || perf_event
                 })
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let running = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    running >= (major, minor)
 }
 
 #[test]

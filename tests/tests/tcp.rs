@@ -331,8 +331,9 @@ fn connections_older_than_the_agent_are_reported_from_their_next_bytes() {
         let port = conn.local_addr().expect("local address").port();
         connected_tx.send(port).expect("connected");
         // The agent's start-up takes far longer under emulation.
+        // (The agent's own readiness wait is scaled from 30 s.)
         go_rx
-            .recv_timeout(weft_tests::scaled(WAIT))
+            .recv_timeout(weft_tests::scaled(WAIT + Duration::from_secs(30)))
             .expect("the agent started");
         conn.write_all(&vec![b's'; AFTER]).expect("write after");
         let mut reply = Vec::new();

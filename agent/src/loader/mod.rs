@@ -10,6 +10,7 @@ pub mod btf;
 pub mod capture;
 pub mod cleanup;
 pub mod features;
+pub mod kernel_log;
 pub mod layouts;
 pub mod listeners;
 pub mod maps;
@@ -79,6 +80,8 @@ pub enum LoadError {
         attach_point: String,
         source: aya::programs::ProgramError,
     },
+    #[error("{0}")]
+    KernelLog(anyhow::Error),
     #[error("cannot read the agent's network namespace (/proc/self/ns/net): {0}")]
     OwnNetns(std::io::Error),
     #[error("eBPF map {0} is missing from the object (weft was built wrong)")]
@@ -100,6 +103,8 @@ pub struct Probes {
     /// `enum skb_drop_reason` value -> name, from the running kernel.
     pub drop_reason_names: BTreeMap<u32, String>,
     pub maps: Option<ProbeMaps>,
+    /// The programs' log ring, with `--bpf-log` (see kernel_log.rs).
+    pub kernel_log: Option<kernel_log::KernelLog>,
 }
 
 impl LoadError {
@@ -134,12 +139,16 @@ impl Probes {
     /// kernel's listener table before any program is attached.
     pub fn load(config: &Config, own_listener: std::net::SocketAddr) -> Result<Self, LoadError> {
         let env = prepare(config)?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("CONFIG", &env.probe_config, true)
             .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
             .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(PROBES_OBJECT)?;
+            .map_max_entries("EVENTS", config.ring_buffer_bytes);
+        kernel_log::set_level(&mut loader, config.bpf_log);
+        let mut ebpf = loader.load(PROBES_OBJECT)?;
+        let kernel_log =
+            kernel_log::take(&mut ebpf, config.bpf_log).map_err(LoadError::KernelLog)?;
         // Before attaching: a connection the listener accepts from then on
         // is known as the agent's from its first event.
         listeners::add_own(&mut ebpf, own_listener)?;
@@ -186,6 +195,7 @@ impl Probes {
             features,
             drop_reason_names: env.drop_reason_names,
             maps: Some(maps),
+            kernel_log,
         })
     }
 }

@@ -55,8 +55,31 @@ pub fn socket_of_fd(fd: u32) -> Option<(u64, u16)> {
     if mode & S_IFMT != S_IFSOCK {
         return None;
     }
-    let socket: u64 = read(file, o.file_private_data)?;
-    let sk: u64 = read(socket, o.socket_sk)?;
-    let protocol: u16 = read(sk, o.sock_protocol)?;
-    (sk != 0).then_some((sk, protocol))
+    // A socket's inode: from here on a failed read is a layout the
+    // agent got wrong, counted and (with --bpf-log) logged.
+    let Some(socket) = read::<u64>(file, o.file_private_data) else {
+        return layout_mismatch(fd, 1);
+    };
+    let Some(sk) = read::<u64>(socket, o.socket_sk) else {
+        return layout_mismatch(fd, 2);
+    };
+    // A socket being released has no sock left: nothing to count.
+    if sk == 0 {
+        return None;
+    }
+    let Some(protocol) = read::<u16>(sk, o.sock_protocol) else {
+        return layout_mismatch(fd, 3);
+    };
+    Some((sk, protocol))
+}
+
+/// A socket fd whose `struct socket` (step 1), `struct sock` (2) or
+/// protocol (3) could not be read: the data syscall is not counted.
+#[inline(always)]
+fn layout_mismatch(fd: u32, step: u32) -> Option<(u64, u16)> {
+    let n = crate::maps::count_rare(weft_common::counters::index::SKIP_READ_FAILED);
+    if n.is_power_of_two() {
+        crate::klog::fd_layout_mismatch(fd, step);
+    }
+    None
 }

@@ -38,6 +38,9 @@ mod capture;
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod fd_sock;
+// The rare paths' logs (`weft agent --bpf-log`).
+#[cfg(target_arch = "bpf")]
+mod klog;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

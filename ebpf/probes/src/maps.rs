@@ -78,13 +78,35 @@ pub static DROP_FLOWS: LruHashMap<DropKey, DropStats> =
 pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
 
 /// Adds one to a per-CPU counter. Per-CPU slots need no atomics: a program
-/// is not preempted by itself on one CPU.
+/// is not preempted by itself on one CPU. A loss or an early stop goes
+/// out of line (it may be logged, klog.rs): the index is constant at
+/// almost every call site, so the other counters' code is as before.
 #[inline(always)]
 pub fn count(idx: u32) {
+    if crate::klog::is_rare(idx) {
+        count_rare(idx);
+        return;
+    }
     if let Some(slot) = COUNTERS.get_ptr_mut(idx) {
         // SAFETY: the pointer comes from the map and is valid for this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts a loss or an early stop and returns its new count on this CPU
+/// (0 when the slot is missing), logging it at a power-of-two count.
+#[inline(never)]
+pub fn count_rare(idx: u32) -> u64 {
+    let Some(slot) = COUNTERS.get_ptr_mut(idx) else {
+        return 0;
+    };
+    // SAFETY: the pointer comes from the map and is valid for this CPU.
+    let n = unsafe {
+        *slot += 1;
+        *slot
+    };
+    crate::klog::counted(idx, n);
+    n
 }
 
 /// Reads the load-time settings without letting the compiler fold the

@@ -77,6 +77,16 @@ fn try_reset_sent(ctx: &TracePointContext) -> Result<(), Skip> {
         }
         return Ok(());
     }
+    reset_from_record(ctx, sk)
+}
+
+/// A sent reset with the addresses of the tracepoint's record (newer
+/// kernels). Out of line: its 28-byte address copies would otherwise sit
+/// in the program's frame on top of `sock_tuple`'s (the verifier adds
+/// them up along the calls).
+#[inline(never)]
+fn reset_from_record(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
+    let off = &config().offsets;
     let src: [u8; 28] = field(ctx, off.srst_saddr)?;
     let dst: [u8; 28] = field(ctx, off.srst_daddr)?;
     let family = u16::from_ne_bytes([src[0], src[1]]);

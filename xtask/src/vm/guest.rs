@@ -43,8 +43,10 @@ impl Verdict {
     }
 }
 
-/// The guest's script: start the agent alone and keep its status (the
-/// proof that every program loads, and the kernel table's source), then
+/// The guest's script: start the agent alone, with the programs' rare-path
+/// logs on (`--bpf-log`), and keep its status and log (the proof that every
+/// program loads, the kernel table's source, and what the kernel did
+/// differently), then
 /// each test binary, one status line each.
 pub fn script(out: &Path, plan: &Plan<'_>) -> String {
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
@@ -57,13 +59,15 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
          exec >\"$OUT/guest.log\" 2>&1\n\
          export RUST_BACKTRACE=1 WEFT_BIN={agent} WEFT_REQUIRE_ROOT_TESTS=1\n\
          # Emulation is several times slower than the machine.\n\
-         export WEFT_TEST_TIMEOUT_SCALE=4\n\
+         export WEFT_TEST_TIMEOUT_SCALE=8\n\
          # Unix sockets cannot be created on the shared folders: the\n\
          # agent's socket lives on the guest's own /run.\n\
          export WEFT_TEST_SOCKET_DIR=/run/weft-test\n\
-         mkdir -p /run/weft-test\n\
+         # Every test's agent runs with --bpf-log and keeps its log here.\n\
+         export WEFT_TEST_AGENT_LOG_DIR=\"$OUT/agents\"\n\
+         mkdir -p /run/weft-test \"$OUT/agents\"\n\
          echo \"kernel $(uname -r)\" >\"$OUT/status\"\n\
-         {agent} agent --api-socket /run/weft-test/matrix.sock \
+         {agent} agent --bpf-log --api-socket /run/weft-test/matrix.sock \
          --metrics-addr 127.0.0.1:9464 2>\"$OUT/agent.log\" &\n\
          AGENT=$!\n\
          i=0\n\
