@@ -79,7 +79,7 @@ impl Agent {
             "{}/weft-test-{pid}-{n}.log",
             log_dir.as_deref().unwrap_or("/tmp")
         ));
-        let bpf_log: &[&str] = if log_dir.is_some() {
+        let bpf_log: &[&str] = if log_dir.is_some() && !extra.contains(&"--bpf-log") {
             &["--bpf-log"]
         } else {
             &[]

@@ -100,12 +100,41 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
         return run(&mut test);
     }
     run(&mut on_a_fresh_node(&test))?;
+    if options.args.is_empty() {
+        older_kernels_path(env)?;
+    }
     let matrix = options.args.is_empty() && !options.vm_kernels.iter().any(|k| k == "none");
     if matrix {
         let kernels: Vec<&str> = options.vm_kernels.iter().map(String::as_str).collect();
         crate::vm::vm_test_with(env, &crate::vm::Options::for_ci(&kernels))?;
     }
     Ok(())
+}
+
+/// The root tests whose figures must hold on kernels before 6.3 too.
+const OLDER_KERNEL_PATH_TESTS: &[&str] =
+    &["tcp", "udp", "l7_http", "l7_http2", "l7_dns", "l7_redis"];
+
+/// The core root tests again, with the agent counting bytes and capturing
+/// payloads at the data syscalls' exits as it does on kernels before 6.3
+/// (`WEFT_FORCE_SYSCALL_EXIT_COUNTS`): that path is proven at native speed
+/// on every run, not only in the (emulated) kernel matrix.
+fn older_kernels_path(env: &Env) -> Result<()> {
+    say(format_args!(
+        "the core root tests again, with the older kernels' byte counts (syscall exits)"
+    ));
+    let bin = agent::build(env)?;
+    let mut test = env.cargo();
+    test.args(["test", "--release", "-p", "weft-tests", "--no-fail-fast"])
+        .env("RUST_BACKTRACE", "1")
+        .env("WEFT_BIN", bin)
+        .env("WEFT_REQUIRE_ROOT_TESTS", "1")
+        .env("WEFT_FORCE_SYSCALL_EXIT_COUNTS", "1");
+    for name in OLDER_KERNEL_PATH_TESTS {
+        test.args(["--test", name]);
+    }
+    test.args(["--", "--test-threads=1"]);
+    run(&mut on_a_fresh_node(&test))
 }
 
 /// The mounts a fresh node boots without: these machines, and many

@@ -345,6 +345,10 @@ fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<()
     Ok(())
 }
 
+/// Set (to anything), the agent counts bytes at the data syscalls' exits
+/// as on kernels before 6.3, even where the socket tracepoints exist.
+pub const FORCE_SYSCALL_EXIT_COUNTS: &str = "WEFT_FORCE_SYSCALL_EXIT_COUNTS";
+
 /// On kernels without `sock:sock_send_length`/`sock_recv_length` (before
 /// 6.3), TCP bytes are counted at the data syscalls' exits, with the fd
 /// resolved to its socket at offsets from BTF. Only there: where the
@@ -357,7 +361,12 @@ fn fd_fallback(
 ) -> weft_common::config::FdOffsets {
     use weft_common::config::FdOffsets;
     let has = |name| features::tracepoint_exists(tracefs, "sock", name);
-    if has("sock_send_length") && has("sock_recv_length") {
+    // For developers: the older kernels' path on a newer kernel, at native
+    // speed (the kernel matrix runs under emulation).
+    let forced = std::env::var_os(FORCE_SYSCALL_EXIT_COUNTS).is_some();
+    if forced {
+        log::warn!("{FORCE_SYSCALL_EXIT_COUNTS} is set: bytes are counted at the syscall exits");
+    } else if has("sock_send_length") && has("sock_recv_length") {
         return FdOffsets::ABSENT;
     }
     let found = btf
