@@ -56,7 +56,7 @@ pub fn cargo() -> Command {
 }
 
 /// The workspace root: xtask's own manifest directory is one level below.
-fn workspace_root() -> &'static Path {
+pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in a directory of the workspace")

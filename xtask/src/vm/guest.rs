@@ -30,6 +30,8 @@ pub struct Verdict {
     pub kernel: String,
     /// (test binary, exit status).
     pub tests: Vec<(String, i32)>,
+    /// (test binary, tests passed, tests failed), from libtest's summary.
+    pub counts: Vec<(String, u32, u32)>,
     pub agent_started: bool,
     pub finished: bool,
 }
@@ -65,7 +67,7 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
          export WEFT_TEST_SOCKET_DIR=/run/weft-test\n\
          # Every test's agent runs with --bpf-log and keeps its log here.\n\
          export WEFT_TEST_AGENT_LOG_DIR=\"$OUT/agents\"\n\
-         mkdir -p /run/weft-test \"$OUT/agents\"\n\
+         mkdir -p /run/weft-test \"$OUT/agents\" \"$OUT/tests\"\n\
          echo \"kernel $(uname -r)\" >\"$OUT/status\"\n\
          {agent} agent --bpf-log --api-socket /run/weft-test/matrix.sock \
          --metrics-addr 127.0.0.1:9464 2>\"$OUT/agent.log\" &\n\
@@ -86,9 +88,15 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
     );
     let harness: Vec<String> = plan.harness.iter().map(|a| shell_quote(a)).collect();
     for (name, exe) in plan.tests {
+        // The status line: `test NAME EXIT PASSED FAILED` (the counts
+        // from libtest's summary line, for the kernel table).
         s.push_str(&format!(
-            "echo \"== {name}\"\n{} --test-threads=1 {}\n\
-             echo \"test {name} $?\" >>\"$OUT/status\"\n",
+            "echo \"== {name}\"\n\
+             {} --test-threads=1 {} >\"$OUT/tests/{name}.log\" 2>&1\n\
+             rc=$?\ncat \"$OUT/tests/{name}.log\"\n\
+             counts=$(sed -n 's/^test result: [A-Za-z]*\\. \\([0-9]*\\) passed; \\([0-9]*\\) failed.*/\\1 \\2/p' \
+             \"$OUT/tests/{name}.log\" | tail -n 1)\n\
+             echo \"test {name} $rc ${{counts:-0 0}}\" >>\"$OUT/status\"\n",
             q(exe),
             harness.join(" ")
         ));
@@ -144,6 +152,7 @@ pub fn verdict(out: &Path) -> Verdict {
     let mut v = Verdict {
         kernel: String::new(),
         tests: Vec::new(),
+        counts: Vec::new(),
         agent_started: false,
         finished: false,
     };
@@ -152,7 +161,16 @@ pub fn verdict(out: &Path) -> Verdict {
         match words.as_slice() {
             ["kernel", release] => v.kernel = (*release).to_owned(),
             ["agent", "started"] => v.agent_started = true,
-            ["test", name, rc] => v.tests.push(((*name).to_owned(), rc.parse().unwrap_or(-1))),
+            ["test", name, rc, rest @ ..] => {
+                v.tests.push(((*name).to_owned(), rc.parse().unwrap_or(-1)));
+                if let [passed, failed] = rest {
+                    v.counts.push((
+                        (*name).to_owned(),
+                        passed.parse().unwrap_or(0),
+                        failed.parse().unwrap_or(0),
+                    ));
+                }
+            }
             ["done"] => v.finished = true,
             _ => {}
         }
@@ -189,6 +207,7 @@ mod tests {
         let v = verdict(&dir);
         assert!(v.passed(2));
         assert!(!v.passed(3), "a test binary that never reported fails");
+        assert!(v.counts.is_empty(), "no counts on these lines");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -204,9 +223,45 @@ mod tests {
             },
         );
         assert!(
-            s.contains("'/t/tcp-1' --test-threads=1 'exact bytes'\n"),
+            s.contains("'/t/tcp-1' --test-threads=1 'exact bytes' >"),
             "{s}"
         );
         assert!(s.contains("OUT='/r/6.1'\n"), "{s}");
+    }
+
+    /// The script itself, run by `sh` with stand-ins for the agent and a
+    /// test binary: the status lines carry the exit status and libtest's
+    /// counts.
+    #[test]
+    fn script_reports_each_binarys_counts() {
+        let dir = std::env::temp_dir().join(format!("weft-vm-script-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("fake-test");
+        fs::write(
+            &fake,
+            "#!/bin/sh\necho 'test a ... ok'\n\
+             echo 'test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured'\nexit 101\n",
+        )
+        .unwrap();
+        crate::vm::make_executable(&fake).unwrap();
+        let tests = [("tcp".to_owned(), fake)];
+        let text = script(
+            &dir,
+            &Plan {
+                agent: Path::new("/bin/true"),
+                tests: &tests,
+                harness: &[],
+            },
+        );
+        // The guest's own /run is this test's folder here.
+        let text = text.replace("/run/weft-test", &dir.join("run").to_string_lossy());
+        let run = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+        assert!(run.success());
+        let v = verdict(&dir);
+        assert_eq!(v.tests, vec![("tcp".to_owned(), 101)]);
+        assert_eq!(v.counts, vec![("tcp".to_owned(), 5, 1)]);
+        assert!(v.finished && !v.agent_started);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,7 @@
 
 mod guest;
 mod kernels;
+mod table;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub const CORE_TESTS: &[&str] = &[
 
 /// A guest gets this long for the start-up check and the core tests
 /// under emulation.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(50 * 60);
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -53,6 +54,10 @@ pub struct Options {
     /// Test binaries (tests/tests/NAME.rs) to run in each guest.
     #[arg(long, value_delimiter = ',', default_values_t = CORE_TESTS.iter().map(|s| s.to_string()))]
     tests: Vec<String>,
+    /// Write the kernel table this run printed into the README (between
+    /// its kernel-table markers).
+    #[arg(long)]
+    update_readme: bool,
     /// After `--`: arguments for every test binary (name filters).
     #[arg(last = true)]
     harness: Vec<String>,
@@ -64,6 +69,7 @@ impl Options {
         Self {
             kernel: kernels.iter().map(|s| s.to_string()).collect(),
             tests: CORE_TESTS.iter().map(|s| s.to_string()).collect(),
+            update_readme: false,
             harness: Vec::new(),
         }
     }
@@ -85,23 +91,49 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
     let vng = virtme_ng(&dir)?;
     let bin = agent::build(env)?;
     let tests = build_tests(env, &options.tests)?;
+    // Downloads one at a time (one apt directory), then the guests run
+    // side by side, as many at once as the machine has CPUs: under
+    // emulation a guest is bound by its own CPU, so two guests on a
+    // 2-core machine take about as long as the slower one alone.
+    let jobs: Vec<_> = series.iter().map(|s| (*s, guest_kernel(s, &dir))).collect();
+    let jobs = std::sync::Mutex::new(jobs.into_iter());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(series.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some((s, kernel)) = jobs.lock().expect("job queue").next() else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    let outcome =
+                        kernel.and_then(|k| one_kernel(s, k, &dir, &vng, &bin, &tests, options));
+                    let took = started.elapsed().as_secs();
+                    outcomes
+                        .lock()
+                        .expect("outcomes")
+                        .push((s.name, outcome, took));
+                }
+            });
+        }
+    });
+    let mut outcomes = outcomes.into_inner().expect("outcomes");
+    outcomes.sort_by_key(|(name, ..)| series.iter().position(|s| s.name == *name));
+    let ran: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, outcome, _)| !matches!(outcome, Ok(None)))
+        .map(|(name, ..)| *name)
+        .collect();
+    kernel_table(&dir.join("results"), &ran, options)?;
     let mut failed = Vec::new();
-    for s in series {
-        let started = Instant::now();
-        let outcome = one_kernel(s, &dir, &vng, &bin, &tests, options);
-        let took = started.elapsed().as_secs();
+    for (name, outcome, took) in outcomes {
         match outcome {
-            Ok(Some(line)) => say(format_args!(
-                "kernel {}: PASSED in {took}s ({line})",
-                s.name
-            )),
-            Ok(None) => say(format_args!("kernel {}: skipped", s.name)),
+            Ok(Some(line)) => say(format_args!("kernel {name}: PASSED in {took}s ({line})")),
+            Ok(None) => say(format_args!("kernel {name}: skipped")),
             Err(e) => {
-                say(format_args!(
-                    "kernel {}: FAILED after {took}s: {e:#}",
-                    s.name
-                ));
-                failed.push(s.name);
+                say(format_args!("kernel {name}: FAILED after {took}s: {e:#}"));
+                failed.push(name);
             }
         }
     }
@@ -111,6 +143,33 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
             failed.join(", "),
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Prints the kernel table of this run, keeps it in
+/// `results/kernel-table.md`, and compares it with the README's (or writes
+/// it there with `--update-readme`).
+fn kernel_table(results: &Path, kernels: &[&str], options: &Options) -> Result<()> {
+    if kernels.is_empty() {
+        return Ok(());
+    }
+    let readme_path = crate::cmd::workspace_root().join("README.md");
+    let readme = fs::read_to_string(&readme_path)?;
+    let series: Vec<&str> = kernels::SERIES.iter().map(|s| s.name).collect();
+    let made = table::table(results, &series, kernels, table::in_readme(&readme));
+    fs::write(results.join("kernel-table.md"), &made)?;
+    say(format_args!(
+        "the kernel table (rows of {} from this run):\n{made}",
+        kernels.join(", ")
+    ));
+    if options.update_readme {
+        fs::write(&readme_path, table::replace_in(&readme, &made)?)?;
+        say(format_args!("written into {}", readme_path.display()));
+    } else if table::in_readme(&readme) != Some(made.trim_end()) {
+        say(format_args!(
+            "the README's kernel table differs from this run's (`--update-readme` writes it)"
+        ));
     }
     Ok(())
 }
@@ -130,9 +189,19 @@ fn chosen(names: &[String]) -> Result<Vec<&'static kernels::Series>> {
         .collect()
 }
 
-/// Runs one kernel; `None` when it cannot run here (6.18 on another host).
+/// The kernel to boot for `series`, fetched; `None` for the machine's own.
+fn guest_kernel(series: &kernels::Series, dir: &Path) -> Result<Option<kernels::Kernel>> {
+    match series.source {
+        kernels::Source::Host => Ok(None),
+        _ => kernels::fetch(series, dir).map(Some),
+    }
+}
+
+/// Runs one kernel (`kernel`: its guest's, `None` for the machine's own);
+/// `None` when it cannot run here (6.18 on another host).
 fn one_kernel(
     series: &kernels::Series,
+    kernel: Option<kernels::Kernel>,
     dir: &Path,
     vng: &Path,
     bin: &Path,
@@ -150,7 +219,13 @@ fn one_kernel(
     let script = out.join("run.sh");
     fs::write(&script, guest::script(&out, &plan))?;
     make_executable(&script)?;
-    if let kernels::Source::Host = series.source {
+    if let Some(kernel) = kernel {
+        say(format_args!(
+            "kernel {}: booting {}",
+            series.name, kernel.package
+        ));
+        guest::boot(vng, &kernel.image, &out, &script, GUEST_TIMEOUT)?;
+    } else {
         let release = read(Command::new("uname").arg("-r"))?;
         if !release.starts_with(&format!("{}.", series.name)) {
             say(format_args!(
@@ -161,13 +236,6 @@ fn one_kernel(
         }
         // The machine's own kernel: the same script, without a VM.
         run(Command::new("sh").arg(&script))?;
-    } else {
-        let kernel = kernels::fetch(series, dir)?;
-        say(format_args!(
-            "kernel {}: booting {}",
-            series.name, kernel.package
-        ));
-        guest::boot(vng, &kernel.image, &out, &script, GUEST_TIMEOUT)?;
     }
     let verdict = guest::verdict(&out);
     let summary = format!(
