@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::wait_for;
+use crate::{try_wait_for, wait_for};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -200,16 +200,21 @@ impl Agent {
     }
 
     /// Waits for a record of `event` among the flows matching `filters`.
+    /// On a timeout, the panic message lists the records that did match
+    /// the filters (what came instead).
     pub fn wait_flow(&self, filters: &[&str], event: &str, timeout: Duration) -> Value {
-        wait_for(
-            &format!("a `{event}` flow matching {filters:?}"),
-            timeout,
-            || {
-                self.flows(filters)
-                    .into_iter()
-                    .find(|r| r["event"] == event)
-            },
-        )
+        let mut last = Vec::new();
+        let found = try_wait_for(timeout, || {
+            last = self.flows(filters);
+            last.iter().find(|r| r["event"] == event).cloned()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out after {:?} waiting for a `{event}` flow matching {filters:?}; \
+                 the records matching were: {last:#?}",
+                timeout * crate::timeout_scale()
+            )
+        })
     }
 
     /// `GET path` on the metrics listener: (status code, body), or `None`

@@ -64,15 +64,25 @@ pub fn run(args: &[&str]) -> Output {
 /// `WEFT_TEST_TIMEOUT_SCALE` (an integer) multiplies every wait: under
 /// qemu's emulation (cargo xtask vm-test) a Python server takes seconds to
 /// start.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let timeout = timeout * timeout_scale();
-    let deadline = Instant::now() + timeout;
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    try_wait_for(timeout, f).unwrap_or_else(|| {
+        panic!(
+            "timed out after {:?} waiting for {what}",
+            timeout * timeout_scale()
+        )
+    })
+}
+
+/// Polls `f` until it returns `Some`, or gives `None` after `timeout`
+/// (stretched like [`wait_for`]'s).
+pub fn try_wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout * timeout_scale();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

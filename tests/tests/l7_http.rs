@@ -230,6 +230,24 @@ fn http1_new_connection_per_request() {
     for family in families {
         let seen = counted(family);
         if seen != REQUESTS as f64 {
+            // Late or lost? The same count once more after another wait,
+            // and the L7 records the agent holds for the port.
+            std::thread::sleep(weft_tests::scaled(WAIT));
+            let port_s = port.to_string();
+            let records = agent.flows(&["--port", &port_s, "--protocol", "http", "--all"]);
+            let by_side = |side: &str| {
+                records
+                    .iter()
+                    .filter(|r| r["traffic_direction"] == side)
+                    .count()
+            };
+            eprintln!(
+                "{family}: {seen} at the deadline, {} after another wait; \
+                 L7 records held: {} egress, {} ingress",
+                counted(family),
+                by_side("egress"),
+                by_side("ingress")
+            );
             let metrics = agent.metrics();
             let losses: Vec<&str> = metrics
                 .lines()

@@ -72,28 +72,18 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
         Some(i) => (&options.args[..i], &options.args[i + 1..]),
         None => (&options.args[..], &[][..]),
     };
-    let mut test = env.cargo();
-    test.args(["test", "--workspace"])
-        .env("RUST_BACKTRACE", "1");
-    // Every test binary runs even when one fails, so one failure does not
-    // hide the others; the run still fails.
-    test.arg("--no-fail-fast");
     let mut harness = Vec::new();
-    if options.unit_only {
-        test.args(["--lib", "--bins"]);
+    let mut test = if options.unit_only {
+        let mut test = cargo_test(env);
+        test.args(["--workspace", "--lib", "--bins"]);
+        test
     } else {
-        let bin = agent::build(env)?;
-        test.arg("--release")
-            .env("WEFT_BIN", bin)
-            .env(
-                "WEFT_KUBERNETES_VALIDATE",
-                crate::deploy_tools::kubernetes_validate_path()?,
-            )
-            .env("WEFT_OTLP_PYTHON", crate::otlp_tools::python_path()?)
-            .env("WEFT_REQUIRE_ROOT_TESTS", "1");
+        let mut test = root_tests(env)?;
+        test.arg("--workspace");
         // The root tests share kernel state (maps, hooks, namespaces).
         harness.push("--test-threads=1");
-    }
+        test
+    };
     // One `--` for ours and the user's: a second one would end libtest's
     // options and turn the rest into name filters.
     test.args(cargo_args);
@@ -116,6 +106,32 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `cargo test` as every stage runs it: every test binary runs even when
+/// one fails, so one failure does not hide the others (the run still
+/// fails).
+fn cargo_test(env: &Env) -> Command {
+    let mut test = env.cargo();
+    test.args(["test", "--no-fail-fast"])
+        .env("RUST_BACKTRACE", "1");
+    test
+}
+
+/// `cargo test` for the root tests: release build, the agent built and
+/// named, the tools the tests call, and root tests required (not skipped).
+fn root_tests(env: &Env) -> Result<Command> {
+    let bin = agent::build(env)?;
+    let mut test = cargo_test(env);
+    test.arg("--release")
+        .env("WEFT_BIN", bin)
+        .env(
+            "WEFT_KUBERNETES_VALIDATE",
+            crate::deploy_tools::kubernetes_validate_path()?,
+        )
+        .env("WEFT_OTLP_PYTHON", crate::otlp_tools::python_path()?)
+        .env("WEFT_REQUIRE_ROOT_TESTS", "1");
+    Ok(test)
+}
+
 /// The root tests whose figures must hold on kernels before 6.3 too.
 const OLDER_KERNEL_PATH_TESTS: &[&str] =
     &["tcp", "udp", "l7_http", "l7_http2", "l7_dns", "l7_redis"];
@@ -128,12 +144,8 @@ fn older_kernels_path(env: &Env) -> Result<()> {
     say(format_args!(
         "the core root tests again, with the older kernels' byte counts (syscall exits)"
     ));
-    let bin = agent::build(env)?;
-    let mut test = env.cargo();
-    test.args(["test", "--release", "-p", "weft-tests", "--no-fail-fast"])
-        .env("RUST_BACKTRACE", "1")
-        .env("WEFT_BIN", bin)
-        .env("WEFT_REQUIRE_ROOT_TESTS", "1")
+    let mut test = root_tests(env)?;
+    test.args(["-p", "weft-tests"])
         .env("WEFT_FORCE_SYSCALL_EXIT_COUNTS", "1");
     for name in OLDER_KERNEL_PATH_TESTS {
         test.args(["--test", name]);

@@ -99,6 +99,10 @@ impl FlowTable {
                 let own =
                     |t: &SockTuple| t.family == 0 || addr::endpoints(t) == addr::endpoints(&tuple);
                 self.l7.close(sk, own, ts_ns, &mut out);
+                // Exchanges its close completed, with no socket view to
+                // name them by (a socket never tracked): counted, not
+                // dropped silently.
+                self.l7_unattributed += out.len() as u64;
             }
         }
     }

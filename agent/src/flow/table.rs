@@ -45,6 +45,8 @@ const SOURCES: &[(u32, &str)] = &[
     (index::TCP_RESET, "tcp_reset"),
     (index::SKB_DROP, "skb_drop"),
     (index::SKB_NOT_DROP, "skb_not_drop"),
+    // Sockets tracked from their first bytes: connected before the agent.
+    (index::TCP_ADOPTED, "tcp_adopted"),
     (index::UDP_PACKET, "udp_packet"),
     // Payload records the kernel sent (what reached the agent is
     // `l7_data`; the difference is in the losses).
@@ -130,6 +132,7 @@ impl FlowTable {
                 biased;
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
+                    self.tcp.set_events_waiting(!events.is_empty());
                     let report = self.poll(&mut seen, started);
                     status.send_replace(report);
                     self.ready.set_ready();

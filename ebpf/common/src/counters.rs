@@ -44,6 +44,9 @@ pub mod index {
     /// A program stopped early because a read of the kernel's record or
     /// packet failed: its event is not seen.
     pub const SKIP_READ_FAILED: u32 = 18;
+    /// A TCP socket moving data whose establishment was not seen, taken
+    /// into the table then (connected before the agent started).
+    pub const TCP_ADOPTED: u32 = 19;
     pub const COUNT: u32 = 24;
 }
 

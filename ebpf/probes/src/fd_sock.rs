@@ -77,7 +77,9 @@ pub fn socket_of_fd(fd: u32) -> Option<(u64, u16)> {
 /// protocol (3) could not be read: the data syscall is not counted.
 #[inline(always)]
 fn layout_mismatch(fd: u32, step: u32) -> Option<(u64, u16)> {
-    let n = crate::maps::count_rare(weft_common::counters::index::SKIP_READ_FAILED);
+    // Its own line says which fd and step; the counter's generic line
+    // would say it a second time.
+    let n = crate::maps::count_rare_unlogged(weft_common::counters::index::SKIP_READ_FAILED);
     if n.is_power_of_two() {
         crate::klog::fd_layout_mismatch(fd, step);
     }

@@ -11,7 +11,6 @@
 //! often it happens.
 
 use aya_log_ebpf::{
-    info,
     macro_support::{Level, level_enabled},
     warn,
 };
@@ -100,7 +99,7 @@ fn log_counted(idx: u32, n: u64) {
 /// a layout that did not match.
 #[inline(always)]
 pub fn fd_layout_mismatch(fd: u32, step: u32) {
-    if level_enabled(Level::Info) {
+    if level_enabled(Level::Warn) {
         log_fd_layout(fd, step);
     }
 }
@@ -108,10 +107,33 @@ pub fn fd_layout_mismatch(fd: u32, step: u32) {
 #[inline(never)]
 fn log_fd_layout(fd: u32, step: u32) {
     let ctx = ();
-    info!(
+    warn!(
         &ctx,
         "fd fallback: fd {} is a socket but step {} of file -> socket -> sock could not be read (BTF offsets do not match?)",
         fd,
         step
+    );
+}
+
+/// A TCP socket moving data whose establishment was not seen was taken
+/// into the table (`TCP_ADOPTED`, the `n`th on this CPU): expected for
+/// connections older than the agent, a missed or raced event otherwise.
+#[inline(always)]
+pub fn adopted(local_port: u16, remote_port: u16, state: u32, n: u64) {
+    if level_enabled(Level::Warn) && n.is_power_of_two() {
+        log_adopted(local_port, remote_port, state, n);
+    }
+}
+
+#[inline(never)]
+fn log_adopted(local_port: u16, remote_port: u16, state: u32, n: u64) {
+    let ctx = ();
+    warn!(
+        &ctx,
+        "adopted a TCP socket whose establishment was not seen (ports {} -> {}, state {}); {} on this CPU",
+        local_port,
+        remote_port,
+        state,
+        n
     );
 }

@@ -97,16 +97,23 @@ pub fn count(idx: u32) {
 /// (0 when the slot is missing), logging it at a power-of-two count.
 #[inline(never)]
 pub fn count_rare(idx: u32) -> u64 {
+    let n = count_rare_unlogged(idx);
+    crate::klog::counted(idx, n);
+    n
+}
+
+/// [`count_rare`] for a caller that logs the event itself, with more to
+/// say than the counter's generic line.
+#[inline(never)]
+pub fn count_rare_unlogged(idx: u32) -> u64 {
     let Some(slot) = COUNTERS.get_ptr_mut(idx) else {
         return 0;
     };
     // SAFETY: the pointer comes from the map and is valid for this CPU.
-    let n = unsafe {
+    unsafe {
         *slot += 1;
         *slot
-    };
-    crate::klog::counted(idx, n);
-    n
+    }
 }
 
 /// Reads the load-time settings without letting the compiler fold the

@@ -160,16 +160,22 @@ pub fn account(sk: u64, protocol: u16, ret: i64, recv: bool) -> StreamPos {
     }
 }
 
-/// Whether the socket's state (`skc_state`, BTF offset) is TCP_CLOSE.
+/// The socket's state (`skc_state`, BTF offset); 0 when unknown.
 #[inline(always)]
-fn is_closed(sk: u64) -> bool {
+fn socket_state(sk: u64) -> u32 {
     let off = config().sock.state;
     if off == weft_common::config::NO_FIELD {
-        return false;
+        return 0;
     }
     // SAFETY: a kernel read through the checked helper.
     let state = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((sk + off as u64) as *const u8) };
-    state.is_ok_and(|s| u32::from(s) == tcp_state::CLOSE)
+    state.map_or(0, u32::from)
+}
+
+/// Whether the socket's state is TCP_CLOSE.
+#[inline(always)]
+fn is_closed(sk: u64) -> bool {
+    socket_state(sk) == tcp_state::CLOSE
 }
 
 /// A TCP socket moving data that was never seen being established: one
@@ -228,6 +234,8 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
     {
         return;
     }
+    let n = crate::maps::count_rare_unlogged(weft_common::counters::index::TCP_ADOPTED);
+    crate::klog::adopted(tuple.local_port, tuple.remote_port, socket_state(sk), n);
     if let Some(conn) = TCP_CONNS.get_ptr(&sk) {
         crate::report::send(EVENT_TCP_OPEN, sk, Some(conn), SockTuple::default());
     }
