@@ -151,6 +151,24 @@ impl Agent {
         cmd.output().expect("run weft client")
     }
 
+    /// The non-zero losses of `weft status` (source, stage, total).
+    pub fn losses(&self) -> Vec<(String, String, u64)> {
+        let status = self.status_json().unwrap_or_default();
+        status["losses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["total"].as_u64().unwrap_or(0) > 0)
+            .map(|l| {
+                (
+                    l["source"].as_str().unwrap_or("").to_owned(),
+                    l["stage"].as_str().unwrap_or("").to_owned(),
+                    l["total"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
     pub fn status_json(&self) -> Option<Value> {
         let out = self.client(&["status", "-o", "json"]);
         if !out.status.success() {
@@ -211,8 +229,9 @@ impl Agent {
         found.unwrap_or_else(|| {
             panic!(
                 "timed out after {:?} waiting for a `{event}` flow matching {filters:?}; \
-                 the records matching were: {last:#?}",
-                timeout * crate::timeout_scale()
+                 the records matching were: {last:#?}; the agent's losses: {:?}",
+                timeout * crate::timeout_scale(),
+                self.losses()
             )
         })
     }
