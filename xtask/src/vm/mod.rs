@@ -321,6 +321,9 @@ fn build_tests(env: &Env, names: &[String]) -> Result<Vec<(String, PathBuf)>> {
     if found.len() != names.len() {
         bail!("built {} test binaries for {names:?}", found.len());
     }
+    // In the order asked for (cargo reports them as they finish), so that
+    // every guest runs them, and the kernel table lists them, alike.
+    found.sort_by_key(|(name, _)| names.iter().position(|n| n == name));
     Ok(found)
 }
 
