@@ -706,12 +706,7 @@ mod tests {
     fn a_socket_whose_close_was_lost_is_closed_after_two_polls() {
         let store = Arc::new(FlowStore::new(100));
         let mut out = emitter(&store);
-        let settings = TcpSettings {
-            update_interval_ns: u64::MAX,
-            close_grace_ns: 0,
-            capacity: 10,
-        };
-        let mut t = TcpTracker::new(settings);
+        let mut t = tracker();
         let ev = open_event(7);
         t.handle(&ev, &mut out);
         assert_eq!(t.len(), 1);
@@ -737,12 +732,7 @@ mod tests {
     fn a_socket_missed_while_events_wait_is_not_taken_for_lost() {
         let store = Arc::new(FlowStore::new(100));
         let mut out = emitter(&store);
-        let settings = TcpSettings {
-            update_interval_ns: u64::MAX,
-            close_grace_ns: 0,
-            capacity: 10,
-        };
-        let mut t = TcpTracker::new(settings);
+        let mut t = tracker();
         let ev = open_event(7);
         t.handle(&ev, &mut out);
         t.set_events_waiting(true);
