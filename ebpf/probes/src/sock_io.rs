@@ -172,12 +172,6 @@ fn socket_state(sk: u64) -> u32 {
     state.map_or(0, u32::from)
 }
 
-/// Whether the socket's state is TCP_CLOSE.
-#[inline(always)]
-fn is_closed(sk: u64) -> bool {
-    socket_state(sk) == tcp_state::CLOSE
-}
-
 /// A TCP socket moving data that was never seen being established: one
 /// connected before the agent started. It is tracked from here on, as
 /// if it opened now (an `open` event), with its addresses from the
@@ -191,7 +185,8 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
     // A connection that closed while this read or write was in progress
     // (a reset, or the syscall exit after the close on kernels that count
     // there) is not one older than the agent: its close was seen.
-    if is_closed(sk) {
+    let state = socket_state(sk);
+    if state == tcp_state::CLOSE {
         return;
     }
     let tuple: SockTuple = crate::capture::sock_tuple(sk);
@@ -235,7 +230,7 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
         return;
     }
     let n = crate::maps::count_rare_unlogged(weft_common::counters::index::TCP_ADOPTED);
-    crate::klog::adopted(tuple.local_port, tuple.remote_port, socket_state(sk), n);
+    crate::klog::adopted(tuple.local_port, tuple.remote_port, state, n);
     if let Some(conn) = TCP_CONNS.get_ptr(&sk) {
         crate::report::send(EVENT_TCP_OPEN, sk, Some(conn), SockTuple::default());
     }

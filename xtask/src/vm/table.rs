@@ -111,23 +111,24 @@ fn previous_row<'a>(table: &'a str, series: &str) -> Option<&'a str> {
     })
 }
 
-/// The table in `readme`, between the markers.
-pub fn in_readme(readme: &str) -> Option<&str> {
+/// Where the table's text lies in `readme`: after the begin marker, up
+/// to the end marker.
+fn bounds(readme: &str) -> Option<(usize, usize)> {
     let start = readme.find(BEGIN)? + BEGIN.len();
     let end = readme[start..].find(END)? + start;
+    Some((start, end))
+}
+
+/// The table in `readme`, between the markers.
+pub fn in_readme(readme: &str) -> Option<&str> {
+    let (start, end) = bounds(readme)?;
     Some(readme[start..end].trim_matches('\n'))
 }
 
 /// `readme` with its table replaced by `table`.
 pub fn replace_in(readme: &str, table: &str) -> Result<String> {
-    let start = readme
-        .find(BEGIN)
-        .context("the README has no kernel-table marker")?
-        + BEGIN.len();
-    let end = readme[start..]
-        .find(END)
-        .context("the README's kernel table has no end marker")?
-        + start;
+    let (start, end) =
+        bounds(readme).context("the README has no kernel-table markers (begin and end)")?;
     Ok(format!(
         "{}\n{}\n{}",
         &readme[..start],
