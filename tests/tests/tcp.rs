@@ -19,8 +19,10 @@ use weft_tests::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn check_exact(ipv6: bool, send: usize, reply: usize, port_offset: u16) {
-    let agent = Agent::start(&[]);
+/// Exact bytes, both processes and the metrics for one connection, with
+/// the agent started under `wrapper` (empty: as is).
+fn check_exact(wrapper: &[&str], ipv6: bool, send: usize, reply: usize, port_offset: u16) {
+    let agent = Agent::start_under(wrapper, &[]);
     let lab = Lab::new();
     let port = unique_port(port_offset);
     let (cip, sip) = if ipv6 {
@@ -111,7 +113,7 @@ fn ipv4_exact_bytes_and_processes() {
     if !require_root("ipv4_exact_bytes_and_processes") {
         return;
     }
-    check_exact(false, 1_000_000, 250_000, 1);
+    check_exact(&[], false, 1_000_000, 250_000, 1);
 }
 
 #[test]
@@ -119,7 +121,31 @@ fn ipv6_exact_bytes_and_processes() {
     if !require_root("ipv6_exact_bytes_and_processes") {
         return;
     }
-    check_exact(true, 300_000, 75_000, 2);
+    check_exact(&[], true, 300_000, 75_000, 2);
+}
+
+/// Without BTF the lifecycle program reads the tracepoint's record instead
+/// of the socket: the same figures, for both families.
+#[test]
+fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
+    if !require_root("the_lifecycle_tracepoint_fallback_gives_the_same_figures") {
+        return;
+    }
+    let forced = ["env", "WEFT_FORCE_LIFECYCLE_TRACEPOINT=1"];
+    {
+        let agent = Agent::start_under(&forced, &[]);
+        let status = agent.status_json().expect("weft status -o json");
+        let programs: Vec<&str> = status["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(programs.contains(&"weft_tcp_state_tp"), "{programs:?}");
+        assert!(!programs.contains(&"weft_tcp_state"), "{programs:?}");
+    }
+    check_exact(&forced, false, 200_000, 50_000, 6);
+    check_exact(&forced, true, 100_000, 25_000, 7);
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
+    },
 };
 
 use super::LoadError;
@@ -93,6 +95,21 @@ impl Attached {
         });
         let attach_point = format!("{category}/{tracepoint}");
         self.record(need, name, "tracepoint", attach_point, result)
+    }
+
+    /// Loads `name` and attaches it to the raw tracepoint `tracepoint`.
+    pub fn raw_tracepoint(
+        &mut self,
+        ebpf: &mut Ebpf,
+        need: Need,
+        name: &'static str,
+        tracepoint: &str,
+    ) -> Result<bool, LoadError> {
+        let result = program_mut::<RawTracePoint>(ebpf, name).and_then(|program| {
+            program.load()?;
+            program.attach(tracepoint).map(drop)
+        });
+        self.record(need, name, "raw_tracepoint", tracepoint.to_owned(), result)
     }
 
     /// Loads `name` and attaches it to the cgroup v2 root.

@@ -63,6 +63,8 @@ pub fn sock_offsets(
             v6_daddr: off("skc_v6_daddr")?,
             v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
             state: off("skc_state")?,
+            protocol: member_offset(btf, "sock", "sk_protocol")?,
+            _pad: 0,
         })
     });
     match found {

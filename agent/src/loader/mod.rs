@@ -130,6 +130,9 @@ struct Prepared {
     /// `tcp:tcp_probe` names its socket (6.4+); before, the program could
     /// only skip every packet, so it is not attached.
     rtt: bool,
+    /// BTF gave the socket's layout: the TCP lifecycle program reads the
+    /// socket from the raw tracepoint's arguments.
+    raw_lifecycle: bool,
     drop_reason_names: BTreeMap<u32, String>,
 }
 
@@ -154,6 +157,7 @@ impl Probes {
         listeners::add_own(&mut ebpf, own_listener)?;
 
         let mut attached = Attached::default();
+        tcp_lifecycle(&mut ebpf, &mut attached, env.raw_lifecycle)?;
         for (prog, category, name) in TRACEPOINT_PROGRAMS {
             if !features::tracepoint_exists(&env.tracefs, category, name) {
                 continue;
@@ -165,12 +169,7 @@ impl Probes {
             if !env.rtt && *prog == "weft_tcp_probe" {
                 continue;
             }
-            let need = if *prog == "weft_tcp_state" {
-                Need::Required
-            } else {
-                Need::Optional
-            };
-            attached.tracepoint(&mut ebpf, need, prog, category, name)?;
+            attached.tracepoint(&mut ebpf, Need::Optional, prog, category, name)?;
         }
         if env.capture || env.fd_fallback {
             capture::attach(&mut ebpf, &mut attached)?;
@@ -198,6 +197,20 @@ impl Probes {
             kernel_log,
         })
     }
+}
+
+/// The TCP lifecycle program, without which the agent sees no TCP: on the
+/// raw tracepoint where the kernel's BTF gives the socket's layout (the
+/// kernel does not skip it while another BPF program runs on the CPU, see
+/// ebpf/probes/src/tcp_state.rs), else, or if the kernel refuses it, on
+/// the tracepoint.
+fn tcp_lifecycle(ebpf: &mut Ebpf, attached: &mut Attached, raw: bool) -> Result<(), LoadError> {
+    let point = "inet_sock_set_state";
+    if raw && attached.raw_tracepoint(ebpf, Need::Optional, "weft_tcp_state", point)? {
+        return Ok(());
+    }
+    attached.tracepoint(ebpf, Need::Required, "weft_tcp_state_tp", "sock", point)?;
+    Ok(())
 }
 
 /// The UDP programs on the cgroup v2 root. Egress with the sending
@@ -318,6 +331,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         capture,
         fd_fallback: fd.enabled != 0,
         rtt,
+        raw_lifecycle: raw_lifecycle(&sock),
         drop_reason_names: reasons,
     })
 }
@@ -343,6 +357,24 @@ fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Set (to anything), the TCP lifecycle program reads the tracepoint's
+/// record, as on a kernel without BTF.
+pub const FORCE_LIFECYCLE_TRACEPOINT: &str = "WEFT_FORCE_LIFECYCLE_TRACEPOINT";
+
+/// Whether the TCP lifecycle program can read the socket itself (its
+/// layout came from BTF).
+fn raw_lifecycle(sock: &weft_common::config::SockOffsets) -> bool {
+    use weft_common::config::NO_FIELD;
+    // For developers: the path of a kernel without BTF, on this one.
+    if std::env::var_os(FORCE_LIFECYCLE_TRACEPOINT).is_some() {
+        log::warn!(
+            "{FORCE_LIFECYCLE_TRACEPOINT} is set: the TCP lifecycle comes from the tracepoint"
+        );
+        return false;
+    }
+    sock.family != NO_FIELD && sock.protocol != NO_FIELD
 }
 
 /// Set (to anything), the agent counts bytes at the data syscalls' exits
@@ -422,9 +454,9 @@ fn capture_feature(config: &Config, tracefs: &Path, features: &mut Vec<FeatureSt
     available
 }
 
-/// (program, tracepoint category, tracepoint name).
+/// The optional tracepoint programs: (program, tracepoint category,
+/// tracepoint name). The TCP lifecycle's is chosen apart (`tcp_lifecycle`).
 const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
-    ("weft_tcp_state", "sock", "inet_sock_set_state"),
     ("weft_sock_send", "sock", "sock_send_length"),
     ("weft_sock_recv", "sock", "sock_recv_length"),
     ("weft_tcp_probe", "tcp", "tcp_probe"),
@@ -473,12 +505,13 @@ fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
     }
 }
 
-/// Handles on the attached tracepoint programs, for their recursion
-/// misses (cgroup_skb programs are not skipped that way).
+/// Handles on the attached tracing programs, for their recursion misses
+/// (cgroup_skb programs are not skipped that way; a raw tracepoint is,
+/// from 6.2, when it interrupts itself).
 fn tracing_fds(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<aya::programs::ProgramFd> {
     programs
         .iter()
-        .filter(|p| p.kind == "tracepoint")
+        .filter(|p| matches!(p.kind.as_str(), "tracepoint" | "raw_tracepoint"))
         .filter_map(|p| ebpf.program(&p.name)?.fd().ok()?.try_clone().ok())
         .collect()
 }

@@ -111,8 +111,12 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u16,
     /// `skc_state` (one byte: TCP_ESTABLISHED, ..., TCP_TIME_WAIT).
     pub state: u16,
+    /// `u16 sk_protocol` of `struct sock` (a plain member since 5.6): the
+    /// raw TCP lifecycle program leaves other protocols out with it.
+    pub protocol: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 20);
 
 impl SockOffsets {
     pub const ABSENT: Self = Self {
@@ -124,6 +128,8 @@ impl SockOffsets {
         v6_daddr: NO_FIELD,
         v6_rcv_saddr: NO_FIELD,
         state: NO_FIELD,
+        protocol: NO_FIELD,
+        _pad: 0,
     };
 }
 
@@ -266,7 +272,7 @@ pub struct ProbeConfig {
     pub netns: NetnsOffsets,
     pub fd: FdOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 188);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 192);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {

@@ -1,12 +1,33 @@
 //! The TCP lifecycle from `sock:inet_sock_set_state`.
 //!
-//! Assumed record (include/trace/events/sock.h): skaddr, oldstate,
-//! newstate, sport, dport (host order), family, protocol, saddr[4],
-//! daddr[4], saddr_v6[16], daddr_v6[16]; `s*` is the socket's own side.
+//! Two programs share the logic below and differ in where a change's
+//! details come from:
+//!
+//! - `weft_tcp_state`, on the raw tracepoint: the tracepoint's arguments
+//!   (`sk`, `oldstate`, `newstate`), with the socket's protocol and
+//!   addresses read from the socket at offsets from the kernel's BTF. The
+//!   one attached wherever BTF gives those offsets. A raw tracepoint is
+//!   not skipped while another BPF program runs on the CPU: the kernel
+//!   checks that only for the perf-event tracepoints, and a close in
+//!   softirq that interrupts a syscall-exit capture program would be lost
+//!   (and never counted before 6.7). From 6.2 a raw tracepoint is skipped
+//!   only when it interrupts itself, and the kernel counts that.
+//! - `weft_tcp_state_tp`, on the tracepoint, when the kernel has no BTF:
+//!   the record (include/trace/events/sock.h): skaddr, oldstate, newstate,
+//!   sport, dport (host order), family, protocol, saddr[4], daddr[4],
+//!   saddr_v6[16], daddr_v6[16]; `s*` is the socket's own side.
+//!
+//! Both see the same values: the tracepoint's record is filled from the
+//! same socket fields at the same moment.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use weft_common::{
     AF_INET6, IPPROTO_TCP, SockTuple,
+    config::NO_FIELD,
     conn::{
         CONN_ACTIVE, CONN_AGENT, CONN_ESTABLISHED, CONN_OWNER_EXACT, CONN_PASSIVE, ListenKey,
         TcpConn, tcp_state,
@@ -21,24 +42,105 @@ use crate::{
     tp::{Skip, field},
 };
 
-#[tracepoint]
-pub fn weft_tcp_state(ctx: TracePointContext) -> u32 {
-    crate::tp::counted(try_tcp_state(&ctx));
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn weft_tcp_state(ctx: RawTracePointContext) -> u32 {
+    crate::tp::counted(try_raw(&ctx));
     0
 }
 
-fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
+#[tracepoint]
+pub fn weft_tcp_state_tp(ctx: TracePointContext) -> u32 {
+    crate::tp::counted(try_record(&ctx));
+    0
+}
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.
+fn try_raw(ctx: &RawTracePointContext) -> Result<(), Skip> {
+    let sk: u64 = ctx.arg(0);
+    let protocol_at = config().sock.protocol;
+    if protocol_at == NO_FIELD {
+        return Err(Skip::MissingField);
+    }
+    // SAFETY: a kernel read through the checked helper.
+    let protocol = unsafe { bpf_probe_read_kernel((sk + protocol_at as u64) as *const u16) }
+        .map_err(|_| Skip::ReadFailed)?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    changed(&FromSock { sk }, old as u32, new as u32)
+}
+
+fn try_record(ctx: &TracePointContext) -> Result<(), Skip> {
     let off = &config().offsets;
     let protocol: u16 = field(ctx, off.state_protocol)?;
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    count(index::TCP_STATE);
     let sk: u64 = field(ctx, off.state_skaddr)?;
     let old: i32 = field(ctx, off.state_oldstate)?;
     let new: i32 = field(ctx, off.state_newstate)?;
-    let (old, new) = (old as u32, new as u32);
+    changed(&FromRecord { ctx, sk }, old as u32, new as u32)
+}
 
+/// A TCP socket's state change, and where its details are read.
+trait Change {
+    fn sk(&self) -> u64;
+    /// The socket's address pair.
+    fn tuple(&self) -> Result<SockTuple, Skip>;
+    /// The socket's local port and address family.
+    fn port_family(&self) -> Result<(u16, u16), Skip>;
+}
+
+/// Details read from the socket (the raw tracepoint).
+struct FromSock {
+    sk: u64,
+}
+
+impl Change for FromSock {
+    fn sk(&self) -> u64 {
+        self.sk
+    }
+    fn tuple(&self) -> Result<SockTuple, Skip> {
+        let t = crate::capture::sock_tuple(self.sk);
+        if t.family == 0 {
+            return Err(Skip::ReadFailed);
+        }
+        Ok(t)
+    }
+    fn port_family(&self) -> Result<(u16, u16), Skip> {
+        let t = self.tuple()?;
+        Ok((t.local_port, t.family))
+    }
+}
+
+/// Details from the tracepoint's record.
+struct FromRecord<'a> {
+    ctx: &'a TracePointContext,
+    sk: u64,
+}
+
+impl Change for FromRecord<'_> {
+    fn sk(&self) -> u64 {
+        self.sk
+    }
+    fn tuple(&self) -> Result<SockTuple, Skip> {
+        read_tuple(self.ctx)
+    }
+    fn port_family(&self) -> Result<(u16, u16), Skip> {
+        let off = &config().offsets;
+        Ok((
+            field(self.ctx, off.state_sport)?,
+            field(self.ctx, off.state_family)?,
+        ))
+    }
+}
+
+#[inline(always)]
+fn changed<C: Change>(c: &C, old: u32, new: u32) -> Result<(), Skip> {
+    count(index::TCP_STATE);
+    let sk = c.sk();
     match (old, new) {
         // connect(): process context, so this is where the client's
         // owner is known. The local port may not be chosen yet.
@@ -47,11 +149,11 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
             if owner::is_agent() {
                 flags |= CONN_AGENT;
             }
-            insert(ctx, sk, flags, OwnerFrom::Current, new)
+            insert(c, flags, OwnerFrom::Current, new)
         }
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
-            let key = listen_key(ctx, sk)?;
+            let key = listen_key(c)?;
             if TCP_LISTENERS.insert(&key, &owner::current(), 0).is_err() {
                 count(index::LOST_MAP_LISTENER);
             }
@@ -60,11 +162,11 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
         // A child socket created from a listener (softirq): borrow the
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let (flags, owner) = accepted(ctx, sk)?;
-            insert(ctx, sk, flags, owner, new)
+            let (flags, owner) = accepted(c)?;
+            insert(c, flags, owner, new)
         }
-        (_, tcp_state::ESTABLISHED) => established(ctx, sk, old),
-        (_, tcp_state::CLOSE) => closed(ctx, sk),
+        (_, tcp_state::ESTABLISHED) => established(c, old),
+        (_, tcp_state::CLOSE) => closed(c),
         _ => {
             if let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) {
                 // SAFETY: a valid pointer into the map value.
@@ -78,9 +180,9 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), Skip> {
 /// The flags and owner of a socket accepted by a listener: its
 /// listener's owner, and whether it is the agent's (a connection to its
 /// metrics endpoint is the agent's traffic: not reported).
-fn accepted(ctx: &TracePointContext, sk: u64) -> Result<(u32, OwnerFrom), Skip> {
+fn accepted<C: Change>(c: &C) -> Result<(u32, OwnerFrom), Skip> {
     // The child is in its listener's namespace, on its port.
-    let key = listen_key(ctx, sk)?;
+    let key = listen_key(c)?;
     let listener = TCP_LISTENERS.get_ptr(&key);
     let mut flags = CONN_PASSIVE;
     // SAFETY: a valid pointer into the map value.
@@ -108,14 +210,9 @@ enum OwnerFrom {
 /// Starts tracking `sk`. The record is built in this CPU's
 /// `CONN_SCRATCH` slot, not on the stack (see maps.rs).
 #[inline(always)]
-fn insert(
-    ctx: &TracePointContext,
-    sk: u64,
-    flags: u32,
-    owner: OwnerFrom,
-    state: u32,
-) -> Result<(), Skip> {
-    let tuple = read_tuple(ctx)?;
+fn insert<C: Change>(c: &C, flags: u32, owner: OwnerFrom, state: u32) -> Result<(), Skip> {
+    let sk = c.sk();
+    let tuple = c.tuple()?;
     let conn = CONN_SCRATCH.get_ptr_mut(0).ok_or(Skip::ReadFailed)?;
     // SAFETY: this CPU's scratch record; `Listener` points into a map
     // value that outlives this call.
@@ -139,8 +236,9 @@ fn insert(
     Ok(())
 }
 
-fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
-    let tuple = read_tuple(ctx)?;
+fn established<C: Change>(c: &C, old: u32) -> Result<(), Skip> {
+    let sk = c.sk();
+    let tuple = c.tuple()?;
     let conn = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(conn) => conn,
         None => {
@@ -151,9 +249,9 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
             let (flags, owner) = if old == tcp_state::SYN_SENT {
                 (CONN_ACTIVE, OwnerFrom::Unknown)
             } else {
-                accepted(ctx, sk)?
+                accepted(c)?
             };
-            insert(ctx, sk, flags, owner, tcp_state::ESTABLISHED)?;
+            insert(c, flags, owner, tcp_state::ESTABLISHED)?;
             TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
         }
     };
@@ -167,11 +265,12 @@ fn established(ctx: &TracePointContext, sk: u64, old: u32) -> Result<(), Skip> {
     Ok(())
 }
 
-fn closed(ctx: &TracePointContext, sk: u64) -> Result<(), Skip> {
+fn closed<C: Change>(c: &C) -> Result<(), Skip> {
+    let sk = c.sk();
     let Some(conn) = TCP_CONNS.get_ptr_mut(&sk) else {
         return Ok(());
     };
-    let tuple = read_tuple(ctx)?;
+    let tuple = c.tuple()?;
     // SAFETY: a valid pointer into the map value.
     let established = unsafe {
         if tuple.local_port != 0 {
@@ -204,16 +303,16 @@ fn emit(sk: u64, conn: *const TcpConn, kind: u32) {
 
 /// The listening port of `sk` (a listener or a child of one) in its
 /// network namespace.
-fn listen_key(ctx: &TracePointContext, sk: u64) -> Result<ListenKey, Skip> {
-    let off = &config().offsets;
+fn listen_key<C: Change>(c: &C) -> Result<ListenKey, Skip> {
+    let (port, family) = c.port_family()?;
     Ok(ListenKey {
-        netns: crate::netns::of_socket(sk),
-        port: field(ctx, off.state_sport)?,
-        family: field(ctx, off.state_family)?,
+        netns: crate::netns::of_socket(c.sk()),
+        port,
+        family,
     })
 }
 
-/// The socket's address pair from the tracepoint record.
+/// The socket's address pair from the tracepoint's record.
 fn read_tuple(ctx: &TracePointContext) -> Result<SockTuple, Skip> {
     let off = &config().offsets;
     let family: u16 = field(ctx, off.state_family)?;
