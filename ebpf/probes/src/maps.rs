@@ -54,13 +54,32 @@ pub static DATA: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub static DATA_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// One TCP connection record being built, per CPU. A `TcpConn` built on
+/// TCP connection records being built, per CPU. A `TcpConn` built on
 /// the stack next to its callers' frames put `weft_tcp_state` over the
 /// verifier's 512-byte combined stack on kernels without a private stack
 /// for tracing programs (before 6.17): it is filled here and copied into
 /// `TCP_CONNS` from map memory.
+///
+/// One slot per program that may be running on the CPU at once: slot
+/// `SCRATCH_ADOPT` for the data programs (process context, tracepoints:
+/// never interrupted by another tracepoint program), and from
+/// `SCRATCH_LIFECYCLE` one per nesting level of the lifecycle program,
+/// a raw tracepoint, which the kernel lets a softirq run in the middle of
+/// a data program or of itself (a connect() in process context; from 6.2
+/// the kernel skips a program's run inside its own).
 #[map]
-pub static CONN_SCRATCH: PerCpuArray<TcpConn> = PerCpuArray::with_max_entries(1, 0);
+pub static CONN_SCRATCH: PerCpuArray<TcpConn> =
+    PerCpuArray::with_max_entries(SCRATCH_LIFECYCLE + LIFECYCLE_NESTING, 0);
+pub const SCRATCH_ADOPT: u32 = 0;
+pub const SCRATCH_LIFECYCLE: u32 = 1;
+/// Process context and one softirq over it.
+pub const LIFECYCLE_NESTING: u32 = 2;
+
+/// How many runs of the lifecycle program are building a record on this
+/// CPU (the index of the next free `CONN_SCRATCH` slot, from
+/// `SCRATCH_LIFECYCLE`).
+#[map]
+pub static LIFECYCLE_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU event and loss counters, see `weft_common::counters::index`.
 #[map]

@@ -198,7 +198,7 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
     } else {
         CONN_ACTIVE
     };
-    let Some(conn) = CONN_SCRATCH.get_ptr_mut(0) else {
+    let Some(conn) = CONN_SCRATCH.get_ptr_mut(crate::maps::SCRATCH_ADOPT) else {
         return;
     };
     // SAFETY: this CPU's scratch record (a `TcpConn` is too large for the

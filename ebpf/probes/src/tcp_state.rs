@@ -37,7 +37,10 @@ use weft_common::{
 };
 
 use crate::{
-    maps::{CONN_SCRATCH, TCP_CONNS, TCP_LISTENERS, config, count},
+    maps::{
+        CONN_SCRATCH, LIFECYCLE_DEPTH, LIFECYCLE_NESTING, SCRATCH_LIFECYCLE, TCP_CONNS,
+        TCP_LISTENERS, config, count,
+    },
     owner,
     tp::{Skip, field},
 };
@@ -207,13 +210,46 @@ enum OwnerFrom {
     Unknown,
 }
 
-/// Starts tracking `sk`. The record is built in this CPU's
-/// `CONN_SCRATCH` slot, not on the stack (see maps.rs).
+/// Starts tracking `sk`. The record is built in a `CONN_SCRATCH` slot of
+/// this CPU, not on the stack: the next free one, as a softirq's run can
+/// interrupt a run in process context (see maps.rs).
 #[inline(always)]
 fn insert<C: Change>(c: &C, flags: u32, owner: OwnerFrom, state: u32) -> Result<(), Skip> {
-    let sk = c.sk();
     let tuple = c.tuple()?;
-    let conn = CONN_SCRATCH.get_ptr_mut(0).ok_or(Skip::ReadFailed)?;
+    let depth = LIFECYCLE_DEPTH.get_ptr_mut(0).ok_or(Skip::ReadFailed)?;
+    // SAFETY: this CPU's counter; a run that interrupts this one restores
+    // it before this one goes on.
+    let level = unsafe { *depth };
+    if level >= LIFECYCLE_NESTING {
+        // A third run at once on one CPU: no context does that.
+        return Err(Skip::ReadFailed);
+    }
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    let result = build(
+        c.sk(),
+        tuple,
+        SCRATCH_LIFECYCLE + level,
+        flags,
+        owner,
+        state,
+    );
+    // SAFETY: as above.
+    unsafe { *depth = level };
+    result
+}
+
+/// Fills the scratch record `slot` and copies it into `TCP_CONNS`.
+#[inline(always)]
+fn build(
+    sk: u64,
+    tuple: SockTuple,
+    slot: u32,
+    flags: u32,
+    owner: OwnerFrom,
+    state: u32,
+) -> Result<(), Skip> {
+    let conn = CONN_SCRATCH.get_ptr_mut(slot).ok_or(Skip::ReadFailed)?;
     // SAFETY: this CPU's scratch record; `Listener` points into a map
     // value that outlives this call.
     unsafe {
