@@ -58,7 +58,7 @@ pub fn sock_offsets(
             daddr: off("skc_daddr")?,
             rcv_saddr: off("skc_rcv_saddr")?,
             dport: off("skc_dport")?,
-            num: off("skc_num")?,
+            sport: member_offset(btf, "inet_sock", "inet_sport")?,
             family: off("skc_family")?,
             v6_daddr: off("skc_v6_daddr")?,
             v6_rcv_saddr: off("skc_v6_rcv_saddr")?,

@@ -96,8 +96,9 @@ impl TracepointOffsets {
     };
 }
 
-/// Offsets of `struct sock_common` members, from the kernel's BTF, for
-/// reading a socket's addresses where no tracepoint gives them. `NO_FIELD`
+/// Offsets of socket members (`struct sock_common`, `struct sock`,
+/// `struct inet_sock`), from the kernel's BTF, for reading a socket's
+/// addresses where no tracepoint gives them. `NO_FIELD`
 /// when unknown (no BTF): then only what tracepoints carry is known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +106,10 @@ pub struct SockOffsets {
     pub daddr: u16,
     pub rcv_saddr: u16,
     pub dport: u16,
-    pub num: u16,
+    /// `inet_sock.inet_sport` (network order), the local port. Not
+    /// `skc_num`: a close that releases the port zeroes that before the
+    /// lifecycle tracepoint fires and before the socket's last reads.
+    pub sport: u16,
     pub family: u16,
     pub v6_daddr: u16,
     pub v6_rcv_saddr: u16,
@@ -123,7 +127,7 @@ impl SockOffsets {
         daddr: NO_FIELD,
         rcv_saddr: NO_FIELD,
         dport: NO_FIELD,
-        num: NO_FIELD,
+        sport: NO_FIELD,
         family: NO_FIELD,
         v6_daddr: NO_FIELD,
         v6_rcv_saddr: NO_FIELD,

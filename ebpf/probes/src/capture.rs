@@ -348,9 +348,9 @@ pub fn sock_tuple(sk: u64) -> SockTuple {
     unsafe {
         let at = |off: u16| (sk + off as u64) as *const u8;
         t.family = bpf_probe_read_kernel(at(o.family).cast::<u16>()).unwrap_or(0);
-        // skc_num is the local port in host order, skc_dport the remote
-        // one in network order.
-        t.local_port = bpf_probe_read_kernel(at(o.num).cast::<u16>()).unwrap_or(0);
+        // Both ports in network order. inet_sport, not skc_num: the
+        // port stays known after a close released it (see SockOffsets).
+        t.local_port = u16::from_be(bpf_probe_read_kernel(at(o.sport).cast::<u16>()).unwrap_or(0));
         t.remote_port = u16::from_be(bpf_probe_read_kernel(at(o.dport).cast::<u16>()).unwrap_or(0));
         if t.family == AF_INET6 {
             t.local_addr =
