@@ -56,6 +56,23 @@ impl FlowTable {
         let Some(view) = self.socket_view(&rec.header) else {
             if !self.is_own_traffic(&rec.header) {
                 self.l7_unattributed += 1;
+                let h = &rec.header;
+                // At power-of-two counts: what was lost, without a line
+                // per record.
+                let level = log_level(self.l7_unattributed);
+                log::log!(
+                    level,
+                    "payload record of an untracked socket {:#x} ({:?}, pid {}): {} bytes {}",
+                    h.sk,
+                    addr::endpoints(&h.tuple),
+                    h.pid,
+                    h.total_len,
+                    if h.direction == DIR_SEND {
+                        "sent"
+                    } else {
+                        "received"
+                    },
+                );
             }
             return;
         };
@@ -102,7 +119,16 @@ impl FlowTable {
                 // Exchanges its close completed, with no socket view to
                 // name them by (a socket never tracked): counted, not
                 // dropped silently.
+                let before = self.l7_unattributed;
                 self.l7_unattributed += out.len() as u64;
+                if !out.is_empty() {
+                    log::log!(
+                        log_level_since(before, self.l7_unattributed),
+                        "close of an untracked socket {sk:#x} ({:?}) completed {} exchanges",
+                        addr::endpoints(&tuple),
+                        out.len()
+                    );
+                }
             }
         }
     }
@@ -325,6 +351,21 @@ impl FlowTable {
         }
         let (local, remote) = addr::endpoints(&h.tuple);
         h.tuple.family != 0 && self.tcp.is_own_pair(local, remote)
+    }
+}
+
+/// Info when `n` (a loss count) is a power of two, else debug.
+fn log_level(n: u64) -> log::Level {
+    log_level_since(n - 1, n)
+}
+
+/// Info when a loss count going from `before` to `after` passed a power
+/// of two, else debug.
+fn log_level_since(before: u64, after: u64) -> log::Level {
+    if before == 0 || (after > before && after.ilog2() != before.ilog2()) {
+        log::Level::Info
+    } else {
+        log::Level::Debug
     }
 }
 
