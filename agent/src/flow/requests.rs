@@ -59,9 +59,9 @@ impl FlowTable {
                 let h = &rec.header;
                 // At power-of-two counts: what was lost, without a line
                 // per record.
-                let level = log_level(self.l7_unattributed);
+                let n = self.l7_unattributed;
                 log::log!(
-                    level,
+                    log_level_since(n - 1, n),
                     "payload record of an untracked socket {:#x} ({:?}, pid {}): {} bytes {}",
                     h.sk,
                     addr::endpoints(&h.tuple),
@@ -352,11 +352,6 @@ impl FlowTable {
         let (local, remote) = addr::endpoints(&h.tuple);
         h.tuple.family != 0 && self.tcp.is_own_pair(local, remote)
     }
-}
-
-/// Info when `n` (a loss count) is a power of two, else debug.
-fn log_level(n: u64) -> log::Level {
-    log_level_since(n - 1, n)
 }
 
 /// Info when a loss count going from `before` to `after` passed a power
