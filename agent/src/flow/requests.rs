@@ -116,6 +116,14 @@ impl FlowTable {
                 let own =
                     |t: &SockTuple| t.family == 0 || addr::endpoints(t) == addr::endpoints(&tuple);
                 self.l7.close(sk, own, ts_ns, &mut out);
+                // A client of the agent's own endpoints (a scrape): its
+                // payload can be read before the event that tells the
+                // agent's end of it, and so have a stream. It is left out
+                // on purpose, not lost.
+                let (local, remote) = addr::endpoints(&tuple);
+                if self.tcp.is_own_pair(local, remote) {
+                    return;
+                }
                 // Exchanges its close completed, with no socket view to
                 // name them by (a socket never tracked): counted, not
                 // dropped silently.
@@ -241,6 +249,11 @@ impl FlowTable {
     }
 
     fn emit_exchanges(&mut self, view: &SocketView, out: Vec<weft_l7::Exchange>) {
+        // A view made from a record read before the agent knew the
+        // connection for one of its own (see `stream_closing`).
+        if out.is_empty() || self.tcp.is_own(&view.key) {
+            return;
+        }
         let direction = if view.is_client {
             TrafficDirection::Egress
         } else {
