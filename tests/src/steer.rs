@@ -35,6 +35,23 @@ impl Backend {
         }
     }
 
+    /// Replaces its server with one that accepts every connect and
+    /// answers every request with `status` (`tests/peers/http_server.py`);
+    /// [`Backend::stop`] and [`Backend::start`] bring the usual one back.
+    pub fn answer_every_request_with(&mut self, status: u16) {
+        self.stop();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
+        let (ip, port, status) = (
+            self.addr.ip().to_string(),
+            self.addr.port().to_string(),
+            status.to_string(),
+        );
+        let args = ["python3", script, &ip, &port, &status];
+        let mut server = Peer::start(&self.name, &self.ns, &args);
+        server.wait_tcp(&self.ns, self.addr, Duration::from_secs(20));
+        self.server = Some(server);
+    }
+
     /// Starts the server again after [`Backend::stop`]; returns once it
     /// accepts connections.
     pub fn start(&mut self) {

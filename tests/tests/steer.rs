@@ -1,8 +1,9 @@
 //! Steering: connects to a service address are balanced in the kernel over
 //! real HTTP servers in backend namespaces, every connect accounted for in
 //! flow records and metrics; a service with no backend refuses at once;
-//! session affinity keeps each client namespace on its backend; steering
-//! survives the agent being killed, and `weft cleanup` leaves nothing of
+//! session affinity keeps each client namespace on its backend; passive
+//! health ejects a backend whose connects fail, or that answers with
+//! errors where `eject_on_l7_errors` is on; steering survives the agent being killed, and `weft cleanup` leaves nothing of
 //! it in the kernel.
 //!
 //! Steering state is one per node (pinned under bpffs), so these tests run
@@ -543,7 +544,7 @@ fn bad_steering_configuration_exits_2_naming_the_field() {
             "policies[0].to.service",
         ),
         (
-            format!("{web}health:\n  eject_on_l7_errors: true\n"),
+            format!("l7_capture_bytes: 0\n{web}health:\n  eject_on_l7_errors: true\n"),
             "health.eject_on_l7_errors",
         ),
     ] {
@@ -701,6 +702,110 @@ fn a_failing_backend_is_ejected_and_comes_back() {
     let back = health_records(&agent, "health", "returned");
     assert_eq!(back.len(), 1, "{back:?}");
     assert_eq!(back[0]["destination"]["port"], dead.port());
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// One curl at a time from the lab's client: the HTTP status it got from
+/// the service address (`000` when its connect failed).
+fn one_status(lab: &SteerLab, port: u16) -> String {
+    let lines = lab.curls(port, 1);
+    let line = lines.first().map(String::as_str).unwrap_or("");
+    // Body (which may hold spaces), status, peer.
+    let fields: Vec<&str> = line.rsplitn(3, ' ').collect();
+    assert_eq!(fields.len(), 3, "curl output {line:?}");
+    fields[1].to_owned()
+}
+
+#[test]
+fn a_backend_answering_errors_is_ejected_with_eject_on_l7_errors() {
+    if !require_root("a_backend_answering_errors_is_ejected_with_eject_on_l7_errors") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(10);
+    let mut lab = SteerLab::new(3, port);
+    let mut errs = lab.service_yaml("errs", 80, &[1, 1, 1]);
+    errs.push_str(
+        "    health: {consecutive_failures: 3, base_ejection_time: 60s, eject_on_l7_errors: true}\n",
+    );
+    // The same backends behind a service that counts failed connects only
+    // (the default).
+    let mut plain = lab.service_yaml("plain", 81, &[1, 1, 1]);
+    plain.push_str("    health: {consecutive_failures: 3}\n");
+    let cfg = config("l7errs", &[errs, plain]);
+    let agent = start(&cfg);
+    let bad = lab.backends[1].addr;
+    lab.backends[1].answer_every_request_with(503);
+
+    // One request at a time (each a new connection, which the backend
+    // accepts) until three have got a 503: each is counted before the
+    // next, and two in a row leave the backend in.
+    let mut errors = 0;
+    for _ in 0..300 {
+        let status = one_status(&lab, 80);
+        if status != "503" {
+            assert_eq!(status, "200");
+            continue;
+        }
+        errors += 1;
+        if errors == 3 {
+            break;
+        }
+        let b = wait_for("the error counted", Duration::from_secs(5), || {
+            let b = backend_state(&agent, "errs", bad);
+            (b["recent_l7_errors"] == errors).then_some(b)
+        });
+        assert_eq!(b["state"], "active", "ejected after {errors} errors: {b}");
+        assert_eq!(b["recent_failures"], 0, "{b}");
+    }
+    assert_eq!(
+        errors, 3,
+        "fewer than 3 requests reached the failing backend"
+    );
+    let ejected = wait_for("the ejection", Duration::from_secs(5), || {
+        let b = backend_state(&agent, "errs", bad);
+        (b["state"] == "ejected").then_some(b)
+    });
+    assert_eq!(ejected["reason"], "consecutive_l7_errors", "{ejected}");
+    assert_eq!(ejected["ejections"], 1, "{ejected}");
+
+    // Out of rotation: the next 100 requests all get a 200.
+    for _ in 0..100 {
+        assert_eq!(one_status(&lab, 80), "200");
+    }
+    let records = health_records(&agent, "errs", "ejected");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["destination"]["port"], bad.port());
+    assert_eq!(r["destination"]["ip"], bad.ip().to_string().as_str());
+    assert_eq!(r["health"]["reason"], "consecutive_l7_errors", "{r}");
+    assert_eq!(r["health"]["consecutive_failures"], 3, "{r}");
+    let backend_label = format!("backend=\"{bad}\"");
+    let labels = [
+        "service=\"errs\"",
+        backend_label.as_str(),
+        "reason=\"consecutive_l7_errors\"",
+    ];
+    assert_eq!(
+        agent.metric_sum("weft_service_backend_ejections_total", &labels),
+        1.0
+    );
+
+    // Behind the other service the same backend stays in: its 503s are
+    // answers, and its connects succeed.
+    let mut plain_errors = 0;
+    for _ in 0..30 {
+        if one_status(&lab, 81) == "503" {
+            plain_errors += 1;
+        }
+    }
+    assert!(plain_errors >= 3, "{plain_errors} of 30 requests got a 503");
+    std::thread::sleep(Duration::from_millis(500));
+    let b = backend_state(&agent, "plain", bad);
+    assert_eq!(b["state"], "active", "{b}");
+    assert_eq!(b["recent_l7_errors"], 0, "{b}");
+    assert!(health_records(&agent, "plain", "ejected").is_empty());
     let _ = std::fs::remove_file(cfg);
 }
 

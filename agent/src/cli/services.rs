@@ -57,7 +57,7 @@ pub fn table(services: &[ServiceReport]) -> String {
     }
     let mut t = Table::new(&[
         "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS", "FAILS",
-        "REFUSED", "AFFINITY",
+        "L7ERRS", "REFUSED", "AFFINITY",
     ]);
     for s in services {
         let front = format!("{}", std::net::SocketAddr::new(s.address, s.port));
@@ -69,7 +69,7 @@ pub fn table(services: &[ServiceReport]) -> String {
             ),
             None => s.session_affinity.clone(),
         };
-        let head = |t: &mut Table, rest: [String; 5]| {
+        let head = |t: &mut Table, rest: [String; 6]| {
             let mut row = vec![
                 s.name.clone(),
                 front.clone(),
@@ -84,7 +84,14 @@ pub fn table(services: &[ServiceReport]) -> String {
         if s.backends.is_empty() {
             head(
                 &mut t,
-                ["-".into(), "-".into(), "-".into(), "-".into(), "-".into()],
+                [
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
             );
         }
         for b in &s.backends {
@@ -101,6 +108,7 @@ pub fn table(services: &[ServiceReport]) -> String {
                     state,
                     b.connections.to_string(),
                     b.recent_failures.to_string(),
+                    b.recent_l7_errors.to_string(),
                 ],
             );
         }
@@ -130,6 +138,7 @@ mod tests {
                 reason: None,
                 connections: 7,
                 recent_failures: 2,
+                recent_l7_errors: 4,
                 ejections: 0,
                 active_connections: None,
             }],
@@ -152,6 +161,7 @@ mod tests {
             lines[1].contains("10.0.1.2:8080")
                 && lines[1].contains(" 7 ")
                 && lines[1].contains(" 2 ")
+                && lines[1].contains(" 4 ")
                 && lines[1].ends_with("client_ip 3h"),
             "{text}"
         );

@@ -291,8 +291,9 @@ pub fn validate(
     Ok(())
 }
 
-/// Refuses what this version parses but does not enforce yet, so that a
-/// configuration never promises more than the kernel does.
+/// Refuses what this version parses but does not enforce yet, and
+/// `eject_on_l7_errors` without the L7 capture it reads errors from, so
+/// that a configuration never promises more than the agent does.
 pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     const LATER: &str = "is not supported by this version of weft yet (README \"Steering\")";
     if c.kubernetes_services {
@@ -301,17 +302,26 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     if !c.policies.is_empty() {
         return Err(field("policies".into(), &c.policies[0].name, LATER));
     }
-    if c.health.eject_on_l7_errors {
-        return Err(field("health.eject_on_l7_errors".into(), true, LATER));
-    }
-    for (i, s) in c.services.iter().enumerate() {
-        if s.health.eject_on_l7_errors == Some(true) {
+    // Error responses are read from captured payload.
+    const NEEDS_L7: &str = "needs L7 capture, which `l7_capture_bytes: 0` turns off";
+    if c.l7_capture_bytes == 0 {
+        if c.health.eject_on_l7_errors
+            && c.services
+                .iter()
+                .any(|s| s.health.eject_on_l7_errors != Some(false))
+        {
+            return Err(field("health.eject_on_l7_errors".into(), true, NEEDS_L7));
+        }
+        if let Some(i) = (c.services.iter()).position(|s| s.health.eject_on_l7_errors == Some(true))
+        {
             return Err(field(
                 format!("services[{i}].health.eject_on_l7_errors"),
                 true,
-                LATER,
+                NEEDS_L7,
             ));
         }
+    }
+    for (i, s) in c.services.iter().enumerate() {
         if s.address.is_ipv6() {
             return Err(field(
                 format!("services[{i}].address"),
@@ -512,6 +522,28 @@ mod tests {
         assert!(e.contains("session_affinity"), "{e}");
         let e = err(&format!("{WEB}    health: {{consecutive_failures: 0}}\n"));
         assert!(e.contains("services[0].health.consecutive_failures"), "{e}");
+    }
+
+    #[test]
+    fn eject_on_l7_errors_needs_l7_capture() {
+        let on = format!("{WEB}    health: {{eject_on_l7_errors: true}}\n");
+        let c = Config::from_yaml(&on).unwrap();
+        c.validate().unwrap();
+        assert!(c.health.with(&c.services[0].health).eject_on_l7_errors);
+        let e = err(&format!("l7_capture_bytes: 0\n{on}"));
+        assert!(
+            e.contains("services[0].health.eject_on_l7_errors") && e.contains("l7_capture_bytes"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "l7_capture_bytes: 0\nhealth: {{eject_on_l7_errors: true}}\n{WEB}"
+        ));
+        assert!(e.contains("health.eject_on_l7_errors"), "{e}");
+        // Every service turns it off again: nothing needs the payload.
+        let off = format!(
+            "l7_capture_bytes: 0\nhealth: {{eject_on_l7_errors: true}}\n{WEB}    health: {{eject_on_l7_errors: false}}\n"
+        );
+        Config::from_yaml(&off).unwrap().validate().unwrap();
     }
 
     #[test]

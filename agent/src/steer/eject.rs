@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use super::{
-    health::{ConnectOutcome, HealthChange},
+    health::{ConnectOutcome, HealthChange, L7_ERRORS},
     plan::ip_of,
     report::{EjectionLabels, Reporter},
 };
@@ -42,8 +42,13 @@ impl Reporter {
                 reason: change.reason.clone(),
             })
             .inc();
+        let what = if change.reason == L7_ERRORS {
+            "error responses"
+        } else {
+            "failed connects"
+        };
         log::warn!(
-            "service {}: backend {} ejected for {}s after {} failed connects in a row",
+            "service {}: backend {} ejected for {}s after {} {what} in a row",
             o.service,
             o.backend,
             change.ejection_time_s,

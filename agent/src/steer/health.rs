@@ -1,6 +1,9 @@
 //! Passive health (outlier ejection), with Envoy's semantics: a backend
 //! whose connects fail `consecutive_failures` times in a row is taken out
-//! of its service's rotation for `base_ejection_time` times the number of
+//! of its service's rotation (with `eject_on_l7_errors`, also one that
+//! answers that many requests in a row with an HTTP 5xx or gRPC
+//! `UNAVAILABLE`: Envoy's `consecutive_5xx`, kept apart from connect
+//! failures as Envoy does with `split_external_local_origin_errors`) for `base_ejection_time` times the number of
 //! times it has been ejected, and comes back by itself when that passes.
 //! At most `max_ejection_percent` of a service's backends are out at once
 //! (counting the one about to go), except that one may always go while
@@ -27,6 +30,10 @@ pub enum Outcome {
     Connected,
     /// Refused, reset or timed out (the flow record's `failure`).
     Failed(crate::flow::record::Failure),
+    /// A response over a steered connection (an L7 exchange seen at the
+    /// client): `error` for an HTTP 5xx or a gRPC `UNAVAILABLE`. Counted
+    /// only where `eject_on_l7_errors` is on.
+    Answered { error: bool },
 }
 
 /// A steered connect's outcome, sent from the flow table to the steering
@@ -43,10 +50,11 @@ pub struct ConnectOutcome {
 pub struct HealthChange {
     /// `ejected` or `returned`.
     pub state: String,
-    /// Why: `consecutive_connect_failures` (for a return, why it had been
-    /// ejected).
+    /// Why: `consecutive_connect_failures` or `consecutive_l7_errors` (for
+    /// a return, why it had been ejected).
     pub reason: String,
-    /// The failures in a row that caused the ejection.
+    /// The failures (failed connects or error responses) in a row that
+    /// caused the ejection.
     pub consecutive_failures: u32,
     /// How many times the backend has been ejected (this one included).
     pub ejections: u32,
@@ -56,10 +64,16 @@ pub struct HealthChange {
 
 /// The reason label of ejections caused by failed connects.
 pub const CONNECT_FAILURES: &str = "consecutive_connect_failures";
+/// The reason label of ejections caused by L7 errors.
+pub const L7_ERRORS: &str = "consecutive_l7_errors";
 
 #[derive(Debug, Clone, Default)]
 struct BackendHealth {
     consecutive_failures: u32,
+    /// Error responses in a row. A separate streak: a backend that
+    /// accepts every connect and answers every request with a 503 must
+    /// still go, so an established connect does not end this streak.
+    consecutive_l7_errors: u32,
     ejections: u32,
     /// While ejected: until when (agent clock).
     ejected_until: Option<Duration>,
@@ -91,14 +105,26 @@ impl Health {
             // Connects that were already on their way when it went out.
             return None;
         }
-        match outcome {
+        let (streak, reason) = match outcome {
             Outcome::Connected => {
                 b.consecutive_failures = 0;
                 return None;
             }
-            Outcome::Failed(_) => b.consecutive_failures += 1,
-        }
-        if b.consecutive_failures < config.consecutive_failures {
+            Outcome::Failed(_) => {
+                b.consecutive_failures += 1;
+                (b.consecutive_failures, CONNECT_FAILURES)
+            }
+            Outcome::Answered { .. } if !config.eject_on_l7_errors => return None,
+            Outcome::Answered { error: false } => {
+                b.consecutive_l7_errors = 0;
+                return None;
+            }
+            Outcome::Answered { error: true } => {
+                b.consecutive_l7_errors += 1;
+                (b.consecutive_l7_errors, L7_ERRORS)
+            }
+        };
+        if streak < config.consecutive_failures {
             return None;
         }
         let total = all.len() as u64;
@@ -113,12 +139,13 @@ impl Health {
         b.ejected_until = Some(now + time);
         let change = HealthChange {
             state: "ejected".into(),
-            reason: CONNECT_FAILURES.into(),
-            consecutive_failures: b.consecutive_failures,
+            reason: reason.into(),
+            consecutive_failures: streak,
             ejections: b.ejections,
             ejection_time_s: time.as_secs(),
         };
         b.consecutive_failures = 0;
+        b.consecutive_l7_errors = 0;
         b.last = Some(change.clone());
         Some(change)
     }
@@ -131,6 +158,7 @@ impl Health {
             if b.ejected_until.is_some_and(|until| until <= now) {
                 b.ejected_until = None;
                 b.consecutive_failures = 0;
+                b.consecutive_l7_errors = 0;
                 if let Some(last) = &b.last {
                     back.push((
                         key,
@@ -178,6 +206,14 @@ impl Health {
         self.backends
             .get(&(service, id))
             .map_or(0, |b| b.consecutive_failures)
+    }
+
+    /// Error responses in a row so far (counted with `eject_on_l7_errors`
+    /// only).
+    pub fn consecutive_l7_errors(&self, service: u32, id: u32) -> u32 {
+        self.backends
+            .get(&(service, id))
+            .map_or(0, |b| b.consecutive_l7_errors)
     }
 
     /// Forgets the backends that are no longer configured.
@@ -239,6 +275,71 @@ mod tests {
         h.record((1, 10), &all, Outcome::Connected, &config(), Duration::ZERO);
         assert_eq!(fail(&mut h, 10, &all, 2, 0), None);
         assert!(fail(&mut h, 10, &all, 1, 0).is_some());
+    }
+
+    const ERROR: Outcome = Outcome::Answered { error: true };
+    const ANSWER: Outcome = Outcome::Answered { error: false };
+
+    fn l7_config() -> HealthConfig {
+        HealthConfig {
+            eject_on_l7_errors: true,
+            ..config()
+        }
+    }
+
+    #[test]
+    fn error_responses_eject_only_with_eject_on_l7_errors() {
+        let all = [10, 11, 12];
+        let mut h = Health::default();
+        for _ in 0..10 {
+            let r = h.record((1, 10), &all, ERROR, &config(), Duration::ZERO);
+            assert_eq!(r, None, "counted without eject_on_l7_errors");
+        }
+        assert_eq!(h.consecutive_l7_errors(1, 10), 0);
+        let mut h = Health::default();
+        let mut last = None;
+        for i in 0..3 {
+            // Every request on a new connection that was established.
+            let connected = h.record(
+                (1, 10),
+                &all,
+                Outcome::Connected,
+                &l7_config(),
+                Duration::ZERO,
+            );
+            assert_eq!(connected, None);
+            last = h.record((1, 10), &all, ERROR, &l7_config(), Duration::ZERO);
+            if i < 2 {
+                assert_eq!(last, None);
+                assert_eq!(h.consecutive_l7_errors(1, 10), i + 1);
+            }
+        }
+        let c = last.expect("the third error in a row ejects");
+        assert_eq!((c.reason.as_str(), c.consecutive_failures), (L7_ERRORS, 3));
+        assert_eq!(h.consecutive_l7_errors(1, 10), 0);
+        assert_eq!(h.reason(1, 10).map(|c| c.reason.as_str()), Some(L7_ERRORS));
+    }
+
+    #[test]
+    fn a_good_response_starts_the_l7_count_over_and_connects_keep_theirs() {
+        let all = [10, 11];
+        let mut h = Health::default();
+        let at = Duration::ZERO;
+        for _ in 0..2 {
+            assert_eq!(h.record((1, 10), &all, ERROR, &l7_config(), at), None);
+        }
+        assert_eq!(h.record((1, 10), &all, ANSWER, &l7_config(), at), None);
+        for _ in 0..2 {
+            assert_eq!(h.record((1, 10), &all, ERROR, &l7_config(), at), None);
+        }
+        // Two failed connects and two errors: neither streak is at three.
+        for _ in 0..2 {
+            assert_eq!(h.record((1, 10), &all, FAIL, &l7_config(), at), None);
+        }
+        let c = h
+            .record((1, 10), &all, FAIL, &l7_config(), at)
+            .expect("the third failed connect ejects");
+        assert_eq!(c.reason, CONNECT_FAILURES);
     }
 
     #[test]

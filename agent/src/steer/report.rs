@@ -55,6 +55,10 @@ pub struct BackendReport {
     /// Its connects that failed in a row since the last one that
     /// succeeded (or since it was ejected or came back).
     pub recent_failures: u32,
+    /// Its error responses (HTTP 5xx, gRPC `UNAVAILABLE`) in a row, counted
+    /// where `eject_on_l7_errors` is on.
+    #[serde(default)]
+    pub recent_l7_errors: u32,
     /// How many times passive health has ejected it.
     pub ejections: u32,
     /// Not tracked yet: always null.
@@ -264,6 +268,7 @@ impl Reporter {
                     reason: self.health.reason(s.entry.id, id).map(|c| c.reason.clone()),
                     connections,
                     recent_failures: self.health.consecutive_failures(s.entry.id, id),
+                    recent_l7_errors: self.health.consecutive_l7_errors(s.entry.id, id),
                     ejections: self.health.ejections(s.entry.id, id),
                     active_connections: None,
                 });

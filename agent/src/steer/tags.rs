@@ -13,6 +13,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use weft_common::steer::Origin;
+use weft_l7::MetricAttributes;
 
 use super::{
     health::{ConnectOutcome, Outcome},
@@ -30,6 +31,23 @@ pub struct OutcomeFeed {
     pub dropped: Counter,
 }
 
+impl OutcomeFeed {
+    /// Never waits: a full channel counts the outcome as lost.
+    fn send(&self, service: &str, backend: SocketAddr, outcome: Outcome) {
+        let sent = self.tx.try_send(ConnectOutcome {
+            service: service.to_owned(),
+            backend,
+            outcome,
+        });
+        if sent.is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// gRPC's status code `UNAVAILABLE`.
+const GRPC_UNAVAILABLE: u32 = 14;
+
 /// Tags are kept per connection until its last record is written, so they
 /// are bounded by the flow table.
 pub struct ServiceTags {
@@ -40,6 +58,9 @@ pub struct ServiceTags {
     /// steered, so only those cost a map lookup.
     backends: HashSet<SocketAddr>,
     by_flow: HashMap<FlowKey, ServiceRef>,
+    /// Services whose health counts error responses (`eject_on_l7_errors`):
+    /// only their exchanges are passed on, not every request of the node.
+    l7_health: HashSet<String>,
     /// Steered sockets whose entry named another backend than the socket's
     /// peer (a stale entry of a reused socket address): ignored.
     pub mismatched: u64,
@@ -55,6 +76,7 @@ impl ServiceTags {
             names: BTreeMap::new(),
             backends: HashSet::new(),
             by_flow: HashMap::new(),
+            l7_health: HashSet::new(),
             mismatched: 0,
             outcomes: None,
         }
@@ -72,10 +94,17 @@ impl ServiceTags {
             .flat_map(|s| s.backends.iter())
             .map(|(_, b, _)| SocketAddr::new(ip_of(&b.addr, b.family), b.port))
             .collect();
+        let l7_health = plan
+            .services
+            .values()
+            .filter(|s| s.health.eject_on_l7_errors)
+            .map(|s| s.name.clone())
+            .collect();
         Self {
             steered: Some(steered),
             names,
             backends,
+            l7_health,
             ..Self::none()
         }
     }
@@ -129,14 +158,40 @@ impl ServiceTags {
             (FlowEvent::Fail, Some(failure)) => Outcome::Failed(failure),
             _ => return,
         };
-        let sent = feed.tx.try_send(ConnectOutcome {
-            service: service.name.clone(),
-            backend: SocketAddr::new(record.destination.ip, record.destination.port),
-            outcome,
-        });
-        if sent.is_err() {
-            feed.dropped.inc();
+        let backend = SocketAddr::new(record.destination.ip, record.destination.port);
+        feed.send(&service.name, backend, outcome);
+    }
+
+    /// Passes a response seen at the client end of connection `key` to
+    /// passive health, when it went through a service that counts error
+    /// responses: an HTTP 5xx and a gRPC `UNAVAILABLE` are errors, any
+    /// other answer is not; other protocols and unanswered requests are
+    /// not counted.
+    pub fn report_response(&self, key: &FlowKey, metric: &MetricAttributes) {
+        let Some(feed) = &self.outcomes else {
+            return;
+        };
+        if self.l7_health.is_empty() {
+            return;
         }
+        let Some(service) = self.by_flow.get(key) else {
+            return;
+        };
+        if !self.l7_health.contains(&service.name) {
+            return;
+        }
+        let error = match metric {
+            MetricAttributes::Http {
+                status_code: Some(code),
+                ..
+            } => *code >= 500,
+            MetricAttributes::Rpc {
+                status_code: Some(code),
+                ..
+            } => *code == GRPC_UNAVAILABLE,
+            _ => return,
+        };
+        feed.send(&service.name, key.server, Outcome::Answered { error });
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<ServiceRef> {

@@ -84,6 +84,10 @@ impl Emitter {
             workload,
             seconds,
         );
+        // Passive health judges a backend by what its clients get.
+        if direction == TrafficDirection::Egress {
+            self.services.report_response(key, &ex.metric);
+        }
 
         let latency_us = ex.latency_ns() / 1_000;
         let mut l7 = ex.fields;
