@@ -752,10 +752,20 @@ fn a_backend_answering_errors_is_ejected_with_eject_on_l7_errors() {
         if errors == 3 {
             break;
         }
-        let b = wait_for("the error counted", Duration::from_secs(5), || {
+        let counted = weft_tests::try_wait_for(Duration::from_secs(5), || {
             let b = backend_state(&agent, "errs", bad);
             (b["recent_l7_errors"] == errors).then_some(b)
         });
+        let Some(b) = counted else {
+            let port = bad.port().to_string();
+            for r in agent.flows(&["--all", "--port", &port]) {
+                eprintln!("{r}");
+            }
+            panic!(
+                "error {errors} not counted: {}",
+                backend_state(&agent, "errs", bad)
+            );
+        };
         assert_eq!(b["state"], "active", "ejected after {errors} errors: {b}");
         assert_eq!(b["recent_failures"], 0, "{b}");
     }

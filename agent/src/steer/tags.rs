@@ -5,7 +5,7 @@
 //! emitter tags every record of the connection with it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
@@ -45,6 +45,13 @@ impl OutcomeFeed {
     }
 }
 
+/// How long a connection's tag outlives its last record: its L7 exchanges
+/// can be read after it (the payload ring lags the events under load, and
+/// a closed socket's stream waits up to 10 s for its last records).
+const ENDED_KEEP_NS: u64 = 15_000_000_000;
+/// At most this many ended connections keep their tags.
+const ENDED_CAPACITY: usize = 65_536;
+
 /// gRPC's status code `UNAVAILABLE`.
 const GRPC_UNAVAILABLE: u32 = 14;
 
@@ -58,6 +65,10 @@ pub struct ServiceTags {
     /// steered, so only those cost a map lookup.
     backends: HashSet<SocketAddr>,
     by_flow: HashMap<FlowKey, ServiceRef>,
+    /// Tags of connections whose last record was written, with when
+    /// (`ENDED_KEEP_NS`), oldest first in `ended_order`.
+    ended: HashMap<FlowKey, (ServiceRef, u64)>,
+    ended_order: VecDeque<(FlowKey, u64)>,
     /// Services whose health counts error responses (`eject_on_l7_errors`):
     /// only their exchanges are passed on, not every request of the node.
     l7_health: HashSet<String>,
@@ -76,6 +87,8 @@ impl ServiceTags {
             names: BTreeMap::new(),
             backends: HashSet::new(),
             by_flow: HashMap::new(),
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
             l7_health: HashSet::new(),
             mismatched: 0,
             outcomes: None,
@@ -118,6 +131,8 @@ impl ServiceTags {
         if !self.backends.contains(&key.server) {
             return;
         }
+        // A new connection between the same addresses is not the ended one.
+        self.ended.remove(key);
         let Ok(origin) = map.get(&sk, 0) else {
             return;
         };
@@ -174,7 +189,7 @@ impl ServiceTags {
         if self.l7_health.is_empty() {
             return;
         }
-        let Some(service) = self.by_flow.get(key) else {
+        let Some(service) = self.tag(key) else {
             return;
         };
         if !self.l7_health.contains(&service.name) {
@@ -195,15 +210,36 @@ impl ServiceTags {
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<ServiceRef> {
-        if self.by_flow.is_empty() {
-            return None;
-        }
-        self.by_flow.get(key).cloned()
+        self.tag(key).cloned()
     }
 
-    /// The connection's last record was written.
+    /// The connection's tag, also for a while after its last record.
+    fn tag(&self, key: &FlowKey) -> Option<&ServiceRef> {
+        if self.by_flow.is_empty() && self.ended.is_empty() {
+            return None;
+        }
+        (self.by_flow.get(key)).or_else(|| self.ended.get(key).map(|(s, _)| s))
+    }
+
+    /// The connection's last record was written: its tag is kept for the
+    /// L7 exchanges read after it, for `ENDED_KEEP_NS`.
     pub fn forget(&mut self, key: &FlowKey) {
-        self.by_flow.remove(key);
+        let now = crate::flow::clock::mono_now_ns();
+        if let Some(service) = self.by_flow.remove(key) {
+            self.ended.insert(*key, (service, now));
+            self.ended_order.push_back((*key, now));
+        }
+        while let Some(&(old, at)) = self.ended_order.front() {
+            if at + ENDED_KEEP_NS > now && self.ended_order.len() <= ENDED_CAPACITY {
+                break;
+            }
+            self.ended_order.pop_front();
+            // Only the entry this one put there (the same connection
+            // may have ended again since).
+            if self.ended.get(&old).is_some_and(|(_, t)| *t == at) {
+                self.ended.remove(&old);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -212,5 +248,50 @@ impl ServiceTags {
 
     pub fn is_empty(&self) -> bool {
         self.by_flow.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::record::Transport;
+
+    fn key(client_port: u16) -> FlowKey {
+        FlowKey {
+            transport: Transport::Tcp,
+            client: SocketAddr::from(([10, 0, 0, 1], client_port)),
+            server: "10.0.1.2:8080".parse().unwrap(),
+        }
+    }
+
+    fn web() -> ServiceRef {
+        ServiceRef {
+            name: "web".into(),
+            address: "10.96.0.10".parse().unwrap(),
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn a_tag_outlives_its_connections_last_record_for_late_exchanges() {
+        let mut tags = ServiceTags::none();
+        tags.by_flow.insert(key(1), web());
+        tags.forget(&key(1));
+        assert!(tags.is_empty());
+        // An exchange read after the close record still names the service.
+        assert_eq!(tags.get(&key(1)).map(|s| s.name), Some("web".into()));
+        assert_eq!(tags.get(&key(2)), None);
+    }
+
+    #[test]
+    fn ended_tags_are_bounded() {
+        let mut tags = ServiceTags::none();
+        for port in 0..(ENDED_CAPACITY as u32 + 10) {
+            let k = key((port % 60_000) as u16 + 1);
+            tags.by_flow.insert(k, web());
+            tags.forget(&k);
+        }
+        assert!(tags.ended_order.len() <= ENDED_CAPACITY);
+        assert!(tags.ended.len() <= ENDED_CAPACITY);
     }
 }
