@@ -173,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut reporter = Reporter::new(s.maps, s.plan, steer_metrics, config.poll_interval)
             .with_losses(s.counters, health.events_lost.clone());
         reporter.store = Some(store.clone());
+        reporter.active = emitter.services.active.clone();
         reporter
     });
 

@@ -1,7 +1,8 @@
 //! Steering: connects to a service address are balanced in the kernel over
 //! real HTTP servers in backend namespaces, every connect accounted for in
 //! flow records and metrics; a service with no backend refuses at once;
-//! session affinity keeps each client namespace on its backend; passive
+//! session affinity keeps each client namespace on its backend; open
+//! connections are counted per backend; passive
 //! health ejects a backend whose connects fail, or that answers with
 //! errors where `eject_on_l7_errors` is on; steering survives the agent being killed, and `weft cleanup` leaves nothing of
 //! it in the kernel.
@@ -702,6 +703,97 @@ fn a_failing_backend_is_ejected_and_comes_back() {
     let back = health_records(&agent, "health", "returned");
     assert_eq!(back.len(), 1, "{back:?}");
     assert_eq!(back[0]["destination"]["port"], dead.port());
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// `active_connections` of every backend of `service`, by backend address.
+fn active_by_backend(agent: &Agent, service: &str) -> BTreeMap<String, u64> {
+    let out = agent.client(&["services", "-o", "json"]);
+    assert!(out.status.success(), "weft services failed");
+    let services: Vec<Value> = serde_json::from_slice(&out.stdout).expect("services JSON");
+    let s = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .expect("the service");
+    s["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            let addr = format!("{}:{}", b["address"].as_str().unwrap_or("?"), b["port"]);
+            (addr, b["active_connections"].as_u64().expect("a count"))
+        })
+        .collect()
+}
+
+#[test]
+fn open_connections_are_counted_per_backend() {
+    if !require_root("open_connections_are_counted_per_backend") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let port = unique_port(11);
+    let lab = SteerLab::new(3, port);
+    let cfg = config("active", &[lab.service_yaml("held", 80, &[1, 1, 1])]);
+    let agent = start(&cfg);
+    let zero: BTreeMap<String, u64> = lab
+        .backends
+        .iter()
+        .map(|b| (b.addr.to_string(), 0))
+        .collect();
+    assert_eq!(active_by_backend(&agent, "held"), zero);
+
+    // Nine connections held open until stdin closes (30 s at most).
+    const HELD: u64 = 9;
+    let script = format!(
+        "import signal, socket, sys\n\
+         signal.alarm(30)\n\
+         s = [socket.create_connection(('{}', 80), timeout=5) for _ in range({HELD})]\n\
+         print('open', flush=True)\n\
+         sys.stdin.read()\n\
+         [c.close() for c in s]\n",
+        lab.service_ip
+    );
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns, "python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the client");
+    assert_eq!(line.trim(), "open");
+
+    // Each backend counts the connections whose `open` record names it.
+    let active = wait_for("the open connections", Duration::from_secs(5), || {
+        let a = active_by_backend(&agent, "held");
+        (a.values().sum::<u64>() == HELD).then_some(a)
+    });
+    let mut opened: BTreeMap<String, u64> = zero.clone();
+    for r in agent.flows(&["--all", "--service", "held"]) {
+        if r["event"] == "open" {
+            let dst = format!(
+                "{}:{}",
+                r["destination"]["ip"].as_str().unwrap_or("?"),
+                r["destination"]["port"]
+            );
+            *opened.entry(dst).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(active, opened, "active connections vs open records");
+
+    // Closed: none left.
+    drop(client.stdin.take());
+    let status = client.wait().expect("the client's exit");
+    assert!(status.success(), "client: {status}");
+    wait_for("the closes", Duration::from_secs(10), || {
+        (active_by_backend(&agent, "held") == zero).then_some(())
+    });
     let _ = std::fs::remove_file(cfg);
 }
 

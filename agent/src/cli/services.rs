@@ -56,8 +56,8 @@ pub fn table(services: &[ServiceReport]) -> String {
         return "no services (configure `services:`, README \"Steering\")\n".into();
     }
     let mut t = Table::new(&[
-        "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS", "FAILS",
-        "L7ERRS", "REFUSED", "AFFINITY",
+        "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS",
+        "ACTIVE", "FAILS", "L7ERRS", "REFUSED", "AFFINITY",
     ]);
     for s in services {
         let front = format!("{}", std::net::SocketAddr::new(s.address, s.port));
@@ -69,7 +69,7 @@ pub fn table(services: &[ServiceReport]) -> String {
             ),
             None => s.session_affinity.clone(),
         };
-        let head = |t: &mut Table, rest: [String; 6]| {
+        let head = |t: &mut Table, rest: [String; 7]| {
             let mut row = vec![
                 s.name.clone(),
                 front.clone(),
@@ -82,17 +82,7 @@ pub fn table(services: &[ServiceReport]) -> String {
             t.push(row);
         };
         if s.backends.is_empty() {
-            head(
-                &mut t,
-                [
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                ],
-            );
+            head(&mut t, std::array::from_fn(|_| "-".into()));
         }
         for b in &s.backends {
             // Seconds are enough on a terminal.
@@ -107,6 +97,8 @@ pub fn table(services: &[ServiceReport]) -> String {
                     b.weight.to_string(),
                     state,
                     b.connections.to_string(),
+                    b.active_connections
+                        .map_or_else(|| "-".into(), |n| n.to_string()),
                     b.recent_failures.to_string(),
                     b.recent_l7_errors.to_string(),
                 ],
@@ -140,7 +132,7 @@ mod tests {
                 recent_failures: 2,
                 recent_l7_errors: 4,
                 ejections: 0,
-                active_connections: None,
+                active_connections: Some(5),
             }],
             no_backend: 0,
             session_affinity: "client_ip".into(),
@@ -162,6 +154,7 @@ mod tests {
                 && lines[1].contains(" 7 ")
                 && lines[1].contains(" 2 ")
                 && lines[1].contains(" 4 ")
+                && lines[1].contains(" 5 ")
                 && lines[1].ends_with("client_ip 3h"),
             "{text}"
         );

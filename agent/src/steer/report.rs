@@ -61,7 +61,8 @@ pub struct BackendReport {
     pub recent_l7_errors: u32,
     /// How many times passive health has ejected it.
     pub ejections: u32,
-    /// Not tracked yet: always null.
+    /// Connections through the service to it that are open now, as the
+    /// agent saw them open (those made while no agent ran are not known).
     pub active_connections: Option<u64>,
 }
 
@@ -155,6 +156,8 @@ pub struct Reporter {
     pub health: Health,
     /// Where ejection and return records go.
     pub store: Option<Arc<FlowStore>>,
+    /// Open connections per service and backend, counted by the flow table.
+    pub active: super::tags::ActiveConnections,
 }
 
 impl Reporter {
@@ -168,6 +171,7 @@ impl Reporter {
             seen: BTreeMap::new(),
             health: Health::default(),
             store: None,
+            active: Default::default(),
         }
     }
 
@@ -270,7 +274,10 @@ impl Reporter {
                     recent_failures: self.health.consecutive_failures(s.entry.id, id),
                     recent_l7_errors: self.health.consecutive_l7_errors(s.entry.id, id),
                     ejections: self.health.ejections(s.entry.id, id),
-                    active_connections: None,
+                    active_connections: Some(
+                        self.active
+                            .get(&s.name, std::net::SocketAddr::new(address, b.port)),
+                    ),
                 });
             }
             let ejected = s.ejected.len();

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
+    sync::{Arc, Mutex},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -45,6 +46,38 @@ impl OutcomeFeed {
     }
 }
 
+/// Connections through each service open now, per backend: the flow
+/// table counts them (a tag learned, a tag's connection ended) and
+/// `weft services` reads them (`active_connections`). Connections made
+/// while no agent ran are not known, so not counted.
+#[derive(Clone, Default)]
+pub struct ActiveConnections(Arc<Mutex<HashMap<(String, SocketAddr), u64>>>);
+
+impl ActiveConnections {
+    fn change(&self, service: &str, backend: SocketAddr, opened: bool) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (service.to_owned(), backend);
+        let n = counts.entry(key.clone()).or_insert(0);
+        if opened {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
+    }
+
+    /// Open connections of `service` to `backend`.
+    pub fn get(&self, service: &str, backend: SocketAddr) -> u64 {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .get(&(service.to_owned(), backend))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// How long a connection's tag outlives its last record: its L7 exchanges
 /// can be read after it (the payload ring lags the events under load, and
 /// a closed socket's stream waits up to 10 s for its last records).
@@ -77,6 +110,8 @@ pub struct ServiceTags {
     pub mismatched: u64,
     /// Passive health's input.
     pub outcomes: Option<OutcomeFeed>,
+    /// The tagged connections still open, per service and backend.
+    pub active: ActiveConnections,
 }
 
 impl ServiceTags {
@@ -92,6 +127,7 @@ impl ServiceTags {
             l7_health: HashSet::new(),
             mismatched: 0,
             outcomes: None,
+            active: ActiveConnections::default(),
         }
     }
 
@@ -151,14 +187,16 @@ impl ServiceTags {
             .get(&origin.service_id)
             .cloned()
             .unwrap_or_else(|| format!("#{}", origin.service_id));
-        self.by_flow.insert(
-            *key,
-            ServiceRef {
-                name,
-                address: ip_of(&s.addr, s.family),
-                port: s.port,
-            },
-        );
+        let tag = ServiceRef {
+            name,
+            address: ip_of(&s.addr, s.family),
+            port: s.port,
+        };
+        self.active.change(&tag.name, key.server, true);
+        if let Some(old) = self.by_flow.insert(*key, tag) {
+            // Learned twice: the connection is counted once.
+            self.active.change(&old.name, key.server, false);
+        }
     }
 
     /// Passes the outcome of a steered connect (its `open` or `fail`
@@ -226,6 +264,7 @@ impl ServiceTags {
     pub fn forget(&mut self, key: &FlowKey) {
         let now = crate::flow::clock::mono_now_ns();
         if let Some(service) = self.by_flow.remove(key) {
+            self.active.change(&service.name, key.server, false);
             self.ended.insert(*key, (service, now));
             self.ended_order.push_back((*key, now));
         }
@@ -281,6 +320,24 @@ mod tests {
         // An exchange read after the close record still names the service.
         assert_eq!(tags.get(&key(1)).map(|s| s.name), Some("web".into()));
         assert_eq!(tags.get(&key(2)), None);
+    }
+
+    #[test]
+    fn active_connections_count_tags_until_their_last_record() {
+        let mut tags = ServiceTags::none();
+        let backend = key(1).server;
+        for port in 1..=3 {
+            tags.active.change("web", backend, true);
+            tags.by_flow.insert(key(port), web());
+        }
+        assert_eq!(tags.active.get("web", backend), 3);
+        tags.forget(&key(1));
+        tags.forget(&key(1));
+        assert_eq!(tags.active.get("web", backend), 2);
+        tags.forget(&key(2));
+        tags.forget(&key(3));
+        assert_eq!(tags.active.get("web", backend), 0);
+        assert!(tags.active.0.lock().unwrap().is_empty());
     }
 
     #[test]
