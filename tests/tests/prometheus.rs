@@ -6,8 +6,10 @@
 //! (retransmits, RTT). At L7, against real servers: HTTP/1.1 (curl and
 //! Python's http.server), HTTP/2 (curl with prior knowledge and nginx
 //! h2c), gRPC (grpcio on both ends), Redis, PostgreSQL, MySQL (MariaDB)
-//! and DNS over UDP. The L7 histograms must count exactly the requests
-//! made, and every expression must return data.
+//! and DNS over UDP. Steering: curls to a service address balanced over
+//! two backends, one of which answers 503 and is ejected, and connects to
+//! a service without backends. The L7 histograms must count exactly the
+//! requests made, and every expression must return data.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -16,13 +18,14 @@ use std::{
 };
 
 use weft_tests::{
-    agent::Agent,
+    agent::{Agent, weft},
     dashboards,
     lab::{Lab, spawn_in},
     peer::{Peer, exec_with_input},
     prometheus::{Prometheus, values},
     require_root, run,
     servers::{self, Server},
+    steer::SteerLab,
     traffic::{connect_fails, exchange},
     unique_port,
 };
@@ -234,6 +237,41 @@ struct L7Servers {
     grpc: Server,
 }
 
+/// Removes the node's pinned steering when the test ends, also when it
+/// fails.
+struct SteeringCleanup;
+
+impl Drop for SteeringCleanup {
+    fn drop(&mut self) {
+        let out = weft(&["cleanup"]);
+        if !out.status.success() {
+            eprintln!(
+                "weft cleanup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Two services over the steering lab's backends: `web` on port 80 (the
+/// second backend answers 503 and one error ejects it) and `nobody` on
+/// port 81, with no backend. Returns the configuration file.
+fn steering_config(steer: &SteerLab) -> std::path::PathBuf {
+    let mut web = steer.service_yaml("web", 80, &[1, 1]);
+    web.push_str("    health: {consecutive_failures: 1, eject_on_l7_errors: true}\n");
+    let text = format!("services:\n{web}{}", steer.service_yaml("nobody", 81, &[]));
+    let path = std::env::temp_dir().join(format!("weft-prom-{}.yaml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Curls to both services (their outcomes are the steering metrics'
+/// business, not this test's).
+fn steer_round(steer: &SteerLab) {
+    assert_eq!(steer.curls(80, 10).len(), 10);
+    assert_eq!(steer.curls(81, 2).len(), 2);
+}
+
 fn round(lab: &Lab, ports: &Ports, l7: &L7Servers) {
     let v4 = |port| lab.server_addr(port);
     assert_eq!(exchange(lab, v4(ports.exchange), 200_000, 50_000), 50_000);
@@ -286,7 +324,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         return;
     }
     let started = Instant::now();
-    let agent = Agent::start(&[]);
+    let _cleanup = SteeringCleanup;
+    let mut steer = SteerLab::new(2, unique_port(21));
+    steer.backends[1].answer_every_request_with(503);
+    let config = steering_config(&steer);
+    let agent = Agent::start(&["--config", config.to_str().expect("utf-8")]);
     let prometheus = Prometheus::start(agent.metrics_port);
     prometheus.wait_for_data(r#"up{job="weft"} == 1"#, WAIT);
 
@@ -324,6 +366,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // round two makes every counter and histogram move inside the rate
     // windows.
     round(&lab, &ports, &l7);
+    steer_round(&steer);
     let port = |p: u16| format!(r#"destination_port="{p}""#);
     prometheus.wait_for_data(
         &format!(
@@ -343,7 +386,12 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ),
         WAIT,
     );
+    prometheus.wait_for_data(
+        r#"weft_service_backend_ejections_total{service="web",reason="consecutive_l7_errors"} == 1"#,
+        WAIT,
+    );
     round(&lab, &ports, &l7);
+    steer_round(&steer);
     prometheus.wait_for_data(
         &format!(
             "weft_tcp_connections_opened_total{{{}}} == 2",
@@ -439,6 +487,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         failures.join("\n")
     );
     assert!(with_data > 40, "only {with_data} queries returned data");
+    let _ = std::fs::remove_file(&config);
 
     // The service map's frames carry the fields Grafana's node graph reads.
     for (query, fields) in [
