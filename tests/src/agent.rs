@@ -239,11 +239,16 @@ impl Agent {
     /// `GET path` on the metrics listener: (status code, body), or `None`
     /// when it does not answer.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        self.http_get_with(path, "")
+    }
+
+    /// [`Agent::http_get`] with more header lines (each ending in CRLF).
+    pub fn http_get_with(&self, path: &str, headers: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
         )
         .ok()?;
         let mut text = String::new();
@@ -256,6 +261,19 @@ impl Agent {
     fn try_metrics(&self) -> Option<String> {
         self.http_get("/metrics")
             .and_then(|(code, body)| (code == 200).then_some(body))
+    }
+
+    /// The metrics page in OpenMetrics, as Prometheus asks for it (with
+    /// exemplars).
+    pub fn openmetrics(&self) -> String {
+        let (code, body) = self
+            .http_get_with(
+                "/metrics",
+                "Accept: application/openmetrics-text; version=1.0.0\r\n",
+            )
+            .expect("metrics endpoint answers");
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     /// The metrics page (Prometheus text format).

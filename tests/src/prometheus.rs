@@ -51,6 +51,8 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Keeps the trace ids the L7 histograms carry.
+            .arg("--enable-feature=exemplar-storage")
             .arg("--log.level=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -104,6 +106,29 @@ impl Prometheus {
 
     /// Runs an instant query now. `Err` carries Prometheus' error (a
     /// query that does not parse or cannot be evaluated).
+    /// The exemplars of the series `promql` selects over the last
+    /// `seconds`: Prometheus' `data` array, a series' exemplars each.
+    pub fn query_exemplars(&self, promql: &str, seconds: u64) -> Result<Vec<Value>, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let form = format!(
+            "query={}&start={}&end={}",
+            urlencode(promql),
+            now - seconds,
+            now + 1
+        );
+        let (code, body) = self
+            .request("POST", "/api/v1/query_exemplars", &form)
+            .ok_or("no answer")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if code != 200 || v["status"] != "success" {
+            return Err(format!("{code}: {body}"));
+        }
+        Ok(v["data"].as_array().cloned().unwrap_or_default())
+    }
+
     pub fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         let form = format!("query={}", urlencode(promql));
         let (code, body) = self

@@ -2,7 +2,8 @@
 //! receiver (the official protobuf definitions, tests/peers/
 //! otlp_receiver.py), checked by what it received: curl against a Python
 //! HTTP server in the lab, both ends on this node, so every request is one
-//! trace of a CLIENT span (curl) and its child SERVER span (python3).
+//! trace of a CLIENT span (curl) and its child SERVER span (python3). The
+//! L7 histograms carry the trace ids as OpenMetrics exemplars.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -12,6 +13,7 @@ use weft_tests::{
     lab::Lab,
     otlp::{self, KIND_CLIENT, KIND_SERVER, Receiver},
     peer::TempDir,
+    prometheus::Prometheus,
     require_root, servers, unique_port, wait_for,
 };
 
@@ -159,6 +161,57 @@ fn check_records(agent: &Agent, spans: &[Value], port: u16) {
     assert!(one.iter().all(|r| r["trace_id"] == trace_id));
 }
 
+/// The HTTP histograms' buckets of the requests carry trace ids of spans
+/// the receiver got (OpenMetrics exemplars, client and server side); the
+/// classic text format has none.
+fn check_exemplars(agent: &Agent, spans: &[Value], port: u16) {
+    let om = agent.openmetrics();
+    let port_label = format!("server_port=\"{port}\"");
+    for family in [
+        "http_server_request_duration_seconds_bucket",
+        "http_client_request_duration_seconds_bucket",
+    ] {
+        let ids: Vec<&str> = om
+            .lines()
+            .filter(|l| l.starts_with(family) && l.contains(&port_label))
+            .filter_map(|l| l.split_once(" # {trace_id=\""))
+            .filter_map(|(_, rest)| rest.split('"').next())
+            .collect();
+        assert!(!ids.is_empty(), "{family}: no exemplar:\n{om}");
+        for id in ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                spans.iter().any(|s| s["trace_id"] == id),
+                "{family}: exemplar trace {id} is not at the receiver"
+            );
+        }
+    }
+    assert!(om.trim_end().ends_with("# EOF"), "not OpenMetrics");
+    assert!(!agent.metrics().contains("trace_id="));
+}
+
+/// A real Prometheus scraping the agent keeps the exemplars: what a
+/// Grafana latency panel links to the trace with.
+fn check_exemplars_in_prometheus(prometheus: &Prometheus, spans: &[Value], port: u16) {
+    let query = format!("http_server_request_duration_seconds_bucket{{server_port=\"{port}\"}}");
+    let series = wait_for("exemplars in Prometheus", WAIT, || {
+        let series = prometheus.query_exemplars(&query, 120).ok()?;
+        (!series.is_empty()).then_some(series)
+    });
+    let ids: Vec<&str> = series
+        .iter()
+        .flat_map(|s| s["exemplars"].as_array().into_iter().flatten())
+        .filter_map(|e| e["labels"]["trace_id"].as_str())
+        .collect();
+    assert!(!ids.is_empty(), "{series:?}");
+    for id in ids {
+        assert!(
+            spans.iter().any(|s| s["trace_id"] == id),
+            "exemplar trace {id} in Prometheus is not at the receiver"
+        );
+    }
+}
+
 fn http1_traces_over(protocol: &str) {
     let receiver = Receiver::start();
     let dir = TempDir::new("traces");
@@ -167,6 +220,7 @@ fn http1_traces_over(protocol: &str) {
         &dir,
         &format!("  endpoint: {endpoint}\n  protocol: {protocol}\n"),
     );
+    let prometheus = Prometheus::start(agent.metrics_port);
     let lab = Lab::new();
     let port = unique_port(30);
     let server = servers::python_http(&lab, port);
@@ -193,6 +247,8 @@ fn http1_traces_over(protocol: &str) {
         .collect();
     assert!(own.is_empty(), "spans of the export itself: {own:#?}");
     check_records(&agent, &spans, port);
+    check_exemplars(&agent, &spans, port);
+    check_exemplars_in_prometheus(&prometheus, &spans, port);
     let exported = agent.metric_sum("weft_spans_exported_total", &[]);
     assert!(exported >= (2 * REQUESTS) as f64, "exported {exported}");
     let lost = agent.metric_sum("weft_events_lost_total", &["source=\"spans\""]);

@@ -4,7 +4,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, histogram::Histogram},
+    metrics::{exemplar::HistogramWithExemplars, family::Family},
     registry::{Registry, Unit},
 };
 
@@ -16,7 +16,18 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+    Histogram::new(DURATION_BUCKETS.into_iter())
+}
+
+/// A duration histogram whose buckets carry the trace id of their latest
+/// observation, when traces are on: an OpenMetrics exemplar, with which a
+/// latency panel links to the trace.
+pub type Histogram = HistogramWithExemplars<TraceExemplar>;
+
+/// The exemplar's labels: the W3C trace id, in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

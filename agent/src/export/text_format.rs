@@ -4,8 +4,9 @@
 //! OpenMetrics names a counter family without its `_total` suffix in
 //! `# HELP`/`# TYPE` and adds `# UNIT` and `# EOF`; the classic text format
 //! (what `promtool check metrics`, older scrapers and curl users expect)
-//! names the family exactly as its samples. Prometheus negotiates
-//! OpenMetrics itself, so both are served.
+//! names the family exactly as its samples, and has no exemplars (the
+//! trace ids on L7 histogram buckets). Prometheus negotiates OpenMetrics
+//! itself, so both are served.
 
 /// Rewrites OpenMetrics exposition text as Prometheus text format.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
@@ -31,11 +32,24 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         });
         match rewritten {
             Some(l) => out.push_str(&l),
-            None => out.push_str(line),
+            None => out.push_str(without_exemplar(line)),
         }
         out.push('\n');
     }
     out
+}
+
+/// A sample line without its exemplar (` # {trace_id="..."} value`): the
+/// only exemplars weft writes carry a trace id, which tells them from a
+/// label value that happens to hold ` # {`.
+fn without_exemplar(line: &str) -> &str {
+    if line.starts_with('#') {
+        return line;
+    }
+    match line.rfind(" # {trace_id=\"") {
+        Some(i) => &line[..i],
+        None => line,
+    }
 }
 
 #[cfg(test)]
@@ -52,6 +66,19 @@ mod tests {
             text,
             "# HELP weft_x_total Things.\n# TYPE weft_x_total counter\nweft_x_total{a=\"1\"} 2\n\
              # HELP weft_rtt_seconds RTT.\n# TYPE weft_rtt_seconds histogram\nweft_rtt_seconds_count 1\n"
+        );
+    }
+
+    #[test]
+    fn exemplars_are_left_out() {
+        let om = "# TYPE d_seconds histogram\n\
+                  d_seconds_bucket{route=\"/a # {b}\",le=\"0.1\"} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.05 1733300000.1\n\
+                  d_seconds_bucket{route=\"/a # {b}\",le=\"+Inf\"} 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# TYPE d_seconds histogram\n\
+             d_seconds_bucket{route=\"/a # {b}\",le=\"0.1\"} 2\n\
+             d_seconds_bucket{route=\"/a # {b}\",le=\"+Inf\"} 2\n"
         );
     }
 }

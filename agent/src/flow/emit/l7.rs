@@ -8,7 +8,7 @@ use weft_l7::{Exchange, MetricAttributes};
 use super::{Emitter, Observation};
 use crate::{
     export::{
-        l7_metrics::{DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels},
+        l7_metrics::{DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels, TraceExemplar},
         labels::ValueBudget,
     },
     flow::{
@@ -75,6 +75,9 @@ impl Emitter {
         });
         let workload = self.labels_of(&source, &destination);
         let seconds = ex.latency_ns() as f64 / 1e9;
+        let exemplar = trace.as_ref().map(|t| TraceExemplar {
+            trace_id: t.trace_id.clone(),
+        });
         observe(
             metrics,
             &mut self.values,
@@ -82,7 +85,7 @@ impl Emitter {
             direction,
             key,
             workload,
-            seconds,
+            (seconds, exemplar),
         );
         // Passive health judges a backend by what its clients get.
         if direction == TrafficDirection::Egress {
@@ -135,7 +138,7 @@ fn observe(
     direction: TrafficDirection,
     key: &FlowKey,
     workload: crate::export::labels::L4Labels,
-    seconds: f64,
+    (seconds, exemplar): (f64, Option<TraceExemplar>),
 ) {
     let server = direction == TrafficDirection::Ingress;
     match &ex.metric {
@@ -159,7 +162,9 @@ fn observe(
             } else {
                 &m.http_client
             };
-            family.get_or_create(&labels).observe(seconds);
+            family
+                .get_or_create(&labels)
+                .observe(seconds, exemplar, None);
         }
         MetricAttributes::Rpc {
             system,
@@ -179,7 +184,9 @@ fn observe(
                 workload,
             };
             let family = if server { &m.rpc_server } else { &m.rpc_client };
-            family.get_or_create(&labels).observe(seconds);
+            family
+                .get_or_create(&labels)
+                .observe(seconds, exemplar, None);
         }
         MetricAttributes::Db {
             system,
@@ -196,7 +203,9 @@ fn observe(
                     error_type: values.admit("error_type", error_type.clone().unwrap_or_default()),
                     workload,
                 };
-                m.db_client.get_or_create(&labels).observe(seconds);
+                m.db_client
+                    .get_or_create(&labels)
+                    .observe(seconds, exemplar, None);
             }
         }
         MetricAttributes::Dns {
@@ -210,7 +219,9 @@ fn observe(
                     dns_response_code: values.admit("dns_response_code", response_code.clone()),
                     workload,
                 };
-                m.dns_lookup.get_or_create(&labels).observe(seconds);
+                m.dns_lookup
+                    .get_or_create(&labels)
+                    .observe(seconds, exemplar, None);
             }
         }
     }
