@@ -239,7 +239,7 @@ impl TcpTracker {
         self.handled_ns = self.handled_ns.max(ev.ts_ns);
         let is_client = ev.conn.flags & CONN_ACTIVE != 0;
         let key = key(Transport::Tcp, &ev.conn.tuple, is_client);
-        if self.own_traffic(key, ev) {
+        if self.own_traffic(key, ev, out) {
             return;
         }
         // Events come in about kernel time order: one this late means the
@@ -287,7 +287,7 @@ impl TcpTracker {
     /// one (then it is not reported). An end of the agent opening takes
     /// over a connection whose other end opened just before: its `open`
     /// record is still waiting for that end (`OPEN_WAIT_NS`).
-    fn own_traffic(&mut self, key: FlowKey, ev: &TcpEvent) -> bool {
+    fn own_traffic(&mut self, key: FlowKey, ev: &TcpEvent, out: &mut Emitter) -> bool {
         let agent = ev.conn.flags & CONN_AGENT != 0;
         if !agent && !self.own.contains_key(&key) {
             if !self.own_ended.contains(&key) {
@@ -303,6 +303,13 @@ impl TcpTracker {
         }
         match ev.kind {
             EVENT_TCP_OPEN => {
+                if self.sockets.get(&ev.sk).is_some_and(|old| *old != key) {
+                    // As in `opened`: the address of a socket whose close
+                    // was lost. Taken over without ending that connection,
+                    // it would stay open for good (its socket no longer
+                    // known, so never found missing).
+                    self.end_lost(ev.sk, ev.ts_ns, out);
+                }
                 let mut open = 1;
                 if agent && let Some(conn) = self.conns.remove(&key) {
                     open += conn.ends().filter(|e| !e.closed).count() as u8;
@@ -951,5 +958,28 @@ mod tests {
         t.handle(&open_event(9), &mut out);
         t.handle(&server_open_event(10, 1_050), &mut out);
         assert_eq!(events(&store), [FlowEvent::Open]);
+    }
+
+    #[test]
+    fn an_own_socket_at_the_address_of_one_whose_close_was_lost_ends_it() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let lost = open_event(7);
+        t.handle(&lost, &mut out);
+        t.tick(1_000 + 2 * OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
+        assert_eq!(t.len(), 1);
+        // Its close was lost; the kernel gives its memory to a socket of
+        // the agent's own (a scrape), whose connection is not reported.
+        let mut scrape = server_open_event(7, 2_000 + 2 * OPEN_WAIT_NS);
+        scrape.conn.tuple.local_port = 9464;
+        scrape.conn.tuple.remote_port = 50000;
+        scrape.conn.flags |= CONN_AGENT;
+        t.handle(&scrape, &mut out);
+        assert_eq!(t.len(), 0, "the lost connection is closed");
+        assert_eq!(t.closes_lost, 1);
+        assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
+        t.handle(&close_of(&scrape, 3_000 + 2 * OPEN_WAIT_NS), &mut out);
+        assert!(t.sockets.is_empty());
     }
 }
