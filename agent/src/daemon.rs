@@ -41,6 +41,7 @@ use crate::{
     loader::{Probes, mounts},
     status::StatusReport,
     steer::{
+        policy::{PolicyMetrics, PolicyRecorder},
         report::{Reporter, SteerMetrics},
         tags::{OutcomeFeed, ServiceTags},
     },
@@ -97,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (mut metrics, l4, health, l7_metrics) = Metrics::new();
     let steer_metrics = SteerMetrics::register(&mut metrics.registry);
+    let policy_metrics = PolicyMetrics::register(&mut metrics.registry);
     let spans_exported = prometheus_client::metrics::counter::Counter::default();
     metrics.registry.register(
         "weft_spans_exported",
@@ -158,7 +160,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     emitter.traces = tracer;
     let (services_tx, services_rx) = watch::channel(Vec::new());
     let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
+    let events_lost = health.events_lost.clone();
+    let mut policy = None;
     let reporter = steering.map(|s| {
+        policy = Some((s.policy, s.policy_events));
         emitter.services = ServiceTags::new(s.steered, &s.plan);
         emitter.services.outcomes = Some(OutcomeFeed {
             tx: outcomes_tx,
@@ -282,6 +287,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    let (policies_tx, policies_rx) = watch::channel(Vec::new());
+    if let Some((mut task, events)) = policy {
+        task.metrics = policy_metrics;
+        task.lost = events_lost.clone();
+        let recorder = PolicyRecorder {
+            rules: task.plan.rules.iter().map(|r| r.name.clone()).collect(),
+            namespaces: task.namespaces.clone(),
+            store: store.clone(),
+            decode_errors: events_lost
+                .get_or_create(&LossLabels {
+                    source: "policy".into(),
+                    stage: "decode_error".into(),
+                })
+                .clone(),
+        };
+        let interval = config.poll_interval;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            task.run(interval, policies_tx, stop).await;
+            Ok(())
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            recorder.run(events, stop).await;
+            Ok(())
+        });
+    }
     if let Some(watcher) = kube_watcher {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -293,9 +325,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let socket = config.api_socket.clone();
         tasks.spawn(async move {
-            api::serve(&socket, store, status_rx, services_rx, shutdown)
-                .await
-                .map_err(anyhow::Error::from)
+            api::serve(
+                &socket,
+                store,
+                status_rx,
+                services_rx,
+                policies_rx,
+                shutdown,
+            )
+            .await
+            .map_err(anyhow::Error::from)
         });
     }
     log::info!(

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weft::{
-    cli::{flows::FlowsArgs, services::ServicesArgs, status::StatusArgs},
+    cli::{flows::FlowsArgs, policies::PoliciesArgs, services::ServicesArgs, status::StatusArgs},
     config::{AgentArgs, Config},
 };
 
@@ -28,6 +28,9 @@ enum Command {
     Status(StatusArgs),
     /// Show the services the local agent steers.
     Services(ServicesArgs),
+    /// Show the policy rules the local agent enforces, with their hit
+    /// counts.
+    Policies(PoliciesArgs),
     /// Remove every pinned weft object (steering programs and maps): run
     /// it after stopping the agent for good.
     Cleanup,
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
         Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),
         Command::Services(args) => runtime.block_on(weft::cli::services::run(args)),
+        Command::Policies(args) => runtime.block_on(weft::cli::policies::run(args)),
         Command::Cleanup => match weft::steer::cleanup() {
             Ok(n) => {
                 println!("removed {n} pinned weft objects");

@@ -16,12 +16,14 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::proto::flow_api_server::{FlowApi, FlowApiServer};
-use super::proto::{self, Flow, GetFlowsRequest, GetServicesRequest, GetStatusRequest};
+use super::proto::{
+    self, Flow, GetFlowsRequest, GetPoliciesRequest, GetServicesRequest, GetStatusRequest,
+};
 use crate::flow::filter::FlowFilter;
 use crate::flow::record::FlowRecord;
 use crate::flow::store::FlowStore;
 use crate::status::StatusReport;
-use crate::steer::report::ServiceReport;
+use crate::steer::{policy::PolicyReport, report::ServiceReport};
 
 /// Messages buffered between a stream's producer task and the connection.
 /// Small: the follower's real buffer is the store's broadcast channel; this
@@ -39,6 +41,7 @@ pub async fn serve(
     store: Arc<FlowStore>,
     status: watch::Receiver<StatusReport>,
     services: watch::Receiver<Vec<ServiceReport>>,
+    policies: watch::Receiver<Vec<PolicyReport>>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let (listener, socket_file) = bind(socket).await?;
@@ -46,6 +49,7 @@ pub async fn serve(
         store,
         status,
         services,
+        policies,
         shutdown: shutdown.clone(),
     };
     let served = tonic::transport::Server::builder()
@@ -176,6 +180,7 @@ struct FlowService {
     store: Arc<FlowStore>,
     status: watch::Receiver<StatusReport>,
     services: watch::Receiver<Vec<ServiceReport>>,
+    policies: watch::Receiver<Vec<PolicyReport>>,
     shutdown: CancellationToken,
 }
 
@@ -237,6 +242,16 @@ impl FlowApi for FlowService {
         let json = serde_json::to_string(&report)
             .map_err(|e| Status::internal(format!("cannot encode the services: {e}")))?;
         Ok(Response::new(proto::Services { json }))
+    }
+
+    async fn get_policies(
+        &self,
+        _request: Request<GetPoliciesRequest>,
+    ) -> Result<Response<proto::Policies>, Status> {
+        let report = self.policies.borrow().clone();
+        let json = serde_json::to_string(&report)
+            .map_err(|e| Status::internal(format!("cannot encode the policies: {e}")))?;
+        Ok(Response::new(proto::Policies { json }))
     }
 }
 

@@ -389,6 +389,11 @@ fn event(record: &FlowRecord) -> String {
         FlowEvent::Request => "request",
         FlowEvent::Ejected => "ejected",
         FlowEvent::Returned => "returned",
+        FlowEvent::Policy => {
+            let verdict = crate::flow::filter::verdict_name(record.verdict);
+            let rule = record.policy.as_deref().unwrap_or("?");
+            return format!("{transport} policy {verdict}({rule})");
+        }
     };
     match record.failure {
         Some(failure) => {

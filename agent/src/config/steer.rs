@@ -15,6 +15,12 @@ pub const MAX_BACKENDS: usize = 64;
 pub const MAX_SERVICES: usize = 1024;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 1000;
+/// Policy rules one node may have (the kernel matches them as bits of a
+/// 64-bit mask).
+pub const MAX_POLICIES: usize = 64;
+/// Deepest `from.cgroup` a rule may name (the kernel walks the connecting
+/// task's ancestors that far).
+pub const MAX_CGROUP_DEPTH: usize = 16;
 
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
@@ -287,6 +293,70 @@ pub fn validate(
                 "names no service in `services:`",
             ));
         }
+        validate_rule(p, &at)?;
+    }
+    if policies.len() > MAX_POLICIES {
+        return Err(field(
+            "policies".into(),
+            policies.len(),
+            format!("at most {MAX_POLICIES} rules"),
+        ));
+    }
+    Ok(())
+}
+
+/// What one rule may combine.
+fn validate_rule(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
+    let name_ok = p.name.len() <= 63
+        && (p.name.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(field(
+            format!("{at}.name"),
+            &p.name,
+            "must be 1 to 63 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if p.to.service.is_some()
+        && (!p.to.cidr.is_empty() || !p.to.ports.is_empty() || p.to.protocol.is_some())
+    {
+        return Err(field(
+            format!("{at}.to.service"),
+            p.to.service.as_deref().unwrap_or_default(),
+            "a service names its own address, port and protocol: give either `service` or \
+             `cidr`/`ports`/`protocol`",
+        ));
+    }
+    if let Some(i) = p.to.ports.iter().position(|&port| port == 0) {
+        return Err(field(
+            format!("{at}.to.ports[{i}]"),
+            0,
+            "must be between 1 and 65535",
+        ));
+    }
+    if let Some(c) = &p.from.cgroup {
+        if p.direction == Direction::Ingress {
+            return Err(field(
+                format!("{at}.from.cgroup"),
+                c,
+                "names local processes, which only egress rules check (an ingress rule's \
+                 source is the packet's address: use `from.cidr`)",
+            ));
+        }
+        if !c.starts_with('/') || c.split('/').any(|part| part == "..") {
+            return Err(field(
+                format!("{at}.from.cgroup"),
+                c,
+                "must be an absolute cgroup path such as /system.slice/nginx.service",
+            ));
+        }
+        let depth = c.split('/').filter(|part| !part.is_empty()).count();
+        if depth == 0 || depth > MAX_CGROUP_DEPTH {
+            return Err(field(
+                format!("{at}.from.cgroup"),
+                c,
+                format!("must name a cgroup 1 to {MAX_CGROUP_DEPTH} levels below the root"),
+            ));
+        }
     }
     Ok(())
 }
@@ -299,8 +369,29 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     if c.kubernetes_services {
         return Err(field("kubernetes_services".into(), true, LATER));
     }
-    if !c.policies.is_empty() {
-        return Err(field("policies".into(), &c.policies[0].name, LATER));
+    for (i, p) in c.policies.iter().enumerate() {
+        let at = format!("policies[{i}]");
+        if p.from.namespace.is_some() || !p.from.pod_labels.is_empty() {
+            let key = if p.from.namespace.is_some() {
+                "namespace"
+            } else {
+                "pod_labels"
+            };
+            return Err(field(format!("{at}.from.{key}"), &p.name, LATER));
+        }
+        let v6 = p
+            .from
+            .cidr
+            .iter()
+            .map(|n| ("from", n))
+            .chain(p.to.cidr.iter().map(|n| ("to", n)));
+        for (side, net) in v6.filter(|(_, n)| matches!(n, ipnet::IpNet::V6(_))) {
+            return Err(field(
+                format!("{at}.{side}.cidr"),
+                net,
+                format!("IPv6 {LATER}"),
+            ));
+        }
     }
     // Error responses are read from captured payload.
     const NEEDS_L7: &str = "needs L7 capture, which `l7_capture_bytes: 0` turns off";

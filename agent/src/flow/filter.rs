@@ -222,12 +222,13 @@ impl FlowFilter {
         Ok(())
     }
 
-    /// `--verdict`: forwarded, dropped or redirected.
+    /// `--verdict`: forwarded, dropped, redirected or audit.
     pub fn add_verdict(&mut self, value: &str) -> Result<(), FilterError> {
         let verdict = match non_empty("verdict", value)?.to_ascii_lowercase().as_str() {
             "forwarded" => Verdict::Forwarded,
             "dropped" => Verdict::Dropped,
             "redirected" => Verdict::Redirected,
+            "audit" => Verdict::Audit,
             _ => {
                 return Err(FilterError::new(
                     "verdict",
@@ -414,6 +415,7 @@ pub fn verdict_name(verdict: Verdict) -> &'static str {
         Verdict::Forwarded => "forwarded",
         Verdict::Dropped => "dropped",
         Verdict::Redirected => "redirected",
+        Verdict::Audit => "audit",
     }
 }
 

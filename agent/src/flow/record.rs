@@ -34,6 +34,10 @@ pub enum FlowEvent {
     Ejected,
     /// An ejected backend came back into rotation.
     Returned,
+    /// A policy rule denied a connect, a datagram or a new connection's
+    /// first packet (`verdict: dropped`), or would have in audit mode
+    /// (`verdict: audit`); `policy` names the rule.
+    Policy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,6 +53,8 @@ pub enum Verdict {
     Forwarded,
     Dropped,
     Redirected,
+    /// A deny rule matched in `policy_mode: audit`: recorded, let through.
+    Audit,
 }
 
 /// Why a connection failed to establish.
@@ -161,6 +167,9 @@ pub struct FlowRecord {
     /// through one (`destination` is the backend it reached).
     #[serde(default)]
     pub service: Option<ServiceRef>,
+    /// The policy rule that decided this record's flow.
+    #[serde(default)]
+    pub policy: Option<String>,
     /// On `ejected` and `returned` records: the reason and the counts
     /// behind the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +185,45 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// A record of something that happened to a flow rather than of its
+    /// traffic (an ejection, a policy verdict): no bytes, no timing,
+    /// forwarded until the caller says otherwise.
+    pub fn event_between(
+        event: FlowEvent,
+        transport: Transport,
+        source: Endpoint,
+        destination: Endpoint,
+        mono_ns: u64,
+    ) -> Self {
+        Self {
+            time: crate::flow::clock::rfc3339(mono_ns),
+            flow_type: FlowType::L4,
+            event,
+            transport,
+            source,
+            destination,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: None,
+            packets_received: None,
+            retransmits: 0,
+            srtt_us: None,
+            duration_us: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            verdict: Verdict::Forwarded,
+            drop_reason: None,
+            failure: None,
+            l7: None,
+            traffic_direction: None,
+            service: None,
+            policy: None,
+            health: None,
+            trace: None,
+            mono_ns,
+        }
+    }
+
     /// The protocol name this record matches in `--protocol` filters.
     pub fn protocol_names(&self) -> impl Iterator<Item = &str> {
         let transport = match self.transport {

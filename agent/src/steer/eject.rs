@@ -13,7 +13,7 @@ use super::{
 };
 use crate::flow::{
     clock,
-    record::{Endpoint, FlowEvent, FlowRecord, FlowType, ServiceRef, Transport, Verdict},
+    record::{Endpoint, FlowEvent, FlowRecord, ServiceRef, Transport},
 };
 
 fn now() -> Duration {
@@ -115,39 +115,24 @@ impl Reporter {
         } else {
             FlowEvent::Returned
         };
-        store.push(FlowRecord {
-            time: clock::rfc3339(mono_ns),
-            flow_type: FlowType::L4,
+        let transport = if s.key.proto == weft_common::IPPROTO_UDP {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        let mut record = FlowRecord::event_between(
             event,
-            transport: if s.key.proto == weft_common::IPPROTO_UDP {
-                Transport::Udp
-            } else {
-                Transport::Tcp
-            },
-            source: Endpoint::from_addr(address, s.key.port),
-            destination: Endpoint::from_addr(backend.ip(), backend.port()),
-            bytes_sent: 0,
-            bytes_received: 0,
-            packets_sent: None,
-            packets_received: None,
-            retransmits: 0,
-            srtt_us: None,
-            duration_us: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            verdict: Verdict::Forwarded,
-            drop_reason: None,
-            failure: None,
-            l7: None,
-            traffic_direction: None,
-            service: Some(ServiceRef {
-                name: s.name.clone(),
-                address,
-                port: s.key.port,
-            }),
-            health: Some(change),
-            trace: None,
+            transport,
+            Endpoint::from_addr(address, s.key.port),
+            Endpoint::from_addr(backend.ip(), backend.port()),
             mono_ns,
+        );
+        record.service = Some(ServiceRef {
+            name: s.name.clone(),
+            address,
+            port: s.key.port,
         });
+        record.health = Some(change);
+        store.push(record);
     }
 }

@@ -12,6 +12,7 @@ pub mod eject;
 pub mod health;
 pub mod pins;
 pub mod plan;
+pub mod policy;
 pub mod report;
 pub mod sync;
 pub mod tags;
@@ -23,13 +24,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSockAddr, links::FdLink, links::PinnedLink},
 };
 use weft_common::steer::Origin;
 
 use crate::{config::Config, loader::mounts, status::ProgramStatus};
 use plan::Plan;
+use policy::{PolicyMaps, PolicyTask, plan::PolicyPlan};
 use sync::ServiceMaps;
 
 /// The steering object built by build.rs.
@@ -47,7 +49,20 @@ const MAPS: &[&str] = &[
     "STEER_COUNTERS",
     "AFFINITY",
     "REPLIES",
+    "POLICY_GLOBALS",
+    "POLICY_SRC",
+    "POLICY_DST",
+    "POLICY_PORTS",
+    "POLICY_NETNS",
+    "POLICY_CGROUPS",
+    "POLICY_VERDICTS",
+    "POLICY_COUNTERS",
+    "POLICY_EVENTS",
 ];
+
+/// The ingress policy program: attached only while an ingress rule
+/// exists (it runs for every packet a local socket receives).
+const INGRESS_PROGRAM: &str = "weft_policy_ingress";
 
 /// (program, attach type name).
 const PROGRAMS: &[(&str, &str)] = &[
@@ -112,17 +127,21 @@ pub struct Steering {
     pub steered: HashMap<MapData, u64, Origin>,
     pub counters: PerCpuArray<MapData, u64>,
     pub plan: Plan,
+    /// Owns the policy maps (written before any program is attached).
+    pub policy: PolicyTask,
+    /// Denied and audited connects, datagrams and packets.
+    pub policy_events: RingBuf<MapData>,
     pub programs: Vec<ProgramStatus>,
     /// Programs found attached and pinned by an earlier agent.
     pub adopted: usize,
 }
 
 impl Steering {
-    /// Sets up steering for `config`; `None` when it has no services
-    /// (after removing whatever an earlier agent pinned).
+    /// Sets up steering for `config`; `None` when it has neither services
+    /// nor policies (after removing whatever an earlier agent pinned).
     pub fn start(config: &Config) -> Result<Option<Self>, SteerError> {
         let mounts = mounts::mounts().map_err(SteerError::Mounts)?;
-        if config.services.is_empty() {
+        if config.services.is_empty() && config.policies.is_empty() {
             remove_all_if_mounted(&mounts);
             return Ok(None);
         }
@@ -135,7 +154,7 @@ impl Steering {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| SteerError::Pins { path, source })?;
         }
-        let mut steering = Self::load_maps(config, &dir)?;
+        let mut steering = Self::load_maps(config, &dir, &cgroup_root)?;
         steering.attach(&dir, &cgroup_root)?;
         // Only now that this version's programs run are older ones removed.
         let others = pins::other_versions(&root, &version).map_err(|source| SteerError::Pins {
@@ -153,7 +172,7 @@ impl Steering {
 
     /// Loads the object with every map pinned (created, or reused as an
     /// earlier agent left it) and writes the configuration into them.
-    fn load_maps(config: &Config, dir: &Path) -> Result<Self, SteerError> {
+    fn load_maps(config: &Config, dir: &Path, cgroup_root: &Path) -> Result<Self, SteerError> {
         let paths: Vec<(&str, PathBuf)> = MAPS
             .iter()
             .map(|&name| (name, dir.join("maps").join(name)))
@@ -171,6 +190,32 @@ impl Steering {
             service_no_backend: take(&mut ebpf, "SERVICE_NO_BACKEND", HashMap::try_from)?,
             affinity: take(&mut ebpf, "AFFINITY", HashMap::try_from)?,
         };
+        let policy_maps = PolicyMaps {
+            globals: take(&mut ebpf, "POLICY_GLOBALS", Array::try_from)?,
+            src: take(&mut ebpf, "POLICY_SRC", LpmTrie::try_from)?,
+            dst: take(&mut ebpf, "POLICY_DST", LpmTrie::try_from)?,
+            ports: take(&mut ebpf, "POLICY_PORTS", HashMap::try_from)?,
+            netns: take(&mut ebpf, "POLICY_NETNS", HashMap::try_from)?,
+            cgroups: take(&mut ebpf, "POLICY_CGROUPS", HashMap::try_from)?,
+            verdicts: take(&mut ebpf, "POLICY_VERDICTS", PerCpuArray::try_from)?,
+            counters: take(&mut ebpf, "POLICY_COUNTERS", PerCpuArray::try_from)?,
+        };
+        let policy_plan = PolicyPlan::new(&config.policies, config.policy_mode, &config.services);
+        let policy_events = take(&mut ebpf, "POLICY_EVENTS", RingBuf::try_from)?;
+        let mut policy = PolicyTask::new(policy_maps, policy_plan, Some(cgroup_root.to_owned()));
+        policy
+            .resolve_and_apply()
+            .map_err(|source| SteerError::Map {
+                name: "POLICY_GLOBALS",
+                source,
+            })?;
+        if !config.policies.is_empty() {
+            log::info!(
+                "enforcing {} policy rules ({:?} mode)",
+                config.policies.len(),
+                config.policy_mode
+            );
+        }
         let plan = Plan::new(&config.services, &maps.existing_ids(), &config.health);
         let removed = maps.apply(&plan).map_err(|source| SteerError::Map {
             name: "SERVICES",
@@ -186,51 +231,105 @@ impl Steering {
             _ebpf: ebpf,
             maps,
             plan,
+            policy,
+            policy_events,
             programs: Vec::new(),
             adopted: 0,
         })
     }
 
     /// Adopts each program's pinned link, or loads, attaches and pins it.
+    /// The ingress policy program only while an ingress rule exists; its
+    /// link is removed otherwise.
     fn attach(&mut self, dir: &Path, cgroup_root: &Path) -> Result<(), SteerError> {
         let cgroup = File::open(cgroup_root).map_err(|source| SteerError::Pins {
             path: cgroup_root.to_owned(),
             source,
         })?;
         for &(name, hook) in PROGRAMS {
-            let link_path = dir.join("links").join(name);
-            if PinnedLink::from_pin(&link_path).is_ok() {
-                self.adopted += 1;
-            } else {
-                let program: &mut CgroupSockAddr = self
-                    ._ebpf
-                    .program_mut(name)
-                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
-                    .and_then(TryInto::try_into)
-                    .map_err(|source| SteerError::Program { name, source })?;
-                let pin = |reason: String| SteerError::Pin {
-                    name,
-                    path: link_path.clone(),
-                    reason,
-                };
-                program
-                    .load()
-                    .map_err(|source| SteerError::Program { name, source })?;
-                let id = program
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(|source| SteerError::Program { name, source })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| SteerError::Program { name, source })?;
-                let fd_link = FdLink::try_from(link).map_err(|e| pin(e.to_string()))?;
-                fd_link.pin(&link_path).map_err(|e| pin(e.to_string()))?;
-            }
-            self.programs.push(ProgramStatus {
-                name: name.into(),
-                kind: "cgroup_sock_addr".into(),
-                attach_point: format!("cgroup {} ({hook}, pinned)", cgroup_root.display()),
-            });
+            self.attach_one(dir, &cgroup, cgroup_root, name, hook, "cgroup_sock_addr")?;
         }
+        let link = dir.join("links").join(INGRESS_PROGRAM);
+        if self.policy.plan.has_ingress() {
+            self.attach_one(
+                dir,
+                &cgroup,
+                cgroup_root,
+                INGRESS_PROGRAM,
+                "ingress",
+                "cgroup_skb",
+            )?;
+        } else if link.exists() {
+            std::fs::remove_file(&link)
+                .map_err(|source| SteerError::Pins { path: link, source })?;
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        dir: &Path,
+        cgroup: &File,
+        cgroup_root: &Path,
+        name: &'static str,
+        hook: &str,
+        kind: &str,
+    ) -> Result<(), SteerError> {
+        let link_path = dir.join("links").join(name);
+        if PinnedLink::from_pin(&link_path).is_ok() {
+            self.adopted += 1;
+        } else {
+            let pin = |reason: String| SteerError::Pin {
+                name,
+                path: link_path.clone(),
+                reason,
+            };
+            let program = self
+                ._ebpf
+                .program_mut(name)
+                .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+                .map_err(|source| SteerError::Program { name, source })?;
+            let link = match kind {
+                "cgroup_skb" => {
+                    let p: &mut CgroupSkb = program
+                        .try_into()
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    p.load()
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    let id = p
+                        .attach(
+                            cgroup,
+                            aya::programs::CgroupSkbAttachType::Ingress,
+                            CgroupAttachMode::Single,
+                        )
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    let link = p
+                        .take_link(id)
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    FdLink::try_from(link).map_err(|e| pin(e.to_string()))?
+                }
+                _ => {
+                    let p: &mut CgroupSockAddr = program
+                        .try_into()
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    p.load()
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    let id = p
+                        .attach(cgroup, CgroupAttachMode::Single)
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    let link = p
+                        .take_link(id)
+                        .map_err(|source| SteerError::Program { name, source })?;
+                    FdLink::try_from(link).map_err(|e| pin(e.to_string()))?
+                }
+            };
+            link.pin(&link_path).map_err(|e| pin(e.to_string()))?;
+        }
+        self.programs.push(ProgramStatus {
+            name: name.into(),
+            kind: kind.into(),
+            attach_point: format!("cgroup {} ({hook}, pinned)", cgroup_root.display()),
+        });
         Ok(())
     }
 }

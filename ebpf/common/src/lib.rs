@@ -12,6 +12,7 @@ pub mod counters;
 pub mod data;
 pub mod drop;
 pub mod event;
+pub mod policy;
 pub mod steer;
 pub mod udp;
 

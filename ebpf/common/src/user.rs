@@ -7,6 +7,7 @@ use crate::{
     data::{DataHeader, SyscallArgs},
     drop::{DropKey, DropStats},
     event::TcpEvent,
+    policy::{PolicyEvent, PolicyGlobals, PortKey},
     steer::{AffinityEntry, AffinityKey, Backend, Origin, ServiceEntry, ServiceKey, SlotKey},
     udp::UdpFlow,
 };
@@ -31,6 +32,9 @@ unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for Origin {}
 unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityEntry {}
+unsafe impl aya::Pod for PortKey {}
+unsafe impl aya::Pod for PolicyGlobals {}
+unsafe impl aya::Pod for PolicyEvent {}
 
 impl Owner {
     /// The `comm` as text, up to its first NUL.

@@ -121,6 +121,7 @@ impl Emitter {
             l7: Some(Value::Object(l7)),
             traffic_direction: Some(direction.name().into()),
             service: self.services.get(key),
+            policy: None,
             health: None,
             trace,
             mono_ns: ex.request_ns,

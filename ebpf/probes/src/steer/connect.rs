@@ -28,10 +28,11 @@ use super::maps::{
     AFFINITY, BACKEND_CONNECTS, BACKENDS, ORIGINS, SERVICE_NO_BACKEND, SERVICES, SLOTS, STEERED,
     bump, count,
 };
+use super::policy::Decision;
 
 const ECONNREFUSED: i32 = 111;
 pub(super) const ALLOW: i32 = 1;
-const REJECT: i32 = 0;
+pub(super) const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_steer_connect4(ctx: SockAddrContext) -> i32 {
@@ -56,6 +57,9 @@ pub(super) enum Steer {
 
 #[inline(always)]
 fn connect4(ctx: &SockAddrContext) -> i32 {
+    if let Decision::Deny = egress_policy(ctx) {
+        return REJECT;
+    }
     match steer4(ctx) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse(),
@@ -68,6 +72,21 @@ fn connect4(ctx: &SockAddrContext) -> i32 {
             ALLOW
         }
     }
+}
+
+/// The egress policy's decision on the address the application dialed
+/// (before a service rewrites it). A deny returns 0 without a retval set,
+/// which the kernel turns into EPERM.
+#[inline(always)]
+pub(super) fn egress_policy(ctx: &SockAddrContext) -> Decision {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    super::policy::egress4(
+        ctx,
+        sa.user_ip4,
+        u16::from_be(sa.user_port as u16),
+        sa.protocol as u8,
+    )
 }
 
 /// Fails the call with ECONNREFUSED.

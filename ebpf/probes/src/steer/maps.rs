@@ -5,7 +5,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use weft_common::policy::{
+    Ip4Data, POLICY_EVENTS_BYTES, POLICY_MAX_CGROUPS, POLICY_MAX_NETNS, POLICY_MAX_PORTS,
+    POLICY_MAX_PREFIXES, POLICY_MAX_RULES, PolicyGlobals, PortKey, counter as policy_counter,
+    verdict,
 };
 use weft_common::steer::{
     AffinityEntry, AffinityKey, Backend, Origin, ReplyKey, STEER_MAX_AFFINITY, STEER_MAX_BACKENDS,
@@ -71,10 +76,7 @@ pub static STEER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(coun
 /// Adds one to a per-CPU counter (no atomics needed per CPU).
 #[inline(always)]
 pub fn count(idx: u32) {
-    if let Some(slot) = STEER_COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: the pointer comes from the map and is valid for this CPU.
-        unsafe { *slot += 1 };
-    }
+    count_in(&STEER_COUNTERS, idx);
 }
 
 /// Adds one to an agent-created counter shared between CPUs.
@@ -82,5 +84,58 @@ pub fn count(idx: u32) {
 pub fn bump(map: &HashMap<u32, u64>, id: u32) {
     if let Some(slot) = map.get_ptr_mut(&id) {
         crate::atomic::add_u64(slot, 1);
+    }
+}
+
+// ---- policy (see weft_common::policy) ----
+
+/// The masks of rules with a property; entry 0 only. All zero (no rule)
+/// until the agent writes it.
+#[map]
+pub static POLICY_GLOBALS: Array<PolicyGlobals> = Array::with_max_entries(1, 0);
+
+/// Source prefix -> rules whose `from.cidr` covers it (each prefix holds
+/// the bits of every shorter prefix that covers it, so the longest match
+/// answers for all).
+#[map]
+pub static POLICY_SRC: LpmTrie<Ip4Data, u64> = LpmTrie::with_max_entries(POLICY_MAX_PREFIXES, 0);
+
+/// Destination prefix -> rules whose destination covers it (as above).
+#[map]
+pub static POLICY_DST: LpmTrie<Ip4Data, u64> = LpmTrie::with_max_entries(POLICY_MAX_PREFIXES, 0);
+
+/// (protocol, port) -> rules that name that port.
+#[map]
+pub static POLICY_PORTS: HashMap<PortKey, u64> = HashMap::with_max_entries(POLICY_MAX_PORTS, 0);
+
+/// Netns cookie -> egress rules whose `from.cidr` covers one of the
+/// namespace's addresses (the source of a socket not bound yet).
+#[map]
+pub static POLICY_NETNS: HashMap<u64, u64> = HashMap::with_max_entries(POLICY_MAX_NETNS, 0);
+
+/// cgroup id of a `from.cgroup` prefix -> rules naming it.
+#[map]
+pub static POLICY_CGROUPS: HashMap<u64, u64> = HashMap::with_max_entries(POLICY_MAX_CGROUPS, 0);
+
+/// Verdicts per rule: index rule * verdict::COUNT + verdict.
+#[map]
+pub static POLICY_VERDICTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(POLICY_MAX_RULES * verdict::COUNT, 0);
+
+/// See `weft_common::policy::counter`.
+#[map]
+pub static POLICY_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(policy_counter::COUNT, 0);
+
+/// Denied and audited connects, datagrams and packets, for records.
+#[map]
+pub static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(POLICY_EVENTS_BYTES, 0);
+
+/// Adds one to a per-CPU counter of `map`.
+#[inline(always)]
+pub fn count_in(map: &PerCpuArray<u64>, idx: u32) {
+    if let Some(slot) = map.get_ptr_mut(idx) {
+        // SAFETY: the pointer comes from the map and is valid for this CPU.
+        unsafe { *slot += 1 };
     }
 }

@@ -1,5 +1,6 @@
-//! Connect-time load balancing (see `steer_main.rs`).
+//! Connect-time load balancing and L3/L4 policy (see `steer_main.rs`).
 
 mod connect;
 mod maps;
+mod policy;
 mod udp;

@@ -16,13 +16,17 @@ use aya_ebpf::{
 };
 use weft_common::steer::{Origin, ReplyKey, ServiceKey, counter};
 
+use super::policy::Decision;
 use super::{
-    connect::{ALLOW, Steer, refuse, steer4},
+    connect::{ALLOW, REJECT, Steer, egress_policy, refuse, steer4},
     maps::{REPLIES, count},
 };
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_steer_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if let Decision::Deny = egress_policy(&ctx) {
+        return REJECT;
+    }
     match steer4(&ctx) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse(),
