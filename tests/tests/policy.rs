@@ -1,0 +1,244 @@
+//! Policy: named L3/L4 rules enforced in the kernel against real servers
+//! in lab namespaces. An egress deny fails each connect with EPERM at
+//! once while another port of the same server still answers; audit mode
+//! lets the same connects through and records them; an ingress deny
+//! drops the SYNs of one source while another connects. Every decision is
+//! a record with the rule's name and counted exactly in
+//! `weft_policy_verdicts_total` and `weft policies`.
+//!
+//! Policy state is one per node (pinned under bpffs), so these tests run
+//! one at a time.
+
+use std::{path::PathBuf, sync::Mutex, time::Duration};
+
+use serde_json::Value;
+use weft_tests::{
+    agent::{Agent, weft},
+    lab::Lab,
+    peer::Peer,
+    require_root, wait_for,
+};
+
+static POLICY: Mutex<()> = Mutex::new(());
+
+/// Removes every pinned weft object when a test ends, also when it fails.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = weft(&["cleanup"]);
+        if !out.status.success() {
+            eprintln!(
+                "weft cleanup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn config(tag: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("weft-policy-{}-{tag}.yaml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Real HTTP servers in the lab's server namespace, one per port.
+fn servers(lab: &Lab, ports: &[u16]) -> Vec<Peer> {
+    ports
+        .iter()
+        .map(|&port| {
+            let p = port.to_string();
+            let mut s = Peer::start(
+                "http",
+                &lab.server_ns,
+                &["python3", "-m", "http.server", &p, "--bind", &lab.server_v4],
+            );
+            s.wait_tcp(
+                &lab.server_ns,
+                lab.server_addr(port),
+                Duration::from_secs(20),
+            );
+            s
+        })
+        .collect()
+}
+
+/// `count` connects from namespace `ns`: (errno, milliseconds) each;
+/// errno 0 is success, -1 a timeout.
+fn connects(lab: &Lab, ns: &str, port: u16, count: u32, timeout_s: f64) -> Vec<(i64, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/connects.py");
+    let out = lab.exec(
+        ns,
+        &[
+            "python3",
+            script,
+            &lab.server_v4,
+            &port.to_string(),
+            &count.to_string(),
+            &timeout_s.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            (
+                v["errno"].as_i64().expect("errno"),
+                v["ms"].as_f64().expect("ms"),
+            )
+        })
+        .collect()
+}
+
+/// The agent's `policy` records of rule `name` with `verdict`.
+fn policy_records(agent: &Agent, name: &str, verdict: &str) -> Vec<Value> {
+    agent
+        .flows(&["--all", "--verdict", verdict])
+        .into_iter()
+        .filter(|r| r["event"] == "policy" && r["policy"] == name)
+        .collect()
+}
+
+/// `weft policies -o json`, the rule named `name`.
+fn policy_report(agent: &Agent, name: &str) -> Value {
+    let out = agent.client(&["policies", "-o", "json"]);
+    assert!(out.status.success(), "weft policies failed");
+    let rules: Vec<Value> = serde_json::from_slice(&out.stdout).expect("policies JSON");
+    rules
+        .into_iter()
+        .find(|r| r["name"] == name)
+        .expect("the rule")
+}
+
+fn verdicts(agent: &Agent, name: &str, verdict: &str) -> f64 {
+    agent.metric_sum(
+        "weft_policy_verdicts_total",
+        &[
+            &format!("policy=\"{name}\""),
+            &format!("verdict=\"{verdict}\""),
+        ],
+    )
+}
+
+/// Waits until rule `name` has exactly `n` records, metric samples and
+/// report counts of `verdict`, then checks nothing more arrives.
+fn assert_counted(agent: &Agent, name: &str, verdict: &str, n: usize) {
+    wait_for(
+        &format!("{n} {verdict} verdicts of {name}"),
+        Duration::from_secs(10),
+        || {
+            let counted = policy_records(agent, name, verdict).len() == n
+                && verdicts(agent, name, verdict) == n as f64
+                && policy_report(agent, name)[verdict] == n as u64;
+            counted.then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(policy_records(agent, name, verdict).len(), n);
+    assert_eq!(verdicts(agent, name, verdict), n as f64);
+}
+
+fn egress_rule(lab: &Lab, mode: &str) -> String {
+    format!(
+        "policy_mode: {mode}\npolicies:\n  - name: no-8080\n    direction: egress\n    \
+         from: {{cidr: [{}/32]}}\n    to: {{cidr: [{}/32], ports: [8080], protocol: tcp}}\n    \
+         action: deny\n",
+        lab.client_v4, lab.server_v4
+    )
+}
+
+#[test]
+fn an_egress_deny_fails_connects_with_eperm_at_once() {
+    if !require_root("an_egress_deny_fails_connects_with_eperm_at_once") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[8080, 8081]);
+    let cfg = config("egress", &egress_rule(&lab, "enforce"));
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+
+    let denied = connects(&lab, &lab.client_ns, 8080, 20, 2.0);
+    assert_eq!(denied.len(), 20);
+    for (errno, ms) in &denied {
+        assert_eq!(*errno, libc::EPERM as i64, "{denied:?}");
+        assert!(*ms < 10.0, "a denied connect took {ms} ms: {denied:?}");
+    }
+    let allowed = connects(&lab, &lab.client_ns, 8081, 20, 2.0);
+    assert!(allowed.iter().all(|(e, _)| *e == 0), "{allowed:?}");
+
+    assert_counted(&agent, "no-8080", "dropped", 20);
+    let record = &policy_records(&agent, "no-8080", "dropped")[0];
+    assert_eq!(record["drop_reason"], "POLICY_DENIED");
+    assert_eq!(record["traffic_direction"], "egress");
+    assert_eq!(record["source"]["ip"], lab.client_v4.as_str());
+    assert_eq!(record["destination"]["ip"], lab.server_v4.as_str());
+    assert_eq!(record["destination"]["port"], 8080);
+    let report = policy_report(&agent, "no-8080");
+    assert_eq!(
+        (report["mode"].as_str(), report["audit"].as_u64()),
+        (Some("enforce"), Some(0))
+    );
+    assert_eq!(policy_records(&agent, "no-8080", "audit").len(), 0);
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn audit_mode_records_the_denies_and_lets_them_through() {
+    if !require_root("audit_mode_records_the_denies_and_lets_them_through") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[8080]);
+    let cfg = config("audit", &egress_rule(&lab, "audit"));
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+
+    let through = connects(&lab, &lab.client_ns, 8080, 20, 2.0);
+    assert!(through.iter().all(|(e, _)| *e == 0), "{through:?}");
+    assert_counted(&agent, "no-8080", "audit", 20);
+    assert_eq!(policy_records(&agent, "no-8080", "dropped").len(), 0);
+    assert_eq!(verdicts(&agent, "no-8080", "dropped"), 0.0);
+    assert_eq!(policy_report(&agent, "no-8080")["mode"], "audit");
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn an_ingress_deny_drops_the_syns_of_one_source_only() {
+    if !require_root("an_ingress_deny_drops_the_syns_of_one_source_only") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[9090]);
+    let rule = format!(
+        "policies:\n  - name: no-9090-from-client\n    direction: ingress\n    \
+         from: {{cidr: [{}/32]}}\n    to: {{ports: [9090], protocol: tcp}}\n    action: deny\n",
+        lab.client_v4
+    );
+    let cfg = config("ingress", &rule);
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+
+    // Half a second is less than the SYN's first retransmission (1 s):
+    // one SYN per connect.
+    let dropped = connects(&lab, &lab.client_ns, 9090, 5, 0.5);
+    assert!(dropped.iter().all(|(e, _)| *e == -1), "{dropped:?}");
+    // Another source (the server's own namespace, from its address).
+    let other = connects(&lab, &lab.server_ns, 9090, 5, 2.0);
+    assert!(other.iter().all(|(e, _)| *e == 0), "{other:?}");
+    assert_counted(&agent, "no-9090-from-client", "dropped", 5);
+    let record = &policy_records(&agent, "no-9090-from-client", "dropped")[0];
+    assert_eq!(record["traffic_direction"], "ingress");
+    assert_eq!(record["source"]["ip"], lab.client_v4.as_str());
+    assert_eq!(record["destination"]["port"], 9090);
+    assert_ne!(record["source"]["port"], 0);
+    let _ = std::fs::remove_file(cfg);
+}
