@@ -114,6 +114,7 @@ mod tests {
                     store,
                     status,
                     watch::channel(Vec::new()).1,
+                    watch::channel(Vec::new()).1,
                     shutdown,
                 )
                 .await
@@ -240,6 +241,7 @@ mod tests {
             store.clone(),
             status.clone(),
             watch::channel(Vec::new()).1,
+            watch::channel(Vec::new()).1,
             CancellationToken::new(),
         )
         .await
@@ -263,6 +265,7 @@ mod tests {
             &socket,
             store,
             status,
+            watch::channel(Vec::new()).1,
             watch::channel(Vec::new()).1,
             CancellationToken::new(),
         )

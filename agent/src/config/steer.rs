@@ -379,13 +379,13 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
             };
             return Err(field(format!("{at}.from.{key}"), &p.name, LATER));
         }
-        let v6 = p
+        let mut v6 = p
             .from
             .cidr
             .iter()
             .map(|n| ("from", n))
             .chain(p.to.cidr.iter().map(|n| ("to", n)));
-        for (side, net) in v6.filter(|(_, n)| matches!(n, ipnet::IpNet::V6(_))) {
+        if let Some((side, net)) = v6.find(|(_, n)| matches!(n, ipnet::IpNet::V6(_))) {
             return Err(field(
                 format!("{at}.{side}.cidr"),
                 net,
@@ -653,5 +653,34 @@ mod tests {
             "policies:\n  - name: r\n    direction: egress\n    to: {cidrs: []}\n    action: deny\n",
         );
         assert!(e.contains("policies[0].to") && e.contains("cidrs"), "{e}");
+        for (rule, path) in [
+            (
+                "    direction: ingress\n    from: {cgroup: /system.slice}\n",
+                "policies[0].from.cgroup",
+            ),
+            (
+                "    direction: egress\n    from: {cgroup: system.slice}\n",
+                "policies[0].from.cgroup",
+            ),
+            (
+                "    direction: egress\n    to: {ports: [0]}\n",
+                "policies[0].to.ports[0]",
+            ),
+            (
+                "    direction: egress\n    from: {namespace: prod}\n",
+                "policies[0].from.namespace",
+            ),
+            (
+                "    direction: egress\n    to: {cidr: [fd00::/8]}\n",
+                "policies[0].to.cidr",
+            ),
+        ] {
+            let e = err(&format!("policies:\n  - name: r\n{rule}    action: deny\n"));
+            assert!(e.contains(path), "{rule}: {e}");
+        }
+        let e = err(&format!(
+            "{WEB}policies:\n  - name: r\n    direction: egress\n    to: {{service: web, ports: [80]}}\n    action: deny\n"
+        ));
+        assert!(e.contains("policies[0].to.service"), "{e}");
     }
 }

@@ -455,6 +455,7 @@ pub(crate) mod test_support {
             l7: None,
             traffic_direction: None,
             service: None,
+            policy: None,
             health: None,
             trace: None,
             mono_ns: 0,

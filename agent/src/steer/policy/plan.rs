@@ -216,7 +216,9 @@ mod tests {
         assert_eq!(p.dst[&net("10.1.0.0/16")], 0b0001);
         assert_eq!(p.dst[&net("10.1.2.0/24")], 0b0011);
         assert_eq!(p.src[&net("10.0.0.0/8")], 0b0001);
-        assert_eq!(p.src[&net("10.2.0.0/16")], 0b0100);
+        // c's 10.2.0.0/16 lies inside a's 10.0.0.0/8 (the kernel then
+        // checks the direction).
+        assert_eq!(p.src[&net("10.2.0.0/16")], 0b0101);
         let port = |port, proto| PortKey {
             port,
             proto,
@@ -226,10 +228,11 @@ mod tests {
         assert_eq!(p.ports[&port(53, IPPROTO_UDP)], 0b0100);
         assert!(!p.ports.contains_key(&port(80, IPPROTO_UDP)));
         assert_eq!(p.cgroups["/system.slice/nginx.service"], 0b1000);
-        // Only egress rules are matched by namespace.
+        // Only egress rules are matched by namespace: c's source is not.
         let a: Ipv4Addr = "10.3.4.5".parse().unwrap();
         assert_eq!(p.netns_mask(&[a]), 0b0001);
-        assert_eq!(p.netns_mask(&["10.2.0.1".parse().unwrap()]), 0);
+        assert_eq!(p.netns_mask(&["10.2.0.1".parse().unwrap()]), 0b0001);
+        assert_eq!(p.netns_mask(&["192.168.0.1".parse().unwrap()]), 0);
         assert!(p.needs_netns() && p.has_ingress());
     }
 
