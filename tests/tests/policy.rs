@@ -9,14 +9,15 @@
 //! Policy state is one per node (pinned under bpffs), so these tests run
 //! one at a time.
 
-use std::{path::PathBuf, sync::Mutex, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
     lab::Lab,
     peer::Peer,
-    require_root, wait_for,
+    pods::ContainerCgroup,
+    require_root, run, wait_for,
 };
 
 static POLICY: Mutex<()> = Mutex::new(());
@@ -240,5 +241,151 @@ fn an_ingress_deny_drops_the_syns_of_one_source_only() {
     assert_eq!(record["source"]["ip"], lab.client_v4.as_str());
     assert_eq!(record["destination"]["port"], 9090);
     assert_ne!(record["source"]["port"], 0);
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// Loaded programs and maps of the policy, by name (bpftool shows map
+/// names cut at 15 characters).
+fn policy_objects() -> (usize, usize) {
+    let count = |kind: &str, keep: &dyn Fn(&str) -> bool| -> usize {
+        let out = run(&["bpftool", "-j", kind, "show"]);
+        let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        all.iter()
+            .filter(|o| o["name"].as_str().is_some_and(keep))
+            .count()
+    };
+    (
+        count("prog", &|n| {
+            n == "weft_policy_ingress" || n == "weft_steer_connect4"
+        }),
+        count("map", &|n| n.starts_with("POLICY_")),
+    )
+}
+
+fn both_rules(lab: &Lab) -> String {
+    format!(
+        "{}  - name: no-9090-in\n    direction: ingress\n    from: {{cidr: [{}/32]}}\n    \
+         to: {{ports: [9090]}}\n    action: deny\n",
+        egress_rule(lab, "enforce"),
+        lab.client_v4
+    )
+}
+
+#[test]
+fn rules_outlive_a_killed_agent_and_cleanup_removes_them() {
+    if !require_root("rules_outlive_a_killed_agent_and_cleanup_removes_them") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[8080, 9090]);
+    let cfg = config("restart", &both_rules(&lab));
+    let mut first = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+    let eperm = |n| {
+        let r = connects(&lab, &lab.client_ns, 8080, n, 2.0);
+        assert!(r.iter().all(|(e, _)| *e == libc::EPERM as i64), "{r:?}");
+    };
+    eperm(3);
+    first.signal_and_wait(libc::SIGKILL);
+    drop(first);
+
+    // No agent: the kernel keeps enforcing both directions.
+    eperm(3);
+    let r = connects(&lab, &lab.client_ns, 9090, 2, 0.5);
+    assert!(r.iter().all(|(e, _)| *e == -1), "{r:?}");
+    assert_eq!(
+        policy_objects(),
+        (2, 9),
+        "policy programs and maps while no agent runs"
+    );
+
+    // The next agent adopts them, and with them the kernel's counts.
+    let second = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+    assert!(
+        second.log().contains("adopted 5 pinned steering programs"),
+        "{}",
+        second.log()
+    );
+    eperm(3);
+    wait_for("the counts of both agents", Duration::from_secs(10), || {
+        let (egress, ingress) = (
+            policy_report(&second, "no-8080"),
+            policy_report(&second, "no-9090-in"),
+        );
+        (egress["dropped"] == 9 && ingress["dropped"] == 2).then_some(())
+    });
+    // Records are the running agent's: those of its own three connects
+    // (the others happened while no agent read the ring, or were read by
+    // the first).
+    assert!(policy_records(&second, "no-8080", "dropped").len() >= 3);
+
+    drop(second);
+    let out = weft(&["cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the kernel to free the policy",
+        Duration::from_secs(10),
+        || (policy_objects() == (0, 0)).then_some(()),
+    );
+    let r = connects(&lab, &lab.client_ns, 8080, 3, 2.0);
+    assert!(r.iter().all(|(e, _)| *e == 0), "after cleanup: {r:?}");
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn an_egress_rule_matches_the_processes_of_a_cgroup() {
+    if !require_root("an_egress_rule_matches_the_processes_of_a_cgroup") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = Cleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[8080]);
+    let cgroup = ContainerCgroup::create();
+    // The rule names the container's parent, a prefix of its path.
+    let parent = cgroup.path().parent().expect("a parent");
+    let prefix = format!("/{}", parent.file_name().expect("a name").to_string_lossy());
+    let rule = format!(
+        "policies:\n  - name: no-8080-from-cgroup\n    direction: egress\n    \
+         from: {{cgroup: {prefix}}}\n    to: {{ports: [8080], protocol: tcp}}\n    action: deny\n"
+    );
+    let cfg = config("cgroup", &rule);
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+
+    // The same client namespace, in the cgroup and outside it.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/connects.py");
+    let procs = cgroup.path().join("cgroup.procs");
+    let out = Command::new("sh")
+        .args(["-c", "echo $$ > \"$0\" && exec ip netns exec \"$@\""])
+        .arg(&procs)
+        .args([
+            &lab.client_ns,
+            "python3",
+            script,
+            &lab.server_v4,
+            "8080",
+            "5",
+            "2",
+        ])
+        .output()
+        .expect("run the connects in the cgroup");
+    let inside = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(inside.lines().count(), 5, "{inside}");
+    assert!(
+        inside
+            .lines()
+            .all(|l| l.contains(&format!("\"errno\": {}", libc::EPERM))),
+        "{inside}"
+    );
+    let outside = connects(&lab, &lab.client_ns, 8080, 5, 2.0);
+    assert!(outside.iter().all(|(e, _)| *e == 0), "{outside:?}");
+    assert_counted(&agent, "no-8080-from-cgroup", "dropped", 5);
+    drop(agent);
+    drop(cgroup);
     let _ = std::fs::remove_file(cfg);
 }

@@ -255,11 +255,21 @@ impl Drop for SteeringCleanup {
 
 /// Two services over the steering lab's backends: `web` on port 80 (the
 /// second backend answers 503 and one error ejects it) and `nobody` on
-/// port 81, with no backend. Returns the configuration file.
+/// port 81, with no backend; and a rule denying port 82. Returns the
+/// configuration file.
 fn steering_config(steer: &SteerLab) -> std::path::PathBuf {
     let mut web = steer.service_yaml("web", 80, &[1, 1]);
     web.push_str("    health: {consecutive_failures: 1, eject_on_l7_errors: true}\n");
-    let text = format!("services:\n{web}{}", steer.service_yaml("nobody", 81, &[]));
+    // A policy rule that denies connects to port 82 of the service
+    // address (the policy panel's verdicts).
+    let policy = format!(
+        "policies:\n  - name: no-82\n    direction: egress\n    to: {{cidr: [{}/32], ports: [82], protocol: tcp}}\n    action: deny\n",
+        steer.service_ip
+    );
+    let text = format!(
+        "services:\n{web}{}{policy}",
+        steer.service_yaml("nobody", 81, &[])
+    );
     let path = std::env::temp_dir().join(format!("weft-prom-{}.yaml", std::process::id()));
     std::fs::write(&path, text).expect("write config");
     path
@@ -270,6 +280,7 @@ fn steering_config(steer: &SteerLab) -> std::path::PathBuf {
 fn steer_round(steer: &SteerLab) {
     assert_eq!(steer.curls(80, 10).len(), 10);
     assert_eq!(steer.curls(81, 2).len(), 2);
+    assert_eq!(steer.curls(82, 2).len(), 2);
 }
 
 fn round(lab: &Lab, ports: &Ports, l7: &L7Servers) {

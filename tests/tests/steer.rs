@@ -420,6 +420,16 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
             "STEER_COUNTERS",
             "AFFINITY",
             "REPLIES",
+            // The policy maps (the object holds them even without rules).
+            "POLICY_GLOBALS",
+            "POLICY_SRC",
+            "POLICY_DST",
+            "POLICY_PORTS",
+            "POLICY_NETNS",
+            "POLICY_CGROUPS",
+            "POLICY_VERDICTS",
+            "POLICY_COUNTERS",
+            "POLICY_EVENTS",
         ],
     );
     (progs, maps)
@@ -470,7 +480,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
     assert!(lab.client_sh(&one).starts_with("backend-"));
     let (progs, maps) = steering_objects();
     assert_eq!(progs.len(), 4, "steering programs while no agent runs");
-    assert_eq!(maps.len(), 10, "steering maps while no agent runs");
+    assert_eq!(maps.len(), 19, "steering maps while no agent runs");
 
     let out = weft(&["cleanup"]);
     assert!(

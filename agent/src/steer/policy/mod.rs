@@ -21,7 +21,8 @@ use std::{
 };
 
 use aya::maps::{
-    Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key, lpm_trie::LpmTrie,
+    Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key,
+    lpm_trie::LpmTrie,
 };
 use ipnet::Ipv4Net;
 use prometheus_client::{
@@ -34,7 +35,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_common::{
     IPPROTO_UDP,
-    policy::{POLICY_INGRESS, PolicyEvent, PolicyGlobals, PortKey, counter, verdict},
+    policy::{
+        POLICY_INGRESS, POLICY_MAX_RULES, PolicyEvent, PolicyGlobals, PortKey, counter, verdict,
+    },
 };
 
 use crate::{
@@ -87,6 +90,8 @@ impl PolicyMaps {
             && entries(&self.ports) == plan.ports;
         if !same {
             self.globals.set(0, PolicyGlobals::default(), 0)?;
+            // A rule's counters are by its index: other rules start over.
+            self.zero_verdicts()?;
             sync_lpm(&mut self.src, &plan.src)?;
             sync_lpm(&mut self.dst, &plan.dst)?;
             sync_hash(&mut self.ports, &plan.ports)?;
@@ -95,6 +100,25 @@ impl PolicyMaps {
         sync_hash(&mut self.cgroups, cgroups)?;
         if !same {
             self.globals.set(0, plan.globals, 0)?;
+        }
+        Ok(())
+    }
+
+    fn zero_verdicts(&mut self) -> Result<(), MapError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: error,
+            })
+        })?;
+        for index in 0..POLICY_MAX_RULES * verdict::COUNT {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|_| {
+                MapError::InvalidValueSize {
+                    size: 0,
+                    expected: 8,
+                }
+            })?;
+            self.verdicts.set(index, zeros, 0)?;
         }
         Ok(())
     }
