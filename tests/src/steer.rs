@@ -286,3 +286,20 @@ fn remove_namespaces(client: &str, backends: &[String]) {
             .status();
     }
 }
+
+/// Removes every pinned weft object (steering and policy) when a test
+/// ends, also when it fails, so that no program stays attached to the
+/// node.
+pub struct PinCleanup;
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        let out = crate::agent::weft(&["cleanup"]);
+        if !out.status.success() {
+            eprintln!(
+                "weft cleanup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -17,25 +17,12 @@ use weft_tests::{
     lab::Lab,
     peer::Peer,
     pods::ContainerCgroup,
-    require_root, run, wait_for,
+    require_root, run,
+    steer::PinCleanup,
+    wait_for,
 };
 
 static POLICY: Mutex<()> = Mutex::new(());
-
-/// Removes every pinned weft object when a test ends, also when it fails.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let out = weft(&["cleanup"]);
-        if !out.status.success() {
-            eprintln!(
-                "weft cleanup failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
 
 fn config(tag: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("weft-policy-{}-{tag}.yaml", std::process::id()));
@@ -159,7 +146,7 @@ fn an_egress_deny_fails_connects_with_eperm_at_once() {
         return;
     }
     let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let lab = Lab::new();
     let _servers = servers(&lab, &[8080, 8081]);
     let cfg = config("egress", &egress_rule(&lab, "enforce"));
@@ -196,7 +183,7 @@ fn audit_mode_records_the_denies_and_lets_them_through() {
         return;
     }
     let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let lab = Lab::new();
     let _servers = servers(&lab, &[8080]);
     let cfg = config("audit", &egress_rule(&lab, "audit"));
@@ -217,7 +204,7 @@ fn an_ingress_deny_drops_the_syns_of_one_source_only() {
         return;
     }
     let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let lab = Lab::new();
     let _servers = servers(&lab, &[9090]);
     let rule = format!(
@@ -277,7 +264,7 @@ fn rules_outlive_a_killed_agent_and_cleanup_removes_them() {
         return;
     }
     let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let lab = Lab::new();
     let _servers = servers(&lab, &[8080, 9090]);
     let cfg = config("restart", &both_rules(&lab));
@@ -343,7 +330,7 @@ fn an_egress_rule_matches_the_processes_of_a_cgroup() {
         return;
     }
     let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let lab = Lab::new();
     let _servers = servers(&lab, &[8080]);
     let cgroup = ContainerCgroup::create();

@@ -18,14 +18,14 @@ use std::{
 };
 
 use weft_tests::{
-    agent::{Agent, weft},
+    agent::Agent,
     dashboards,
     lab::{Lab, spawn_in},
     peer::{Peer, exec_with_input},
     prometheus::{Prometheus, values},
     require_root, run,
     servers::{self, Server},
-    steer::SteerLab,
+    steer::{PinCleanup, SteerLab},
     traffic::{connect_fails, exchange},
     unique_port,
 };
@@ -237,22 +237,6 @@ struct L7Servers {
     grpc: Server,
 }
 
-/// Removes the node's pinned steering when the test ends, also when it
-/// fails.
-struct SteeringCleanup;
-
-impl Drop for SteeringCleanup {
-    fn drop(&mut self) {
-        let out = weft(&["cleanup"]);
-        if !out.status.success() {
-            eprintln!(
-                "weft cleanup failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
 /// Two services over the steering lab's backends: `web` on port 80 (the
 /// second backend answers 503 and one error ejects it) and `nobody` on
 /// port 81, with no backend; and a rule denying port 82. Returns the
@@ -335,7 +319,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         return;
     }
     let started = Instant::now();
-    let _cleanup = SteeringCleanup;
+    let _cleanup = PinCleanup;
     let mut steer = SteerLab::new(2, unique_port(21));
     steer.backends[1].answer_every_request_with(503);
     let config = steering_config(&steer);

@@ -22,28 +22,12 @@ use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
     require_root, run,
-    steer::SteerLab,
+    steer::{PinCleanup, SteerLab},
     unique_port, wait_for,
 };
 
 /// One steering test at a time: they share the node's pinned maps.
 static STEERING: Mutex<()> = Mutex::new(());
-
-/// Removes every pinned steering object when a test ends, also when it
-/// fails, so that no program stays attached to the node.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let out = weft(&["cleanup"]);
-        if !out.status.success() {
-            eprintln!(
-                "weft cleanup failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
 
 fn config(tag: &str, services: &[String]) -> PathBuf {
     let path = std::env::temp_dir().join(format!("weft-steer-{}-{tag}.yaml", std::process::id()));
@@ -136,7 +120,7 @@ fn connects_are_balanced_over_real_backends() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(1);
     let lab = SteerLab::new(3, port);
     // Without steering the service address is unreachable.
@@ -236,7 +220,7 @@ fn weights_shape_the_shares() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(2);
     let lab = SteerLab::new(3, port);
     let cfg = config("weighted", &[lab.service_yaml("weighted", 80, &[2, 1, 1])]);
@@ -297,7 +281,7 @@ fn session_affinity_keeps_each_client_on_its_backend() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(5);
     let mut lab = SteerLab::new(3, port);
     let services = [
@@ -441,7 +425,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(3);
     let lab = SteerLab::new(3, port);
     let cfg = config("restart", &[lab.service_yaml("web", 80, &[1, 1, 1])]);
@@ -511,7 +495,7 @@ fn an_agent_without_services_removes_steering() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(4);
     let lab = SteerLab::new(1, port);
     let cfg = config("once", &[lab.service_yaml("web", 80, &[1])]);
@@ -614,7 +598,7 @@ fn a_failing_backend_is_ejected_and_comes_back() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(6);
     let mut lab = SteerLab::new(3, port);
     let mut svc = lab.service_yaml("health", 80, &[1, 1, 1]);
@@ -742,7 +726,7 @@ fn open_connections_are_counted_per_backend() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(11);
     let lab = SteerLab::new(3, port);
     let cfg = config("active", &[lab.service_yaml("held", 80, &[1, 1, 1])]);
@@ -824,7 +808,7 @@ fn a_backend_answering_errors_is_ejected_with_eject_on_l7_errors() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(10);
     let mut lab = SteerLab::new(3, port);
     let mut errs = lab.service_yaml("errs", 80, &[1, 1, 1]);
@@ -927,7 +911,7 @@ fn at_most_max_ejection_percent_of_backends_are_ejected() {
         return;
     }
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(7);
     let mut lab = SteerLab::new(3, port);
     let mut svc = lab.service_yaml("half", 80, &[1, 1, 1]);
@@ -984,7 +968,7 @@ fn udp_datagrams_to_a_service_reach_dnsmasq_backends() {
     weft_tests::peer::require_program("dnsmasq");
     weft_tests::peer::require_program("dig");
     let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let _cleanup = Cleanup;
+    let _cleanup = PinCleanup;
     let port = unique_port(8);
     let dns_port = unique_port(9);
     let lab = SteerLab::new(2, port);

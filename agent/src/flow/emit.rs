@@ -183,33 +183,11 @@ impl Emitter {
         let d = dropped;
         let source = self.enricher.endpoint(d.src.ip(), d.src.port(), None);
         let destination = self.enricher.endpoint(d.dst.ip(), d.dst.port(), None);
-        let record = FlowRecord {
-            time: clock::rfc3339(d.last_ns),
-            flow_type: FlowType::L4,
-            event: FlowEvent::Drop,
-            transport: d.transport,
-            source,
-            destination,
-            bytes_sent: 0,
-            bytes_received: 0,
-            packets_sent: Some(d.packets),
-            packets_received: None,
-            retransmits: 0,
-            srtt_us: None,
-            duration_us: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            verdict: Verdict::Dropped,
-            drop_reason: Some(reason.to_owned()),
-            failure: None,
-            l7: None,
-            traffic_direction: None,
-            service: None,
-            policy: None,
-            health: None,
-            trace: None,
-            mono_ns: d.last_ns,
-        };
+        let mut record =
+            FlowRecord::event_between(FlowEvent::Drop, d.transport, source, destination, d.last_ns);
+        record.packets_sent = Some(d.packets);
+        record.verdict = Verdict::Dropped;
+        record.drop_reason = Some(reason.to_owned());
         self.store.push(record);
     }
 

@@ -422,7 +422,7 @@ pub fn verdict_name(verdict: Verdict) -> &'static str {
 /// Records for the tests of this crate's flow consumers (filter, store, CLI).
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::flow::record::{Endpoint, FlowEvent, FlowRecord, FlowType, Transport, Verdict};
+    use crate::flow::record::{Endpoint, FlowEvent, FlowRecord, Transport};
 
     /// A closed TCP connection from `curl[1234] 10.0.0.1:40512` to
     /// `nginx[999] 10.0.0.2:8080`.
@@ -433,33 +433,14 @@ pub(crate) mod test_support {
         let mut destination = Endpoint::from_addr("10.0.0.2".parse().unwrap(), 8080);
         destination.pid = Some(999);
         destination.process = Some("nginx".into());
-        FlowRecord {
-            time: "2026-11-28T21:00:00.123456789Z".into(),
-            flow_type: FlowType::L4,
-            event: FlowEvent::Close,
-            transport: Transport::Tcp,
-            source,
-            destination,
-            bytes_sent: 1_000_000,
-            bytes_received: 250_000,
-            packets_sent: None,
-            packets_received: None,
-            retransmits: 0,
-            srtt_us: Some(41),
-            duration_us: 1830,
-            resets_sent: 0,
-            resets_received: 0,
-            verdict: Verdict::Forwarded,
-            drop_reason: None,
-            failure: None,
-            l7: None,
-            traffic_direction: None,
-            service: None,
-            policy: None,
-            health: None,
-            trace: None,
-            mono_ns: 0,
-        }
+        let mut r =
+            FlowRecord::event_between(FlowEvent::Close, Transport::Tcp, source, destination, 0);
+        r.time = "2026-11-28T21:00:00.123456789Z".into();
+        r.bytes_sent = 1_000_000;
+        r.bytes_received = 250_000;
+        r.srtt_us = Some(41);
+        r.duration_us = 1830;
+        r
     }
 }
 
