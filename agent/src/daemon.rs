@@ -85,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let steering = crate::steer::Steering::start(&config).context("cannot set up steering")?;
     if let Some(s) = &steering {
         probes.programs.extend(s.programs.iter().cloned());
+        probes.features.extend(s.features.iter().cloned());
         if s.adopted > 0 {
             log::info!("adopted {} pinned steering programs", s.adopted);
         }

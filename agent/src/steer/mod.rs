@@ -64,13 +64,27 @@ const MAPS: &[&str] = &[
 /// exists (it runs for every packet a local socket receives).
 const INGRESS_PROGRAM: &str = "weft_policy_ingress";
 
-/// (program, attach type name).
-const PROGRAMS: &[(&str, &str)] = &[
-    ("weft_steer_connect4", "connect4"),
-    ("weft_steer_peername4", "getpeername4"),
-    ("weft_steer_sendmsg4", "sendmsg4"),
-    ("weft_steer_recvmsg4", "recvmsg4"),
+/// (program, attach type name, the program to load instead where the
+/// kernel refuses it). The fallbacks lack only `bpf_set_retval` (Linux
+/// 5.18): a connect or datagram to a service without backends fails with
+/// EPERM instead of ECONNREFUSED. Either is pinned under the first name.
+const PROGRAMS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "weft_steer_connect4",
+        "connect4",
+        Some("weft_steer_connect4_eperm"),
+    ),
+    ("weft_steer_peername4", "getpeername4", None),
+    (
+        "weft_steer_sendmsg4",
+        "sendmsg4",
+        Some("weft_steer_sendmsg4_eperm"),
+    ),
+    ("weft_steer_recvmsg4", "recvmsg4", None),
 ];
+
+/// The feature `weft status` lists for the refusal's error.
+pub const ECONNREFUSED_FEATURE: &str = "steer_econnrefused";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
@@ -101,6 +115,12 @@ pub enum SteerError {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "policies[{index}].from.cidr ({name}): an egress rule's source address needs the \
+         network namespace cookie (SO_NETNS_COOKIE, Linux 5.14), which this kernel lacks, to \
+         match sockets not bound yet; name the source by `from.cgroup`, or leave `from` out"
+    )]
+    NoNetnsCookie { index: usize, name: String },
     #[error("steering program {name}: cannot pin its link at {path}: {reason}")]
     Pin {
         name: &'static str,
@@ -113,7 +133,10 @@ impl SteerError {
     /// The node is not set up for services (bpffs, cgroup v2): bad
     /// configuration, exit status 2, as the loader's own node errors are.
     pub fn is_node_setup(&self) -> bool {
-        matches!(self, Self::NoBpffs(_) | Self::NoCgroup2)
+        matches!(
+            self,
+            Self::NoBpffs(_) | Self::NoCgroup2 | Self::NoNetnsCookie { .. }
+        )
     }
 }
 
@@ -134,6 +157,8 @@ pub struct Steering {
     pub programs: Vec<ProgramStatus>,
     /// Programs found attached and pinned by an earlier agent.
     pub adopted: usize,
+    /// What this kernel's steering can and cannot do (`weft status`).
+    pub features: Vec<crate::status::FeatureStatus>,
 }
 
 impl Steering {
@@ -145,6 +170,7 @@ impl Steering {
             remove_all_if_mounted(&mounts);
             return Ok(None);
         }
+        refuse_unmatchable_sources(config)?;
         let bpffs = mounts::ensure_bpffs(&mounts).map_err(SteerError::NoBpffs)?;
         let cgroup_root = mounts::cgroup2(&mounts).ok_or(SteerError::NoCgroup2)?;
         let root = pins::steer_root(&bpffs);
@@ -235,6 +261,7 @@ impl Steering {
             policy_events,
             programs: Vec::new(),
             adopted: 0,
+            features: Vec::new(),
         })
     }
 
@@ -246,15 +273,57 @@ impl Steering {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        for &(name, hook) in PROGRAMS {
-            self.attach_one(dir, &cgroup, cgroup_root, name, hook, "cgroup_sock_addr")?;
+        let mut fell_back = false;
+        for &(name, hook, fallback) in PROGRAMS {
+            let first = self.attach_one(
+                dir,
+                &cgroup,
+                cgroup_root,
+                name,
+                name,
+                hook,
+                "cgroup_sock_addr",
+            );
+            match (first, fallback) {
+                // Adopted as pinned: which variant an earlier agent chose
+                // is not known, so whether this kernel takes the first is
+                // asked by loading it (not attached).
+                (Ok(()), Some(_)) => fell_back |= !self.loads(name),
+                (Ok(()), None) => {}
+                (Err(e), Some(other)) => {
+                    log::debug!("{name} refused ({e}); loading {other}");
+                    self.attach_one(
+                        dir,
+                        &cgroup,
+                        cgroup_root,
+                        other,
+                        name,
+                        hook,
+                        "cgroup_sock_addr",
+                    )?;
+                    fell_back = true;
+                }
+                (Err(e), None) => return Err(e),
+            }
         }
+        self.features.push(crate::status::FeatureStatus {
+            name: ECONNREFUSED_FEATURE.into(),
+            available: !fell_back,
+            detail: if fell_back {
+                "bpf_set_retval is missing (Linux 5.18): a connect or datagram to a service \
+                 without backends fails with EPERM instead of ECONNREFUSED"
+                    .into()
+            } else {
+                "a connect to a service without backends fails with ECONNREFUSED".into()
+            },
+        });
         let link = dir.join("links").join(INGRESS_PROGRAM);
         if self.policy.plan.has_ingress() {
             self.attach_one(
                 dir,
                 &cgroup,
                 cgroup_root,
+                INGRESS_PROGRAM,
                 INGRESS_PROGRAM,
                 "ingress",
                 "cgroup_skb",
@@ -266,16 +335,34 @@ impl Steering {
         Ok(())
     }
 
+    /// Whether the kernel takes program `name` (loaded now if it was not).
+    fn loads(&mut self, name: &str) -> bool {
+        let Some(program) = self._ebpf.program_mut(name) else {
+            return false;
+        };
+        let Ok(program): Result<&mut CgroupSockAddr, _> = program.try_into() else {
+            return false;
+        };
+        program.fd().is_ok() || program.load().is_ok()
+    }
+
+    /// Adopts the link pinned as `link_name`, or loads `name`, attaches
+    /// it and pins its link as `link_name`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per program kind, all of them needed"
+    )]
     fn attach_one(
         &mut self,
         dir: &Path,
         cgroup: &File,
         cgroup_root: &Path,
         name: &'static str,
+        link_name: &str,
         hook: &str,
         kind: &str,
     ) -> Result<(), SteerError> {
-        let link_path = dir.join("links").join(name);
+        let link_path = dir.join("links").join(link_name);
         if PinnedLink::from_pin(&link_path).is_ok() {
             self.adopted += 1;
         } else {
@@ -331,6 +418,24 @@ impl Steering {
             attach_point: format!("cgroup {} ({hook}, pinned)", cgroup_root.display()),
         });
         Ok(())
+    }
+}
+
+/// An egress rule with `from.cidr` on a kernel that cannot tell a
+/// namespace's cookie would silently match nothing from unbound sockets:
+/// refused before anything is attached.
+fn refuse_unmatchable_sources(config: &Config) -> Result<(), SteerError> {
+    use crate::config::steer::Direction;
+    let needs = config
+        .policies
+        .iter()
+        .position(|p| p.direction == Direction::Egress && !p.from.cidr.is_empty());
+    match needs {
+        Some(index) if !policy::resolve::cookies_supported() => Err(SteerError::NoNetnsCookie {
+            index,
+            name: config.policies[index].name.clone(),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -36,7 +36,15 @@ pub(super) const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_steer_connect4(ctx: SockAddrContext) -> i32 {
-    connect4(&ctx)
+    connect4::<true>(&ctx)
+}
+
+/// [`weft_steer_connect4`] for kernels without `bpf_set_retval` (before
+/// 5.18): a connect to a service without backends fails with EPERM, the
+/// error a refusing sock_addr program gives there.
+#[cgroup_sock_addr(connect4)]
+pub fn weft_steer_connect4_eperm(ctx: SockAddrContext) -> i32 {
+    connect4::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -56,13 +64,13 @@ pub(super) enum Steer {
 }
 
 #[inline(always)]
-fn connect4(ctx: &SockAddrContext) -> i32 {
+fn connect4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
     if let Decision::Deny = egress_policy(ctx) {
         return REJECT;
     }
     match steer4(ctx) {
         Steer::Untouched => ALLOW,
-        Steer::Refused => refuse(),
+        Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {
             remember(ctx, &origin);
             if origin.service.proto == IPPROTO_UDP {
@@ -89,11 +97,14 @@ pub(super) fn egress_policy(ctx: &SockAddrContext) -> Decision {
     )
 }
 
-/// Fails the call with ECONNREFUSED.
+/// Fails the call: with ECONNREFUSED where the kernel has
+/// `bpf_set_retval` (`SET_RETVAL`), else with its default, EPERM.
 #[inline(always)]
-pub(super) fn refuse() -> i32 {
-    // SAFETY: a helper call with a constant.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+pub(super) fn refuse<const SET_RETVAL: bool>() -> i32 {
+    if SET_RETVAL {
+        // SAFETY: a helper call with a constant.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+    }
     REJECT
 }
 

@@ -24,14 +24,26 @@ use super::{
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_steer_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if let Decision::Deny = egress_policy(&ctx) {
+    sendmsg4::<true>(&ctx)
+}
+
+/// [`weft_steer_sendmsg4`] for kernels without `bpf_set_retval`: a
+/// datagram to a service without backends fails with EPERM.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weft_steer_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
+    sendmsg4::<false>(&ctx)
+}
+
+#[inline(always)]
+fn sendmsg4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
+    if let Decision::Deny = egress_policy(ctx) {
         return REJECT;
     }
-    match steer4(&ctx) {
+    match steer4(ctx) {
         Steer::Untouched => ALLOW,
-        Steer::Refused => refuse(),
+        Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {
-            remember_replies(&ctx, &origin);
+            remember_replies(ctx, &origin);
             ALLOW
         }
     }
