@@ -44,7 +44,6 @@ use crate::{
     config::steer::{Action, Direction},
     export::metrics::LossLabels,
     flow::{
-        clock,
         record::{Endpoint, FlowEvent, FlowRecord, Transport, Verdict},
         store::FlowStore,
     },
@@ -96,12 +95,22 @@ impl PolicyMaps {
             sync_lpm(&mut self.dst, &plan.dst)?;
             sync_hash(&mut self.ports, &plan.ports)?;
         }
-        sync_hash(&mut self.netns, netns)?;
-        sync_hash(&mut self.cgroups, cgroups)?;
+        self.sync_resolved(netns, cgroups)?;
         if !same {
             self.globals.set(0, plan.globals, 0)?;
         }
         Ok(())
+    }
+
+    /// Writes only what follows the node (namespaces, cgroup ids): the
+    /// rules themselves are written once, by [`PolicyMaps::apply`].
+    pub fn sync_resolved(
+        &mut self,
+        netns: &BTreeMap<u64, u64>,
+        cgroups: &BTreeMap<u64, u64>,
+    ) -> Result<(), MapError> {
+        sync_hash(&mut self.netns, netns)?;
+        sync_hash(&mut self.cgroups, cgroups)
     }
 
     fn zero_verdicts(&mut self) -> Result<(), MapError> {
@@ -236,6 +245,9 @@ pub struct PolicyTask {
     seen: BTreeMap<u32, u64>,
     pub lost: Family<LossLabels, Counter>,
     lost_seen: u64,
+    /// The rules' own maps are written (once, at start); later passes
+    /// only follow namespaces and cgroups.
+    rules_written: bool,
 }
 
 impl PolicyTask {
@@ -252,6 +264,7 @@ impl PolicyTask {
             seen: BTreeMap::new(),
             lost: Family::default(),
             lost_seen: 0,
+            rules_written: false,
         }
     }
 
@@ -276,8 +289,10 @@ impl PolicyTask {
                     masks
                 }
                 Err(e) => {
+                    // The namespaces known so far stay; the rules are
+                    // written regardless.
                     log::warn!("cannot read network namespaces: {e}");
-                    return Ok(());
+                    entries(&self.maps.netns)
                 }
             }
         } else {
@@ -290,7 +305,12 @@ impl PolicyTask {
                 *cgroups.entry(id).or_default() |= self.plan.cgroups[&path];
             }
         }
-        self.maps.apply(&self.plan, &netns, &cgroups)
+        if self.rules_written {
+            return self.maps.sync_resolved(&netns, &cgroups);
+        }
+        self.maps.apply(&self.plan, &netns, &cgroups)?;
+        self.rules_written = true;
+        Ok(())
     }
 
     /// Reads the kernel's per-rule counters into the metric and the
@@ -478,7 +498,6 @@ impl PolicyRecorder {
             Endpoint::from_addr(IpAddr::V4(Ipv4Addr::from(e.dst_ip4)), e.dst_port),
             e.ts_ns,
         );
-        record.time = clock::rfc3339(e.ts_ns);
         record.verdict = if e.verdict == verdict::AUDIT {
             Verdict::Audit
         } else {
