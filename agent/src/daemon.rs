@@ -69,6 +69,29 @@ const OUTCOME_QUEUE: usize = 4096;
 /// How long tasks get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the steering task needs to follow services that change at run
+/// time (the cluster's), and the channel that hands its plans to the
+/// flow table.
+fn follow_services(
+    config: &Config,
+    kubernetes: Option<kubernetes::KubernetesNames>,
+    tags: &mut crate::steer::tags::ServiceTags,
+) -> crate::steer::replan::Sources {
+    let mut sources = crate::steer::replan::Sources {
+        config: config.services.clone(),
+        health: config.health.clone(),
+        keep_unplanned: kubernetes.is_some(),
+        kubernetes,
+        ..Default::default()
+    };
+    if sources.kubernetes.is_some() {
+        let (tx, rx) = watch::channel(Default::default());
+        tags.plans = Some(rx);
+        sources.plans = Some(tx);
+    }
+    sources
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_socket = metrics_server::bind(config.metrics_addr)?;
     let mut probes = Probes::load(&config, metrics_socket.addr)?;
@@ -80,6 +103,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .maps
         .take()
         .context("kernel maps were already taken")?;
+    // Kubernetes identity never delays start-up: flows are named as soon
+    // as (and whenever) the watcher has published names.
+    let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
+    if config.kubernetes_services && kubernetes.is_none() {
+        return Err(crate::steer::SteerError::NoKubernetes).context("cannot set up steering");
+    }
     // Steering after observation: a node that cannot run the agent at all
     // says so first.
     let steering = crate::steer::Steering::start(&config).context("cannot set up steering")?;
@@ -119,12 +148,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(FlowStore::new(config.flow_store_capacity));
     let pipeline = Arc::new(PipelineCounters::default());
     let cgroup2 = mounts::mounts().ok().and_then(|m| mounts::cgroup2(&m));
-    // Kubernetes identity never delays start-up: flows are named as soon
-    // as (and whenever) the watcher has published names.
-    let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
     let mut enricher = Enricher::new(cgroup2);
     let mut kube_watcher = None;
-    if let Some((names, watcher)) = kubernetes {
+    let mut kube_services = None;
+    if let Some((names, mut watcher)) = kubernetes {
+        watcher.steer_services = config.kubernetes_services;
+        if config.kubernetes_services {
+            kube_services = Some(names.clone());
+        }
         enricher = enricher.with_kubernetes(names);
         kube_watcher = Some(watcher);
     }
@@ -180,6 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_losses(s.counters, health.events_lost.clone());
         reporter.store = Some(store.clone());
         reporter.active = emitter.services.active.clone();
+        reporter.sources = follow_services(&config, kube_services, &mut emitter.services);
         reporter
     });
 

@@ -2,7 +2,8 @@
 //! real HTTP servers in backend namespaces, every connect accounted for in
 //! flow records and metrics; a service with no backend refuses at once;
 //! session affinity keeps each client namespace on its backend; open
-//! connections are counted per backend; passive
+//! connections are counted per backend; Kubernetes Services follow their
+//! EndpointSlices (from a recorded API server); passive
 //! health ejects a backend whose connects fail, or that answers with
 //! errors where `eject_on_l7_errors` is on; steering survives the agent being killed, and `weft cleanup` leaves nothing of
 //! it in the kernel.
@@ -11,7 +12,7 @@
 //! one at a time.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     process::{Command, Stdio},
     sync::Mutex,
@@ -21,6 +22,7 @@ use std::{
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
+    apiserver::{RecordedApi, empty_list},
     require_root, run,
     steer::{PinCleanup, SteerLab},
     unique_port, wait_for,
@@ -1020,4 +1022,275 @@ fn udp_datagrams_to_a_service_reach_dnsmasq_backends() {
     let series = "weft_events_lost_total{source=\"steer\",stage=\"reply_not_remembered\"} 0";
     assert!(metrics.contains(series), "no {series} in\n{metrics}");
     let _ = std::fs::remove_file(cfg);
+}
+
+const K8S_SERVICES: &str = "/api/v1/services";
+const K8S_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+
+/// Service `shop/web` as the API server returns it: cluster IP the lab's
+/// service address, port `port` named `http`.
+fn k8s_service(lab: &SteerLab, port: u16) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "10"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": lab.service_ip,
+            "clusterIPs": [lab.service_ip],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": "http"}],
+        },
+    })
+}
+
+/// The EndpointSlice of `shop/web`: one endpoint per lab backend, ready as
+/// `ready` says, serving port `http` on `port`.
+fn k8s_slice(lab: &SteerLab, port: u16, ready: &[bool], version: u32) -> Value {
+    let endpoints: Vec<Value> = lab
+        .backends
+        .iter()
+        .zip(ready)
+        .map(|(b, ready)| {
+            serde_json::json!({
+                "addresses": [b.addr.ip().to_string()],
+                "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-7xk2p",
+            "namespace": "shop",
+            "resourceVersion": version.to_string(),
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+fn k8s_list(kind: &str, api_version: &str, items: &[Value]) -> String {
+    serde_json::json!({
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {"resourceVersion": "20"},
+        "items": items,
+    })
+    .to_string()
+}
+
+/// The backends in the kernel's BACKENDS map now (bpftool's dump).
+fn kernel_backends() -> std::collections::BTreeSet<std::net::SocketAddr> {
+    let out = run(&["bpftool", "-j", "map", "show"]);
+    let maps: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let ids: Vec<u64> = maps
+        .iter()
+        .filter(|m| m["name"] == "BACKENDS")
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), 1, "one BACKENDS map on the node: {ids:?}");
+    let out = run(&["bpftool", "-j", "map", "dump", "id", &ids[0].to_string()]);
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    entries
+        .iter()
+        .map(|e| {
+            // struct Backend: 16 address bytes (IPv4 first), port in host
+            // order.
+            let bytes: Vec<u8> = e["value"]
+                .as_array()
+                .expect("value bytes")
+                .iter()
+                .map(|b| {
+                    let hex = b.as_str().expect("hex byte").trim_start_matches("0x");
+                    u8::from_str_radix(hex, 16).expect("hex byte")
+                })
+                .collect();
+            let ip = std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]);
+            std::net::SocketAddr::from((ip, u16::from_ne_bytes([bytes[16], bytes[17]])))
+        })
+        .collect()
+}
+
+/// `shop/web` in `weft services -o json`, if listed.
+fn listed_service(agent: &Agent, name: &str) -> Option<Value> {
+    let out = agent.client(&["services", "-o", "json"]);
+    let services: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+    services.into_iter().find(|s| s["name"] == name)
+}
+
+#[test]
+fn kubernetes_services_follow_their_endpointslices() {
+    if !require_root("kubernetes_services_follow_their_endpointslices") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _pins = PinCleanup;
+    let target = unique_port(42);
+    let port = unique_port(43);
+    let lab = SteerLab::new(3, target);
+    let addr = |i: usize| lab.backends[i].addr;
+    // Two endpoints ready, one not.
+    let api = RecordedApi::start(HashMap::from([
+        ("/api/v1/pods", empty_list("PodList", "v1")),
+        (
+            K8S_SERVICES,
+            k8s_list("ServiceList", "v1", &[k8s_service(&lab, port)]),
+        ),
+        (
+            K8S_SLICES,
+            k8s_list(
+                "EndpointSliceList",
+                "discovery.k8s.io/v1",
+                &[k8s_slice(&lab, target, &[true, true, false], 11)],
+            ),
+        ),
+        (
+            "/apis/apps/v1/replicasets",
+            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
+        ),
+        (
+            "/apis/batch/v1/jobs",
+            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
+        ),
+    ]));
+    let dir = std::env::temp_dir().join(format!("weft-k8s-steer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let config = dir.join("weft.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\nkubernetes_services: true\n",
+            api.kubeconfig(&dir).display(),
+            weft_tests::pods::NODE
+        ),
+    )
+    .expect("write config");
+    let agent = start(&config);
+
+    // Exactly the two ready endpoints, at the slice's port.
+    let service = wait_for("shop/web to be steered", Duration::from_secs(20), || {
+        listed_service(&agent, "shop/web")
+    });
+    assert_eq!(service["source"], "kubernetes", "{service:#}");
+    assert_eq!(service["address"], lab.service_ip.as_str(), "{service:#}");
+    assert_eq!(service["port"], port, "{service:#}");
+    let listed: Vec<String> = service["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| format!("{}:{}", b["address"].as_str().unwrap_or("?"), b["port"]))
+        .collect();
+    assert_eq!(listed, vec![addr(0).to_string(), addr(1).to_string()]);
+    assert_eq!(
+        kernel_backends(),
+        [addr(0), addr(1)].into_iter().collect(),
+        "BACKENDS in the kernel"
+    );
+    let counts = shares(&lab, &lab.curls(port, 60), port);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["backend-0", "backend-1"],
+        "{counts:?}"
+    );
+
+    // Killed, and started again while the API server cannot be reached:
+    // the cluster's services stay in the kernel until they are listed.
+    let mut agent = agent;
+    agent.signal_and_wait(libc::SIGKILL);
+    drop(agent);
+    let blind_config = dir.join("blind.yaml");
+    let blind_kubeconfig = dir.join("blind-kubeconfig");
+    std::fs::write(
+        &blind_kubeconfig,
+        std::fs::read_to_string(api.kubeconfig(&dir))
+            .expect("kubeconfig")
+            .replace(&api.addr.to_string(), "127.0.0.1:1"),
+    )
+    .expect("write kubeconfig");
+    std::fs::write(
+        &blind_config,
+        std::fs::read_to_string(&config).expect("config").replace(
+            &api.kubeconfig(&dir).display().to_string(),
+            &blind_kubeconfig.display().to_string(),
+        ),
+    )
+    .expect("write config");
+    let blind = start(&blind_config);
+    assert_eq!(kernel_backends(), [addr(0), addr(1)].into_iter().collect());
+    let during = shares(&lab, &lab.curls(port, 20), port);
+    assert_eq!(during.values().sum::<usize>(), 20, "{during:?}");
+    drop(blind);
+    let agent = start(&config);
+    // Listed again: the backends kept their ids, so their kernel counts
+    // (60 + 20 connects) carry on.
+    let service = wait_for(
+        "shop/web to be steered again",
+        Duration::from_secs(20),
+        || listed_service(&agent, "shop/web"),
+    );
+    let connects: u64 = service["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["connections"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(connects, 80, "{service:#}");
+
+    // The slice changes: backend-0 is no longer ready, backend-2 is.
+    api.wait_for_watch(K8S_SLICES, Duration::from_secs(10));
+    let sent = std::time::Instant::now();
+    let update = k8s_slice(&lab, target, &[false, true, true], 12);
+    assert!(
+        api.send(K8S_SLICES, "MODIFIED", &update) > 0,
+        "no watch took the update"
+    );
+    let want: std::collections::BTreeSet<_> = [addr(1), addr(2)].into_iter().collect();
+    while kernel_backends() != want {
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "the update never reached the kernel: {:?}",
+            kernel_backends()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = sent.elapsed();
+    eprintln!("the slice update reached the kernel in {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let counts = shares(&lab, &lab.curls(port, 40), port);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["backend-1", "backend-2"],
+        "{counts:?}"
+    );
+    // Records name the service, also for the backend it gained.
+    let want: BTreeMap<String, usize> = [1, 2]
+        .iter()
+        .map(|&i| (addr(i).to_string(), counts[&lab.backends[i].name]))
+        .collect();
+    let got = wait_for("the records of shop/web", Duration::from_secs(20), || {
+        let got = records_by_backend(&agent, "shop/web");
+        (got.values().sum::<usize>() >= 40).then_some(got)
+    });
+    assert_eq!(got, want, "close records per backend");
+
+    // The Service is deleted: connects to its address are no longer
+    // rewritten (the address is routed nowhere: the connect fails).
+    api.wait_for_watch(K8S_SERVICES, Duration::from_secs(10));
+    assert!(api.send(K8S_SERVICES, "DELETED", &k8s_service(&lab, port)) > 0);
+    wait_for("shop/web to be gone", Duration::from_secs(5), || {
+        kernel_backends().is_empty().then_some(())
+    });
+    assert_eq!(
+        one_curl(&lab, port),
+        None,
+        "a connect to the deleted Service's address"
+    );
+    wait_for("weft services to drop it", Duration::from_secs(5), || {
+        listed_service(&agent, "shop/web").is_none().then_some(())
+    });
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -58,6 +58,25 @@ impl SessionAffinity {
     }
 }
 
+/// Where a service comes from (`weft services` shows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServiceSource {
+    /// The `services:` section.
+    #[default]
+    Config,
+    /// A ClusterIP Service and its EndpointSlices (`kubernetes_services`).
+    Kubernetes,
+}
+
+impl ServiceSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceSource::Config => "config",
+            ServiceSource::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 /// A virtual address balanced at connect time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +94,9 @@ pub struct ServiceConfig {
     pub session_affinity_timeout: Duration,
     #[serde(default)]
     pub health: HealthOverrides,
+    /// Not a configuration key: services of the file are `Config`.
+    #[serde(skip)]
+    pub source: ServiceSource,
 }
 
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -366,8 +388,13 @@ fn validate_rule(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
 /// that a configuration never promises more than the agent does.
 pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     const LATER: &str = "is not supported by this version of weft yet (README \"Steering\")";
-    if c.kubernetes_services {
-        return Err(field("kubernetes_services".into(), true, LATER));
+    if c.kubernetes_services && c.kubernetes.enabled == super::kubernetes::Enabled::False {
+        return Err(field(
+            "kubernetes_services".into(),
+            true,
+            "reads Services and EndpointSlices from the Kubernetes API, which \
+             `kubernetes.enabled: false` turns off",
+        ));
     }
     for (i, p) in c.policies.iter().enumerate() {
         let at = format!("policies[{i}]");
@@ -635,6 +662,22 @@ mod tests {
             "l7_capture_bytes: 0\nhealth: {{eject_on_l7_errors: true}}\n{WEB}    health: {{eject_on_l7_errors: false}}\n"
         );
         Config::from_yaml(&off).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn kubernetes_services_need_the_kubernetes_api() {
+        Config::from_yaml("kubernetes_services: true\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let e = err("kubernetes:\n  enabled: false\nkubernetes_services: true\n");
+        assert!(
+            e.contains("kubernetes_services") && e.contains("kubernetes.enabled: false"),
+            "{e}"
+        );
+        // A file's service cannot claim to come from the cluster.
+        let e = err(&format!("{WEB}    source: kubernetes\n"));
+        assert!(e.contains("source"), "{e}");
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Reporter {
         let ejected: BTreeSet<u32> = self.health.ejected_of(service, &s.backend_ids());
         let updated = s.with_ejected(ejected);
         self.plan.services.insert(service, updated);
-        if let Err(e) = self.maps.apply(&self.plan) {
+        if let Err(e) = self.maps.apply(&self.plan, !self.sources.keep_unplanned) {
             log::error!("cannot rewrite the slots of service {service}: {e}");
         }
     }

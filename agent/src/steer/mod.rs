@@ -10,9 +10,11 @@
 
 pub mod eject;
 pub mod health;
+pub mod kubernetes;
 pub mod pins;
 pub mod plan;
 pub mod policy;
+pub mod replan;
 pub mod report;
 pub mod sync;
 pub mod tags;
@@ -121,6 +123,12 @@ pub enum SteerError {
          match sockets not bound yet; name the source by `from.cgroup`, or leave `from` out"
     )]
     NoNetnsCookie { index: usize, name: String },
+    #[error(
+        "kubernetes_services: true reads Services and EndpointSlices from the Kubernetes API, \
+         and Kubernetes is off here (not in a pod with a service account): set \
+         kubernetes.enabled: true with kubernetes.kubeconfig, or leave kubernetes_services out"
+    )]
+    NoKubernetes,
     #[error("steering program {name}: cannot pin its link at {path}: {reason}")]
     Pin {
         name: &'static str,
@@ -135,7 +143,7 @@ impl SteerError {
     pub fn is_node_setup(&self) -> bool {
         matches!(
             self,
-            Self::NoBpffs(_) | Self::NoCgroup2 | Self::NoNetnsCookie { .. }
+            Self::NoBpffs(_) | Self::NoCgroup2 | Self::NoNetnsCookie { .. } | Self::NoKubernetes
         )
     }
 }
@@ -162,11 +170,12 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Sets up steering for `config`; `None` when it has neither services
-    /// nor policies (after removing whatever an earlier agent pinned).
+    /// Sets up steering for `config`; `None` when it has no services, no
+    /// policies and no `kubernetes_services` (after removing whatever an
+    /// earlier agent pinned).
     pub fn start(config: &Config) -> Result<Option<Self>, SteerError> {
         let mounts = mounts::mounts().map_err(SteerError::Mounts)?;
-        if config.services.is_empty() && config.policies.is_empty() {
+        if config.services.is_empty() && config.policies.is_empty() && !config.kubernetes_services {
             remove_all_if_mounted(&mounts);
             return Ok(None);
         }
@@ -242,8 +251,11 @@ impl Steering {
                 config.policy_mode
             );
         }
-        let plan = Plan::new(&config.services, &maps.existing_ids(), &config.health);
-        let removed = maps.apply(&plan).map_err(|source| SteerError::Map {
+        let plan = Plan::new(&config.services, &maps.in_kernel(), &config.health);
+        // The cluster's services of an earlier agent stay until the
+        // Services are listed again.
+        let prune = !config.kubernetes_services;
+        let removed = maps.apply(&plan, prune).map_err(|source| SteerError::Map {
             name: "SERVICES",
             source,
         })?;

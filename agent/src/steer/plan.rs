@@ -14,13 +14,14 @@ use weft_common::{
 
 use crate::config::{
     ServiceConfig,
-    steer::{HealthConfig, Protocol, SessionAffinity},
+    steer::{HealthConfig, Protocol, ServiceSource, SessionAffinity},
 };
 
 /// One service as the kernel will see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedService {
     pub name: String,
+    pub source: ServiceSource,
     pub key: ServiceKey,
     pub entry: ServiceEntry,
     /// (backend id, backend, weight), in configuration order.
@@ -68,23 +69,35 @@ pub struct Plan {
     pub services: BTreeMap<u32, PlannedService>,
 }
 
+/// The ids the kernel's maps already hold: a service keeps its id, and a
+/// backend of a service keeps its id, across restarts and changes (its
+/// connect count and passive health stay with it).
+#[derive(Debug, Clone, Default)]
+pub struct InKernel {
+    /// SERVICES: service address -> id.
+    pub services: BTreeMap<ServiceKey, u32>,
+    /// BACKENDS: backend id -> backend.
+    pub backends: BTreeMap<u32, Backend>,
+}
+
 impl Plan {
-    /// `existing`: the ids the kernel's SERVICES map already gives keys.
-    pub fn new(
-        services: &[ServiceConfig],
-        existing: &BTreeMap<ServiceKey, u32>,
-        health: &HealthConfig,
-    ) -> Plan {
+    pub fn new(services: &[ServiceConfig], existing: &InKernel, health: &HealthConfig) -> Plan {
         let keys: Vec<ServiceKey> = services.iter().map(service_key).collect();
-        let ids = assign_ids(&keys, existing);
+        let ids = assign_ids(&keys, &existing.services);
         let mut plan = Plan::default();
         for ((s, key), id) in services.iter().zip(keys).zip(ids) {
-            let backends: Vec<(u32, Backend, u32)> = s
+            let wanted: Vec<Backend> = s
                 .backends
                 .iter()
-                .enumerate()
-                .map(|(j, b)| (backend_id(id, j), backend(b.address, b.port), b.weight))
+                .map(|b| backend(b.address, b.port))
                 .collect();
+            let backends: Vec<(u32, Backend, u32)> =
+                assign_backend_ids(id, &wanted, &existing.backends)
+                    .into_iter()
+                    .zip(wanted)
+                    .zip(&s.backends)
+                    .map(|((bid, b), c)| (bid, b, c.weight))
+                    .collect();
             let weighted: Vec<(u32, u32)> = backends.iter().map(|&(id, _, w)| (id, w)).collect();
             let slots = fill_slots(&weighted);
             let entry = ServiceEntry {
@@ -97,6 +110,7 @@ impl Plan {
                 id,
                 PlannedService {
                     name: s.name.clone(),
+                    source: s.source,
                     key,
                     entry,
                     backends,
@@ -208,6 +222,45 @@ fn assign_ids(keys: &[ServiceKey], existing: &BTreeMap<ServiceKey, u32>) -> Vec<
         .collect()
 }
 
+/// Backend ids of service `service`: a backend the kernel already holds
+/// under one of the service's ids keeps it; the others take the lowest
+/// indexes left (at most 64 backends, so there is always one).
+fn assign_backend_ids(
+    service: u32,
+    wanted: &[Backend],
+    existing: &BTreeMap<u32, Backend>,
+) -> Vec<u32> {
+    let same =
+        |a: &Backend, b: &Backend| a.addr == b.addr && a.port == b.port && a.family == b.family;
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    let kept: Vec<Option<u32>> = wanted
+        .iter()
+        .map(|b| {
+            let found = existing
+                .iter()
+                .filter(|(id, _)| *id >> 6 == service && !taken.contains(*id))
+                .find(|(_, old)| same(old, b))
+                .map(|(id, _)| *id);
+            if let Some(id) = found {
+                taken.insert(id);
+            }
+            found
+        })
+        .collect();
+    let mut next = 0;
+    kept.into_iter()
+        .map(|k| {
+            k.unwrap_or_else(|| {
+                while taken.contains(&backend_id(service, next)) {
+                    next += 1;
+                }
+                taken.insert(backend_id(service, next));
+                backend_id(service, next)
+            })
+        })
+        .collect()
+}
+
 /// The slots of backends (id, weight): each id repeated as many times as
 /// [`slot_counts`] gives it.
 fn fill_slots(backends: &[(u32, u32)]) -> Vec<u32> {
@@ -272,7 +325,7 @@ mod tests {
             "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    backends:\n      - {address: 10.0.0.2, port: 8080, weight: 2}\n      - {address: 10.0.0.3, port: 8080}\n  - name: b\n    address: 10.96.0.2\n    port: 80\n",
         )
         .unwrap();
-        let fresh = Plan::new(&c.services, &BTreeMap::new(), &c.health);
+        let fresh = Plan::new(&c.services, &InKernel::default(), &c.health);
         let ids: Vec<u32> = fresh.services.keys().copied().collect();
         assert_eq!(ids, vec![1, 2]);
         let a = &fresh.services[&1];
@@ -283,7 +336,10 @@ mod tests {
         assert_eq!(fresh.services[&2].entry.slots, 0);
         assert_eq!(a.entry.affinity_timeout_s, 0);
         // b already had id 1 in the kernel: it keeps it and a takes 2.
-        let existing = BTreeMap::from([(service_key(&c.services[1]), 1)]);
+        let existing = InKernel {
+            services: BTreeMap::from([(service_key(&c.services[1]), 1)]),
+            ..InKernel::default()
+        };
         let again = Plan::new(&c.services, &existing, &c.health);
         assert_eq!(again.services[&1].name, "b");
         assert_eq!(again.services[&2].name, "a");
@@ -298,12 +354,42 @@ mod tests {
     }
 
     #[test]
+    fn backends_keep_their_ids_when_others_come_and_go() {
+        let yaml = |backends: &str| {
+            Config::from_yaml(&format!(
+                "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    backends:\n{backends}"
+            ))
+            .unwrap()
+        };
+        let c = yaml(
+            "      - {address: 10.0.0.2, port: 8080}\n      - {address: 10.0.0.3, port: 8080}\n      - {address: 10.0.0.4, port: 8080}\n",
+        );
+        let first = Plan::new(&c.services, &InKernel::default(), &c.health);
+        assert_eq!(first.services[&1].backend_ids(), vec![64, 65, 66]);
+        let in_kernel = InKernel {
+            services: BTreeMap::from([(first.services[&1].key, 1)]),
+            backends: first.services[&1]
+                .backends
+                .iter()
+                .map(|&(id, b, _)| (id, b))
+                .collect(),
+        };
+        // 10.0.0.2 goes, 10.0.0.5 comes: .3 and .4 keep 65 and 66, the
+        // newcomer takes the index left free.
+        let c = yaml(
+            "      - {address: 10.0.0.3, port: 8080}\n      - {address: 10.0.0.4, port: 8080}\n      - {address: 10.0.0.5, port: 8080}\n",
+        );
+        let next = Plan::new(&c.services, &in_kernel, &c.health);
+        assert_eq!(next.services[&1].backend_ids(), vec![65, 66, 64]);
+    }
+
+    #[test]
     fn affinity_reaches_the_service_entry() {
         let c = Config::from_yaml(
             "services:\n  - name: a\n    address: 10.96.0.1\n    port: 80\n    session_affinity: client_ip\n  - name: b\n    address: 10.96.0.2\n    port: 80\n    session_affinity: client_ip\n    session_affinity_timeout: 90s\n",
         )
         .unwrap();
-        let plan = Plan::new(&c.services, &BTreeMap::new(), &c.health);
+        let plan = Plan::new(&c.services, &InKernel::default(), &c.health);
         assert_eq!(plan.services[&1].entry.affinity_timeout_s, 10_800);
         assert_eq!(plan.services[&2].entry.affinity_timeout_s, 90);
     }

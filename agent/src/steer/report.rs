@@ -158,6 +158,8 @@ pub struct Reporter {
     pub store: Option<Arc<FlowStore>>,
     /// Open connections per service and backend, counted by the flow table.
     pub active: super::tags::ActiveConnections,
+    /// Where the services come from when they change at run time.
+    pub sources: super::replan::Sources,
 }
 
 impl Reporter {
@@ -172,6 +174,7 @@ impl Reporter {
             health: Health::default(),
             store: None,
             active: Default::default(),
+            sources: Default::default(),
         }
     }
 
@@ -213,9 +216,18 @@ impl Reporter {
     ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Services listed before this task started.
+        self.follow_kubernetes();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                more = super::replan::kubernetes_changed(&mut self.sources.kubernetes) => {
+                    if more {
+                        self.follow_kubernetes();
+                    } else {
+                        self.sources.kubernetes = None;
+                    }
+                }
                 Some(outcome) = outcomes.recv() => {
                     if self.on_outcome(&outcome) {
                         out.send_replace(self.refresh());
@@ -299,7 +311,7 @@ impl Reporter {
                 } else {
                     "tcp".into()
                 },
-                source: "config".into(),
+                source: s.source.as_str().into(),
                 backends,
                 no_backend,
                 session_affinity: if s.entry.affinity_timeout_s > 0 {

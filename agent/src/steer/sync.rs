@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, MapData, MapError};
 use weft_common::steer::{AffinityEntry, AffinityKey, Backend, ServiceEntry, ServiceKey, SlotKey};
 
-use super::plan::{Plan, slot_key};
+use super::plan::{InKernel, Plan, slot_key};
 
 /// The maps the agent writes.
 pub struct ServiceMaps {
@@ -35,9 +35,19 @@ impl ServiceMaps {
             .collect()
     }
 
-    /// Makes the maps hold exactly `plan`. Returns how many stale entries
-    /// were removed.
-    pub fn apply(&mut self, plan: &Plan) -> Result<usize, MapError> {
+    /// The ids the kernel holds now (a new plan keeps them).
+    pub fn in_kernel(&self) -> InKernel {
+        InKernel {
+            services: self.existing_ids(),
+            backends: self.backends.iter().filter_map(Result::ok).collect(),
+        }
+    }
+
+    /// Makes the maps hold `plan`; with `prune`, exactly `plan` (else the
+    /// services the kernel holds beyond it stay, e.g. Kubernetes services
+    /// of an earlier agent until the Services are listed again). Returns
+    /// how many stale entries were removed.
+    pub fn apply(&mut self, plan: &Plan, prune: bool) -> Result<usize, MapError> {
         let existing = self.existing_ids();
         for s in plan.services.values() {
             for &(id, backend, _) in &s.backends {
@@ -60,6 +70,9 @@ impl ServiceMaps {
                 self.service_no_backend.insert(s.entry.id, 0, 0)?;
             }
             self.services.insert(s.key, s.entry, 0)?;
+        }
+        if !prune {
+            return Ok(0);
         }
         self.remove_stale(plan)
     }

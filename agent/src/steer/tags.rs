@@ -112,6 +112,9 @@ pub struct ServiceTags {
     pub outcomes: Option<OutcomeFeed>,
     /// The tagged connections still open, per service and backend.
     pub active: ActiveConnections,
+    /// The steering task's plan whenever it changes (Kubernetes services
+    /// come and go): the names, backends and L7 health follow it.
+    pub plans: Option<tokio::sync::watch::Receiver<super::plan::Plan>>,
 }
 
 impl ServiceTags {
@@ -128,10 +131,21 @@ impl ServiceTags {
             mismatched: 0,
             outcomes: None,
             active: ActiveConnections::default(),
+            plans: None,
         }
     }
 
     pub fn new(steered: BpfHashMap<MapData, u64, Origin>, plan: &super::plan::Plan) -> Self {
+        let mut tags = Self {
+            steered: Some(steered),
+            ..Self::none()
+        };
+        tags.follow(plan);
+        tags
+    }
+
+    /// Takes the services of `plan`.
+    fn follow(&mut self, plan: &super::plan::Plan) {
         let names = plan
             .services
             .iter()
@@ -149,18 +163,21 @@ impl ServiceTags {
             .filter(|s| s.health.eject_on_l7_errors)
             .map(|s| s.name.clone())
             .collect();
-        Self {
-            steered: Some(steered),
-            names,
-            backends,
-            l7_health,
-            ..Self::none()
-        }
+        self.names = names;
+        self.backends = backends;
+        self.l7_health = l7_health;
     }
 
     /// A client socket `sk` of connection `key` was established or failed:
     /// takes what the kernel remembered of its connect.
     pub fn learn(&mut self, sk: u64, key: &FlowKey) {
+        // An atomic load while nothing changed.
+        if let Some(plans) = self.plans.as_mut()
+            && plans.has_changed().unwrap_or(false)
+        {
+            let plan = plans.borrow_and_update().clone();
+            self.follow(&plan);
+        }
         let Some(map) = self.steered.as_mut() else {
             return;
         };

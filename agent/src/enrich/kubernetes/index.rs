@@ -48,21 +48,42 @@ pub struct PodInfo {
     pub container_ids: Vec<String>,
 }
 
-/// A Service's virtual addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Service's virtual addresses (and, for `kubernetes_services`, what
+/// steering needs to balance them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     /// `spec.clusterIPs` (none for headless and ExternalName Services).
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ports`.
+    pub ports: Vec<PortInfo>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_timeout_s: Option<u32>,
+}
+
+/// A port of a Service or of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Required when a Service has several ports; a slice's port has the
+    /// name of the Service port it serves.
+    pub name: Option<String>,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`, as the API spells them (default `TCP`).
+    pub protocol: String,
 }
 
 /// One EndpointSlice: the addresses behind a Service, anywhere in the
 /// cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SliceInfo {
     /// The `kubernetes.io/service-name` label.
     pub service: Option<String>,
     /// Each address with the pod it belongs to (`targetRef` of kind Pod).
     pub endpoints: Vec<(IpAddr, Option<String>)>,
+    /// The addresses of endpoints ready for traffic (`conditions.ready`
+    /// true or unset, as the API asks consumers to read it).
+    pub ready: Vec<IpAddr>,
+    /// `ports`: the target ports, by Service port name.
+    pub ports: Vec<PortInfo>,
 }
 
 /// The kinds whose owners are looked up to name a pod's workload.

@@ -43,6 +43,9 @@ const CLIENT_RETRY: Duration = Duration::from_secs(30);
 pub struct Snapshot {
     pub names: Arc<Names>,
     pub health: Arc<Health>,
+    /// With `kubernetes_services`: the Services as steering services, once
+    /// both Services and EndpointSlices are listed (`None` before).
+    pub services: Option<Arc<Vec<crate::config::ServiceConfig>>>,
 }
 
 /// The state of the connection to the API server.
@@ -83,6 +86,16 @@ impl KubernetesNames {
 
     pub fn names(&self) -> Arc<Names> {
         self.rx.borrow().names.clone()
+    }
+
+    /// Waits for the next snapshot; `false` once the watcher is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+
+    /// The latest services (see [`Snapshot::services`]), marked seen.
+    pub fn services(&mut self) -> Option<Arc<Vec<crate::config::ServiceConfig>>> {
+        self.rx.borrow_and_update().services.clone()
     }
 
     /// Waits until `ready` holds for a published snapshot, or `timeout`.
@@ -157,6 +170,8 @@ pub struct Watcher {
     source: Result<Source, String>,
     node: Option<String>,
     tx: channel::Sender<Snapshot>,
+    /// Publish the Services as steering services too.
+    pub steer_services: bool,
 }
 
 /// Decides from the configuration and the environment whether to watch
@@ -175,7 +190,15 @@ pub fn setup(config: &KubernetesConfig, env: &Environment) -> Option<(Kubernetes
         name
     });
     let (tx, rx) = channel::channel(Snapshot::default());
-    Some((KubernetesNames { rx }, Watcher { source, node, tx }))
+    Some((
+        KubernetesNames { rx },
+        Watcher {
+            source,
+            node,
+            tx,
+            steer_services: false,
+        },
+    ))
 }
 
 impl Watcher {
@@ -190,6 +213,7 @@ impl Watcher {
                     error: Some(error),
                     ..Health::default()
                 }),
+                services: None,
             });
         };
         let source = match &self.source {
@@ -215,7 +239,11 @@ impl Watcher {
             }
         };
         log::info!("Kubernetes: API server {server}");
-        watch::run(client, server, node, self.tx, ok_rx, shutdown).await;
+        let publish = watch::Publish {
+            tx: self.tx,
+            steer_services: self.steer_services,
+        };
+        watch::run(client, server, node, publish, ok_rx, shutdown).await;
     }
 }
 

@@ -147,6 +147,7 @@ mod tests {
             ObjectKey::new("shop", "cart"),
             ServiceInfo {
                 cluster_ips: vec![vip],
+                ..Default::default()
             },
         ));
         index.slices.update(Update::Apply(
@@ -157,6 +158,7 @@ mod tests {
                     (pod_ip, Some("cart-0".into())),
                     (remote_ip, Some("cart-1".into())),
                 ],
+                ..Default::default()
             },
         ));
         let names = Names::build(&index);

@@ -10,7 +10,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 
-use super::index::{ObjectKey, OwnerRef, PodInfo, ServiceInfo, SliceInfo};
+use super::index::{ObjectKey, OwnerRef, PodInfo, PortInfo, ServiceInfo, SliceInfo};
 
 /// The label a Deployment's ReplicaSet sets on its pods.
 const TEMPLATE_HASH: &str = "pod-template-hash";
@@ -104,8 +104,37 @@ pub fn service(svc: &Service) -> ServiceInfo {
             cluster_ips.push(ip);
         }
     }
-    ServiceInfo { cluster_ips }
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port: u16::try_from(p.port).ok()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+        })
+        .collect();
+    let affinity_timeout_s = spec
+        .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
+        .map(|s| {
+            s.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
+        });
+    ServiceInfo {
+        cluster_ips,
+        ports,
+        affinity_timeout_s,
+    }
 }
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours).
+const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
 pub fn slice(slice: &EndpointSlice) -> SliceInfo {
     let endpoints = slice
@@ -123,7 +152,30 @@ pub fn slice(slice: &EndpointSlice) -> SliceInfo {
                 .map(move |ip| (ip, pod.clone()))
         })
         .collect();
+    let ready = slice
+        .endpoints
+        .iter()
+        .filter(|e| {
+            // Unset means ready (the API's own reading).
+            e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+        })
+        .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
+        .collect();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port: u16::try_from(p.port?).ok()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+        })
+        .collect();
     SliceInfo {
+        ready,
+        ports,
         service: slice
             .metadata
             .labels

@@ -141,15 +141,46 @@ where
         .boxed()
 }
 
-/// Runs until `shutdown`: watches, and publishes on `tx`.
-pub async fn run(
+/// Where and what the watcher publishes.
+pub struct Publish {
+    pub tx: watch::Sender<Snapshot>,
+    /// Build the steering services too (`kubernetes_services`).
+    pub steer_services: bool,
+}
+
+/// What was last published, republished with new health.
+struct Published {
+    names: Arc<Names>,
+    services: Option<Arc<Vec<crate::config::ServiceConfig>>>,
+}
+
+impl Publish {
+    fn send(&self, published: &Published, health: &Health) {
+        self.tx.send_replace(Snapshot {
+            names: published.names.clone(),
+            health: Arc::new(health.clone()),
+            services: published.services.clone(),
+        });
+    }
+
+    /// Builds what the index holds now.
+    fn build(&self, index: &Index, health: &Health) -> Published {
+        let listed = |kind: Kind| health.resources.get(kind.name()).is_some_and(|r| r.synced);
+        let services =
+            (self.steer_services && listed(Kind::Services) && listed(Kind::EndpointSlices))
+                .then(|| Arc::new(crate::steer::kubernetes::services(index)));
+        Published {
+            names: Arc::new(Names::build(index)),
+            services,
+        }
+    }
+}
+
+/// The watch streams, one per kind, merged.
+fn streams(
     client: kube::Client,
-    server: String,
-    node: String,
-    tx: watch::Sender<Snapshot>,
-    mut ok: mpsc::Receiver<Kind>,
-    shutdown: CancellationToken,
-) {
+    node: &str,
+) -> futures::stream::SelectAll<BoxStream<'static, Item>> {
     // Lists are served from the API server's watch cache (resourceVersion
     // 0, as client-go's informers ask): one agent per node must not cost a
     // quorum read of etcd each. The cache answers in one piece (it ignores
@@ -200,8 +231,19 @@ pub async fn run(
             Change::Job,
         ),
     ];
-    let mut merged = futures::stream::select_all(streams);
+    futures::stream::select_all(streams)
+}
 
+/// Runs until `shutdown`: watches, and publishes.
+pub async fn run(
+    client: kube::Client,
+    server: String,
+    node: String,
+    publish: Publish,
+    mut ok: mpsc::Receiver<Kind>,
+    shutdown: CancellationToken,
+) {
+    let mut merged = streams(client, &node);
     let mut index = Index::default();
     let mut health = Health {
         server,
@@ -212,11 +254,11 @@ pub async fn run(
             .collect::<BTreeMap<_, _>>(),
         error: None,
     };
-    let mut names = Arc::new(Names::default());
-    tx.send_replace(Snapshot {
-        names: names.clone(),
-        health: Arc::new(health.clone()),
-    });
+    let mut published = Published {
+        names: Arc::new(Names::default()),
+        services: None,
+    };
+    publish.send(&published, &health);
     let mut publish_at: Option<tokio::time::Instant> = None;
     loop {
         let due = async {
@@ -240,28 +282,19 @@ pub async fn run(
                     Err(err) => entry.failed(err, kind),
                 };
                 if health_changed {
-                    tx.send_replace(Snapshot {
-                        names: names.clone(),
-                        health: Arc::new(health.clone()),
-                    });
+                    publish.send(&published, &health);
                 }
             }
             Some(kind) = ok.recv() => {
                 let entry = health.resources.entry(kind.name()).or_default();
                 if entry.recovered(kind) {
-                    tx.send_replace(Snapshot {
-                        names: names.clone(),
-                        health: Arc::new(health.clone()),
-                    });
+                    publish.send(&published, &health);
                 }
             }
             () = due => {
                 publish_at = None;
-                names = Arc::new(Names::build(&index));
-                tx.send_replace(Snapshot {
-                    names: names.clone(),
-                    health: Arc::new(health.clone()),
-                });
+                published = publish.build(&index, &health);
+                publish.send(&published, &health);
             }
             () = shutdown.cancelled() => return,
         }
