@@ -93,6 +93,13 @@ fn follow_services(
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Kubernetes identity never delays start-up: flows are named as soon
+    // as (and whenever) the watcher has published names. Services from
+    // the cluster need it: refused before anything is loaded.
+    let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
+    if config.kubernetes_services && kubernetes.is_none() {
+        return Err(crate::steer::SteerError::NoKubernetes).context("cannot set up steering");
+    }
     let metrics_socket = metrics_server::bind(config.metrics_addr)?;
     let mut probes = Probes::load(&config, metrics_socket.addr)?;
     let metrics_listener = metrics_socket.listen()?;
@@ -103,12 +110,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .maps
         .take()
         .context("kernel maps were already taken")?;
-    // Kubernetes identity never delays start-up: flows are named as soon
-    // as (and whenever) the watcher has published names.
-    let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
-    if config.kubernetes_services && kubernetes.is_none() {
-        return Err(crate::steer::SteerError::NoKubernetes).context("cannot set up steering");
-    }
     // Steering after observation: a node that cannot run the agent at all
     // says so first.
     let steering = crate::steer::Steering::start(&config).context("cannot set up steering")?;

@@ -551,6 +551,12 @@ fn bad_steering_configuration_exits_2_naming_the_field() {
             format!("l7_capture_bytes: 0\n{web}health:\n  eject_on_l7_errors: true\n"),
             "health.eject_on_l7_errors",
         ),
+        (
+            "kubernetes:\n  enabled: false\nkubernetes_services: true\n".to_owned(),
+            "kubernetes_services",
+        ),
+        // Not in a cluster and no kubeconfig: no API to read Services from.
+        ("kubernetes_services: true\n".to_owned(), "kubernetes_services"),
     ] {
         std::fs::write(&file, &yaml).expect("write config");
         let out = weft(&["agent", "--config", file.to_str().expect("utf-8")]);
