@@ -1,8 +1,9 @@
 //! A lab for steering: one client namespace joined by its own veth pair to
-//! each of several backend namespaces (one /24 per backend), each backend
-//! running a real HTTP server whose page names it. The service address is
-//! in no subnet of the client and the client has no default route: without
-//! weft's rewrite a connect to it fails with ENETUNREACH.
+//! each of several backend namespaces (one /24 and one IPv6 /64 per
+//! backend), each backend running a real HTTP server whose page names it.
+//! The service addresses (IPv4 and IPv6) are in no subnet of the client
+//! and the client has no default route: without weft's rewrite a connect
+//! to them fails with ENETUNREACH.
 
 use std::{
     net::SocketAddr,
@@ -20,6 +21,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Backend {
     pub ns: String,
     pub addr: SocketAddr,
+    /// Its IPv6 address, same port (servers there: [`SteerLab::v6_servers`]).
+    pub addr6: SocketAddr,
     /// The body its server answers with (`backend-N`).
     pub name: String,
     server: Option<Peer>,
@@ -68,6 +71,8 @@ pub struct SteerLab {
     pub backends: Vec<Backend>,
     /// Routed nowhere from the client namespace.
     pub service_ip: String,
+    /// The same, IPv6.
+    pub service_ip6: String,
     /// Further client namespaces ([`SteerLab::add_client`]).
     pub more_clients: Vec<String>,
     id: u32,
@@ -94,13 +99,20 @@ impl SteerLab {
                 "ip", "link", "add", &cdev, "netns", &client_ns, "type", "veth", "peer", "name",
                 &bdev, "netns", ns,
             ]);
+            let subnet6 = format!("fd00:{}:{net}", 232 + i);
             for (space, dev, host) in [(&client_ns, &cdev, 1), (ns, &bdev, 2)] {
                 let cidr = format!("{subnet}.{host}/24");
                 run(&["ip", "-n", space, "link", "set", "lo", "up"]);
                 run(&["ip", "-n", space, "addr", "add", &cidr, "dev", dev]);
+                // No duplicate address detection: usable at once.
+                let cidr6 = format!("{subnet6}::{host}/64");
+                run(&[
+                    "ip", "-n", space, "addr", "add", &cidr6, "dev", dev, "nodad",
+                ]);
                 run(&["ip", "-n", space, "link", "set", dev, "up"]);
             }
             let addr: SocketAddr = format!("{subnet}.2:{port}").parse().expect("address");
+            let addr6: SocketAddr = format!("[{subnet6}::2]:{port}").parse().expect("address");
             let name = format!("backend-{i}");
             let root = TempDir::new("steer-http");
             std::fs::write(root.path.join("index.html"), format!("{name}\n")).expect("page");
@@ -121,6 +133,7 @@ impl SteerLab {
             backends.push(Backend {
                 ns: ns.clone(),
                 addr,
+                addr6,
                 name,
                 server: Some(server),
                 args: args.iter().map(|a| a.to_string()).collect(),
@@ -131,6 +144,7 @@ impl SteerLab {
             client_ns,
             backends,
             service_ip: format!("10.240.{net}.10"),
+            service_ip6: format!("fd00:240:{net}::10"),
             more_clients: Vec::new(),
             id,
             net,
@@ -196,14 +210,83 @@ impl SteerLab {
         y
     }
 
+    /// An HTTP server at each backend's IPv6 address (port `addr6`'s), whose
+    /// page names the backend as its IPv4 one does. They stop when dropped.
+    pub fn v6_servers(&self) -> Vec<(Peer, TempDir)> {
+        let mut out = Vec::new();
+        for b in &self.backends {
+            let root = TempDir::new("steer-http6");
+            std::fs::write(root.path.join("index.html"), format!("{}\n", b.name)).expect("page");
+            let (port, ip) = (b.addr6.port().to_string(), b.addr6.ip().to_string());
+            let args = [
+                "python3",
+                "-m",
+                "http.server",
+                &port,
+                "--bind",
+                &ip,
+                "--directory",
+                root.as_str(),
+            ];
+            let mut server = Peer::start(&format!("{}-v6", b.name), &b.ns, &args);
+            server.wait_tcp(&b.ns, b.addr6, Duration::from_secs(20));
+            out.push((server, root));
+        }
+        out
+    }
+
+    /// [`SteerLab::service_yaml`] at the IPv6 service address, in front of
+    /// the backends' IPv6 addresses (`protocol` tcp or udp).
+    pub fn service_yaml6(
+        &self,
+        name: &str,
+        port: u16,
+        protocol: &str,
+        backend_port: u16,
+    ) -> String {
+        let mut y = format!(
+            "  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {protocol}\n    backends:\n",
+            self.service_ip6
+        );
+        for b in &self.backends {
+            y.push_str(&format!(
+                "      - {{address: '{}', port: {backend_port}}}\n",
+                b.addr6.ip()
+            ));
+        }
+        y
+    }
+
+    /// [`SteerLab::curls`] to the IPv6 service address.
+    pub fn curls6(&self, port: u16, n: usize) -> Vec<String> {
+        let script = format!(
+            "for i in $(seq {n}); do curl -sg --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
+             'http://[{}]:{port}/' | tr -d '\\n'; echo; done",
+            self.service_ip6
+        );
+        let out = run(&["ip", "netns", "exec", &self.client_ns, "sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.replace("  ", " ").trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
     /// dnsmasq in every backend namespace on UDP (and TCP) `port`, each
     /// answering `which.test` with `10.250.0.N` for backend N. The peers
     /// stop when dropped.
     pub fn dnsmasqs(&self, port: u16) -> Vec<(Peer, TempDir)> {
+        self.dnsmasqs_at(port, false)
+    }
+
+    /// [`SteerLab::dnsmasqs`] at the backends' IPv6 addresses (`v6`) or
+    /// IPv4 ones.
+    pub fn dnsmasqs_at(&self, port: u16, v6: bool) -> Vec<(Peer, TempDir)> {
         let mut out = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
             let dir = TempDir::new("steer-dns");
-            let listen = format!("--listen-address={}", b.addr.ip());
+            let ip = if v6 { b.addr6.ip() } else { b.addr.ip() };
+            let listen = format!("--listen-address={ip}");
             let port_arg = format!("--port={port}");
             let pid_arg = format!("--pid-file={}", dir.join("dnsmasq.pid"));
             let record = format!("--host-record=which.test,10.250.0.{i}");
@@ -224,11 +307,7 @@ impl SteerLab {
             ];
             let mut peer = Peer::start(&format!("dnsmasq-{i}"), &b.ns, &args);
             // TCP accepting means UDP is bound too (one listen address).
-            peer.wait_tcp(
-                &b.ns,
-                SocketAddr::new(b.addr.ip(), port),
-                Duration::from_secs(20),
-            );
+            peer.wait_tcp(&b.ns, SocketAddr::new(ip, port), Duration::from_secs(20));
             out.push((peer, dir));
         }
         out

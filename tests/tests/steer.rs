@@ -385,7 +385,12 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
         let out = run(&["bpftool", "-j", kind, "show"]);
         let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
         all.iter()
-            .filter(|o| o["name"].as_str().is_some_and(|n| names.contains(&n)))
+            // A kernel without bpf_set_retval runs the `_eperm` variants.
+            .filter(|o| {
+                o["name"]
+                    .as_str()
+                    .is_some_and(|n| names.contains(&n.trim_end_matches("_eperm")))
+            })
             .filter_map(|o| o["id"].as_u64())
             .collect()
     };
@@ -398,6 +403,10 @@ fn steering_objects() -> (Vec<u64>, Vec<u64>) {
             "weft_steer_peername4",
             "weft_steer_sendmsg4",
             "weft_steer_recvmsg4",
+            "weft_steer_connect6",
+            "weft_steer_peername6",
+            "weft_steer_sendmsg6",
+            "weft_steer_recvmsg6",
         ],
     );
     let maps = ids(
@@ -462,7 +471,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
         "connects that failed"
     );
     assert!(
-        second.log().contains("adopted 4 pinned steering programs"),
+        second.log().contains("adopted 8 pinned steering programs"),
         "{}",
         second.log()
     );
@@ -472,7 +481,7 @@ fn steering_survives_a_killed_agent_and_cleanup_removes_it() {
     let one = format!("curl -sf --max-time 5 http://{}:80/", lab.service_ip);
     assert!(lab.client_sh(&one).starts_with("backend-"));
     let (progs, maps) = steering_objects();
-    assert_eq!(progs.len(), 4, "steering programs while no agent runs");
+    assert_eq!(progs.len(), 8, "steering programs while no agent runs");
     assert_eq!(maps.len(), 19, "steering maps while no agent runs");
 
     let out = weft(&["cleanup"]);
@@ -509,7 +518,7 @@ fn an_agent_without_services_removes_steering() {
     let lab = SteerLab::new(1, port);
     let cfg = config("once", &[lab.service_yaml("web", 80, &[1])]);
     drop(start(&cfg));
-    assert_eq!(steering_objects().0.len(), 4);
+    assert_eq!(steering_objects().0.len(), 8);
     let plain = Agent::start(&[]);
     wait_for("steering to be removed", Duration::from_secs(10), || {
         (steering_objects() == (vec![], vec![])).then_some(())
@@ -1299,4 +1308,120 @@ fn kubernetes_services_follow_their_endpointslices() {
     });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The script of one IPv6 socket (Python, in the client namespace) that
+/// dials `::ffff:IP` `n` times, one connection each, and prints per
+/// connection `<body> <peer>` (the peer as getpeername gives it).
+fn v4_mapped_dials(ip: &str, port: u16, n: usize) -> String {
+    format!(
+        "import socket\n\
+         for _ in range({n}):\n\
+         \x20   s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+         \x20   s.settimeout(5)\n\
+         \x20   s.connect(('::ffff:{ip}', {port}))\n\
+         \x20   peer = s.getpeername()[0]\n\
+         \x20   s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   data = b''\n\
+         \x20   while True:\n\
+         \x20       chunk = s.recv(4096)\n\
+         \x20       if not chunk:\n\
+         \x20           break\n\
+         \x20       data += chunk\n\
+         \x20   s.close()\n\
+         \x20   print(data.split(b'\\r\\n\\r\\n', 1)[1].decode().strip(), peer)\n"
+    )
+}
+
+#[test]
+fn ipv6_services_and_v4_mapped_dials_are_steered() {
+    if !require_root("ipv6_services_and_v4_mapped_dials_are_steered") {
+        return;
+    }
+    weft_tests::peer::require_program("dnsmasq");
+    weft_tests::peer::require_program("dig");
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = PinCleanup;
+    let port = unique_port(44);
+    let dns_port = unique_port(45);
+    let lab = SteerLab::new(3, port);
+    let _http6 = lab.v6_servers();
+    let _dns6 = lab.dnsmasqs_at(dns_port, true);
+    let cfg = config(
+        "v6",
+        &[
+            lab.service_yaml6("web6", port, "tcp", port),
+            lab.service_yaml6("dns6", 53, "udp", dns_port),
+            lab.service_yaml("web4", port, &[1, 1, 1]),
+        ],
+    );
+    let agent = start(&cfg);
+
+    // TCP over IPv6: 90 curls, each a new connection, all answered from the
+    // service address, balanced over the three backends.
+    let peer = format!("{}:{port}", lab.service_ip6);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lab.curls6(port, 90) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "curl output {line:?}");
+        assert_eq!((fields[1], fields[2]), ("200", peer.as_str()), "{line}");
+        *counts.entry(fields[0].to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.values().sum::<usize>(), 90, "{counts:?}");
+    assert_eq!(counts.len(), 3, "every backend used: {counts:?}");
+    assert!(
+        counts.values().all(|&n| (10..=50).contains(&n)),
+        "{counts:?}"
+    );
+    // Records name the service and keep each IPv6 backend as destination.
+    let want: BTreeMap<String, usize> = lab
+        .backends
+        .iter()
+        .map(|b| (format!("{}:{}", b.addr6.ip(), port), counts[&b.name]))
+        .collect();
+    let got = wait_for("the records of web6", Duration::from_secs(20), || {
+        let got = records_by_backend(&agent, "web6");
+        (got.values().sum::<usize>() >= 90).then_some(got)
+    });
+    assert_eq!(got, want, "close records per backend");
+
+    // An IPv4 service dialed by an IPv6 socket as ::ffff:a.b.c.d: steered,
+    // and the socket's peer reads as the address it dialed.
+    let out = lab.client_sh(&format!(
+        "python3 -c \"$(cat <<'PY'\n{}PY\n)\"",
+        v4_mapped_dials(&lab.service_ip, port, 30)
+    ));
+    let mapped = format!("::ffff:{}", lab.service_ip);
+    let mut bodies: BTreeMap<String, usize> = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let (body, peer) = line.split_once(' ').expect("body and peer");
+        assert_eq!(peer, mapped, "{line}");
+        *bodies.entry(body.to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(bodies.values().sum::<usize>(), 30, "{out}");
+    assert!(
+        bodies.keys().all(|b| b.starts_with("backend-")),
+        "{bodies:?}"
+    );
+
+    // UDP over IPv6: dig takes an answer only from the address it asked,
+    // so each of the 60 answers had its source rewritten by recvmsg6.
+    let script = format!(
+        "for i in $(seq 60); do dig -6 @{} -p 53 +short +tries=1 +time=3 which.test A || echo failed; done",
+        lab.service_ip6
+    );
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lab.client_sh(&script).lines().filter(|l| !l.is_empty()) {
+        *answers.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(answers.values().sum::<usize>(), 60, "{answers:?}");
+    assert!(
+        answers.len() >= 2 && answers.keys().all(|a| a.starts_with("10.250.0.")),
+        "answers from at least two backends and nothing else: {answers:?}"
+    );
+    wait_for("the dns6 metric", Duration::from_secs(10), || {
+        let sum = agent.metric_sum("weft_service_connections_total", &["service=\"dns6\""]);
+        (sum == 60.0).then_some(())
+    });
+    let _ = std::fs::remove_file(cfg);
 }

@@ -439,15 +439,6 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    for (i, s) in c.services.iter().enumerate() {
-        if s.address.is_ipv6() {
-            return Err(field(
-                format!("services[{i}].address"),
-                s.address,
-                format!("IPv6 {LATER}"),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -469,6 +460,18 @@ fn validate_service(s: &ServiceConfig, at: &str, health: &HealthConfig) -> Resul
             format!("{at}.address"),
             s.address,
             "must be a unicast address",
+        ));
+    }
+    if let IpAddr::V6(v6) = s.address
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(field(
+            format!("{at}.address"),
+            s.address,
+            format!(
+                "is a v4-mapped address: write {v4} (IPv6 sockets that dial {} reach it too)",
+                s.address
+            ),
         ));
     }
     if s.port == 0 {
@@ -626,6 +629,19 @@ mod tests {
             "services:\n  - name: a\n    address: 10.96.0.10\n    port: 80\n    backends:\n      - {address: 'fd00::1', port: 1}\n",
         );
         assert!(e.contains("services[0].backends[0].address"), "{e}");
+        // IPv6 services take IPv6 backends; a v4-mapped service address is
+        // the IPv4 one, written so.
+        Config::from_yaml(
+            "services:\n  - name: a\n    address: 'fd00::10'\n    port: 80\n    backends:\n      - {address: 'fd00::1', port: 1}\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let e = err("services:\n  - name: a\n    address: '::ffff:10.96.0.10'\n    port: 80\n");
+        assert!(
+            e.contains("services[0].address") && e.contains("write 10.96.0.10"),
+            "{e}"
+        );
         let e = err(
             "services:\n  - name: a\n    address: 10.96.0.10\n    port: 80\n    protocol: sctp\n",
         );

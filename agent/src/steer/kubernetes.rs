@@ -2,12 +2,13 @@
 //! what kube-proxy does for connections made on this node, done at
 //! connect time instead.
 //!
-//! Each port of a Service with an IPv4 cluster IP becomes one service: the
+//! Each port of a Service with a cluster IP becomes one service: the
 //! cluster IP and the Service port, in front of the ready endpoints of the
-//! Service's EndpointSlices at the slice port of the same name (the way
-//! kube-proxy pairs them). Headless and ExternalName Services have no
-//! cluster IP and are left alone; so are IPv6 cluster IPs (steering is
-//! IPv4 for now) and SCTP ports, which stay with kube-proxy.
+//! Service's EndpointSlices (of the cluster IP's family) at the slice port
+//! of the same name (the way kube-proxy pairs them). A dual-stack Service
+//! is steered at its IPv4 cluster IP, an IPv6-only one at its IPv6 one.
+//! Headless and ExternalName Services have no cluster IP and are left
+//! alone; so are SCTP ports, which stay with kube-proxy.
 //!
 //! Built by the Kubernetes watcher each time it publishes, from the same
 //! index that names flows, and only once both Services and EndpointSlices
@@ -43,7 +44,8 @@ pub fn services(index: &Index) -> Vec<ServiceConfig> {
     listed.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::new();
     for (key, svc) in listed {
-        let Some(address) = svc.cluster_ips.iter().find(|ip| ip.is_ipv4()) else {
+        let v4 = svc.cluster_ips.iter().find(|ip| ip.is_ipv4());
+        let Some(address) = v4.or(svc.cluster_ips.first()) else {
             continue;
         };
         let behind = slices.get(key).map(Vec::as_slice).unwrap_or_default();
@@ -78,7 +80,11 @@ fn service_port(
             .iter()
             .find(|p| p.name == port.name && p.protocol == port.protocol);
         let Some(target) = target else { continue };
-        for ip in slice.ready.iter().filter(|ip| ip.is_ipv4()) {
+        for ip in slice
+            .ready
+            .iter()
+            .filter(|ip| ip.is_ipv4() == address.is_ipv4())
+        {
             backends.insert((*ip, target.port));
         }
     }
@@ -235,5 +241,27 @@ mod tests {
         // No slice yet: a service without backends (connects refused, as
         // kube-proxy rejects them).
         assert!(out[0].backends.is_empty());
+        // IPv6 only: steered at its IPv6 cluster IP, over IPv6 endpoints.
+        index.services.update(Update::Apply(
+            ObjectKey::new("shop", "cart"),
+            ServiceInfo {
+                cluster_ips: vec![ip("fd00:96::11")],
+                ports: vec![port(None, 80, "TCP")],
+                affinity_timeout_s: None,
+            },
+        ));
+        index.slices.update(Update::Apply(
+            ObjectKey::new("shop", "cart-v6"),
+            SliceInfo {
+                service: Some("cart".into()),
+                ready: vec![ip("fd00:1::2"), ip("10.0.1.2")],
+                ports: vec![port(None, 8080, "TCP")],
+                ..Default::default()
+            },
+        ));
+        let out = services(&index);
+        assert_eq!(out[0].address, ip("fd00:96::11"));
+        let backends: Vec<IpAddr> = out[0].backends.iter().map(|b| b.address).collect();
+        assert_eq!(backends, vec![ip("fd00:1::2")]);
     }
 }

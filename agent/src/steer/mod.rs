@@ -76,13 +76,25 @@ const PROGRAMS: &[(&str, &str, Option<&str>)] = &[
         "connect4",
         Some("weft_steer_connect4_eperm"),
     ),
+    (
+        "weft_steer_connect6",
+        "connect6",
+        Some("weft_steer_connect6_eperm"),
+    ),
     ("weft_steer_peername4", "getpeername4", None),
+    ("weft_steer_peername6", "getpeername6", None),
     (
         "weft_steer_sendmsg4",
         "sendmsg4",
         Some("weft_steer_sendmsg4_eperm"),
     ),
+    (
+        "weft_steer_sendmsg6",
+        "sendmsg6",
+        Some("weft_steer_sendmsg6_eperm"),
+    ),
     ("weft_steer_recvmsg4", "recvmsg4", None),
+    ("weft_steer_recvmsg6", "recvmsg6", None),
 ];
 
 /// The feature `weft status` lists for the refusal's error.

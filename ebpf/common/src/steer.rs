@@ -1,5 +1,5 @@
-//! Maps of the steering programs (cgroup sock_addr connect4 and
-//! getpeername4, object `weft-steer`). The agent writes services and
+//! Maps of the steering programs (cgroup sock_addr connect, sendmsg,
+//! recvmsg and getpeername, IPv4 and IPv6, object `weft-steer`). The agent writes services and
 //! backends; the programs rewrite connects and remember, per socket, which
 //! service it dialed. All of it is pinned under bpffs and outlives the
 //! agent.
@@ -124,13 +124,15 @@ const _: () = assert!(core::mem::size_of::<Origin>() == 52);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ReplyKey {
     pub cookie: u64,
-    /// The backend's IPv4 address, as the kernel's `user_ip4` holds it.
-    pub backend_ip4: u32,
+    /// The backend's address as [`ServiceKey::addr`] holds one (IPv4,
+    /// also v4-mapped, in the first four bytes).
+    pub backend: [u8; 16],
     /// Host byte order.
     pub backend_port: u16,
-    pub _pad: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<ReplyKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ReplyKey>() == 32);
 
 /// Per-CPU counters of the steering programs (STEER_COUNTERS).
 pub mod counter {

@@ -4,11 +4,13 @@
 //! bpffs so that connects to a service keep working while the agent is
 //! stopped, killed or upgraded (see `agent/src/steer/`).
 //!
-//! - `cgroup/connect4` on the cgroup v2 root: a connect to a service
-//!   address becomes a connect to one of its backends, chosen by weighted
-//!   random, before any packet exists (no NAT, no proxy).
-//! - `cgroup/getpeername4`: a steered socket's peer reads as the service
-//!   address the application dialed.
+//! - `cgroup/connect4` and `connect6` on the cgroup v2 root: a connect to
+//!   a service address becomes a connect to one of its backends, chosen by
+//!   weighted random, before any packet exists (no NAT, no proxy).
+//! - `cgroup/getpeername4` and `getpeername6`: a steered socket's peer
+//!   reads as the service address the application dialed.
+//! - `cgroup/sendmsg4`/`6` and `recvmsg4`/`6`: UDP datagrams to a service,
+//!   and their replies.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]

@@ -1,5 +1,11 @@
-//! `cgroup/connect4` and `cgroup/getpeername4` (TCP, and UDP sockets that
-//! connect), and the decision `sendmsg4` shares.
+//! `cgroup/connect4`/`connect6` and `cgroup/getpeername4`/`getpeername6`
+//! (TCP, and UDP sockets that connect), and the decision `sendmsg4` and
+//! `sendmsg6` share.
+//!
+//! The IPv6 programs steer IPv6 services, and IPv4 services dialed by an
+//! IPv6 socket as a v4-mapped address (`::ffff:a.b.c.d`, as dual-stack
+//! sockets of Java or Go do): only the last word of `user_ip6` is read and
+//! rewritten then, so the socket stays v4-mapped.
 //!
 //! Contract (kernel `__cgroup_bpf_run_filter_sock_addr`): the program may
 //! rewrite `user_ip4`/`user_port` before the kernel's own connect runs;
@@ -36,7 +42,7 @@ pub(super) const REJECT: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_steer_connect4(ctx: SockAddrContext) -> i32 {
-    connect4::<true>(&ctx)
+    connect::<true, false>(&ctx)
 }
 
 /// [`weft_steer_connect4`] for kernels without `bpf_set_retval` (before
@@ -44,16 +50,33 @@ pub fn weft_steer_connect4(ctx: SockAddrContext) -> i32 {
 /// error a refusing sock_addr program gives there.
 #[cgroup_sock_addr(connect4)]
 pub fn weft_steer_connect4_eperm(ctx: SockAddrContext) -> i32 {
-    connect4::<false>(&ctx)
+    connect::<false, false>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_steer_connect6(ctx: SockAddrContext) -> i32 {
+    connect::<true, true>(&ctx)
+}
+
+/// [`weft_steer_connect6`] without `bpf_set_retval`.
+#[cgroup_sock_addr(connect6)]
+pub fn weft_steer_connect6_eperm(ctx: SockAddrContext) -> i32 {
+    connect::<false, true>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn weft_steer_peername4(ctx: SockAddrContext) -> i32 {
-    peername4(&ctx);
+    peername::<false>(&ctx);
     ALLOW
 }
 
-/// What [`steer4`] did to a connect or a datagram.
+#[cgroup_sock_addr(getpeername6)]
+pub fn weft_steer_peername6(ctx: SockAddrContext) -> i32 {
+    peername::<true>(&ctx);
+    ALLOW
+}
+
+/// What [`steer`] did to a connect or a datagram.
 pub(super) enum Steer {
     /// Not to a service (or the service was half-written): unchanged.
     Untouched,
@@ -64,11 +87,11 @@ pub(super) enum Steer {
 }
 
 #[inline(always)]
-fn connect4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
-    if let Decision::Deny = egress_policy(ctx) {
+fn connect<const SET_RETVAL: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    if let Decision::Deny = egress_policy::<V6>(ctx) {
         return REJECT;
     }
-    match steer4(ctx) {
+    match steer::<V6>(ctx) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {
@@ -84,17 +107,22 @@ fn connect4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
 
 /// The egress policy's decision on the address the application dialed
 /// (before a service rewrites it). A deny returns 0 without a retval set,
-/// which the kernel turns into EPERM.
+/// which the kernel turns into EPERM. Rules match IPv4 only: an IPv6
+/// socket's v4-mapped address is checked as the IPv4 address it is, a
+/// native IPv6 one passes.
 #[inline(always)]
-pub(super) fn egress_policy(ctx: &SockAddrContext) -> Decision {
-    // SAFETY: the context pointer is valid for the program's run.
-    let sa = unsafe { &*ctx.sock_addr };
-    super::policy::egress4(
-        ctx,
-        sa.user_ip4,
-        u16::from_be(sa.user_port as u16),
-        sa.protocol as u8,
-    )
+pub(super) fn egress_policy<const V6: bool>(ctx: &SockAddrContext) -> Decision {
+    let dialed = dialed::<V6>(ctx);
+    if dialed.family != 4 {
+        return Decision::Pass;
+    }
+    let ip4 = u32::from_ne_bytes([
+        dialed.addr[0],
+        dialed.addr[1],
+        dialed.addr[2],
+        dialed.addr[3],
+    ]);
+    super::policy::egress4(ctx, ip4, dialed.port, dialed.proto)
 }
 
 /// Fails the call: with ECONNREFUSED where the kernel has
@@ -108,24 +136,98 @@ pub(super) fn refuse<const SET_RETVAL: bool>() -> i32 {
     REJECT
 }
 
-/// The shared decision of connect4 and sendmsg4: whether the address the
-/// context holds is a service's, and if so which backend it becomes
-/// (rewritten in place).
+/// The address and port the context holds (the destination in connect
+/// and sendmsg, the peer in getpeername, the source in recvmsg), keyed as
+/// the maps key it: a v4-mapped address of an IPv6 socket as family 4.
 #[inline(always)]
-pub(super) fn steer4(ctx: &SockAddrContext) -> Steer {
+pub(super) fn dialed<const V6: bool>(ctx: &SockAddrContext) -> ServiceKey {
     // SAFETY: the context pointer is valid for the program's run.
-    let sa = unsafe { &mut *ctx.sock_addr };
+    let sa = unsafe { &*ctx.sock_addr };
     let mut key = ServiceKey {
         addr: [0; 16],
         port: u16::from_be(sa.user_port as u16),
         proto: sa.protocol as u8,
         family: 4,
     };
-    let ip = sa.user_ip4.to_ne_bytes();
-    key.addr[0] = ip[0];
-    key.addr[1] = ip[1];
-    key.addr[2] = ip[2];
-    key.addr[3] = ip[3];
+    if !V6 {
+        put(&mut key.addr, 0, sa.user_ip4);
+        return key;
+    }
+    let w = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    if w[0] == 0 && w[1] == 0 && w[2] == 0xffff_u32.to_be() {
+        put(&mut key.addr, 0, w[3]);
+        return key;
+    }
+    put(&mut key.addr, 0, w[0]);
+    put(&mut key.addr, 4, w[1]);
+    put(&mut key.addr, 8, w[2]);
+    put(&mut key.addr, 12, w[3]);
+    key.family = 6;
+    key
+}
+
+/// Writes `addr` (of `family`) and `port` into the context, where
+/// [`dialed`] read them from. Returns false, writing nothing, when the
+/// families do not fit (an IPv6 address for an IPv4 socket).
+#[inline(always)]
+pub(super) fn write_addr<const V6: bool>(
+    ctx: &SockAddrContext,
+    addr: &[u8; 16],
+    family: u8,
+    port: u16,
+) -> bool {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    match (V6, family) {
+        (false, 4) => sa.user_ip4 = word(addr, 0),
+        (true, 4) => sa.user_ip6[3] = word(addr, 0),
+        (true, 6) => {
+            sa.user_ip6[0] = word(addr, 0);
+            sa.user_ip6[1] = word(addr, 4);
+            sa.user_ip6[2] = word(addr, 8);
+            sa.user_ip6[3] = word(addr, 12);
+        }
+        _ => return false,
+    }
+    sa.user_port = u32::from(port.to_be());
+    true
+}
+
+#[inline(always)]
+fn put(addr: &mut [u8; 16], at: usize, w: u32) {
+    let b = w.to_ne_bytes();
+    addr[at] = b[0];
+    addr[at + 1] = b[1];
+    addr[at + 2] = b[2];
+    addr[at + 3] = b[3];
+}
+
+/// Compared word by word: an array comparison may become a call to
+/// `bcmp`, which BPF cannot link.
+#[inline(always)]
+pub(super) fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    word(a, 0) == word(b, 0)
+        && word(a, 4) == word(b, 4)
+        && word(a, 8) == word(b, 8)
+        && word(a, 12) == word(b, 12)
+}
+
+#[inline(always)]
+pub(super) fn word(addr: &[u8; 16], at: usize) -> u32 {
+    u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]])
+}
+
+/// The shared decision of connect and sendmsg: whether the address the
+/// context holds is a service's, and if so which backend it becomes
+/// (rewritten in place).
+#[inline(always)]
+pub(super) fn steer<const V6: bool>(ctx: &SockAddrContext) -> Steer {
+    let key = dialed::<V6>(ctx);
     // SAFETY: a lookup in a map of plain values.
     let Some(service) = (unsafe { SERVICES.get(&key) }) else {
         return Steer::Untouched;
@@ -140,7 +242,7 @@ pub(super) fn steer4(ctx: &SockAddrContext) -> Steer {
     let affinity = if service.affinity_timeout_s == 0 {
         None
     } else {
-        Some(affinity_key(ctx, id))
+        Some(affinity_key::<V6>(ctx, id))
     };
     let remembered = match &affinity {
         Some(k) => remembered(k, &service),
@@ -159,13 +261,12 @@ pub(super) fn steer4(ctx: &SockAddrContext) -> Steer {
             chosen
         }
     };
-    sa.user_ip4 = u32::from_ne_bytes([
-        backend.addr[0],
-        backend.addr[1],
-        backend.addr[2],
-        backend.addr[3],
-    ]);
-    sa.user_port = u32::from(backend.port.to_be());
+    if backend.family != key.family
+        || !write_addr::<V6>(ctx, &backend.addr, backend.family, backend.port)
+    {
+        count(counter::INCOMPLETE);
+        return Steer::Untouched;
+    }
     count(counter::REWRITTEN);
     bump(&BACKEND_CONNECTS, backend_id);
     Steer::Rewritten(Origin {
@@ -193,22 +294,27 @@ fn choose(id: u32, slots: u32) -> Option<(u32, Backend)> {
 /// The client of a connect (see `AffinityKey`): its network namespace
 /// and the address its socket is bound to, if any.
 #[inline(always)]
-fn affinity_key(ctx: &SockAddrContext, service: u32) -> AffinityKey {
+fn affinity_key<const V6: bool>(ctx: &SockAddrContext, service: u32) -> AffinityKey {
     // SAFETY: the context is a sock_addr context, which the helper takes.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: the context's socket pointer is never null in connect4 (the
-    // verifier types it as a socket); src_ip4 is one of its readable
-    // fields, 0 while the socket is not bound to an address.
-    let bound = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_ip4 }.to_ne_bytes();
     let mut key = AffinityKey {
         netns,
         service,
         ..AffinityKey::default()
     };
-    key.client[0] = bound[0];
-    key.client[1] = bound[1];
-    key.client[2] = bound[2];
-    key.client[3] = bound[3];
+    // SAFETY: the context's socket pointer is never null in connect and
+    // sendmsg (the verifier types it as a socket); src_ip4 and src_ip6 are
+    // readable fields, 0 while the socket is not bound to an address.
+    let sk = unsafe { &*(*ctx.sock_addr).__bindgen_anon_1.sk };
+    if V6 {
+        // Constant offsets: the verifier takes no other into a socket.
+        put(&mut key.client, 0, sk.src_ip6[0]);
+        put(&mut key.client, 4, sk.src_ip6[1]);
+        put(&mut key.client, 8, sk.src_ip6[2]);
+        put(&mut key.client, 12, sk.src_ip6[3]);
+    } else {
+        put(&mut key.client, 0, sk.src_ip4);
+    }
     key
 }
 
@@ -232,7 +338,7 @@ fn remembered(key: &AffinityKey, service: &ServiceEntry) -> Option<(u32, Backend
     }
     // SAFETY: a lookup in a map of plain values.
     let current = unsafe { BACKENDS.get(&backend_id) }.copied()?;
-    if ip4(&current) != ip4(&backend)
+    if !same_addr(&current.addr, &backend.addr)
         || current.port != backend.port
         || backend_id >> 6 != service.id
     {
@@ -242,12 +348,6 @@ fn remembered(key: &AffinityKey, service: &ServiceEntry) -> Option<(u32, Backend
     unsafe { (*entry).last_ns = now };
     count(counter::AFFINITY_HIT);
     Some((backend_id, current))
-}
-
-/// A backend's IPv4 address as one word (compared without memcmp).
-#[inline(always)]
-fn ip4(b: &Backend) -> u32 {
-    u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
 }
 
 /// Remembers a client's new backend; failing to only costs affinity
@@ -283,25 +383,21 @@ fn remember(ctx: &SockAddrContext, origin: &Origin) {
 }
 
 #[inline(always)]
-fn peername4(ctx: &SockAddrContext) {
+fn peername<const V6: bool>(ctx: &SockAddrContext) {
     // SAFETY: the context is a sock_addr context, which the helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a lookup in a map of plain values.
     let Some(origin) = (unsafe { ORIGINS.get(&cookie) }) else {
         return;
     };
-    // SAFETY: the context pointer is valid for the program's run.
-    let sa = unsafe { &mut *ctx.sock_addr };
     let b = &origin.backend;
     // Only a socket still connected to the backend it was steered to.
-    let peer = sa.user_ip4.to_ne_bytes();
-    if peer != [b.addr[0], b.addr[1], b.addr[2], b.addr[3]]
-        || u16::from_be(sa.user_port as u16) != b.port
-    {
+    let peer = dialed::<V6>(ctx);
+    if peer.family != b.family || !same_addr(&peer.addr, &b.addr) || peer.port != b.port {
         return;
     }
     let s = &origin.service;
-    sa.user_ip4 = u32::from_ne_bytes([s.addr[0], s.addr[1], s.addr[2], s.addr[3]]);
-    sa.user_port = u32::from(s.port.to_be());
-    count(counter::PEERNAME);
+    if write_addr::<V6>(ctx, &s.addr, s.family, s.port) {
+        count(counter::PEERNAME);
+    }
 }

@@ -1,4 +1,5 @@
-//! `cgroup/sendmsg4` and `cgroup/recvmsg4`: UDP to a service address.
+//! `cgroup/sendmsg4`/`sendmsg6` and `cgroup/recvmsg4`/`recvmsg6`: UDP to a
+//! service address.
 //!
 //! A datagram sent to a service (by sendto/sendmsg on an unconnected
 //! socket) is rewritten to a backend chosen as a connect is, per datagram;
@@ -18,28 +19,39 @@ use weft_common::steer::{Origin, ReplyKey, ServiceKey, counter};
 
 use super::policy::Decision;
 use super::{
-    connect::{ALLOW, REJECT, Steer, egress_policy, refuse, steer4},
+    connect::{ALLOW, REJECT, Steer, dialed, egress_policy, refuse, steer, write_addr},
     maps::{REPLIES, count},
 };
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_steer_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sendmsg4::<true>(&ctx)
+    sendmsg::<true, false>(&ctx)
 }
 
 /// [`weft_steer_sendmsg4`] for kernels without `bpf_set_retval`: a
 /// datagram to a service without backends fails with EPERM.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_steer_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
-    sendmsg4::<false>(&ctx)
+    sendmsg::<false, false>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weft_steer_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg::<true, true>(&ctx)
+}
+
+/// [`weft_steer_sendmsg6`] without `bpf_set_retval`.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weft_steer_sendmsg6_eperm(ctx: SockAddrContext) -> i32 {
+    sendmsg::<false, true>(&ctx)
 }
 
 #[inline(always)]
-fn sendmsg4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
-    if let Decision::Deny = egress_policy(ctx) {
+fn sendmsg<const SET_RETVAL: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    if let Decision::Deny = egress_policy::<V6>(ctx) {
         return REJECT;
     }
-    match steer4(ctx) {
+    match steer::<V6>(ctx) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {
@@ -51,7 +63,13 @@ fn sendmsg4<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn weft_steer_recvmsg4(ctx: SockAddrContext) -> i32 {
-    rewrite_reply(&ctx);
+    rewrite_reply::<false>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn weft_steer_recvmsg6(ctx: SockAddrContext) -> i32 {
+    rewrite_reply::<true>(&ctx);
     ALLOW
 }
 
@@ -64,9 +82,10 @@ pub(super) fn remember_replies(ctx: &SockAddrContext, origin: &Origin) {
         // SAFETY: the context is a sock_addr context, which the helper
         // takes.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend_ip4: u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]),
+        backend: b.addr,
         backend_port: b.port,
-        _pad: 0,
+        family: b.family,
+        _pad: [0; 5],
     };
     if REPLIES.insert(&key, &origin.service, 0).is_err() {
         count(counter::REPLY_LOST);
@@ -74,22 +93,23 @@ pub(super) fn remember_replies(ctx: &SockAddrContext, origin: &Origin) {
 }
 
 #[inline(always)]
-fn rewrite_reply(ctx: &SockAddrContext) {
-    // SAFETY: the context pointer is valid for the program's run.
-    let sa = unsafe { &mut *ctx.sock_addr };
+fn rewrite_reply<const V6: bool>(ctx: &SockAddrContext) {
+    let source = dialed::<V6>(ctx);
     let key = ReplyKey {
-        // SAFETY: as above.
+        // SAFETY: the context is a sock_addr context, which the helper
+        // takes.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend_ip4: sa.user_ip4,
-        backend_port: u16::from_be(sa.user_port as u16),
-        _pad: 0,
+        backend: source.addr,
+        backend_port: source.port,
+        family: source.family,
+        _pad: [0; 5],
     };
     // SAFETY: a lookup in a map of plain values.
     let Some(service) = (unsafe { REPLIES.get(&key) }) else {
         return;
     };
     let s: &ServiceKey = service;
-    sa.user_ip4 = u32::from_ne_bytes([s.addr[0], s.addr[1], s.addr[2], s.addr[3]]);
-    sa.user_port = u32::from(s.port.to_be());
-    count(counter::REPLY_REWRITTEN);
+    if write_addr::<V6>(ctx, &s.addr, s.family, s.port) {
+        count(counter::REPLY_REWRITTEN);
+    }
 }
