@@ -188,6 +188,41 @@ impl SteerLab {
         ns
     }
 
+    /// Routes the node's own namespace (where the agent runs) to every
+    /// backend's IPv4 address, through a veth pair of its own per backend
+    /// (`10.249.NET.4i+1/30` on the node's side), as a cluster node reaches
+    /// its pods: for the agent's active health checks. The pairs go with
+    /// the backend namespaces.
+    pub fn route_from_node(&self) {
+        let (id, net) = (self.id, self.net);
+        for (i, b) in self.backends.iter().enumerate() {
+            let (ndev, bdev) = (format!("wh{id}n{i}"), format!("wh{id}b{i}"));
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &ndev])
+                .stderr(std::process::Stdio::null())
+                .status();
+            run(&[
+                "ip", "link", "add", &ndev, "type", "veth", "peer", "name", &bdev, "netns", &b.ns,
+            ]);
+            let (node, backend) = (4 * i + 1, 4 * i + 2);
+            run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.249.{net}.{node}/30"),
+                "dev",
+                &ndev,
+            ]);
+            run(&["ip", "link", "set", &ndev, "up"]);
+            let cidr = format!("10.249.{net}.{backend}/30");
+            run(&["ip", "-n", &b.ns, "addr", "add", &cidr, "dev", &bdev]);
+            run(&["ip", "-n", &b.ns, "link", "set", &bdev, "up"]);
+            let server = format!("{}/32", b.addr.ip());
+            let via = format!("10.249.{net}.{backend}");
+            run(&["ip", "route", "add", &server, "via", &via, "dev", &ndev]);
+        }
+    }
+
     /// A `services:` entry: this lab's service `name` on `port` in front
     /// of the backends with `weights` (an empty slice: no backend).
     pub fn service_yaml(&self, name: &str, port: u16, weights: &[u32]) -> String {

@@ -193,12 +193,25 @@ fn connects_are_balanced_over_real_backends() {
         },
     );
 
-    // Nothing the steering programs could not do.
+    // Nothing the steering programs could not do, in the metric and in
+    // `weft status`.
     let metrics = agent.metrics();
     for stage in ["kernel_map_full", "incomplete_service"] {
         let series = format!("weft_events_lost_total{{source=\"steer\",stage=\"{stage}\"}} 0");
         assert!(metrics.contains(&series), "no {series} in\n{metrics}");
     }
+    let status = agent.status_json().expect("status");
+    let steer_losses: Vec<&Value> = status["losses"]
+        .as_array()
+        .expect("losses")
+        .iter()
+        .filter(|l| l["source"] == "steer" || l["source"] == "policy")
+        .collect();
+    assert_eq!(steer_losses.len(), 7, "{steer_losses:?}");
+    assert!(
+        steer_losses.iter().all(|l| l["total"] == 0),
+        "{steer_losses:?}"
+    );
 
     let out = agent.client(&["services", "-o", "json"]);
     assert!(out.status.success());
@@ -1308,6 +1321,13 @@ fn kubernetes_services_follow_their_endpointslices() {
     wait_for("weft services to drop it", Duration::from_secs(5), || {
         listed_service(&agent, "shop/web").is_none().then_some(())
     });
+    let metrics = agent.metrics();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("weft_service_backends{") && l.contains("shop/web")),
+        "a gauge of the deleted Service stayed:\n{metrics}"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1425,5 +1445,79 @@ fn ipv6_services_and_v4_mapped_dials_are_steered() {
         let sum = agent.metric_sum("weft_service_connections_total", &["service=\"dns6\""]);
         (sum == 60.0).then_some(())
     });
+    let _ = std::fs::remove_file(cfg);
+}
+
+#[test]
+fn the_active_check_takes_out_a_backend_before_any_client_fails() {
+    if !require_root("the_active_check_takes_out_a_backend_before_any_client_fails") {
+        return;
+    }
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = PinCleanup;
+    let port = unique_port(46);
+    let mut lab = SteerLab::new(3, port);
+    // The agent checks from the node's namespace, as it would reach pods.
+    lab.route_from_node();
+    let mut svc = lab.service_yaml("checked", 80, &[1, 1, 1]);
+    svc.push_str("    health: {health_check_interval: 1s}\n");
+    let cfg = config("check", &[svc]);
+    let agent = start(&cfg);
+    let warm = shares(&lab, &lab.curls(80, 30), 80);
+    assert_eq!(warm.len(), 3, "every backend checked in and used: {warm:?}");
+
+    // Stopped: two failed checks (about two seconds) take it out, with no
+    // client connect involved.
+    let dead = lab.backends[1].addr;
+    let dead_name = lab.backends[1].name.clone();
+    lab.backends[1].stop();
+    let stopped = std::time::Instant::now();
+    let out = wait_for("the failed checks", Duration::from_secs(10), || {
+        let b = backend_state(&agent, "checked", dead);
+        (b["state"] == "ejected").then_some(b)
+    });
+    eprintln!(
+        "out of rotation {:?} after the backend stopped",
+        stopped.elapsed()
+    );
+    assert_eq!(out["reason"], "active_check_failed", "{out}");
+    assert!(
+        out["ejected_until"].is_null(),
+        "out until a check passes: {out}"
+    );
+    assert_eq!(out["recent_failures"], 0, "no client connect failed: {out}");
+    let counts = shares(&lab, &lab.curls(80, 60), 80);
+    assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+    assert!(!counts.contains_key(&dead_name), "{counts:?}");
+    let records = health_records(&agent, "checked", "ejected");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["health"]["reason"], "active_check_failed");
+    assert_eq!(records[0]["health"]["consecutive_failures"], 2);
+    let backend_label = format!("backend=\"{dead}\"");
+    assert_eq!(
+        agent.metric_sum(
+            "weft_service_backend_ejections_total",
+            &[
+                "service=\"checked\"",
+                backend_label.as_str(),
+                "reason=\"active_check_failed\""
+            ]
+        ),
+        1.0
+    );
+
+    // Running again: the first check that passes brings it back.
+    lab.backends[1].start();
+    wait_for("the passing check", Duration::from_secs(10), || {
+        (backend_state(&agent, "checked", dead)["state"] == "active").then_some(())
+    });
+    let returned = health_records(&agent, "checked", "returned");
+    assert_eq!(returned.len(), 1, "{returned:?}");
+    assert_eq!(returned[0]["health"]["reason"], "active_check_failed");
+    let counts = shares(&lab, &lab.curls(80, 60), 80);
+    assert!(
+        counts.get(&dead_name).copied().unwrap_or(0) > 0,
+        "no traffic after its return: {counts:?}"
+    );
     let _ = std::fs::remove_file(cfg);
 }

@@ -117,7 +117,8 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Passive health defaults (Envoy's outlier detection semantics).
+/// Passive health defaults (Envoy's outlier detection semantics), and
+/// the active TCP check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
@@ -126,6 +127,10 @@ pub struct HealthConfig {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub eject_on_l7_errors: bool,
+    /// How often the agent connects to each backend of a TCP service
+    /// (the active check); 0s: never (the default).
+    #[serde(with = "duration_text")]
+    pub health_check_interval: Duration,
 }
 
 impl Default for HealthConfig {
@@ -135,6 +140,7 @@ impl Default for HealthConfig {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 50,
             eject_on_l7_errors: false,
+            health_check_interval: Duration::ZERO,
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct HealthOverrides {
     pub max_ejection_percent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eject_on_l7_errors: Option<bool>,
+    #[serde(with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    pub health_check_interval: Option<Duration>,
 }
 
 impl HealthConfig {
@@ -162,6 +170,9 @@ impl HealthConfig {
             base_ejection_time: o.base_ejection_time.unwrap_or(self.base_ejection_time),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(self.max_ejection_percent),
             eject_on_l7_errors: o.eject_on_l7_errors.unwrap_or(self.eject_on_l7_errors),
+            health_check_interval: o
+                .health_check_interval
+                .unwrap_or(self.health_check_interval),
         }
     }
 
@@ -186,6 +197,14 @@ impl HealthConfig {
                 format!("{at}max_ejection_percent"),
                 self.max_ejection_percent,
                 "must be between 0 and 100",
+            ));
+        }
+        let t = self.health_check_interval;
+        if !t.is_zero() && (t < Duration::from_secs(1) || t > Duration::from_secs(3600)) {
+            return Err(field(
+                format!("{at}health_check_interval"),
+                humantime::format_duration(t),
+                "must be 0s (off) or between 1s and 3600s",
             ));
         }
         Ok(())
@@ -648,6 +667,25 @@ mod tests {
         assert!(e.contains("services[0].protocol"), "{e}");
         let e = err("health:\n  max_ejection_percent: 150\n");
         assert!(e.contains("health.max_ejection_percent"), "{e}");
+        let e = err("health:\n  health_check_interval: 500ms\n");
+        assert!(e.contains("health.health_check_interval"), "{e}");
+        let e = err(&format!("{WEB}    health: {{health_check_interval: 2h}}\n"));
+        assert!(
+            e.contains("services[0].health.health_check_interval"),
+            "{e}"
+        );
+        let c = Config::from_yaml(&format!("{WEB}    health: {{health_check_interval: 5s}}\n"))
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.health.health_check_interval,
+            std::time::Duration::ZERO,
+            "off by default"
+        );
+        assert_eq!(
+            c.health.with(&c.services[0].health).health_check_interval,
+            std::time::Duration::from_secs(5)
+        );
         let e = err(&format!(
             "{WEB}    session_affinity: client_ip\n    session_affinity_timeout: 0s\n"
         ));

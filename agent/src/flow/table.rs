@@ -429,6 +429,20 @@ impl FlowTable {
                 total,
             });
         }
+        // Steering's and policy's own tasks count theirs in the metric.
+        if self.emitter.services.is_steering() {
+            for &(source, stage) in crate::steer::LOSS_STAGES {
+                let labels = LossLabels {
+                    source: source.into(),
+                    stage: stage.into(),
+                };
+                losses.push(LossStatus {
+                    source: source.into(),
+                    stage: stage.into(),
+                    total: self.health.events_lost.get_or_create(&labels).get(),
+                });
+            }
+        }
 
         let maps = vec![
             MapStatus {

@@ -16,7 +16,7 @@ use crate::flow::{
     record::{Endpoint, FlowEvent, FlowRecord, ServiceRef, Transport},
 };
 
-fn now() -> Duration {
+pub(super) fn now() -> Duration {
     Duration::from_nanos(clock::mono_now_ns())
 }
 
@@ -90,7 +90,7 @@ impl Reporter {
     /// Rewrites `service`'s slots in the kernel so that exactly its
     /// backends in rotation hold them. A failed write leaves the kernel as
     /// it was (every backend reachable) and is logged.
-    fn rotate(&mut self, service: u32) {
+    pub(super) fn rotate(&mut self, service: u32) {
         let Some(s) = self.plan.services.get(&service) else {
             return;
         };
@@ -104,7 +104,13 @@ impl Reporter {
 
     /// An `ejected` or `returned` record: from the service address to the
     /// backend.
-    fn record(&self, service: u32, backend: SocketAddr, change: HealthChange, now: Duration) {
+    pub(super) fn record(
+        &self,
+        service: u32,
+        backend: SocketAddr,
+        change: HealthChange,
+        now: Duration,
+    ) {
         let (Some(store), Some(s)) = (&self.store, self.plan.services.get(&service)) else {
             return;
         };

@@ -66,6 +66,12 @@ pub struct HealthChange {
 pub const CONNECT_FAILURES: &str = "consecutive_connect_failures";
 /// The reason label of ejections caused by L7 errors.
 pub const L7_ERRORS: &str = "consecutive_l7_errors";
+/// The reason label of backends out because their active check failed.
+pub const CHECK_FAILED: &str = "active_check_failed";
+/// Failed active checks in a row that take a backend out (Envoy's
+/// `unhealthy_threshold`); the first check that passes brings it back
+/// (`healthy_threshold` 1).
+pub const CHECK_FAILURES: u32 = 2;
 
 #[derive(Debug, Clone, Default)]
 struct BackendHealth {
@@ -77,6 +83,10 @@ struct BackendHealth {
     ejections: u32,
     /// While ejected: until when (agent clock).
     ejected_until: Option<Duration>,
+    /// Active checks failed in a row.
+    failed_checks: u32,
+    /// Out of rotation until an active check passes.
+    check_failed: bool,
     /// Why it was last ejected, with the failures that caused it.
     last: Option<HealthChange>,
 }
@@ -101,7 +111,7 @@ impl Health {
     ) -> Option<HealthChange> {
         let ejected_now = self.ejected_of(service, all);
         let b = self.backends.entry((service, backend)).or_default();
-        if b.ejected_until.is_some() {
+        if b.ejected_until.is_some() || b.check_failed {
             // Connects that were already on their way when it went out.
             return None;
         }
@@ -159,6 +169,10 @@ impl Health {
                 b.ejected_until = None;
                 b.consecutive_failures = 0;
                 b.consecutive_l7_errors = 0;
+                // Still out while its active check fails: no return yet.
+                if b.check_failed {
+                    continue;
+                }
                 if let Some(last) = &b.last {
                     back.push((
                         key,
@@ -173,12 +187,72 @@ impl Health {
         back
     }
 
-    /// The ejected backends of `service` among `all`.
+    /// The result of an active check of backend `backend` of `service`
+    /// (which has the backends `all`). Returns the change it caused: out
+    /// after [`CHECK_FAILURES`] failed checks in a row, unless it is the
+    /// last backend in rotation; back at the first check that passes.
+    pub fn checked(
+        &mut self,
+        (service, backend): (u32, u32),
+        all: &[u32],
+        ok: bool,
+    ) -> Option<HealthChange> {
+        let out_now = self.ejected_of(service, all);
+        let b = self.backends.entry((service, backend)).or_default();
+        if ok {
+            b.failed_checks = 0;
+            if !std::mem::take(&mut b.check_failed) || b.ejected_until.is_some() {
+                return None;
+            }
+            return Some(HealthChange {
+                state: "returned".into(),
+                reason: CHECK_FAILED.into(),
+                consecutive_failures: 0,
+                ejections: b.ejections,
+                ejection_time_s: 0,
+            });
+        }
+        b.failed_checks += 1;
+        if b.check_failed || b.failed_checks < CHECK_FAILURES {
+            return None;
+        }
+        let already_out = out_now.contains(&backend);
+        let in_rotation_after = all.len() - out_now.len() - usize::from(!already_out);
+        if in_rotation_after == 0 {
+            return None;
+        }
+        b.check_failed = true;
+        if already_out {
+            // Ejected by passive health: it stays out, now until a check
+            // passes too; no second record.
+            return None;
+        }
+        b.ejections += 1;
+        let change = HealthChange {
+            state: "ejected".into(),
+            reason: CHECK_FAILED.into(),
+            consecutive_failures: b.failed_checks,
+            ejections: b.ejections,
+            ejection_time_s: 0,
+        };
+        b.last = Some(change.clone());
+        Some(change)
+    }
+
+    /// The ejected backends of `service` among `all` (by passive health or
+    /// by the active check).
     pub fn ejected_of(&self, service: u32, all: &[u32]) -> BTreeSet<u32> {
         all.iter()
             .copied()
-            .filter(|&id| self.ejected_until(service, id).is_some())
+            .filter(|&id| self.is_out(service, id))
             .collect()
+    }
+
+    /// Whether backend `id` of `service` is out of rotation.
+    pub fn is_out(&self, service: u32, id: u32) -> bool {
+        self.backends
+            .get(&(service, id))
+            .is_some_and(|b| b.ejected_until.is_some() || b.check_failed)
     }
 
     /// Until when backend `id` of `service` is out, if it is.
@@ -190,9 +264,10 @@ impl Health {
 
     /// Why backend `id` of `service` is out, if it is.
     pub fn reason(&self, service: u32, id: u32) -> Option<&HealthChange> {
-        let b = self.backends.get(&(service, id))?;
-        b.ejected_until?;
-        b.last.as_ref()
+        if !self.is_out(service, id) {
+            return None;
+        }
+        self.backends.get(&(service, id))?.last.as_ref()
     }
 
     /// How many times backend `id` of `service` has been ejected.
@@ -235,6 +310,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(10),
             max_ejection_percent: 50,
             eject_on_l7_errors: false,
+            health_check_interval: Duration::ZERO,
         }
     }
 
@@ -275,6 +351,44 @@ mod tests {
         h.record((1, 10), &all, Outcome::Connected, &config(), Duration::ZERO);
         assert_eq!(fail(&mut h, 10, &all, 2, 0), None);
         assert!(fail(&mut h, 10, &all, 1, 0).is_some());
+    }
+
+    #[test]
+    fn the_active_check_takes_out_after_two_failures_and_brings_back_at_once() {
+        let mut h = Health::default();
+        let all = [10, 11, 12];
+        assert_eq!(h.checked((1, 10), &all, false), None);
+        let out = h.checked((1, 10), &all, false).expect("second failure");
+        assert_eq!(
+            (
+                out.state.as_str(),
+                out.reason.as_str(),
+                out.consecutive_failures
+            ),
+            ("ejected", CHECK_FAILED, 2)
+        );
+        assert!(h.is_out(1, 10));
+        assert_eq!(h.ejected_until(1, 10), None, "out until a check passes");
+        assert_eq!(
+            h.reason(1, 10).map(|c| c.reason.as_str()),
+            Some(CHECK_FAILED)
+        );
+        // Further failures change nothing; its connects are not counted.
+        assert_eq!(h.checked((1, 10), &all, false), None);
+        assert_eq!(fail(&mut h, 10, &all, 5, 0), None);
+        // No cap but the last backend: a second may go, the third not.
+        h.checked((1, 11), &all, false);
+        assert!(h.checked((1, 11), &all, false).is_some());
+        h.checked((1, 12), &all, false);
+        assert_eq!(h.checked((1, 12), &all, false), None);
+        assert_eq!(h.ejected_of(1, &all), BTreeSet::from([10, 11]));
+        let back = h.checked((1, 10), &all, true).expect("back");
+        assert_eq!(
+            (back.state.as_str(), back.reason.as_str()),
+            ("returned", CHECK_FAILED)
+        );
+        assert!(!h.is_out(1, 10));
+        assert_eq!(h.checked((1, 10), &all, true), None);
     }
 
     const ERROR: Outcome = Outcome::Answered { error: true };

@@ -8,6 +8,7 @@
 //! other versions; with no service configured it removes everything, so
 //! no steering program stays attached. `weft cleanup` removes it all.
 
+pub mod check;
 pub mod eject;
 pub mod health;
 pub mod kubernetes;
@@ -95,6 +96,18 @@ const PROGRAMS: &[(&str, &str, Option<&str>)] = &[
     ),
     ("weft_steer_recvmsg4", "recvmsg4", None),
     ("weft_steer_recvmsg6", "recvmsg6", None),
+];
+
+/// Every `weft_events_lost_total` series of steering and policy (source,
+/// stage), which `weft status` lists while steering runs.
+pub const LOSS_STAGES: &[(&str, &str)] = &[
+    ("steer", "kernel_map_full"),
+    ("steer", "incomplete_service"),
+    ("steer", "affinity_not_remembered"),
+    ("steer", "reply_not_remembered"),
+    ("steer", "health_outcome_dropped"),
+    ("policy", "ring_full"),
+    ("policy", "decode_error"),
 ];
 
 /// The feature `weft status` lists for the refusal's error.

@@ -105,6 +105,7 @@ impl Reporter {
             }
         }
         let changed = plan != self.plan;
+        self.forget_gone_services(&plan);
         self.plan = plan;
         self.sources.keep_unplanned = false;
         match self.maps.apply(&self.plan, true) {
@@ -119,6 +120,25 @@ impl Reporter {
         }
         if let Some(tx) = &self.sources.plans {
             tx.send_replace(self.plan.clone());
+        }
+    }
+
+    /// A service that is gone leaves no gauge behind (its counters stay,
+    /// as counters of a finished series do).
+    fn forget_gone_services(&mut self, next: &Plan) {
+        let kept: BTreeSet<&str> = next.services.values().map(|s| s.name.as_str()).collect();
+        for s in self.plan.services.values() {
+            if kept.contains(s.name.as_str()) {
+                continue;
+            }
+            for state in ["active", "ejected"] {
+                self.metrics
+                    .backends
+                    .remove(&super::report::ServiceStateLabels {
+                        service: s.name.clone(),
+                        state: state.into(),
+                    });
+            }
         }
     }
 

@@ -160,6 +160,8 @@ pub struct Reporter {
     pub active: super::tags::ActiveConnections,
     /// Where the services come from when they change at run time.
     pub sources: super::replan::Sources,
+    /// The active health checks (`health_check_interval`).
+    pub checks: super::check::ActiveChecks,
 }
 
 impl Reporter {
@@ -175,6 +177,7 @@ impl Reporter {
             store: None,
             active: Default::default(),
             sources: Default::default(),
+            checks: Default::default(),
         }
     }
 
@@ -233,8 +236,13 @@ impl Reporter {
                         out.send_replace(self.refresh());
                     }
                 }
+                Some(result) = self.checks.rx.recv() => {
+                    self.on_check(&result);
+                    out.send_replace(self.refresh());
+                }
                 _ = tick.tick() => {
                     self.expire_ejections();
+                    self.start_checks();
                     let report = self.refresh();
                     out.send_replace(report);
                 }
@@ -275,11 +283,12 @@ impl Reporter {
                     &self.metrics.connections.get_or_create(&labels),
                 );
                 let until = self.health.ejected_until(s.entry.id, id);
+                let out_now = self.health.is_out(s.entry.id, id);
                 backends.push(BackendReport {
                     address,
                     port: b.port,
                     weight,
-                    state: if until.is_some() { "ejected" } else { "active" }.into(),
+                    state: if out_now { "ejected" } else { "active" }.into(),
                     ejected_until: until.map(|t| crate::flow::clock::rfc3339(t.as_nanos() as u64)),
                     reason: self.health.reason(s.entry.id, id).map(|c| c.reason.clone()),
                     connections,

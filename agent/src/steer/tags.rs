@@ -144,6 +144,11 @@ impl ServiceTags {
         tags
     }
 
+    /// Whether steering runs (its losses are listed in `weft status`).
+    pub fn is_steering(&self) -> bool {
+        self.steered.is_some()
+    }
+
     /// Takes the services of `plan`.
     fn follow(&mut self, plan: &super::plan::Plan) {
         let names = plan
