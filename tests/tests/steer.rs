@@ -641,8 +641,12 @@ fn a_failing_backend_is_ejected_and_comes_back() {
     let port = unique_port(6);
     let mut lab = SteerLab::new(3, port);
     let mut svc = lab.service_yaml("health", 80, &[1, 1, 1]);
-    // Long enough for the 200 connects below to run while it is out.
-    svc.push_str("    health: {consecutive_failures: 5, base_ejection_time: 15s}\n");
+    // Long enough for the 200 connects below to run while it is out
+    // (scaled: each is a curl of its own, slow under emulation).
+    let ejection = weft_tests::scaled(Duration::from_secs(15)).as_secs();
+    svc.push_str(&format!(
+        "    health: {{consecutive_failures: 5, base_ejection_time: {ejection}s}}\n"
+    ));
     let cfg = config("health", &[svc]);
     let agent = start(&cfg);
     let warm = lab.curls(80, 30);
@@ -702,7 +706,7 @@ fn a_failing_backend_is_ejected_and_comes_back() {
     assert_eq!(r["destination"]["port"], dead.port());
     assert_eq!(r["health"]["consecutive_failures"], 5, "{r}");
     assert_eq!(r["health"]["reason"], "consecutive_connect_failures", "{r}");
-    assert_eq!(r["health"]["ejection_time_s"], 15, "{r}");
+    assert_eq!(r["health"]["ejection_time_s"], ejection, "{r}");
     let backend_label = format!("backend=\"{dead}\"");
     let ejection_labels = [
         "service=\"health\"",
@@ -851,9 +855,12 @@ fn a_backend_answering_errors_is_ejected_with_eject_on_l7_errors() {
     let port = unique_port(10);
     let mut lab = SteerLab::new(3, port);
     let mut errs = lab.service_yaml("errs", 80, &[1, 1, 1]);
-    errs.push_str(
-        "    health: {consecutive_failures: 3, base_ejection_time: 60s, eject_on_l7_errors: true}\n",
-    );
+    // Long enough for the 100 requests below to run while it is out, each
+    // a curl of its own (slow under emulation, hence scaled).
+    let ejection = weft_tests::scaled(Duration::from_secs(60)).as_secs();
+    errs.push_str(&format!(
+        "    health: {{consecutive_failures: 3, base_ejection_time: {ejection}s, eject_on_l7_errors: true}}\n",
+    ));
     // The same backends behind a service that counts failed connects only
     // (the default).
     let mut plain = lab.service_yaml("plain", 81, &[1, 1, 1]);
