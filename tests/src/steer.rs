@@ -279,32 +279,41 @@ impl SteerLab {
         protocol: &str,
         backend_port: u16,
     ) -> String {
-        let mut y = format!(
-            "  - name: {name}\n    address: '{}'\n    port: {port}\n    protocol: {protocol}\n    backends:\n",
-            self.service_ip6
-        );
-        for b in &self.backends {
-            y.push_str(&format!(
-                "      - {{address: '{}', port: {backend_port}}}\n",
-                b.addr6.ip()
-            ));
-        }
-        y
+        let backends = self.backends.iter().map(|b| b.addr6.ip());
+        service_entry(
+            name,
+            &self.service_ip6,
+            port,
+            protocol,
+            backends,
+            backend_port,
+        )
+    }
+
+    /// A UDP (or TCP) service at the IPv4 service address in front of the
+    /// backends' IPv4 addresses on `backend_port`, weight 1 each.
+    pub fn service_yaml_at(
+        &self,
+        name: &str,
+        port: u16,
+        protocol: &str,
+        backend_port: u16,
+    ) -> String {
+        let backends = self.backends.iter().map(|b| b.addr.ip());
+        service_entry(
+            name,
+            &self.service_ip,
+            port,
+            protocol,
+            backends,
+            backend_port,
+        )
     }
 
     /// [`SteerLab::curls`] to the IPv6 service address.
     pub fn curls6(&self, port: u16, n: usize) -> Vec<String> {
-        let script = format!(
-            "for i in $(seq {n}); do curl -sg --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
-             'http://[{}]:{port}/' | tr -d '\\n'; echo; done",
-            self.service_ip6
-        );
-        let out = run(&["ip", "netns", "exec", &self.client_ns, "sh", "-c", &script]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.replace("  ", " ").trim().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect()
+        let host = format!("[{}]", self.service_ip6);
+        curls_to(&self.client_ns, &host, port, n)
     }
 
     /// dnsmasq in every backend namespace on UDP (and TCP) `port`, each
@@ -363,18 +372,46 @@ impl SteerLab {
 
     /// [`SteerLab::curls`] from client namespace `ns`.
     pub fn curls_in(&self, ns: &str, port: u16, n: usize) -> Vec<String> {
-        let script = format!(
-            "for i in $(seq {n}); do curl -s --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
-             http://{}:{port}/ | tr -d '\\n'; echo; done",
-            self.service_ip
-        );
-        let out = run(&["ip", "netns", "exec", ns, "sh", "-c", &script]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.replace("  ", " ").trim().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect()
+        curls_to(ns, &self.service_ip, port, n)
     }
+}
+
+/// `n` curls from namespace `ns` to `http://HOST:port/` (`host` an IPv4
+/// address or a bracketed IPv6 one), one line each: `<body> <status>
+/// <peer>`.
+fn curls_to(ns: &str, host: &str, port: u16, n: usize) -> Vec<String> {
+    // -g: the brackets of an IPv6 host are not a URL glob.
+    let script = format!(
+        "for i in $(seq {n}); do curl -sg --max-time 5 -w ' %{{http_code}} %{{remote_ip}}:%{{remote_port}}\\n' \
+         'http://{host}:{port}/' | tr -d '\\n'; echo; done"
+    );
+    let out = run(&["ip", "netns", "exec", ns, "sh", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.replace("  ", " ").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// One `services:` entry at `address`, in front of `backends` on
+/// `backend_port` (weight 1 each).
+fn service_entry(
+    name: &str,
+    address: &str,
+    port: u16,
+    protocol: &str,
+    backends: impl Iterator<Item = std::net::IpAddr>,
+    backend_port: u16,
+) -> String {
+    let mut y = format!(
+        "  - name: {name}\n    address: '{address}'\n    port: {port}\n    protocol: {protocol}\n    backends:\n"
+    );
+    for ip in backends {
+        y.push_str(&format!(
+            "      - {{address: '{ip}', port: {backend_port}}}\n"
+        ));
+    }
+    y
 }
 
 impl Drop for SteerLab {

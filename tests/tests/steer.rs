@@ -1019,16 +1019,7 @@ fn udp_datagrams_to_a_service_reach_dnsmasq_backends() {
     let dns_port = unique_port(9);
     let lab = SteerLab::new(2, port);
     let _servers = lab.dnsmasqs(dns_port);
-    let mut svc = format!(
-        "  - name: dns\n    address: {}\n    port: 53\n    protocol: udp\n    backends:\n",
-        lab.service_ip
-    );
-    for b in &lab.backends {
-        svc.push_str(&format!(
-            "      - {{address: {}, port: {dns_port}}}\n",
-            b.addr.ip()
-        ));
-    }
+    let svc = lab.service_yaml_at("dns", 53, "udp", dns_port);
     let cfg = config("dns", &[svc]);
     let agent = start(&cfg);
     // 100 lookups, each a new dig with its own unconnected socket: dig
