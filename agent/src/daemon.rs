@@ -92,13 +92,51 @@ fn follow_services(
     sources
 }
 
+/// The Kubernetes watcher, set up for what the configuration needs, and
+/// who reads what it publishes.
+struct KubeReaders {
+    watcher: Option<kubernetes::Watcher>,
+    /// Workload names of flows.
+    names: Option<kubernetes::KubernetesNames>,
+    /// The cluster's services (`kubernetes_services`).
+    services: Option<kubernetes::KubernetesNames>,
+    /// The pods policy rules select (`from.namespace`, `from.pod_labels`).
+    pods: Option<kubernetes::KubernetesNames>,
+}
+
+impl KubeReaders {
+    fn new(
+        config: &Config,
+        kubernetes: Option<(kubernetes::KubernetesNames, kubernetes::Watcher)>,
+    ) -> Self {
+        let Some((names, mut watcher)) = kubernetes else {
+            return Self {
+                watcher: None,
+                names: None,
+                services: None,
+                pods: None,
+            };
+        };
+        watcher.steer_services = config.kubernetes_services;
+        watcher.policy_pods = config.policies.iter().any(|p| p.from.pod_key().is_some());
+        Self {
+            services: watcher.steer_services.then(|| names.clone()),
+            pods: watcher.policy_pods.then(|| names.clone()),
+            names: Some(names),
+            watcher: Some(watcher),
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Kubernetes identity never delays start-up: flows are named as soon
     // as (and whenever) the watcher has published names. Services from
     // the cluster need it: refused before anything is loaded.
     let kubernetes = kubernetes::setup(&config.kubernetes, &kubernetes::Environment::current());
-    if config.kubernetes_services && kubernetes.is_none() {
-        return Err(crate::steer::SteerError::NoKubernetes).context("cannot set up steering");
+    if let Some(error) = crate::steer::needs_kubernetes(&config)
+        && kubernetes.is_none()
+    {
+        return Err(error).context("cannot set up steering");
     }
     let metrics_socket = metrics_server::bind(config.metrics_addr)?;
     let mut probes = Probes::load(&config, metrics_socket.addr)?;
@@ -150,15 +188,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pipeline = Arc::new(PipelineCounters::default());
     let cgroup2 = mounts::mounts().ok().and_then(|m| mounts::cgroup2(&m));
     let mut enricher = Enricher::new(cgroup2);
-    let mut kube_watcher = None;
-    let mut kube_services = None;
-    if let Some((names, mut watcher)) = kubernetes {
-        watcher.steer_services = config.kubernetes_services;
-        if config.kubernetes_services {
-            kube_services = Some(names.clone());
-        }
+    let KubeReaders {
+        watcher: kube_watcher,
+        names: kube_names,
+        services: kube_services,
+        pods: kube_pods,
+    } = KubeReaders::new(&config, kubernetes);
+    if let Some(names) = kube_names {
         enricher = enricher.with_kubernetes(names);
-        kube_watcher = Some(watcher);
     }
 
     // Traces: the exporter is built here, inside the runtime (its gRPC
@@ -325,6 +362,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some((mut task, events)) = policy {
         task.metrics = policy_metrics;
         task.lost = events_lost.clone();
+        task.kubernetes = kube_pods;
         let recorder = PolicyRecorder {
             rules: task.plan.rules.iter().map(|r| r.name.clone()).collect(),
             namespaces: task.namespaces.clone(),

@@ -2,18 +2,21 @@
 //! in lab namespaces. An egress deny fails each connect with EPERM at
 //! once while another port of the same server still answers; audit mode
 //! lets the same connects through and records them; an ingress deny
-//! drops the SYNs of one source while another connects. Every decision is
+//! drops the SYNs of one source while another connects; rules that select
+//! pods by namespace and labels follow the pods the (recorded) Kubernetes
+//! API lists. Every decision is
 //! a record with the rule's name and counted exactly in
 //! `weft_policy_verdicts_total` and `weft policies`.
 //!
 //! Policy state is one per node (pinned under bpffs), so these tests run
 //! one at a time.
 
-use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
+use std::{collections::HashMap, path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
+    apiserver::{RecordedApi, empty_list},
     lab::Lab,
     peer::Peer,
     pods::ContainerCgroup,
@@ -106,6 +109,11 @@ fn netns_cookies() -> bool {
 /// Without namespace cookies an agent given an egress `from.cidr` rule
 /// refuses to start (exit 2, naming it): it could not enforce it.
 fn refused_without_cookies(cfg: &std::path::Path) -> bool {
+    refused_without_cookies_at(cfg, "policies[0].from.cidr")
+}
+
+/// As [`refused_without_cookies`], the refusal naming `field`.
+fn refused_without_cookies_at(cfg: &std::path::Path, field: &str) -> bool {
     if netns_cookies() {
         return false;
     }
@@ -113,7 +121,7 @@ fn refused_without_cookies(cfg: &std::path::Path) -> bool {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("policies[0].from.cidr") && err.contains("SO_NETNS_COOKIE"),
+        err.contains(field) && err.contains("SO_NETNS_COOKIE"),
         "{err}"
     );
     true
@@ -424,4 +432,176 @@ fn an_egress_rule_matches_the_processes_of_a_cgroup() {
     drop(agent);
     drop(cgroup);
     let _ = std::fs::remove_file(cfg);
+}
+
+/// The API objects of the pod test: the client's namespace is pod
+/// `prod/web`, the server's is pod `shop/db` (labels `app: NAME`).
+fn lab_pods(lab: &Lab) -> [Value; 2] {
+    let id = |n: u32| {
+        format!(
+            "{:032x}{:032x}",
+            0xc0de_0000_u64 + u64::from(n),
+            std::process::id()
+        )
+    };
+    [
+        weft_tests::pods::pod("prod", "web", &lab.client_v4, &id(1)),
+        weft_tests::pods::pod("shop", "db", &lab.server_v4, &id(2)),
+    ]
+}
+
+/// A recorded API server listing `pods` (and nothing else).
+fn pods_api(pods: &[Value]) -> RecordedApi {
+    let meta = || empty_list("PartialObjectMetadataList", "meta.k8s.io/v1");
+    RecordedApi::start(HashMap::from([
+        (PODS, weft_tests::pods::pod_list(pods)),
+        ("/api/v1/services", empty_list("ServiceList", "v1")),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
+        ),
+        ("/apis/apps/v1/replicasets", meta()),
+        ("/apis/batch/v1/jobs", meta()),
+    ]))
+}
+
+const PODS: &str = "/api/v1/pods";
+
+/// One connect from the client every 100 ms until its errno is `want`
+/// (bounded by `within`): how many connects it took.
+fn connects_until(lab: &Lab, port: u16, want: i64, within: Duration) -> usize {
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (errno, _) = connects(lab, &lab.client_ns, port, 1, 2.0)[0];
+        if errno == want {
+            return n;
+        }
+        assert!(
+            start.elapsed() < within,
+            "connects to {port} still errno {errno} after {within:?} (want {want})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rules_that_select_pods_follow_the_pods_and_outlive_a_restart() {
+    if !require_root("rules_that_select_pods_follow_the_pods_and_outlive_a_restart") {
+        return;
+    }
+    let _one = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    let _cleanup = PinCleanup;
+    let lab = Lab::new();
+    let _servers = servers(&lab, &[8080, 9090]);
+    let [web, db] = lab_pods(&lab);
+    let api = pods_api(&[web.clone(), db]);
+    let dir = std::env::temp_dir().join(format!("weft-policy-pods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let rules = "policies:\n  - name: web-no-8080\n    direction: egress\n    \
+                 from: {namespace: prod, pod_labels: {app: web}}\n    \
+                 to: {ports: [8080], protocol: tcp}\n    action: deny\n  \
+                 - name: prod-no-9090\n    direction: ingress\n    from: {namespace: prod}\n    \
+                 to: {ports: [9090], protocol: tcp}\n    action: deny\n";
+    let with_api = |name: &str, kubeconfig: &std::path::Path| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\n{rules}",
+                kubeconfig.display(),
+                weft_tests::pods::NODE
+            ),
+        )
+        .expect("write config");
+        path
+    };
+    let cfg = with_api("weft.yaml", &api.kubeconfig(&dir));
+    if refused_without_cookies_at(&cfg, "policies[0].from.namespace") {
+        return;
+    }
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+
+    // Until the pods are listed the rule selects nobody; then each connect
+    // of prod/web to 8080 fails at once.
+    let probes = connects_until(&lab, 8080, libc::EPERM as i64, Duration::from_secs(20));
+    assert!(probes >= 1);
+    let denied = connects(&lab, &lab.client_ns, 8080, 20, 2.0);
+    assert!(
+        denied.iter().all(|(e, _)| *e == libc::EPERM as i64),
+        "{denied:?}"
+    );
+    // shop/db is not selected: its own connects to 8080 go through.
+    let other = connects(&lab, &lab.server_ns, 8080, 5, 2.0);
+    assert!(other.iter().all(|(e, _)| *e == 0), "{other:?}");
+    assert_counted(&agent, "web-no-8080", "dropped", 21);
+    let record = &policy_records(&agent, "web-no-8080", "dropped")[0];
+    assert_eq!(record["source"]["ip"], lab.client_v4.as_str());
+    assert_eq!(record["destination"]["port"], 8080);
+    let report = policy_report(&agent, "web-no-8080");
+    assert_eq!(report["from"], "namespace prod,pods app=web", "{report}");
+
+    // Ingress: SYNs from the prod namespace's pod are dropped, shop/db's
+    // reach the server.
+    let dropped = connects(&lab, &lab.client_ns, 9090, 5, 0.5);
+    assert!(dropped.iter().all(|(e, _)| *e == -1), "{dropped:?}");
+    let other = connects(&lab, &lab.server_ns, 9090, 5, 2.0);
+    assert!(other.iter().all(|(e, _)| *e == 0), "{other:?}");
+    assert_counted(&agent, "prod-no-9090", "dropped", 5);
+
+    // Killed, and started again while the API server cannot be reached:
+    // the pods selected before stay selected.
+    let mut agent = agent;
+    agent.signal_and_wait(libc::SIGKILL);
+    drop(agent);
+    let blind_kubeconfig = dir.join("blind-kubeconfig");
+    std::fs::write(
+        &blind_kubeconfig,
+        std::fs::read_to_string(api.kubeconfig(&dir))
+            .expect("kubeconfig")
+            .replace(&api.addr.to_string(), "127.0.0.1:1"),
+    )
+    .expect("write kubeconfig");
+    let blind = with_api("blind.yaml", &blind_kubeconfig);
+    let agent = Agent::start(&["--config", blind.to_str().expect("utf-8")]);
+    // Past the agent's first resolve passes (one per second).
+    std::thread::sleep(Duration::from_millis(2500));
+    let denied = connects(&lab, &lab.client_ns, 8080, 5, 2.0);
+    assert!(
+        denied.iter().all(|(e, _)| *e == libc::EPERM as i64),
+        "{denied:?}"
+    );
+    let dropped = connects(&lab, &lab.client_ns, 9090, 2, 0.5);
+    assert!(dropped.iter().all(|(e, _)| *e == -1), "{dropped:?}");
+    drop(agent);
+
+    // With the API again: prod/web loses its label, and the egress rule
+    // lets it through within a second or two; the ingress rule (the whole
+    // namespace) still holds.
+    let agent = Agent::start(&["--config", cfg.to_str().expect("utf-8")]);
+    api.wait_for_watch(PODS, Duration::from_secs(20));
+    let mut relabelled = web.clone();
+    relabelled["metadata"]["labels"]["app"] = "web-v2".into();
+    relabelled["metadata"]["resourceVersion"] = "101".into();
+    let changed_at = std::time::Instant::now();
+    assert_eq!(api.send(PODS, "MODIFIED", &relabelled), 1);
+    connects_until(&lab, 8080, 0, Duration::from_secs(10));
+    let took = changed_at.elapsed();
+    assert!(
+        took < weft_tests::scaled(Duration::from_secs(3)),
+        "the label change took {took:?} to reach the kernel"
+    );
+    let through = connects(&lab, &lab.client_ns, 8080, 20, 2.0);
+    assert!(through.iter().all(|(e, _)| *e == 0), "{through:?}");
+    let dropped = connects(&lab, &lab.client_ns, 9090, 2, 0.5);
+    assert!(dropped.iter().all(|(e, _)| *e == -1), "{dropped:?}");
+
+    // The pod is deleted: nothing selects its address any more.
+    relabelled["metadata"]["resourceVersion"] = "102".into();
+    assert_eq!(api.send(PODS, "DELETED", &relabelled), 1);
+    connects_until(&lab, 9090, 0, Duration::from_secs(10));
+    println!("label change reached the kernel in {took:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -581,6 +581,15 @@ fn bad_steering_configuration_exits_2_naming_the_field() {
         ),
         // Not in a cluster and no kubeconfig: no API to read Services from.
         ("kubernetes_services: true\n".to_owned(), "kubernetes_services"),
+        // Nor pods to select.
+        (
+            "policies:\n  - name: r\n    direction: ingress\n    from: {namespace: prod}\n    action: deny\n".to_owned(),
+            "policies[0].from.namespace selects pods",
+        ),
+        (
+            "kubernetes:\n  enabled: false\npolicies:\n  - name: r\n    direction: egress\n    from: {pod_labels: {app: web}}\n    action: deny\n".to_owned(),
+            "policies[0].from.pod_labels",
+        ),
     ] {
         std::fs::write(&file, &yaml).expect("write config");
         let out = weft(&["agent", "--config", file.to_str().expect("utf-8")]);

@@ -257,6 +257,19 @@ pub struct PolicySource {
     pub cgroup: Option<String>,
 }
 
+impl PolicySource {
+    /// The key by which this source selects pods, if it does.
+    pub fn pod_key(&self) -> Option<&'static str> {
+        if self.namespace.is_some() {
+            Some("namespace")
+        } else if !self.pod_labels.is_empty() {
+            Some("pod_labels")
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyDestination {
@@ -346,6 +359,33 @@ pub fn validate(
     Ok(())
 }
 
+/// `from.namespace` is a namespace's name (an RFC 1123 label), and
+/// `from.pod_labels` keys are not empty.
+fn validate_pod_selector(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
+    if let Some(n) = &p.from.namespace {
+        let label_ok = !n.is_empty()
+            && n.len() <= 63
+            && (n.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !label_ok {
+            return Err(field(
+                format!("{at}.from.namespace"),
+                n,
+                "must be a namespace name: 1 to 63 lowercase letters, digits or '-'",
+            ));
+        }
+    }
+    if p.from.pod_labels.keys().any(String::is_empty) {
+        return Err(field(
+            format!("{at}.from.pod_labels"),
+            "\"\"",
+            "a label key must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 /// What one rule may combine.
 fn validate_rule(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
     let name_ok = p.name.len() <= 63
@@ -374,6 +414,7 @@ fn validate_rule(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
             "must be between 1 and 65535",
         ));
     }
+    validate_pod_selector(p, at)?;
     if let Some(c) = &p.from.cgroup {
         if p.direction == Direction::Ingress {
             return Err(field(
@@ -417,13 +458,15 @@ pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
     }
     for (i, p) in c.policies.iter().enumerate() {
         let at = format!("policies[{i}]");
-        if p.from.namespace.is_some() || !p.from.pod_labels.is_empty() {
-            let key = if p.from.namespace.is_some() {
-                "namespace"
-            } else {
-                "pod_labels"
-            };
-            return Err(field(format!("{at}.from.{key}"), &p.name, LATER));
+        if c.kubernetes.enabled == super::kubernetes::Enabled::False
+            && let Some(key) = p.from.pod_key()
+        {
+            return Err(field(
+                format!("{at}.from.{key}"),
+                &p.name,
+                "selects pods from the Kubernetes API, which `kubernetes.enabled: false` \
+                 turns off",
+            ));
         }
         let mut v6 = p
             .from
@@ -732,6 +775,14 @@ mod tests {
         // A file's service cannot claim to come from the cluster.
         let e = err(&format!("{WEB}    source: kubernetes\n"));
         assert!(e.contains("source"), "{e}");
+        // Nor can a rule select pods without the API.
+        let rule = "policies:\n  - name: r\n    direction: egress\n    from: {pod_labels: {app: web}}\n    action: deny\n";
+        Config::from_yaml(rule).unwrap().validate().unwrap();
+        let e = err(&format!("kubernetes:\n  enabled: false\n{rule}"));
+        assert!(
+            e.contains("policies[0].from.pod_labels") && e.contains("kubernetes.enabled: false"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -764,8 +815,12 @@ mod tests {
                 "policies[0].to.ports[0]",
             ),
             (
-                "    direction: egress\n    from: {namespace: prod}\n",
+                "    direction: egress\n    from: {namespace: Prod_1}\n",
                 "policies[0].from.namespace",
+            ),
+            (
+                "    direction: ingress\n    from: {pod_labels: {'': x}}\n",
+                "policies[0].from.pod_labels",
             ),
             (
                 "    direction: egress\n    to: {cidr: [fd00::/8]}\n",

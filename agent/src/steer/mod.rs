@@ -143,17 +143,21 @@ pub enum SteerError {
         source: aya::programs::ProgramError,
     },
     #[error(
-        "policies[{index}].from.cidr ({name}): an egress rule's source address needs the \
+        "policies[{index}].from.{key} ({name}): an egress rule's source address needs the \
          network namespace cookie (SO_NETNS_COOKIE, Linux 5.14), which this kernel lacks, to \
          match sockets not bound yet; name the source by `from.cgroup`, or leave `from` out"
     )]
-    NoNetnsCookie { index: usize, name: String },
+    NoNetnsCookie {
+        index: usize,
+        key: &'static str,
+        name: String,
+    },
     #[error(
-        "kubernetes_services: true reads Services and EndpointSlices from the Kubernetes API, \
-         and Kubernetes is off here (not in a pod with a service account): set \
-         kubernetes.enabled: true with kubernetes.kubeconfig, or leave kubernetes_services out"
+        "{what} from the Kubernetes API, and Kubernetes is off here (not in a pod with a \
+         service account): set kubernetes.enabled: true with kubernetes.kubeconfig, or leave \
+         {key} out"
     )]
-    NoKubernetes,
+    NoKubernetes { what: String, key: String },
     #[error("steering program {name}: cannot pin its link at {path}: {reason}")]
     Pin {
         name: &'static str,
@@ -168,7 +172,10 @@ impl SteerError {
     pub fn is_node_setup(&self) -> bool {
         matches!(
             self,
-            Self::NoBpffs(_) | Self::NoCgroup2 | Self::NoNetnsCookie { .. } | Self::NoKubernetes
+            Self::NoBpffs(_)
+                | Self::NoCgroup2
+                | Self::NoNetnsCookie { .. }
+                | Self::NoKubernetes { .. }
         )
     }
 }
@@ -458,22 +465,46 @@ impl Steering {
     }
 }
 
-/// An egress rule with `from.cidr` on a kernel that cannot tell a
-/// namespace's cookie would silently match nothing from unbound sockets:
-/// refused before anything is attached.
+/// An egress rule with a source address (`from.cidr`, or pods) on a
+/// kernel that cannot tell a namespace's cookie would silently match
+/// nothing from unbound sockets: refused before anything is attached.
 fn refuse_unmatchable_sources(config: &Config) -> Result<(), SteerError> {
     use crate::config::steer::Direction;
-    let needs = config
-        .policies
-        .iter()
-        .position(|p| p.direction == Direction::Egress && !p.from.cidr.is_empty());
+    let needs = config.policies.iter().enumerate().find_map(|(index, p)| {
+        let key = if p.from.cidr.is_empty() {
+            p.from.pod_key()?
+        } else {
+            "cidr"
+        };
+        (p.direction == Direction::Egress).then_some((index, key))
+    });
     match needs {
-        Some(index) if !policy::resolve::cookies_supported() => Err(SteerError::NoNetnsCookie {
-            index,
-            name: config.policies[index].name.clone(),
-        }),
+        Some((index, key)) if !policy::resolve::cookies_supported() => {
+            Err(SteerError::NoNetnsCookie {
+                index,
+                key,
+                name: config.policies[index].name.clone(),
+            })
+        }
         _ => Ok(()),
     }
+}
+
+/// The error for a `config` that needs the Kubernetes API, if it does.
+pub fn needs_kubernetes(config: &Config) -> Option<SteerError> {
+    if config.kubernetes_services {
+        return Some(SteerError::NoKubernetes {
+            what: "kubernetes_services: true reads Services and EndpointSlices".into(),
+            key: "kubernetes_services".into(),
+        });
+    }
+    let (index, key) =
+        (config.policies.iter().enumerate()).find_map(|(i, p)| Some((i, p.from.pod_key()?)))?;
+    let key = format!("policies[{index}].from.{key}");
+    Some(SteerError::NoKubernetes {
+        what: format!("{key} selects pods"),
+        key,
+    })
 }
 
 /// With no service configured nothing of steering may stay attached.

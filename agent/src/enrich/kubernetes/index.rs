@@ -6,7 +6,10 @@
 //! Objects are reduced to the few fields naming needs when they arrive
 //! (see `objects.rs`), so the index stays small even for large clusters.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 /// A namespaced object's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +49,8 @@ pub struct PodInfo {
     /// Container ids of every container (init and ephemeral included),
     /// without the runtime's `containerd://` prefix.
     pub container_ids: Vec<String>,
+    /// `metadata.labels` (policy rules select pods by them).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A Service's virtual addresses (and, for `kubernetes_services`, what
@@ -283,6 +288,7 @@ mod tests {
             template_hash: hash.map(Into::into),
             ips: vec![],
             container_ids: vec![],
+            labels: BTreeMap::new(),
         }
     }
 

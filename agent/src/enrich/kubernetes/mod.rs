@@ -46,6 +46,9 @@ pub struct Snapshot {
     /// With `kubernetes_services`: the Services as steering services, once
     /// both Services and EndpointSlices are listed (`None` before).
     pub services: Option<Arc<Vec<crate::config::ServiceConfig>>>,
+    /// With policy rules that select pods: the pods of every node, once
+    /// listed (`None` before).
+    pub pods: Option<Arc<Vec<crate::steer::policy::pods::PodAddresses>>>,
 }
 
 /// The state of the connection to the API server.
@@ -96,6 +99,11 @@ impl KubernetesNames {
     /// The latest services (see [`Snapshot::services`]), marked seen.
     pub fn services(&mut self) -> Option<Arc<Vec<crate::config::ServiceConfig>>> {
         self.rx.borrow_and_update().services.clone()
+    }
+
+    /// The latest pods (see [`Snapshot::pods`]).
+    pub fn pods(&self) -> Option<Arc<Vec<crate::steer::policy::pods::PodAddresses>>> {
+        self.rx.borrow().pods.clone()
     }
 
     /// Waits until `ready` holds for a published snapshot, or `timeout`.
@@ -172,6 +180,9 @@ pub struct Watcher {
     tx: channel::Sender<Snapshot>,
     /// Publish the Services as steering services too.
     pub steer_services: bool,
+    /// Watch the pods of every node, not only this node's, and publish
+    /// them for policy rules that select pods.
+    pub policy_pods: bool,
 }
 
 /// Decides from the configuration and the environment whether to watch
@@ -197,6 +208,7 @@ pub fn setup(config: &KubernetesConfig, env: &Environment) -> Option<(Kubernetes
             node,
             tx,
             steer_services: false,
+            policy_pods: false,
         },
     ))
 }
@@ -214,6 +226,7 @@ impl Watcher {
                     ..Health::default()
                 }),
                 services: None,
+                pods: None,
             });
         };
         let source = match &self.source {
@@ -242,6 +255,7 @@ impl Watcher {
         let publish = watch::Publish {
             tx: self.tx,
             steer_services: self.steer_services,
+            policy_pods: self.policy_pods,
         };
         watch::run(client, server, node, publish, ok_rx, shutdown).await;
     }

@@ -141,6 +141,7 @@ mod tests {
                 template_hash: None,
                 ips: vec![pod_ip],
                 container_ids: vec!["c1".into()],
+                labels: Default::default(),
             },
         ));
         index.services.update(Update::Apply(

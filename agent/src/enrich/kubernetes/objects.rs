@@ -45,8 +45,16 @@ pub fn pod(pod: &Pod) -> PodInfo {
         .and_then(|s| s.host_network)
         .unwrap_or(false);
     let status = pod.status.as_ref();
+    // A pod that has ended keeps its address in its status while the
+    // address may already be another pod's.
+    let ended = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
     let mut ips: Vec<IpAddr> = Vec::new();
-    if !host_network && let Some(status) = status {
+    if !host_network
+        && !ended
+        && let Some(status) = status
+    {
         let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
         for ip in status.pod_ip.as_deref().into_iter().chain(listed) {
             if let Ok(ip) = ip.parse()
@@ -79,6 +87,7 @@ pub fn pod(pod: &Pod) -> PodInfo {
             .cloned(),
         ips,
         container_ids,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
     }
 }
 

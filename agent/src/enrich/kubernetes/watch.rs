@@ -146,12 +146,17 @@ pub struct Publish {
     pub tx: watch::Sender<Snapshot>,
     /// Build the steering services too (`kubernetes_services`).
     pub steer_services: bool,
+    /// Watch every node's pods and publish them for policy rules.
+    pub policy_pods: bool,
 }
+
+type PodList = Arc<Vec<crate::steer::policy::pods::PodAddresses>>;
 
 /// What was last published, republished with new health.
 struct Published {
     names: Arc<Names>,
     services: Option<Arc<Vec<crate::config::ServiceConfig>>>,
+    pods: Option<PodList>,
 }
 
 impl Publish {
@@ -160,6 +165,7 @@ impl Publish {
             names: published.names.clone(),
             health: Arc::new(health.clone()),
             services: published.services.clone(),
+            pods: published.pods.clone(),
         });
     }
 
@@ -169,17 +175,22 @@ impl Publish {
         let services =
             (self.steer_services && listed(Kind::Services) && listed(Kind::EndpointSlices))
                 .then(|| Arc::new(crate::steer::kubernetes::services(index)));
+        let pods = (self.policy_pods && listed(Kind::Pods))
+            .then(|| Arc::new(crate::steer::policy::pods::from_index(index)));
         Published {
             names: Arc::new(Names::build(index)),
             services,
+            pods,
         }
     }
 }
 
-/// The watch streams, one per kind, merged.
+/// The watch streams, one per kind, merged. Pods are this node's only,
+/// unless `all_pods` (policy rules select pods anywhere).
 fn streams(
     client: kube::Client,
     node: &str,
+    all_pods: bool,
 ) -> futures::stream::SelectAll<BoxStream<'static, Item>> {
     // Lists are served from the API server's watch cache (resourceVersion
     // 0, as client-go's informers ask): one agent per node must not cost a
@@ -191,7 +202,11 @@ fn streams(
         config.page_size = None;
         config
     };
-    let pods = base().fields(&format!("spec.nodeName={node}"));
+    let pods = if all_pods {
+        base()
+    } else {
+        base().fields(&format!("spec.nodeName={node}"))
+    };
     let streams = vec![
         full(
             Api::<Pod>::all(client.clone()),
@@ -243,7 +258,7 @@ pub async fn run(
     mut ok: mpsc::Receiver<Kind>,
     shutdown: CancellationToken,
 ) {
-    let mut merged = streams(client, &node);
+    let mut merged = streams(client, &node, publish.policy_pods);
     let mut index = Index::default();
     let mut health = Health {
         server,
@@ -257,6 +272,7 @@ pub async fn run(
     let mut published = Published {
         names: Arc::new(Names::default()),
         services: None,
+        pods: None,
     };
     publish.send(&published, &health);
     let mut publish_at: Option<tokio::time::Instant> = None;

@@ -10,6 +10,7 @@
 //! counters into `weft_policy_verdicts_total` and `weft policies`.
 
 pub mod plan;
+pub mod pods;
 pub mod resolve;
 
 use std::{
@@ -42,6 +43,7 @@ use weft_common::{
 
 use crate::{
     config::steer::{Action, Direction},
+    enrich::kubernetes::KubernetesNames,
     export::metrics::LossLabels,
     flow::{
         record::{Endpoint, FlowEvent, FlowRecord, Transport, Verdict},
@@ -49,6 +51,7 @@ use crate::{
     },
 };
 use plan::PolicyPlan;
+use pods::{PodAddresses, PodSources};
 
 /// The `drop_reason` of records a deny decided.
 pub const POLICY_DENIED: &str = "POLICY_DENIED";
@@ -72,26 +75,28 @@ fn lpm_key(net: &Ipv4Net) -> Key<[u8; 4]> {
 }
 
 impl PolicyMaps {
-    /// Makes the maps hold `plan` (with the namespaces and cgroups known
-    /// now). When the rules differ from what the kernel holds, matching
-    /// is off (all masks zero) while they are rewritten, so that no
-    /// connect meets half of the new rules under the old bits.
+    /// Makes the maps hold `plan` (with `src`, its source prefixes with
+    /// the selected pods, and the namespaces and cgroups known now). When
+    /// the rules differ from what the kernel holds, matching is off (all
+    /// masks zero) while they are rewritten, so that no connect meets half
+    /// of the new rules under the old bits.
     pub fn apply(
         &mut self,
         plan: &PolicyPlan,
+        src: &BTreeMap<Ipv4Net, u64>,
         netns: &BTreeMap<u64, u64>,
         cgroups: &BTreeMap<u64, u64>,
     ) -> Result<(), MapError> {
         let current = self.globals.get(&0, 0)?;
         let same = current == plan.globals
-            && self.prefixes(&self.src) == plan.src
-            && self.prefixes(&self.dst) == plan.dst
+            && prefixes(&self.src) == *src
+            && prefixes(&self.dst) == plan.dst
             && entries(&self.ports) == plan.ports;
         if !same {
             self.globals.set(0, PolicyGlobals::default(), 0)?;
             // A rule's counters are by its index: other rules start over.
             self.zero_verdicts()?;
-            sync_lpm(&mut self.src, &plan.src)?;
+            sync_lpm(&mut self.src, src)?;
             sync_lpm(&mut self.dst, &plan.dst)?;
             sync_hash(&mut self.ports, &plan.ports)?;
         }
@@ -132,15 +137,22 @@ impl PolicyMaps {
         Ok(())
     }
 
-    fn prefixes(&self, trie: &LpmTrie<MapData, [u8; 4], u64>) -> BTreeMap<Ipv4Net, u64> {
-        trie.iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| {
-                let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok()?;
-                Some((net, v))
-            })
-            .collect()
+    /// Rewrites only the source prefixes (the selected pods changed): the
+    /// entries that stay are never absent meanwhile.
+    pub fn sync_src(&mut self, src: &BTreeMap<Ipv4Net, u64>) -> Result<(), MapError> {
+        sync_lpm(&mut self.src, src)
     }
+}
+
+/// What a trie holds now.
+fn prefixes(trie: &LpmTrie<MapData, [u8; 4], u64>) -> BTreeMap<Ipv4Net, u64> {
+    trie.iter()
+        .filter_map(Result::ok)
+        .filter_map(|(k, v)| {
+            let net = Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok()?;
+            Some((net, v))
+        })
+        .collect()
 }
 
 fn entries<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> BTreeMap<K, V> {
@@ -163,16 +175,20 @@ fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     Ok(())
 }
 
+/// New and changed prefixes first, then the stale ones removed: a prefix
+/// that stays is never missing from the trie.
 fn sync_lpm(
     trie: &mut LpmTrie<MapData, [u8; 4], u64>,
     want: &BTreeMap<Ipv4Net, u64>,
 ) -> Result<(), MapError> {
-    let stale: Vec<Key<[u8; 4]>> = trie.keys().filter_map(Result::ok).collect();
-    for k in &stale {
-        trie.remove(k)?;
-    }
+    let have = prefixes(trie);
     for (net, mask) in want {
-        trie.insert(&lpm_key(net), mask, 0)?;
+        if have.get(net) != Some(mask) {
+            trie.insert(&lpm_key(net), mask, 0)?;
+        }
+    }
+    for net in have.keys().filter(|n| !want.contains_key(n)) {
+        trie.remove(&lpm_key(net))?;
     }
     Ok(())
 }
@@ -246,8 +262,16 @@ pub struct PolicyTask {
     pub lost: Family<LossLabels, Counter>,
     lost_seen: u64,
     /// The rules' own maps are written (once, at start); later passes
-    /// only follow namespaces and cgroups.
+    /// only follow namespaces, cgroups and pods.
     rules_written: bool,
+    /// The pods rules select come from here (rules with `from.namespace`
+    /// or `from.pod_labels`).
+    pub kubernetes: Option<KubernetesNames>,
+    /// The pod list last applied (to skip snapshots that only change the
+    /// watcher's health).
+    pods_applied: Option<Arc<Vec<PodAddresses>>>,
+    /// The source prefixes in the kernel (the rules' and the pods').
+    src_written: BTreeMap<Ipv4Net, u64>,
 }
 
 impl PolicyTask {
@@ -265,39 +289,87 @@ impl PolicyTask {
             lost: Family::default(),
             lost_seen: 0,
             rules_written: false,
+            kubernetes: None,
+            pods_applied: None,
+            src_written: BTreeMap::new(),
         }
     }
 
-    /// Resolves namespaces and cgroups and writes everything. Called at
-    /// start (before the first connect can meet the rules) and then
-    /// every [`RESOLVE_INTERVAL`].
+    /// Resolves pods, namespaces and cgroups and writes everything.
+    /// Called at start (before the first connect can meet the rules), then
+    /// every [`RESOLVE_INTERVAL`] and whenever the pods change.
     pub fn resolve_and_apply(&mut self) -> Result<(), MapError> {
-        let netns = if self.plan.needs_netns() {
-            let handles = resolve::namespace_handles().into_iter().collect();
-            match resolve::read_namespaces(handles) {
-                Ok(found) => {
-                    let mut by_cookie = BTreeMap::new();
-                    let mut masks = BTreeMap::new();
-                    for ns in found.into_values() {
-                        let mask = self.plan.netns_mask(&ns.addrs);
-                        if mask != 0 {
-                            masks.insert(ns.cookie, mask);
-                        }
-                        by_cookie.insert(ns.cookie, ns.addrs);
-                    }
-                    *self.namespaces.lock().expect("namespaces lock") = by_cookie;
-                    masks
-                }
-                Err(e) => {
-                    // The namespaces known so far stay; the rules are
-                    // written regardless.
-                    log::warn!("cannot read network namespaces: {e}");
-                    entries(&self.maps.netns)
-                }
+        let pods = self.selected_pods();
+        let netns = self.namespace_masks(&pods);
+        let cgroups = self.cgroup_masks();
+        let src = self.plan.src_with(&pods);
+        if self.rules_written {
+            if src != self.src_written {
+                self.maps.sync_src(&src)?;
+                self.src_written = src;
             }
-        } else {
-            BTreeMap::new()
-        };
+            return self.maps.sync_resolved(&netns, &cgroups);
+        }
+        self.maps.apply(&self.plan, &src, &netns, &cgroups)?;
+        self.src_written = src;
+        self.rules_written = true;
+        Ok(())
+    }
+
+    /// The addresses of the pods the rules select: from the watcher's
+    /// latest list; before it, what is in the kernel (written by this
+    /// agent, or by an earlier one with the same rules: a restart does not
+    /// lift a rule while the pods are listed again).
+    fn selected_pods(&mut self) -> PodSources {
+        if self.plan.selectors.is_empty() {
+            return PodSources::new();
+        }
+        if let Some(listed) = self.kubernetes.as_ref().and_then(KubernetesNames::pods) {
+            let selected = pods::select(&self.plan.selectors, &listed);
+            self.pods_applied = Some(listed);
+            return selected;
+        }
+        if self.rules_written {
+            return self.plan.pods_in(&self.src_written);
+        }
+        match self.maps.globals.get(&0, 0) {
+            Ok(g) if g == self.plan.globals => self.plan.pods_in(&prefixes(&self.maps.src)),
+            _ => PodSources::new(),
+        }
+    }
+
+    /// Network namespace cookie -> egress rules its addresses are a
+    /// source of.
+    fn namespace_masks(&mut self, pods: &PodSources) -> BTreeMap<u64, u64> {
+        if !self.plan.needs_netns() {
+            return BTreeMap::new();
+        }
+        let handles = resolve::namespace_handles().into_iter().collect();
+        match resolve::read_namespaces(handles) {
+            Ok(found) => {
+                let mut by_cookie = BTreeMap::new();
+                let mut masks = BTreeMap::new();
+                for ns in found.into_values() {
+                    let mask = self.plan.netns_mask(&ns.addrs, pods);
+                    if mask != 0 {
+                        masks.insert(ns.cookie, mask);
+                    }
+                    by_cookie.insert(ns.cookie, ns.addrs);
+                }
+                *self.namespaces.lock().expect("namespaces lock") = by_cookie;
+                masks
+            }
+            Err(e) => {
+                // The namespaces known so far stay; the rules are written
+                // regardless.
+                log::warn!("cannot read network namespaces: {e}");
+                entries(&self.maps.netns)
+            }
+        }
+    }
+
+    /// cgroup id -> rules whose `from.cgroup` names it.
+    fn cgroup_masks(&self) -> BTreeMap<u64, u64> {
         let mut cgroups = BTreeMap::new();
         if let Some(root) = &self.cgroup_root {
             let paths: Vec<&String> = self.plan.cgroups.keys().collect();
@@ -305,12 +377,17 @@ impl PolicyTask {
                 *cgroups.entry(id).or_default() |= self.plan.cgroups[&path];
             }
         }
-        if self.rules_written {
-            return self.maps.sync_resolved(&netns, &cgroups);
+        cgroups
+    }
+
+    /// Whether the watcher published a pod list other than the one
+    /// applied.
+    fn pods_changed(&self) -> bool {
+        let listed = self.kubernetes.as_ref().and_then(KubernetesNames::pods);
+        match (&listed, &self.pods_applied) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (a, b) => a.is_some() != b.is_some(),
         }
-        self.maps.apply(&self.plan, &netns, &cgroups)?;
-        self.rules_written = true;
-        Ok(())
     }
 
     /// Reads the kernel's per-rule counters into the metric and the
@@ -398,12 +475,12 @@ impl PolicyTask {
                 _ = report.tick() => {
                     out.send_replace(self.refresh());
                 }
-                _ = resolve.tick() => {
-                    // Namespace reads block (setns, netlink) on a thread of
-                    // their own; the maps are written here.
-                    let result = tokio::task::block_in_place(|| self.resolve_and_apply());
-                    if let Err(e) = result {
-                        log::error!("cannot update the policy maps: {e}");
+                _ = resolve.tick() => self.resolve_now(),
+                alive = crate::steer::replan::kubernetes_changed(&mut self.kubernetes) => {
+                    if !alive {
+                        self.kubernetes = None;
+                    } else if self.pods_changed() {
+                        self.resolve_now();
                     }
                 }
             }
@@ -411,8 +488,28 @@ impl PolicyTask {
     }
 }
 
+impl PolicyTask {
+    fn resolve_now(&mut self) {
+        // Namespace reads block (setns, netlink) on a thread of their own;
+        // the maps are written here.
+        let result = tokio::task::block_in_place(|| self.resolve_and_apply());
+        if let Err(e) = result {
+            log::error!("cannot update the policy maps: {e}");
+        }
+    }
+}
+
 fn describe_source(rule: &crate::config::PolicyConfig) -> String {
     let mut parts: Vec<String> = rule.from.cidr.iter().map(ToString::to_string).collect();
+    if let Some(n) = &rule.from.namespace {
+        parts.push(format!("namespace {n}"));
+    }
+    if !rule.from.pod_labels.is_empty() {
+        let labels: Vec<String> = (rule.from.pod_labels.iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("pods {}", labels.join(",")));
+    }
     if let Some(c) = &rule.from.cgroup {
         parts.push(format!("cgroup {c}"));
     }

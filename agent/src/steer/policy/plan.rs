@@ -17,6 +17,7 @@ use weft_common::{
     policy::{PolicyGlobals, PortKey},
 };
 
+use super::pods::{PodSelector, PodSources};
 use crate::config::{
     PolicyConfig, ServiceConfig,
     steer::{Action, Direction, PolicyMode, Protocol},
@@ -29,8 +30,13 @@ use crate::config::{
 pub struct PolicyPlan {
     pub rules: Vec<PolicyConfig>,
     pub globals: PolicyGlobals,
-    /// Source prefixes (both directions) -> rules.
+    /// Source prefixes (both directions) -> rules, from `from.cidr` only
+    /// ([`PolicyPlan::src_with`] adds the selected pods).
     pub src: BTreeMap<Ipv4Net, u64>,
+    /// `from.cidr` as configured, each with its rule's bit.
+    src_nets: Vec<(Ipv4Net, u64)>,
+    /// Rules with `from.namespace` or `from.pod_labels`.
+    pub selectors: Vec<PodSelector>,
     /// Destination prefixes -> rules.
     pub dst: BTreeMap<Ipv4Net, u64>,
     pub ports: BTreeMap<PortKey, u64>,
@@ -74,7 +80,17 @@ impl PolicyPlan {
                 g.deny |= b;
             }
             let from = v4(&r.from.cidr);
-            if from.is_empty() {
+            let selects_pods = r.from.namespace.is_some() || !r.from.pod_labels.is_empty();
+            if selects_pods {
+                plan.selectors.push(PodSelector {
+                    bit: b,
+                    namespace: r.from.namespace.clone(),
+                    labels: r.from.pod_labels.clone(),
+                });
+            }
+            // A rule that selects pods matches no source until pods are
+            // selected (its source is a set of addresses, maybe empty).
+            if from.is_empty() && !selects_pods {
                 g.no_src_cidr |= b;
             } else {
                 src_nets.extend(from.iter().map(|&n| (n, b)));
@@ -120,26 +136,57 @@ impl PolicyPlan {
             .max()
             .unwrap_or(0);
         plan.src = flatten(&src_nets);
+        plan.src_nets = src_nets;
         plan.dst = flatten(&dst_nets);
         plan
     }
 
-    /// Egress rules whose `from.cidr` covers one of `addrs` (a network
-    /// namespace's addresses).
-    pub fn netns_mask(&self, addrs: &[Ipv4Addr]) -> u64 {
+    /// The source prefixes with the selected pods' addresses added (a /32
+    /// each, with the rules that select it).
+    pub fn src_with(&self, pods: &PodSources) -> BTreeMap<Ipv4Net, u64> {
+        if pods.is_empty() {
+            return self.src.clone();
+        }
+        let mut nets = self.src_nets.clone();
+        nets.extend(pods.iter().map(|(&ip, &bits)| (Ipv4Net::from(ip), bits)));
+        flatten(&nets)
+    }
+
+    /// The rules that select pods, as one mask.
+    pub fn selector_bits(&self) -> u64 {
+        self.selectors.iter().fold(0, |m, s| m | s.bit)
+    }
+
+    /// The pods a source trie written for this plan holds (what an earlier
+    /// agent selected): each /32 with its selecting rules' bits. Only
+    /// meaningful when the trie was written for the same rules.
+    pub fn pods_in(&self, src: &BTreeMap<Ipv4Net, u64>) -> PodSources {
+        let selecting = self.selector_bits();
+        src.iter()
+            .filter(|(net, mask)| net.prefix_len() == 32 && **mask & selecting != 0)
+            .map(|(net, mask)| (net.addr(), mask & selecting))
+            .collect()
+    }
+
+    /// Egress rules whose source covers one of `addrs` (a network
+    /// namespace's addresses): by `from.cidr`, or by a selected pod.
+    pub fn netns_mask(&self, addrs: &[Ipv4Addr], pods: &PodSources) -> u64 {
         let mut mask = 0;
         for (rule, nets) in &self.netns_cidrs {
             if nets.iter().any(|n| addrs.iter().any(|a| n.contains(a))) {
                 mask |= bit(*rule as usize);
             }
         }
+        for a in addrs {
+            mask |= pods.get(a).copied().unwrap_or(0) & self.globals.egress;
+        }
         mask
     }
 
     /// Whether the kernel must know namespaces (an egress rule has a
-    /// `from.cidr`).
+    /// `from.cidr` or selects pods).
     pub fn needs_netns(&self) -> bool {
-        !self.netns_cidrs.is_empty()
+        !self.netns_cidrs.is_empty() || self.selector_bits() & self.globals.egress != 0
     }
 
     pub fn has_ingress(&self) -> bool {
@@ -229,11 +276,47 @@ mod tests {
         assert!(!p.ports.contains_key(&port(80, IPPROTO_UDP)));
         assert_eq!(p.cgroups["/system.slice/nginx.service"], 0b1000);
         // Only egress rules are matched by namespace: c's source is not.
+        let none = PodSources::new();
         let a: Ipv4Addr = "10.3.4.5".parse().unwrap();
-        assert_eq!(p.netns_mask(&[a]), 0b0001);
-        assert_eq!(p.netns_mask(&["10.2.0.1".parse().unwrap()]), 0b0001);
-        assert_eq!(p.netns_mask(&["192.168.0.1".parse().unwrap()]), 0);
+        assert_eq!(p.netns_mask(&[a], &none), 0b0001);
+        assert_eq!(p.netns_mask(&["10.2.0.1".parse().unwrap()], &none), 0b0001);
+        assert_eq!(p.netns_mask(&["192.168.0.1".parse().unwrap()], &none), 0);
         assert!(p.needs_netns() && p.has_ingress());
+    }
+
+    #[test]
+    fn rules_that_select_pods_match_the_selected_addresses_only() {
+        let r = rules(
+            "- {name: a, direction: egress, from: {namespace: prod, pod_labels: {app: web}}, to: {ports: [8080]}, action: deny}\n\
+             - {name: b, direction: ingress, from: {cidr: [10.0.0.0/24], namespace: dev}, action: deny}\n\
+             - {name: c, direction: egress, to: {ports: [53]}, action: allow}\n",
+        );
+        let p = PolicyPlan::new(&r, PolicyMode::Enforce, &[]);
+        // Neither a nor b matches any source by default.
+        assert_eq!(p.globals.no_src_cidr, 0b100);
+        assert_eq!(p.selector_bits(), 0b011);
+        assert!(p.needs_netns());
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // No pod selected: the configured prefixes alone.
+        assert_eq!(p.src_with(&PodSources::new()), p.src);
+        assert_eq!(p.src, BTreeMap::from([(net("10.0.0.0/24"), 0b010)]));
+        let pods = PodSources::from([(ip("10.0.0.7"), 0b010), (ip("10.1.0.5"), 0b001)]);
+        let src = p.src_with(&pods);
+        assert_eq!(
+            src,
+            BTreeMap::from([
+                (net("10.0.0.0/24"), 0b010),
+                (net("10.0.0.7/32"), 0b010),
+                (net("10.1.0.5/32"), 0b001),
+            ])
+        );
+        // What a restarted agent reads back from the trie.
+        assert_eq!(p.pods_in(&src), pods);
+        // Only egress rules count for a namespace's addresses.
+        assert_eq!(p.netns_mask(&[ip("10.1.0.5")], &pods), 0b001);
+        assert_eq!(p.netns_mask(&[ip("10.0.0.7")], &pods), 0);
+        assert_eq!(p.netns_mask(&[ip("10.9.9.9")], &pods), 0);
     }
 
     #[test]
