@@ -12,6 +12,9 @@ pub enum Load {
     /// is measured from the request's scheduled time (coordinated-omission
     /// correction), so a stall shows up in the percentiles.
     Rate(u32),
+    /// Open loop as [`Load::Rate`], every request on a new connection (a
+    /// connect, and a steered connect's rewrite, per request).
+    NewConnections(u32),
     /// Closed loop: every connection sends its next request as soon as the
     /// previous one is answered; the achieved rate is the maximum
     /// throughput.
@@ -23,8 +26,22 @@ impl Load {
     pub fn label(self) -> String {
         match self {
             Load::Rate(rate) => format!("{rate} req/s"),
+            Load::NewConnections(rate) => format!("{rate} req/s, a new connection each"),
             Load::Max => "max (closed loop)".to_owned(),
         }
+    }
+
+    /// The open loop's rate (`None`: closed loop).
+    pub fn rate(self) -> Option<u32> {
+        match self {
+            Load::Rate(rate) | Load::NewConnections(rate) => Some(rate),
+            Load::Max => None,
+        }
+    }
+
+    /// Whether every request opens a connection of its own.
+    pub fn new_connections(self) -> bool {
+        matches!(self, Load::NewConnections(_))
     }
 }
 

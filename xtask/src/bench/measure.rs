@@ -222,8 +222,9 @@ fn proc_stat() -> Result<(u64, u64)> {
     Ok(((total - idle) * us_per_tick, total * us_per_tick))
 }
 
-/// Run time and count of the agent's programs (by id), and how many
-/// `weft_*` programs other processes loaded.
+/// Run time and count of the agent's programs (by id, and its pinned
+/// steering programs), and how many `weft_*` programs other processes
+/// loaded.
 fn bpf_programs(agent: Option<&Agent>) -> Result<(ProgramStats, usize)> {
     let out = read(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let progs: Value = serde_json::from_str(&out).context("parsing `bpftool -j prog show`")?;
@@ -235,7 +236,11 @@ fn bpf_programs(agent: Option<&Agent>) -> Result<(ProgramStats, usize)> {
             continue;
         }
         let id = prog["id"].as_u64().unwrap_or(0);
-        if !agent.is_some_and(|a| a.bpf.programs.contains(&id)) {
+        // Steering programs are held by their pinned links, not by the
+        // agent's descriptors; B3's are removed after each phase, so any
+        // found while an agent runs are its own.
+        let pinned = name.starts_with("weft_steer_") || name.starts_with("weft_policy_");
+        if !agent.is_some_and(|a| pinned || a.bpf.programs.contains(&id)) {
             foreign += 1;
             continue;
         }

@@ -268,6 +268,9 @@ fn measure_all(ctx: &Ctx, plan: &Plan, options: &Options, run: &mut Run) -> Resu
     ));
     run.points.push(max);
     let mut loads: Vec<Load> = run.rates.iter().map(|&r| Load::Rate(r)).collect();
+    // What a connect costs (B3: the service rewrite) shows only when
+    // connections are opened at the rate of requests.
+    loads.push(Load::NewConnections(report::TARGET_RATE));
     loads.push(Load::Max);
 
     // Two stress series, each with an agent start.

@@ -14,7 +14,7 @@ use super::stress::Series;
 const TARGET_ADDED_P99_US: f64 = 20.0;
 const TARGET_CPU_RATIO: f64 = 1.10;
 const TARGET_THROUGHPUT_RATIO: f64 = 0.85;
-const TARGET_RATE: u32 = 1000;
+pub const TARGET_RATE: u32 = 1000;
 /// Below this share of the asked rate a configuration is overloaded.
 const SHORT: f64 = 0.97;
 
@@ -102,6 +102,7 @@ impl Run {
 
     fn loads(&self) -> Vec<Load> {
         let mut loads: Vec<Load> = self.rates.iter().map(|&r| Load::Rate(r)).collect();
+        loads.push(Load::NewConnections(TARGET_RATE));
         loads.push(Load::Max);
         loads
     }
@@ -300,7 +301,8 @@ impl Run {
                 results.push(json!({
                     "config": config.id(),
                     "load": load.label(),
-                    "rate": match load { Load::Rate(rate) => Some(rate), Load::Max => None },
+                    "rate": load.rate(),
+                    "new_connection_per_request": load.new_connections(),
                     "rounds": s.rounds,
                     "median": {
                         "achieved_rate": r(s.achieved),
@@ -458,7 +460,9 @@ impl Run {
                     f0(s.achieved)
                         + &match (load, s.throughput_ratio) {
                             (Load::Max, Some(t)) if !base => format!(" (×{t:.2})"),
-                            (Load::Rate(rate), _) if s.achieved < SHORT * f64::from(rate) => {
+                            (Load::Rate(rate) | Load::NewConnections(rate), _)
+                                if s.achieved < SHORT * f64::from(rate) =>
+                            {
                                 short = true;
                                 " ⚠".to_owned()
                             }
@@ -521,7 +525,10 @@ impl Run {
                 l7.join(", ")
             );
         }
-        self.programs_markdown(w);
+        if let Some(&rate) = self.rates.first() {
+            self.programs_markdown(w, Load::Rate(rate));
+        }
+        self.programs_markdown(w, Load::NewConnections(TARGET_RATE));
         if !self.memory.is_empty() {
             let _ = writeln!(
                 w,
@@ -609,17 +616,14 @@ impl Run {
 }
 
 impl Run {
-    /// Per eBPF program at the first fixed rate: runs per request, time per
-    /// run and per request (medians over the rounds), one column group per
+    /// Per eBPF program at one load point: runs per request, time per run
+    /// and per request (medians over the rounds), one column group per
     /// agent configuration.
-    fn programs_markdown(&self, w: &mut String) {
-        let Some(&rate) = self.rates.first() else {
-            return;
-        };
+    fn programs_markdown(&self, w: &mut String, load: Load) {
         let configs: Vec<Config> = self.configs().into_iter().filter(|c| c.is_weft()).collect();
         let points = |c: Config| {
             self.measured()
-                .filter(move |p| p.config == c && p.load == Load::Rate(rate))
+                .filter(move |p| p.config == c && p.load == load)
         };
         let mut names: Vec<&String> = configs
             .iter()
@@ -639,7 +643,7 @@ impl Run {
         }
         let _ = writeln!(
             w,
-            "\neBPF programs at {rate} req/s (kernel.bpf_stats_enabled; runs are machine-wide, \
+            "\neBPF programs at {load} (kernel.bpf_stats_enabled; runs are machine-wide, \
              so other traffic on the machine adds to them; programs that did not run are left out):\n"
         );
         let mut header = "| program |".to_owned();

@@ -109,7 +109,7 @@ impl Series {
             .map(|p| {
                 let events = p.cost.events.unwrap_or(0.0);
                 json!({
-                    "asked_rate": match p.load { Load::Rate(r) => r, Load::Max => 0 },
+                    "asked_rate": p.load.rate().unwrap_or(0),
                     "achieved_rate": round(p.outcome.achieved_rate(), 1),
                     "errors": p.outcome.errors,
                     "p99_us": round(p.outcome.latency.p99, 1),

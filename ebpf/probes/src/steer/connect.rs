@@ -88,10 +88,11 @@ pub(super) enum Steer {
 
 #[inline(always)]
 fn connect<const SET_RETVAL: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    if let Decision::Deny = egress_policy::<V6>(ctx) {
+    let key = dialed::<V6>(ctx);
+    if let Decision::Deny = egress_policy(ctx, &key) {
         return REJECT;
     }
-    match steer::<V6>(ctx) {
+    match steer::<V6>(ctx, key) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {
@@ -111,8 +112,7 @@ fn connect<const SET_RETVAL: bool, const V6: bool>(ctx: &SockAddrContext) -> i32
 /// socket's v4-mapped address is checked as the IPv4 address it is, a
 /// native IPv6 one passes.
 #[inline(always)]
-pub(super) fn egress_policy<const V6: bool>(ctx: &SockAddrContext) -> Decision {
-    let dialed = dialed::<V6>(ctx);
+pub(super) fn egress_policy(ctx: &SockAddrContext, dialed: &ServiceKey) -> Decision {
     if dialed.family != 4 {
         return Decision::Pass;
     }
@@ -222,12 +222,11 @@ pub(super) fn word(addr: &[u8; 16], at: usize) -> u32 {
     u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]])
 }
 
-/// The shared decision of connect and sendmsg: whether the address the
-/// context holds is a service's, and if so which backend it becomes
-/// (rewritten in place).
+/// The shared decision of connect and sendmsg: whether `key`, the
+/// address the context holds ([`dialed`]), is a service's, and if so
+/// which backend it becomes (rewritten in place).
 #[inline(always)]
-pub(super) fn steer<const V6: bool>(ctx: &SockAddrContext) -> Steer {
-    let key = dialed::<V6>(ctx);
+pub(super) fn steer<const V6: bool>(ctx: &SockAddrContext, key: ServiceKey) -> Steer {
     // SAFETY: a lookup in a map of plain values.
     let Some(service) = (unsafe { SERVICES.get(&key) }) else {
         return Steer::Untouched;

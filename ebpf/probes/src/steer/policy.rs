@@ -41,8 +41,8 @@ pub(super) enum Decision {
 }
 
 #[inline(always)]
-fn globals() -> Option<PolicyGlobals> {
-    POLICY_GLOBALS.get(0).copied()
+fn globals() -> Option<&'static PolicyGlobals> {
+    POLICY_GLOBALS.get(0)
 }
 
 #[inline(always)]
@@ -134,7 +134,7 @@ pub(super) fn egress4(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, proto:
     if matched == 0 {
         return Decision::Pass;
     }
-    matched &= ports(&g, proto, dst_port);
+    matched &= ports(g, proto, dst_port);
     if matched == 0 {
         return Decision::Pass;
     }
@@ -154,7 +154,7 @@ pub(super) fn egress4(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, proto:
         matched &= by_source | g.no_src_cidr;
     }
     if matched & !g.no_cgroup != 0 {
-        matched &= cgroups(&g) | g.no_cgroup;
+        matched &= cgroups(g) | g.no_cgroup;
     }
     let event = PolicyEvent {
         netns,
@@ -167,7 +167,7 @@ pub(super) fn egress4(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, proto:
         direction: POLICY_EGRESS,
         ..PolicyEvent::default()
     };
-    decide(&g, matched, event)
+    decide(g, matched, event)
 }
 
 /// Returned by `cgroup_skb` programs: 1 passes the packet, 0 drops it.
@@ -249,7 +249,7 @@ fn ingress4(ctx: &SkBuffContext) -> Decision {
     if matched == 0 {
         return Decision::Pass;
     }
-    matched &= ports(&g, proto, dst_port) & (lpm(&POLICY_SRC, src) | g.no_src_cidr);
+    matched &= ports(g, proto, dst_port) & (lpm(&POLICY_SRC, src) | g.no_src_cidr);
     let event = PolicyEvent {
         src_ip4: src,
         dst_ip4: dst,
@@ -259,5 +259,5 @@ fn ingress4(ctx: &SkBuffContext) -> Decision {
         direction: POLICY_INGRESS,
         ..PolicyEvent::default()
     };
-    decide(&g, matched, event)
+    decide(g, matched, event)
 }

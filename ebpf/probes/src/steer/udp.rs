@@ -48,10 +48,11 @@ pub fn weft_steer_sendmsg6_eperm(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn sendmsg<const SET_RETVAL: bool, const V6: bool>(ctx: &SockAddrContext) -> i32 {
-    if let Decision::Deny = egress_policy::<V6>(ctx) {
+    let key = dialed::<V6>(ctx);
+    if let Decision::Deny = egress_policy(ctx, &key) {
         return REJECT;
     }
-    match steer::<V6>(ctx) {
+    match steer::<V6>(ctx, key) {
         Steer::Untouched => ALLOW,
         Steer::Refused => refuse::<SET_RETVAL>(),
         Steer::Rewritten(origin) => {

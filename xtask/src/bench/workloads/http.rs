@@ -158,10 +158,10 @@ fn oha(lab: &Lab, url: &str, load: Load, shape: Shape, seconds: u64) -> Result<O
         "-c".into(),
         shape.connections.to_string(),
     ];
-    if let Load::Rate(rate) = load {
+    if let Some(rate) = load.rate() {
         args.extend(["-q".into(), rate.to_string(), "--latency-correction".into()]);
     }
-    if shape.connection_per_request {
+    if shape.connection_per_request || load.new_connections() {
         args.push("--disable-keepalive".into());
     }
     args.push(url.into());

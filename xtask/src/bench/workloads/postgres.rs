@@ -167,10 +167,10 @@ impl Workload for Postgres {
             format!("-c{}", shape.connections),
             format!("-T{seconds}"),
         ]);
-        if let Load::Rate(rate) = load {
+        if let Some(rate) = load.rate() {
             args.push(format!("-R{rate}"));
         }
-        if shape.connection_per_request {
+        if shape.connection_per_request || load.new_connections() {
             args.push("-C".into());
         }
         args.push("postgres".into());
