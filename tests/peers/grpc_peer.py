@@ -10,6 +10,7 @@ generic handler over raw bytes (gRPC does not care what the messages are).
 after 100 ms. The client makes SayHello, SayHello, Lookup, Slow on one
 channel (one HTTP/2 connection) and prints each call's status code.
 """
+import os
 import sys
 import time
 from concurrent import futures
@@ -45,11 +46,17 @@ def serve(addr, port):
 
 
 def call(addr, port):
+    # W3C trace context to send as metadata with every call, if given.
+    metadata = [
+        (key, os.environ[var])
+        for key, var in [("traceparent", "WEFT_TEST_TRACEPARENT"), ("tracestate", "WEFT_TEST_TRACESTATE")]
+        if os.environ.get(var)
+    ]
     with grpc.insecure_channel(f"{addr}:{port}") as channel:
         for method in ["SayHello", "SayHello", "Lookup", "Slow"]:
             stub = channel.unary_unary(f"/{SERVICE}/{method}")
             try:
-                stub(b"weft", timeout=10)
+                stub(b"weft", timeout=10, metadata=metadata or None)
                 print(method, "OK")
             except grpc.RpcError as e:
                 print(method, e.code().name)

@@ -288,8 +288,19 @@ pub fn grpc(lab: &Lab, port: u16) -> Server {
 /// channel (OK, OK, NOT_FOUND, and one that takes 100 ms). Returns what it
 /// printed, one `METHOD STATUS` line per call.
 pub fn grpc_calls(lab: &Lab, server: &Server) -> String {
+    grpc_calls_with(lab, server, None)
+}
+
+/// [`grpc_calls`], each call carrying `trace` (`traceparent`,
+/// `tracestate`) as metadata.
+pub fn grpc_calls_with(lab: &Lab, server: &Server, trace: Option<(&str, &str)>) -> String {
     let python = grpc_python();
-    let out = Command::new("ip")
+    let mut command = Command::new("ip");
+    if let Some((traceparent, tracestate)) = trace {
+        command.env("WEFT_TEST_TRACEPARENT", traceparent);
+        command.env("WEFT_TEST_TRACESTATE", tracestate);
+    }
+    let out = command
         .args(["netns", "exec", &lab.client_ns, &python, GRPC_PEER, "call"])
         .args([server.addr.ip().to_string(), server.addr.port().to_string()])
         .output()

@@ -349,13 +349,16 @@ fn bad_traces_configuration_is_refused() {
 
 /// A client that sends its own `traceparent`: its trace id on every span,
 /// its parent as the client span's parent; with sampled=0, no spans.
+/// The incoming trace context of the traceparent tests.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+const STATE: &str = "vendor=abc,other=1";
+
 #[test]
 fn an_incoming_traceparent_is_honoured() {
     if !require_root("an_incoming_traceparent_is_honoured") {
         return;
     }
-    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-    const PARENT: &str = "00f067aa0ba902b7";
     let receiver = Receiver::start();
     let dir = TempDir::new("traces");
     let endpoint = receiver.endpoint("http/protobuf");
@@ -365,7 +368,11 @@ fn an_incoming_traceparent_is_honoured() {
     let sampled = servers::python_http(&lab, sampled_port);
     let unsampled = servers::python_http(&lab, unsampled_port);
     let header = |flags: &str| format!("traceparent: 00-{TRACE}-{PARENT}-{flags}");
-    curl_requests(&lab, &format!("http://{}", sampled.addr), &[&header("01")]);
+    curl_requests(
+        &lab,
+        &format!("http://{}", sampled.addr),
+        &[&header("01"), &format!("tracestate: {STATE}")],
+    );
     curl_requests(
         &lab,
         &format!("http://{}", unsampled.addr),
@@ -382,6 +389,7 @@ fn an_incoming_traceparent_is_honoured() {
     assert_eq!(ids.len(), 2 * REQUESTS, "every span has its own id");
     for s in &spans {
         assert_eq!(s["trace_id"], TRACE, "{s:#}");
+        assert_eq!(s["trace_state"], STATE, "{s:#}");
         if s["kind"] == KIND_CLIENT {
             assert_eq!(s["parent_span_id"], PARENT, "{s:#}");
         } else {
@@ -483,6 +491,50 @@ fn grpc_spans_carry_the_rpc_and_its_status() {
     }
     methods.sort();
     assert_eq!(methods, ["Lookup", "SayHello", "SayHello", "Slow"]);
+    drop(agent);
+}
+
+/// gRPC metadata carries the trace context as HTTP/1.x headers do: every
+/// span of the four calls is in the caller's trace, with its tracestate,
+/// each CLIENT span the child of the caller's span.
+#[test]
+fn grpc_metadata_traceparent_is_honoured() {
+    if !require_root("grpc_metadata_traceparent_is_honoured") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("grpc");
+    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
+    let lab = Lab::new();
+    let port = unique_port(38);
+    let server = servers::grpc(&lab, port);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(
+        servers::grpc_calls_with(&lab, &server, Some((&traceparent, STATE))),
+        "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n"
+    );
+    let spans = wait_for("the spans of four gRPC calls", WAIT, || {
+        let spans = request_spans(&receiver, port);
+        (spans.len() >= 8).then_some(spans)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(request_spans(&receiver, port).len(), 8, "{spans:#?}");
+    assert_eq!(otlp::traces(&spans).len(), 1, "one trace: the caller's");
+    for s in &spans {
+        assert_eq!(s["trace_id"], TRACE, "{s:#}");
+        assert_eq!(s["trace_state"], STATE, "{s:#}");
+        if s["kind"] == KIND_CLIENT {
+            assert_eq!(s["parent_span_id"], PARENT, "{s:#}");
+        } else {
+            let parent = s["parent_span_id"].as_str().expect("parent");
+            let client = spans
+                .iter()
+                .find(|c| c["span_id"] == parent)
+                .unwrap_or_else(|| panic!("the parent of {s:#} is no client span"));
+            assert_eq!(attr(client, "rpc.method"), attr(s, "rpc.method"));
+        }
+    }
     drop(agent);
 }
 

@@ -24,9 +24,12 @@ pub struct Exchange {
     /// The direction of the request (always `ToServer` for client/server
     /// protocols; kept for protocols where the server may speak first).
     pub request_direction: Direction,
-    /// The W3C `traceparent` the request carried (HTTP/1.x), unchecked
-    /// but bounded; for traces only, never in records.
+    /// The W3C `traceparent` the request carried (an HTTP/1.x header,
+    /// HTTP/2 or gRPC metadata), unchecked but bounded; for traces only,
+    /// never in records.
     pub traceparent: Option<String>,
+    /// Its `tracestate`, as sent (bounded; for traces only).
+    pub tracestate: Option<String>,
 }
 
 impl Exchange {
@@ -86,6 +89,7 @@ impl Protocol {
             },
             request_direction: Direction::ToServer,
             traceparent: None,
+            tracestate: None,
         }
     }
 }

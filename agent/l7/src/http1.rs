@@ -25,14 +25,13 @@ use body::{Body, Chunked};
 use head::BodyKind;
 
 use crate::detect::FirstBytes;
-use crate::http_fields::{KNOWN_METHODS, RequestInfo};
+use crate::http_fields::{
+    KNOWN_METHODS, MAX_TRACEPARENT, MAX_TRACESTATE, RequestInfo, trace_header,
+};
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, ParseError, Privacy, Protocol,
     Session,
 };
-
-/// Bytes of a `traceparent` header kept at most.
-const MAX_TRACEPARENT: usize = 128;
 
 /// Longest request line `detect` waits for before saying no.
 const DETECT_MAX_LINE: usize = 8192;
@@ -382,12 +381,9 @@ impl Http1Session {
             &self.limits,
             &self.privacy,
         );
-        // Kept only for traces (never in records); 55 bytes in version 00,
-        // a little more allowed for later versions.
-        info.traceparent = req
-            .traceparent
-            .filter(|t| t.len() <= MAX_TRACEPARENT)
-            .map(str::to_owned);
+        // Kept only for traces (never in records).
+        info.traceparent = trace_header(req.traceparent.map(str::as_bytes), MAX_TRACEPARENT);
+        info.tracestate = trace_header(req.tracestate.map(str::as_bytes), MAX_TRACESTATE);
         self.pending.push_back(Pending {
             info,
             request_ns: start_ns,

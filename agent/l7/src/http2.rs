@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::detect::FirstBytes;
 use crate::hpack::{Block, Decoder, HpackError};
-use crate::http_fields::RequestInfo;
+use crate::http_fields::{MAX_TRACEPARENT, MAX_TRACESTATE, RequestInfo, trace_header};
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, ParseError, Privacy, Protocol,
     Session, grpc,
@@ -97,6 +97,9 @@ struct Fields {
     status: Option<u16>,
     grpc: bool,
     grpc_status: Option<u32>,
+    /// W3C trace context (HTTP/2 fields, gRPC metadata alike).
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl Fields {
@@ -117,6 +120,12 @@ impl Fields {
             }
             b"content-type" => self.grpc |= grpc::is_grpc(value),
             b"grpc-status" => self.grpc_status = grpc::parse_status(value),
+            b"traceparent" if self.traceparent.is_none() => {
+                self.traceparent = trace_header(Some(value), MAX_TRACEPARENT);
+            }
+            b"tracestate" if self.tracestate.is_none() => {
+                self.tracestate = trace_header(Some(value), MAX_TRACESTATE);
+            }
             _ => {}
         }
     }
@@ -137,6 +146,9 @@ struct Stream {
     /// End of the last response frame seen.
     response_ns: Option<u64>,
     rst_error_code: Option<u32>,
+    /// The request's trace context (for traces only).
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 pub struct Http2Session {
@@ -467,6 +479,8 @@ impl Http2Session {
             grpc_status: None,
             response_ns: None,
             rst_error_code: None,
+            traceparent: fields.traceparent,
+            tracestate: fields.tracestate,
         };
         self.streams.insert(id, stream);
     }
@@ -497,6 +511,8 @@ impl Http2Session {
                 .fields
                 .insert("rst_error_code".into(), Value::from(code));
         }
+        exchange.traceparent = s.traceparent;
+        exchange.tracestate = s.tracestate;
         exchange
     }
 }

@@ -21,9 +21,27 @@ pub struct RequestInfo {
     pub route: String,
     pub host: Option<String>,
     pub scheme: &'static str,
-    /// The request's W3C `traceparent` header (HTTP/1.x), when it is no
-    /// longer than a traceparent can be.
+    /// The request's W3C `traceparent` (HTTP/1.x header or HTTP/2 field),
+    /// when it is no longer than a traceparent can be.
     pub traceparent: Option<String>,
+    /// Its `tracestate`, when no longer than [`MAX_TRACESTATE`].
+    pub tracestate: Option<String>,
+}
+
+/// Bytes of a `traceparent` kept at most: 55 in version 00, a little
+/// more allowed for later versions.
+pub const MAX_TRACEPARENT: usize = 128;
+/// Bytes of a `tracestate` kept at most (W3C Trace Context §3.3.1.5: at
+/// least 512 should be propagated).
+pub const MAX_TRACESTATE: usize = 512;
+
+/// A trace context header's value, kept when it fits `max` (a longer one
+/// is dropped whole: a cut one would be wrong).
+pub fn trace_header(value: Option<&[u8]>, max: usize) -> Option<String> {
+    value
+        .filter(|v| v.len() <= max)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
 }
 
 impl RequestInfo {
@@ -46,6 +64,7 @@ impl RequestInfo {
             host: host.map(|h| clip(strip_userinfo(h), limits.max_field)),
             scheme,
             traceparent: None,
+            tracestate: None,
         }
     }
 
@@ -74,6 +93,7 @@ impl RequestInfo {
             f.insert("status".into(), Value::from(status));
         }
         exchange.traceparent = self.traceparent.clone();
+        exchange.tracestate = self.tracestate.clone();
         exchange.metric = MetricAttributes::Http {
             method: metric_method(&self.method),
             status_code: status,

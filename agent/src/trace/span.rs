@@ -25,6 +25,19 @@ pub struct Place {
     pub server: bool,
 }
 
+/// The request's `tracestate`, carried on when the span is in the trace
+/// of the request's own `traceparent` (W3C Trace Context §3.3: a vendor's
+/// entries travel with the trace); an invalid one is dropped.
+fn trace_state(ex: &Exchange, trace_id: TraceId) -> TraceState {
+    let joins_incoming = (ex.traceparent.as_deref())
+        .and_then(super::context::parse)
+        .is_some_and(|incoming| incoming.trace_id == trace_id);
+    match ex.tracestate.as_deref() {
+        Some(state) if joins_incoming => state.parse().unwrap_or(TraceState::NONE),
+        _ => TraceState::NONE,
+    }
+}
+
 pub fn build(
     ex: &Exchange,
     key: &FlowKey,
@@ -56,7 +69,7 @@ pub fn build(
             place.span_id,
             TraceFlags::SAMPLED,
             false,
-            TraceState::NONE,
+            trace_state(ex, place.trace_id),
         ),
         parent_span_id: place.parent.unwrap_or(SpanId::INVALID),
         parent_span_is_remote: place.parent.is_some() && place.parent_is_remote,
@@ -188,6 +201,24 @@ mod tests {
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn the_tracestate_travels_with_its_own_trace_only() {
+        let mut ex = http(200);
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        ex.traceparent = Some(format!("00-{trace}-00f067aa0ba902b7-01"));
+        ex.tracestate = Some("vendor=abc,other=1".into());
+        let own = TraceId::from_hex(trace).unwrap();
+        assert_eq!(trace_state(&ex, own).header(), "vendor=abc,other=1");
+        // Another trace (the header was not the one that decided it).
+        assert_eq!(
+            trace_state(&ex, TraceId::from_bytes([7; 16])),
+            TraceState::NONE
+        );
+        // An invalid tracestate is dropped, not forwarded.
+        ex.tracestate = Some("no-equals-sign".into());
+        assert_eq!(trace_state(&ex, own), TraceState::NONE);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct RequestHead<'a> {
     pub host: Option<&'a str>,
     /// The W3C `traceparent` header, as sent (checked by the caller).
     pub traceparent: Option<&'a str>,
+    /// The first W3C `tracestate` header, as sent.
+    pub tracestate: Option<&'a str>,
     pub body: BodyKind,
 }
 
@@ -54,11 +56,14 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, &'static str> {
     }
     let mut host = None;
     let mut traceparent = None;
+    let mut tracestate = None;
     let framing = parse_fields(fields, |name, value| {
         if name.eq_ignore_ascii_case(b"host") && host.is_none() {
             host = Some(value);
         } else if name.eq_ignore_ascii_case(b"traceparent") && traceparent.is_none() {
             traceparent = Some(value);
+        } else if name.eq_ignore_ascii_case(b"tracestate") && tracestate.is_none() {
+            tracestate = Some(value);
         }
     })?;
     // RFC 9112 §6.3 (rules 4–6): a request's transfer coding must end in
@@ -74,6 +79,7 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, &'static str> {
         target: utf8(target)?,
         host: host.map(utf8).transpose()?,
         traceparent: traceparent.and_then(|v| utf8(v).ok()),
+        tracestate: tracestate.and_then(|v| utf8(v).ok()),
         body,
     })
 }
@@ -201,8 +207,9 @@ mod tests {
         let head = format!("GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {tp}\r\n\r\n");
         let r = parse_request(head.as_bytes()).unwrap();
         assert_eq!(r.traceparent, Some(tp));
-        let r = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        assert_eq!(r.traceparent, None);
+        assert_eq!(r.tracestate, None);
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\ntracestate: v=1\r\n\r\n").unwrap();
+        assert_eq!((r.traceparent, r.tracestate), (None, Some("v=1")));
     }
 
     #[test]

@@ -318,3 +318,41 @@ fn fuzz_smoke() {
         },
     );
 }
+
+/// An HPACK literal field without indexing, new name (RFC 7541 §6.2.2),
+/// both strings raw (no Huffman) and shorter than 127 bytes.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+#[test]
+fn the_trace_context_fields_reach_the_exchange() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = GET.to_vec();
+    headers.extend(literal("traceparent", tp));
+    headers.extend(literal("tracestate", "vendor=abc"));
+    let mut s = session();
+    let mut out = Vec::new();
+    let mut bytes = preface();
+    let flags = frame::END_HEADERS | frame::END_STREAM;
+    bytes.extend(frame(frame::HEADERS, flags, 1, &headers));
+    // A second request without them.
+    bytes.extend(frame(frame::HEADERS, flags, 3, GET));
+    feed(&mut s, Direction::ToServer, &bytes, &mut out).unwrap();
+    let mut resp = frame(frame::SETTINGS, 0, 0, &[]);
+    for id in [1, 3] {
+        resp.extend(frame(frame::HEADERS, flags, id, &[0x88]));
+    }
+    feed(&mut s, Direction::ToClient, &resp, &mut out).unwrap();
+    let got: Vec<(Option<&str>, Option<&str>)> = out
+        .iter()
+        .map(|e| (e.traceparent.as_deref(), e.tracestate.as_deref()))
+        .collect();
+    assert_eq!(got, vec![(Some(tp), Some("vendor=abc")), (None, None)]);
+    // Never in records.
+    assert!(out.iter().all(|e| !e.fields.contains_key("traceparent")));
+}

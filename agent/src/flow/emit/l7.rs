@@ -259,6 +259,7 @@ mod tests {
             },
             request_direction: Direction::ToServer,
             traceparent: None,
+            tracestate: None,
         }
     }
 
