@@ -268,10 +268,12 @@ pub struct PolicyTask {
     /// or `from.pod_labels`).
     pub kubernetes: Option<KubernetesNames>,
     /// The pod list last applied (to skip snapshots that only change the
-    /// watcher's health).
+    /// watcher's health), and what the rules select of it: selected again
+    /// only when the list changes, not every pass.
     pods_applied: Option<Arc<Vec<PodAddresses>>>,
-    /// The source prefixes in the kernel (the rules' and the pods').
-    src_written: BTreeMap<Ipv4Net, u64>,
+    pods_selected: PodSources,
+    /// The pods whose addresses the kernel's source trie holds.
+    pods_written: PodSources,
 }
 
 impl PolicyTask {
@@ -291,7 +293,8 @@ impl PolicyTask {
             rules_written: false,
             kubernetes: None,
             pods_applied: None,
-            src_written: BTreeMap::new(),
+            pods_selected: PodSources::new(),
+            pods_written: PodSources::new(),
         }
     }
 
@@ -302,16 +305,16 @@ impl PolicyTask {
         let pods = self.selected_pods();
         let netns = self.namespace_masks(&pods);
         let cgroups = self.cgroup_masks();
-        let src = self.plan.src_with(&pods);
         if self.rules_written {
-            if src != self.src_written {
-                self.maps.sync_src(&src)?;
-                self.src_written = src;
+            if pods != self.pods_written {
+                self.maps.sync_src(&self.plan.src_with(&pods))?;
+                self.pods_written = pods;
             }
             return self.maps.sync_resolved(&netns, &cgroups);
         }
+        let src = self.plan.src_with(&pods);
         self.maps.apply(&self.plan, &src, &netns, &cgroups)?;
-        self.src_written = src;
+        self.pods_written = pods;
         self.rules_written = true;
         Ok(())
     }
@@ -325,12 +328,14 @@ impl PolicyTask {
             return PodSources::new();
         }
         if let Some(listed) = self.kubernetes.as_ref().and_then(KubernetesNames::pods) {
-            let selected = pods::select(&self.plan.selectors, &listed);
-            self.pods_applied = Some(listed);
-            return selected;
+            if !(self.pods_applied.as_ref()).is_some_and(|applied| Arc::ptr_eq(applied, &listed)) {
+                self.pods_selected = pods::select(&self.plan.selectors, &listed);
+                self.pods_applied = Some(listed);
+            }
+            return self.pods_selected.clone();
         }
         if self.rules_written {
-            return self.plan.pods_in(&self.src_written);
+            return self.pods_written.clone();
         }
         match self.maps.globals.get(&0, 0) {
             Ok(g) if g == self.plan.globals => self.plan.pods_in(&prefixes(&self.maps.src)),
