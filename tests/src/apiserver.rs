@@ -84,18 +84,28 @@ impl RecordedApi {
 
     /// A kubeconfig file in `dir` that points the agent at this server.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters:\n- name: recorded\n  cluster:\n    server: http://{}\n\
-             contexts:\n- name: recorded\n  context:\n    cluster: recorded\n    user: weft\n\
-             current-context: recorded\n\
-             users:\n- name: weft\n  user:\n    token: recorded-token\n",
-            self.addr
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        kubeconfig_for(&dir.join("kubeconfig"), &self.addr.to_string())
     }
+
+    /// A kubeconfig file in `dir` like [`RecordedApi::kubeconfig`] but
+    /// pointing at an address where nothing listens: the API server cannot
+    /// be reached.
+    pub fn unreachable_kubeconfig(&self, dir: &Path) -> PathBuf {
+        kubeconfig_for(&dir.join("unreachable-kubeconfig"), "127.0.0.1:1")
+    }
+}
+
+/// Writes a kubeconfig at `path` for the API server at `server`.
+fn kubeconfig_for(path: &Path, server: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: recorded\n  cluster:\n    server: http://{server}\n\
+         contexts:\n- name: recorded\n  context:\n    cluster: recorded\n    user: weft\n\
+         current-context: recorded\n\
+         users:\n- name: weft\n  user:\n    token: recorded-token\n"
+    );
+    std::fs::write(path, text).expect("write kubeconfig");
+    path.to_owned()
 }
 
 /// An empty LIST response of `kind` (e.g. `ServiceList` in `v1`).

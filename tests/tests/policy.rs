@@ -555,15 +555,7 @@ fn rules_that_select_pods_follow_the_pods_and_outlive_a_restart() {
     let mut agent = agent;
     agent.signal_and_wait(libc::SIGKILL);
     drop(agent);
-    let blind_kubeconfig = dir.join("blind-kubeconfig");
-    std::fs::write(
-        &blind_kubeconfig,
-        std::fs::read_to_string(api.kubeconfig(&dir))
-            .expect("kubeconfig")
-            .replace(&api.addr.to_string(), "127.0.0.1:1"),
-    )
-    .expect("write kubeconfig");
-    let blind = with_api("blind.yaml", &blind_kubeconfig);
+    let blind = with_api("blind.yaml", &api.unreachable_kubeconfig(&dir));
     let agent = Agent::start(&["--config", blind.to_str().expect("utf-8")]);
     // Past the agent's first resolve passes (one per second).
     std::thread::sleep(Duration::from_millis(2500));

@@ -1239,14 +1239,7 @@ fn kubernetes_services_follow_their_endpointslices() {
     agent.signal_and_wait(libc::SIGKILL);
     drop(agent);
     let blind_config = dir.join("blind.yaml");
-    let blind_kubeconfig = dir.join("blind-kubeconfig");
-    std::fs::write(
-        &blind_kubeconfig,
-        std::fs::read_to_string(api.kubeconfig(&dir))
-            .expect("kubeconfig")
-            .replace(&api.addr.to_string(), "127.0.0.1:1"),
-    )
-    .expect("write kubeconfig");
+    let blind_kubeconfig = api.unreachable_kubeconfig(&dir);
     std::fs::write(
         &blind_config,
         std::fs::read_to_string(&config).expect("config").replace(

@@ -424,22 +424,18 @@ fn an_incoming_traceparent_is_honoured() {
     assert_eq!(request_spans(&receiver, unsampled_port).len(), 0);
 }
 
-/// gRPC calls (grpcio at both ends): one trace per call, CLIENT and its
-/// child SERVER span, named `service/method`, NOT_FOUND an error.
-#[test]
-fn grpc_spans_carry_the_rpc_and_its_status() {
-    if !require_root("grpc_spans_carry_the_rpc_and_its_status") {
-        return;
-    }
+/// The spans an agent exports over OTLP/gRPC for the four calls of the
+/// gRPC peer (grpcio at both ends) to a server on `port`, each call
+/// carrying `trace` as metadata when given: exactly 8.
+fn grpc_call_spans(port: u16, trace: Option<(&str, &str)>) -> Vec<Value> {
     let receiver = Receiver::start();
     let dir = TempDir::new("traces");
     let endpoint = receiver.endpoint("grpc");
-    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
+    let _agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
     let lab = Lab::new();
-    let port = unique_port(34);
     let server = servers::grpc(&lab, port);
     assert_eq!(
-        servers::grpc_calls(&lab, &server),
+        servers::grpc_calls_with(&lab, &server, trace),
         "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n"
     );
     let spans = wait_for("the spans of four gRPC calls", WAIT, || {
@@ -448,6 +444,17 @@ fn grpc_spans_carry_the_rpc_and_its_status() {
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(request_spans(&receiver, port).len(), 8, "{spans:#?}");
+    spans
+}
+
+/// gRPC calls (grpcio at both ends): one trace per call, CLIENT and its
+/// child SERVER span, named `service/method`, NOT_FOUND an error.
+#[test]
+fn grpc_spans_carry_the_rpc_and_its_status() {
+    if !require_root("grpc_spans_carry_the_rpc_and_its_status") {
+        return;
+    }
+    let spans = grpc_call_spans(unique_port(34), None);
     let traces = otlp::traces(&spans);
     assert_eq!(traces.len(), 4, "{traces:#?}");
     let mut methods = Vec::new();
@@ -491,7 +498,6 @@ fn grpc_spans_carry_the_rpc_and_its_status() {
     }
     methods.sort();
     assert_eq!(methods, ["Lookup", "SayHello", "SayHello", "Slow"]);
-    drop(agent);
 }
 
 /// gRPC metadata carries the trace context as HTTP/1.x headers do: every
@@ -502,24 +508,8 @@ fn grpc_metadata_traceparent_is_honoured() {
     if !require_root("grpc_metadata_traceparent_is_honoured") {
         return;
     }
-    let receiver = Receiver::start();
-    let dir = TempDir::new("traces");
-    let endpoint = receiver.endpoint("grpc");
-    let agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
-    let lab = Lab::new();
-    let port = unique_port(38);
-    let server = servers::grpc(&lab, port);
     let traceparent = format!("00-{TRACE}-{PARENT}-01");
-    assert_eq!(
-        servers::grpc_calls_with(&lab, &server, Some((&traceparent, STATE))),
-        "SayHello OK\nSayHello OK\nLookup NOT_FOUND\nSlow OK\n"
-    );
-    let spans = wait_for("the spans of four gRPC calls", WAIT, || {
-        let spans = request_spans(&receiver, port);
-        (spans.len() >= 8).then_some(spans)
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(request_spans(&receiver, port).len(), 8, "{spans:#?}");
+    let spans = grpc_call_spans(unique_port(38), Some((&traceparent, STATE)));
     assert_eq!(otlp::traces(&spans).len(), 1, "one trace: the caller's");
     for s in &spans {
         assert_eq!(s["trace_id"], TRACE, "{s:#}");
@@ -535,7 +525,6 @@ fn grpc_metadata_traceparent_is_honoured() {
             assert_eq!(attr(client, "rpc.method"), attr(s, "rpc.method"));
         }
     }
-    drop(agent);
 }
 
 /// PostgreSQL (psql against a real server): database spans with the
