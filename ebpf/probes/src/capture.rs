@@ -15,7 +15,8 @@
 //! 3. `sys_exit_*` copies the first `snippet_bytes` of what moved (the
 //!    data is in user memory by then, also for reads), gathered from the
 //!    buffers of a readv/writev/recvmsg/sendmsg in order (the first
-//!    [`MAX_IOVECS`]: gRPC's C core writes a request as ~30 buffers, nginx
+//!    [`MAX_IOVECS`]: gRPC's C core writes a request as ~30 buffers, 33 for
+//!    a channel's first call with two metadata entries, nginx
 //!    its first HTTP/2 answer as five), and the peer address of
 //!    sendto/recvfrom/msghdr, and sends one record to the `DATA` ring; a
 //!    recvmmsg/sendmmsg sends one per message (the first [`MAX_MMSGS`]:
@@ -54,7 +55,7 @@ const ARG4: usize = 48;
 const RET: usize = 16;
 
 /// Buffers of one readv/writev/recvmsg/sendmsg gathered into its record.
-pub const MAX_IOVECS: u64 = 32;
+pub const MAX_IOVECS: u64 = 64;
 /// Messages of one recvmmsg/sendmmsg captured.
 pub const MAX_MMSGS: u64 = 4;
 /// `struct mmsghdr`: a `struct user_msghdr` (56 bytes) and `msg_len`.
@@ -424,7 +425,7 @@ fn emit_iovecs(iov: u64, total: u64, peer: u64) {
     // SAFETY: this CPU's scratch record. The running totals go through
     // its memory (volatile: not kept in registers), which the verifier
     // does not track: the paths through one buffer (copied, empty,
-    // failed) then end in the same state, and 32 buffers cost 32 times
+    // failed) then end in the same state, and 64 buffers cost 64 times
     // one, not one path per combination. Copies are checked by the helper
     // and bounded as noted.
     unsafe {
