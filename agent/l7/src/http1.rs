@@ -494,6 +494,11 @@ impl Session for Http1Session {
             out.push(p.info.exchange(Protocol::Http1, p.request_ns, None));
         }
     }
+
+    fn in_flight(&self) -> Option<Exchange> {
+        let p = self.pending.front()?;
+        Some(p.info.exchange(Protocol::Http1, p.request_ns, None))
+    }
 }
 
 #[cfg(test)]

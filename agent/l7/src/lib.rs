@@ -147,4 +147,13 @@ pub trait Session: Send {
     /// The connection closed: exchanges still waiting for their response
     /// may be flushed (e.g. as requests without response).
     fn close(&mut self, _ts_ns: u64, _out: &mut Vec<Exchange>) {}
+
+    /// The oldest request still waiting for its response, as an unanswered
+    /// exchange. Traces use it on a server's connection: a thread that
+    /// read this request and has not answered it yet is serving it, and
+    /// the requests it sends meanwhile are its children. `None` for
+    /// protocols that do not tell it.
+    fn in_flight(&self) -> Option<Exchange> {
+        None
+    }
 }

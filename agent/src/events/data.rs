@@ -1,15 +1,9 @@
-//! The payload ring reader: records of the `DATA` ring (a `DataHeader` and
-//! a snippet of payload) for the L7 engine, decoded with length checks and
-//! handed off through a bounded queue; what does not fit is counted.
+//! Records of the `DATA` ring (a `DataHeader` and a snippet of payload)
+//! for the L7 engine, decoded with length checks.
 
-use std::sync::{Arc, atomic::Ordering};
-
-use aya::maps::{MapData, RingBuf};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use weft_common::data::DataHeader;
 
-use super::{PipelineCounters, decode::DecodeError, drain::drain};
+use super::decode::DecodeError;
 
 /// One captured read or write.
 #[derive(Debug, Clone)]
@@ -40,29 +34,6 @@ pub fn decode(bytes: &[u8]) -> Result<DataRecord, DecodeError> {
         header,
         payload: payload.to_vec(),
     })
-}
-
-pub async fn read_data(
-    ring: RingBuf<MapData>,
-    out: mpsc::Sender<DataRecord>,
-    counters: Arc<PipelineCounters>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    drain(ring, shutdown, |bytes| {
-        counters.data_read.fetch_add(1, Ordering::Relaxed);
-        match decode(bytes) {
-            Ok(record) => {
-                if out.try_send(record).is_err() {
-                    counters.data_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(err) => {
-                counters.data_decode_errors.fetch_add(1, Ordering::Relaxed);
-                log::debug!("{err}");
-            }
-        }
-    })
-    .await
 }
 
 #[cfg(test)]

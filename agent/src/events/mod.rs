@@ -1,10 +1,10 @@
-//! Kernel events into userspace: the ring buffer reader and the decoding
-//! of its records.
+//! Kernel events into userspace: the ring buffer readers and the decoding
+//! of their records.
 
 pub mod data;
 pub mod decode;
 pub mod drain;
-pub mod ring;
+pub mod reader;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -8,6 +8,7 @@ pub mod emit;
 pub mod filter;
 pub mod record;
 pub mod requests;
+pub mod serving;
 pub mod store;
 pub mod table;
 pub mod tcp;

@@ -97,6 +97,8 @@ pub struct FlowTable {
     pub l7_closing: std::collections::HashMap<u64, Vec<super::requests::Closing>>,
     /// Dropped packets per address pair, into `drop` records.
     pub drops: super::drops::DropTracker,
+    /// Traces: the server connections each thread read requests from.
+    pub serving: super::serving::Serving,
 }
 
 /// Running totals needed to turn absolute counters into metric increments
@@ -309,6 +311,9 @@ impl FlowTable {
         let (spans_queue_full, spans_export_failed) = match self.emitter.traces.as_mut() {
             Some(tracer) => {
                 tracer.tick();
+                let l7 = &self.l7;
+                self.serving
+                    .prune(|(sk, tuple)| l7.in_flight(*sk, tuple).is_some());
                 let c = tracer.counters();
                 (
                     c.queue_full.load(Ordering::Relaxed),

@@ -347,6 +347,8 @@ impl TcpTracker {
             // close event was lost.
             self.end_lost(ev.sk, ev.ts_ns, out);
         }
+        // A new socket at this address: never missed yet.
+        self.missing.remove(&ev.sk);
         let end = End {
             sk: ev.sk,
             conn: ev.conn,
@@ -475,6 +477,11 @@ impl TcpTracker {
         now_ns: u64,
         out: &mut Emitter,
     ) {
+        // A socket whose close was read after a poll missed it is not
+        // tracked any more: its miss must not count against the next
+        // socket at its address (it would be taken for lost at once).
+        let sockets = &self.sockets;
+        self.missing.retain(|sk, _| sockets.contains_key(sk));
         let mut gone = Vec::new();
         for &sk in self.sockets.keys() {
             if present.contains(&sk) {
@@ -730,6 +737,32 @@ mod tests {
         let events: Vec<_> = records.iter().map(|r| r.event).collect();
         assert_eq!(events, [FlowEvent::Open, FlowEvent::Close]);
         assert_eq!(records[1].bytes_sent, 10);
+    }
+
+    /// A poll misses a socket whose close is still in the ring; the close
+    /// is read, and a new socket takes the freed address. When a later
+    /// poll misses the new socket (its close not read yet either), the
+    /// old socket's miss does not count: it is not taken for lost at once.
+    #[test]
+    fn a_miss_of_a_closed_socket_does_not_count_against_the_next_at_its_address() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let first = open_event(7);
+        t.handle(&first, &mut out);
+        t.tick(1_000_000_000, &mut std::iter::empty(), &mut out);
+        t.handle(&close_of(&first, 1_000), &mut out);
+        let mut second = open_event(7);
+        second.conn.tuple.local_port = 40001;
+        second.ts_ns = 1_500_000_000;
+        t.handle(&second, &mut out);
+        // Seen by none of the polls in between: missed first here.
+        t.tick(3_000_000_000, &mut std::iter::empty(), &mut out);
+        assert_eq!(t.closes_lost, 0, "missed once only");
+        assert!(t.sockets.contains_key(&7));
+        t.handle(&close_of(&second, 1_000), &mut out);
+        assert_eq!(t.closes_lost, 0);
+        assert!(t.is_empty());
     }
 
     /// An agent behind the kernel: polls miss a socket whose close is still

@@ -255,6 +255,17 @@ impl L7Engine {
             .is_some_and(|l| l.len() >= STREAMS_PER_ADDRESS && !l.iter().any(|s| s.tuple == *tuple))
     }
 
+    /// The request that socket `sk` (with addresses `tuple`) has read and
+    /// not answered yet, as an unanswered exchange (see
+    /// `Session::in_flight`).
+    pub fn in_flight(&self, sk: u64, tuple: &SockTuple) -> Option<Exchange> {
+        let stream = self.streams.get(&sk)?.iter().find(|s| s.tuple == *tuple)?;
+        match &stream.stage {
+            Stage::Parsing(session) => session.in_flight(),
+            Stage::Detecting(_) | Stage::Off => None,
+        }
+    }
+
     /// Whether socket `sk` (with addresses `tuple`) wrote before it read,
     /// as far as captured; `None` when it has no stream yet. A UDP socket
     /// that sends first is a client (the rule of the UDP flows), one that

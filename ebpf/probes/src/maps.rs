@@ -147,7 +147,7 @@ pub fn config() -> &'static ProbeConfig {
 /// The agent is woken once this fraction of a ring holds unread records.
 const WAKEUP_FRACTION: u64 = 32;
 
-/// Flags for a payload record: wake the agent only once a batch of records
+/// Flags for a ring record: wake the agent only once a batch of records
 /// is waiting (1/32 of the ring). Below that, the agent finds them on its
 /// own timer (events/drain.rs). A wakeup per record is an interrupt and a
 /// context switch per record: on a virtual machine it cost several

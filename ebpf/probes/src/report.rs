@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent};
 
-use crate::maps::{EVENTS, count};
+use crate::maps::{EVENTS, batched_wakeup, count};
 
 /// Sends one event: a snapshot of the socket's state when it is tracked
 /// (`conn`), else just the address pair. A full ring is counted.
@@ -32,8 +32,10 @@ pub fn send(kind: u32, sk: u64, conn: Option<*const TcpConn>, tuple: SockTuple) 
             }
         }
     }
-    // Woken at once (not batched like payload records): lifecycle events
-    // are few, and the flow table needs a connection's open and close
-    // before the payload records that follow them in the other ring.
-    entry.submit(0);
+    // Batched like payload records: a wakeup per event was most of what
+    // a new connection cost (ten state changes for its two ends, each an
+    // irq_work and a context switch). The agent reads both rings in one
+    // loop that keeps a connection's events ahead of its payload
+    // (agent/src/events/reader.rs).
+    entry.submit(batched_wakeup(&EVENTS));
 }
