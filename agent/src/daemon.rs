@@ -517,6 +517,7 @@ impl FlowTable {
             l7_closing: Default::default(),
             drops: Default::default(),
             serving: Default::default(),
+            runtimes: Default::default(),
         }
     }
 }

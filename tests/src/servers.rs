@@ -380,3 +380,23 @@ pub fn python_http_in(lab: &Lab, port: u16, cgroup: Option<&Path>) -> Server {
     };
     Server::started(lab, peer, port, TempDir::new("http"))
 }
+
+/// The thread-per-request frontend of tests/peers/frontend.py: each GET
+/// calls `backend` (HTTP/1.1, a new connection per request) and `redis`
+/// (its handler thread's own connection) before it answers.
+pub fn python_frontend(lab: &Lab, port: u16, backend: &Server, redis: &Server) -> Server {
+    require_program("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/frontend.py");
+    let port_s = port.to_string();
+    let (backend_s, redis_s) = (backend.addr.to_string(), redis.addr.to_string());
+    let args = [
+        "python3",
+        script,
+        &lab.server_v4,
+        &port_s,
+        &backend_s,
+        &redis_s,
+    ];
+    let peer = Peer::start("python frontend", &lab.server_ns, &args);
+    Server::started(lab, peer, port, TempDir::new("frontend"))
+}

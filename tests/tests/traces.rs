@@ -730,3 +730,115 @@ fn http2_streams_are_joined_whatever_their_order() {
     }
     drop(agent);
 }
+
+/// Requests of the three-tier test, in curl processes of `CHAIN_PER_CURL`.
+const CHAIN_REQUESTS: usize = 20;
+const CHAIN_PER_CURL: usize = 5;
+
+/// The span of `trace` with `kind` at `port`.
+fn span_at(trace: &[Value], kind: u64, port: u16) -> &Value {
+    let found: Vec<&Value> = trace
+        .iter()
+        .filter(|s| s["kind"] == kind && s["attributes"]["server.port"] == port)
+        .collect();
+    assert_eq!(found.len(), 1, "kind {kind} at port {port}: {trace:#?}");
+    found[0]
+}
+
+/// A three-tier chain with no tracing code in it: curl calls a
+/// thread-per-request Python frontend, which calls a backend HTTP server
+/// (a new connection per request) and Redis (one connection per frontend
+/// thread) before it answers. Every request is one trace whose spans hang
+/// together: the frontend's calls are children of the frontend's SERVER
+/// span because the thread that read the request made them. Redis runs on
+/// this node too, so its SERVER span is in the trace as well: six spans.
+#[test]
+fn a_thread_per_request_chain_is_one_trace_per_request() {
+    if !require_root("a_thread_per_request_chain_is_one_trace_per_request") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("grpc");
+    let _agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
+    let lab = Lab::new();
+    let (front_port, back_port, redis_port) = (unique_port(39), unique_port(40), unique_port(41));
+    let backend = servers::python_http(&lab, back_port);
+    let redis = servers::redis(&lab, redis_port);
+    let frontend = servers::python_frontend(&lab, front_port, &backend, &redis);
+    let paths: Vec<String> = (0..CHAIN_REQUESTS).map(|i| format!("/users/{i}")).collect();
+    for chunk in paths.chunks(CHAIN_PER_CURL) {
+        let mut curl = Command::new("ip");
+        curl.args(["netns", "exec", &lab.client_ns, "curl", "-sf"]);
+        for path in chunk {
+            curl.args([
+                "-o",
+                "/dev/null",
+                &format!("http://{}{path}", frontend.addr),
+            ]);
+        }
+        let out = curl.output().expect("run curl");
+        assert!(out.status.success(), "curl failed: {out:?}");
+    }
+
+    let ports = [front_port, back_port, redis_port];
+    let chain_spans = || -> Vec<Value> {
+        receiver
+            .spans()
+            .into_iter()
+            .filter(|s| ports.iter().any(|p| s["attributes"]["server.port"] == *p))
+            .collect()
+    };
+    let spans = wait_for("the spans of 20 chained requests", WAIT, || {
+        let spans = chain_spans();
+        (spans.len() >= 6 * CHAIN_REQUESTS).then_some(spans)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(chain_spans().len(), spans.len(), "no more spans come");
+    let traces = otlp::traces(&spans);
+    assert_eq!(traces.len(), CHAIN_REQUESTS, "one trace per request");
+    let mut paths_seen = Vec::new();
+    for trace in traces.values() {
+        assert_eq!(trace.len(), 6, "{trace:#?}");
+        let curl = span_at(trace, KIND_CLIENT, front_port);
+        let front = span_at(trace, KIND_SERVER, front_port);
+        let to_back = span_at(trace, KIND_CLIENT, back_port);
+        let back = span_at(trace, KIND_SERVER, back_port);
+        let to_redis = span_at(trace, KIND_CLIENT, redis_port);
+        let redis_server = span_at(trace, KIND_SERVER, redis_port);
+        let parent = |s: &Value| s["parent_span_id"].clone();
+        assert_eq!(parent(curl), "", "curl's span is the root");
+        assert_eq!(parent(front), curl["span_id"]);
+        assert_eq!(parent(to_back), front["span_id"], "called while serving");
+        assert_eq!(parent(back), to_back["span_id"]);
+        assert_eq!(parent(to_redis), front["span_id"], "called while serving");
+        assert_eq!(parent(redis_server), to_redis["span_id"]);
+        assert_eq!(curl["resource"]["service.name"], "curl");
+        for s in [front, to_back, to_redis, back] {
+            assert_eq!(s["resource"]["service.name"], "python3", "{s:#}");
+        }
+        assert_eq!(redis_server["resource"]["service.name"], "redis-server");
+        assert_eq!(
+            front["resource"]["process.pid"], to_back["resource"]["process.pid"],
+            "the frontend's server and client spans are one process's"
+        );
+        let path = attr(front, "url.path").as_str().expect("path").to_owned();
+        assert_eq!(attr(curl, "url.path"), path.as_str());
+        assert_eq!(
+            attr(to_back, "url.path"),
+            format!("/backend{path}").as_str()
+        );
+        assert_eq!(attr(back, "url.path"), format!("/backend{path}").as_str());
+        assert_eq!(attr(to_redis, "db.operation.name"), "GET");
+        // The children fit inside their parent.
+        for child in [to_back, to_redis] {
+            assert!(child["start_ns"].as_u64() >= front["start_ns"].as_u64());
+            assert!(child["end_ns"].as_u64() <= front["end_ns"].as_u64());
+        }
+        paths_seen.push(path);
+    }
+    paths_seen.sort();
+    let mut expected = paths.clone();
+    expected.sort();
+    assert_eq!(paths_seen, expected);
+}

@@ -8,6 +8,7 @@ pub mod emit;
 pub mod filter;
 pub mod record;
 pub mod requests;
+pub mod runtime;
 pub mod serving;
 pub mod store;
 pub mod table;

@@ -86,7 +86,47 @@ impl FlowTable {
         };
         let mut out = Vec::new();
         self.l7.feed(&rec.header, &rec.payload, role, &mut out);
+        if self.emitter.traces.is_some() {
+            self.follow_nesting(&rec.header, &view);
+        }
         self.emit_exchanges(&view, out);
+    }
+
+    /// Traces: which thread read which server connection's requests, and
+    /// the requests a thread sends while it serves one (their spans are
+    /// that request's children: trace/nesting.rs).
+    fn follow_nesting(&mut self, h: &DataHeader, view: &SocketView) {
+        let sent = h.direction == DIR_SEND;
+        if !view.is_client {
+            if !sent && view.key.transport == Transport::Tcp {
+                self.serving.read(h.tid, (h.sk, h.tuple));
+            }
+            return;
+        }
+        if !sent {
+            return;
+        }
+        // The one request this thread has read and not answered; with
+        // none, or more than one (an event loop), it serves no one request.
+        let mut unanswered = self.serving.of(h.tid).iter().filter_map(|(sk, tuple)| {
+            let ex = self.l7.in_flight(*sk, tuple)?;
+            Some((self.tcp.socket_view(*sk)?, ex))
+        });
+        let serving = match (unanswered.next(), unanswered.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        };
+        // Goroutines move between threads: what a Go process's thread
+        // read says nothing of what it sends.
+        let serving = serving.filter(|_| !self.runtimes.is_go(h.pid, h.ts_ns));
+        let Some(tracer) = self.emitter.traces.as_mut() else {
+            return;
+        };
+        let serving = serving.as_ref().map(|(server, ex)| {
+            let both_local = server.client.is_some() && server.server.is_some();
+            (&server.key, both_local, ex)
+        });
+        tracer.sent_while_serving(&view.key, serving);
     }
 
     /// A TCP socket closed. Its last reads may still be in the payload

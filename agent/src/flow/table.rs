@@ -99,6 +99,8 @@ pub struct FlowTable {
     pub drops: super::drops::DropTracker,
     /// Traces: the server connections each thread read requests from.
     pub serving: super::serving::Serving,
+    /// Traces: the processes whose threads are not tied to requests (Go).
+    pub runtimes: super::runtime::Runtimes,
 }
 
 /// Running totals needed to turn absolute counters into metric increments

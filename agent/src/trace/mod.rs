@@ -3,12 +3,14 @@
 //! The flow table's emitter hands each exchange to [`Tracer`] (only when
 //! traces are on: otherwise nothing here is built). The tracer decides the
 //! span's place in its trace (an incoming `traceparent`, the other end of
-//! the same exchange on this node, sampling), builds it, and queues it for
-//! the export task without waiting.
+//! the same exchange on this node, the server span its request was sent
+//! from inside of, sampling), builds it, and queues it for the export
+//! task without waiting.
 
 mod context;
 mod export;
 mod join;
+mod nesting;
 mod span;
 
 use std::{
@@ -25,6 +27,7 @@ use weft_l7::Exchange;
 pub use export::{ExportTask, ExporterError, SpanCounters};
 use export::{Outgoing, ResourceKey};
 use join::{Joins, Shared};
+use nesting::{Early, Enclosing, Nesting};
 
 use crate::{
     config::TraceSettings,
@@ -45,6 +48,7 @@ pub struct Tracer {
     ratio: f64,
     ids: RandomIdGenerator,
     joins: Joins,
+    nesting: Nesting,
     scope: InstrumentationScope,
 }
 
@@ -76,6 +80,7 @@ impl Tracer {
             ratio: settings.sampling_ratio,
             ids: RandomIdGenerator::default(),
             joins: Joins::default(),
+            nesting: Nesting::default(),
             scope: InstrumentationScope::builder("weft")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -92,49 +97,27 @@ impl Tracer {
         self.joins.unmatched
     }
 
-    /// Periodic upkeep (unmatched join entries).
+    /// Periodic upkeep (unmatched join entries, nesting never completed).
     pub fn tick(&mut self) {
-        self.joins.expire(clock::mono_now_ns());
+        let now = clock::mono_now_ns();
+        self.joins.expire(now);
+        self.nesting.expire(now);
     }
 
     /// The span of one exchange, queued for export; its ids for the
     /// record, or `None` when the trace is not sampled.
     pub fn exchange(&mut self, ex: &Exchange, at: &Observed<'_>) -> Option<TraceIds> {
-        let (ids, ratio) = (&self.ids, self.ratio);
-        let start_trace = || new_trace(ex, ids, ratio);
-        let shared = if at.both_local {
-            let now = clock::mono_now_ns();
-            self.joins
-                .join(at.key, !at.server, fingerprint(ex), now, start_trace)
-        } else {
-            start_trace()
+        let early = at
+            .server
+            .then(|| self.nesting.take_early(at.key, ex.request_ns))
+            .flatten();
+        let Early { place, sampled } = match early {
+            Some(early) => early,
+            None => self.decide(ex, at.key, at.server, at.both_local),
         };
-        if !shared.sampled {
+        if !sampled {
             return None;
         }
-        let place = if at.server {
-            span::Place {
-                trace_id: shared.trace_id,
-                span_id: self.ids.new_span_id(),
-                // The client span when the client is on this node, else
-                // the span its `traceparent` names.
-                parent: if at.both_local {
-                    Some(shared.client_span_id)
-                } else {
-                    shared.client_parent
-                },
-                parent_is_remote: true,
-                server: true,
-            }
-        } else {
-            span::Place {
-                trace_id: shared.trace_id,
-                span_id: shared.client_span_id,
-                parent: shared.client_parent,
-                parent_is_remote: true,
-                server: false,
-            }
-        };
         let start = clock::wall_time(ex.request_ns);
         let end = clock::wall_time(ex.response_ns);
         let data = span::build(ex, at.key, &place, start, end, &self.scope);
@@ -152,18 +135,107 @@ impl Tracer {
         }
         Some(ids)
     }
+
+    /// A thread serving the request `serving` (not answered yet) of
+    /// connection `server_key` sent a request on `client_key` (`None`: it
+    /// sent one while serving no request, or more than one). The serving
+    /// exchange's SERVER span is placed now, if it was not already, and
+    /// becomes the parent of the exchanges sent on `client_key`.
+    pub fn sent_while_serving(
+        &mut self,
+        client_key: &FlowKey,
+        serving: Option<(&FlowKey, bool, &Exchange)>,
+    ) {
+        let now = clock::mono_now_ns();
+        let Some((server_key, both_local, ex)) = serving else {
+            self.nesting.set_enclosing(client_key, None, now);
+            return;
+        };
+        let early = match self.nesting.early(server_key, ex.request_ns) {
+            Some(early) => early,
+            None => {
+                let early = self.decide(ex, server_key, true, both_local);
+                self.nesting
+                    .keep_early(server_key, ex.request_ns, early, now);
+                early
+            }
+        };
+        let span = Enclosing {
+            trace_id: early.place.trace_id,
+            span_id: early.place.span_id,
+            sampled: early.sampled,
+        };
+        self.nesting.set_enclosing(client_key, Some(span), now);
+    }
+
+    /// The place of an exchange's span in its trace: shared with the other
+    /// end's span when both ends are on this node (whichever side comes
+    /// first decides), else decided alone.
+    fn decide(&mut self, ex: &Exchange, key: &FlowKey, server: bool, both_local: bool) -> Early {
+        let (ids, ratio) = (&self.ids, self.ratio);
+        let enclosing = self.nesting.enclosing(key);
+        let start_trace = || new_trace(ex, enclosing, ids, ratio);
+        let shared = if both_local {
+            let now = clock::mono_now_ns();
+            self.joins
+                .join(key, !server, fingerprint(ex), now, start_trace)
+        } else {
+            start_trace()
+        };
+        let place = if server {
+            span::Place {
+                trace_id: shared.trace_id,
+                span_id: self.ids.new_span_id(),
+                // The client span when the client is on this node, else
+                // the span its `traceparent` names.
+                parent: if both_local {
+                    Some(shared.client_span_id)
+                } else {
+                    shared.client_parent
+                },
+                parent_is_remote: true,
+                server: true,
+            }
+        } else {
+            span::Place {
+                trace_id: shared.trace_id,
+                span_id: shared.client_span_id,
+                parent: shared.client_parent,
+                parent_is_remote: true,
+                server: false,
+            }
+        };
+        Early {
+            place,
+            sampled: shared.sampled,
+        }
+    }
 }
 
 /// The context of an exchange seen first: the trace of the request's
-/// `traceparent`, keeping its sampled flag (parent-based sampling); else a
-/// new trace, sampled by trace-ID ratio.
-fn new_trace(ex: &Exchange, ids: &RandomIdGenerator, ratio: f64) -> Shared {
+/// `traceparent`, keeping its sampled flag (parent-based sampling); else
+/// the trace of the server span the request was sent from inside of (in
+/// the sending process); else a new trace, sampled by trace-ID ratio.
+fn new_trace(
+    ex: &Exchange,
+    enclosing: Option<Enclosing>,
+    ids: &RandomIdGenerator,
+    ratio: f64,
+) -> Shared {
     if let Some(incoming) = ex.traceparent.as_deref().and_then(context::parse) {
         return Shared {
             trace_id: incoming.trace_id,
             client_span_id: ids.new_span_id(),
             client_parent: Some(incoming.parent),
             sampled: incoming.sampled,
+        };
+    }
+    if let Some(span) = enclosing {
+        return Shared {
+            trace_id: span.trace_id,
+            client_span_id: ids.new_span_id(),
+            client_parent: Some(span.span_id),
+            sampled: span.sampled,
         };
     }
     let trace_id = ids.new_trace_id();
@@ -239,6 +311,34 @@ mod tests {
         let high = TraceId::from_bytes([0xff; 16]);
         assert!(ratio_sampled(low, 0.5) && !ratio_sampled(high, 0.5));
         assert!(ratio_sampled(high, 1.0) && !ratio_sampled(low, 0.0));
+    }
+
+    /// A request's own `traceparent` comes first, then the server span it
+    /// was sent from inside of (its trace, its sampling), then a new trace.
+    #[test]
+    fn a_request_sent_inside_a_server_span_joins_its_trace() {
+        let ids = RandomIdGenerator::default();
+        let enclosing = Enclosing {
+            trace_id: TraceId::from_bytes([7; 16]),
+            span_id: SpanId::from_bytes([7; 8]),
+            sampled: false,
+        };
+        let mut ex = weft_l7::Protocol::Http1.exchange(0);
+        let nested = new_trace(&ex, Some(enclosing), &ids, 1.0);
+        assert_eq!(nested.trace_id, enclosing.trace_id);
+        assert_eq!(nested.client_parent, Some(enclosing.span_id));
+        assert!(!nested.sampled, "the enclosing trace's decision");
+        assert_ne!(nested.client_span_id, enclosing.span_id);
+        let alone = new_trace(&ex, None, &ids, 1.0);
+        assert_ne!(alone.trace_id, enclosing.trace_id);
+        assert_eq!(alone.client_parent, None);
+        ex.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let incoming = new_trace(&ex, Some(enclosing), &ids, 1.0);
+        assert_eq!(
+            incoming.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(incoming.sampled);
     }
 
     #[test]

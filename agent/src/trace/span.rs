@@ -14,6 +14,7 @@ use weft_l7::{Exchange, MetricAttributes};
 use crate::flow::addr::FlowKey;
 
 /// Who the span is and where it sits in its trace.
+#[derive(Debug, Clone, Copy)]
 pub struct Place {
     pub trace_id: TraceId,
     pub span_id: SpanId,
