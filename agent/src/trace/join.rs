@@ -29,8 +29,12 @@ pub struct Shared {
     pub trace_id: TraceId,
     /// The client span's id (also the server span's parent).
     pub client_span_id: SpanId,
-    /// The client span's own parent (from an incoming `traceparent`).
+    /// The client span's own parent (from an incoming `traceparent`, or
+    /// the server span its request was sent from inside of).
     pub client_parent: Option<SpanId>,
+    /// That parent is in the client's own process (a server span it was
+    /// serving), not across the network.
+    pub client_parent_local: bool,
     pub sampled: bool,
 }
 
@@ -128,6 +132,7 @@ mod tests {
             trace_id: TraceId::from_bytes([n; 16]),
             client_span_id: SpanId::from_bytes([n; 8]),
             client_parent: None,
+            client_parent_local: false,
             sampled: true,
         }
     }

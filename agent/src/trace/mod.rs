@@ -201,7 +201,7 @@ impl Tracer {
                 trace_id: shared.trace_id,
                 span_id: shared.client_span_id,
                 parent: shared.client_parent,
-                parent_is_remote: true,
+                parent_is_remote: !shared.client_parent_local,
                 server: false,
             }
         };
@@ -227,6 +227,7 @@ fn new_trace(
             trace_id: incoming.trace_id,
             client_span_id: ids.new_span_id(),
             client_parent: Some(incoming.parent),
+            client_parent_local: false,
             sampled: incoming.sampled,
         };
     }
@@ -235,6 +236,7 @@ fn new_trace(
             trace_id: span.trace_id,
             client_span_id: ids.new_span_id(),
             client_parent: Some(span.span_id),
+            client_parent_local: true,
             sampled: span.sampled,
         };
     }
@@ -243,6 +245,7 @@ fn new_trace(
         trace_id,
         client_span_id: ids.new_span_id(),
         client_parent: None,
+        client_parent_local: false,
         sampled: ratio_sampled(trace_id, ratio),
     }
 }
@@ -327,6 +330,10 @@ mod tests {
         let nested = new_trace(&ex, Some(enclosing), &ids, 1.0);
         assert_eq!(nested.trace_id, enclosing.trace_id);
         assert_eq!(nested.client_parent, Some(enclosing.span_id));
+        assert!(
+            nested.client_parent_local,
+            "the parent is in the same process"
+        );
         assert!(!nested.sampled, "the enclosing trace's decision");
         assert_ne!(nested.client_span_id, enclosing.span_id);
         let alone = new_trace(&ex, None, &ids, 1.0);

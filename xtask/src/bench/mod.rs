@@ -3,14 +3,16 @@
 //!
 //! A lab of two pods ([`lab`]) runs a workload's server and load generator
 //! ([`workloads`]). Configurations ([`phases`]) B0 (nothing), B1 (weft L4),
-//! B2 (weft L4 + L7), S1 (a haproxy sidecar in each pod) and B3 (weft L4,
-//! the client dialing a weft service address) take turns in
+//! B2 (weft L4 + L7), S1 (a haproxy sidecar in each pod), B3 (weft L4,
+//! the client dialing a weft service address) and, when asked, B2T (B2
+//! exporting spans to an OTLP receiver, [`collector`]) take turns in
 //! interleaved rounds, each measured at fixed open-loop rates and at its
 //! closed-loop maximum ([`load`], [`measure`]); an event-rate stress
 //! ([`stress`]) looks for the rate at which weft starts losing events. The
 //! report ([`report`]) compares every configuration with B0 of the same
 //! round and goes to `target/bench/latest.{json,md}`.
 
+mod collector;
 mod lab;
 mod load;
 mod measure;
@@ -197,6 +199,13 @@ pub fn bench(options: &Options) -> Result<()> {
         }
         .into_iter()
         .chain(std::iter::once((
+            Config::B2t,
+            "B2's, plus `traces:` exporting every span over OTLP/gRPC to the tests' OTLP \
+             receiver (Python, the official protobuf definitions) on loopback, outside the \
+             lab's cgroups"
+                .into(),
+        )))
+        .chain(std::iter::once((
             Config::B3,
             "B1's, plus one `services:` entry whose only backend is the server; the client \
              dials the service address, which is routed nowhere"
@@ -242,7 +251,7 @@ fn measure_all(ctx: &Ctx, plan: &Plan, options: &Options, run: &mut Run) -> Resu
             continue;
         }
         match (config, ctx.l7) {
-            (Config::B2, None) => run.skipped.push((config, weft::NO_L7.to_owned())),
+            (Config::B2 | Config::B2t, None) => run.skipped.push((config, weft::NO_L7.to_owned())),
             _ => configs.push(config),
         }
     }

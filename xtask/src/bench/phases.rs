@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::collector::Collector;
 use super::lab::Lab;
 use super::load::{Load, Outcome};
 use super::measure::{BpfObjects, Cost, Snapshot};
@@ -28,10 +29,20 @@ pub enum Config {
     /// weft with L4 only, the client dialing a weft service address in
     /// front of the server (connect-time load balancing in the kernel).
     B3,
+    /// B2, and every exchange's span exported over OTLP/gRPC to a
+    /// receiver on the node.
+    B2t,
 }
 
 impl Config {
-    pub const ALL: [Config; 5] = [Config::B0, Config::B1, Config::B2, Config::S1, Config::B3];
+    pub const ALL: [Config; 6] = [
+        Config::B0,
+        Config::B1,
+        Config::B2,
+        Config::S1,
+        Config::B3,
+        Config::B2t,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -40,6 +51,7 @@ impl Config {
             Config::B2 => "B2",
             Config::S1 => "S1",
             Config::B3 => "B3",
+            Config::B2t => "B2T",
         }
     }
 
@@ -50,11 +62,12 @@ impl Config {
             Config::B2 => "weft, L4 + L7",
             Config::S1 => "haproxy sidecar in each pod",
             Config::B3 => "weft, L4, the client dialing a weft service address",
+            Config::B2t => "weft, L4 + L7, spans to an OTLP receiver",
         }
     }
 
     pub fn is_weft(self) -> bool {
-        matches!(self, Config::B1 | Config::B2 | Config::B3)
+        matches!(self, Config::B1 | Config::B2 | Config::B3 | Config::B2t)
     }
 }
 
@@ -87,6 +100,8 @@ pub struct Running {
     pub config: Config,
     pub agent: Option<Agent>,
     sidecars: Vec<Proc>,
+    /// B2T's OTLP receiver.
+    collector: Option<Collector>,
     /// Where the client sends its requests.
     pub target: SocketAddrV4,
 }
@@ -106,6 +121,7 @@ impl Running {
             config,
             agent: None,
             sidecars: Vec::new(),
+            collector: None,
             target: direct,
         };
         match config {
@@ -119,6 +135,13 @@ impl Running {
                     (_, None) => &off,
                 };
                 running.agent = Some(Agent::start(ctx.weft_bin, lab, mode)?);
+            }
+            Config::B2t => {
+                let switch = ctx.l7.context(super::weft::NO_L7)?;
+                let collector = Collector::start(&lab.dir)?;
+                let mode = traces_mode(&switch.on, &collector);
+                running.agent = Some(Agent::start(ctx.weft_bin, lab, &mode)?);
+                running.collector = Some(collector);
             }
             Config::B3 => {
                 let mode = steering_mode(ctx, direct);
@@ -193,6 +216,9 @@ impl Running {
         for sidecar in &mut self.sidecars {
             sidecar.check_alive()?;
         }
+        if let Some(collector) = &mut self.collector {
+            collector.check_alive()?;
+        }
         Ok(Some(Point {
             round,
             config: self.config,
@@ -239,6 +265,21 @@ pub fn steering_mode(ctx: &Ctx, server: SocketAddrV4) -> Mode {
         "services:\n  - name: bench\n    address: {SERVICE_IP}\n    port: {port}\n    backends:\n      - {{address: {ip}, port: {port}}}\n",
         port = server.port(),
         ip = server.ip(),
+    ));
+    mode.config = Some(config);
+    mode
+}
+
+/// B2's mode, with traces exported over OTLP/gRPC to `collector`.
+pub fn traces_mode(l7_on: &Mode, collector: &Collector) -> Mode {
+    let mut mode = l7_on.clone();
+    let mut config = mode.config.take().unwrap_or_default();
+    if !config.is_empty() && !config.ends_with('\n') {
+        config.push('\n');
+    }
+    config.push_str(&format!(
+        "traces:\n  endpoint: http://{}\n  protocol: grpc\n",
+        collector.grpc
     ));
     mode.config = Some(config);
     mode
