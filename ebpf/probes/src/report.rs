@@ -1,7 +1,12 @@
 //! Lifecycle events to the agent through the `EVENTS` ring buffer.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use weft_common::{SockTuple, conn::TcpConn, counters::index, event::TcpEvent};
+use aya_ebpf::{bindings::BPF_RB_FORCE_WAKEUP, helpers::bpf_ktime_get_ns};
+use weft_common::{
+    SockTuple,
+    conn::{CONN_ACTIVE, TcpConn},
+    counters::index,
+    event::{EVENT_TCP_FAIL, EVENT_TCP_OPEN, TcpEvent},
+};
 
 use crate::maps::{EVENTS, batched_wakeup, count};
 
@@ -32,10 +37,24 @@ pub fn send(kind: u32, sk: u64, conn: Option<*const TcpConn>, tuple: SockTuple) 
             }
         }
     }
-    // Batched like payload records: a wakeup per event was most of what
-    // a new connection cost (ten state changes for its two ends, each an
-    // irq_work and a context switch). The agent reads both rings in one
-    // loop that keeps a connection's events ahead of its payload
+    // SAFETY: `ev` was written above.
+    let (kind, flags) = unsafe { ((*ev).kind, (*ev).conn.flags) };
+    // A client's open (or failed connect) wakes the agent at once: it
+    // names a steered connection's service by the socket's entry in the
+    // steering map, which a new socket at the same address overwrites once
+    // this one is gone. Every other event is batched like payload records:
+    // a wakeup per event was most of what a new connection cost (an
+    // irq_work and a context switch each). The agent reads both rings in
+    // one loop that keeps a connection's events ahead of its payload
     // (agent/src/events/reader.rs).
-    entry.submit(batched_wakeup(&EVENTS));
+    let client_start =
+        flags & CONN_ACTIVE != 0 && (kind == EVENT_TCP_OPEN || kind == EVENT_TCP_FAIL);
+    // Forced: a plain wakeup is skipped while batched records wait
+    // before this one.
+    let wakeup = if client_start {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        batched_wakeup(&EVENTS)
+    };
+    entry.submit(wakeup);
 }
