@@ -72,10 +72,18 @@ pub struct Dropped {
     pub last_ns: u64,
 }
 
-/// What the previous poll saw of each pair.
+/// A drop not written yet, and how many polls it has waited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub dropped: Dropped,
+    pub polls: u8,
+}
+
+/// What the previous poll saw of each pair, and the drops held back.
 #[derive(Debug, Default)]
 pub struct DropTracker {
     seen: HashMap<DropKey, u64>,
+    held: Vec<Pending>,
 }
 
 impl DropTracker {
@@ -109,6 +117,26 @@ impl DropTracker {
         // Pairs the kernel evicted are forgotten here too.
         self.seen = now_seen;
         out
+    }
+
+    /// The drops held back at earlier polls (one poll older now), then
+    /// those of this poll (`poll`).
+    pub fn pending(&mut self, fresh: Vec<Dropped>) -> Vec<Pending> {
+        let held = std::mem::take(&mut self.held).into_iter().map(|p| Pending {
+            polls: p.polls.saturating_add(1),
+            ..p
+        });
+        held.chain(
+            fresh
+                .into_iter()
+                .map(|dropped| Pending { dropped, polls: 0 }),
+        )
+        .collect()
+    }
+
+    /// Keeps `pending` for the next poll.
+    pub fn hold(&mut self, pending: Pending) {
+        self.held.push(pending);
     }
 
     /// Entries the kernel map held at the last poll.
@@ -224,5 +252,24 @@ mod tests {
         let mut icmp = syn(12);
         icmp.protocol = 1;
         assert!(t.poll([(icmp, stats(1))].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn a_held_drop_comes_back_a_poll_older_before_the_new_ones() {
+        let mut t = DropTracker::default();
+        let first = t.poll([(syn(12), stats(1))].into_iter());
+        let pending = t.pending(first);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].polls, 0);
+        t.hold(pending[0].clone());
+        let second = t.poll([(syn(12), stats(1)), (syn(3), stats(2))].into_iter());
+        let pending = t.pending(second);
+        let order: Vec<(u32, u8)> = pending
+            .iter()
+            .map(|p| (p.dropped.reason, p.polls))
+            .collect();
+        assert_eq!(order, [(12, 1), (3, 0)]);
+        // Not held again: gone.
+        assert!(t.pending(Vec::new()).is_empty());
     }
 }

@@ -36,6 +36,10 @@ use crate::{
     },
 };
 
+/// Polls a TCP drop waits at most for the lifecycle events before it
+/// (`write_drop_records`).
+const DROP_HOLD_POLLS: u8 = 3;
+
 /// Kernel counters reported as event sources: (index, source name).
 const SOURCES: &[(u32, &str)] = &[
     (index::TCP_STATE, "tcp_state"),
@@ -216,16 +220,38 @@ impl FlowTable {
     /// poll (the kernel program already left out what is not a drop).
     fn write_drop_records(&mut self) {
         let kernel = self.tables.drop_flows.iter().filter_map(Result::ok);
-        for dropped in self.drops.poll(kernel) {
-            let name = self.info.drop_reason_names.get(&dropped.reason);
-            let reason = name.map_or_else(|| format!("reason_{}", dropped.reason), Clone::clone);
+        let fresh = self.drops.poll(kernel);
+        for pending in self.drops.pending(fresh) {
+            let dropped = &pending.dropped;
             // Packets of the agent's own connections are not flows, as
-            // its connections are not.
-            let own = self.tcp.is_own_pair(dropped.src, dropped.dst);
+            // its connections are not. Whether a TCP pair is one is known
+            // once the lifecycle events written before the drop were
+            // read: its connection opened (and often closed: before 6.12
+            // a FIN reaching a TIME_WAIT socket is freed as NOT_SPECIFIED)
+            // before it. A poll can come first when the agent lags (under
+            // emulation a scrape of its own metrics port was reported):
+            // such a drop waits for a later poll, a few at most.
+            let own = if dropped.transport == super::record::Transport::Tcp {
+                let polled_since = pending.polls > 0;
+                let known =
+                    self.tcp
+                        .drop_is_own(dropped.src, dropped.dst, dropped.last_ns, polled_since);
+                match known {
+                    None if pending.polls < DROP_HOLD_POLLS => {
+                        self.drops.hold(pending);
+                        continue;
+                    }
+                    known => known == Some(true),
+                }
+            } else {
+                self.tcp.is_own_pair(dropped.src, dropped.dst)
+            };
             if own {
                 continue;
             }
-            self.emitter.emit_drop(&dropped, &reason);
+            let name = self.info.drop_reason_names.get(&dropped.reason);
+            let reason = name.map_or_else(|| format!("reason_{}", dropped.reason), Clone::clone);
+            self.emitter.emit_drop(dropped, &reason);
         }
     }
 

@@ -229,6 +229,32 @@ impl TcpTracker {
         self.is_own(&k(a, b)) || self.is_own(&k(b, a))
     }
 
+    /// Whether a packet between `a` and `b` dropped at `ts_ns` belongs to
+    /// one of the agent's own connections; `None` while that cannot be
+    /// told, the lifecycle events before it not all read yet (see
+    /// `events_read_past` for `polled_since`).
+    pub fn drop_is_own(
+        &self,
+        a: std::net::SocketAddr,
+        b: std::net::SocketAddr,
+        ts_ns: u64,
+        polled_since: bool,
+    ) -> Option<bool> {
+        if self.is_own_pair(a, b) {
+            return Some(true);
+        }
+        self.events_read_past(ts_ns, polled_since).then_some(false)
+    }
+
+    /// Whether the lifecycle events the kernel wrote before `ts_ns` have
+    /// all been handled: an event written `VANISHED_MARGIN_NS` later was
+    /// (events come in about kernel time order), or a poll after `ts_ns`
+    /// (`polled_since`) found none waiting.
+    pub fn events_read_past(&self, ts_ns: u64, polled_since: bool) -> bool {
+        self.handled_ns >= ts_ns.saturating_add(VANISHED_MARGIN_NS)
+            || (polled_since && !self.events_waiting)
+    }
+
     /// Tells the next poll whether events wait to be handled (see
     /// `close_vanished`).
     pub fn set_events_waiting(&mut self, waiting: bool) {
@@ -489,9 +515,7 @@ impl TcpTracker {
                 continue;
             }
             let first_miss = *self.missing.entry(sk).or_insert(now_ns);
-            let read_past = self.handled_ns >= first_miss.saturating_add(VANISHED_MARGIN_NS);
-            let settled = !self.events_waiting && now_ns > first_miss;
-            if read_past || settled {
+            if self.events_read_past(first_miss, now_ns > first_miss) {
                 gone.push(sk);
             }
         }
@@ -1014,5 +1038,45 @@ mod tests {
         assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
         t.handle(&close_of(&scrape, 3_000 + 2 * OPEN_WAIT_NS), &mut out);
         assert!(t.sockets.is_empty());
+    }
+
+    /// A packet of the agent's own connection dropped (before 6.12, a FIN
+    /// freed by a TIME_WAIT socket) and polled before the connection's
+    /// events were read: unknown then, the agent's once they are.
+    #[test]
+    fn a_drop_is_told_own_only_once_the_events_before_it_were_read() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let client = open_event(7);
+        let mut agent = server_open_event(8, 1_050);
+        agent.conn.flags |= CONN_AGENT;
+        let pair = key(Transport::Tcp, &client.conn.tuple, true);
+        let (c, s) = (pair.client, pair.server);
+        let drop_ns = 5_000;
+        assert_eq!(t.drop_is_own(c, s, drop_ns, false), None);
+        t.set_events_waiting(true);
+        assert_eq!(t.drop_is_own(c, s, drop_ns, true), None, "events wait");
+        for ev in [
+            client,
+            agent,
+            close_of(&client, 2_000),
+            close_of(&agent, 2_001),
+        ] {
+            t.handle(&ev, &mut out);
+        }
+        assert_eq!(t.drop_is_own(s, c, drop_ns, false), Some(true));
+        assert!(events(&store).is_empty());
+        // Another pair is not the agent's once a later poll found no
+        // event waiting, or an event from well after the drop was read.
+        let other: std::net::SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        assert_eq!(t.drop_is_own(other, s, drop_ns, false), None);
+        t.set_events_waiting(false);
+        assert_eq!(t.drop_is_own(other, s, drop_ns, true), Some(false));
+        let mut later = open_event(9);
+        later.conn.tuple.local_port = 40001;
+        later.ts_ns = drop_ns + VANISHED_MARGIN_NS;
+        t.handle(&later, &mut out);
+        assert_eq!(t.drop_is_own(other, s, drop_ns, false), Some(false));
     }
 }
