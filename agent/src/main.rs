@@ -2,14 +2,20 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use weft::{
-    cli::{flows::FlowsArgs, policies::PoliciesArgs, services::ServicesArgs, status::StatusArgs},
+    cli::{
+        completions::{CompletionsArgs, ManArgs},
+        flows::FlowsArgs,
+        policies::PoliciesArgs,
+        services::ServicesArgs,
+        status::StatusArgs,
+    },
     config::{AgentArgs, Config},
 };
 
-/// eBPF-based, sidecarless observability: TCP and UDP flows and metrics
-/// from the kernel.
+/// eBPF-based, sidecarless observability and steering: flows, L7 metrics
+/// and traces from the kernel, with no sidecars.
 #[derive(Parser)]
 #[command(name = "weft", version, about, propagate_version = true)]
 struct Cli {
@@ -34,6 +40,10 @@ enum Command {
     /// Remove every pinned weft object (steering programs and maps): run
     /// it after stopping the agent for good.
     Cleanup,
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Write the man pages (weft.1 and one per command) into a directory.
+    Man(ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,35 +65,51 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Agent(args) => {
-            let config = match Config::load(&args) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    return ExitCode::from(2);
-                }
-            };
-            if args.print_config {
-                return match serde_yaml_ng::to_string(&config) {
-                    Ok(text) => {
-                        print!("{text}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(err) => {
-                        eprintln!("error: {err}");
-                        ExitCode::FAILURE
-                    }
-                };
-            }
-            runtime
-                .block_on(weft::daemon::run(config))
-                .map(|()| ExitCode::SUCCESS)
-        }
+    match dispatch(cli.command, &runtime) {
+        Ok(code) => code,
+        Err(err) => failure(&err),
+    }
+}
+
+/// Prints a runtime failure; its exit status is 2 when the node's setup
+/// is at fault (as for bad configuration), else 1.
+fn failure(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    let node_setup = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<weft::loader::LoadError>()
+            .is_some_and(weft::loader::LoadError::is_node_setup)
+            || cause
+                .downcast_ref::<weft::steer::SteerError>()
+                .is_some_and(weft::steer::SteerError::is_node_setup)
+    });
+    if node_setup {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs a command; `Err` is a runtime failure (see [`failure`]).
+fn dispatch(command: Command, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Agent(args) => run_agent(&args, runtime),
         Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
         Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),
         Command::Services(args) => runtime.block_on(weft::cli::services::run(args)),
         Command::Policies(args) => runtime.block_on(weft::cli::policies::run(args)),
+        Command::Completions(args) => {
+            weft::cli::completions::print_completions(&args, Cli::command())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
+        Command::Man(args) => weft::cli::completions::write_man_pages(Cli::command(), &args.dir)
+            .map(|pages| {
+                for page in pages {
+                    println!("{}", page.display());
+                }
+                ExitCode::SUCCESS
+            }),
         Command::Cleanup => match weft::steer::cleanup() {
             Ok(n) => {
                 println!("removed {n} pinned weft objects");
@@ -91,24 +117,24 @@ fn main() -> ExitCode {
             }
             Err(err) => Err(err.into()),
         },
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            let node_setup = err.chain().any(|cause| {
-                cause
-                    .downcast_ref::<weft::loader::LoadError>()
-                    .is_some_and(weft::loader::LoadError::is_node_setup)
-                    || cause
-                        .downcast_ref::<weft::steer::SteerError>()
-                        .is_some_and(weft::steer::SteerError::is_node_setup)
-            });
-            if node_setup {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
     }
+}
+
+/// `weft agent`: the configuration checked (exit status 2 when bad), then
+/// printed (`--print-config`) or run.
+fn run_agent(args: &AgentArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.print_config {
+        print!("{}", serde_yaml_ng::to_string(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    runtime
+        .block_on(weft::daemon::run(config))
+        .map(|()| ExitCode::SUCCESS)
 }

@@ -57,6 +57,10 @@ const PACKAGES: &[&str] = &[
     // setpriv to run the agent with the DaemonSet's capabilities only.
     "python3-venv",
     "util-linux",
+    // The shells whose completion scripts `weft completions` prints load
+    // them in tests/tests/cli.rs (bash is always there).
+    "zsh",
+    "fish",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -499,6 +499,10 @@ impl Session for Http1Session {
         let p = self.pending.front()?;
         Some(p.info.exchange(Protocol::Http1, p.request_ns, None))
     }
+
+    fn awaits_answer(&self) -> bool {
+        !self.pending.is_empty()
+    }
 }
 
 #[cfg(test)]

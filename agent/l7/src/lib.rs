@@ -156,4 +156,10 @@ pub trait Session: Send {
     fn in_flight(&self) -> Option<Exchange> {
         None
     }
+
+    /// Whether a request waits for its response, as `in_flight` tells,
+    /// without building the exchange.
+    fn awaits_answer(&self) -> bool {
+        self.in_flight().is_some()
+    }
 }

@@ -340,9 +340,11 @@ fn row(record: &FlowRecord) -> [String; 9] {
         .ok()
         .and_then(table::local_clock)
         .unwrap_or_else(|| record.time.clone());
-    // A drop moved no bytes: how many packets it dropped says more.
+    // A drop moved no bytes: how many packets it dropped says more. An L7
+    // record counts no bytes (its connection's records do).
     let bytes = match (record.event, record.packets_sent) {
         (FlowEvent::Drop, Some(packets)) => format!("{packets} pkt"),
+        _ if record.flow_type == FlowType::L7 => "-".to_owned(),
         _ => format!(
             "{}/{}",
             table::human_bytes(record.bytes_sent),
@@ -374,7 +376,14 @@ fn event(record: &FlowRecord) -> String {
     if record.flow_type == FlowType::L7
         && let Some(l7) = &record.l7
     {
-        return l7_summary(l7);
+        // Both ends of a connection on this node each report its
+        // requests: the side tells the two rows apart.
+        let side = match record.traffic_direction.as_deref() {
+            Some("egress") => " (at client)",
+            Some("ingress") => " (at server)",
+            _ => "",
+        };
+        return format!("{}{side}", l7_summary(l7));
     }
     let transport = match record.transport {
         Transport::Tcp => "tcp",
@@ -561,6 +570,12 @@ mod tests {
             "protocol": "http", "method": "GET", "path": "/x", "status": 200, "latency_us": 512
         }));
         assert_eq!(event(&r), "http GET /x 200");
+        assert_eq!(row(&r)[5], "-", "no byte counts on L7 records");
+        r.traffic_direction = Some("egress".into());
+        assert_eq!(event(&r), "http GET /x 200 (at client)");
+        r.traffic_direction = Some("ingress".into());
+        assert_eq!(event(&r), "http GET /x 200 (at server)");
+        r.traffic_direction = None;
         r.l7 = Some(serde_json::json!({"protocol": "kafka"}));
         assert_eq!(event(&r), "kafka request");
         r.l7 = Some(serde_json::json!({"protocol": "http", "path": "/".repeat(100)}));

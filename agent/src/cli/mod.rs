@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use crate::api::{self, DEFAULT_API_SOCKET, proto::flow_api_client::FlowApiClient};
 
+pub mod completions;
 pub mod flows;
 pub mod policies;
 pub mod services;

@@ -24,6 +24,12 @@ pub struct PipelineCounters {
     pub data_read: AtomicU64,
     /// Payload records dropped because the L7 queue was full.
     pub data_queue_full: AtomicU64,
+    /// A CLOCK_MONOTONIC time (the kernel records' clock) before which
+    /// every lifecycle event the kernel wrote has been handed to the flow
+    /// table's queue: when the reader last began a pass that emptied the
+    /// ring. With the queue empty, the flow table knows everything before
+    /// it (`TcpTracker::set_events_read`).
+    pub events_read_until_ns: AtomicU64,
 }
 
 impl PipelineCounters {

@@ -71,7 +71,12 @@ pub async fn read_rings(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return Ok(()),
         }
+        // Taken before the read: what was written before it is read now.
+        let pass_started_ns = crate::flow::clock::mono_now_ns();
         events.read_all(&mut on_event);
+        counters
+            .events_read_until_ns
+            .store(pass_started_ns, Ordering::SeqCst);
         if let (Some(ring), Some(tx)) = (data.as_mut(), data_tx.as_ref()) {
             ring.read_all(|bytes| {
                 if let Some(record) = decode_payload(bytes, &counters) {

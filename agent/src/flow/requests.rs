@@ -108,12 +108,16 @@ impl FlowTable {
         }
         // The one request this thread has read and not answered; with
         // none, or more than one (an event loop), it serves no one request.
-        let mut unanswered = self.serving.of(h.tid).iter().filter_map(|(sk, tuple)| {
-            let ex = self.l7.in_flight(*sk, tuple)?;
-            Some((self.tcp.socket_view(*sk)?, ex))
+        // The exchange is built for that one only.
+        let mut unanswered = self.serving.of(h.tid).iter().filter(|(sk, tuple)| {
+            self.l7.awaits_answer(*sk, tuple) && self.tcp.socket_view(*sk).is_some()
         });
         let serving = match (unanswered.next(), unanswered.next()) {
-            (Some(one), None) => Some(one),
+            (Some((sk, tuple)), None) => self
+                .l7
+                .in_flight(*sk, tuple)
+                .zip(self.tcp.socket_view(*sk))
+                .map(|(ex, view)| (view, ex)),
             _ => None,
         };
         // Goroutines move between threads: what a Go process's thread

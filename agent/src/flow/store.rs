@@ -155,8 +155,13 @@ impl FlowStore {
     }
 }
 
-/// The selection behind [`FlowStore::query`]; walks from the newest entry so
-/// that `last` stops early.
+/// The selection behind [`FlowStore::query`], in time order.
+///
+/// Records are stored as they are written, which is not the order of
+/// their `time`: an L7 record is written when its response completes but
+/// dated by its request, an `open` once its other end is known but dated
+/// by the establishment. A listing comes in time order, and `last` keeps
+/// the newest by time.
 fn select(
     ring: &Ring,
     filter: &FlowFilter,
@@ -166,16 +171,17 @@ fn select(
     let start = since.map_or(0, |cutoff| {
         ring.entries.partition_point(|e| e.stored_at < cutoff)
     });
-    let limit = last.unwrap_or(usize::MAX);
     let mut records: Vec<Arc<FlowRecord>> = ring
         .entries
         .range(start..)
-        .rev()
         .filter(|e| filter.matches(&e.record))
-        .take(limit)
         .map(|e| Arc::clone(&e.record))
         .collect();
-    records.reverse();
+    // Stable: records of one instant stay in the order they were written.
+    records.sort_by_key(|r| r.mono_ns);
+    if let Some(last) = last {
+        records.drain(..records.len().saturating_sub(last));
+    }
     records
 }
 
@@ -283,5 +289,22 @@ mod tests {
         }
         store.record_follower_lost(extra as u64);
         assert_eq!(store.follower_lost(), extra as u64);
+    }
+
+    /// Written out of time order (an L7 record after the close that
+    /// followed its request): listed in time order, and `last` keeps the
+    /// newest by time, not the last written.
+    #[test]
+    fn listed_in_time_order() {
+        let store = FlowStore::new(10);
+        for (port, mono_ns) in [(1, 100), (2, 300), (3, 200), (4, 300), (5, 50)] {
+            let mut r = record(port);
+            r.mono_ns = mono_ns;
+            store.push(r);
+        }
+        let all = store.query(&FlowFilter::default(), None, None);
+        assert_eq!(ports(&all), [5, 1, 3, 2, 4]);
+        let last = store.query(&FlowFilter::default(), Some(3), None);
+        assert_eq!(ports(&last), [3, 2, 4]);
     }
 }

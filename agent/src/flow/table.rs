@@ -140,7 +140,11 @@ impl FlowTable {
                 biased;
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    self.tcp.set_events_waiting(!events.is_empty());
+                    // The reader's mark first, then the queue: events it
+                    // forwarded before its mark are then in the queue or
+                    // handled.
+                    let read_until = self.pipeline.events_read_until_ns.load(Ordering::SeqCst);
+                    self.tcp.set_events_read(!events.is_empty(), read_until);
                     let report = self.poll(&mut seen, started);
                     status.send_replace(report);
                     self.ready.set_ready();
@@ -232,10 +236,9 @@ impl FlowTable {
             // emulation a scrape of its own metrics port was reported):
             // such a drop waits for a later poll, a few at most.
             let own = if dropped.transport == super::record::Transport::Tcp {
-                let polled_since = pending.polls > 0;
-                let known =
-                    self.tcp
-                        .drop_is_own(dropped.src, dropped.dst, dropped.last_ns, polled_since);
+                let known = self
+                    .tcp
+                    .drop_is_own(dropped.src, dropped.dst, dropped.last_ns);
                 match known {
                     None if pending.polls < DROP_HOLD_POLLS => {
                         self.drops.hold(pending);
@@ -341,7 +344,7 @@ impl FlowTable {
                 tracer.tick();
                 let l7 = &self.l7;
                 self.serving
-                    .prune(|(sk, tuple)| l7.in_flight(*sk, tuple).is_some());
+                    .prune(|(sk, tuple)| l7.awaits_answer(*sk, tuple));
                 let c = tracer.counters();
                 (
                     c.queue_full.load(Ordering::Relaxed),

@@ -39,11 +39,11 @@ use crate::export::labels::ResetLabels;
 /// the same as the connection's later records and metrics.
 const OPEN_WAIT_NS: u64 = 100_000_000;
 
-/// How much later than a poll that missed a socket an event must be, for
-/// the events written before that poll to have all been read: events of
+/// How far past a kernel time the events must have been read for every
+/// event written before it to have been (`events_read_past`): events of
 /// different CPUs reach the ring slightly out of time order, and a close
 /// event is written just after its socket leaves the table.
-const VANISHED_MARGIN_NS: u64 = 100_000_000;
+const EVENT_ORDER_MARGIN_NS: u64 = 100_000_000;
 
 /// How many finished connections are remembered, so that a close event
 /// arriving after its connection was finished is recognised. A late close
@@ -151,8 +151,9 @@ pub struct TcpTracker {
     missing: HashMap<u64, u64>,
     /// The kernel time of the newest event handled.
     handled_ns: u64,
-    /// Whether events were waiting to be handled when the poll began.
-    events_waiting: bool,
+    /// Kernel time before which every lifecycle event has been handled, as
+    /// the poll's start found it (`set_events_read`); 0 while events wait.
+    read_until_ns: u64,
     /// Connections with an end that is the agent's own socket (a scrape of
     /// its metrics endpoint, its API clients), and how many of their ends
     /// are open: not reported. The kernel marks the agent's sockets; the
@@ -177,7 +178,7 @@ impl TcpTracker {
             finished_order: VecDeque::new(),
             missing: HashMap::new(),
             handled_ns: 0,
-            events_waiting: false,
+            read_until_ns: 0,
             own: HashMap::new(),
             own_ended: VecDeque::new(),
             pending_opens: VecDeque::new(),
@@ -231,34 +232,34 @@ impl TcpTracker {
 
     /// Whether a packet between `a` and `b` dropped at `ts_ns` belongs to
     /// one of the agent's own connections; `None` while that cannot be
-    /// told, the lifecycle events before it not all read yet (see
-    /// `events_read_past` for `polled_since`).
+    /// told, the lifecycle events before it not all read yet.
     pub fn drop_is_own(
         &self,
         a: std::net::SocketAddr,
         b: std::net::SocketAddr,
         ts_ns: u64,
-        polled_since: bool,
     ) -> Option<bool> {
         if self.is_own_pair(a, b) {
             return Some(true);
         }
-        self.events_read_past(ts_ns, polled_since).then_some(false)
+        self.events_read_past(ts_ns).then_some(false)
     }
 
     /// Whether the lifecycle events the kernel wrote before `ts_ns` have
-    /// all been handled: an event written `VANISHED_MARGIN_NS` later was
-    /// (events come in about kernel time order), or a poll after `ts_ns`
-    /// (`polled_since`) found none waiting.
-    pub fn events_read_past(&self, ts_ns: u64, polled_since: bool) -> bool {
-        self.handled_ns >= ts_ns.saturating_add(VANISHED_MARGIN_NS)
-            || (polled_since && !self.events_waiting)
+    /// all been handled, with `EVENT_ORDER_MARGIN_NS` to spare (events come
+    /// in about kernel time order): an event written that much later was
+    /// handled, or the reader had read that far with nothing left
+    /// waiting when the poll began.
+    pub fn events_read_past(&self, ts_ns: u64) -> bool {
+        self.handled_ns.max(self.read_until_ns) >= ts_ns.saturating_add(EVENT_ORDER_MARGIN_NS)
     }
 
-    /// Tells the next poll whether events wait to be handled (see
-    /// `close_vanished`).
-    pub fn set_events_waiting(&mut self, waiting: bool) {
-        self.events_waiting = waiting;
+    /// Tells the poll how far the lifecycle events have been read: the
+    /// reader had read every event written before `reader_until_ns`
+    /// (`PipelineCounters::events_read_until_ns`), and whether some wait
+    /// in the queue still (then only the events handled count).
+    pub fn set_events_read(&mut self, waiting: bool, reader_until_ns: u64) {
+        self.read_until_ns = if waiting { 0 } else { reader_until_ns };
     }
 
     pub fn handle(&mut self, ev: &TcpEvent, out: &mut Emitter) {
@@ -494,9 +495,7 @@ impl TcpTracker {
     /// the agent falls behind (a loaded or emulated machine), a poll sees
     /// the table of now while the events of the last seconds wait to be
     /// read. So a miss counts once the events the kernel wrote before it
-    /// have been read (an event from `VANISHED_MARGIN_NS` after the first
-    /// miss was handled), or once a later poll still misses the socket
-    /// with no event waiting.
+    /// have been read (`events_read_past` the first miss).
     fn close_vanished(
         &mut self,
         present: &std::collections::HashSet<u64>,
@@ -515,7 +514,7 @@ impl TcpTracker {
                 continue;
             }
             let first_miss = *self.missing.entry(sk).or_insert(now_ns);
-            if self.events_read_past(first_miss, now_ns > first_miss) {
+            if self.events_read_past(first_miss) {
                 gone.push(sk);
             }
         }
@@ -604,7 +603,13 @@ impl TcpTracker {
             }
         }
         self.close_vanished(&present, now_ns, out);
-        self.write_due_opens(now_ns, out);
+        // An open whose other end's event is not read yet must wait: the
+        // poll's clock runs ahead of the events (batched, or an agent
+        // lagging under emulation), and such an open written alone is a
+        // connection whose other end (the agent's own socket, say) is
+        // never known.
+        let read = self.handled_ns.max(self.read_until_ns);
+        self.write_due_opens(now_ns.min(read.saturating_sub(EVENT_ORDER_MARGIN_NS)), out);
         let mut due = Vec::new();
         for (key, conn) in &mut self.conns {
             if conn.open_pending_ns.is_some() {
@@ -749,12 +754,12 @@ mod tests {
         t.handle(&ev, &mut out);
         assert_eq!(t.len(), 1);
         // Present in the kernel's table: nothing happens.
-        t.tick(2_000, &mut std::iter::once((7, ev.conn)), &mut out);
+        poll(&mut t, SECOND, &mut std::iter::once((7, ev.conn)), &mut out);
         // Missing once: could be a close still in the ring.
-        t.tick(3_000, &mut std::iter::empty(), &mut out);
+        poll(&mut t, 2 * SECOND, &mut std::iter::empty(), &mut out);
         assert_eq!(t.len(), 1);
-        // Missing twice: closed, and counted.
-        t.tick(4_000, &mut std::iter::empty(), &mut out);
+        // Missing twice, the events until then read: closed, and counted.
+        poll(&mut t, 3 * SECOND, &mut std::iter::empty(), &mut out);
         assert_eq!(t.len(), 0);
         assert_eq!(t.closes_lost, 1);
         let records = store.query(&FlowFilter::default(), None, None);
@@ -774,14 +779,14 @@ mod tests {
         let mut t = tracker();
         let first = open_event(7);
         t.handle(&first, &mut out);
-        t.tick(1_000_000_000, &mut std::iter::empty(), &mut out);
+        poll(&mut t, 1_000_000_000, &mut std::iter::empty(), &mut out);
         t.handle(&close_of(&first, 1_000), &mut out);
         let mut second = open_event(7);
         second.conn.tuple.local_port = 40001;
         second.ts_ns = 1_500_000_000;
         t.handle(&second, &mut out);
         // Seen by none of the polls in between: missed first here.
-        t.tick(3_000_000_000, &mut std::iter::empty(), &mut out);
+        poll(&mut t, 3_000_000_000, &mut std::iter::empty(), &mut out);
         assert_eq!(t.closes_lost, 0, "missed once only");
         assert!(t.sockets.contains_key(&7));
         t.handle(&close_of(&second, 1_000), &mut out);
@@ -799,9 +804,8 @@ mod tests {
         let mut t = tracker();
         let ev = open_event(7);
         t.handle(&ev, &mut out);
-        t.set_events_waiting(true);
         for now in [2_000, 1_000_000_000, 2_000_000_000] {
-            t.tick(now, &mut std::iter::empty(), &mut out);
+            poll_waiting(&mut t, now, &mut std::iter::empty(), &mut out);
         }
         assert_eq!(t.len(), 1, "events wait: the close may be among them");
         // Another connection's event, from before the first miss: the
@@ -810,7 +814,8 @@ mod tests {
         other.conn.tuple.local_port = 40001;
         other.ts_ns = 1_500;
         t.handle(&other, &mut out);
-        t.tick(
+        poll_waiting(
+            &mut t,
             3_000_000_000,
             &mut std::iter::once((8, other.conn)),
             &mut out,
@@ -830,12 +835,13 @@ mod tests {
         // A close that never comes: `other` leaves the table, and once an
         // event from well after that poll has been read, it is lost, even
         // with events still waiting.
-        t.tick(5_000_000_000, &mut std::iter::empty(), &mut out);
+        poll_waiting(&mut t, 5_000_000_000, &mut std::iter::empty(), &mut out);
         let mut third = open_event(9);
         third.conn.tuple.local_port = 40002;
-        third.ts_ns = 5_000_000_000 + VANISHED_MARGIN_NS;
+        third.ts_ns = 5_000_000_000 + EVENT_ORDER_MARGIN_NS;
         t.handle(&third, &mut out);
-        t.tick(
+        poll_waiting(
+            &mut t,
             6_000_000_000,
             &mut std::iter::once((9, third.conn)),
             &mut out,
@@ -875,6 +881,31 @@ mod tests {
         }
     }
 
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A poll at `now_ns` with every event written before it read and
+    /// handled (the reader caught up, the queue empty).
+    fn poll(
+        t: &mut TcpTracker,
+        now_ns: u64,
+        kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
+        out: &mut Emitter,
+    ) {
+        t.set_events_read(false, now_ns);
+        t.tick(now_ns, kernel, out);
+    }
+
+    /// A poll at `now_ns` while events wait in the queue.
+    fn poll_waiting(
+        t: &mut TcpTracker,
+        now_ns: u64,
+        kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
+        out: &mut Emitter,
+    ) {
+        t.set_events_read(true, now_ns);
+        t.tick(now_ns, kernel, out);
+    }
+
     fn tracker() -> TcpTracker {
         let settings = TcpSettings {
             update_interval_ns: u64::MAX,
@@ -909,7 +940,8 @@ mod tests {
         t.handle(&ev, &mut out);
         let count = |store: &FlowStore| store.query(&FlowFilter::default(), None, None).len();
         // A poll before the wait is over writes nothing...
-        t.tick(
+        poll(
+            &mut t,
             1_000 + OPEN_WAIT_NS - 1,
             &mut std::iter::once((7, ev.conn)),
             &mut out,
@@ -924,9 +956,19 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].event, FlowEvent::Open);
         assert_eq!(records[0].destination.pid, None);
-        // And the poll writes the second once its wait is over.
-        t.tick(
-            1_000 + 2 * OPEN_WAIT_NS,
+        // A poll once its wait is over writes nothing while the reader
+        // has not read past it...
+        poll_waiting(
+            &mut t,
+            1_000 + 3 * OPEN_WAIT_NS,
+            &mut [(7, ev.conn), (9, later.conn)].into_iter(),
+            &mut out,
+        );
+        assert_eq!(count(&store), 1);
+        // ... and writes the second once it has.
+        poll(
+            &mut t,
+            1_000 + 2 * OPEN_WAIT_NS + EVENT_ORDER_MARGIN_NS,
             &mut [(7, ev.conn), (9, later.conn)].into_iter(),
             &mut out,
         );
@@ -954,11 +996,11 @@ mod tests {
         let ev = open_event(7);
         t.handle(&ev, &mut out);
         // Gone from the kernel's table on two polls: closed here.
-        t.tick(1_000 + OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
-        t.tick(2_000 + OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
+        poll(&mut t, SECOND, &mut std::iter::empty(), &mut out);
+        poll(&mut t, 2 * SECOND, &mut std::iter::empty(), &mut out);
         assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
         // Its close event comes after all.
-        t.handle(&close_of(&ev, 3_000 + OPEN_WAIT_NS), &mut out);
+        t.handle(&close_of(&ev, 3 * SECOND), &mut out);
         assert_eq!(events(&store), [FlowEvent::Open, FlowEvent::Close]);
         assert_eq!(t.len(), 0);
     }
@@ -1002,7 +1044,8 @@ mod tests {
         t.handle(&client, &mut out);
         t.handle(&agent, &mut out);
         assert_eq!(t.len(), 0);
-        t.tick(
+        poll(
+            &mut t,
             1_000 + 2 * OPEN_WAIT_NS,
             &mut [(7, client.conn), (8, agent.conn)].into_iter(),
             &mut out,
@@ -1024,7 +1067,12 @@ mod tests {
         let mut t = tracker();
         let lost = open_event(7);
         t.handle(&lost, &mut out);
-        t.tick(1_000 + 2 * OPEN_WAIT_NS, &mut std::iter::empty(), &mut out);
+        poll(
+            &mut t,
+            1_000 + 2 * OPEN_WAIT_NS,
+            &mut std::iter::empty(),
+            &mut out,
+        );
         assert_eq!(t.len(), 1);
         // Its close was lost; the kernel gives its memory to a socket of
         // the agent's own (a scrape), whose connection is not reported.
@@ -1054,9 +1102,10 @@ mod tests {
         let pair = key(Transport::Tcp, &client.conn.tuple, true);
         let (c, s) = (pair.client, pair.server);
         let drop_ns = 5_000;
-        assert_eq!(t.drop_is_own(c, s, drop_ns, false), None);
-        t.set_events_waiting(true);
-        assert_eq!(t.drop_is_own(c, s, drop_ns, true), None, "events wait");
+        assert_eq!(t.drop_is_own(c, s, drop_ns), None);
+        // The reader has read past the drop, but events wait in the queue.
+        t.set_events_read(true, SECOND);
+        assert_eq!(t.drop_is_own(c, s, drop_ns), None, "events wait");
         for ev in [
             client,
             agent,
@@ -1065,18 +1114,22 @@ mod tests {
         ] {
             t.handle(&ev, &mut out);
         }
-        assert_eq!(t.drop_is_own(s, c, drop_ns, false), Some(true));
+        assert_eq!(t.drop_is_own(s, c, drop_ns), Some(true));
         assert!(events(&store).is_empty());
-        // Another pair is not the agent's once a later poll found no
-        // event waiting, or an event from well after the drop was read.
+        // Another pair is not the agent's once the reader has read well
+        // past the drop with nothing waiting, or an event from well after
+        // it was handled.
         let other: std::net::SocketAddr = "10.0.0.9:5000".parse().unwrap();
-        assert_eq!(t.drop_is_own(other, s, drop_ns, false), None);
-        t.set_events_waiting(false);
-        assert_eq!(t.drop_is_own(other, s, drop_ns, true), Some(false));
+        assert_eq!(t.drop_is_own(other, s, drop_ns), None);
+        t.set_events_read(false, drop_ns + EVENT_ORDER_MARGIN_NS - 1);
+        assert_eq!(t.drop_is_own(other, s, drop_ns), None, "not far enough");
+        t.set_events_read(false, drop_ns + EVENT_ORDER_MARGIN_NS);
+        assert_eq!(t.drop_is_own(other, s, drop_ns), Some(false));
+        t.set_events_read(true, 0);
         let mut later = open_event(9);
         later.conn.tuple.local_port = 40001;
-        later.ts_ns = drop_ns + VANISHED_MARGIN_NS;
+        later.ts_ns = drop_ns + EVENT_ORDER_MARGIN_NS;
         t.handle(&later, &mut out);
-        assert_eq!(t.drop_is_own(other, s, drop_ns, false), Some(false));
+        assert_eq!(t.drop_is_own(other, s, drop_ns), Some(false));
     }
 }

@@ -259,9 +259,21 @@ impl L7Engine {
     /// not answered yet, as an unanswered exchange (see
     /// `Session::in_flight`).
     pub fn in_flight(&self, sk: u64, tuple: &SockTuple) -> Option<Exchange> {
+        self.session(sk, tuple)?.in_flight()
+    }
+
+    /// Whether socket `sk` (with addresses `tuple`) has read a request it
+    /// has not answered yet: [`in_flight`](Self::in_flight) without
+    /// building the exchange.
+    pub fn awaits_answer(&self, sk: u64, tuple: &SockTuple) -> bool {
+        self.session(sk, tuple)
+            .is_some_and(|session| session.awaits_answer())
+    }
+
+    fn session(&self, sk: u64, tuple: &SockTuple) -> Option<&dyn Session> {
         let stream = self.streams.get(&sk)?.iter().find(|s| s.tuple == *tuple)?;
         match &stream.stage {
-            Stage::Parsing(session) => session.in_flight(),
+            Stage::Parsing(session) => Some(session.as_ref()),
             Stage::Detecting(_) | Stage::Off => None,
         }
     }

@@ -18,10 +18,10 @@ use opentelemetry::trace::{SpanId, TraceId};
 use crate::flow::addr::FlowKey;
 
 /// How long an unmatched side waits for the other.
-const JOIN_WAIT_NS: u64 = 30_000_000_000;
+const JOIN_WAIT_NS: u64 = super::PENDING_WAIT_NS;
 /// Unmatched entries kept at most (beyond, new ones are not kept: their
 /// exchanges get spans, only not joined).
-const JOIN_CAPACITY: usize = 65_536;
+const JOIN_CAPACITY: usize = super::PENDING_CAPACITY;
 
 /// What both spans of one exchange share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

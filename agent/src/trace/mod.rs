@@ -7,6 +7,14 @@
 //! from inside of, sampling), builds it, and queues it for the export
 //! task without waiting.
 
+/// How long trace state waits for what completes it (`join`: the other
+/// side of an exchange; `nesting`: a nested exchange's enclosing span):
+/// longer than slow requests take, bounded so that abandoned state goes.
+const PENDING_WAIT_NS: u64 = 30_000_000_000;
+/// Entries of such state kept at most per map. Beyond, new ones are not
+/// kept: their exchanges still get spans, only not joined.
+const PENDING_CAPACITY: usize = 65_536;
+
 mod context;
 mod export;
 mod join;

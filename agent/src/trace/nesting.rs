@@ -29,10 +29,10 @@ use crate::flow::addr::FlowKey;
 
 /// How long an early-decided span waits for its exchange to complete, and
 /// a connection's enclosing span for its exchange to be decided.
-const NESTING_WAIT_NS: u64 = 30_000_000_000;
+const NESTING_WAIT_NS: u64 = super::PENDING_WAIT_NS;
 /// Entries kept at most per map (beyond, nesting is not recorded: the
 /// exchanges still get spans, each in a trace of its own).
-const NESTING_CAPACITY: usize = 65_536;
+const NESTING_CAPACITY: usize = super::PENDING_CAPACITY;
 
 /// The SERVER span a connection's latest request was sent from inside of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
