@@ -109,15 +109,14 @@ impl FlowTable {
         // The one request this thread has read and not answered; with
         // none, or more than one (an event loop), it serves no one request.
         // The exchange is built for that one only.
-        let mut unanswered = self.serving.of(h.tid).iter().filter(|(sk, tuple)| {
-            self.l7.awaits_answer(*sk, tuple) && self.tcp.socket_view(*sk).is_some()
-        });
+        let mut unanswered = self
+            .serving
+            .of(h.tid)
+            .iter()
+            .filter(|(sk, tuple)| self.l7.awaits_answer(*sk, tuple))
+            .filter_map(|(sk, tuple)| Some((*sk, tuple, self.tcp.socket_view(*sk)?)));
         let serving = match (unanswered.next(), unanswered.next()) {
-            (Some((sk, tuple)), None) => self
-                .l7
-                .in_flight(*sk, tuple)
-                .zip(self.tcp.socket_view(*sk))
-                .map(|(ex, view)| (view, ex)),
+            (Some((sk, tuple, view)), None) => self.l7.in_flight(sk, tuple).map(|ex| (view, ex)),
             _ => None,
         };
         // Goroutines move between threads: what a Go process's thread

@@ -251,7 +251,13 @@ impl TcpTracker {
     /// handled, or the reader had read that far with nothing left
     /// waiting when the poll began.
     pub fn events_read_past(&self, ts_ns: u64) -> bool {
-        self.handled_ns.max(self.read_until_ns) >= ts_ns.saturating_add(EVENT_ORDER_MARGIN_NS)
+        self.events_read_ns() >= ts_ns.saturating_add(EVENT_ORDER_MARGIN_NS)
+    }
+
+    /// How far the lifecycle events are known to have been read: the
+    /// newest handled, or the reader's mark when nothing waited.
+    fn events_read_ns(&self) -> u64 {
+        self.handled_ns.max(self.read_until_ns)
     }
 
     /// Tells the poll how far the lifecycle events have been read: the
@@ -608,8 +614,8 @@ impl TcpTracker {
         // lagging under emulation), and such an open written alone is a
         // connection whose other end (the agent's own socket, say) is
         // never known.
-        let read = self.handled_ns.max(self.read_until_ns);
-        self.write_due_opens(now_ns.min(read.saturating_sub(EVENT_ORDER_MARGIN_NS)), out);
+        let read_ns = self.events_read_ns().saturating_sub(EVENT_ORDER_MARGIN_NS);
+        self.write_due_opens(now_ns.min(read_ns), out);
         let mut due = Vec::new();
         for (key, conn) in &mut self.conns {
             if conn.open_pending_ns.is_some() {
@@ -883,27 +889,36 @@ mod tests {
 
     const SECOND: u64 = 1_000_000_000;
 
-    /// A poll at `now_ns` with every event written before it read and
-    /// handled (the reader caught up, the queue empty).
+    /// A poll at `now_ns`: while events wait in the queue (`waiting`), or
+    /// with every event written before it read and handled (the reader
+    /// caught up, the queue empty).
+    fn poll_at(
+        t: &mut TcpTracker,
+        now_ns: u64,
+        waiting: bool,
+        kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
+        out: &mut Emitter,
+    ) {
+        t.set_events_read(waiting, now_ns);
+        t.tick(now_ns, kernel, out);
+    }
+
     fn poll(
         t: &mut TcpTracker,
         now_ns: u64,
         kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
         out: &mut Emitter,
     ) {
-        t.set_events_read(false, now_ns);
-        t.tick(now_ns, kernel, out);
+        poll_at(t, now_ns, false, kernel, out);
     }
 
-    /// A poll at `now_ns` while events wait in the queue.
     fn poll_waiting(
         t: &mut TcpTracker,
         now_ns: u64,
         kernel: &mut dyn Iterator<Item = (u64, TcpConn)>,
         out: &mut Emitter,
     ) {
-        t.set_events_read(true, now_ns);
-        t.tick(now_ns, kernel, out);
+        poll_at(t, now_ns, true, kernel, out);
     }
 
     fn tracker() -> TcpTracker {
