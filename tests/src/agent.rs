@@ -12,7 +12,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{try_wait_for, wait_for};
+use crate::{output_within, thread_states, try_wait_for, wait_for};
+
+/// How long a one-shot `weft` command may wait for the agent (stretched
+/// under emulation).
+const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -144,11 +148,20 @@ impl Agent {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// `weft ARGS --api-socket <ours>`.
+    /// `weft ARGS --api-socket <ours>`. The agent answers within a
+    /// second; a client still waiting after [`CLIENT_LIMIT`] fails the
+    /// test with what the agent's threads were doing.
     pub fn client(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(weft_bin());
         cmd.args(args).arg("--api-socket").arg(&self.socket);
-        cmd.output().expect("run weft client")
+        output_within(&mut cmd, CLIENT_LIMIT).unwrap_or_else(|| {
+            panic!(
+                "`weft {}` got no answer from the agent within {:?}; its threads:\n{}",
+                args.join(" "),
+                crate::scaled(CLIENT_LIMIT),
+                thread_states(self.pid())
+            )
+        })
     }
 
     /// The non-zero losses of `weft status` (source, stage, total).

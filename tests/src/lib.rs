@@ -24,7 +24,8 @@ pub mod steer;
 pub mod traffic;
 
 use std::{
-    process::{Command, Output},
+    io::Read,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -58,6 +59,93 @@ pub fn run(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// [`Command::output`] with a bound: a command still running after
+/// `limit` (stretched like every wait) is killed, by its pid, and `None`
+/// is given. A client or peer that hangs then fails its test, with what
+/// the caller can say about it, instead of stalling the whole run.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Read both pipes while waiting: a full pipe would stall the child.
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + scaled(limit);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Some(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// What each thread of process `pid` is doing (name, state, CPU ticks
+/// used, where it sleeps in the kernel): tells a stuck process that spins
+/// from one that waits.
+pub fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone");
+    };
+    let mut lines = Vec::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
+        // `pid (comm) state ... utime stime` (fields 14 and 15): the
+        // name may hold spaces, so split after its closing parenthesis.
+        let (head, rest) = stat.rsplit_once(") ").unwrap_or(("", ""));
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        lines.push(format!(
+            "  tid {} {comm}: state {}, {} CPU ticks, waits in {}",
+            task.file_name().to_string_lossy(),
+            fields.first().unwrap_or(&"?"),
+            ticks(11) + ticks(12),
+            if wchan.is_empty() { "-" } else { &wchan }
+        ));
+    }
+    lines.sort();
+    lines.join("\n")
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.

@@ -9,7 +9,10 @@ use std::{
 };
 
 use serde_json::Value;
-use weft_tests::{agent::Agent, lab::Lab, require_root, servers, unique_port, wait_for};
+use weft_tests::{
+    agent::Agent, lab::Lab, output_within, require_root, servers, thread_states, unique_port,
+    wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -49,19 +52,18 @@ fn http1_requests_from_both_sides() {
         .expect("start the Python HTTP server");
     let base = format!("http://{}:{port}", lab.server_v4);
     wait_for("the HTTP server to listen", WAIT, || {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.client_ns,
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-            ])
-            .arg(format!("{base}/ready"))
-            .output()
-            .ok()?;
+        let mut out = Command::new("ip");
+        out.args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("{base}/ready"));
+        let out = output_within(&mut out, Duration::from_secs(10))?;
         out.status.success().then_some(())
     });
     // Five requests on one keep-alive connection.
@@ -77,7 +79,12 @@ fn http1_requests_from_both_sides() {
     for path in paths {
         curl.args(["-o", "/dev/null", &format!("{base}{path}")]);
     }
-    let out = curl.output().expect("curl");
+    let out = output_within(&mut curl, Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "curl did not finish; the agent's threads:\n{}",
+            thread_states(agent.pid())
+        )
+    });
     assert!(out.status.success(), "curl failed");
     // SAFETY: ending the server we started, by its pid.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
@@ -202,10 +209,14 @@ fn http1_new_connection_per_request() {
          [t.join() for t in ts]\n",
         lab.server_v4
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns, "python3", "-c", &client])
-        .output()
-        .expect("run the Python client");
+    let mut python = Command::new("ip");
+    python.args(["netns", "exec", &lab.client_ns, "python3", "-c", &client]);
+    let out = output_within(&mut python, Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "the Python client did not finish; the agent's threads:\n{}",
+            thread_states(agent.pid())
+        )
+    });
     assert!(
         out.status.success(),
         "client: {}",

@@ -184,6 +184,34 @@ impl FlowTable {
         }
     }
 
+    /// The view of a closing TCP socket the tracker never knew: its open
+    /// was skipped by the kernel (a program already running on that CPU,
+    /// counted as `recursion`) or lost. Its payload was named from the
+    /// records' own addresses and role (see `socket_view`); its close
+    /// names it alike, from the same kernel state, so that the exchanges
+    /// its close completes are written, not counted as unattributed.
+    pub(super) fn untracked_socket_view(
+        &self,
+        ev: &weft_common::event::TcpEvent,
+    ) -> Option<SocketView> {
+        if ev.conn.tuple.family == 0 {
+            return None;
+        }
+        let is_client = ev.conn.flags & weft_common::conn::CONN_ACTIVE != 0;
+        let key = addr::key(Transport::Tcp, &ev.conn.tuple, is_client);
+        let (local, remote) = addr::endpoints(&ev.conn.tuple);
+        if local.port() == 0 || remote.port() == 0 || self.tcp.is_own_pair(local, remote) {
+            return None;
+        }
+        let owner = ev.conn.owner;
+        Some(SocketView {
+            key,
+            is_client,
+            client: is_client.then_some(owner),
+            server: (!is_client).then_some(owner),
+        })
+    }
+
     /// A socket was opened. Streams of closed sockets at the same kernel
     /// address are told apart by their addresses and keep waiting; only
     /// without them (no socket layout) do they end now, as the new

@@ -174,6 +174,7 @@ impl FlowTable {
         }
         self.tcp.handle(ev, &mut self.emitter);
         if closing {
+            let view = view.or_else(|| self.untracked_socket_view(ev));
             self.stream_closing(ev.sk, ev.ts_ns, &ev.conn.tuple, view);
         }
     }

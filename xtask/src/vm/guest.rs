@@ -23,6 +23,8 @@ pub struct Plan<'a> {
     pub tests: &'a [(String, PathBuf)],
     /// Arguments for every test binary (name filters, `--nocapture`).
     pub harness: &'a [String],
+    /// How long one test binary may run before it is stopped.
+    pub test_limit: Duration,
 }
 
 /// How one kernel did.
@@ -87,15 +89,33 @@ pub fn script(out: &Path, plan: &Plan<'_>) -> String {
          echo \"agent exit $?\" >>\"$OUT/status\"\n"
     );
     let harness: Vec<String> = plan.harness.iter().map(|a| shell_quote(a)).collect();
+    let limit = plan.test_limit.as_secs();
     for (name, exe) in plan.tests {
+        // Each binary in a session of its own, watched: one still running
+        // after `limit` has its processes and their threads' states
+        // written to its log, and is killed with all it started, so the
+        // next binary runs and the log says where it hung.
         // The status line: `test NAME EXIT PASSED FAILED` (the counts
         // from libtest's summary line, for the kernel table).
+        let log = format!("\"$OUT/tests/{name}.log\"");
         s.push_str(&format!(
             "echo \"== {name}\"\n\
-             {} --test-threads=1 {} >\"$OUT/tests/{name}.log\" 2>&1\n\
-             rc=$?\ncat \"$OUT/tests/{name}.log\"\n\
+             setsid {} --test-threads=1 {} >{log} 2>&1 &\n\
+             pid=$!\n\
+             ( sleep {limit}\n\
+             \x20 kill -0 $pid 2>/dev/null || exit 0\n\
+             \x20 {{ echo \"== still running after {limit}s: its processes, then each one's threads\"\n\
+             \x20   ps -eo pid,ppid,pgid,stat,pcpu,etimes,wchan:32,args\n\
+             \x20   for p in $(pgrep -s $pid); do echo \"-- $p\"; cat /proc/$p/task/*/stat; done\n\
+             \x20 }} >>{log} 2>&1\n\
+             \x20 kill -9 -$pid ) &\n\
+             watchdog=$!\n\
+             wait $pid\n\
+             rc=$?\n\
+             kill $watchdog 2>/dev/null\n\
+             cat {log}\n\
              counts=$(sed -n 's/^test result: [A-Za-z]*\\. \\([0-9]*\\) passed; \\([0-9]*\\) failed.*/\\1 \\2/p' \
-             \"$OUT/tests/{name}.log\" | tail -n 1)\n\
+             {log} | tail -n 1)\n\
              echo \"test {name} $rc ${{counts:-0 0}}\" >>\"$OUT/status\"\n",
             q(exe),
             harness.join(" ")
@@ -119,7 +139,11 @@ pub fn boot(vng: &Path, image: &Path, out: &Path, script: &Path, timeout: Durati
         .arg(image)
         // KVM guests of these kernels hang or abort on the machines the
         // matrix runs on: emulation is slower but works everywhere.
-        .args(["--disable-kvm", "--memory", "4G", "--cpus", "2", "--rwdir"])
+        .args(["--disable-kvm", "--memory", "4G", "--cpus", "2"])
+        // The guest kernel's messages in console.log: a guest that hangs
+        // shows there whether its kernel did (soft lockups, RCU stalls).
+        .arg("--verbose")
+        .arg("--rwdir")
         .arg(out)
         .arg("--exec")
         .arg(script)
@@ -220,13 +244,67 @@ mod tests {
                 agent: Path::new("/b/weft"),
                 tests: &tests,
                 harness: &["exact bytes".to_owned()],
+                test_limit: Duration::from_secs(60),
             },
         );
         assert!(
-            s.contains("'/t/tcp-1' --test-threads=1 'exact bytes' >"),
+            s.contains("setsid '/t/tcp-1' --test-threads=1 'exact bytes' >"),
             "{s}"
         );
         assert!(s.contains("OUT='/r/6.1'\n"), "{s}");
+    }
+
+    /// A test binary that hangs is stopped at the limit, with its
+    /// processes in its log, and the next one still runs.
+    #[test]
+    fn script_stops_a_hung_binary() {
+        let dir = std::env::temp_dir().join(format!("weft-vm-hang-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let hang = dir.join("hang");
+        // It starts a child of its own, which must be stopped too.
+        fs::write(&hang, "#!/bin/sh\nsleep 300 &\necho started\nwait\n").unwrap();
+        crate::vm::make_executable(&hang).unwrap();
+        let quick = dir.join("quick");
+        fs::write(
+            &quick,
+            "#!/bin/sh\necho 'test result: ok. 1 passed; 0 failed; 0 ignored'\n",
+        )
+        .unwrap();
+        crate::vm::make_executable(&quick).unwrap();
+        let tests = [("hang".to_owned(), hang), ("quick".to_owned(), quick)];
+        let text = script(
+            &dir,
+            &Plan {
+                agent: Path::new("/bin/true"),
+                tests: &tests,
+                harness: &[],
+                test_limit: Duration::from_secs(2),
+            },
+        );
+        let text = text.replace("/run/weft-test", &dir.join("run").to_string_lossy());
+        let started = Instant::now();
+        let run = Command::new("sh").arg("-c").arg(&text).status().unwrap();
+        assert!(run.success());
+        assert!(started.elapsed() < Duration::from_secs(60));
+        let v = verdict(&dir);
+        assert_eq!(
+            v.tests,
+            vec![("hang".to_owned(), 137), ("quick".to_owned(), 0)]
+        );
+        assert!(v.finished);
+        let log = fs::read_to_string(dir.join("tests/hang.log")).unwrap();
+        assert!(log.contains("== still running after 2s"), "{log}");
+        assert!(log.contains("sleep 300"), "the processes are listed: {log}");
+        // Its child was stopped with it: no `sleep 300` of this test is left.
+        std::thread::sleep(Duration::from_millis(200));
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let left = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.trim() == "sleep 300")
+            .count();
+        assert_eq!(left, 0, "the hung binary's child is still running");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The script itself, run by `sh` with stand-ins for the agent and a
@@ -252,6 +330,7 @@ mod tests {
                 agent: Path::new("/bin/true"),
                 tests: &tests,
                 harness: &[],
+                test_limit: Duration::from_secs(60),
             },
         );
         // The guest's own /run is this test's folder here.

@@ -43,7 +43,24 @@ pub const CORE_TESTS: &[&str] = &[
 
 /// A guest gets this long for the start-up check and the core tests
 /// under emulation.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+/// The guests run one after the other, so a guest whose kernel hangs
+/// must leave the others, and CI's 90 minutes, enough time.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+/// One test binary gets this long in a guest (the slowest, `tcp`, takes
+/// about 400 s on 5.10): one that hangs is stopped, with what its
+/// processes were doing, and the others still run.
+const TEST_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// How much of a guest's console (its kernel's messages) a run prints
+/// when the guest did not finish.
+const CONSOLE_TAIL_LINES: usize = 60;
+
+/// What the run prints of a failed test binary's log (CI keeps only what
+/// the run printed, not the results folder): the lines from each panic
+/// on, and the log's end.
+const PANIC_LINES: usize = 40;
+const LOG_TAIL_LINES: usize = 80;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -58,6 +75,11 @@ pub struct Options {
     /// its kernel-table markers).
     #[arg(long)]
     update_readme: bool,
+    /// Guests running at once. Each emulates 2 CPUs: more guests than the
+    /// machine has CPUs slow each other down unevenly, and a guest that
+    /// spins starves the others' timing-sensitive tests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    jobs: u32,
     /// After `--`: arguments for every test binary (name filters).
     #[arg(last = true)]
     harness: Vec<String>,
@@ -70,6 +92,7 @@ impl Options {
             kernel: kernels.iter().map(|s| s.to_string()).collect(),
             tests: CORE_TESTS.iter().map(|s| s.to_string()).collect(),
             update_readme: false,
+            jobs: 1,
             harness: Vec::new(),
         }
     }
@@ -91,13 +114,11 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
     let vng = virtme_ng(&dir)?;
     let bin = agent::build(env)?;
     let tests = build_tests(env, &options.tests)?;
-    // Downloads one at a time (one apt directory), then the guests run
-    // side by side, as many at once as the machine has CPUs: under
-    // emulation a guest is bound by its own CPU, so two guests on a
-    // 2-core machine take about as long as the slower one alone.
+    // Downloads one at a time (one apt directory), then the guests run,
+    // `--jobs` at once (one by default: each has the machine to itself).
     let jobs: Vec<_> = series.iter().map(|s| (*s, guest_kernel(s, &dir))).collect();
     let jobs = std::sync::Mutex::new(jobs.into_iter());
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = options.jobs as usize;
     let outcomes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..workers.min(series.len()) {
@@ -133,6 +154,7 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
             Ok(None) => say(format_args!("kernel {name}: skipped")),
             Err(e) => {
                 say(format_args!("kernel {name}: FAILED after {took}s: {e:#}"));
+                print_failed_logs(&dir.join("results").join(name), &tests);
                 failed.push(name);
             }
         }
@@ -215,6 +237,7 @@ fn one_kernel(
         agent: bin,
         tests,
         harness: &options.harness,
+        test_limit: TEST_LIMIT,
     };
     let script = out.join("run.sh");
     fs::write(&script, guest::script(&out, &plan))?;
@@ -269,6 +292,68 @@ fn one_kernel(
         );
     }
     Ok(Some(summary))
+}
+
+/// Prints what matters of the log of each test binary that failed or
+/// never reported in the guest whose results are in `out`.
+fn print_failed_logs(out: &Path, tests: &[(String, PathBuf)]) {
+    let verdict = guest::verdict(out);
+    if !verdict.finished {
+        let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
+        let lines: Vec<&str> = console.lines().collect();
+        let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+        say(format_args!(
+            "{}: the guest did not finish; the end of its console:\n{}",
+            out.display(),
+            lines[from..].join("\n")
+        ));
+    }
+    for (name, _) in tests {
+        let rc = verdict
+            .tests
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, rc)| *rc);
+        if rc == Some(0) {
+            continue;
+        }
+        let Ok(log) = fs::read_to_string(out.join("tests").join(format!("{name}.log"))) else {
+            continue;
+        };
+        say(format_args!(
+            "{}: {name}'s log ({}), its panics and its end:\n{}",
+            out.display(),
+            match rc {
+                Some(rc) => format!("exit status {rc}"),
+                None => "it never reported".to_owned(),
+            },
+            log_excerpt(&log)
+        ));
+    }
+}
+
+/// The lines of `log` from each panic on ([`PANIC_LINES`] each) and its
+/// last [`LOG_TAIL_LINES`], in order, with `...` where lines are left out.
+fn log_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut keep = vec![false; lines.len()];
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("panicked at") {
+            let end = (i + PANIC_LINES).min(lines.len());
+            keep[i..end].iter_mut().for_each(|k| *k = true);
+        }
+    }
+    let tail = lines.len().saturating_sub(LOG_TAIL_LINES);
+    keep[tail..].iter_mut().for_each(|k| *k = true);
+    let mut excerpt = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if keep[i] {
+            excerpt.push(*line);
+        } else if i == 0 || keep[i - 1] {
+            excerpt.push("...");
+        }
+    }
+    excerpt.join("\n")
 }
 
 /// virtme-ng in a virtual environment under `dir` (installed once).
@@ -331,4 +416,25 @@ fn make_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_keeps_panics_and_the_end() {
+        let mut log: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
+        log[10] = "thread 'x' panicked at tests/tcp.rs:1:1:".to_owned();
+        let excerpt = log_excerpt(&log.join("\n"));
+        let lines: Vec<&str> = excerpt.lines().collect();
+        assert_eq!(lines[0], "...");
+        assert_eq!(lines[1], "thread 'x' panicked at tests/tcp.rs:1:1:");
+        assert_eq!(lines[PANIC_LINES], "line 49");
+        assert_eq!(lines[PANIC_LINES + 1], "...");
+        assert_eq!(lines[PANIC_LINES + 2], "line 220");
+        assert_eq!(*lines.last().unwrap(), "line 299");
+        assert_eq!(lines.len(), 1 + PANIC_LINES + 1 + LOG_TAIL_LINES);
+        assert_eq!(log_excerpt("a\nb"), "a\nb", "a short log is whole");
+    }
 }
