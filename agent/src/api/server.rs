@@ -21,7 +21,7 @@ use super::proto::{
 };
 use crate::flow::filter::FlowFilter;
 use crate::flow::record::FlowRecord;
-use crate::flow::store::FlowStore;
+use crate::flow::store::{FlowStore, Range};
 use crate::status::StatusReport;
 use crate::steer::{policy::PolicyReport, report::ServiceReport};
 
@@ -193,25 +193,24 @@ impl FlowApi for FlowService {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let request = request.into_inner();
-        let filter = FlowFilter::try_from(&request.filter.unwrap_or_default())?;
+        let filter = FlowFilter::try_from(&request.filter.clone().unwrap_or_default())?;
         // An unknown service is an error, never an empty result.
         let unknown = filter
             .services()
-            .iter()
+            .into_iter()
             .find(|name| !self.services.borrow().iter().any(|s| &s.name == *name));
         if let Some(name) = unknown {
             return Err(Status::invalid_argument(format!(
                 "invalid service {name:?}: the agent steers no service of that name (see `weft services`)"
             )));
         }
-        let last = (request.last != 0).then(|| usize::try_from(request.last).unwrap_or(usize::MAX));
-        let since = since_instant(request.since_unix_nanos, SystemTime::now(), Instant::now());
+        let range = range(&request, SystemTime::now(), Instant::now())?;
 
         let (backlog, live) = if request.follow {
-            let (backlog, live) = self.store.query_and_subscribe(&filter, last, since);
+            let (backlog, live) = self.store.query_and_subscribe(&filter, range);
             (backlog, Some(live))
         } else {
-            (self.store.query(&filter, last, since), None)
+            (self.store.query(&filter, range), None)
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = FlowStream {
@@ -252,6 +251,50 @@ impl FlowApi for FlowService {
         let json = serde_json::to_string(&report)
             .map_err(|e| Status::internal(format!("cannot encode the policies: {e}")))?;
         Ok(Response::new(proto::Policies { json }))
+    }
+}
+
+/// The stored records a request asks for, besides its filter; a request
+/// whose bounds contradict each other is refused, naming the flags.
+fn range(request: &GetFlowsRequest, now: SystemTime, now_mono: Instant) -> Result<Range, Status> {
+    let count = |n: u64| (n != 0).then(|| usize::try_from(n).unwrap_or(usize::MAX));
+    if request.first != 0 && request.last != 0 {
+        return Err(Status::invalid_argument(
+            "--first and --last cannot be used together",
+        ));
+    }
+    if request.follow && (request.first != 0 || request.until_unix_nanos != 0) {
+        return Err(Status::invalid_argument(
+            "--first and --until select stored flows only: they cannot be used with --follow",
+        ));
+    }
+    let Some(until) = until_instant(request.until_unix_nanos, now, now_mono) else {
+        // Before anything stored: an empty selection.
+        return Ok(Range {
+            first: Some(0),
+            ..Range::default()
+        });
+    };
+    Ok(Range {
+        since: since_instant(request.since_unix_nanos, now, now_mono),
+        until,
+        last: count(request.last),
+        first: count(request.first),
+    })
+}
+
+/// Maps the request's wall-clock `until` onto the store's monotonic
+/// stamps: `Some(None)` for no upper bound (none given, or in the future),
+/// `None` for a time before the monotonic clock began (before anything the
+/// store can hold).
+fn until_instant(unix_nanos: u64, now: SystemTime, now_mono: Instant) -> Option<Option<Instant>> {
+    if unix_nanos == 0 {
+        return Some(None);
+    }
+    let until = UNIX_EPOCH + Duration::from_nanos(unix_nanos);
+    match now.duration_since(until) {
+        Ok(age) => now_mono.checked_sub(age).map(Some),
+        Err(_) => Some(None),
     }
 }
 
@@ -363,5 +406,57 @@ mod tests {
         );
         let future = 2_000_000 * 1_000_000_000;
         assert_eq!(since_instant(future, now, mono), Some(mono));
+    }
+
+    #[test]
+    fn until_maps_wall_time_and_refuses_contradictions() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mono = Instant::now();
+        assert_eq!(until_instant(0, now, mono), Some(None));
+        let five_s_ago = 1_000_000_000_000_000 - 5_000_000_000;
+        assert_eq!(
+            until_instant(five_s_ago, now, mono),
+            Some(mono.checked_sub(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            until_instant(2_000_000 * 1_000_000_000, now, mono),
+            Some(None)
+        );
+        // Thirty years ago: an instant before anything stored, or, where
+        // the clock cannot reach that far back, an empty selection.
+        let later = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        match until_instant(1, later, mono) {
+            Some(Some(at)) => assert!(at + Duration::from_secs(365 * 86_400) < mono),
+            Some(None) => panic!("a time in the past must bound the selection"),
+            None => {}
+        }
+
+        let refused = |request: GetFlowsRequest| {
+            let status = range(&request, now, mono).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            status.message().to_owned()
+        };
+        let both = refused(GetFlowsRequest {
+            first: 3,
+            last: 3,
+            ..Default::default()
+        });
+        assert!(both.contains("--first and --last"), "{both}");
+        let live = refused(GetFlowsRequest {
+            follow: true,
+            until_unix_nanos: five_s_ago,
+            ..Default::default()
+        });
+        assert!(live.contains("--follow"), "{live}");
+        let ok = range(
+            &GetFlowsRequest {
+                first: 2,
+                ..Default::default()
+            },
+            now,
+            mono,
+        )
+        .unwrap();
+        assert_eq!((ok.first, ok.last), (Some(2), None));
     }
 }

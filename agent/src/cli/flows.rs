@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 
+use super::filter_args::FilterArgs;
+use super::flow_text;
 use super::table::{self, Table};
 use super::{ApiSocketArgs, is_broken_pipe, rpc_failure, usage_error};
 use crate::api::{self, proto};
-use crate::flow::filter::{FilterError, FlowFilter, verdict_name};
+use crate::flow::filter::{FlowFilter, verdict_name};
 use crate::flow::record::{Endpoint, FlowEvent, FlowRecord, FlowType, Transport};
 
 /// Stored flows shown when neither `--last`, `--since`, `--all` nor
@@ -28,6 +30,38 @@ pub enum FlowsOutput {
     Json,
     /// One compact JSON record per line.
     Jsonl,
+    /// One line per flow, as `hubble observe` prints.
+    Compact,
+    /// One block of `KEY: value` lines per flow.
+    Dict,
+}
+
+/// A point in time on the command line: a duration ago (`5m`) or a UTC
+/// time in RFC 3339 (`2026-12-05T06:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeArg {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl TimeArg {
+    fn resolve(self, now: SystemTime) -> Option<SystemTime> {
+        match self {
+            TimeArg::Ago(ago) => now.checked_sub(ago),
+            TimeArg::At(at) => Some(at),
+        }
+    }
+}
+
+fn parse_time(value: &str) -> Result<TimeArg, String> {
+    if let Ok(ago) = humantime::parse_duration(value) {
+        return Ok(TimeArg::Ago(ago));
+    }
+    humantime::parse_rfc3339_weak(value)
+        .map(TimeArg::At)
+        .map_err(|_| {
+            "expected a duration ago (30s, 5m, 1h) or a UTC time (2026-12-05T06:00:00Z)".to_owned()
+        })
 }
 
 /// Recent and live flows from the local agent
@@ -39,16 +73,24 @@ pub struct FlowsArgs {
     #[command(flatten)]
     pub socket: ApiSocketArgs,
 
-    /// Only flows from the last DURATION (e.g. 30s, 5m, 1h)
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub since: Option<Duration>,
+    /// Only flows since TIME: a duration ago (30s, 5m, 1h) or a UTC time (2026-12-05T06:00:00Z)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<TimeArg>,
 
-    /// Only the newest N stored flows [default: 20, unless --since, --all or --follow]
-    #[arg(long, value_name = "N", value_parser = parse_last)]
+    /// Only stored flows until TIME (as for --since)
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "follow")]
+    pub until: Option<TimeArg>,
+
+    /// Only the newest N stored flows [default: 20, unless --since, --until, --first, --all or --follow]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     pub last: Option<u64>,
 
+    /// Only the oldest N stored flows
+    #[arg(long, value_name = "N", value_parser = parse_count, conflicts_with_all = ["last", "follow"])]
+    pub first: Option<u64>,
+
     /// All stored flows
-    #[arg(long, conflicts_with = "last")]
+    #[arg(long, conflicts_with_all = ["last", "first"])]
     pub all: bool,
 
     /// Keep printing new flows as they happen (stored flows only with --last, --since or --all)
@@ -66,87 +108,16 @@ pub struct FlowsArgs {
     pub filters: Box<FilterArgs>,
 }
 
-/// The filter flags. Repeating a flag, or giving comma-separated values,
-/// ORs the values; different flags AND.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Filters")]
-pub struct FilterArgs {
-    /// tcp, udp, http, http2, grpc, dns, redis, postgres, mysql
-    #[arg(long, value_name = "PROTO", value_delimiter = ',')]
-    pub protocol: Vec<String>,
-    /// Address or CIDR, either side
-    #[arg(long, value_name = "IP|CIDR", value_delimiter = ',')]
-    pub ip: Vec<String>,
-    /// Port, either side
-    #[arg(long, value_name = "PORT", value_delimiter = ',')]
-    pub port: Vec<String>,
-    /// Process id, either side
-    #[arg(long, value_name = "PID", value_delimiter = ',')]
-    pub pid: Vec<String>,
-    /// Process name (comm, exact), either side
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
-    pub process: Vec<String>,
-    /// Pod name prefix, optionally namespace/prefix, either side
-    #[arg(long, value_name = "[NS/]POD", value_delimiter = ',')]
-    pub pod: Vec<String>,
-    /// Kubernetes namespace, either side
-    #[arg(long, value_name = "NS", value_delimiter = ',')]
-    pub namespace: Vec<String>,
-    /// forwarded, dropped, redirected
-    #[arg(long, value_name = "VERDICT", value_delimiter = ',')]
-    pub verdict: Vec<String>,
-    /// HTTP status code (404) or class (5xx) of L7 records
-    #[arg(long, value_name = "CODE", value_delimiter = ',')]
-    pub http_status: Vec<String>,
-    /// HTTP path prefix of L7 records (/api/)
-    #[arg(long, value_name = "PREFIX", value_delimiter = ',')]
-    pub http_path: Vec<String>,
-    /// DNS name of L7 records (matches subdomains too)
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
-    pub dns_query: Vec<String>,
-    /// Name of the service a connection was made through
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
-    pub service: Vec<String>,
-    /// Trace id of L7 records (32 hex digits): every record of a trace
-    #[arg(long, value_name = "ID", value_delimiter = ',')]
-    pub trace_id: Vec<String>,
-}
-
-impl FilterArgs {
-    /// Validates every value; the first bad one is the error.
-    pub fn to_filter(&self) -> Result<FlowFilter, FilterError> {
-        type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
-        let kinds: [(&[String], Add); 13] = [
-            (&self.protocol, FlowFilter::add_protocol),
-            (&self.ip, FlowFilter::add_ip),
-            (&self.port, FlowFilter::add_port),
-            (&self.pid, FlowFilter::add_pid),
-            (&self.process, FlowFilter::add_process),
-            (&self.pod, FlowFilter::add_pod),
-            (&self.namespace, FlowFilter::add_namespace),
-            (&self.verdict, FlowFilter::add_verdict),
-            (&self.http_status, FlowFilter::add_http_status),
-            (&self.http_path, FlowFilter::add_http_path),
-            (&self.dns_query, FlowFilter::add_dns_query),
-            (&self.service, FlowFilter::add_service),
-            (&self.trace_id, FlowFilter::add_trace_id),
-        ];
-        let mut filter = FlowFilter::default();
-        for (values, add) in kinds {
-            for value in values {
-                add(&mut filter, value)?;
-            }
-        }
-        Ok(filter)
-    }
-}
-
 impl FlowsArgs {
     /// The API request for these arguments, `now` being the wall clock.
     fn request(&self, filter: &FlowFilter, now: SystemTime) -> proto::GetFlowsRequest {
-        let explicit = self.last.is_some() || self.since.is_some() || self.all;
+        let explicit = self.last.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.first.is_some()
+            || self.all;
         let since = match self.since {
-            Some(ago) => now.checked_sub(ago),
+            Some(time) => time.resolve(now),
             // Following without a backlog request: live flows only.
             None if self.follow && !explicit => Some(now),
             None => None,
@@ -161,12 +132,19 @@ impl FlowsArgs {
             follow: self.follow,
             last,
             since_unix_nanos: since.map_or(0, unix_nanos),
+            first: self.first.unwrap_or(0),
+            // Before the epoch is no bound anyone means: the earliest.
+            until_unix_nanos: self
+                .until
+                .and_then(|t| t.resolve(now))
+                .map_or(0, |t| unix_nanos(t).max(1)),
         }
     }
 }
 
-/// `--last N`: at least 1; "all" has its own flag rather than a magic 0.
-fn parse_last(value: &str) -> Result<u64, String> {
+/// `--last N`, `--first N`: at least 1; "all" has its own flag rather
+/// than a magic 0.
+fn parse_count(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("expected a number of flows, at least 1 (for all of them, use --all)".to_owned()),
@@ -255,6 +233,8 @@ struct FlowPrinter {
     /// Streamed table: the widest cell seen so far per column.
     widths: [usize; 9],
     header_done: bool,
+    /// Records printed one by one so far (`-o dict` separates them).
+    printed: usize,
 }
 
 impl FlowPrinter {
@@ -266,6 +246,7 @@ impl FlowPrinter {
             array: Vec::new(),
             widths: FOLLOW_WIDTHS,
             header_done: false,
+            printed: 0,
         }
     }
 
@@ -291,6 +272,19 @@ impl FlowPrinter {
                 // The agent sends compact JSON already: pass it through, so
                 // fields this CLI version does not know survive.
                 writeln!(out, "{}", flow.json)?;
+                out.flush()?;
+            }
+            (FlowsOutput::Compact, _) => {
+                writeln!(out, "{}", flow_text::compact(&decode(&flow.json)?))?;
+                out.flush()?;
+            }
+            (FlowsOutput::Dict, _) => {
+                let text = flow_text::dict(&decode(&flow.json)?);
+                if self.printed > 0 {
+                    writeln!(out, "{}", flow_text::DICT_SEPARATOR)?;
+                }
+                self.printed += 1;
+                out.write_all(text.as_bytes())?;
                 out.flush()?;
             }
             (FlowsOutput::Json, false) => self.array.push(decode(&flow.json)?),
@@ -372,7 +366,7 @@ fn row(record: &FlowRecord) -> [String; 9] {
 }
 
 /// `tcp open`, `tcp fail(refused)`, `http GET /x 200`, ...
-fn event(record: &FlowRecord) -> String {
+pub(super) fn event(record: &FlowRecord) -> String {
     if record.flow_type == FlowType::L7
         && let Some(l7) = &record.l7
     {
@@ -455,7 +449,7 @@ fn l7_summary(l7: &serde_json::Value) -> String {
 /// `curl[1234] 10.0.0.1:40512`, `shop/web-1 nginx[9] [fd00::1]:80`,
 /// `svc:shop/cart 10.96.20.5:6379` (a Service's virtual IP), or just the
 /// address when nothing else is known.
-fn endpoint(e: &Endpoint) -> String {
+pub(super) fn endpoint(e: &Endpoint) -> String {
     let mut parts = Vec::with_capacity(3);
     match (&e.namespace, &e.pod, &e.service) {
         (Some(ns), Some(pod), _) => parts.push(format!("{ns}/{pod}")),
@@ -676,7 +670,7 @@ mod tests {
         assert_eq!((all.last, all.since_unix_nanos), (0, 0));
 
         let since = req(FlowsArgs {
-            since: Some(Duration::from_secs(300)),
+            since: Some(TimeArg::Ago(Duration::from_secs(300))),
             follow: true,
             ..Default::default()
         });
@@ -713,5 +707,68 @@ mod tests {
         assert!(zero.to_string().contains("use --all"), "{zero}");
         assert!(Cli::try_parse_from(["flows", "--last", "5", "--all"]).is_err());
         assert!(Cli::try_parse_from(["flows", "--since", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn first_until_and_times() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flows: FlowsArgs,
+        }
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let request = |args: &[&str]| {
+            let mut argv = vec!["flows"];
+            argv.extend_from_slice(args);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            cli.flows.request(&FlowFilter::default(), now)
+        };
+        let first = request(&["--first", "3"]);
+        assert_eq!(
+            (first.first, first.last),
+            (3, 0),
+            "--first replaces the default --last"
+        );
+        let window = request(&["--since", "60s", "--until", "30s"]);
+        assert_eq!(window.since_unix_nanos, 940_000_000_000);
+        assert_eq!(window.until_unix_nanos, 970_000_000_000);
+        assert_eq!(window.last, 0);
+        let at = request(&["--until", "1970-01-01T00:10:00Z"]);
+        assert_eq!(at.until_unix_nanos, 600_000_000_000);
+        for bad in [
+            &["--first", "3", "--last", "3"][..],
+            &["--first", "3", "--follow"],
+            &["--until", "5m", "--follow"],
+            &["--first", "0"],
+            &["--until", "yesterday"],
+            &["-o", "yaml"],
+        ] {
+            let mut argv = vec!["flows"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn compact_and_dict_print_each_record() {
+        let (out, _) = print(
+            FlowsOutput::Compact,
+            false,
+            &[flow(&tcp_record()), flow(&tcp_record())],
+        );
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.lines().all(|l| l.contains(" -> ")), "{out}");
+        let (out, _) = print(
+            FlowsOutput::Dict,
+            true,
+            &[flow(&tcp_record()), flow(&tcp_record())],
+        );
+        let blocks: Vec<&str> = out.split("------------\n").collect();
+        assert_eq!(blocks.len(), 2, "{out}");
+        assert!(
+            blocks.iter().all(|b| b.starts_with("  TIMESTAMP: ")),
+            "{out}"
+        );
     }
 }

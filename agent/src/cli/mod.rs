@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 use crate::api::{self, DEFAULT_API_SOCKET, proto::flow_api_client::FlowApiClient};
 
 pub mod completions;
+pub mod filter_args;
+pub mod flow_text;
 pub mod flows;
 pub mod policies;
 pub mod services;

@@ -1,4 +1,5 @@
-//! Flow filters: what `weft flows --protocol/--ip/--port/...` select.
+//! Flow filters: what `weft flows --protocol/--ip/--from-port/--not ...`
+//! select.
 //!
 //! A [`FlowFilter`] is only ever built through validation, from the command
 //! line's strings in the CLI and again from the request in the agent (a
@@ -8,16 +9,19 @@
 //! parsing per record.
 //!
 //! Semantics: kinds combine with AND, values of one kind with OR, an empty
-//! kind does not constrain. Every endpoint filter matches either side.
+//! kind does not constrain. The endpoint filters match either side, their
+//! `from-` forms the source (the client) and their `to-` forms the
+//! destination (the server). A record matching any excluded filter
+//! (`--not`) is left out.
 
+mod endpoint;
 mod l7;
 
-use std::net::IpAddr;
-
-use ipnet::IpNet;
+pub use endpoint::Side;
+use endpoint::{EndpointFilter, RawEndpointFilter};
 
 use crate::api::proto;
-use crate::flow::record::{Endpoint, FlowRecord, Verdict};
+use crate::flow::record::{FlowEvent, FlowRecord, FlowType, Verdict};
 
 /// The protocol names `--protocol` accepts: the transports and the L7
 /// protocols the parsers report in `l7.protocol`.
@@ -25,14 +29,17 @@ pub const PROTOCOLS: &[&str] = &[
     "tcp", "udp", "http", "http2", "grpc", "dns", "redis", "postgres", "mysql",
 ];
 
+/// The kinds of record `--type` accepts.
+pub const TYPES: &[&str] = &["l4", "l7", "drop", "policy", "service"];
+
 /// A filter value that cannot be used, naming the flag, the value and why.
 ///
 /// Displays as `invalid --protocol "htp": expected one of tcp, udp, ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid --{filter} {value:?}: {reason}")]
 pub struct FilterError {
-    /// The flag, without dashes: `protocol`, `ip`, `port`, ...
-    pub filter: &'static str,
+    /// The flag, without dashes: `protocol`, `ip`, `from-port`, ...
+    pub filter: String,
     /// The value as given.
     pub value: String,
     /// What was expected instead.
@@ -40,9 +47,9 @@ pub struct FilterError {
 }
 
 impl FilterError {
-    fn new(filter: &'static str, value: &str, reason: impl Into<String>) -> Self {
+    fn new(filter: &str, value: &str, reason: impl Into<String>) -> Self {
         Self {
-            filter,
+            filter: filter.to_owned(),
             value: value.to_owned(),
             reason: reason.into(),
         }
@@ -57,33 +64,42 @@ impl From<FilterError> for tonic::Status {
     }
 }
 
-/// `--pod [namespace/]name-prefix`: pod names carry generated suffixes
-/// (`web-7d9f8-x2k4q`), so, as in Hubble, the name is a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PodFilter {
-    namespace: Option<String>,
-    name_prefix: String,
+/// `--type`: which kind of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordType {
+    /// Connection and datagram records (`type: l4`), drops included.
+    L4,
+    /// Request records (`type: l7`).
+    L7,
+    /// Packets the kernel dropped (`event: drop`).
+    Drop,
+    /// Records a policy rule decided (`policy` set).
+    Policy,
+    /// Records of connections made through a service, and its backends'
+    /// ejections and returns.
+    Service,
 }
 
-impl PodFilter {
-    fn matches(&self, endpoint: &Endpoint) -> bool {
-        let name_ok = endpoint
-            .pod
-            .as_deref()
-            .is_some_and(|pod| pod.starts_with(&self.name_prefix));
-        let namespace_ok = match &self.namespace {
-            None => true,
-            Some(ns) => endpoint.namespace.as_deref() == Some(ns.as_str()),
-        };
-        name_ok && namespace_ok
+impl RecordType {
+    fn name(self) -> &'static str {
+        match self {
+            RecordType::L4 => "l4",
+            RecordType::L7 => "l7",
+            RecordType::Drop => "drop",
+            RecordType::Policy => "policy",
+            RecordType::Service => "service",
+        }
     }
-}
 
-impl std::fmt::Display for PodFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{ns}/{}", self.name_prefix),
-            None => f.write_str(&self.name_prefix),
+    fn matches(self, r: &FlowRecord) -> bool {
+        match self {
+            RecordType::L4 => r.flow_type == FlowType::L4,
+            RecordType::L7 => r.flow_type == FlowType::L7,
+            RecordType::Drop => r.event == FlowEvent::Drop,
+            RecordType::Policy => r.policy.is_some() || r.event == FlowEvent::Policy,
+            RecordType::Service => {
+                r.service.is_some() || matches!(r.event, FlowEvent::Ejected | FlowEvent::Returned)
+            }
         }
     }
 }
@@ -94,21 +110,23 @@ impl std::fmt::Display for PodFilter {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowFilter {
     protocols: Vec<&'static str>,
-    ips: Vec<IpNet>,
-    ports: Vec<u16>,
-    pids: Vec<u32>,
-    processes: Vec<String>,
-    pods: Vec<PodFilter>,
-    namespaces: Vec<String>,
+    either: EndpointFilter,
+    from: EndpointFilter,
+    to: EndpointFilter,
     verdicts: Vec<Verdict>,
     services: Vec<String>,
     trace_ids: Vec<String>,
+    types: Vec<RecordType>,
+    /// `ingress` or `egress`.
+    directions: Vec<&'static str>,
     l7: l7::L7Filter,
+    /// `--not`: records matching any of these are left out.
+    exclude: Vec<FlowFilter>,
 }
 
 /// Trims a value and rejects an empty one (`--process ""`, `tcp,,udp`),
 /// which would otherwise silently match nothing.
-fn non_empty<'a>(filter: &'static str, value: &'a str) -> Result<&'a str, FilterError> {
+fn non_empty<'a>(filter: &str, value: &'a str) -> Result<&'a str, FilterError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
         Err(FilterError::new(filter, value, "the value is empty"))
@@ -121,6 +139,14 @@ impl FlowFilter {
     /// Whether the filter lets every record through.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    fn side_mut(&mut self, side: Side) -> &mut EndpointFilter {
+        match side {
+            Side::Either => &mut self.either,
+            Side::From => &mut self.from,
+            Side::To => &mut self.to,
+        }
     }
 
     /// `--protocol`: a transport or an L7 protocol, case-insensitive.
@@ -137,89 +163,68 @@ impl FlowFilter {
         Ok(())
     }
 
-    /// `--ip`: an address or a CIDR.
+    /// `--ip`: an address or a CIDR, either side.
     pub fn add_ip(&mut self, value: &str) -> Result<(), FilterError> {
-        let text = non_empty("ip", value)?;
-        let net = text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                FilterError::new(
-                    "ip",
-                    value,
-                    "expected an IP address (10.0.0.1, fd00::1) or a CIDR (10.0.0.0/8)",
-                )
-            })?;
-        self.ips.push(net);
-        Ok(())
+        self.add_ip_on(Side::Either, value)
+    }
+
+    /// `--ip`, `--from-ip`, `--to-ip`.
+    pub fn add_ip_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side).add_ip(&side.flag("ip"), value)
     }
 
     /// `--port`, as typed on the command line.
     pub fn add_port(&mut self, value: &str) -> Result<(), FilterError> {
-        let port = non_empty("port", value)?
-            .parse::<u16>()
-            .map_err(|_| FilterError::new("port", value, "expected a port number (0-65535)"))?;
-        self.ports.push(port);
-        Ok(())
+        self.add_port_on(Side::Either, value)
+    }
+
+    /// `--port`, `--from-port`, `--to-port`.
+    pub fn add_port_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side).add_port(&side.flag("port"), value)
     }
 
     /// `--pid`, as typed on the command line.
     pub fn add_pid(&mut self, value: &str) -> Result<(), FilterError> {
-        let pid = non_empty("pid", value)?
-            .parse::<u32>()
-            .map_err(|_| FilterError::new("pid", value, "expected a process id (a number)"))?;
-        self.pids.push(pid);
-        Ok(())
+        self.either.add_pid("pid", value)
     }
 
     /// `--process`: a process name (comm), matched exactly.
     pub fn add_process(&mut self, value: &str) -> Result<(), FilterError> {
-        let name = non_empty("process", value)?;
-        self.processes.push(name.to_owned());
-        Ok(())
+        self.add_process_on(Side::Either, value)
+    }
+
+    /// `--process`, `--from-process`, `--to-process`.
+    pub fn add_process_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side)
+            .add_process(&side.flag("process"), value)
     }
 
     /// `--pod`: `[namespace/]name-prefix`.
     pub fn add_pod(&mut self, value: &str) -> Result<(), FilterError> {
-        let text = non_empty("pod", value)?;
-        let invalid = || {
-            FilterError::new(
-                "pod",
-                value,
-                "expected [namespace/]pod-name-prefix (to match a whole namespace, use --namespace)",
-            )
-        };
-        let pod = match text.split_once('/') {
-            None => PodFilter {
-                namespace: None,
-                name_prefix: text.to_owned(),
-            },
-            Some((ns, name)) => {
-                if ns.is_empty() || name.is_empty() || name.contains('/') {
-                    return Err(invalid());
-                }
-                PodFilter {
-                    namespace: Some(ns.to_owned()),
-                    name_prefix: name.to_owned(),
-                }
-            }
-        };
-        self.pods.push(pod);
-        Ok(())
+        self.add_pod_on(Side::Either, value)
+    }
+
+    /// `--pod`, `--from-pod`, `--to-pod`.
+    pub fn add_pod_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side).add_pod(&side.flag("pod"), value)
     }
 
     /// `--namespace`: a Kubernetes namespace, matched exactly.
     pub fn add_namespace(&mut self, value: &str) -> Result<(), FilterError> {
-        let ns = non_empty("namespace", value)?;
-        if ns.contains('/') {
-            return Err(FilterError::new(
-                "namespace",
-                value,
-                "a namespace name cannot contain '/' (for a pod, use --pod namespace/name)",
-            ));
-        }
-        self.namespaces.push(ns.to_owned());
-        Ok(())
+        self.add_namespace_on(Side::Either, value)
+    }
+
+    /// `--namespace`, `--from-namespace`, `--to-namespace`.
+    pub fn add_namespace_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side)
+            .add_namespace(&side.flag("namespace"), value)
+    }
+
+    /// `--workload`, `--from-workload`, `--to-workload`: a Kubernetes
+    /// workload's name, matched exactly.
+    pub fn add_workload_on(&mut self, side: Side, value: &str) -> Result<(), FilterError> {
+        self.side_mut(side)
+            .add_workload(&side.flag("workload"), value)
     }
 
     /// `--verdict`: forwarded, dropped, redirected or audit.
@@ -233,11 +238,54 @@ impl FlowFilter {
                 return Err(FilterError::new(
                     "verdict",
                     value,
-                    "expected one of forwarded, dropped, redirected",
+                    "expected one of forwarded, dropped, redirected, audit",
                 ));
             }
         };
         self.verdicts.push(verdict);
+        Ok(())
+    }
+
+    /// `--type`: l4, l7, drop, policy or service.
+    pub fn add_type(&mut self, value: &str) -> Result<(), FilterError> {
+        let name = non_empty("type", value)?.to_ascii_lowercase();
+        let kind = [
+            RecordType::L4,
+            RecordType::L7,
+            RecordType::Drop,
+            RecordType::Policy,
+            RecordType::Service,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| {
+            FilterError::new(
+                "type",
+                value,
+                format!("expected one of {}", TYPES.join(", ")),
+            )
+        })?;
+        self.types.push(kind);
+        Ok(())
+    }
+
+    /// `--traffic-direction`: ingress or egress.
+    pub fn add_traffic_direction(&mut self, value: &str) -> Result<(), FilterError> {
+        let direction = match non_empty("traffic-direction", value)?
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "ingress" => "ingress",
+            "egress" => "egress",
+            _ => {
+                return Err(FilterError::new(
+                    "traffic-direction",
+                    value,
+                    "expected ingress (seen at the server) or egress (seen at the client)",
+                ));
+            }
+        };
+        self.directions.push(direction);
         Ok(())
     }
 
@@ -249,6 +297,11 @@ impl FlowFilter {
     /// `--http-path`: a path prefix.
     pub fn add_http_path(&mut self, value: &str) -> Result<(), FilterError> {
         self.l7.add_http_path(value)
+    }
+
+    /// `--http-method`: GET, POST, ... (case-insensitive).
+    pub fn add_http_method(&mut self, value: &str) -> Result<(), FilterError> {
+        self.l7.add_http_method(value)
     }
 
     /// `--dns-query`: a name and its subdomains.
@@ -277,25 +330,53 @@ impl FlowFilter {
         Ok(())
     }
 
-    /// The service names asked for.
-    pub fn services(&self) -> &[String] {
-        &self.services
+    /// `--not`: leaves out the records `negated` matches (one filter flag
+    /// with its values). An empty one would leave out everything, and is
+    /// refused.
+    pub fn exclude(&mut self, negated: FlowFilter) -> Result<(), FilterError> {
+        if negated.is_empty() || !negated.exclude.is_empty() {
+            return Err(FilterError::new(
+                "not",
+                "",
+                "--not must be followed by one filter flag and its values (--not --port 80)",
+            ));
+        }
+        self.exclude.push(negated);
+        Ok(())
     }
 
-    /// Whether `record` passes: every constrained kind has a matching value.
+    /// The service names asked for, excluded ones included (each must be
+    /// a service the agent steers).
+    pub fn services(&self) -> Vec<&String> {
+        self.services
+            .iter()
+            .chain(self.exclude.iter().flat_map(|f| &f.services))
+            .collect()
+    }
+
+    /// Whether `record` passes: every constrained kind has a matching
+    /// value, and no excluded filter matches it.
     pub fn matches(&self, record: &FlowRecord) -> bool {
-        self.l7.matches(record) && self.l4_matches(record)
+        self.l7.matches(record)
+            && self.kinds_match(record)
+            && self.either.matches(Side::Either, record)
+            && self.from.matches(Side::From, record)
+            && self.to.matches(Side::To, record)
+            && !self.exclude.iter().any(|negated| negated.matches(record))
     }
 
-    fn l4_matches(&self, record: &FlowRecord) -> bool {
-        let sides = [&record.source, &record.destination];
-        let any_side = |pred: &dyn Fn(&Endpoint) -> bool| sides.iter().any(|e| pred(e));
-
+    fn kinds_match(&self, record: &FlowRecord) -> bool {
         (self.protocols.is_empty()
             || record
                 .protocol_names()
                 .any(|name| self.protocols.contains(&name)))
             && (self.verdicts.is_empty() || self.verdicts.contains(&record.verdict))
+            && (self.types.is_empty() || self.types.iter().any(|t| t.matches(record)))
+            && (self.directions.is_empty()
+                || record
+                    .traffic_direction
+                    .as_deref()
+                    .is_some_and(|d| self.directions.contains(&d)))
             && (self.trace_ids.is_empty()
                 || record
                     .trace
@@ -306,32 +387,6 @@ impl FlowFilter {
                     .service
                     .as_ref()
                     .is_some_and(|s| self.services.contains(&s.name)))
-            && (self.ports.is_empty() || any_side(&|e| self.ports.contains(&e.port)))
-            && (self.ips.is_empty() || any_side(&|e| self.ip_matches(e.ip)))
-            && (self.pids.is_empty()
-                || any_side(&|e| e.pid.is_some_and(|p| self.pids.contains(&p))))
-            && (self.processes.is_empty()
-                || any_side(&|e| {
-                    e.process
-                        .as_deref()
-                        .is_some_and(|p| self.processes.iter().any(|want| want == p))
-                }))
-            && (self.pods.is_empty() || any_side(&|e| self.pods.iter().any(|pod| pod.matches(e))))
-            && (self.namespaces.is_empty()
-                || any_side(&|e| {
-                    e.namespace
-                        .as_deref()
-                        .is_some_and(|ns| self.namespaces.iter().any(|want| want == ns))
-                }))
-    }
-
-    /// Dual-stack sockets report IPv4 peers as `::ffff:a.b.c.d`; an IPv4
-    /// filter must still match them.
-    fn ip_matches(&self, ip: IpAddr) -> bool {
-        let canonical = ip.to_canonical();
-        self.ips
-            .iter()
-            .any(|net| net.contains(&ip) || net.contains(&canonical))
     }
 }
 
@@ -341,45 +396,62 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
 
     fn try_from(raw: &proto::FlowFilter) -> Result<Self, FilterError> {
         let mut filter = FlowFilter::default();
-        for v in &raw.protocol {
-            filter.add_protocol(v)?;
+        type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
+        let kinds: [(&[String], Add); 10] = [
+            (&raw.protocol, FlowFilter::add_protocol),
+            (&raw.verdict, FlowFilter::add_verdict),
+            (&raw.r#type, FlowFilter::add_type),
+            (&raw.traffic_direction, FlowFilter::add_traffic_direction),
+            (&raw.http_status, FlowFilter::add_http_status),
+            (&raw.http_path, FlowFilter::add_http_path),
+            (&raw.http_method, FlowFilter::add_http_method),
+            (&raw.dns_query, FlowFilter::add_dns_query),
+            (&raw.service, FlowFilter::add_service),
+            (&raw.trace_id, FlowFilter::add_trace_id),
+        ];
+        for (values, add) in kinds {
+            for v in values {
+                add(&mut filter, v)?;
+            }
         }
-        for v in &raw.ip {
-            filter.add_ip(v)?;
-        }
-        for &v in &raw.port {
-            let port = u16::try_from(v).map_err(|_| {
-                FilterError::new("port", &v.to_string(), "expected a port number (0-65535)")
-            })?;
-            filter.ports.push(port);
-        }
-        filter.pids.extend_from_slice(&raw.pid);
-        for v in &raw.process {
-            filter.add_process(v)?;
-        }
-        for v in &raw.pod {
-            filter.add_pod(v)?;
-        }
-        for v in &raw.namespace {
-            filter.add_namespace(v)?;
-        }
-        for v in &raw.verdict {
-            filter.add_verdict(v)?;
-        }
-        for v in &raw.http_status {
-            filter.add_http_status(v)?;
-        }
-        for v in &raw.http_path {
-            filter.add_http_path(v)?;
-        }
-        for v in &raw.dns_query {
-            filter.add_dns_query(v)?;
-        }
-        for v in &raw.service {
-            filter.add_service(v)?;
-        }
-        for v in &raw.trace_id {
-            filter.add_trace_id(v)?;
+        filter.either.read(
+            Side::Either,
+            RawEndpointFilter {
+                ip: &raw.ip,
+                port: &raw.port,
+                pid: &raw.pid,
+                process: &raw.process,
+                pod: &raw.pod,
+                namespace: &raw.namespace,
+                workload: &raw.workload,
+            },
+        )?;
+        filter.from.read(
+            Side::From,
+            RawEndpointFilter {
+                ip: &raw.from_ip,
+                port: &raw.from_port,
+                pid: &[],
+                process: &raw.from_process,
+                pod: &raw.from_pod,
+                namespace: &raw.from_namespace,
+                workload: &raw.from_workload,
+            },
+        )?;
+        filter.to.read(
+            Side::To,
+            RawEndpointFilter {
+                ip: &raw.to_ip,
+                port: &raw.to_port,
+                pid: &[],
+                process: &raw.to_process,
+                pod: &raw.to_pod,
+                namespace: &raw.to_namespace,
+                workload: &raw.to_workload,
+            },
+        )?;
+        for negated in &raw.exclude {
+            filter.exclude(FlowFilter::try_from(negated)?)?;
         }
         Ok(filter)
     }
@@ -387,24 +459,44 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
 
 impl From<&FlowFilter> for proto::FlowFilter {
     fn from(filter: &FlowFilter) -> Self {
+        let either = filter.either.write();
+        let from = filter.from.write();
+        let to = filter.to.write();
         proto::FlowFilter {
             protocol: filter.protocols.iter().map(|p| (*p).to_owned()).collect(),
-            ip: filter.ips.iter().map(IpNet::to_string).collect(),
-            port: filter.ports.iter().map(|&p| u32::from(p)).collect(),
-            pid: filter.pids.clone(),
-            process: filter.processes.clone(),
-            pod: filter.pods.iter().map(PodFilter::to_string).collect(),
-            namespace: filter.namespaces.clone(),
+            ip: either.ip,
+            port: either.port,
+            pid: either.pid,
+            process: either.process,
+            pod: either.pod,
+            namespace: either.namespace,
+            workload: either.workload,
+            from_ip: from.ip,
+            to_ip: to.ip,
+            from_port: from.port,
+            to_port: to.port,
+            from_process: from.process,
+            to_process: to.process,
+            from_pod: from.pod,
+            to_pod: to.pod,
+            from_namespace: from.namespace,
+            to_namespace: to.namespace,
+            from_workload: from.workload,
+            to_workload: to.workload,
             verdict: filter
                 .verdicts
                 .iter()
                 .map(|v| verdict_name(*v).to_owned())
                 .collect(),
+            r#type: filter.types.iter().map(|t| t.name().to_owned()).collect(),
+            traffic_direction: filter.directions.iter().map(|d| (*d).to_owned()).collect(),
             http_status: filter.l7.statuses(),
             http_path: filter.l7.paths(),
+            http_method: filter.l7.methods(),
             dns_query: filter.l7.dns_queries(),
             service: filter.services.clone(),
             trace_id: filter.trace_ids.clone(),
+            exclude: filter.exclude.iter().map(proto::FlowFilter::from).collect(),
         }
     }
 }
@@ -571,6 +663,136 @@ mod tests {
         assert!(!and_fail.matches(&rec));
     }
 
+    /// A connection whose two ends are both on this node: `curl` at
+    /// 10.0.0.1 is the source, `nginx` at 10.0.0.2 the destination, and
+    /// each end's identity is in its own endpoint.
+    fn local_pair() -> FlowRecord {
+        let mut rec = tcp_record();
+        rec.source.pod = Some("client-5d8f-abcde".into());
+        rec.source.namespace = Some("front".into());
+        rec.source.workload = Some("client".into());
+        rec.destination.pod = Some("web-7d9f8-x2k4q".into());
+        rec.destination.namespace = Some("shop".into());
+        rec.destination.workload = Some("web".into());
+        rec
+    }
+
+    #[test]
+    fn from_and_to_filters_look_at_one_side() {
+        let rec = local_pair();
+        type AddOn = fn(&mut FlowFilter, Side, &str) -> Result<(), FilterError>;
+        // (kind, the source's value, the destination's value)
+        let cases: [(AddOn, &str, &str); 6] = [
+            (FlowFilter::add_ip_on, "10.0.0.1", "10.0.0.2/32"),
+            (FlowFilter::add_port_on, "40512", "8080"),
+            (FlowFilter::add_process_on, "curl", "nginx"),
+            (FlowFilter::add_pod_on, "front/client", "web-7d9f8"),
+            (FlowFilter::add_namespace_on, "front", "shop"),
+            (FlowFilter::add_workload_on, "client", "web"),
+        ];
+        for (add, source, destination) in cases {
+            let on = |side: Side, value: &str| filter(|f| add(f, side, value));
+            assert!(on(Side::From, source).matches(&rec), "from {source}");
+            assert!(on(Side::To, destination).matches(&rec), "to {destination}");
+            assert!(
+                !on(Side::From, destination).matches(&rec),
+                "from {destination}"
+            );
+            assert!(!on(Side::To, source).matches(&rec), "to {source}");
+            assert!(on(Side::Either, source).matches(&rec), "either {source}");
+            assert!(on(Side::Either, destination).matches(&rec));
+        }
+        // Both sides constrained at once.
+        let both = filter(|f| {
+            f.add_process_on(Side::From, "curl")?;
+            f.add_port_on(Side::To, "8080")
+        });
+        assert!(both.matches(&rec));
+        let crossed = filter(|f| {
+            f.add_process_on(Side::From, "nginx")?;
+            f.add_port_on(Side::To, "8080")
+        });
+        assert!(!crossed.matches(&rec));
+        // The flag names the side.
+        let err = FlowFilter::default()
+            .add_port_on(Side::To, "http")
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid --to-port \"http\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn record_types() {
+        let mut rec = tcp_record();
+        let is = |rec: &FlowRecord, t: &str| filter(|f| f.add_type(t)).matches(rec);
+        assert!(is(&rec, "l4") && !is(&rec, "l7") && !is(&rec, "drop"));
+        assert!(!is(&rec, "policy") && !is(&rec, "service"));
+        rec.event = FlowEvent::Drop;
+        assert!(is(&rec, "drop") && is(&rec, "l4"));
+        rec.event = FlowEvent::Policy;
+        rec.policy = Some("deny-db".into());
+        assert!(is(&rec, "policy") && !is(&rec, "drop"));
+        rec.event = FlowEvent::Ejected;
+        rec.policy = None;
+        assert!(is(&rec, "service"));
+        let mut l7 = tcp_record();
+        l7.flow_type = FlowType::L7;
+        l7.event = FlowEvent::Request;
+        assert!(is(&l7, "l7") && !is(&l7, "l4"));
+        let err = FlowFilter::default().add_type("trace").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --type \"trace\": expected one of l4, l7, drop, policy, service"
+        );
+    }
+
+    #[test]
+    fn traffic_direction_of_l7_records() {
+        let mut rec = tcp_record();
+        let egress = filter(|f| f.add_traffic_direction("Egress"));
+        assert!(!egress.matches(&rec), "an L4 record has no direction");
+        rec.traffic_direction = Some("egress".into());
+        assert!(egress.matches(&rec));
+        rec.traffic_direction = Some("ingress".into());
+        assert!(!egress.matches(&rec));
+        assert!(FlowFilter::default().add_traffic_direction("in").is_err());
+    }
+
+    #[test]
+    fn not_leaves_out_what_it_negates() {
+        let rec = local_pair();
+        let negated = |build: fn(&mut FlowFilter) -> Result<(), FilterError>| {
+            let mut f = FlowFilter::default();
+            f.exclude(filter(build)).unwrap();
+            f
+        };
+        assert!(!negated(|f| f.add_port("8080")).matches(&rec));
+        assert!(negated(|f| f.add_port("80")).matches(&rec));
+        assert!(!negated(|f| f.add_process_on(Side::From, "curl")).matches(&rec));
+        assert!(negated(|f| f.add_process_on(Side::To, "curl")).matches(&rec));
+        // Values of one negated flag: none of them.
+        let two = negated(|f| {
+            f.add_port("80")?;
+            f.add_port("8080")
+        });
+        assert!(!two.matches(&rec));
+        // With a positive filter: both must hold.
+        let mut f = filter(|f| f.add_protocol("tcp"));
+        f.exclude(filter(|f| f.add_process("redis"))).unwrap();
+        assert!(f.matches(&rec));
+        f.exclude(filter(|f| f.add_namespace("shop"))).unwrap();
+        assert!(!f.matches(&rec), "any excluded filter leaves it out");
+        // Nothing to negate, or a negation inside one, is refused.
+        assert!(
+            FlowFilter::default()
+                .exclude(FlowFilter::default())
+                .is_err()
+        );
+        assert!(FlowFilter::default().exclude(f).is_err());
+    }
+
     #[test]
     fn proto_round_trip_keeps_the_filter() {
         let f = filter(|f| {
@@ -583,7 +805,18 @@ mod tests {
             f.add_pod("kube-system/coredns")?;
             f.add_pod("web")?;
             f.add_namespace("kube-system")?;
-            f.add_verdict("dropped")
+            f.add_verdict("dropped")?;
+            f.add_ip_on(Side::From, "10.1.0.0/16")?;
+            f.add_port_on(Side::To, "8080")?;
+            f.add_process_on(Side::From, "curl")?;
+            f.add_pod_on(Side::To, "shop/web")?;
+            f.add_namespace_on(Side::From, "front")?;
+            f.add_workload_on(Side::To, "web")?;
+            f.add_workload_on(Side::Either, "db")?;
+            f.add_type("l7")?;
+            f.add_traffic_direction("ingress")?;
+            f.add_http_method("GET")?;
+            f.exclude(filter(|f| f.add_port_on(Side::From, "22")))
         });
         let raw = proto::FlowFilter::from(&f);
         assert_eq!(FlowFilter::try_from(&raw).unwrap(), f);

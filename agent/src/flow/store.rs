@@ -102,16 +102,10 @@ impl FlowStore {
         let _ = self.live.send(record);
     }
 
-    /// Stored records matching `filter`, oldest first: only those stored at
-    /// or after `since` when given, then only the newest `last` when given.
-    pub fn query(
-        &self,
-        filter: &FlowFilter,
-        last: Option<usize>,
-        since: Option<Instant>,
-    ) -> Vec<Arc<FlowRecord>> {
+    /// Stored records matching `filter` and `range`, oldest first.
+    pub fn query(&self, filter: &FlowFilter, range: Range) -> Vec<Arc<FlowRecord>> {
         let ring = self.lock();
-        select(&ring, filter, last, since)
+        select(&ring, filter, range)
     }
 
     /// A receiver of every record pushed from now on.
@@ -125,11 +119,10 @@ impl FlowStore {
     pub fn query_and_subscribe(
         &self,
         filter: &FlowFilter,
-        last: Option<usize>,
-        since: Option<Instant>,
+        range: Range,
     ) -> (Vec<Arc<FlowRecord>>, broadcast::Receiver<Arc<FlowRecord>>) {
         let ring = self.lock();
-        let records = select(&ring, filter, last, since);
+        let records = select(&ring, filter, range);
         (records, self.live.subscribe())
     }
 
@@ -155,6 +148,19 @@ impl FlowStore {
     }
 }
 
+/// Which of the stored records a query wants, besides its filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    /// Only those stored at or after this instant.
+    pub since: Option<Instant>,
+    /// Only those stored at or before this instant.
+    pub until: Option<Instant>,
+    /// Then only the newest `last` ...
+    pub last: Option<usize>,
+    /// ... or the oldest `first`.
+    pub first: Option<usize>,
+}
+
 /// The selection behind [`FlowStore::query`], in time order.
 ///
 /// Records are stored as they are written, which is not the order of
@@ -162,25 +168,26 @@ impl FlowStore {
 /// dated by its request, an `open` once its other end is known but dated
 /// by the establishment. A listing comes in time order, and `last` keeps
 /// the newest by time.
-fn select(
-    ring: &Ring,
-    filter: &FlowFilter,
-    last: Option<usize>,
-    since: Option<Instant>,
-) -> Vec<Arc<FlowRecord>> {
-    let start = since.map_or(0, |cutoff| {
+fn select(ring: &Ring, filter: &FlowFilter, range: Range) -> Vec<Arc<FlowRecord>> {
+    let start = range.since.map_or(0, |cutoff| {
         ring.entries.partition_point(|e| e.stored_at < cutoff)
+    });
+    let end = range.until.map_or(ring.entries.len(), |cutoff| {
+        ring.entries.partition_point(|e| e.stored_at <= cutoff)
     });
     let mut records: Vec<Arc<FlowRecord>> = ring
         .entries
-        .range(start..)
+        .range(start..end.max(start))
         .filter(|e| filter.matches(&e.record))
         .map(|e| Arc::clone(&e.record))
         .collect();
     // Stable: records of one instant stay in the order they were written.
     records.sort_by_key(|r| r.mono_ns);
-    if let Some(last) = last {
+    if let Some(last) = range.last {
         records.drain(..records.len().saturating_sub(last));
+    }
+    if let Some(first) = range.first {
+        records.truncate(first);
     }
     records
 }
@@ -217,7 +224,7 @@ mod tests {
                 evicted: 2
             }
         );
-        let all = store.query(&FlowFilter::default(), None, None);
+        let all = store.query(&FlowFilter::default(), Range::default());
         assert_eq!(ports(&all), [3, 4, 5], "oldest first, oldest evicted");
     }
 
@@ -226,9 +233,20 @@ mod tests {
         let store = FlowStore::new(0);
         let mut rx = store.subscribe();
         store.push(record(1));
-        assert!(store.query(&FlowFilter::default(), None, None).is_empty());
+        assert!(
+            store
+                .query(&FlowFilter::default(), Range::default())
+                .is_empty()
+        );
         assert_eq!(store.stats().evicted, 0);
         assert_eq!(rx.try_recv().unwrap().source.port, 1);
+    }
+
+    fn last(n: usize) -> Range {
+        Range {
+            last: Some(n),
+            ..Range::default()
+        }
     }
 
     #[test]
@@ -237,16 +255,16 @@ mod tests {
         for port in 1..=6 {
             store.push(record(port));
         }
-        let last2 = store.query(&FlowFilter::default(), Some(2), None);
+        let last2 = store.query(&FlowFilter::default(), last(2));
         assert_eq!(ports(&last2), [5, 6]);
 
         let mut odd = FlowFilter::default();
         for p in ["1", "3", "5"] {
             odd.add_port(p).unwrap();
         }
-        assert_eq!(ports(&store.query(&odd, Some(2), None)), [3, 5]);
-        assert_eq!(ports(&store.query(&odd, None, None)), [1, 3, 5]);
-        assert_eq!(ports(&store.query(&odd, Some(0), None)), [] as [u16; 0]);
+        assert_eq!(ports(&store.query(&odd, last(2))), [3, 5]);
+        assert_eq!(ports(&store.query(&odd, Range::default())), [1, 3, 5]);
+        assert_eq!(ports(&store.query(&odd, last(0))), [] as [u16; 0]);
     }
 
     #[test]
@@ -256,19 +274,54 @@ mod tests {
         for (i, port) in (1..=4).enumerate() {
             store.push_at(record(port), t0 + Duration::from_secs(i as u64 * 10));
         }
-        let since = |secs| Some(t0 + Duration::from_secs(secs));
+        let since = |secs| Range {
+            since: Some(t0 + Duration::from_secs(secs)),
+            ..Range::default()
+        };
         let all = FlowFilter::default();
-        assert_eq!(ports(&store.query(&all, None, since(10))), [2, 3, 4]);
-        assert_eq!(ports(&store.query(&all, None, since(11))), [3, 4]);
-        assert_eq!(ports(&store.query(&all, Some(1), since(10))), [4]);
-        assert!(store.query(&all, None, since(31)).is_empty());
+        assert_eq!(ports(&store.query(&all, since(10))), [2, 3, 4]);
+        assert_eq!(ports(&store.query(&all, since(11))), [3, 4]);
+        assert_eq!(
+            ports(&store.query(
+                &all,
+                Range {
+                    last: Some(1),
+                    ..since(10)
+                }
+            )),
+            [4]
+        );
+        assert!(store.query(&all, since(31)).is_empty());
+        // `until` keeps those stored at or before it; `first` the oldest.
+        let until = |secs| Range {
+            until: Some(t0 + Duration::from_secs(secs)),
+            ..Range::default()
+        };
+        assert_eq!(ports(&store.query(&all, until(10))), [1, 2]);
+        assert_eq!(ports(&store.query(&all, until(9))), [1]);
+        let window = Range {
+            until: Some(t0 + Duration::from_secs(20)),
+            ..since(10)
+        };
+        assert_eq!(ports(&store.query(&all, window)), [2, 3]);
+        let first = Range {
+            first: Some(2),
+            ..since(10)
+        };
+        assert_eq!(ports(&store.query(&all, first)), [2, 3]);
+        // An empty window, until before since: nothing, no panic.
+        let backwards = Range {
+            until: Some(t0),
+            ..since(20)
+        };
+        assert!(store.query(&all, backwards).is_empty());
     }
 
     #[test]
     fn query_and_subscribe_splits_old_and_new() {
         let store = FlowStore::new(10);
         store.push(record(1));
-        let (old, mut rx) = store.query_and_subscribe(&FlowFilter::default(), None, None);
+        let (old, mut rx) = store.query_and_subscribe(&FlowFilter::default(), Range::default());
         store.push(record(2));
         assert_eq!(ports(&old), [1]);
         assert_eq!(rx.try_recv().unwrap().source.port, 2);
@@ -302,9 +355,9 @@ mod tests {
             r.mono_ns = mono_ns;
             store.push(r);
         }
-        let all = store.query(&FlowFilter::default(), None, None);
+        let all = store.query(&FlowFilter::default(), Range::default());
         assert_eq!(ports(&all), [5, 1, 3, 2, 4]);
-        let last = store.query(&FlowFilter::default(), Some(3), None);
+        let last = store.query(&FlowFilter::default(), last(3));
         assert_eq!(ports(&last), [3, 2, 4]);
     }
 }

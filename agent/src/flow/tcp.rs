@@ -768,7 +768,7 @@ mod tests {
         poll(&mut t, 3 * SECOND, &mut std::iter::empty(), &mut out);
         assert_eq!(t.len(), 0);
         assert_eq!(t.closes_lost, 1);
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         let events: Vec<_> = records.iter().map(|r| r.event).collect();
         assert_eq!(events, [FlowEvent::Open, FlowEvent::Close]);
         assert_eq!(records[1].bytes_sent, 10);
@@ -831,7 +831,7 @@ mod tests {
         close.conn.bytes_sent = 11;
         t.handle(&close, &mut out);
         assert_eq!(t.closes_lost, 0);
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         let closed: Vec<_> = records
             .iter()
             .filter(|r| r.event == FlowEvent::Close)
@@ -936,9 +936,13 @@ mod tests {
         let mut out = emitter(&store);
         let mut t = tracker();
         t.handle(&open_event(7), &mut out);
-        assert!(store.query(&FlowFilter::default(), None, None).is_empty());
+        assert!(
+            store
+                .query(&FlowFilter::default(), crate::flow::store::Range::default())
+                .is_empty()
+        );
         t.handle(&server_open_event(8, 1_050), &mut out);
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].event, FlowEvent::Open);
         assert_eq!(records[0].destination.pid, Some(42));
@@ -953,7 +957,11 @@ mod tests {
         let mut t = tracker();
         let ev = open_event(7);
         t.handle(&ev, &mut out);
-        let count = |store: &FlowStore| store.query(&FlowFilter::default(), None, None).len();
+        let count = |store: &FlowStore| {
+            store
+                .query(&FlowFilter::default(), crate::flow::store::Range::default())
+                .len()
+        };
         // A poll before the wait is over writes nothing...
         poll(
             &mut t,
@@ -967,7 +975,7 @@ mod tests {
         later.ts_ns = 1_000 + OPEN_WAIT_NS;
         later.conn.tuple.local_port = 40001;
         t.handle(&later, &mut out);
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].event, FlowEvent::Open);
         assert_eq!(records[0].destination.pid, None);
@@ -999,7 +1007,7 @@ mod tests {
     }
 
     fn events(store: &FlowStore) -> Vec<FlowEvent> {
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         records.iter().map(|r| r.event).collect()
     }
 
@@ -1039,7 +1047,7 @@ mod tests {
         // The new one is followed, and closes once.
         t.handle(&close_of(&new, new.ts_ns + 1), &mut out);
         assert_eq!(t.len(), 0);
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         let closes: Vec<_> = records
             .iter()
             .filter(|r| r.event == FlowEvent::Close)

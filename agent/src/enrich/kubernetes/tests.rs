@@ -334,7 +334,7 @@ async fn flows_and_metrics_carry_kubernetes_names() {
         emitter.emit(&obs, &mut Exported::default());
     }
 
-    let records = store.query(&FlowFilter::default(), None, None);
+    let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
     assert_eq!(records.len(), 2);
     let src = &records[0].source;
     assert_eq!(src.container_id.as_deref(), Some(FRONTEND));
@@ -367,7 +367,12 @@ async fn flows_and_metrics_carry_kubernetes_names() {
     let mut filter = FlowFilter::default();
     filter.add_pod("shop/frontend").unwrap();
     filter.add_namespace("shop").unwrap();
-    assert_eq!(store.query(&filter, None, None).len(), 2);
+    assert_eq!(
+        store
+            .query(&filter, crate::flow::store::Range::default())
+            .len(),
+        2
+    );
 
     let text = metrics.encode().unwrap();
     let series = |dst_workload: &str, dst_ns: &str| {

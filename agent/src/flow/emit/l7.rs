@@ -290,7 +290,7 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("no `other` series:\n{text}"));
         assert!(other.ends_with(" 3"), "{other}");
-        let records = store.query(&FlowFilter::default(), None, None);
+        let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         let last = records.last().expect("a record");
         assert_eq!(last.l7.as_ref().expect("l7")["protocol"], "grpc");
         assert_eq!(records.len(), 10, "the store keeps its newest records");

@@ -1,5 +1,5 @@
-//! The L7 filters of `weft flows`: `--http-status`, `--http-path` and
-//! `--dns-query`. A record without the field (an L4 record, another
+//! The L7 filters of `weft flows`: `--http-status`, `--http-path`,
+//! `--http-method` and `--dns-query`. A record without the field (an L4 record, another
 //! protocol) does not match a constrained kind.
 
 use super::FilterError;
@@ -25,6 +25,8 @@ impl std::fmt::Display for StatusMatch {
 pub struct L7Filter {
     statuses: Vec<StatusMatch>,
     path_prefixes: Vec<String>,
+    /// Upper case, as the parsers report them.
+    methods: Vec<String>,
     dns_suffixes: Vec<String>,
 }
 
@@ -71,6 +73,22 @@ impl L7Filter {
         Ok(())
     }
 
+    /// `--http-method`: a method token (`GET`, `PURGE`), case-insensitive.
+    pub fn add_http_method(&mut self, value: &str) -> Result<(), FilterError> {
+        let v = value.trim().to_ascii_uppercase();
+        // RFC 9110's token characters.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if v.is_empty() || !v.bytes().all(token) {
+            return Err(FilterError::new(
+                "http-method",
+                value,
+                "expected an HTTP method (GET, POST, PUT, DELETE, ...)",
+            ));
+        }
+        self.methods.push(v);
+        Ok(())
+    }
+
     /// `--dns-query`: a name; matches it and its subdomains.
     pub fn add_dns_query(&mut self, value: &str) -> Result<(), FilterError> {
         let v = value.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -101,6 +119,13 @@ impl L7Filter {
                 || field("path")
                     .and_then(|p| p.as_str())
                     .is_some_and(|path| self.path_prefixes.iter().any(|p| path.starts_with(p))))
+            && (self.methods.is_empty()
+                || (matches!(
+                    field("protocol").and_then(|p| p.as_str()),
+                    Some("http" | "http2")
+                ) && field("method")
+                    .and_then(|m| m.as_str())
+                    .is_some_and(|m| self.methods.iter().any(|want| want == m))))
             && (self.dns_suffixes.is_empty()
                 || field("query").and_then(|q| q.as_str()).is_some_and(|q| {
                     let q = q.trim_end_matches('.').to_ascii_lowercase();
@@ -116,6 +141,10 @@ impl L7Filter {
 
     pub fn paths(&self) -> Vec<String> {
         self.path_prefixes.clone()
+    }
+
+    pub fn methods(&self) -> Vec<String> {
+        self.methods.clone()
     }
 
     pub fn dns_queries(&self) -> Vec<String> {
@@ -155,6 +184,26 @@ mod tests {
         assert!(f.matches(&http(200, "/api/users/1")));
         assert!(!f.matches(&http(200, "/health")));
         assert!(L7Filter::default().add_http_path("api").is_err());
+    }
+
+    #[test]
+    fn http_methods_of_http_records_only() {
+        let mut f = L7Filter::default();
+        f.add_http_method("post").unwrap();
+        let mut r = tcp_record();
+        r.l7 = Some(serde_json::json!({"protocol": "http", "method": "POST"}));
+        assert!(f.matches(&r));
+        r.l7 = Some(serde_json::json!({"protocol": "http2", "method": "POST"}));
+        assert!(f.matches(&r));
+        r.l7 = Some(serde_json::json!({"protocol": "http", "method": "GET"}));
+        assert!(!f.matches(&r));
+        // A gRPC record's method is the RPC's, not an HTTP method.
+        r.l7 = Some(serde_json::json!({"protocol": "grpc", "method": "POST"}));
+        assert!(!f.matches(&r));
+        assert!(!f.matches(&tcp_record()), "an L4 record has no method");
+        for bad in ["", "GET /", "G\"T"] {
+            assert!(L7Filter::default().add_http_method(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
