@@ -74,7 +74,7 @@ pub struct Config {
     pub l7_obfuscate_redis_values: bool,
     /// Kubernetes identity (pods, namespaces, workloads, Services).
     pub kubernetes: KubernetesConfig,
-    /// Virtual addresses balanced at connect time (README "Steering").
+    /// Virtual addresses balanced at connect time (docs/steering.md).
     pub services: Vec<ServiceConfig>,
     /// Passive health defaults of every service.
     pub health: HealthConfig,
@@ -128,7 +128,7 @@ impl Default for Config {
 /// `weft agent` flags. Each one overrides the same field of the file.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AgentArgs {
-    /// YAML configuration file (fields as in the README); flags win over it.
+    /// YAML configuration file (fields as in docs/configuration.md); flags win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Prometheus endpoint address [default: 127.0.0.1:9464].

@@ -191,8 +191,9 @@ impl Agent {
     }
 
     /// Whether the running kernel offers the feature `name` (a row of
-    /// `weft status`): tests hold an older kernel to what the README's
-    /// kernel table says it does without a feature, not to what it lacks.
+    /// `weft status`): tests hold an older kernel to what the kernel table
+    /// of docs/kernels.md says it does without a feature, not to what it
+    /// lacks.
     /// Whether `weft status` lists feature `name` as unavailable (some
     /// rows appear only on the kernels that lack the feature).
     pub fn lacks_feature(&self, name: &str) -> bool {

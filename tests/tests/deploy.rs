@@ -1,7 +1,7 @@
 //! The Kubernetes manifests (deploy/kubernetes): kubectl's kustomize renders
 //! them, they validate against the Kubernetes JSON schemas
 //! (kubernetes-validate), they are least-privilege (no privileged container,
-//! every added capability justified in the README), they agree with the
+//! every added capability justified in docs/deployment.md), they agree with the
 //! agent (probe paths and port, configuration accepted), and the agent runs
 //! and sees traffic with exactly the capabilities the DaemonSet gives it.
 
@@ -207,13 +207,14 @@ fn the_daemonset_is_least_privilege() {
         }
     }
     assert_eq!(pod["securityContext"]["privileged"], Value::Null);
-    // Every added capability is one the agent checks for, and the README
-    // says why it is needed.
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
-    let section = readme
+    // Every added capability is one the agent checks for, and
+    // docs/deployment.md says why it is needed.
+    let page =
+        std::fs::read_to_string(repo().join("docs/deployment.md")).expect("docs/deployment.md");
+    let section = page
         .split("\n## ")
         .find(|s| s.starts_with("Deploying on Kubernetes"))
-        .expect("README.md has a `## Deploying on Kubernetes` section");
+        .expect("docs/deployment.md has a `## Deploying on Kubernetes` section");
     for cap in &added {
         assert!(
             ["BPF", "PERFMON", "NET_ADMIN"].contains(cap),
@@ -221,7 +222,7 @@ fn the_daemonset_is_least_privilege() {
         );
         assert!(
             section.contains(&format!("`CAP_{cap}`")),
-            "the README's Deploying section does not justify CAP_{cap}"
+            "the Deploying section of docs/deployment.md does not justify CAP_{cap}"
         );
     }
     assert!(!section.contains("privileged: true"));

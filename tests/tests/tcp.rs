@@ -48,7 +48,7 @@ fn check_exact(wrapper: &[&str], ipv6: bool, send: usize, reply: usize, port_off
     assert_eq!(close["destination"]["process"], "lab-server", "{close:#}");
     assert_eq!(close["destination"]["pid"], me);
     assert_eq!(close["verdict"], "forwarded");
-    // Before 6.4 tcp_probe names no socket: no RTT (README kernel table).
+    // Before 6.4 tcp_probe names no socket: no RTT (kernel table of docs/kernels.md).
     let rtt = agent.has_feature("tcp_probe skaddr field");
     if rtt {
         assert!(close["srtt_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
@@ -191,7 +191,7 @@ fn refused_connection_is_a_failure_with_a_reset() {
     let received = [port_label.as_str(), "direction=\"received\""];
     // Each reset is its own event: waited for, as it may be read after
     // the failure that it caused. Older kernels do not trace a reset sent
-    // for no socket (README kernel table): there the count is 0.
+    // for no socket (kernel table of docs/kernels.md): there the count is 0.
     let nosock = agent.has_feature("resets sent without a socket");
     for (labels, want) in [(&received, 1.0), (&sent, if nosock { 1.0 } else { 0.0 })] {
         wait_for("a reset", WAIT, || {

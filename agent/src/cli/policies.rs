@@ -52,7 +52,7 @@ pub async fn run(args: PoliciesArgs) -> anyhow::Result<ExitCode> {
 /// One row per rule, in the order the rules are matched.
 pub fn table(rules: &[PolicyReport]) -> String {
     if rules.is_empty() {
-        return "no policies (configure `policies:`, README \"Steering\")\n".into();
+        return "no policies (configure `policies:`, docs/steering.md)\n".into();
     }
     let mut t = Table::new(&[
         "POLICY",

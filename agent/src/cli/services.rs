@@ -53,7 +53,7 @@ pub async fn run(args: ServicesArgs) -> anyhow::Result<ExitCode> {
 /// own.
 pub fn table(services: &[ServiceReport]) -> String {
     if services.is_empty() {
-        return "no services (configure `services:`, README \"Steering\")\n".into();
+        return "no services (configure `services:`, docs/steering.md)\n".into();
     }
     let mut t = Table::new(&[
         "SERVICE", "ADDRESS", "PROTO", "SOURCE", "BACKEND", "WEIGHT", "STATE", "CONNECTS",

@@ -447,7 +447,7 @@ fn validate_rule(p: &PolicyConfig, at: &str) -> Result<(), ConfigError> {
 /// `eject_on_l7_errors` without the L7 capture it reads errors from, so
 /// that a configuration never promises more than the agent does.
 pub fn refuse_unsupported(c: &super::Config) -> Result<(), ConfigError> {
-    const LATER: &str = "is not supported by this version of weft yet (README \"Steering\")";
+    const LATER: &str = "is not supported by this version of weft yet (docs/steering.md)";
     if c.kubernetes_services && c.kubernetes.enabled == super::kubernetes::Enabled::False {
         return Err(field(
             "kubernetes_services".into(),

@@ -8,7 +8,7 @@ use super::{ConfigError, invalid};
 /// OTLP's path for spans under a base endpoint (OTLP/HTTP).
 const HTTP_TRACES_PATH: &str = "/v1/traces";
 
-/// Traces: every L7 exchange as a span over OTLP (README "Traces").
+/// Traces: every L7 exchange as a span over OTLP (docs/traces.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {

@@ -18,7 +18,7 @@ use super::record::Transport;
 
 /// `enum skb_drop_reason` names under which `kfree_skb` frees packets that
 /// were not lost, so neither a `drop` record nor `weft_packet_drops_total`
-/// counts them (the kernel program leaves them out, README "Drops"):
+/// counts them (the kernel program leaves them out, docs/kernels.md#what-counts-as-a-drop):
 /// - `NOT_DROPPED_YET`, `CONSUMED`: the "no drop" values of the enum;
 /// - `QUEUE_PURGE`: a socket's queues emptied when the socket is destroyed
 ///   after its application closed it (net/core/stream.c,

@@ -71,10 +71,10 @@ pub struct Options {
     /// Test binaries (tests/tests/NAME.rs) to run in each guest.
     #[arg(long, value_delimiter = ',', default_values_t = CORE_TESTS.iter().map(|s| s.to_string()))]
     tests: Vec<String>,
-    /// Write the kernel table this run printed into the README (between
+    /// Write the kernel table this run printed into docs/kernels.md (between
     /// its kernel-table markers).
     #[arg(long)]
-    update_readme: bool,
+    update_docs: bool,
     /// Guests running at once. Each emulates 2 CPUs: more guests than the
     /// machine has CPUs slow each other down unevenly, and a guest that
     /// spins starves the others' timing-sensitive tests.
@@ -91,7 +91,7 @@ impl Options {
         Self {
             kernel: kernels.iter().map(|s| s.to_string()).collect(),
             tests: CORE_TESTS.iter().map(|s| s.to_string()).collect(),
-            update_readme: false,
+            update_docs: false,
             jobs: 1,
             harness: Vec::new(),
         }
@@ -170,27 +170,28 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
 }
 
 /// Prints the kernel table of this run, keeps it in
-/// `results/kernel-table.md`, and compares it with the README's (or writes
-/// it there with `--update-readme`).
+/// `results/kernel-table.md`, and compares it with the one in
+/// docs/kernels.md (or writes it there with `--update-docs`).
 fn kernel_table(results: &Path, kernels: &[&str], options: &Options) -> Result<()> {
     if kernels.is_empty() {
         return Ok(());
     }
-    let readme_path = crate::cmd::workspace_root().join("README.md");
-    let readme = fs::read_to_string(&readme_path)?;
+    let page_path = crate::cmd::workspace_root().join("docs/kernels.md");
+    let page = fs::read_to_string(&page_path)
+        .with_context(|| format!("reading {}", page_path.display()))?;
     let series: Vec<&str> = kernels::SERIES.iter().map(|s| s.name).collect();
-    let made = table::table(results, &series, kernels, table::in_readme(&readme));
+    let made = table::table(results, &series, kernels, table::in_page(&page));
     fs::write(results.join("kernel-table.md"), &made)?;
     say(format_args!(
         "the kernel table (rows of {} from this run):\n{made}",
         kernels.join(", ")
     ));
-    if options.update_readme {
-        fs::write(&readme_path, table::replace_in(&readme, &made)?)?;
-        say(format_args!("written into {}", readme_path.display()));
-    } else if table::in_readme(&readme) != Some(made.trim_end()) {
+    if options.update_docs {
+        fs::write(&page_path, table::replace_in(&page, &made)?)?;
+        say(format_args!("written into {}", page_path.display()));
+    } else if table::in_page(&page) != Some(made.trim_end()) {
         say(format_args!(
-            "the README's kernel table differs from this run's (`--update-readme` writes it)"
+            "the kernel table of docs/kernels.md differs from this run's (`--update-docs` writes it)"
         ));
     }
     Ok(())

@@ -1,10 +1,11 @@
-//! The README's kernel table, made from what the matrix found: for each
-//! kernel, the agent's own `weft status` (programs loaded, programs the
-//! kernel refused, features off or replaced) and the core tests' counts.
+//! The kernel table of docs/kernels.md, made from what the matrix found:
+//! for each kernel, the agent's own `weft status` (programs loaded,
+//! programs the kernel refused, features off or replaced) and the core
+//! tests' counts.
 //!
-//! The table sits in the README between two markers; `cargo xtask vm-test`
-//! prints it, says whether the README's copy matches, and with
-//! `--update-readme` writes it there.
+//! The table sits in docs/kernels.md between two markers; `cargo xtask
+//! vm-test` prints it, says whether the page's copy matches, and with
+//! `--update-docs` writes it there.
 
 use std::fs;
 use std::path::Path;
@@ -14,7 +15,7 @@ use serde_json::Value;
 
 use super::guest;
 
-pub const BEGIN: &str = "<!-- kernel-table: written by `cargo xtask vm-test --update-readme` -->";
+pub const BEGIN: &str = "<!-- kernel-table: written by `cargo xtask vm-test --update-docs` -->";
 pub const END: &str = "<!-- end of kernel-table -->";
 
 const HEADER: &str = "| kernel | programs loaded | refused by the kernel (fallback) | off or replaced | core tests passed |\n\
@@ -80,7 +81,7 @@ pub fn row(out: &Path) -> Option<String> {
 
 /// The whole table: a row for each of `series` (in that order), made from
 /// `results/` for the kernels this run tested (`ran`), kept from
-/// `previous` (the README's table) for the others.
+/// `previous` (the table of docs/kernels.md) for the others.
 pub fn table(results: &Path, series: &[&str], ran: &[&str], previous: Option<&str>) -> String {
     let mut t = HEADER.to_owned();
     for k in series {
@@ -111,29 +112,29 @@ fn previous_row<'a>(table: &'a str, series: &str) -> Option<&'a str> {
     })
 }
 
-/// Where the table's text lies in `readme`: after the begin marker, up
+/// Where the table's text lies in `page`: after the begin marker, up
 /// to the end marker.
-fn bounds(readme: &str) -> Option<(usize, usize)> {
-    let start = readme.find(BEGIN)? + BEGIN.len();
-    let end = readme[start..].find(END)? + start;
+fn bounds(page: &str) -> Option<(usize, usize)> {
+    let start = page.find(BEGIN)? + BEGIN.len();
+    let end = page[start..].find(END)? + start;
     Some((start, end))
 }
 
-/// The table in `readme`, between the markers.
-pub fn in_readme(readme: &str) -> Option<&str> {
-    let (start, end) = bounds(readme)?;
-    Some(readme[start..end].trim_matches('\n'))
+/// The table in `page` (docs/kernels.md), between the markers.
+pub fn in_page(page: &str) -> Option<&str> {
+    let (start, end) = bounds(page)?;
+    Some(page[start..end].trim_matches('\n'))
 }
 
-/// `readme` with its table replaced by `table`.
-pub fn replace_in(readme: &str, table: &str) -> Result<String> {
+/// `page` with its table replaced by `table`.
+pub fn replace_in(page: &str, table: &str) -> Result<String> {
     let (start, end) =
-        bounds(readme).context("the README has no kernel-table markers (begin and end)")?;
+        bounds(page).context("docs/kernels.md has no kernel-table markers (begin and end)")?;
     Ok(format!(
         "{}\n{}\n{}",
-        &readme[..start],
+        &page[..start],
         table.trim_matches('\n'),
-        &readme[end..]
+        &page[end..]
     ))
 }
 
@@ -173,9 +174,9 @@ mod tests {
             ),
             "6.12 kept from the previous table, 6.18 in neither"
         );
-        let readme = format!("intro\n{BEGIN}\nold\n{END}\nrest\n");
-        let updated = replace_in(&readme, &t).unwrap();
-        assert_eq!(in_readme(&updated), Some(t.trim_end()));
+        let page = format!("intro\n{BEGIN}\nold\n{END}\nrest\n");
+        let updated = replace_in(&page, &t).unwrap();
+        assert_eq!(in_page(&updated), Some(t.trim_end()));
         assert!(updated.starts_with("intro\n") && updated.ends_with(&format!("{END}\nrest\n")));
         fs::remove_dir_all(&dir).unwrap();
     }
