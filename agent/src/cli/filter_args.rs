@@ -275,7 +275,7 @@ impl clap::FromArgMatches for Negations {
                     return Err(clap::Error::raw(
                         ErrorKind::InvalidValue,
                         "--not must be followed by a filter flag and its values \
-                         (for example --not --port 80)\n",
+                         (for example --not --port 80)",
                     ));
                 }
             }

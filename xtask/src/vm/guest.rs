@@ -140,6 +140,12 @@ pub fn boot(vng: &Path, image: &Path, out: &Path, script: &Path, timeout: Durati
         // KVM guests of these kernels hang or abort on the machines the
         // matrix runs on: emulation is slower but works everywhere.
         .args(["--disable-kvm", "--memory", "4G", "--cpus", "2"])
+        // One host thread runs both vCPUs in turn. With a thread per vCPU
+        // (qemu's default), a 6.1 guest locked up for good while the
+        // agent attached syscall tracepoints: both vCPUs spun on the
+        // static branch of syscall_trace_enter being patched (soft lockup,
+        // RCU stall). The guest stays SMP; it runs on one host core.
+        .args(["--qemu-opt=-accel", "--qemu-opt=tcg,thread=single"])
         // The guest kernel's messages in console.log: a guest that hangs
         // shows there whether its kernel did (soft lockups, RCU stalls).
         .arg("--verbose")

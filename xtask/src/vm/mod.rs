@@ -75,11 +75,12 @@ pub struct Options {
     /// its kernel-table markers).
     #[arg(long)]
     update_docs: bool,
-    /// Guests running at once. Each emulates 2 CPUs: more guests than the
-    /// machine has CPUs slow each other down unevenly, and a guest that
-    /// spins starves the others' timing-sensitive tests.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
-    jobs: u32,
+    /// Guests running at once. Each runs its 2 vCPUs on one host thread:
+    /// more guests than the machine has CPUs slow each other down
+    /// unevenly, and a guest that spins starves the others'
+    /// timing-sensitive tests [default: the machine's CPUs, at most 4]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+    jobs: Option<u32>,
     /// After `--`: arguments for every test binary (name filters).
     #[arg(last = true)]
     harness: Vec<String>,
@@ -92,7 +93,7 @@ impl Options {
             kernel: kernels.iter().map(|s| s.to_string()).collect(),
             tests: CORE_TESTS.iter().map(|s| s.to_string()).collect(),
             update_docs: false,
-            jobs: 1,
+            jobs: None,
             harness: Vec::new(),
         }
     }
@@ -115,10 +116,12 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
     let bin = agent::build(env)?;
     let tests = build_tests(env, &options.tests)?;
     // Downloads one at a time (one apt directory), then the guests run,
-    // `--jobs` at once (one by default: each has the machine to itself).
+    // `--jobs` at once (by default one per host CPU: a guest is bound by
+    // its one emulation thread).
     let jobs: Vec<_> = series.iter().map(|s| (*s, guest_kernel(s, &dir))).collect();
     let jobs = std::sync::Mutex::new(jobs.into_iter());
-    let workers = options.jobs as usize;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = options.jobs.map_or(cpus.min(4), |n| n as usize);
     let outcomes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..workers.min(series.len()) {
