@@ -10,6 +10,7 @@ use weft::{
         policies::PoliciesArgs,
         services::ServicesArgs,
         status::StatusArgs,
+        top::TopArgs,
     },
     config::{AgentArgs, Config},
 };
@@ -30,6 +31,8 @@ enum Command {
     Agent(AgentArgs),
     /// Show recent and live flows from the local agent.
     Flows(FlowsArgs),
+    /// Live golden signals by workload, pod, process, service, route or pair.
+    Top(TopArgs),
     /// Show the local agent's health.
     Status(StatusArgs),
     /// Show the services the local agent steers.
@@ -95,6 +98,7 @@ fn dispatch(command: Command, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
     match command {
         Command::Agent(args) => run_agent(&args, runtime),
         Command::Flows(args) => runtime.block_on(weft::cli::flows::run(args)),
+        Command::Top(args) => runtime.block_on(weft::cli::top::run(args)),
         Command::Status(args) => runtime.block_on(weft::cli::status::run(args)),
         Command::Services(args) => runtime.block_on(weft::cli::services::run(args)),
         Command::Policies(args) => runtime.block_on(weft::cli::policies::run(args)),

@@ -1,4 +1,4 @@
-//! The agent's side of the flow API: the socket's life cycle and the two
+//! The agent's side of the flow API: the socket's life cycle and the
 //! RPCs.
 
 use std::fs::{self, DirBuilder, Permissions};
@@ -18,10 +18,12 @@ use super::ApiError;
 use super::proto::flow_api_server::{FlowApi, FlowApiServer};
 use super::proto::{
     self, Flow, GetFlowsRequest, GetPoliciesRequest, GetServicesRequest, GetStatusRequest,
+    GetTopRequest,
 };
 use crate::flow::filter::FlowFilter;
 use crate::flow::record::FlowRecord;
 use crate::flow::store::{FlowStore, Range};
+use crate::flow::top::{self, GroupBy};
 use crate::status::StatusReport;
 use crate::steer::{policy::PolicyReport, report::ServiceReport};
 
@@ -175,6 +177,15 @@ impl Drop for SocketFile {
     }
 }
 
+/// The windows `weft top` may ask for.
+const TOP_WINDOWS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// How far before a `weft top` window its connections' previous records
+/// are looked for: past the flow table's longest interval between a
+/// connection's records (`update` every 10 s, by default).
+const TOP_LOOKBACK: Duration = Duration::from_secs(60);
+
 /// The RPC handlers.
 struct FlowService {
     store: Arc<FlowStore>,
@@ -182,6 +193,27 @@ struct FlowService {
     services: watch::Receiver<Vec<ServiceReport>>,
     policies: watch::Receiver<Vec<PolicyReport>>,
     shutdown: CancellationToken,
+}
+
+impl FlowService {
+    /// The request's filter, checked: a bad value, or a service the agent
+    /// does not steer, is an error, never an empty result.
+    fn filter(&self, filter: Option<&proto::FlowFilter>) -> Result<FlowFilter, Status> {
+        let filter = match filter {
+            Some(filter) => FlowFilter::try_from(filter)?,
+            None => FlowFilter::default(),
+        };
+        let unknown = filter
+            .services()
+            .into_iter()
+            .find(|name| !self.services.borrow().iter().any(|s| &s.name == *name));
+        if let Some(name) = unknown {
+            return Err(Status::invalid_argument(format!(
+                "invalid service {name:?}: the agent steers no service of that name (see `weft services`)"
+            )));
+        }
+        Ok(filter)
+    }
 }
 
 #[tonic::async_trait]
@@ -193,17 +225,7 @@ impl FlowApi for FlowService {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let request = request.into_inner();
-        let filter = FlowFilter::try_from(&request.filter.clone().unwrap_or_default())?;
-        // An unknown service is an error, never an empty result.
-        let unknown = filter
-            .services()
-            .into_iter()
-            .find(|name| !self.services.borrow().iter().any(|s| &s.name == *name));
-        if let Some(name) = unknown {
-            return Err(Status::invalid_argument(format!(
-                "invalid service {name:?}: the agent steers no service of that name (see `weft services`)"
-            )));
-        }
+        let filter = self.filter(request.filter.as_ref())?;
         let range = range(&request, SystemTime::now(), Instant::now())?;
 
         let (backlog, live) = if request.follow {
@@ -221,6 +243,38 @@ impl FlowApi for FlowService {
         };
         tokio::spawn(stream.run(backlog, live));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_top(
+        &self,
+        request: Request<GetTopRequest>,
+    ) -> Result<Response<proto::Top>, Status> {
+        let request = request.into_inner();
+        let filter = self.filter(request.filter.as_ref())?;
+        let by = GroupBy::parse(&request.by).map_err(Status::invalid_argument)?;
+        let window = Duration::from_millis(request.window_ms);
+        if !(TOP_WINDOWS.contains(&window)) {
+            return Err(Status::invalid_argument(format!(
+                "invalid --window {}: expected from 1s to 1h",
+                humantime::format_duration(window)
+            )));
+        }
+        let now = Instant::now();
+        // A clock younger than the window: everything there is.
+        let window_from = now.checked_sub(window).unwrap_or(now);
+        let lookback_from = window_from.checked_sub(TOP_LOOKBACK).unwrap_or(window_from);
+        let found = self.store.window(&filter, lookback_from, window_from);
+        let covered = now.saturating_duration_since(found.covered_from);
+        let snapshot = top::snapshot(
+            &found.observed,
+            by,
+            window.as_secs_f64(),
+            covered.as_secs_f64(),
+            found.complete,
+        );
+        let json = serde_json::to_string(&snapshot)
+            .map_err(|e| Status::internal(format!("cannot encode the top view: {e}")))?;
+        Ok(Response::new(proto::Top { json }))
     }
 
     async fn get_status(

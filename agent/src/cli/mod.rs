@@ -25,6 +25,7 @@ pub mod policies;
 pub mod services;
 pub mod status;
 pub mod table;
+pub mod top;
 
 /// The environment variable that overrides the default socket path, so that
 /// a non-default agent need not be named on every command.

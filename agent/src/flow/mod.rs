@@ -13,4 +13,5 @@ pub mod serving;
 pub mod store;
 pub mod table;
 pub mod tcp;
+pub mod top;
 pub mod udp;

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use crate::flow::filter::FlowFilter;
 use crate::flow::record::FlowRecord;
+use crate::flow::top::Observed;
 use crate::status::TableStatus;
 
 /// How many live records a follower may fall behind before it loses some.
@@ -41,12 +42,16 @@ struct Entry {
 struct Ring {
     entries: VecDeque<Entry>,
     evicted: u64,
+    /// When the newest evicted record was stored: records from before
+    /// then may be missing from a window (`weft top`).
+    last_evicted: Option<Instant>,
 }
 
 /// Recent flow records plus a live feed; share it as `Arc<FlowStore>`
 /// between the task that pushes and the API that reads.
 pub struct FlowStore {
     capacity: usize,
+    created: Instant,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<FlowRecord>>,
     follower_lost: AtomicU64,
@@ -59,11 +64,13 @@ impl FlowStore {
         let (live, _) = broadcast::channel(FOLLOWER_BUFFER);
         Self {
             capacity,
+            created: Instant::now(),
             // Allocate lazily: a large configured capacity costs nothing
             // until traffic fills it.
             ring: Mutex::new(Ring {
                 entries: VecDeque::new(),
                 evicted: 0,
+                last_evicted: None,
             }),
             live,
             follower_lost: AtomicU64::new(0),
@@ -88,7 +95,9 @@ impl FlowStore {
         let mut ring = self.lock();
         if self.capacity > 0 {
             if ring.entries.len() >= self.capacity {
-                ring.entries.pop_front();
+                if let Some(oldest) = ring.entries.pop_front() {
+                    ring.last_evicted = Some(oldest.stored_at);
+                }
                 ring.evicted += 1;
             }
             ring.entries.push_back(Entry {
@@ -106,6 +115,45 @@ impl FlowStore {
     pub fn query(&self, filter: &FlowFilter, range: Range) -> Vec<Arc<FlowRecord>> {
         let ring = self.lock();
         select(&ring, filter, range)
+    }
+
+    /// The records `weft top` computes a window from: those matching
+    /// `filter` stored since `window_from` (the window), and those stored
+    /// between `lookback_from` and then (the running figures' bases), each
+    /// in the order they were stored.
+    pub fn window(
+        &self,
+        filter: &FlowFilter,
+        lookback_from: Instant,
+        window_from: Instant,
+    ) -> Window {
+        let ring = self.lock();
+        let matching = |from: Instant, to: Option<Instant>| -> Vec<Arc<FlowRecord>> {
+            let start = ring.entries.partition_point(|e| e.stored_at < from);
+            let end = to.map_or(ring.entries.len(), |to| {
+                ring.entries.partition_point(|e| e.stored_at < to)
+            });
+            ring.entries
+                .range(start..end.max(start))
+                .filter(|e| filter.matches(&e.record))
+                .map(|e| Arc::clone(&e.record))
+                .collect()
+        };
+        let observed = Observed {
+            earlier: matching(lookback_from, Some(window_from)),
+            window: matching(window_from, None),
+        };
+        let complete = ring.last_evicted.is_none_or(|at| at < window_from);
+        let covered_from = [Some(window_from), Some(self.created), ring.last_evicted]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(window_from);
+        Window {
+            observed,
+            covered_from,
+            complete,
+        }
     }
 
     /// A receiver of every record pushed from now on.
@@ -146,6 +194,17 @@ impl FlowStore {
             evicted: ring.evicted,
         }
     }
+}
+
+/// The records of a `weft top` window, and how much of it the store
+/// covers.
+pub struct Window {
+    pub observed: Observed,
+    /// The start of what the store covers: the window's start, or later
+    /// when the agent started later or records of the window were evicted.
+    pub covered_from: Instant,
+    /// Whether no record of the window was evicted.
+    pub complete: bool,
 }
 
 /// Which of the stored records a query wants, besides its filter.
@@ -226,6 +285,32 @@ mod tests {
         );
         let all = store.query(&FlowFilter::default(), Range::default());
         assert_eq!(ports(&all), [3, 4, 5], "oldest first, oldest evicted");
+    }
+
+    #[test]
+    fn a_window_says_when_evictions_cut_into_it() {
+        let store = FlowStore::new(3);
+        let t0 = store.created;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for port in 1..=3 {
+            store.push_at(record(port), at(u64::from(port)));
+        }
+        let all = FlowFilter::default();
+        let w = store.window(&all, at(0), at(2));
+        assert_eq!(ports(&w.observed.earlier), [1]);
+        assert_eq!(ports(&w.observed.window), [2, 3]);
+        assert!(w.complete);
+        assert_eq!(w.covered_from, at(2));
+        // Two more: records 1 and 2 (stored at 1 s and 2 s) are evicted,
+        // and a window from 2 s lost one of its own.
+        store.push_at(record(4), at(4));
+        store.push_at(record(5), at(5));
+        let w = store.window(&all, at(0), at(2));
+        assert_eq!(ports(&w.observed.window), [3, 4, 5]);
+        assert!(!w.complete);
+        assert_eq!(w.covered_from, at(2));
+        let w = store.window(&all, at(0), at(3));
+        assert!(w.complete, "what was evicted was older than the window");
     }
 
     #[test]
