@@ -104,7 +104,7 @@ fn top_counts_a_known_mix_as_the_metrics_do() {
     assert_eq!(status["requests"], 200, "{status:#}");
     assert_eq!(status["errors"], 20, "{status:#}");
     assert_eq!(status["success_rate"], 0.9, "{status:#}");
-    assert_eq!(status["destination"], "python3", "{status:#}");
+    assert_eq!(status["destination"], format!("python3:{port}"), "{status:#}");
     let served = |route: &str, extra: &str| {
         let route = format!("http_route=\"{route}\"");
         let port = format!("server_port=\"{port}\"");
@@ -141,7 +141,7 @@ fn top_counts_a_known_mix_as_the_metrics_do() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["route"].is_null() && r["destination"] == "python3")
+        .find(|r| r["route"].is_null() && r["destination"] == format!("python3:{port}"))
         .expect("the connections' row");
     assert!(l4["connections"].as_u64().unwrap() >= 1, "{l4:#}");
 

@@ -37,10 +37,11 @@ use super::record::{Endpoint, FlowEvent, FlowRecord, FlowType, Transport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
-    /// The server's workload (Kubernetes), else its process, else its address.
+    /// The server's workload (Kubernetes), else its process and port,
+    /// else its address.
     #[default]
     Workload,
-    /// The server's pod, else its process, else its address.
+    /// The server's pod, else as for workload.
     Pod,
     /// The server's process name, else its address.
     Process,
@@ -94,7 +95,7 @@ impl GroupBy {
             GroupBy::Workload => vec![Some(workload_name(d, true))],
             GroupBy::Pod => vec![Some(
                 scoped(d.namespace.as_deref(), d.pod.as_deref())
-                    .unwrap_or_else(|| process_name(d, true)),
+                    .unwrap_or_else(|| workload_name(d, true)),
             )],
             GroupBy::Process => vec![Some(process_name(d, true))],
             GroupBy::Service => vec![Some(
@@ -133,8 +134,14 @@ fn process_name(e: &Endpoint, server: bool) -> String {
     e.process.clone().unwrap_or_else(|| address(e, server))
 }
 
+/// A workload's name; outside Kubernetes, a server is its process and
+/// port (two servers of one program are two services), a client its
+/// process.
 fn workload_name(e: &Endpoint, server: bool) -> String {
-    scoped(e.namespace.as_deref(), e.workload.as_deref()).unwrap_or_else(|| process_name(e, server))
+    scoped(e.namespace.as_deref(), e.workload.as_deref()).unwrap_or_else(|| match &e.process {
+        Some(process) if server => format!("{process}:{}", e.port),
+        _ => process_name(e, server),
+    })
 }
 
 /// An L7 record's route: what its metrics would label it with.
@@ -451,7 +458,7 @@ mod tests {
         let s = snapshot(&observed, GroupBy::Route, 10.0, 10.0, true);
         assert_eq!(s.rows.len(), 1);
         let row = &s.rows[0];
-        assert_eq!(row.key["destination"].as_deref(), Some("nginx"));
+        assert_eq!(row.key["destination"].as_deref(), Some("nginx:8080"));
         assert_eq!(row.key["route"].as_deref(), Some("GET /a"));
         assert_eq!((row.requests, row.errors), (10, 2));
         assert_eq!(row.success_rate, Some(0.8));
@@ -484,7 +491,7 @@ mod tests {
         };
         let s = snapshot(&observed, GroupBy::Workload, 2.0, 2.0, true);
         let row = &s.rows[0];
-        assert_eq!(row.key["workload"].as_deref(), Some("nginx"));
+        assert_eq!(row.key["workload"].as_deref(), Some("nginx:8080"));
         assert_eq!(row.bytes_per_s, 2_000.0);
         assert_eq!(row.connections, 0, "opened before the window");
         assert_eq!(row.requests, 0);
@@ -513,7 +520,7 @@ mod tests {
         let s = snapshot(&observed, GroupBy::Pair, 10.0, 10.0, true);
         let row = &s.rows[0];
         assert_eq!(row.key["source"].as_deref(), Some("curl"));
-        assert_eq!(row.key["destination"].as_deref(), Some("nginx"));
+        assert_eq!(row.key["destination"].as_deref(), Some("nginx:8080"));
         assert_eq!((row.failed_connects, row.drops), (1, 3));
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["by"], "pair");
