@@ -20,7 +20,8 @@
 //!   figures inside the window (against the connection's previous record,
 //!   read from before the window). Records come at open, every
 //!   `update` interval and at close, so a long connection's bytes arrive
-//!   in steps.
+//!   in steps. By route, where connections and routes are rows of their
+//!   own, a route's bytes are its requests' and responses' sizes.
 //! - `connections`: `open` records; `failed_connects`: `fail` records;
 //!   `drops`: packets of `drop` records.
 
@@ -273,6 +274,8 @@ impl Running {
 #[derive(Default)]
 struct Accumulator {
     requests: u64,
+    /// Request and response sizes of the exchanges counted.
+    exchange_bytes: u64,
     errors: u64,
     latencies_us: Vec<u64>,
     bytes: u64,
@@ -287,6 +290,7 @@ impl Accumulator {
         match record.flow_type {
             FlowType::L7 => {
                 self.requests += 1;
+                self.exchange_bytes += record.bytes_sent.saturating_add(record.bytes_received);
                 if let Some(l7) = &record.l7 {
                     if is_error(l7) {
                         self.errors += 1;
@@ -314,7 +318,12 @@ impl Accumulator {
         }
     }
 
-    fn row(mut self, key: BTreeMap<String, Option<String>>, covered_s: f64) -> TopRow {
+    fn row(mut self, key: BTreeMap<String, Option<String>>, by: GroupBy, covered_s: f64) -> TopRow {
+        // A connection's bytes are its exchanges' too: count them once,
+        // unless routes and connections are rows apart.
+        if by == GroupBy::Route {
+            self.bytes += self.exchange_bytes;
+        }
         self.latencies_us.sort_unstable();
         let rank = |q: f64| percentile(&self.latencies_us, q);
         let per_s = |n: f64| if covered_s > 0.0 { n / covered_s } else { 0.0 };
@@ -395,7 +404,7 @@ pub fn snapshot(
                 .map(|f| (*f).to_owned())
                 .zip(values)
                 .collect();
-            acc.row(key, covered_s)
+            acc.row(key, by, covered_s)
         })
         .collect();
     TopSnapshot {
@@ -504,6 +513,30 @@ mod tests {
         };
         let row = &snapshot(&fresh, GroupBy::Workload, 1.0, 1.0, true).rows[0];
         assert_eq!((row.bytes_per_s, row.connections), (500.0, 1));
+    }
+
+    #[test]
+    fn a_route_carries_its_exchanges_bytes_and_a_workload_its_connections() {
+        let mut exchange = (*l7("ingress", "/a", 200, 10)).clone();
+        exchange.bytes_sent = 100;
+        exchange.bytes_received = 900;
+        let observed = Observed {
+            earlier: Vec::new(),
+            window: vec![
+                Arc::new(exchange),
+                l4(FlowEvent::Open, 0),
+                l4(FlowEvent::Close, 4_000),
+            ],
+        };
+        let by_route = snapshot(&observed, GroupBy::Route, 1.0, 1.0, true);
+        let bytes: Vec<(Option<&str>, f64)> = by_route
+            .rows
+            .iter()
+            .map(|r| (r.key["route"].as_deref(), r.bytes_per_s))
+            .collect();
+        assert_eq!(bytes, [(None, 4_000.0), (Some("GET /a"), 1_000.0)]);
+        let by_workload = snapshot(&observed, GroupBy::Workload, 1.0, 1.0, true);
+        assert_eq!(by_workload.rows[0].bytes_per_s, 4_000.0);
     }
 
     #[test]
