@@ -71,6 +71,7 @@ fn bash_completes_commands_and_flags() {
     for command in [
         "agent",
         "flows",
+        "top",
         "status",
         "services",
         "policies",
@@ -170,6 +171,7 @@ fn man_pages_render_for_every_command() {
             "weft-policies.1",
             "weft-services.1",
             "weft-status.1",
+            "weft-top.1",
             "weft.1",
         ]
     );
