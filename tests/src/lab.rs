@@ -101,6 +101,20 @@ impl Lab {
         run(&full)
     }
 
+    /// `curl ARGS` in the client namespace, bounded by `limit` (see
+    /// [`crate::output_within`]): `None` when it did not finish.
+    pub fn curl<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        limit: std::time::Duration,
+    ) -> Option<std::process::Output> {
+        crate::peer::require_program("curl");
+        let mut curl = std::process::Command::new("ip");
+        curl.args(["netns", "exec", &self.client_ns, "curl"])
+            .args(args);
+        crate::output_within(&mut curl, limit)
+    }
+
     /// A 20 Mbit/s shaper with a 30 ms queue on the client's egress: a
     /// bulk upload fills the queue (tens of ms of RTT) and overflows it
     /// (drops, so retransmits).

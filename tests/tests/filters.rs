@@ -5,12 +5,10 @@
 //! `--http-method`, `--not`, `--first`, `--until`, `-o compact` and
 //! `-o dict`, each with records that must match and records that must not.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
-use weft_tests::{
-    agent::Agent, lab::Lab, output_within, require_root, servers, unique_port, wait_for,
-};
+use weft_tests::{agent::Agent, lab::Lab, require_root, servers, unique_port, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,19 +25,13 @@ fn hubble_filters_on_a_local_connection() {
     let base = format!("http://{}:{port}", lab.server_v4);
     // One GET and one POST, each on a connection of its own.
     for extra in [&[][..], &["-X", "POST", "-d", "x=1"]] {
-        let mut curl = Command::new("ip");
-        curl.args([
-            "netns",
-            "exec",
-            &lab.client_ns,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-        ])
-        .args(extra)
-        .arg(format!("{base}/users/7"));
-        let out = output_within(&mut curl, Duration::from_secs(30)).expect("curl finished");
+        let mut args = vec!["-s", "-o", "/dev/null"];
+        args.extend_from_slice(extra);
+        let url = format!("{base}/users/7");
+        args.push(&url);
+        let out = lab
+            .curl(&args, Duration::from_secs(30))
+            .expect("curl finished");
         assert!(out.status.success(), "curl failed");
     }
     drop(server);

@@ -52,18 +52,8 @@ fn http1_requests_from_both_sides() {
         .expect("start the Python HTTP server");
     let base = format!("http://{}:{port}", lab.server_v4);
     wait_for("the HTTP server to listen", WAIT, || {
-        let mut out = Command::new("ip");
-        out.args([
-            "netns",
-            "exec",
-            &lab.client_ns,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-        ])
-        .arg(format!("{base}/ready"));
-        let out = output_within(&mut out, Duration::from_secs(10))?;
+        let ready = format!("{base}/ready");
+        let out = lab.curl(&["-s", "-o", "/dev/null", &ready], Duration::from_secs(10))?;
         out.status.success().then_some(())
     });
     // Five requests on one keep-alive connection.
@@ -74,12 +64,15 @@ fn http1_requests_from_both_sides() {
         "/status/404",
         "/",
     ];
-    let mut curl = Command::new("ip");
-    curl.args(["netns", "exec", &lab.client_ns, "curl", "-s"]);
+    let mut args = vec!["-s".to_owned()];
     for path in paths {
-        curl.args(["-o", "/dev/null", &format!("{base}{path}")]);
+        args.extend([
+            "-o".to_owned(),
+            "/dev/null".to_owned(),
+            format!("{base}{path}"),
+        ]);
     }
-    let out = output_within(&mut curl, Duration::from_secs(60)).unwrap_or_else(|| {
+    let out = lab.curl(&args, Duration::from_secs(60)).unwrap_or_else(|| {
         panic!(
             "curl did not finish; the agent's threads:\n{}",
             thread_states(agent.pid())

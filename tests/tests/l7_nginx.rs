@@ -3,7 +3,7 @@
 //! HTTP framing must still hold across keep-alive requests. curl is the
 //! client (egress records), nginx the server (ingress records).
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_tests::{
@@ -49,14 +49,26 @@ fn http1_through_nginx_sendfile() {
 
     // Three requests on one keep-alive connection: two files, one 404.
     let base = format!("http://{}:{port}", lab.server_v4);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns, "curl", "-s"])
-        .args(["-o", "/dev/null", "-w", "%{http_code} %{size_download}\\n"])
-        .arg(format!("{base}/file.bin"))
-        .args(["-o", "/dev/null", &format!("{base}/file.bin")])
-        .args(["-o", "/dev/null", &format!("{base}/missing")])
-        .output()
-        .expect("curl");
+    let (file, missing) = (format!("{base}/file.bin"), format!("{base}/missing"));
+    let out = lab
+        .curl(
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}\\n",
+                &file,
+                "-o",
+                "/dev/null",
+                &file,
+                "-o",
+                "/dev/null",
+                &missing,
+            ],
+            Duration::from_secs(60),
+        )
+        .expect("curl finished");
     assert!(out.status.success(), "curl failed");
     let sizes = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(sizes.contains(&format!("200 {FILE_BYTES}")), "{sizes}");

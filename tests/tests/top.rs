@@ -104,7 +104,11 @@ fn top_counts_a_known_mix_as_the_metrics_do() {
     assert_eq!(status["requests"], 200, "{status:#}");
     assert_eq!(status["errors"], 20, "{status:#}");
     assert_eq!(status["success_rate"], 0.9, "{status:#}");
-    assert_eq!(status["destination"], format!("python3:{port}"), "{status:#}");
+    assert_eq!(
+        status["destination"],
+        format!("python3:{port}"),
+        "{status:#}"
+    );
     let served = |route: &str, extra: &str| {
         let route = format!("http_route=\"{route}\"");
         let port = format!("server_port=\"{port}\"");

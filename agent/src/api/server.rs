@@ -226,7 +226,12 @@ impl FlowApi for FlowService {
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let request = request.into_inner();
         let filter = self.filter(request.filter.as_ref())?;
-        let range = range(&request, SystemTime::now(), Instant::now())?;
+        let range = range(
+            &request,
+            SystemTime::now(),
+            Instant::now(),
+            self.store.before_first(),
+        )?;
 
         let (backlog, live) = if request.follow {
             let (backlog, live) = self.store.query_and_subscribe(&filter, range);
@@ -310,7 +315,12 @@ impl FlowApi for FlowService {
 
 /// The stored records a request asks for, besides its filter; a request
 /// whose bounds contradict each other is refused, naming the flags.
-fn range(request: &GetFlowsRequest, now: SystemTime, now_mono: Instant) -> Result<Range, Status> {
+fn range(
+    request: &GetFlowsRequest,
+    now: SystemTime,
+    now_mono: Instant,
+    earliest: Instant,
+) -> Result<Range, Status> {
     let count = |n: u64| (n != 0).then(|| usize::try_from(n).unwrap_or(usize::MAX));
     if request.first != 0 && request.last != 0 {
         return Err(Status::invalid_argument(
@@ -322,34 +332,34 @@ fn range(request: &GetFlowsRequest, now: SystemTime, now_mono: Instant) -> Resul
             "--first and --until select stored flows only: they cannot be used with --follow",
         ));
     }
-    let Some(until) = until_instant(request.until_unix_nanos, now, now_mono) else {
-        // Before anything stored: an empty selection.
-        return Ok(Range {
-            first: Some(0),
-            ..Range::default()
-        });
-    };
     Ok(Range {
         since: since_instant(request.since_unix_nanos, now, now_mono),
-        until,
+        until: until_instant(request.until_unix_nanos, now, now_mono, earliest),
         last: count(request.last),
         first: count(request.first),
     })
 }
 
 /// Maps the request's wall-clock `until` onto the store's monotonic
-/// stamps: `Some(None)` for no upper bound (none given, or in the future),
-/// `None` for a time before the monotonic clock began (before anything the
-/// store can hold).
-fn until_instant(unix_nanos: u64, now: SystemTime, now_mono: Instant) -> Option<Option<Instant>> {
+/// stamps, by its age now. `None`: no upper bound (none given, or in the
+/// future). A time before `earliest` (before anything stored, perhaps
+/// before the monotonic clock began) is `earliest`: an empty selection.
+fn until_instant(
+    unix_nanos: u64,
+    now: SystemTime,
+    now_mono: Instant,
+    earliest: Instant,
+) -> Option<Instant> {
     if unix_nanos == 0 {
-        return Some(None);
+        return None;
     }
     let until = UNIX_EPOCH + Duration::from_nanos(unix_nanos);
-    match now.duration_since(until) {
-        Ok(age) => now_mono.checked_sub(age).map(Some),
-        Err(_) => Some(None),
-    }
+    let age = now.duration_since(until).ok()?;
+    Some(
+        now_mono
+            .checked_sub(age)
+            .map_or(earliest, |t| t.max(earliest)),
+    )
 }
 
 /// Maps the request's wall-clock `since` onto the store's monotonic stamps,
@@ -466,27 +476,23 @@ mod tests {
     fn until_maps_wall_time_and_refuses_contradictions() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mono = Instant::now();
-        assert_eq!(until_instant(0, now, mono), Some(None));
+        let earliest = mono.checked_sub(Duration::from_secs(60)).unwrap_or(mono);
+        assert_eq!(until_instant(0, now, mono, earliest), None);
         let five_s_ago = 1_000_000_000_000_000 - 5_000_000_000;
         assert_eq!(
-            until_instant(five_s_ago, now, mono),
-            Some(mono.checked_sub(Duration::from_secs(5)))
+            until_instant(five_s_ago, now, mono, earliest),
+            mono.checked_sub(Duration::from_secs(5))
         );
         assert_eq!(
-            until_instant(2_000_000 * 1_000_000_000, now, mono),
-            Some(None)
+            until_instant(2_000_000 * 1_000_000_000, now, mono, earliest),
+            None
         );
-        // Thirty years ago: an instant before anything stored, or, where
-        // the clock cannot reach that far back, an empty selection.
+        // Thirty years ago: before anything stored, an empty selection.
         let later = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        match until_instant(1, later, mono) {
-            Some(Some(at)) => assert!(at + Duration::from_secs(365 * 86_400) < mono),
-            Some(None) => panic!("a time in the past must bound the selection"),
-            None => {}
-        }
+        assert_eq!(until_instant(1, later, mono, earliest), Some(earliest));
 
         let refused = |request: GetFlowsRequest| {
-            let status = range(&request, now, mono).unwrap_err();
+            let status = range(&request, now, mono, earliest).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             status.message().to_owned()
         };
@@ -509,6 +515,7 @@ mod tests {
             },
             now,
             mono,
+            earliest,
         )
         .unwrap();
         assert_eq!((ok.first, ok.last), (Some(2), None));

@@ -203,13 +203,7 @@ impl FlowTable {
         if local.port() == 0 || remote.port() == 0 || self.tcp.is_own_pair(local, remote) {
             return None;
         }
-        let owner = ev.conn.owner;
-        Some(SocketView {
-            key,
-            is_client,
-            client: is_client.then_some(owner),
-            server: (!is_client).then_some(owner),
-        })
+        Some(SocketView::one_end(key, is_client, ev.conn.owner))
     }
 
     /// A socket was opened. Streams of closed sockets at the same kernel
@@ -417,12 +411,7 @@ impl FlowTable {
         if self.tcp.is_own(&key) {
             return None;
         }
-        Some(SocketView {
-            key,
-            is_client,
-            client: is_client.then_some(owner),
-            server: (!is_client).then_some(owner),
-        })
+        Some(SocketView::one_end(key, is_client, owner))
     }
 }
 

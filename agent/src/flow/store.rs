@@ -156,6 +156,13 @@ impl FlowStore {
         }
     }
 
+    /// An instant before every record this store holds or will hold.
+    pub fn before_first(&self) -> Instant {
+        self.created
+            .checked_sub(std::time::Duration::from_nanos(1))
+            .unwrap_or(self.created)
+    }
+
     /// A receiver of every record pushed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
         self.live.subscribe()

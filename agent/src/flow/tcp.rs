@@ -121,6 +121,19 @@ pub struct SocketView {
     pub server: Option<weft_common::Owner>,
 }
 
+impl SocketView {
+    /// A socket known from one end only (its payload or its close, not
+    /// its establishment): `owner` is that end's.
+    pub fn one_end(key: FlowKey, is_client: bool, owner: weft_common::Owner) -> Self {
+        Self {
+            key,
+            is_client,
+            client: is_client.then_some(owner),
+            server: (!is_client).then_some(owner),
+        }
+    }
+}
+
 /// What the TCP tracker needs to decide.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSettings {
