@@ -7,6 +7,9 @@
 //! Only the header, the first question and the OPT record's extended
 //! rcode are read: `answers` is the header's answer count.
 //!
+//! Sizes: a query's and its response's whole message, as the datagram's
+//! length over UDP, and with its 2-byte length prefix over TCP.
+//!
 //! Hostile input: name compression pointers must point strictly backwards
 //! (so a walk always terminates), names are at most 255 bytes, and every
 //! record walk is bounded by the message length.
@@ -343,6 +346,17 @@ struct Query {
     id: u16,
     start_ns: u64,
     question: Option<(String, u16)>,
+    /// The query's size on the wire.
+    bytes: u64,
+}
+
+/// A message as it crossed the socket: its bytes (perhaps a captured
+/// prefix), wire size and the timestamps of its first and last bytes.
+struct Wire<'a> {
+    msg: &'a [u8],
+    bytes: u64,
+    start_ns: u64,
+    end_ns: u64,
 }
 
 pub struct DnsSession {
@@ -368,17 +382,12 @@ impl DnsSession {
         self.framers.iter().map(Framer::buffered).sum()
     }
 
-    fn on_message(
-        &mut self,
-        direction: Direction,
-        msg: &[u8],
-        start_ns: u64,
-        end_ns: u64,
-        out: &mut Vec<Exchange>,
-    ) {
+    fn on_message(&mut self, direction: Direction, wire: Wire<'_>, out: &mut Vec<Exchange>) {
         // A message we cannot read is skipped, not fatal: the next
         // datagram (or TCP message, framing intact) may be fine.
-        let Ok(m) = parse_message(msg) else { return };
+        let Ok(m) = parse_message(wire.msg) else {
+            return;
+        };
         match (direction, m.response) {
             (Direction::ToServer, false) => {
                 if self.pending.len() >= self.limits.max_pending.max(1)
@@ -388,8 +397,9 @@ impl DnsSession {
                 }
                 self.pending.push_back(Query {
                     id: m.id,
-                    start_ns,
+                    start_ns: wire.start_ns,
                     question: m.question,
+                    bytes: wire.bytes,
                 });
             }
             (Direction::ToClient, true) => {
@@ -399,7 +409,8 @@ impl DnsSession {
                 if let Some(query) = self.pending.remove(i) {
                     let mut e = self.exchange(query, Some(&m));
                     e.answered = true;
-                    e.response_ns = end_ns.max(e.request_ns);
+                    e.response_ns = wire.end_ns.max(e.request_ns);
+                    e.response_bytes = wire.bytes;
                     out.push(e);
                 }
             }
@@ -409,6 +420,7 @@ impl DnsSession {
 
     fn exchange(&self, query: Query, response: Option<&Message>) -> Exchange {
         let mut e = Protocol::Dns.exchange(query.start_ns);
+        e.request_bytes = query.bytes;
         e.fields.insert("id".into(), Value::from(query.id));
         let (name, qtype) = match query.question.or_else(|| response?.question.clone()) {
             Some((name, t)) => (Some(name), type_name(t)),
@@ -460,7 +472,13 @@ impl DnsSession {
     }
 
     fn on_frame(&mut self, direction: Direction, frame: Frame, out: &mut Vec<Exchange>) {
-        self.on_message(direction, &frame.body, frame.start_ns, frame.end_ns, out);
+        let wire = Wire {
+            msg: &frame.body,
+            bytes: frame.wire_len(),
+            start_ns: frame.start_ns,
+            end_ns: frame.end_ns,
+        };
+        self.on_message(direction, wire, out);
     }
 }
 
@@ -473,7 +491,13 @@ impl Session for DnsSession {
         if self.transport == Transport::Datagram {
             // Datagrams keep their boundaries: a lost one loses nothing
             // but itself, and a truncated one still has its header.
-            self.on_message(chunk.direction, chunk.data, chunk.ts_ns, chunk.ts_ns, out);
+            let wire = Wire {
+                msg: chunk.data,
+                bytes: (chunk.data.len() + chunk.truncated) as u64,
+                start_ns: chunk.ts_ns,
+                end_ns: chunk.ts_ns,
+            };
+            self.on_message(chunk.direction, wire, out);
             return Ok(());
         }
         if chunk.gap_before > 0 {

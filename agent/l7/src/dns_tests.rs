@@ -44,8 +44,13 @@ fn udp_messages_framed_for_tcp_split_anywhere() {
         .collect();
     let framed = testkit::outcome_json(&testkit::replay(&mut tcp(), &testkit::pieces(&records)));
     let plain = testkit::load("dns/udp.bin");
-    let datagrams = testkit::outcome_json(&testkit::replay(&mut udp(), &testkit::pieces(&plain)));
-    assert_eq!(framed, datagrams);
+    let mut datagrams = testkit::replay(&mut udp(), &testkit::pieces(&plain));
+    // Over TCP each message is 2 bytes longer: its length prefix.
+    for e in &mut datagrams.0 {
+        e.request_bytes += 2;
+        e.response_bytes += if e.answered { 2 } else { 0 };
+    }
+    assert_eq!(framed, testkit::outcome_json(&datagrams));
     testkit::assert_split_invariant(&records, &tcp);
 }
 
@@ -276,4 +281,52 @@ fn tcp_messages_are_kept_only_up_to_the_limit() {
         out[0].fields["query"], "a.test",
         "the question is in the kept prefix"
     );
+}
+
+/// `www.test A` with id 7, and its one-address answer.
+fn query_and_answer() -> (Vec<u8>, Vec<u8>) {
+    let question = b"\x03www\x04test\x00\x00\x01\x00\x01";
+    let mut query = header(7, 0x0100, 1, 0);
+    query.extend_from_slice(question);
+    let mut answer = header(7, 0x8180, 1, 1);
+    answer.extend_from_slice(question);
+    answer.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01");
+    (query, answer)
+}
+
+fn sizes(out: &[Exchange]) -> Vec<(u64, u64)> {
+    out.iter()
+        .map(|e| (e.request_bytes, e.response_bytes))
+        .collect()
+}
+
+#[test]
+fn sizes_are_whole_messages() {
+    let (query, answer) = query_and_answer();
+    assert_eq!((query.len(), answer.len()), (26, 42));
+    // UDP: the datagrams, bytes the capture cut included.
+    let mut s = udp();
+    let mut out = Vec::new();
+    s.feed(&testkit::chunk(Direction::ToServer, &query, 1), &mut out)
+        .unwrap();
+    let cut = Chunk {
+        truncated: 100,
+        ..testkit::chunk(Direction::ToClient, &answer, 2)
+    };
+    s.feed(&cut, &mut out).unwrap();
+    // An unanswered query.
+    s.feed(&testkit::chunk(Direction::ToServer, &query, 3), &mut out)
+        .unwrap();
+    s.close(4, &mut out);
+    assert_eq!(sizes(&out), [(26, 142), (26, 0)]);
+    // TCP: with the 2-byte length prefix.
+    let framed = |m: &[u8]| [&(m.len() as u16).to_be_bytes()[..], m].concat();
+    let mut s = tcp();
+    let mut out = Vec::new();
+    let (query, answer) = (framed(&query), framed(&answer));
+    s.feed(&testkit::chunk(Direction::ToServer, &query, 1), &mut out)
+        .unwrap();
+    s.feed(&testkit::chunk(Direction::ToClient, &answer, 2), &mut out)
+        .unwrap();
+    assert_eq!(sizes(&out), [(28, 44)]);
 }

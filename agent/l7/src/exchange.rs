@@ -30,6 +30,14 @@ pub struct Exchange {
     pub traceparent: Option<String>,
     /// Its `tracestate`, as sent (bounded; for traces only).
     pub tracestate: Option<String>,
+    /// Wire bytes of the request, client to server, as the application
+    /// wrote them (bytes the capture cut are counted): the message with
+    /// its protocol framing (see each parser for what that is).
+    pub request_bytes: u64,
+    /// Wire bytes of the response, server to client, counted the same
+    /// way; 0 when unanswered. For an exchange whose response bytes were
+    /// lost (`truncated`), only the bytes parsed before the loss.
+    pub response_bytes: u64,
 }
 
 impl Exchange {
@@ -90,6 +98,8 @@ impl Protocol {
             request_direction: Direction::ToServer,
             traceparent: None,
             tracestate: None,
+            request_bytes: 0,
+            response_bytes: 0,
         }
     }
 }

@@ -31,6 +31,12 @@ impl Frame {
     pub(crate) fn header(&self) -> &[u8] {
         &self.header[..self.header_len]
     }
+
+    /// The frame's size on the wire: header and announced body, however
+    /// much of the body was kept or captured.
+    pub(crate) fn wire_len(&self) -> u64 {
+        (self.header_len + self.body_len) as u64
+    }
 }
 
 /// How a session wants the next frame read: header size, and from the
@@ -176,6 +182,7 @@ mod tests {
         let mut input: &[u8] = b"\x04abcd\x00\x01z";
         let frame = framer.next(&mut input, 1, &Tiny).unwrap().unwrap();
         assert_eq!((frame.body.as_slice(), frame.body_len), (&b"ab"[..], 4));
+        assert_eq!(frame.wire_len(), 5);
         let empty = framer.next(&mut input, 2, &Tiny).unwrap().unwrap();
         assert_eq!(empty.body_len, 0);
         let last = framer.next(&mut input, 3, &Tiny).unwrap().unwrap();
@@ -192,6 +199,7 @@ mod tests {
         let frame = frame.unwrap();
         assert!(frame.cut && lost);
         assert_eq!(frame.body, b"a");
+        assert_eq!(frame.wire_len(), 6, "cut bytes are counted");
         assert!(framer.hole(1, 3).1, "a hole between frames loses sync");
     }
 }

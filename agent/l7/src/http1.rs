@@ -15,6 +15,13 @@
 //!
 //! Fields: `method`, `path` (query values redacted), `route` (templated),
 //! `status`, `host`.
+//!
+//! Sizes: a message's head (from its start line to the empty line ending
+//! it) and its body as framed (chunk sizes, extensions and trailers
+//! included), bytes the capture cut counted. Interim 1xx responses count
+//! in the final response's size: they answer the same request. A response
+//! that completes before its request's body was all sent stops that
+//! request's count there.
 
 mod body;
 mod head;
@@ -157,6 +164,9 @@ struct Reader {
     line_len: usize,
     /// Timestamp of the chunk holding the current message's first byte.
     start_ns: u64,
+    /// Wire bytes of the current message so far (for responses, of the
+    /// interim responses before it too).
+    bytes: u64,
 }
 
 impl Reader {
@@ -168,6 +178,7 @@ impl Reader {
             head: Vec::new(),
             line_len: 0,
             start_ns: 0,
+            bytes: 0,
         }
     }
 
@@ -203,6 +214,7 @@ impl Reader {
                 return Err(ErrorKind::TooLarge(max));
             }
             self.head.extend_from_slice(&rest[..take]);
+            self.bytes += take as u64;
             used += take;
             let line = &rest[..take - usize::from(nl)];
             self.line_len += line.iter().filter(|&&b| b != b'\r').count();
@@ -219,6 +231,7 @@ impl Reader {
     fn lose(&mut self) {
         self.stage = Stage::Resync;
         self.head.clear();
+        self.bytes = 0;
     }
 }
 
@@ -229,6 +242,22 @@ struct Pending {
     request_ns: u64,
     head: bool,
     connect: bool,
+    /// Tells the request whose body is being read among the others.
+    seq: u64,
+    /// Wire bytes of the request so far.
+    bytes: u64,
+}
+
+impl Pending {
+    /// The exchange; `response` is the status, the timestamp of the last
+    /// byte and the size of the response, when one was seen.
+    fn exchange(&self, response: Option<(u16, u64, u64)>) -> Exchange {
+        let timing = response.map(|(status, ns, _)| (Some(status), ns));
+        let mut exchange = self.info.exchange(Protocol::Http1, self.request_ns, timing);
+        exchange.request_bytes = self.bytes;
+        exchange.response_bytes = response.map_or(0, |(_, _, bytes)| bytes);
+        exchange
+    }
 }
 
 /// The final response being read: its request and status.
@@ -248,6 +277,10 @@ pub struct Http1Session {
     /// The response being read, paired with its request (`None` for a
     /// response nobody is waiting for: it is read through and dropped).
     current: Option<Current>,
+    /// The `seq` of the next request.
+    next_seq: u64,
+    /// The request whose body is being read.
+    sending: Option<u64>,
 }
 
 impl Http1Session {
@@ -259,6 +292,8 @@ impl Http1Session {
             responses: Reader::new(),
             pending: VecDeque::new(),
             current: None,
+            next_seq: 0,
+            sending: None,
         }
     }
 
@@ -295,17 +330,19 @@ impl Http1Session {
             Stage::Tunnel => Some(false),
             Stage::Head | Stage::Resync => None,
         };
+        if absorbed.is_some() {
+            reader.bytes += n as u64;
+        }
         match absorbed {
             Some(true) => {
                 reader.stage = Stage::Head;
-                if direction == Direction::ToClient {
-                    self.finish_response(ts_ns, out);
-                }
+                self.message_done(direction, ts_ns, out);
             }
             Some(false) => {}
             None => {
                 reader.lose();
                 self.pending.clear();
+                self.sending = None;
                 if direction == Direction::ToClient {
                     self.current = None;
                 }
@@ -336,15 +373,15 @@ impl Http1Session {
                         return Ok(());
                     }
                     reader.stage = Stage::Head;
+                    reader.bytes = 0;
                 }
                 Stage::Body(body) => {
                     let (used, done) = body.consume(data, max)?;
                     data = &data[used..];
+                    reader.bytes += used as u64;
                     if done {
                         reader.stage = Stage::Head;
-                        if direction == Direction::ToClient {
-                            self.finish_response(ts_ns, out);
-                        }
+                        self.message_done(direction, ts_ns, out);
                     }
                 }
                 Stage::Head => {
@@ -384,11 +421,15 @@ impl Http1Session {
         // Kept only for traces (never in records).
         info.traceparent = trace_header(req.traceparent.map(str::as_bytes), MAX_TRACEPARENT);
         info.tracestate = trace_header(req.tracestate.map(str::as_bytes), MAX_TRACESTATE);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.pending.push_back(Pending {
             info,
             request_ns: start_ns,
             head: req.method == "HEAD",
             connect: req.method == "CONNECT",
+            seq,
+            bytes: std::mem::take(&mut self.requests.bytes),
         });
         self.requests.stage = match req.body {
             BodyKind::None => Stage::Head,
@@ -397,7 +438,39 @@ impl Http1Session {
             // parse_request never frames a request by close.
             BodyKind::UntilClose => Stage::Head,
         };
+        if matches!(self.requests.stage, Stage::Body(_)) {
+            self.sending = Some(seq);
+        }
         Ok(())
+    }
+
+    /// A message body ended (its bytes were counted).
+    fn message_done(&mut self, direction: Direction, ts_ns: u64, out: &mut Vec<Exchange>) {
+        match direction {
+            Direction::ToServer => {
+                self.count_request_body();
+                self.sending = None;
+            }
+            Direction::ToClient => self.finish_response(ts_ns, out),
+        }
+    }
+
+    /// Adds the body bytes read since the last count to the request being
+    /// sent, wherever it is now (waiting, or being answered). Without a
+    /// body being read, the reader's bytes are a head's: left alone.
+    fn count_request_body(&mut self) {
+        let Some(seq) = self.sending else { return };
+        let bytes = std::mem::take(&mut self.requests.bytes);
+        let current = self.current.as_mut().map(|c| &mut c.request);
+        let request = self
+            .pending
+            .iter_mut()
+            .rev()
+            .chain(current)
+            .find(|p| p.seq == seq);
+        if let Some(request) = request {
+            request.bytes += bytes;
+        }
     }
 
     fn on_response(
@@ -447,18 +520,23 @@ impl Http1Session {
             self.requests.stage = Stage::Tunnel;
             self.responses.stage = Stage::Tunnel;
             self.pending.clear();
+            self.sending = None;
         }
         Ok(())
     }
 
     /// The response's last byte was in the chunk at `ts_ns`.
     fn finish_response(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        let bytes = std::mem::take(&mut self.responses.bytes);
+        self.answer(ts_ns, bytes, out);
+    }
+
+    /// Reports the current exchange, answered by `bytes` of response.
+    fn answer(&mut self, ts_ns: u64, bytes: u64, out: &mut Vec<Exchange>) {
+        // A request still being sent counts what was sent so far.
+        self.count_request_body();
         if let Some(c) = self.current.take() {
-            out.push(c.request.info.exchange(
-                Protocol::Http1,
-                c.request.request_ns,
-                Some((Some(c.status), ts_ns)),
-            ));
+            out.push(c.request.exchange(Some((c.status, ts_ns, bytes))));
         }
     }
 }
@@ -483,21 +561,17 @@ impl Session for Http1Session {
     fn close(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
         // A response framed by close (or cut short) ends with its last
         // captured byte.
-        if let Some(c) = self.current.take() {
-            out.push(c.request.info.exchange(
-                Protocol::Http1,
-                c.request.request_ns,
-                Some((Some(c.status), c.last_ns)),
-            ));
-        }
+        let last_ns = self.current.as_ref().map_or(0, |c| c.last_ns);
+        let bytes = std::mem::take(&mut self.responses.bytes);
+        self.answer(last_ns, bytes, out);
+        self.count_request_body();
         for p in self.pending.drain(..) {
-            out.push(p.info.exchange(Protocol::Http1, p.request_ns, None));
+            out.push(p.exchange(None));
         }
     }
 
     fn in_flight(&self) -> Option<Exchange> {
-        let p = self.pending.front()?;
-        Some(p.info.exchange(Protocol::Http1, p.request_ns, None))
+        Some(self.pending.front()?.exchange(None))
     }
 
     fn awaits_answer(&self) -> bool {

@@ -17,6 +17,12 @@
 //! HTTP fields: `method`, `path`, `route`, `status`, `host`; gRPC fields:
 //! `service`, `method`, `grpc_status`, `status`, `host`. Either may carry
 //! `rst_error_code` when the stream was reset.
+//!
+//! Sizes, per stream and direction: its HEADERS, CONTINUATION and DATA
+//! frames, 9-byte frame headers and whole payloads (padding included).
+//! Frames about the stream but not of its messages (RST_STREAM, PRIORITY,
+//! WINDOW_UPDATE) and connection frames are in no exchange; interim 1xx
+//! header blocks count in the response.
 
 mod frame;
 
@@ -85,6 +91,8 @@ struct PendingBlock {
     push: bool,
     fragments: Vec<u8>,
     start_ns: u64,
+    /// Wire bytes of the block's frames.
+    bytes: u64,
 }
 
 /// The fields of a header block weft looks at, clipped as they are read.
@@ -149,6 +157,9 @@ struct Stream {
     /// The request's trace context (for traces only).
     traceparent: Option<String>,
     tracestate: Option<String>,
+    /// Wire bytes of the stream's frames each way.
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 pub struct Http2Session {
@@ -291,6 +302,7 @@ impl Http2Session {
                     push,
                     fragments: fragment.to_vec(),
                     start_ns: f.start_ns,
+                    bytes: f.wire_len(),
                 });
                 if h.flags & frame::END_HEADERS != 0 {
                     self.complete_block(d, f.end_ns, out)?;
@@ -306,14 +318,19 @@ impl Http2Session {
                     return Err(ErrorKind::TooLarge(max));
                 }
                 block.fragments.extend_from_slice(&f.payload);
+                block.bytes += f.wire_len();
                 if h.flags & frame::END_HEADERS != 0 {
                     self.complete_block(d, f.end_ns, out)?;
                 }
             }
             frame::DATA => {
-                if d == index(Direction::ToClient)
-                    && let Some(stream) = self.streams.get_mut(&h.stream)
-                {
+                let Some(stream) = self.streams.get_mut(&h.stream) else {
+                    return Ok(());
+                };
+                if d == index(Direction::ToServer) {
+                    stream.request_bytes += f.wire_len();
+                } else {
+                    stream.response_bytes += f.wire_len();
                     stream.response_ns = Some(f.end_ns);
                     if h.flags & frame::END_STREAM != 0 {
                         self.finish(h.stream, out);
@@ -400,8 +417,11 @@ impl Http2Session {
             return Ok(());
         }
         if d == index(Direction::ToServer) {
-            if complete && !self.streams.contains_key(&block.stream) {
-                self.on_request(block.stream, block.start_ns, fields, out);
+            if let Some(stream) = self.streams.get_mut(&block.stream) {
+                // Request trailers.
+                stream.request_bytes += block.bytes;
+            } else if complete {
+                self.on_request(&block, fields, out);
             }
             return Ok(());
         }
@@ -414,6 +434,7 @@ impl Http2Session {
         let Some(stream) = self.streams.get_mut(&block.stream) else {
             return Ok(());
         };
+        stream.response_bytes += block.bytes;
         if fields.status.is_some_and(|s| (100..200).contains(&s)) && !block.end_stream {
             // Interim response (§8.1): the final one follows.
             return Ok(());
@@ -431,7 +452,8 @@ impl Http2Session {
         Ok(())
     }
 
-    fn on_request(&mut self, id: u32, request_ns: u64, fields: Fields, out: &mut Vec<Exchange>) {
+    fn on_request(&mut self, block: &PendingBlock, fields: Fields, out: &mut Vec<Exchange>) {
+        let id = block.stream;
         // §5.1.1: clients open odd-numbered streams.
         let Some(method) = fields.method.filter(|_| !id.is_multiple_of(2)) else {
             return;
@@ -474,13 +496,15 @@ impl Http2Session {
         }
         let stream = Stream {
             kind,
-            request_ns,
+            request_ns: block.start_ns,
             status: None,
             grpc_status: None,
             response_ns: None,
             rst_error_code: None,
             traceparent: fields.traceparent,
             tracestate: fields.tracestate,
+            request_bytes: block.bytes,
+            response_bytes: 0,
         };
         self.streams.insert(id, stream);
     }
@@ -513,6 +537,11 @@ impl Http2Session {
         }
         exchange.traceparent = s.traceparent;
         exchange.tracestate = s.tracestate;
+        exchange.request_bytes = s.request_bytes;
+        // A reset before the response headers leaves it unanswered.
+        if exchange.answered {
+            exchange.response_bytes = s.response_bytes;
+        }
         exchange
     }
 }

@@ -18,6 +18,12 @@
 //!   `EXECUTE` when its prepare was not seen);
 //! - `COM_STMT_CLOSE`, `COM_STMT_SEND_LONG_DATA`, `COM_QUIT`: no answer;
 //! - anything else: one packet.
+//!
+//! Sizes (4-byte packet headers included): the request is its command
+//! packet, the packets continuing it, and the packets the client sends for
+//! it after a server request (LOCAL INFILE contents); the response is
+//! every server packet up to and including the one that ends it (the
+//! final OK, EOF or ERR).
 
 use std::collections::VecDeque;
 
@@ -162,6 +168,8 @@ struct Request {
     rows: u64,
     affected: Option<u64>,
     error: Option<(u16, String, String)>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 pub struct MysqlSession {
@@ -176,6 +184,9 @@ pub struct MysqlSession {
     server_caps: u32,
     deprecate_eof: bool,
     pending: Fifo<Request>,
+    /// The last command the client sent is the newest pending request:
+    /// the client's next packets that start no command are its bytes.
+    sending: bool,
     statements: VecDeque<(u32, String)>,
     lost: Lost,
 }
@@ -192,6 +203,7 @@ impl MysqlSession {
             server_caps: 0,
             deprecate_eof: false,
             pending: Fifo::new(limits.max_pending),
+            sending: false,
             statements: VecDeque::new(),
             lost: Lost::default(),
         }
@@ -224,8 +236,19 @@ impl MysqlSession {
         (operation, text)
     }
 
+    /// Client bytes that belong to the request being sent, if any.
+    fn extend_request(&mut self, size: u64) {
+        if self.sending
+            && let Some(request) = self.pending.back_mut()
+        {
+            request.request_bytes += size;
+        }
+    }
+
     fn on_client(&mut self, frame: Frame) -> Result<(), ErrorKind> {
+        let size = frame.wire_len();
         if std::mem::replace(&mut self.continued[0], frame.body_len == MAX_PAYLOAD) {
+            self.extend_request(size);
             return Ok(());
         }
         let body = &frame.body;
@@ -250,8 +273,10 @@ impl MysqlSession {
         // Only sequence 0 starts a command (later ones carry LOAD DATA
         // LOCAL contents and the like).
         if frame.header()[3] != 0 {
+            self.extend_request(size);
             return Ok(());
         }
+        self.sending = false;
         let Some((&command, args)) = body.split_first() else {
             return Err(ErrorKind::Malformed("empty command"));
         };
@@ -267,6 +292,8 @@ impl MysqlSession {
             rows: 0,
             affected: None,
             error: None,
+            request_bytes: size,
+            response_bytes: 0,
         };
         match command {
             COM_QUERY => {
@@ -313,11 +340,17 @@ impl MysqlSession {
             _ => {}
         }
         self.pending.push(request);
+        self.sending = true;
         Ok(())
     }
 
     fn on_server(&mut self, frame: Frame, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         if std::mem::replace(&mut self.continued[1], frame.body_len == MAX_PAYLOAD) {
+            if self.phase == Phase::Command
+                && let Some(request) = self.pending.front_mut()
+            {
+                request.response_bytes += frame.wire_len();
+            }
             return Ok(());
         }
         let body = &frame.body;
@@ -348,6 +381,7 @@ impl MysqlSession {
         let Some(request) = self.pending.front_mut() else {
             return Ok(());
         };
+        request.response_bytes += frame.wire_len();
         let first = body.first().copied().unwrap_or(0);
         // EOF packets are short; with CLIENT_DEPRECATE_EOF an OK packet
         // with the 0xfe header ends a result set.
@@ -424,6 +458,8 @@ impl MysqlSession {
 
     fn exchange(&self, request: Request) -> Exchange {
         let mut e = Protocol::Mysql.exchange(request.start_ns);
+        e.request_bytes = request.request_bytes;
+        e.response_bytes = request.response_bytes;
         e.fields
             .insert("operation".into(), Value::from(request.operation.clone()));
         if let Some(statement) = request.statement {
@@ -512,6 +548,7 @@ impl Resync for MysqlSession {
 
     fn restart_client(&mut self) {
         self.client.reset();
+        self.sending = false;
     }
 
     fn lost(&mut self) -> &mut Lost {
@@ -535,7 +572,10 @@ impl Session for MysqlSession {
         self.lost.finish(out);
         let requests: Vec<Request> = self.pending.drain().filter(|r| r.report).collect();
         for request in requests {
-            out.push(self.exchange(request));
+            // Unanswered: a response cut by the close is no response.
+            let mut exchange = self.exchange(request);
+            exchange.response_bytes = 0;
+            out.push(exchange);
         }
     }
 }

@@ -224,3 +224,75 @@ fn fuzz_smoke() {
         },
     );
 }
+
+fn sizes(out: &[Exchange]) -> Vec<(u64, u64)> {
+    out.iter()
+        .map(|e| (e.request_bytes, e.response_bytes))
+        .collect()
+}
+
+/// A command is its packet(s); its response every packet up to the final
+/// OK, EOF or ERR, 4-byte headers included.
+#[test]
+fn sizes_are_the_packets_of_a_command_and_its_response() {
+    let mut records = logged_in();
+    let query = packet(0, b"\x03SELECT v FROM t");
+    // Column count, one definition, EOF, two rows, EOF.
+    let result = [
+        packet(1, &[1]),
+        packet(2, b"\x03def\0\0\0\x01v\0\x0c\x21\0\x0b\0\0\0\x03\0\0\0\0"),
+        packet(3, b"\xfe\0\0\x02\0"),
+        packet(4, b"\x01a"),
+        packet(5, b"\x01b"),
+        packet(6, b"\xfe\0\0\x02\0"),
+    ]
+    .concat();
+    // LOAD DATA LOCAL: the server asks for the file, the client sends it
+    // (then an empty packet), the server says OK.
+    let load = packet(0, b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t");
+    let file = [packet(2, b"1\n2\n"), packet(3, b"")].concat();
+    let ask = packet(1, b"\xfbf");
+    let ok = packet(4, b"\0\x02\0\x02\0\0\0");
+    records.push(Record {
+        direction: Direction::ToServer,
+        data: query.clone(),
+    });
+    records.push(Record {
+        direction: Direction::ToClient,
+        data: result.clone(),
+    });
+    records.push(Record {
+        direction: Direction::ToServer,
+        data: load.clone(),
+    });
+    records.push(Record {
+        direction: Direction::ToClient,
+        data: ask.clone(),
+    });
+    records.push(Record {
+        direction: Direction::ToServer,
+        data: file.clone(),
+    });
+    records.push(Record {
+        direction: Direction::ToClient,
+        data: ok.clone(),
+    });
+    // Unanswered: the connection closes first.
+    records.push(Record {
+        direction: Direction::ToServer,
+        data: packet(0, b"\x03SELECT 2"),
+    });
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    let want = [
+        (query.len() as u64, result.len() as u64),
+        (
+            (load.len() + file.len()) as u64,
+            (ask.len() + ok.len()) as u64,
+        ),
+        (13, 0),
+    ];
+    assert_eq!(sizes(&out), want);
+    assert_eq!(want[..2], [(20, 61), (56, 17)]);
+    testkit::assert_split_invariant(&records, &session);
+}

@@ -47,6 +47,15 @@ impl<T> Fifo<T> {
         self.queue.front_mut()
     }
 
+    /// The newest request, while it is tracked (for bytes of a request
+    /// sent after the message that queued it).
+    pub(crate) fn back_mut(&mut self) -> Option<&mut T> {
+        if self.untracked > 0 {
+            return None;
+        }
+        self.queue.back_mut()
+    }
+
     /// Removes the oldest request: `Some(Some(_))` a tracked one,
     /// `Some(None)` an untracked one, `None` when nothing was pending (an
     /// unsolicited response).

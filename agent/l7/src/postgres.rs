@@ -14,6 +14,13 @@
 //!
 //! One `Z` answers each `Q` and each `Sync`, so a FIFO pairs them even when
 //! the client pipelines.
+//!
+//! Sizes (type byte and length included): the request is its `Q`, or the
+//! messages of its batch up to and including `Sync`, plus COPY data the
+//! client sends for it; the response is every server message from the end
+//! of the previous response up to and including its `ReadyForQuery`
+//! (asynchronous notices and parameter updates sent meanwhile included:
+//! they are on the wire in the middle of it).
 
 use std::collections::VecDeque;
 
@@ -166,6 +173,8 @@ struct Request {
     executes: usize,
     error: Option<(String, Option<String>)>,
     rows: Option<u64>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 pub struct PostgresSession {
@@ -240,6 +249,7 @@ impl PostgresSession {
         }
         let body = &frame.body;
         let cut = frame.cut || frame.body.len() < frame.body_len;
+        let size = frame.wire_len();
         match frame.header()[0] {
             b'Q' => {
                 let statement = self.statement(cstr(body).0, cut);
@@ -247,6 +257,7 @@ impl PostgresSession {
                     start_ns: frame.start_ns,
                     operation: statement.operation,
                     statement: Some(statement.text),
+                    request_bytes: size,
                     ..Request::default()
                 });
             }
@@ -254,6 +265,7 @@ impl PostgresSession {
                 let (name, rest) = cstr(body);
                 let statement = self.statement(cstr(rest).0, cut);
                 let batch = self.batch(frame.start_ns);
+                batch.request_bytes += size;
                 if batch.statement.is_none() {
                     batch.operation = Some("PREPARE".into());
                     batch.statement = Some(statement.text.clone());
@@ -268,7 +280,7 @@ impl PostgresSession {
                 let (portal, rest) = cstr(body);
                 let (statement, _) = cstr(rest);
                 remember(&mut self.portals, portal.to_vec(), statement.to_vec());
-                self.batch(frame.start_ns);
+                self.batch(frame.start_ns).request_bytes += size;
             }
             b'E' => {
                 let (portal, _) = cstr(body);
@@ -293,6 +305,7 @@ impl PostgresSession {
                     }
                 };
                 let batch = self.batch(frame.start_ns);
+                batch.request_bytes += size;
                 if batch.executes == 0 {
                     batch.operation = operation;
                     batch.statement = text;
@@ -305,10 +318,10 @@ impl PostgresSession {
                     let (name, _) = cstr(&body[1..]);
                     self.named.retain(|(n, _)| n != name);
                 }
-                self.batch(frame.start_ns);
+                self.batch(frame.start_ns).request_bytes += size;
             }
             b'D' | b'H' => {
-                self.batch(frame.start_ns);
+                self.batch(frame.start_ns).request_bytes += size;
             }
             b'S' => {
                 let mut batch = self.batch.take().unwrap_or_else(|| Request {
@@ -316,8 +329,12 @@ impl PostgresSession {
                     ..Request::default()
                 });
                 batch.silent = batch.statement.is_none() && batch.executes == 0;
+                batch.request_bytes += size;
                 self.pending.push(batch);
             }
+            // CopyData, CopyDone, CopyFail: COPY FROM STDIN's data is part
+            // of the request that started the copy.
+            b'd' | b'c' | b'f' => self.copy_data(size),
             // Terminate, password/SASL, COPY data, function calls: none of
             // them starts a request we report or expects a `Z` of its own
             // (a function call `F` does; it is counted so pairing holds).
@@ -329,6 +346,18 @@ impl PostgresSession {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The request a copy belongs to: the batch being built, else the
+    /// last one sent.
+    fn copy_data(&mut self, size: u64) {
+        let request = match &mut self.batch {
+            Some(batch) => Some(batch),
+            None => self.pending.back_mut(),
+        };
+        if let Some(request) = request {
+            request.request_bytes += size;
+        }
     }
 
     fn batch(&mut self, start_ns: u64) -> &mut Request {
@@ -363,6 +392,11 @@ impl PostgresSession {
                 _ => return Err(ErrorKind::Malformed("encryption answer")),
             };
             return Ok(());
+        }
+        if self.ready
+            && let Some(request) = self.pending.front_mut()
+        {
+            request.response_bytes += frame.wire_len();
         }
         let body = &frame.body;
         match frame.header()[0] {
@@ -410,6 +444,8 @@ impl PostgresSession {
 
     fn exchange(&self, request: Request) -> Exchange {
         let mut e = Protocol::Postgres.exchange(request.start_ns);
+        e.request_bytes = request.request_bytes;
+        e.response_bytes = request.response_bytes;
         let operation = request.operation.unwrap_or_else(|| "UNKNOWN".into());
         e.fields
             .insert("operation".into(), Value::from(operation.clone()));
@@ -532,7 +568,10 @@ impl Session for PostgresSession {
         let requests: Vec<Request> = self.pending.drain().collect();
         for request in requests {
             if !request.silent && (request.statement.is_some() || request.executes > 0) {
-                out.push(self.exchange(request));
+                // Unanswered: a response cut by the close is no response.
+                let mut exchange = self.exchange(request);
+                exchange.response_bytes = 0;
+                out.push(exchange);
             }
         }
     }

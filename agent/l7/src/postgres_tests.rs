@@ -223,3 +223,88 @@ fn fuzz_smoke() {
         },
     );
 }
+
+fn sizes(out: &[Exchange]) -> Vec<(u64, u64)> {
+    out.iter()
+        .map(|e| (e.request_bytes, e.response_bytes))
+        .collect()
+}
+
+/// A simple query is its `Q`; an extended batch its messages up to `Sync`;
+/// each response every message up to its `ReadyForQuery`, all with their
+/// 5-byte headers. Startup and authentication count for nothing.
+#[test]
+fn sizes_are_the_messages_up_to_ready_for_query() {
+    let mut requests = startup();
+    let q = msg(b'Q', b"SELECT 1\0");
+    requests.extend(&q);
+    let batch = [
+        msg(b'P', b"\0SELECT $1\0\0\0"),
+        msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0"),
+        msg(b'E', b"\0\0\0\0\0"),
+        msg(b'S', b""),
+    ]
+    .concat();
+    requests.extend(&batch);
+    let mut responses = msg(b'R', b"\0\0\0\0");
+    responses.extend(msg(b'S', b"a\0b\0"));
+    responses.extend(ready());
+    let simple = [
+        msg(
+            b'T',
+            b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+        ),
+        msg(b'D', b"\0\x01\0\0\0\x011"),
+        msg(b'C', b"SELECT 1\0"),
+        ready(),
+    ]
+    .concat();
+    responses.extend(&simple);
+    let extended = [
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'D', b"\0\x01\0\0\0\x011"),
+        msg(b'C', b"SELECT 1\0"),
+        ready(),
+    ]
+    .concat();
+    responses.extend(&extended);
+    let records = vec![
+        rec(Direction::ToServer, requests),
+        rec(Direction::ToClient, responses),
+    ];
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    let want = [
+        (q.len() as u64, simple.len() as u64),
+        (batch.len() as u64, extended.len() as u64),
+    ];
+    assert_eq!(sizes(&out), want);
+    assert_eq!(want, [(14, 66), (51, 42)]);
+    testkit::assert_split_invariant(&records, &session);
+}
+
+#[test]
+fn sizes_count_cut_bytes_and_not_an_unfinished_response() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let mut feed = |direction, data: &[u8], truncated, ts_ns| {
+        let chunk = Chunk {
+            truncated,
+            ..testkit::chunk(direction, data, ts_ns)
+        };
+        s.feed(&chunk, &mut out).unwrap();
+    };
+    feed(Direction::ToServer, &startup(), 0, 1);
+    feed(Direction::ToClient, &ready(), 0, 2);
+    // A 10 000-byte query of which 40 bytes were captured.
+    let long = format!("SELECT '{}'\0", "x".repeat(10_000 - 11));
+    let q = msg(b'Q', long.as_bytes());
+    feed(Direction::ToServer, &q[..40], q.len() - 40, 3);
+    // The rows come, then the connection closes before `Z`.
+    feed(Direction::ToClient, &msg(b'D', &[b'x'; 100]), 0, 4);
+    s.close(5, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].answered);
+    assert_eq!(sizes(&out), [(10_004, 0)]);
+}

@@ -12,6 +12,11 @@
 //! commands whose arguments are secrets (`AUTH`, `HELLO`) keep none.
 //! Error replies report only their prefix (`ERR`, `WRONGTYPE`): Redis
 //! error texts quote arguments.
+//!
+//! Sizes: the command's RESP value (or inline line) and the reply value
+//! that answers it, framing included. Frames that answer no command (push
+//! frames, pub/sub messages, the extra confirmations of a multi-channel
+//! subscribe) count for no exchange.
 
 use serde_json::Value as Json;
 
@@ -75,6 +80,7 @@ struct Request {
     start_ns: u64,
     command: String,
     statement: String,
+    bytes: u64,
 }
 
 pub struct RedisSession {
@@ -120,6 +126,7 @@ impl RedisSession {
             start_ns: value.start_ns,
             command,
             statement,
+            bytes: value.wire_len,
         });
     }
 
@@ -185,6 +192,7 @@ impl RedisSession {
         let mut e = self.exchange(request);
         e.answered = true;
         e.response_ns = value.end_ns.max(e.request_ns);
+        e.response_bytes = value.wire_len;
         if let Some(prefix) = error {
             e.fields
                 .insert("error_code".into(), Json::from(prefix.clone()));
@@ -197,6 +205,7 @@ impl RedisSession {
 
     fn exchange(&self, request: Request) -> Exchange {
         let mut e = Protocol::Redis.exchange(request.start_ns);
+        e.request_bytes = request.bytes;
         e.fields
             .insert("command".into(), Json::from(request.command.clone()));
         e.fields

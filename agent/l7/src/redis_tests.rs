@@ -206,3 +206,53 @@ fn fuzz_smoke() {
         },
     );
 }
+
+fn sizes(out: &[Exchange]) -> Vec<(u64, u64)> {
+    out.iter()
+        .map(|e| (e.request_bytes, e.response_bytes))
+        .collect()
+}
+
+#[test]
+fn sizes_are_the_command_and_its_reply() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let set: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+    let get: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    s.feed(
+        &chunk(Direction::ToServer, &[set, get].concat(), 0, 1),
+        &mut out,
+    )
+    .unwrap();
+    s.feed(
+        &chunk(Direction::ToClient, b"+OK\r\n$5\r\nhello\r\n", 0, 2),
+        &mut out,
+    )
+    .unwrap();
+    // Inline, and left unanswered.
+    s.feed(&chunk(Direction::ToServer, b"PING\r\n", 0, 3), &mut out)
+        .unwrap();
+    s.close(4, &mut out);
+    assert_eq!(sizes(&out), [(31, 5), (20, 11), (6, 0)]);
+    assert_eq!((set.len(), get.len()), (31, 20));
+}
+
+#[test]
+fn sizes_count_a_value_the_capture_cut() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let head = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\nxxxx";
+    let missing = 100_000 - 4 + 2;
+    s.feed(&chunk(Direction::ToServer, head, missing, 1), &mut out)
+        .unwrap();
+    let reply = b"$100000\r\nyy";
+    s.feed(&chunk(Direction::ToClient, reply, 100_000, 2), &mut out)
+        .unwrap();
+    assert_eq!(
+        sizes(&out),
+        [(
+            (head.len() + missing) as u64,
+            (reply.len() + 100_000) as u64
+        )]
+    );
+}

@@ -30,6 +30,8 @@ pub(crate) struct Value {
     pub(crate) items: Vec<Vec<u8>>,
     pub(crate) start_ns: u64,
     pub(crate) end_ns: u64,
+    /// The value's size on the wire, skipped and uncaptured bytes included.
+    pub(crate) wire_len: u64,
 }
 
 struct Level {
@@ -54,6 +56,8 @@ pub(crate) struct Reader {
     bulk: Option<u64>,
     stack: Vec<Level>,
     value: Option<Value>,
+    /// Bytes of the current value read so far.
+    consumed: u64,
 }
 
 impl Reader {
@@ -69,6 +73,7 @@ impl Reader {
             bulk: None,
             stack: Vec::new(),
             value: None,
+            consumed: 0,
         }
     }
 
@@ -91,6 +96,20 @@ impl Reader {
         input: &mut &[u8],
         ts_ns: u64,
     ) -> Result<Option<Value>, ErrorKind> {
+        let before = input.len();
+        let value = self.read(input, ts_ns);
+        // Everything read belongs to the current value: `read` returns as
+        // soon as one completes.
+        self.consumed += (before - input.len()) as u64;
+        Ok(value?.map(|v| self.sized(v)))
+    }
+
+    fn sized(&mut self, mut value: Value) -> Value {
+        value.wire_len = std::mem::take(&mut self.consumed);
+        value
+    }
+
+    fn read(&mut self, input: &mut &[u8], ts_ns: u64) -> Result<Option<Value>, ErrorKind> {
         loop {
             if let Some(left) = self.bulk {
                 let take = (left as usize).min(input.len());
@@ -148,13 +167,14 @@ impl Reader {
             return (None, n > 0);
         };
         let take = (n as u64).min(left);
+        self.consumed += take;
         if take < left {
             self.bulk = Some(left - take);
             return (None, false);
         }
         self.bulk = None;
         let value = if self.element_done() {
-            self.finish(ts_ns)
+            self.finish(ts_ns).map(|v| self.sized(v))
         } else {
             None
         };
@@ -355,6 +375,8 @@ mod tests {
         assert_eq!(kinds, b"*%$_=");
         assert_eq!(values[0].items, vec![b"abc".to_vec()]);
         assert_eq!(values[4].items, vec![b"txt:abcd".to_vec()]);
+        let sizes: Vec<u64> = values.iter().map(|v| v.wire_len).collect();
+        assert_eq!(sizes, [21, 22, 19, 3, 14]);
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub fn exchange_json(e: &Exchange) -> Value {
         "request_ns": e.request_ns,
         "response_ns": e.response_ns,
         "answered": e.answered,
+        "request_bytes": e.request_bytes,
+        "response_bytes": e.response_bytes,
         "fields": e.fields,
         "metric": metric,
     })
@@ -413,6 +415,10 @@ pub fn fuzz<S: Session>(
             assert!(
                 e.response_ns >= e.request_ns,
                 "iteration {iterations}: negative latency"
+            );
+            assert!(
+                e.answered || e.response_bytes == 0,
+                "iteration {iterations}: unanswered with a response size"
             );
         }
     }

@@ -78,10 +78,18 @@ fn verdict(record: &FlowRecord) -> String {
     }
 }
 
-/// What the record measured, only what it has: the latency of an L7
-/// record; the packets of a drop; bytes, RTT and duration of a connection.
+/// What the record measured, only what it has: request/response sizes and
+/// latency of an L7 record; the packets of a drop; bytes, RTT and duration
+/// of a connection.
 fn details(record: &FlowRecord) -> Vec<String> {
     let mut details = Vec::new();
+    if record.event != FlowEvent::Drop && (record.bytes_sent > 0 || record.bytes_received > 0) {
+        details.push(format!(
+            "{}/{}",
+            table::human_bytes(record.bytes_sent),
+            table::human_bytes(record.bytes_received)
+        ));
+    }
     if record.flow_type == FlowType::L7 {
         if let Some(us) = record
             .l7
@@ -98,13 +106,6 @@ fn details(record: &FlowRecord) -> Vec<String> {
             details.push(format!("{packets} pkt"));
         }
         return details;
-    }
-    if record.bytes_sent > 0 || record.bytes_received > 0 {
-        details.push(format!(
-            "{}/{}",
-            table::human_bytes(record.bytes_sent),
-            table::human_bytes(record.bytes_received)
-        ));
     }
     if let Some(srtt) = record.srtt_us {
         details.push(format!("rtt {}", table::millis_us(srtt)));
@@ -149,7 +150,9 @@ mod tests {
             "protocol": "http", "method": "GET", "path": "/x", "status": 200, "latency_us": 512
         }));
         assert!(
-            compact(&l7).ends_with("http GET /x 200 (at client) FORWARDED (latency 512µs)"),
+            compact(&l7).ends_with(
+                "http GET /x 200 (at client) FORWARDED (976.6KiB/244.1KiB, latency 512µs)"
+            ),
             "{}",
             compact(&l7)
         );

@@ -335,10 +335,9 @@ fn row(record: &FlowRecord) -> [String; 9] {
         .and_then(table::local_clock)
         .unwrap_or_else(|| record.time.clone());
     // A drop moved no bytes: how many packets it dropped says more. An L7
-    // record counts no bytes (its connection's records do).
+    // record counts its request's and response's bytes.
     let bytes = match (record.event, record.packets_sent) {
         (FlowEvent::Drop, Some(packets)) => format!("{packets} pkt"),
-        _ if record.flow_type == FlowType::L7 => "-".to_owned(),
         _ => format!(
             "{}/{}",
             table::human_bytes(record.bytes_sent),
@@ -564,7 +563,9 @@ mod tests {
             "protocol": "http", "method": "GET", "path": "/x", "status": 200, "latency_us": 512
         }));
         assert_eq!(event(&r), "http GET /x 200");
-        assert_eq!(row(&r)[5], "-", "no byte counts on L7 records");
+        r.bytes_sent = 53;
+        r.bytes_received = 2048;
+        assert_eq!(row(&r)[5], "53B/2.0KiB", "request/response sizes");
         r.traffic_direction = Some("egress".into());
         assert_eq!(event(&r), "http GET /x 200 (at client)");
         r.traffic_direction = Some("ingress".into());

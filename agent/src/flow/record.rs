@@ -132,9 +132,11 @@ pub struct FlowRecord {
     pub source: Endpoint,
     /// The side that accepted it (the server).
     pub destination: Endpoint,
-    /// Payload bytes from source to destination.
+    /// Payload bytes from source to destination; on an L7 record, the
+    /// request's size on the wire.
     pub bytes_sent: u64,
-    /// Payload bytes from destination to source.
+    /// Payload bytes from destination to source; on an L7 record, the
+    /// response's size on the wire (0 when unanswered).
     pub bytes_received: u64,
     /// Datagrams from source to destination (UDP only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -31,5 +31,6 @@ pub fn run<S: Session>(data: &[u8], mut session: S, buffered: fn(&S) -> usize, b
     session.close(ts_ns + 1, &mut out);
     for e in &out {
         assert!(e.response_ns >= e.request_ns);
+        assert!(e.answered || e.response_bytes == 0, "unanswered with a response size");
     }
 }

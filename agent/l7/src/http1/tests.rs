@@ -410,3 +410,149 @@ fn fuzz_smoke() {
         },
     );
 }
+
+/// Request and response sizes of each exchange.
+fn sizes(out: &[Exchange]) -> Vec<(u64, u64)> {
+    out.iter()
+        .map(|e| (e.request_bytes, e.response_bytes))
+        .collect()
+}
+
+/// Feeds whole messages, one chunk each, in order.
+fn exchange_all(messages: &[(Direction, &[u8])]) -> Vec<Exchange> {
+    let mut s = session();
+    let mut out = Vec::new();
+    for (i, &(direction, data)) in messages.iter().enumerate() {
+        feed(&mut s, direction, data, i as u64 + 1, &mut out).unwrap();
+    }
+    s.close(1000, &mut out);
+    out
+}
+
+#[test]
+fn sizes_count_heads_and_content_length_bodies() {
+    let request: &[u8] = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    let response: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+    let out = exchange_all(&[
+        (Direction::ToServer, request),
+        (Direction::ToClient, response),
+    ]);
+    assert_eq!(sizes(&out), [(request.len() as u64, response.len() as u64)]);
+    assert_eq!(sizes(&out), [(53, 45)]);
+}
+
+#[test]
+fn sizes_count_chunked_framing_and_trailers() {
+    let request: &[u8] = b"GET /c HTTP/1.1\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n";
+    let out = exchange_all(&[
+        (Direction::ToServer, request),
+        (Direction::ToClient, response),
+    ]);
+    assert_eq!(sizes(&out), [(19, response.len() as u64)]);
+    assert_eq!(response.len(), 89);
+}
+
+#[test]
+fn keep_alive_exchanges_have_their_own_sizes() {
+    let first: &[u8] = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+    let second: &[u8] = b"PUT /bb HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz";
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd";
+    let no_content: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let out = exchange_all(&[
+        (Direction::ToServer, first),
+        (Direction::ToClient, ok),
+        (Direction::ToServer, second),
+        (Direction::ToClient, no_content),
+    ]);
+    assert_eq!(sizes(&out), [(28, 42), (51, 27)]);
+    // Pipelined in one write each way, the split is the same.
+    let requests = [first, second].concat();
+    let responses = [ok, no_content].concat();
+    let out = exchange_all(&[
+        (Direction::ToServer, &requests),
+        (Direction::ToClient, &responses),
+    ]);
+    assert_eq!(sizes(&out), [(28, 42), (51, 27)]);
+}
+
+#[test]
+fn sizes_count_bytes_the_capture_cut() {
+    let head: &[u8] = b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+    let mut s = session();
+    let mut out = Vec::new();
+    // The capture kept the head and 10 bytes of the body.
+    let captured = [head, &[b'x'; 10]].concat();
+    s.feed(
+        &Chunk {
+            truncated: 99_990,
+            ..testkit::chunk(Direction::ToServer, &captured, 1)
+        },
+        &mut out,
+    )
+    .unwrap();
+    // A response with a 5000-byte body of which only 100 were captured.
+    let response_head: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
+    let response = [response_head, &[b'y'; 100]].concat();
+    s.feed(
+        &Chunk {
+            truncated: 4900,
+            ..testkit::chunk(Direction::ToClient, &response, 2)
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        sizes(&out),
+        [(
+            head.len() as u64 + 100_000,
+            response_head.len() as u64 + 5000
+        )]
+    );
+}
+
+#[test]
+fn interim_responses_count_in_the_final_response() {
+    let request: &[u8] = b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+    let interim: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let done: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let out = exchange_all(&[
+        (Direction::ToServer, request),
+        (Direction::ToClient, interim),
+        (Direction::ToServer, b"hi"),
+        (Direction::ToClient, done),
+    ]);
+    assert_eq!(
+        sizes(&out),
+        [(
+            request.len() as u64 + 2,
+            (interim.len() + done.len()) as u64
+        )]
+    );
+}
+
+#[test]
+fn unanswered_requests_have_no_response_size() {
+    let out = exchange_all(&[
+        (Direction::ToServer, b"GET /a HTTP/1.1\r\n\r\n"),
+        (
+            Direction::ToServer,
+            b"POST /b HTTP/1.1\r\nContent-Length: 8\r\n\r\nabc",
+        ),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|e| !e.answered));
+    // The second request's body was still being sent: what was sent counts.
+    assert_eq!(sizes(&out), [(19, 0), (42, 0)]);
+}
+
+#[test]
+fn a_response_framed_by_close_counts_to_the_close() {
+    let out = exchange_all(&[
+        (Direction::ToServer, b"GET / HTTP/1.0\r\n\r\n"),
+        (Direction::ToClient, b"HTTP/1.0 200 OK\r\n\r\n"),
+        (Direction::ToClient, b"0123456789"),
+    ]);
+    assert_eq!(sizes(&out), [(18, 29)]);
+}

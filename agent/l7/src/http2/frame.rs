@@ -99,6 +99,14 @@ pub struct Frame {
     pub end_ns: u64,
 }
 
+impl Frame {
+    /// The frame's size on the wire: its 9-byte header and whole payload
+    /// (skipped or uncaptured bytes included).
+    pub fn wire_len(&self) -> u64 {
+        9 + u64::from(self.header.len)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Matching the client preface (bytes matched so far).

@@ -89,20 +89,25 @@ fn lost_bytes_never_produce_wrong_exchanges() {
                 s.feed(&chunk, &mut out).unwrap();
             }
             s.close(u64::MAX, &mut out);
-            // A response whose end was lost ends at its last byte seen, and
-            // a gRPC status in lost trailers is unknown: less, never wrong.
+            // A response whose end was lost ends at its last byte seen (and
+            // counts the bytes seen), and a gRPC status in lost trailers is
+            // unknown: less, never wrong.
             for e in out.iter().filter(|e| e.answered) {
                 let same = |f: &&Value| {
                     let mut f = (*f).clone();
                     let end = f["response_ns"].as_u64().unwrap();
+                    let size = f["response_bytes"].as_u64().unwrap();
                     f["response_ns"] = e.response_ns.into();
+                    f["response_bytes"] = e.response_bytes.into();
                     if !e.fields.contains_key("grpc_status") {
                         f["fields"].as_object_mut().unwrap().remove("grpc_status");
                         if let Some(rpc) = f["metric"].get_mut("rpc") {
                             rpc["status_code"] = Value::Null;
                         }
                     }
-                    f == testkit::exchange_json(e) && e.response_ns <= end
+                    f == testkit::exchange_json(e)
+                        && e.response_ns <= end
+                        && e.response_bytes <= size
                 };
                 assert!(
                     full.iter().any(|f| same(&f)),
@@ -355,4 +360,85 @@ fn the_trace_context_fields_reach_the_exchange() {
     assert_eq!(got, vec![(Some(tp), Some("vendor=abc")), (None, None)]);
     // Never in records.
     assert!(out.iter().all(|e| !e.fields.contains_key("traceparent")));
+}
+
+/// Each stream counts its own HEADERS, CONTINUATION and DATA frames
+/// (9-byte headers included), however the streams interleave; other
+/// frames count for no exchange, and a stream reset before its response
+/// has no response size.
+#[test]
+fn sizes_are_per_stream_frames() {
+    let mut s = session();
+    let mut out = Vec::new();
+    // POST / on stream 1: its header block split over HEADERS and
+    // CONTINUATION, then 5 + 3 body bytes; GETs on streams 3 and 5.
+    let mut bytes = preface();
+    bytes.extend(frame(frame::HEADERS, 0, 1, &[0x83, 0x84, 0x86]));
+    bytes.extend(frame(frame::CONTINUATION, frame::END_HEADERS, 1, &GET[3..]));
+    let flags = frame::END_HEADERS | frame::END_STREAM;
+    bytes.extend(frame(frame::HEADERS, flags, 3, GET));
+    bytes.extend(frame(frame::DATA, 0, 1, b"hello"));
+    bytes.extend(frame(frame::WINDOW_UPDATE, 0, 3, &[0, 0, 1, 0]));
+    bytes.extend(frame(frame::DATA, frame::END_STREAM, 1, b"abc"));
+    bytes.extend(frame(frame::HEADERS, flags, 5, GET));
+    feed(&mut s, Direction::ToServer, &bytes, &mut out).unwrap();
+    let mut resp = frame(frame::SETTINGS, 0, 0, &[]);
+    resp.extend(frame(frame::HEADERS, frame::END_HEADERS, 3, &[0x88]));
+    resp.extend(frame(frame::HEADERS, frame::END_HEADERS, 1, &[0x88]));
+    resp.extend(frame(frame::DATA, 0, 3, b"abc"));
+    resp.extend(frame(frame::PING, 0, 0, &[0; 8]));
+    resp.extend(frame(frame::DATA, frame::END_STREAM, 1, b"hello world"));
+    resp.extend(frame(frame::DATA, frame::END_STREAM, 3, b"de"));
+    resp.extend(frame(frame::RST_STREAM, 0, 5, &[0, 0, 0, 7]));
+    feed(&mut s, Direction::ToClient, &resp, &mut out).unwrap();
+    let got: Vec<(u64, u64, bool)> = out
+        .iter()
+        .map(|e| (e.request_bytes, e.response_bytes, e.answered))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (12 + 12 + 14 + 12, 10 + 20, true),
+            (15, 10 + 12 + 11, true),
+            (15, 0, false)
+        ]
+    );
+}
+
+/// A DATA payload the capture cut still counts whole.
+#[test]
+fn sizes_count_uncaptured_data() {
+    let mut s = session();
+    let mut out = Vec::new();
+    let mut bytes = preface();
+    bytes.extend(frame(
+        frame::HEADERS,
+        frame::END_HEADERS,
+        1,
+        &[0x83, 0x84, 0x86, 0x41, 0x01, b'a'],
+    ));
+    let mut data = frame(frame::DATA, frame::END_STREAM, 1, &[b'x'; 10_000]);
+    let cut = data.len() - 9_000;
+    data.truncate(cut);
+    bytes.extend(&data);
+    s.feed(
+        &Chunk {
+            truncated: 9_000,
+            ..testkit::chunk(Direction::ToServer, &bytes, 1)
+        },
+        &mut out,
+    )
+    .unwrap();
+    let resp = frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        1,
+        &[0x88],
+    );
+    feed(&mut s, Direction::ToClient, &resp, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].request_bytes, out[0].response_bytes),
+        (15 + 10_009, 10)
+    );
 }

@@ -106,8 +106,9 @@ impl Emitter {
             transport: key.transport,
             source,
             destination,
-            bytes_sent: 0,
-            bytes_received: 0,
+            // The source is the client: the request went its way.
+            bytes_sent: ex.request_bytes,
+            bytes_received: ex.response_bytes,
             packets_sent: None,
             packets_received: None,
             retransmits: 0,
@@ -260,6 +261,8 @@ mod tests {
             request_direction: Direction::ToServer,
             traceparent: None,
             tracestate: None,
+            request_bytes: 120,
+            response_bytes: 4096,
         }
     }
 
@@ -293,6 +296,7 @@ mod tests {
         let records = store.query(&FlowFilter::default(), crate::flow::store::Range::default());
         let last = records.last().expect("a record");
         assert_eq!(last.l7.as_ref().expect("l7")["protocol"], "grpc");
+        assert_eq!((last.bytes_sent, last.bytes_received), (120, 4096));
         assert_eq!(records.len(), 10, "the store keeps its newest records");
     }
 }
