@@ -143,14 +143,17 @@ fn top_counts_a_known_mix_as_the_metrics_do() {
     // refused while the server started are a row of the address.)
     let l4 = by_route["rows"]
         .as_array()
-        .unwrap()
+        .expect("rows")
         .iter()
         .find(|r| r["route"].is_null() && r["destination"] == format!("python3:{port}"))
         .expect("the connections' row");
-    assert!(l4["connections"].as_u64().unwrap() >= 1, "{l4:#}");
+    assert!(
+        l4["connections"].as_u64().expect("connections") >= 1,
+        "{l4:#}"
+    );
 
     let refused = top(&["--by", "workload", "--to-port", &closed_s]);
-    let rows = refused["rows"].as_array().unwrap();
+    let rows = refused["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{refused:#}");
     assert_eq!(rows[0]["failed_connects"], 5, "{refused:#}");
     assert_eq!(
@@ -248,10 +251,13 @@ fn live_view_in_a_terminal(agent: &Agent, port: &str) {
             if n == 0 {
                 break;
             }
-            shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            shown
+                .lock()
+                .expect("the screen buffer")
+                .extend_from_slice(&buf[..n]);
         }
     });
-    let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let text = || String::from_utf8_lossy(&screen.lock().expect("the screen buffer")).into_owned();
     let drawn = try_wait_for(Duration::from_secs(15), || {
         let t = text();
         (t.contains(SLOW_ROUTE) && t.contains(STATUS_ROUTE)).then_some(t)
@@ -287,7 +293,7 @@ fn live_view_in_a_terminal(agent: &Agent, port: &str) {
     };
     assert!(status.success(), "weft top exited with {status}");
     let all = text();
-    let end = &all[all.rfind("DESTINATION").unwrap()..];
+    let end = &all[all.rfind("DESTINATION").expect("the header")..];
     assert!(
         end.contains("\x1b[?1049l"),
         "alternate screen left: {end:?}"

@@ -64,14 +64,17 @@ pub fn dict(record: &FlowRecord) -> String {
 /// The line `-o dict` prints between two records.
 pub const DICT_SEPARATOR: &str = "------------";
 
-fn clock(record: &FlowRecord) -> String {
+/// The record's time of day on the local clock (its RFC 3339 `time` if
+/// that cannot be read).
+pub(super) fn clock(record: &FlowRecord) -> String {
     humantime::parse_rfc3339_weak(&record.time)
         .ok()
         .and_then(table::local_clock)
         .unwrap_or_else(|| record.time.clone())
 }
 
-fn verdict(record: &FlowRecord) -> String {
+/// `forwarded`, `dropped(NO_SOCKET)`, ...
+pub(super) fn verdict(record: &FlowRecord) -> String {
     match &record.drop_reason {
         Some(reason) => format!("{}({reason})", verdict_name(record.verdict)),
         None => verdict_name(record.verdict).to_owned(),

@@ -13,7 +13,7 @@ use super::flow_text;
 use super::table::{self, Table};
 use super::{ApiSocketArgs, is_broken_pipe, rpc_failure, usage_error};
 use crate::api::{self, proto};
-use crate::flow::filter::{FlowFilter, verdict_name};
+use crate::flow::filter::FlowFilter;
 use crate::flow::record::{Endpoint, FlowEvent, FlowRecord, FlowType, Transport};
 
 /// Stored flows shown when neither `--last`, `--since`, `--all` nor
@@ -330,10 +330,6 @@ fn decode<T: serde::de::DeserializeOwned>(json: &str) -> anyhow::Result<T> {
 
 /// The table cells of one record.
 fn row(record: &FlowRecord) -> [String; 9] {
-    let time = humantime::parse_rfc3339_weak(&record.time)
-        .ok()
-        .and_then(table::local_clock)
-        .unwrap_or_else(|| record.time.clone());
     // A drop moved no bytes: how many packets it dropped says more. An L7
     // record counts its request's and response's bytes.
     let bytes = match (record.event, record.packets_sent) {
@@ -347,12 +343,8 @@ fn row(record: &FlowRecord) -> [String; 9] {
     let rtt = record
         .srtt_us
         .map_or_else(|| "-".to_owned(), table::millis_us);
-    let verdict = match &record.drop_reason {
-        Some(reason) => format!("{}({reason})", verdict_name(record.verdict)),
-        None => verdict_name(record.verdict).to_owned(),
-    };
     [
-        time,
+        flow_text::clock(record),
         event(record),
         endpoint(&record.source),
         "->".to_owned(),
@@ -360,7 +352,7 @@ fn row(record: &FlowRecord) -> [String; 9] {
         bytes,
         rtt,
         table::human_duration_us(record.duration_us),
-        verdict,
+        flow_text::verdict(record),
     ]
 }
 
