@@ -57,7 +57,7 @@ fn http1_through_nginx_sendfile() {
                 "-o",
                 "/dev/null",
                 "-w",
-                "%{http_code} %{size_download}\\n",
+                "%{http_code} %{size_request} %{size_header} %{size_download}\\n",
                 &file,
                 "-o",
                 "/dev/null",
@@ -70,8 +70,17 @@ fn http1_through_nginx_sendfile() {
         )
         .expect("curl finished");
     assert!(out.status.success(), "curl failed");
-    let sizes = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(sizes.contains(&format!("200 {FILE_BYTES}")), "{sizes}");
+    // Per request, as curl counted it: status, request bytes, response
+    // head bytes, response body bytes.
+    let sizes: Vec<[u64; 4]> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let n: Vec<u64> = l.split(' ').map(|v| v.parse().expect("a number")).collect();
+            [n[0], n[1], n[2], n[3]]
+        })
+        .collect();
+    assert_eq!(sizes.len(), 3, "{sizes:?}");
+    assert_eq!(sizes[0][3], FILE_BYTES as u64, "{sizes:?}");
 
     let records = wait_for("three HTTP records from each side", WAIT, || {
         let records = agent.flows(&["--port", &port_s, "--protocol", "http", "--all"]);
@@ -95,9 +104,14 @@ fn http1_through_nginx_sendfile() {
             1,
             "{side:#?}"
         );
-        for r in &side {
+        for (r, [status, request, head, body]) in side.iter().zip(&sizes) {
             assert_eq!(r["l7"]["method"], "GET");
             assert_eq!(r["destination"]["port"], port);
+            // The sizes on the wire, the bodies nginx sent with sendfile
+            // (never seen, only counted) included.
+            assert_eq!(r["l7"]["status"], *status, "{r:#}");
+            assert_eq!(r["bytes_sent"], *request, "{r:#}");
+            assert_eq!(r["bytes_received"], head + body, "{r:#}");
         }
     }
     let port_label = format!("server_port=\"{port}\"");
