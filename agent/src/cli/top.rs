@@ -101,22 +101,37 @@ pub struct TopArgs {
 }
 
 fn parse_window(value: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(value)
-        .map_err(|_| "expected a duration: 10s, 1m, 1h".to_owned())?;
-    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
-        Ok(d)
-    } else {
-        Err("expected from 1s to 1h".to_owned())
-    }
+    parse_within(
+        value,
+        Duration::from_secs(1)..=Duration::from_secs(3600),
+        "10s, 1m, 1h",
+    )
 }
 
 fn parse_refresh(value: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(value)
-        .map_err(|_| "expected a duration: 500ms, 1s, 5s".to_owned())?;
-    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
+    parse_within(
+        value,
+        Duration::from_millis(100)..=Duration::from_secs(60),
+        "500ms, 1s, 5s",
+    )
+}
+
+/// A duration within `range`; the errors give `examples` and the range.
+fn parse_within(
+    value: &str,
+    range: std::ops::RangeInclusive<Duration>,
+    examples: &str,
+) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(value).map_err(|_| format!("expected a duration: {examples}"))?;
+    if range.contains(&d) {
         Ok(d)
     } else {
-        Err("expected from 100ms to 1m".to_owned())
+        Err(format!(
+            "expected from {} to {}",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        ))
     }
 }
 
