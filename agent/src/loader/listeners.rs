@@ -5,7 +5,7 @@
 //! programs are loaded, so that a taken port fails before anything is
 //! attached, and listen only after: see export/server.rs.)
 
-use std::{net::SocketAddr, os::unix::fs::MetadataExt};
+use std::{net::SocketAddr, os::unix::fs::MetadataExt, path::Path};
 
 use aya::maps::HashMap;
 use weft_common::{AF_INET, AF_INET6, COMM_LEN, Owner, conn::ListenKey};
@@ -65,6 +65,36 @@ pub fn add_own(ebpf: &mut aya::Ebpf, addr: SocketAddr) -> Result<(), LoadError> 
                 source,
             })
     }
+}
+
+/// The map update flag: only a key not there yet (`BPF_NOEXIST`).
+const BPF_NOEXIST: u64 = 1;
+
+/// Enters the listeners that exist before the lifecycle program is
+/// attached (see `existing_listeners`), so that the connections they
+/// accept name their server from the open on, as for listeners made
+/// later. Returns how many it entered.
+pub fn add_existing(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> Result<usize, LoadError> {
+    let found =
+        super::existing_listeners::scan(Path::new("/proc"), cgroup_root, std::process::id());
+    let map = ebpf
+        .map_mut("TCP_LISTENERS")
+        .ok_or(LoadError::MissingMap("TCP_LISTENERS"))?;
+    let mut listeners: HashMap<_, ListenKey, Owner> =
+        HashMap::try_from(map).map_err(|source| LoadError::Map {
+            name: "TCP_LISTENERS",
+            source,
+        })?;
+    let mut entered = 0;
+    for (key, owner) in found {
+        // The first holder found of a port shared by several processes
+        // (SO_REUSEPORT) names it.
+        match listeners.insert(key, owner, BPF_NOEXIST) {
+            Ok(()) => entered += 1,
+            Err(e) => log::debug!("listener on port {} not entered: {e}", key.port),
+        }
+    }
+    Ok(entered)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod attach;
 pub mod btf;
 pub mod capture;
 pub mod cleanup;
+mod existing_listeners;
 pub mod features;
 pub mod kernel_log;
 pub mod layouts;
@@ -155,6 +156,11 @@ impl Probes {
         // Before attaching: a connection the listener accepts from then on
         // is known as the agent's from its first event.
         listeners::add_own(&mut ebpf, own_listener)?;
+        // Before attaching too: a connection accepted while the programs
+        // attach is named after its server. (A listener opened between
+        // this scan and the attach goes unnamed: a far narrower window.)
+        let existing = listeners::add_existing(&mut ebpf, &env.cgroup_root)?;
+        log::info!("{existing} listening TCP sockets found already open");
 
         let mut attached = Attached::default();
         tcp_lifecycle(&mut ebpf, &mut attached, env.raw_lifecycle)?;

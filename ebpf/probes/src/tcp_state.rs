@@ -152,7 +152,7 @@ fn changed<C: Change>(c: &C, old: u32, new: u32) -> Result<(), Skip> {
             if owner::is_agent() {
                 flags |= CONN_AGENT;
             }
-            insert(c, flags, OwnerFrom::Current, new)
+            insert(c, flags, OwnerFrom::Current, new, Refused::Counted)
         }
         // listen(): remember who listens on the port.
         (tcp_state::CLOSE, tcp_state::LISTEN) => {
@@ -166,7 +166,7 @@ fn changed<C: Change>(c: &C, old: u32, new: u32) -> Result<(), Skip> {
         // listener's owner until the server process touches the socket.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
             let (flags, owner) = accepted(c)?;
-            insert(c, flags, owner, new)
+            insert(c, flags, owner, new, Refused::Counted)
         }
         (_, tcp_state::ESTABLISHED) => established(c, old),
         (_, tcp_state::CLOSE) => closed(c),
@@ -210,11 +210,26 @@ enum OwnerFrom {
     Unknown,
 }
 
+/// Whether an insert the full table refuses is counted as a loss.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Counted,
+    /// A second try for a socket whose first was (almost always) counted
+    /// already: a lost socket counts once.
+    NotCountedAgain,
+}
+
 /// Starts tracking `sk`. The record is built in a `CONN_SCRATCH` slot of
 /// this CPU, not on the stack: the next free one, as a softirq's run can
 /// interrupt a run in process context (see maps.rs).
 #[inline(always)]
-fn insert<C: Change>(c: &C, flags: u32, owner: OwnerFrom, state: u32) -> Result<(), Skip> {
+fn insert<C: Change>(
+    c: &C,
+    flags: u32,
+    owner: OwnerFrom,
+    state: u32,
+    refused: Refused,
+) -> Result<(), Skip> {
     let tuple = c.tuple()?;
     let depth = LIFECYCLE_DEPTH.get_ptr_mut(0).ok_or(Skip::ReadFailed)?;
     // SAFETY: this CPU's counter; a run that interrupts this one restores
@@ -233,6 +248,7 @@ fn insert<C: Change>(c: &C, flags: u32, owner: OwnerFrom, state: u32) -> Result<
         flags,
         owner,
         state,
+        refused,
     );
     // SAFETY: as above.
     unsafe { *depth = level };
@@ -248,6 +264,7 @@ fn build(
     flags: u32,
     owner: OwnerFrom,
     state: u32,
+    refused: Refused,
 ) -> Result<(), Skip> {
     let conn = CONN_SCRATCH.get_ptr_mut(slot).ok_or(Skip::ReadFailed)?;
     // SAFETY: this CPU's scratch record; `Listener` points into a map
@@ -265,7 +282,7 @@ fn build(
         (*conn).start_ns = bpf_ktime_get_ns();
         (*conn).flags = flags;
         (*conn).state = state;
-        if TCP_CONNS.insert(&sk, &*conn, 0).is_err() {
+        if TCP_CONNS.insert(&sk, &*conn, 0).is_err() && refused == Refused::Counted {
             count(index::LOST_MAP_TCP);
         }
     }
@@ -282,13 +299,25 @@ fn established<C: Change>(c: &C, old: u32) -> Result<(), Skip> {
             // (or before this program was attached). An accepted one is
             // named after its listener as at SYN_RECV: one accepted by the
             // agent during its start is the agent's.
+            //
+            // Or one the full table refused at its SYN, already counted
+            // then: it is not counted again, and not tracked.
             let (flags, owner) = if old == tcp_state::SYN_SENT {
                 (CONN_ACTIVE, OwnerFrom::Unknown)
             } else {
                 accepted(c)?
             };
-            insert(c, flags, owner, tcp_state::ESTABLISHED)?;
-            TCP_CONNS.get_ptr_mut(&sk).ok_or(Skip::ReadFailed)?
+            insert(
+                c,
+                flags,
+                owner,
+                tcp_state::ESTABLISHED,
+                Refused::NotCountedAgain,
+            )?;
+            match TCP_CONNS.get_ptr_mut(&sk) {
+                Some(conn) => conn,
+                None => return Ok(()),
+            }
         }
     };
     // SAFETY: a valid pointer into the map value.
