@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -56,12 +56,44 @@ pub async fn serve(
     };
     let served = tonic::transport::Server::builder()
         .add_service(FlowApiServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(accepted(listener), shutdown.cancelled())
         .await;
     drop(socket_file);
     served.map_err(|error| ApiError::Serve {
         path: socket.to_path_buf(),
         error,
+    })
+}
+
+/// How long the API stops accepting after an accept failed: out of file
+/// descriptors (EMFILE), retrying at once would spin a core and starve the
+/// agent's other work until connections close.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The accepted connections; an accept that fails is retried after
+/// [`ACCEPT_PAUSE`], and logged once until one succeeds again.
+fn accepted(listener: UnixListener) -> impl futures::Stream<Item = io::Result<UnixStream>> {
+    futures::stream::unfold((listener, false), |(listener, mut failing)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if failing {
+                        log::info!("the flow API accepts connections again");
+                    }
+                    return Some((Ok(stream), (listener, false)));
+                }
+                Err(error) => {
+                    if !failing {
+                        log::warn!(
+                            "the flow API cannot accept connections ({error}); retrying every {}ms",
+                            ACCEPT_PAUSE.as_millis()
+                        );
+                        failing = true;
+                    }
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+            }
+        }
     })
 }
 

@@ -100,6 +100,11 @@ impl Emitter {
     }
 
     /// Label sets (L4) and label values (L7) folded into `other` so far.
+    /// Live records `weft flows -f` clients fell too far behind to get.
+    pub fn follower_lost(&self) -> u64 {
+        self.store.follower_lost()
+    }
+
     pub fn labels_overflowed(&self) -> u64 {
         self.budget.overflowed + self.values.overflowed
     }

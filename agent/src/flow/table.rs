@@ -444,6 +444,8 @@ impl FlowTable {
                 "cardinality_budget",
                 self.emitter.labels_overflowed(),
             ),
+            // Each such client is told how many it missed, too.
+            ("flow_api", "follower", self.emitter.follower_lost()),
         ];
         let mut losses = Vec::new();
         for (source, stage, total) in loss_values {
