@@ -122,6 +122,28 @@ fn hubble_filters_on_a_local_connection() {
     assert!(flows(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
     assert_eq!(flows(&["--until", "0s"]).len(), all.len());
 
+    // Both ends saw the same request and response: the same sizes.
+    let sizes = |direction: &str| {
+        let mut sizes: Vec<(u64, u64)> = all
+            .iter()
+            .filter(|r| r["type"] == "l7" && r["traffic_direction"] == direction)
+            .map(|r| {
+                let n = |f: &str| r[f].as_u64().expect("a size");
+                (n("bytes_sent"), n("bytes_received"))
+            })
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    };
+    let at_client = sizes("egress");
+    assert_eq!(at_client.len(), 2);
+    assert!(
+        at_client
+            .iter()
+            .all(|&(sent, received)| sent > 0 && received > 0)
+    );
+    assert_eq!(at_client, sizes("ingress"));
+
     // One line per record, and a block per record.
     let text = |args: &[&str]| {
         let mut all = vec!["flows", "--port", &port_s, "--all"];
@@ -139,7 +161,15 @@ fn hubble_filters_on_a_local_connection() {
         assert!(line.contains(&format!("{server_ip}:{port} ")), "{line}");
         // GET answers 200, POST 201.
         assert!(line.contains(" /users/7 20"), "{line}");
-        assert!(line.contains(" (at client) FORWARDED (latency "), "{line}");
+        // The request's and response's sizes, then the latency.
+        let details = line
+            .split_once(" (at client) FORWARDED (")
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("{line}"));
+        let (sizes, rest) = details.split_once(", ").unwrap_or_else(|| panic!("{line}"));
+        let (sent, received) = sizes.split_once('/').unwrap_or_else(|| panic!("{line}"));
+        assert!(sent.ends_with('B') && received.ends_with('B'), "{line}");
+        assert!(rest.starts_with("latency "), "{line}");
     }
     let dict = text(&["-o", "dict"]);
     assert_eq!(dict.matches("  TIMESTAMP: ").count(), all.len(), "{dict}");
