@@ -17,6 +17,7 @@ pub mod node;
 pub mod otlp;
 pub mod peer;
 pub mod pods;
+pub mod programs;
 pub mod prometheus;
 pub mod servers;
 pub mod sql;

@@ -37,76 +37,11 @@ use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
     lab::{Lab, spawn_in},
-    require_root, run, scaled, servers, try_wait_for, unique_port, wait_for,
+    programs::{expected_programs, leaked, programs_of, weft_programs},
+    require_root, scaled, servers, try_wait_for, unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
-
-// --- What the kernel holds (as in tests/tests/lifecycle.rs) ---
-
-/// Ids of the loaded BPF programs whose name starts with `weft_`.
-fn weft_programs() -> Vec<u64> {
-    let out = run(&["bpftool", "-j", "prog", "show"]);
-    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("weft_")))
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
-}
-
-/// Program ids that process `pid` holds through its file descriptors
-/// (program fds and link fds both name their program in fdinfo).
-fn held_by(pid: u32) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for entry in entries.flatten() {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        ids.extend(
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u64>().ok()),
-        );
-    }
-    ids
-}
-
-/// weft programs that no process holds: what a dead agent left in the
-/// kernel (pinned, or attached without a link).
-fn leaked() -> Vec<u64> {
-    let progs = weft_programs();
-    if progs.is_empty() {
-        return progs;
-    }
-    let mut held = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-            held.extend(held_by(pid));
-        }
-    }
-    progs.into_iter().filter(|id| !held.contains(id)).collect()
-}
-
-/// The weft programs `agent` holds.
-fn programs_of(agent: &Agent) -> Vec<u64> {
-    let held = held_by(agent.pid());
-    weft_programs()
-        .into_iter()
-        .filter(|id| held.contains(id))
-        .collect()
-}
-
-/// How many programs `agent` says it loaded.
-fn expected_programs(agent: &Agent) -> usize {
-    agent.status_json().expect("status")["programs"]
-        .as_array()
-        .expect("programs")
-        .len()
-}
 
 const PINS: &str = "/sys/fs/bpf/weft";
 

@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, os::unix::fs::MetadataExt, path::Path};
 
-use aya::maps::HashMap;
+use aya::maps::{HashMap, MapData};
 use weft_common::{AF_INET, AF_INET6, COMM_LEN, Owner, conn::ListenKey};
 
 use super::LoadError;
@@ -44,27 +44,30 @@ fn agent_owner() -> Owner {
     }
 }
 
+/// The kernel's listener table.
+fn listener_table(
+    ebpf: &mut aya::Ebpf,
+) -> Result<HashMap<&mut MapData, ListenKey, Owner>, LoadError> {
+    let map = ebpf
+        .map_mut("TCP_LISTENERS")
+        .ok_or(LoadError::MissingMap("TCP_LISTENERS"))?;
+    HashMap::try_from(map).map_err(|source| LoadError::Map {
+        name: "TCP_LISTENERS",
+        source,
+    })
+}
+
 /// Enters the agent's listening socket bound to `addr` in the kernel's
 /// listener table, so that every connection it accepts is marked as the
 /// agent's own from its first event.
 pub fn add_own(ebpf: &mut aya::Ebpf, addr: SocketAddr) -> Result<(), LoadError> {
-    {
-        let netns = own_netns().map_err(LoadError::OwnNetns)?;
-        let map = ebpf
-            .map_mut("TCP_LISTENERS")
-            .ok_or(LoadError::MissingMap("TCP_LISTENERS"))?;
-        let mut listeners: HashMap<_, ListenKey, Owner> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: "TCP_LISTENERS",
-                source,
-            })?;
-        listeners
-            .insert(key(netns, addr), agent_owner(), 0)
-            .map_err(|source| LoadError::Map {
-                name: "TCP_LISTENERS",
-                source,
-            })
-    }
+    let netns = own_netns().map_err(LoadError::OwnNetns)?;
+    listener_table(ebpf)?
+        .insert(key(netns, addr), agent_owner(), 0)
+        .map_err(|source| LoadError::Map {
+            name: "TCP_LISTENERS",
+            source,
+        })
 }
 
 /// The map update flag: only a key not there yet (`BPF_NOEXIST`).
@@ -77,14 +80,7 @@ const BPF_NOEXIST: u64 = 1;
 pub fn add_existing(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> Result<usize, LoadError> {
     let found =
         super::existing_listeners::scan(Path::new("/proc"), cgroup_root, std::process::id());
-    let map = ebpf
-        .map_mut("TCP_LISTENERS")
-        .ok_or(LoadError::MissingMap("TCP_LISTENERS"))?;
-    let mut listeners: HashMap<_, ListenKey, Owner> =
-        HashMap::try_from(map).map_err(|source| LoadError::Map {
-            name: "TCP_LISTENERS",
-            source,
-        })?;
+    let mut listeners = listener_table(ebpf)?;
     let mut entered = 0;
     for (key, owner) in found {
         // The first holder found of a port shared by several processes
