@@ -31,6 +31,9 @@ pub mod query;
 pub mod redis;
 pub mod route;
 pub mod sql_obfuscate;
+// The fuzz targets' bodies: tests and the fuzz crate only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod testkit;
 

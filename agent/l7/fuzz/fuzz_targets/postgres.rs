@@ -1,16 +1,4 @@
 #![no_main]
-//! postgres: arbitrary conversations must not panic or buffer beyond the limits.
+//! The `postgres` target; its body and what it checks: `weft_l7::fuzzing::postgres`.
 
-use libfuzzer_sys::fuzz_target;
-#[allow(unused_imports)]
-use weft_l7::{Limits, Privacy, Transport};
-
-#[path = "chunks.rs"]
-mod chunks;
-
-fuzz_target!(|data: &[u8]| {
-    // Small limits make the bounds bite on small inputs.
-    let limits = Limits { max_message: 512, max_pending: 8, max_field: 64, ..Limits::default() };
-    let session = weft_l7::postgres::PostgresSession::new(limits, &Privacy::default());
-    chunks::run(data, session, weft_l7::postgres::PostgresSession::buffered, 2 * (limits.max_message + 5));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft_l7::fuzzing::postgres(data));
