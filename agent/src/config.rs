@@ -11,9 +11,11 @@ use std::{
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+mod group;
 mod kubernetes;
 pub mod steer;
 pub mod traces;
+pub use group::GroupName;
 pub use kubernetes::{Enabled, KubernetesConfig};
 pub use steer::{HealthConfig, PolicyConfig, PolicyMode, ServiceConfig};
 pub use traces::{OtlpProtocol, TraceSettings, TracesConfig};
@@ -32,6 +34,9 @@ pub struct Config {
     pub metrics_path: String,
     /// Unix socket of the gRPC flow API.
     pub api_socket: PathBuf,
+    /// The group that may read the flow API besides root (the socket is
+    /// `root:<group>`, 0660); unset, only root.
+    pub api_socket_group: Option<GroupName>,
     /// How often a long-lived flow gets an `update` record.
     #[serde(with = "duration_text")]
     pub update_interval: Duration,
@@ -97,6 +102,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address"),
             metrics_path: "/metrics".into(),
             api_socket: DEFAULT_API_SOCKET.into(),
+            api_socket_group: None,
             update_interval: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
@@ -137,6 +143,10 @@ pub struct AgentArgs {
     /// Unix socket of the flow API [default: /run/weft/weft.sock].
     #[arg(long, value_name = "PATH", env = "WEFT_API_SOCKET")]
     pub api_socket: Option<PathBuf>,
+    /// Group (name or gid) whose members may use the flow API besides
+    /// root [default: none, root only].
+    #[arg(long, value_name = "GROUP")]
+    pub api_socket_group: Option<String>,
     /// Interval of `update` records for long-lived flows [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub update_interval: Option<String>,
@@ -181,6 +191,19 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The gid the flow API socket is given, when `api_socket_group` is
+    /// set; a name that does not resolve is an error naming the field.
+    pub fn api_socket_gid(&self) -> Result<Option<u32>, ConfigError> {
+        self.api_socket_group
+            .as_ref()
+            .map(|group| {
+                group
+                    .resolve()
+                    .map_err(|reason| invalid("api_socket_group", group, reason))
+            })
+            .transpose()
+    }
+
     /// What the L7 parsers may report (private by default; bodies never).
     pub fn l7_privacy(&self) -> weft_l7::Privacy {
         weft_l7::Privacy {
@@ -237,6 +260,9 @@ impl Config {
         if let Some(path) = &args.api_socket {
             self.api_socket = path.clone();
         }
+        if let Some(group) = &args.api_socket_group {
+            self.api_socket_group = Some(GroupName::parse(group));
+        }
         if let Some(text) = &args.update_interval {
             self.update_interval = parse_duration("update_interval", text)?;
         }
@@ -282,6 +308,7 @@ impl Config {
                 "must be an absolute path",
             ));
         }
+        self.api_socket_gid()?;
         check_duration("update_interval", self.update_interval, 1, 3600)?;
         check_duration("udp_idle_timeout", self.udp_idle_timeout, 1, 3600)?;
         check_duration("poll_interval", self.poll_interval, 0, 60)?;
@@ -482,6 +509,51 @@ mod tests {
         let c = Config::load(&args).unwrap();
         assert_eq!(c.metrics_addr.port(), 2000);
         assert_eq!(c.flow_store_capacity, 5);
+    }
+
+    #[test]
+    fn api_socket_group_is_a_name_or_a_gid() {
+        assert_eq!(Config::default().api_socket_group, None);
+        assert_eq!(Config::default().api_socket_gid().unwrap(), None);
+        let c = Config::from_yaml("api_socket_group: root\n").unwrap();
+        assert_eq!(c.api_socket_group, Some(GroupName::Name("root".into())));
+        assert_eq!(c.api_socket_gid().unwrap(), Some(0));
+        let c = Config::from_yaml("api_socket_group: 4242\n").unwrap();
+        assert_eq!(c.api_socket_group, Some(GroupName::Gid(4242)));
+        assert_eq!(c.api_socket_gid().unwrap(), Some(4242));
+        // Printed as written, and read back the same.
+        let printed = serde_yaml_ng::to_string(&c).unwrap();
+        assert!(printed.contains("api_socket_group: 4242\n"), "{printed}");
+        assert_eq!(Config::from_yaml(&printed).unwrap(), c);
+        let err = Config::from_yaml("api_socket_group: [a]\n").unwrap_err();
+        assert!(err.contains("api_socket_group"), "{err}");
+    }
+
+    #[test]
+    fn api_socket_group_flag_wins_and_an_unknown_group_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.yaml");
+        std::fs::write(&path, "api_socket_group: 4242\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            api_socket_group: Some("root".into()),
+            ..AgentArgs::default()
+        };
+        assert_eq!(
+            Config::load(&args).unwrap().api_socket_gid().unwrap(),
+            Some(0)
+        );
+        let args = AgentArgs {
+            api_socket_group: Some("weft-no-such-group-7f3a".into()),
+            ..AgentArgs::default()
+        };
+        let err = Config::load(&args).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid api_socket_group \"weft-no-such-group-7f3a\": no group of that name"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -191,9 +191,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks.spawn_infallible(|shutdown| watcher.run(shutdown));
     }
     let socket = config.api_socket.clone();
+    // Resolved when the configuration was validated, before anything was
+    // loaded; again here, for the gid itself.
+    let socket_group = config.api_socket_gid()?;
     tasks.spawn(|shutdown| async move {
         api::serve(
             &socket,
+            socket_group,
             store,
             status_rx,
             services_rx,

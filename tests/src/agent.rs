@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
+    net::{IpAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -47,7 +47,33 @@ pub struct Agent {
     child: Option<Child>,
     pub socket: PathBuf,
     pub metrics_port: u16,
+    /// Where the harness reaches the metrics listener.
+    metrics_ip: IpAddr,
     stderr_path: PathBuf,
+}
+
+/// The agent's own metrics address when no `--metrics-addr` is given.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+/// How an agent is started.
+struct Launch<'a> {
+    /// A command the agent runs under (`setpriv ...`), or none.
+    wrapper: &'a [&'a str],
+    /// The address the metrics listener is bound to, on a free port; `None`
+    /// gives no `--metrics-addr` (the agent's default, 127.0.0.1:9464).
+    metrics_ip: Option<&'a str>,
+    /// `RUST_LOG`.
+    log_filter: &'a str,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Self {
+            wrapper: &[],
+            metrics_ip: Some("127.0.0.1"),
+            log_filter: "info",
+        }
+    }
 }
 
 impl Agent {
@@ -60,16 +86,51 @@ impl Agent {
     /// capabilities) and waits until it is ready: its flow API answers and
     /// its `/readyz` says 200.
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Self {
-        Self::launch(wrapper, "127.0.0.1", extra)
+        Self::launch(
+            Launch {
+                wrapper,
+                ..Launch::default()
+            },
+            extra,
+        )
     }
 
     /// Starts an agent whose metrics listener is bound to `metrics_ip` (as
     /// the DaemonSet binds `0.0.0.0`), on a free port.
     pub fn start_metrics_on(metrics_ip: &str, extra: &[&str]) -> Self {
-        Self::launch(&[], metrics_ip, extra)
+        Self::launch(
+            Launch {
+                metrics_ip: Some(metrics_ip),
+                ..Launch::default()
+            },
+            extra,
+        )
     }
 
-    fn launch(wrapper: &[&str], metrics_ip: &str, extra: &[&str]) -> Self {
+    /// Starts an agent without `--metrics-addr`: its metrics listen where
+    /// the agent's default says ([`DEFAULT_METRICS_PORT`] on loopback).
+    pub fn start_default_metrics(extra: &[&str]) -> Self {
+        Self::launch(
+            Launch {
+                metrics_ip: None,
+                ..Launch::default()
+            },
+            extra,
+        )
+    }
+
+    /// Starts an agent logging what `RUST_LOG=log_filter` lets through.
+    pub fn start_logging(log_filter: &str, extra: &[&str]) -> Self {
+        Self::launch(
+            Launch {
+                log_filter,
+                ..Launch::default()
+            },
+            extra,
+        )
+    }
+
+    fn launch(launch: Launch<'_>, extra: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // A virtual machine's shared folders cannot hold unix sockets: the
@@ -88,10 +149,22 @@ impl Agent {
         } else {
             &[]
         };
-        let metrics_port = free_port();
-        let metrics_addr = format!("{metrics_ip}:{metrics_port}");
+        let (metrics_port, metrics_flag) = match launch.metrics_ip {
+            Some(ip) => {
+                let port = free_port();
+                (
+                    port,
+                    vec!["--metrics-addr".to_owned(), format!("{ip}:{port}")],
+                )
+            }
+            None => (DEFAULT_METRICS_PORT, Vec::new()),
+        };
+        let metrics_ip = match launch.metrics_ip.map(|ip| ip.parse::<IpAddr>()) {
+            Some(Ok(ip)) if !ip.is_unspecified() => ip,
+            _ => IpAddr::from([127, 0, 0, 1]),
+        };
         let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
-        let mut command = match wrapper.split_first() {
+        let mut command = match launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(weft_bin());
@@ -100,11 +173,13 @@ impl Agent {
             None => Command::new(weft_bin()),
         };
         let child = command
-            .args(["agent", "--metrics-addr", &metrics_addr, "--api-socket"])
+            .arg("agent")
+            .args(metrics_flag)
+            .arg("--api-socket")
             .arg(&socket)
             .args(extra)
             .args(bpf_log)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", launch.log_filter)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -113,6 +188,7 @@ impl Agent {
             child: Some(child),
             socket,
             metrics_port,
+            metrics_ip,
             stderr_path,
         };
         let started = Instant::now();
@@ -258,7 +334,7 @@ impl Agent {
 
     /// [`Agent::http_get`] with more header lines (each ending in CRLF).
     pub fn http_get_with(&self, path: &str, headers: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        let mut s = TcpStream::connect((self.metrics_ip, self.metrics_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,

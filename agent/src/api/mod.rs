@@ -46,6 +46,17 @@ pub enum ApiError {
     #[error("cannot listen on {path}: {error}", path = .path.display())]
     Bind { path: PathBuf, error: io::Error },
 
+    #[error(
+        "cannot give the flow API socket {path} the group {gid} (api_socket_group): {error}; \
+         give the agent CAP_CHOWN or that group as a supplementary group, or leave \
+         api_socket_group unset",
+        path = .path.display())]
+    Chown {
+        path: PathBuf,
+        gid: u32,
+        error: io::Error,
+    },
+
     #[error("the flow API server on {path} failed: {error}", path = .path.display())]
     Serve {
         path: PathBuf,
@@ -59,7 +70,8 @@ pub enum ApiError {
 
     #[error(
         "cannot reach the weft agent at {path}: {error}; run as root, or as a member of \
-         the socket's group", path = .path.display())]
+         the socket's group (the agent's api_socket_group, `ls -l {path}` shows it)",
+        path = .path.display())]
     PermissionDenied { path: PathBuf, error: io::Error },
 
     #[error("cannot talk to the weft agent at {path}: {error}", path = .path.display())]
@@ -98,6 +110,11 @@ mod tests {
 
     /// Starts a server on `socket` and waits until it answers.
     async fn start(socket: &Path) -> Agent {
+        start_with_group(socket, None).await
+    }
+
+    /// [`start`], the socket given `group`.
+    async fn start_with_group(socket: &Path, group: Option<u32>) -> Agent {
         let store = Arc::new(FlowStore::new(100));
         let report = StatusReport {
             version: "test".into(),
@@ -111,6 +128,7 @@ mod tests {
             async move {
                 serve(
                     &socket,
+                    group,
                     store,
                     status,
                     watch::channel(Vec::new()).1,
@@ -210,6 +228,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_socket_gets_its_group_before_it_appears() {
+        use std::os::unix::fs::MetadataExt;
+        // Root may give any gid; anyone else only a group of their own.
+        // SAFETY: no preconditions.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let gid = if euid == 0 { 4242 } else { egid };
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("weft.sock");
+        let agent = start_with_group(&socket, Some(gid)).await;
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert_eq!((meta.gid(), meta.uid()), (gid, euid));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        agent.shutdown.cancel();
+        agent.task.await.unwrap().unwrap();
+
+        if euid != 0 {
+            // A group the user is not in: refused, named, nothing left.
+            let err = serve(
+                &socket,
+                Some(0),
+                Arc::new(FlowStore::new(1)),
+                watch::channel(StatusReport::default()).1,
+                watch::channel(Vec::new()).1,
+                watch::channel(Vec::new()).1,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, ApiError::Chown { gid: 0, .. }), "{err:?}");
+            assert!(err.to_string().contains("api_socket_group"), "{err}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[tokio::test]
     async fn bad_filter_is_invalid_argument() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("weft.sock");
@@ -238,6 +291,7 @@ mod tests {
         let store = Arc::new(FlowStore::new(1));
         let err = serve(
             &socket,
+            None,
             store.clone(),
             status.clone(),
             watch::channel(Vec::new()).1,
@@ -263,6 +317,7 @@ mod tests {
         std::fs::write(&socket, "not a socket").unwrap();
         let err = serve(
             &socket,
+            None,
             store,
             status,
             watch::channel(Vec::new()).1,

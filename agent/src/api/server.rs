@@ -37,16 +37,18 @@ const RESPONSE_BUFFER: usize = 128;
 ///
 /// The socket's directory is created (0755) if needed. A socket file left by
 /// an agent that died is replaced; one that an agent still answers on is an
-/// error. The socket is 0660: root and the socket's group may read flows.
+/// error. The socket is 0660: root and the socket's group may read flows;
+/// `group` is that group's gid (unset: the agent's own group, root's).
 pub async fn serve(
     socket: &Path,
+    group: Option<u32>,
     store: Arc<FlowStore>,
     status: watch::Receiver<StatusReport>,
     services: watch::Receiver<Vec<ServiceReport>>,
     policies: watch::Receiver<Vec<PolicyReport>>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
-    let (listener, socket_file) = bind(socket).await?;
+    let (listener, socket_file) = bind(socket, group).await?;
     let service = FlowService {
         store,
         status,
@@ -98,7 +100,7 @@ fn accepted(listener: UnixListener) -> impl futures::Stream<Item = io::Result<Un
 }
 
 /// Prepares the directory, clears a stale socket, and binds.
-async fn bind(socket: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
+async fn bind(socket: &Path, group: Option<u32>) -> Result<(UnixListener, SocketFile), ApiError> {
     let path = || socket.to_path_buf();
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         DirBuilder::new()
@@ -112,8 +114,9 @@ async fn bind(socket: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
     }
     clear_stale(socket).await?;
 
-    // Bind under a temporary name, set the mode, then rename into place: the
-    // socket never appears at its public path with the umask's mode.
+    // Bind under a temporary name, set the mode and group, then rename into
+    // place: the socket never appears at its public path with the umask's
+    // mode or the wrong group.
     let tmp = temp_path(socket);
     let bind_error = |error| ApiError::Bind {
         path: path(),
@@ -121,6 +124,16 @@ async fn bind(socket: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
     };
     remove_if_exists(&tmp).map_err(bind_error)?;
     let listener = UnixListener::bind(&tmp).map_err(bind_error)?;
+    if let Some(gid) = group
+        && let Err(error) = std::os::unix::fs::chown(&tmp, None, Some(gid))
+    {
+        let _ = fs::remove_file(&tmp);
+        return Err(ApiError::Chown {
+            path: path(),
+            gid,
+            error,
+        });
+    }
     let placed = fs::set_permissions(&tmp, Permissions::from_mode(0o660))
         .and_then(|()| fs::rename(&tmp, socket))
         .and_then(|()| fs::symlink_metadata(socket));
