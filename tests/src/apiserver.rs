@@ -4,43 +4,91 @@
 //! and keeps each WATCH open, idle until the test sends an event on it
 //! ([`RecordedApi::send`]), as the API server streams them. Real HTTP/1.1
 //! on loopback, so the agent's real kube-rs client talks to it.
+//!
+//! It can go away and come back on the same address ([`RecordedApi::stop`],
+//! [`RecordedApi::restart`]), as an API server restarts: a WATCH from a
+//! resource version older than the LIST's then gets `410 Gone`, as from an
+//! API server whose watch cache no longer reaches back that far, and the
+//! client lists again.
 
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 /// The open watches, by request path.
 type Watches = Arc<Mutex<HashMap<String, Vec<TcpStream>>>>;
 
+/// LIST responses by request path.
+type Lists = HashMap<&'static str, String>;
+
 pub struct RecordedApi {
     pub addr: SocketAddr,
     watches: Watches,
+    /// The server while it runs; `None` between [`RecordedApi::stop`] and
+    /// [`RecordedApi::restart`].
+    serving: Mutex<Option<Serving>>,
 }
+
+/// One run of the server: its accepting thread and every connection it
+/// accepted (to close them all when it stops).
+struct Serving {
+    stop: Arc<AtomicBool>,
+    accepting: JoinHandle<()>,
+    connections: Connections,
+}
+
+/// The connections being served, by the client's address.
+type Connections = Arc<Mutex<HashMap<SocketAddr, TcpStream>>>;
 
 impl RecordedApi {
     /// Serves `lists` (request path -> LIST response body). A path not in
     /// it gets 404, as an API server answers for an unknown resource.
-    pub fn start(lists: HashMap<&'static str, String>) -> Self {
+    pub fn start(lists: Lists) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind API server");
         let addr = listener.local_addr().expect("API server address");
-        let lists = Arc::new(lists);
         let watches = Watches::default();
-        let open = Arc::clone(&watches);
-        // Detached: it lives as long as the test process; each connection
-        // ends when the agent (its only client) goes away.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let lists = Arc::clone(&lists);
-                let open = Arc::clone(&open);
-                std::thread::spawn(move || serve(stream, &lists, &open));
-            }
-        });
-        Self { addr, watches }
+        let serving = Serving::run(listener, lists, Arc::clone(&watches));
+        Self {
+            addr,
+            watches,
+            serving: Mutex::new(Some(serving)),
+        }
+    }
+
+    /// Goes away: stops listening (a connect is refused) and closes every
+    /// connection, open watches included, as a stopped API server does.
+    pub fn stop(&self) {
+        let Some(serving) = self.serving.lock().expect("serving").take() else {
+            return;
+        };
+        serving.stop.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which then drops the listener.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        serving
+            .accepting
+            .join()
+            .expect("the API server's accepting thread");
+        for (_, connection) in serving.connections.lock().expect("connections").drain() {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+        self.watches.lock().expect("watches").clear();
+    }
+
+    /// Comes back on the same address, serving `lists`.
+    pub fn restart(&self, lists: Lists) {
+        self.stop();
+        let listener = TcpListener::bind(self.addr).expect("bind the API server's address again");
+        let serving = Serving::run(listener, lists, Arc::clone(&self.watches));
+        *self.serving.lock().expect("serving") = Some(serving);
     }
 
     /// Waits (up to `timeout`) until the agent watches `path`.
@@ -68,17 +116,12 @@ impl RecordedApi {
     /// many watches it went out.
     pub fn send(&self, path: &str, event_type: &str, object: &serde_json::Value) -> usize {
         let line = serde_json::json!({"type": event_type, "object": object}).to_string() + "\n";
-        let chunk = format!("{:x}\r\n{line}\r\n", line.len());
         let mut watches = self.watches.lock().expect("watches");
         let Some(open) = watches.get_mut(path) else {
             return 0;
         };
         // A watch the agent closed fails to take it and is forgotten.
-        open.retain_mut(|s| {
-            s.write_all(chunk.as_bytes())
-                .and_then(|()| s.flush())
-                .is_ok()
-        });
+        open.retain_mut(|s| write_chunk(s, &line).is_ok());
         open.len()
     }
 
@@ -93,6 +136,52 @@ impl RecordedApi {
     pub fn unreachable_kubeconfig(&self, dir: &Path) -> PathBuf {
         kubeconfig_for(&dir.join("unreachable-kubeconfig"), "127.0.0.1:1")
     }
+}
+
+impl Drop for RecordedApi {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Serving {
+    /// Accepts on `listener` (a thread per connection) until stopped.
+    fn run(listener: TcpListener, lists: Lists, watches: Watches) -> Self {
+        let lists = Arc::new(lists);
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Connections::default();
+        let (stopped, accepted) = (Arc::clone(&stop), Arc::clone(&connections));
+        let accepting = std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (Ok(client), Ok(clone)) = (stream.peer_addr(), stream.try_clone()) else {
+                    continue;
+                };
+                accepted.lock().expect("connections").insert(client, clone);
+                let (lists, open) = (Arc::clone(&lists), Arc::clone(&watches));
+                let served = Arc::clone(&accepted);
+                // Each connection ends when the agent (its only client)
+                // goes away, or when the server stops.
+                std::thread::spawn(move || {
+                    serve(stream, &lists, &open);
+                    served.lock().expect("connections").remove(&client);
+                });
+            }
+        });
+        Self {
+            stop,
+            accepting,
+            connections,
+        }
+    }
+}
+
+/// Writes `text` as one chunk of a chunked response.
+fn write_chunk(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
+    stream.write_all(format!("{:x}\r\n{text}\r\n", text.len()).as_bytes())?;
+    stream.flush()
 }
 
 /// Writes a kubeconfig at `path` for the API server at `server`.
@@ -141,21 +230,27 @@ fn serve(mut stream: TcpStream, lists: &HashMap<&'static str, String>, watches: 
             );
             let _ = stream.write_all(format!("{text}{body}").as_bytes());
         }
-        Some(_) if watch => {
+        Some(body) if watch => {
             let text = head("200 OK", "Transfer-Encoding: chunked\r\n");
-            if stream.write_all(text.as_bytes()).is_ok() {
-                if let Ok(writer) = stream.try_clone() {
-                    let mut open = watches.lock().expect("watches");
-                    open.entry(path.to_owned()).or_default().push(writer);
-                }
-                // Open until the client goes away.
-                let mut buf = [0u8; 64];
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            if stream.write_all(text.as_bytes()).is_err() {
+                return;
+            }
+            if let Some(gone) = expired(query, body) {
+                // The event, then the end of the stream.
+                let _ = write_chunk(&mut stream, &gone).and_then(|()| write_chunk(&mut stream, ""));
+                return;
+            }
+            if let Ok(writer) = stream.try_clone() {
                 let mut open = watches.lock().expect("watches");
-                if let Some(list) = open.get_mut(path) {
-                    let me = stream.peer_addr().ok();
-                    list.retain(|s| s.peer_addr().ok() != me);
-                }
+                open.entry(path.to_owned()).or_default().push(writer);
+            }
+            // Open until the client goes away.
+            let mut buf = [0u8; 64];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            let mut open = watches.lock().expect("watches");
+            if let Some(list) = open.get_mut(path) {
+                let me = stream.peer_addr().ok();
+                list.retain(|s| s.peer_addr().ok() != me);
             }
         }
         Some(body) => {
@@ -163,6 +258,34 @@ fn serve(mut stream: TcpStream, lists: &HashMap<&'static str, String>, watches: 
             let _ = stream.write_all(format!("{text}{body}").as_bytes());
         }
     }
+}
+
+/// The `410 Gone` watch event (a line) for a watch from a resource version
+/// older than the LIST's (`list`), as an API server sends it when its watch
+/// cache no longer holds that version; `None` for a watch it can serve.
+fn expired(query: &str, list: &str) -> Option<String> {
+    let wanted: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resourceVersion="))?
+        .parse()
+        .ok()?;
+    let listed: serde_json::Value = serde_json::from_str(list).ok()?;
+    let current: u64 = listed["metadata"]["resourceVersion"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    (wanted < current).then(|| {
+        let status = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("too old resource version: {wanted} ({current})"),
+            "reason": "Expired",
+            "code": 410,
+        });
+        serde_json::json!({"type": "ERROR", "object": status}).to_string() + "\n"
+    })
 }
 
 /// The request line's target (`/api/v1/pods?...`), after reading the head.

@@ -100,10 +100,17 @@ pub fn pod(namespace: &str, name: &str, ip: &str, container_id: &str) -> Value {
 
 /// A `PodList` response holding `pods`.
 pub fn pod_list(pods: &[Value]) -> String {
+    pod_list_at(pods, "100")
+}
+
+/// A `PodList` response holding `pods`, listed at `resource_version` (a
+/// watch from an older version is told `410 Gone` by
+/// [`crate::apiserver::RecordedApi`]).
+pub fn pod_list_at(pods: &[Value], resource_version: &str) -> String {
     json!({
         "kind": "PodList",
         "apiVersion": "v1",
-        "metadata": {"resourceVersion": "100"},
+        "metadata": {"resourceVersion": resource_version},
         "items": pods,
     })
     .to_string()
