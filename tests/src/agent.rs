@@ -149,20 +149,7 @@ impl Agent {
         } else {
             &[]
         };
-        let (metrics_port, metrics_flag) = match launch.metrics_ip {
-            Some(ip) => {
-                let port = free_port();
-                (
-                    port,
-                    vec!["--metrics-addr".to_owned(), format!("{ip}:{port}")],
-                )
-            }
-            None => (DEFAULT_METRICS_PORT, Vec::new()),
-        };
-        let metrics_ip = match launch.metrics_ip.map(|ip| ip.parse::<IpAddr>()) {
-            Some(Ok(ip)) if !ip.is_unspecified() => ip,
-            _ => IpAddr::from([127, 0, 0, 1]),
-        };
+        let (metrics_ip, metrics_port, metrics_flag) = metrics_listener(launch.metrics_ip);
         let stderr = std::fs::File::create(&stderr_path).expect("agent log file");
         let mut command = match launch.wrapper.split_first() {
             Some((program, args)) => {
@@ -431,6 +418,24 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// Where the harness reaches an agent's metrics bound to `ip` (`None`:
+/// the agent's default), on which port, and the flag that says so.
+fn metrics_listener(ip: Option<&str>) -> (IpAddr, u16, Vec<String>) {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let Some(ip) = ip else {
+        return (loopback, DEFAULT_METRICS_PORT, Vec::new());
+    };
+    let port = free_port();
+    let flag = vec!["--metrics-addr".to_owned(), format!("{ip}:{port}")];
+    // An unspecified address (the DaemonSet's 0.0.0.0) is reached on loopback.
+    let reach = ip
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(loopback);
+    (reach, port, flag)
 }
 
 fn free_port() -> u16 {
