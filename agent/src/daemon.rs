@@ -133,6 +133,9 @@ impl KubeReaders {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // A path the flow API cannot be served on (another agent's socket, or
+    // not a socket) is refused before anything is mounted or loaded.
+    api::clear_stale(&config.api_socket).await?;
     let kubernetes = kubernetes_for(&config)?;
     let Kernel {
         probes,

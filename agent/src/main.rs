@@ -75,22 +75,34 @@ fn main() -> ExitCode {
 }
 
 /// Prints a runtime failure; its exit status is 2 when the node's setup
-/// is at fault (as for bad configuration), else 1.
+/// or the API socket's path is at fault (as for bad configuration), else 1.
 fn failure(err: &anyhow::Error) -> ExitCode {
     eprintln!("error: {err:#}");
-    let node_setup = err.chain().any(|cause| {
+    let bad_setup = err.chain().any(|cause| {
         cause
             .downcast_ref::<weft::loader::LoadError>()
             .is_some_and(weft::loader::LoadError::is_node_setup)
             || cause
                 .downcast_ref::<weft::steer::SteerError>()
                 .is_some_and(weft::steer::SteerError::is_node_setup)
+            || cause
+                .downcast_ref::<weft::api::ApiError>()
+                .is_some_and(socket_path_unusable)
     });
-    if node_setup {
+    if bad_setup {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Another agent serves on the API socket's path, or something that is not
+/// a socket is there: the agent was pointed at the wrong path.
+fn socket_path_unusable(err: &weft::api::ApiError) -> bool {
+    matches!(
+        err,
+        weft::api::ApiError::AlreadyServing { .. } | weft::api::ApiError::NotASocket { .. }
+    )
 }
 
 /// Runs a command; `Err` is a runtime failure (see [`failure`]).

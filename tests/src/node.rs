@@ -23,26 +23,39 @@ impl NodeMounts {
     /// mount namespace with exactly this state (it `exec`s, so the pid is
     /// the command's own).
     pub fn wrapper(self) -> Vec<String> {
-        let mount = match self {
-            Self::Nothing => String::new(),
-            Self::Tracefs => format!("mount -t tracefs tracefs {TRACEFS} || exit 1\n"),
-        };
-        let script = format!(
-            "for m in {UNMOUNT}; do while mountpoint -q \"$m\"; do umount -l \"$m\" || exit 1; done; done\n\
-             {mount}exec \"$@\""
-        );
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .chain([script, "sh".to_owned()])
-        .collect()
+        match self {
+            Self::Nothing => private_mounts(""),
+            Self::Tracefs => private_mounts(&format!("mount -t tracefs tracefs {TRACEFS}")),
+        }
     }
+}
+
+/// A command prefix that runs the rest of the command line in a private
+/// mount namespace where neither tracefs nor bpffs is mounted (a fresh
+/// node), after the shell commands `setup` (one per line; the first that
+/// fails stops it, with status 1). It `exec`s, so the pid is the command's
+/// own, and whatever it or the command mounts goes with the namespace.
+pub fn private_mounts(setup: &str) -> Vec<String> {
+    let setup: String = setup
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l} || exit 1\n"))
+        .collect();
+    let script = format!(
+        "for m in {UNMOUNT}; do while mountpoint -q \"$m\"; do umount -l \"$m\" || exit 1; done; done\n\
+         {setup}exec \"$@\""
+    );
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([script, "sh".to_owned()])
+    .collect()
 }

@@ -13,7 +13,7 @@ mod client;
 mod server;
 
 pub use client::connect;
-pub use server::serve;
+pub use server::{clear_stale, serve};
 
 /// Where the agent serves and the CLI connects unless `--api-socket` says
 /// otherwise.

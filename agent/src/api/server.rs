@@ -154,8 +154,9 @@ async fn bind(socket: &Path, group: Option<u32>) -> Result<(UnixListener, Socket
 }
 
 /// Removes a socket file that no agent answers on; refuses to touch
-/// anything else.
-async fn clear_stale(socket: &Path) -> Result<(), ApiError> {
+/// anything else. The agent calls it at start too, before it loads or
+/// mounts anything: pointed at another agent's socket, it stops at once.
+pub async fn clear_stale(socket: &Path) -> Result<(), ApiError> {
     let meta = match fs::symlink_metadata(socket) {
         Ok(meta) => meta,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -75,17 +75,42 @@ pub fn cgroup2(mounts: &[Mount]) -> Option<PathBuf> {
     find(mounts, "cgroup2")
 }
 
-/// Returns the tracefs mount, mounting it at /sys/kernel/tracing if absent.
+/// Returns where tracefs is, mounting it at /sys/kernel/tracing when the
+/// tracepoints would not be found.
+///
+/// aya reads a tracepoint's id under the first of /sys/kernel/tracing and
+/// /sys/kernel/debug/tracing that holds anything, whatever is mounted
+/// there: tracefs must be what that lookup finds. A tracefs mounted
+/// elsewhere, or hidden by another file system mounted over it, does not
+/// count.
 pub fn ensure_tracefs(mounts: &[Mount]) -> io::Result<PathBuf> {
-    if let Some(p) = mounts
-        .iter()
-        .find(|m| m.fs_type == "tracefs" && m.mount_point != Path::new(DEBUGFS_TRACING))
-        .or_else(|| mounts.iter().find(|m| m.fs_type == "tracefs"))
-    {
-        return Ok(p.mount_point.clone());
+    let tracing_has_entries = std::fs::read_dir(TRACEFS).is_ok_and(|mut d| d.next().is_some());
+    if let Some(found) = usable_tracefs(mounts, tracing_has_entries) {
+        return Ok(found);
     }
     mount("tracefs", TRACEFS, "tracefs")?;
     Ok(PathBuf::from(TRACEFS))
+}
+
+/// The tracefs aya's lookup finds (see [`ensure_tracefs`]), if any:
+/// /sys/kernel/tracing when tracefs is on top there, else
+/// /sys/kernel/debug/tracing when tracefs is on top there and
+/// /sys/kernel/tracing is empty (aya passes over an empty directory).
+fn usable_tracefs(mounts: &[Mount], tracing_has_entries: bool) -> Option<PathBuf> {
+    if top(mounts, TRACEFS) == Some("tracefs") {
+        return Some(PathBuf::from(TRACEFS));
+    }
+    (!tracing_has_entries && top(mounts, DEBUGFS_TRACING) == Some("tracefs"))
+        .then(|| PathBuf::from(DEBUGFS_TRACING))
+}
+
+/// The type of the file system mounted last (the one seen) at `point`.
+fn top<'a>(mounts: &'a [Mount], point: &str) -> Option<&'a str> {
+    mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == Path::new(point))
+        .map(|m| m.fs_type.as_str())
 }
 
 /// Mounts bpffs at /sys/fs/bpf if no bpffs is mounted there.
@@ -98,6 +123,18 @@ pub fn ensure_bpffs(mounts: &[Mount]) -> io::Result<PathBuf> {
     }
     mount("bpf", BPFFS, "bpf")?;
     Ok(PathBuf::from(BPFFS))
+}
+
+/// Whether the file system holding `path` is mounted read-only.
+pub fn is_read_only(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path and a zeroed statvfs to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `stat` outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_flag & libc::ST_RDONLY != 0)
 }
 
 fn mount(source: &str, target: &str, fs_type: &str) -> io::Result<()> {
@@ -141,8 +178,39 @@ mod tests {
         let m = parse_mountinfo(HYBRID);
         assert_eq!(cgroup2(&m), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(
-            ensure_tracefs(&m).unwrap(),
-            PathBuf::from("/sys/kernel/tracing")
+            usable_tracefs(&m, true),
+            Some(PathBuf::from("/sys/kernel/tracing"))
+        );
+    }
+
+    /// Only a tracefs where aya looks tracepoint ids up, and on top there,
+    /// is used as it is.
+    #[test]
+    fn tracefs_is_used_only_where_aya_finds_it() {
+        const DEBUG_ONLY: &str = "\
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+50 25 0:50 / /sys/kernel/debug rw - debugfs debugfs rw
+51 50 0:51 / /sys/kernel/debug/tracing rw - tracefs tracefs rw
+";
+        let m = parse_mountinfo(DEBUG_ONLY);
+        let debug = Some(PathBuf::from("/sys/kernel/debug/tracing"));
+        assert_eq!(usable_tracefs(&m, false), debug);
+        // Something at /sys/kernel/tracing hides it from aya.
+        assert_eq!(usable_tracefs(&m, true), None);
+
+        const COVERED: &str = "\
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 25 0:40 / /sys/kernel/tracing rw - tracefs tracefs rw
+41 40 0:41 / /sys/kernel/tracing ro - tmpfs tmpfs ro
+42 25 0:42 / /mnt/tracing rw - tracefs tracefs rw
+";
+        let m = parse_mountinfo(COVERED);
+        assert_eq!(usable_tracefs(&m, true), None, "a tmpfs over it");
+        let elsewhere = [m[0].clone(), m[3].clone()];
+        assert_eq!(usable_tracefs(&elsewhere, false), None, "mounted elsewhere");
+        assert_eq!(
+            usable_tracefs(&m[..2], true),
+            Some(PathBuf::from("/sys/kernel/tracing"))
         );
     }
 

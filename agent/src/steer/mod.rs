@@ -121,6 +121,12 @@ pub enum SteerError {
          the agent with CAP_SYS_ADMIN"
     )]
     NoBpffs(std::io::Error),
+    #[error(
+        "services need a writable bpffs, where steering is pinned to outlive the agent, and \
+         {path} is mounted read-only; remount it read-write (mount -o remount,rw {path}), or \
+         leave services and policies out", path = .0.display()
+    )]
+    ReadOnlyBpffs(PathBuf),
     #[error("services need a cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup)")]
     NoCgroup2,
     #[error("cannot read /proc/self/mountinfo: {0}")]
@@ -173,6 +179,7 @@ impl SteerError {
         matches!(
             self,
             Self::NoBpffs(_)
+                | Self::ReadOnlyBpffs(_)
                 | Self::NoCgroup2
                 | Self::NoNetnsCookie { .. }
                 | Self::NoKubernetes { .. }
@@ -213,6 +220,10 @@ impl Steering {
         }
         refuse_unmatchable_sources(config)?;
         let bpffs = mounts::ensure_bpffs(&mounts).map_err(SteerError::NoBpffs)?;
+        // No pin could be made there: say so before loading the steering object.
+        if mounts::is_read_only(&bpffs).unwrap_or(false) {
+            return Err(SteerError::ReadOnlyBpffs(bpffs));
+        }
         let cgroup_root = mounts::cgroup2(&mounts).ok_or(SteerError::NoCgroup2)?;
         let root = pins::steer_root(&bpffs);
         let version = pins::version(STEER_OBJECT);
