@@ -14,6 +14,9 @@ pub mod enrich;
 pub mod events;
 pub mod export;
 pub mod flow;
+// The fuzz targets' bodies: tests and the fuzz crate only.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod l7;
 pub mod loader;
 pub mod status;

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod cmd;
 mod deploy_tools;
+mod fuzz;
 mod otlp_tools;
 mod setup;
 mod test;
@@ -42,6 +43,10 @@ enum Task {
     /// The agent and the core root tests on Debian's 5.10, 6.1 and 6.12
     /// kernels in qemu (virtme-ng, emulated) and on the machine's 6.18.
     VmTest(vm::Options),
+    /// Run every cargo-fuzz target (parsers, configuration, flow API
+    /// requests) for a bounded time each; a crash fails and its input is
+    /// kept as a regression test.
+    Fuzz(fuzz::Options),
     /// Measure weft's cost against no instrumentation and against a
     /// sidecar proxy, side by side (as root); writes target/bench/latest.*.
     Bench(bench::Options),
@@ -60,5 +65,6 @@ fn main() -> Result<()> {
         Task::Test(options) => test::test(&options),
         Task::VmTest(options) => vm::vm_test(&options),
         Task::Bench(options) => bench::bench(&options),
+        Task::Fuzz(options) => fuzz::fuzz(&setup::setup()?, &options),
     }
 }

@@ -29,6 +29,11 @@ pub struct Options {
     /// otherwise follows the whole suite.
     #[arg(long)]
     no_older_kernels_path: bool,
+    /// Seconds each fuzz target runs (`cargo xtask fuzz`) after the root
+    /// tests; 0 skips fuzzing. Not run when arguments for `cargo test`
+    /// select part of the suite.
+    #[arg(long, default_value_t = 20)]
+    fuzz_seconds: u64,
     /// After `--`: arguments for `cargo test` (a test name filter,
     /// `--test NAME`); after a second `--`: for the test harness
     /// (`--nocapture`).
@@ -97,6 +102,13 @@ fn stages(env: &Env, options: &Options) -> Result<()> {
     run(&mut on_a_fresh_node(&test))?;
     if options.args.is_empty() && !options.no_older_kernels_path {
         older_kernels_path(env)?;
+    }
+    if options.args.is_empty() && options.fuzz_seconds > 0 {
+        let fuzz = crate::fuzz::Options {
+            seconds: options.fuzz_seconds,
+            targets: Vec::new(),
+        };
+        crate::fuzz::fuzz(env, &fuzz)?;
     }
     let matrix = options.args.is_empty() && !options.vm_kernels.iter().any(|k| k == "none");
     if matrix {

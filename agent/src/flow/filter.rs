@@ -511,18 +511,20 @@ pub fn verdict_name(verdict: Verdict) -> &'static str {
     }
 }
 
-/// Records for the tests of this crate's flow consumers (filter, store, CLI).
-#[cfg(test)]
+/// Records for the tests of this crate's flow consumers (filter, store, CLI)
+/// and for its fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod test_support {
     use crate::flow::record::{Endpoint, FlowEvent, FlowRecord, Transport};
 
     /// A closed TCP connection from `curl[1234] 10.0.0.1:40512` to
     /// `nginx[999] 10.0.0.2:8080`.
     pub(crate) fn tcp_record() -> FlowRecord {
-        let mut source = Endpoint::from_addr("10.0.0.1".parse().unwrap(), 40512);
+        let ip = |text: &str| -> std::net::IpAddr { text.parse().expect("an address") };
+        let mut source = Endpoint::from_addr(ip("10.0.0.1"), 40512);
         source.pid = Some(1234);
         source.process = Some("curl".into());
-        let mut destination = Endpoint::from_addr("10.0.0.2".parse().unwrap(), 8080);
+        let mut destination = Endpoint::from_addr(ip("10.0.0.2"), 8080);
         destination.pid = Some(999);
         destination.process = Some("nginx".into());
         let mut r =
