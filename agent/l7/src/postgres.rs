@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::detect::FirstBytes;
 use crate::framer::{Frame, Framer, Layout};
 use crate::pending::{Fifo, Lost, Resync};
-use crate::sql_obfuscate::{Dialect, obfuscate_sql, sql_operation};
+use crate::sql_obfuscate::{Dialect, obfuscate_sql, sets_credentials, sql_operation};
 use crate::text::{bounded, bounded_lossy};
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, MetricAttributes, ParseError,
@@ -370,7 +370,7 @@ impl PostgresSession {
     fn statement(&self, raw: &[u8], cut: bool) -> Statement {
         let raw = String::from_utf8_lossy(raw);
         let max = self.limits.max_field;
-        let mut text = if self.privacy.obfuscate_sql {
+        let mut text = if self.privacy.obfuscate_sql || sets_credentials(&raw, Dialect::Postgres) {
             obfuscate_sql(&raw, Dialect::Postgres, max)
         } else {
             bounded(raw.trim(), max)

@@ -308,3 +308,28 @@ fn sizes_count_cut_bytes_and_not_an_unfinished_response() {
     assert!(!out[0].answered);
     assert_eq!(sizes(&out), [(10_004, 0)]);
 }
+
+#[test]
+fn a_password_is_hidden_when_literals_are_shown() {
+    let mut requests = startup();
+    requests.extend(msg(b'Q', b"SELECT 'visible'\0"));
+    requests.extend(msg(b'Q', b"ALTER ROLE app PASSWORD 'hunter2'\0"));
+    let mut responses = ready();
+    responses.extend(msg(b'C', b"SELECT 1\0"));
+    responses.extend(ready());
+    responses.extend(msg(b'C', b"ALTER ROLE\0"));
+    responses.extend(ready());
+    let records = vec![
+        rec(Direction::ToServer, requests),
+        rec(Direction::ToClient, responses),
+    ];
+    let privacy = Privacy {
+        obfuscate_sql: false,
+        ..Privacy::default()
+    };
+    let mut s = PostgresSession::new(Limits::default(), &privacy);
+    let (out, err) = testkit::replay(&mut s, &testkit::pieces(&records));
+    assert!(err.is_none());
+    assert_eq!(out[0].fields["statement"], "SELECT 'visible'");
+    assert_eq!(out[1].fields["statement"], "ALTER ROLE app PASSWORD ?");
+}

@@ -10,6 +10,9 @@
 //! Privacy: by default the statement is the command and its first
 //! argument (the key) with the rest replaced by `?` (`SET user:1 ?`), and
 //! commands whose arguments are secrets (`AUTH`, `HELLO`) keep none.
+//! With values reported, credentials still are not: `AUTH`'s arguments,
+//! those after `AUTH` in `HELLO` and `MIGRATE`, `ACL SETUSER` password
+//! rules, and passwords given to `CONFIG SET` are `?`.
 //! Error replies report only their prefix (`ERR`, `WRONGTYPE`): Redis
 //! error texts quote arguments.
 //!
@@ -39,6 +42,47 @@ const MAX_COMMAND: usize = 32;
 /// Commands whose first argument is not a key but a secret or a value:
 /// none of their arguments is reported.
 const SECRET_ARGS: [&str; 4] = ["AUTH", "HELLO", "MIGRATE", "ECHO"];
+
+/// `CONFIG SET` parameters whose values are passwords.
+const PASSWORD_PARAMETERS: [&str; 4] = [
+    "requirepass",
+    "masterauth",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
+
+/// Which of a command's arguments are credentials, reported as `?` even
+/// when values are reported.
+fn credentials(command: &str, args: &[Vec<u8>]) -> Vec<bool> {
+    let is = |arg: &[u8], word: &str| arg.eq_ignore_ascii_case(word.as_bytes());
+    let sub = args.first().map(Vec::as_slice).unwrap_or_default();
+    match command {
+        "AUTH" => vec![true; args.len()],
+        // `HELLO 3 AUTH user pass ...`, `MIGRATE ... AUTH pass` / `AUTH2
+        // user pass`: everything from the keyword on.
+        "HELLO" | "MIGRATE" => {
+            let from = args
+                .iter()
+                .position(|a| is(a, "AUTH") || is(a, "AUTH2"))
+                .map_or(args.len(), |at| at + 1);
+            (0..args.len()).map(|i| i >= from).collect()
+        }
+        // Rules adding or removing a password (`>pw`, `<pw`) or its hash
+        // (`#hex`, `!hex`).
+        "ACL" if is(sub, "SETUSER") => args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| i >= 2 && matches!(a.first(), Some(b'>' | b'<' | b'#' | b'!')))
+            .collect(),
+        // `CONFIG SET name value [name value ...]`.
+        "CONFIG" if is(sub, "SET") => (0..args.len())
+            .map(|i| {
+                i >= 2 && i % 2 == 0 && PASSWORD_PARAMETERS.iter().any(|p| is(&args[i - 1], p))
+            })
+            .collect(),
+        _ => vec![false; args.len()],
+    }
+}
 
 const SUBSCRIPTIONS: [&str; 6] = [
     "SUBSCRIBE",
@@ -150,9 +194,14 @@ impl RedisSession {
             }
             return bounded(&s, max);
         }
-        for arg in args {
+        let hidden = credentials(command, args);
+        for (arg, hide) in args.iter().zip(hidden) {
             s.push(' ');
-            s.push_str(&bounded_lossy(arg, max));
+            if hide {
+                s.push('?');
+            } else {
+                s.push_str(&bounded_lossy(arg, max));
+            }
             if s.len() > max {
                 break;
             }

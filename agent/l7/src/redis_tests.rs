@@ -74,7 +74,7 @@ fn values_are_shown_when_privacy_allows() {
     )
     .unwrap();
     assert_eq!(out[0].fields["statement"], "SET k hello");
-    assert_eq!(out[1].fields["statement"], "AUTH pw");
+    assert_eq!(out[1].fields["statement"], "AUTH ?");
     assert_eq!(out[1].fields["error_code"], "WRONGPASS");
     let mut s = session();
     let mut out = Vec::new();
@@ -91,6 +91,51 @@ fn values_are_shown_when_privacy_allows() {
     s.close(2, &mut out);
     assert_eq!(out[0].fields["statement"], "HELLO ?");
     assert!(!out[0].answered);
+}
+
+#[test]
+fn credentials_are_hidden_when_values_are_shown() {
+    let privacy = Privacy {
+        obfuscate_redis_values: false,
+        ..Privacy::default()
+    };
+    let cases: [(&[&str], &str); 7] = [
+        (&["AUTH", "user", "pw"], "AUTH ? ?"),
+        (
+            &["HELLO", "3", "AUTH", "user", "pw", "SETNAME", "app"],
+            "HELLO 3 AUTH ? ? ? ?",
+        ),
+        (
+            &["MIGRATE", "h", "6379", "k", "0", "5000", "AUTH2", "u", "pw"],
+            "MIGRATE h 6379 k 0 5000 AUTH2 ? ?",
+        ),
+        (
+            &["ACL", "SETUSER", "alice", "on", ">pw", "#ab12", "~keys:*"],
+            "ACL SETUSER alice on ? ? ~keys:*",
+        ),
+        (
+            &["config", "set", "maxmemory", "1gb", "requirepass", "pw"],
+            "CONFIG set maxmemory 1gb requirepass ?",
+        ),
+        (&["CONFIG", "SET", "requirepass"], "CONFIG SET requirepass"),
+        (&["SET", "k", "hello"], "SET k hello"),
+    ];
+    for (args, want) in cases {
+        let mut command = format!("*{}\r\n", args.len());
+        for a in args {
+            command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut s = RedisSession::new(Limits::default(), &privacy);
+        let mut out = Vec::new();
+        s.feed(
+            &chunk(Direction::ToServer, command.as_bytes(), 0, 1),
+            &mut out,
+        )
+        .unwrap();
+        s.feed(&chunk(Direction::ToClient, b"+OK\r\n", 0, 2), &mut out)
+            .unwrap();
+        assert_eq!(out[0].fields["statement"], want, "{args:?}");
+    }
 }
 
 #[test]

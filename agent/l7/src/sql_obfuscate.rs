@@ -127,6 +127,17 @@ pub fn sql_operation(sql: &str) -> Option<String> {
         .then(|| word.to_ascii_uppercase())
 }
 
+/// Does the statement set a credential (`PASSWORD '…'`, `IDENTIFIED BY
+/// '…'`)? Such statements are obfuscated even when the privacy settings
+/// report SQL literals: a literal there is a password.
+pub fn sets_credentials(sql: &str, dialect: Dialect) -> bool {
+    Lexer::new(sql, dialect).any(|t| {
+        t.kind == Kind::Word
+            && (t.text.eq_ignore_ascii_case("PASSWORD")
+                || t.text.eq_ignore_ascii_case("IDENTIFIED"))
+    })
+}
+
 fn copy_group<'a>(
     tokens: &mut std::iter::Peekable<Lexer<'a>>,
     out: &mut String,
@@ -435,6 +446,25 @@ mod tests {
     }
     fn my(s: &str) -> String {
         obfuscate_sql(s, Dialect::Mysql, 1024)
+    }
+
+    #[test]
+    fn statements_setting_credentials_are_found() {
+        for (sql, dialect) in [
+            ("ALTER ROLE app WITH PASSWORD 'pw'", Dialect::Postgres),
+            ("create user app password 'pw'", Dialect::Postgres),
+            ("CREATE USER 'u'@'%' IDENTIFIED BY 'pw'", Dialect::Mysql),
+            ("SET PASSWORD FOR u = 'pw'", Dialect::Mysql),
+        ] {
+            assert!(sets_credentials(sql, dialect), "{sql}");
+        }
+        for (sql, dialect) in [
+            ("SELECT 'password' FROM t", Dialect::Postgres),
+            ("SELECT \"password\" FROM users", Dialect::Postgres),
+            ("SELECT `identified` FROM t", Dialect::Mysql),
+        ] {
+            assert!(!sets_credentials(sql, dialect), "{sql}");
+        }
     }
 
     #[test]
