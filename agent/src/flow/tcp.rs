@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use weft_common::{
-    conn::{CONN_ACTIVE, CONN_AGENT, TcpConn},
+    conn::{CONN_ACTIVE, CONN_AGENT, CONN_PASSIVE, TcpConn},
     event::{
         EVENT_TCP_CLOSE, EVENT_TCP_FAIL, EVENT_TCP_OPEN, EVENT_TCP_RESET_RECEIVED,
         EVENT_TCP_RESET_SENT, TcpEvent,
@@ -296,13 +296,7 @@ impl TcpTracker {
             EVENT_TCP_CLOSE => self.closed(key, ev, is_client, out),
             EVENT_TCP_FAIL => failed(key, ev, is_client, out),
             EVENT_TCP_RESET_SENT | EVENT_TCP_RESET_RECEIVED => {
-                // A reset answering a packet with no socket (sk == 0) was
-                // sent by the server side of this node to a client.
-                let key = if ev.sk == 0 {
-                    super::addr::key(Transport::Tcp, &ev.conn.tuple, false)
-                } else {
-                    key
-                };
+                let key = self.reset_key(ev, key);
                 let direction = if ev.kind == EVENT_TCP_RESET_SENT {
                     "sent"
                 } else {
@@ -326,6 +320,29 @@ impl TcpTracker {
                     .inc();
             }
             _ => {}
+        }
+    }
+
+    /// The connection a reset event is of. A reset answering a packet with
+    /// no socket (sk == 0) was sent by the server side of this node to a
+    /// client. A socket closed with `SO_LINGER` 0 sends its reset after
+    /// its close removed its state from the kernel's table: its event
+    /// tells neither end, and its connection is the one known here (open,
+    /// or just finished) with its addresses either way round. Taken for
+    /// the server's, a client's ephemeral port would become a
+    /// `destination_port` label: a new series for every such reset.
+    fn reset_key(&self, ev: &TcpEvent, key: FlowKey) -> FlowKey {
+        if ev.sk == 0 {
+            return super::addr::key(Transport::Tcp, &ev.conn.tuple, false);
+        }
+        if ev.conn.flags & (CONN_ACTIVE | CONN_PASSIVE) != 0 {
+            return key;
+        }
+        let as_client = super::addr::key(Transport::Tcp, &ev.conn.tuple, true);
+        if self.conns.contains_key(&as_client) || self.finished.contains(&as_client) {
+            as_client
+        } else {
+            key
         }
     }
 
@@ -785,6 +802,37 @@ mod tests {
         let events: Vec<_> = records.iter().map(|r| r.event).collect();
         assert_eq!(events, [FlowEvent::Open, FlowEvent::Close]);
         assert_eq!(records[1].bytes_sent, 10);
+    }
+
+    /// A client closing with `SO_LINGER` 0 sends its reset after its close
+    /// removed its state: the reset is still its connection's, client to
+    /// server, not one with the client's ephemeral port as the server's.
+    #[test]
+    fn a_reset_sent_after_its_sockets_close_is_of_its_connection() {
+        let store = Arc::new(FlowStore::new(100));
+        let mut out = emitter(&store);
+        let mut t = tracker();
+        let open = open_event(7);
+        let connection = key(Transport::Tcp, &open.conn.tuple, true);
+        t.handle(&open, &mut out);
+        t.handle(&close_of(&open, 1_000), &mut out);
+        let reset = TcpEvent {
+            kind: EVENT_TCP_RESET_SENT,
+            sk: 7,
+            ts_ns: open.ts_ns + 2_000,
+            conn: TcpConn {
+                tuple: open.conn.tuple,
+                ..TcpConn::default()
+            },
+            ..TcpEvent::default()
+        };
+        let stateless = key(Transport::Tcp, &reset.conn.tuple, false);
+        assert_eq!(t.reset_key(&reset, stateless), connection);
+        // A reset of a socket known to nobody keeps the event's own view.
+        let mut unknown = reset;
+        unknown.conn.tuple.local_port = 40999;
+        let its = key(Transport::Tcp, &unknown.conn.tuple, false);
+        assert_eq!(t.reset_key(&unknown, its), its);
     }
 
     /// A poll misses a socket whose close is still in the ring; the close

@@ -70,6 +70,7 @@ struct Stream {
     tuple: SockTuple,
     /// The socket's first captured read/write was a write.
     first_sent: bool,
+    transport: Transport,
     /// TCP: where the next record of each direction (sent, received)
     /// starts in the socket's stream; a record starting further on comes
     /// after lost ones. `None` while unknown.
@@ -161,7 +162,7 @@ impl L7Engine {
             Direction::ToClient
         };
         let truncated = (header.total_len as usize).saturating_sub(payload.len());
-        self.ensure_stream(header, sent);
+        self.ensure_stream(header, sent, role.transport, out);
         let Some(stream) = self
             .streams
             .get_mut(&header.sk)
@@ -217,13 +218,19 @@ impl L7Engine {
     }
 
     /// Makes the stream of the record's socket when it is new.
-    fn ensure_stream(&mut self, header: &DataHeader, sent: bool) {
+    fn ensure_stream(
+        &mut self,
+        header: &DataHeader,
+        sent: bool,
+        transport: Transport,
+        out: &mut Vec<Exchange>,
+    ) {
         let here = self.streams.get(&header.sk);
         if here.is_some_and(|l| l.iter().any(|s| s.tuple == header.tuple)) {
             return;
         }
         let crowded = here.is_some_and(|l| l.len() >= STREAMS_PER_ADDRESS);
-        if crowded {
+        if crowded && !self.end_oldest_datagram_stream(header.sk, out) {
             self.evict(|sk, _| sk == header.sk);
         }
         if self.count >= self.capacity {
@@ -234,6 +241,7 @@ impl L7Engine {
             last_ns: header.ts_ns,
             tuple: header.tuple,
             first_sent: sent,
+            transport,
             // A stream that begins at the start of its socket's bytes
             // knows where both directions start: a first response lost is
             // a gap too. One that begins later (its first records lost, or
@@ -329,6 +337,35 @@ impl L7Engine {
             self.streams.remove(&sk);
         }
         self.counters.exchanges += (out.len() - before) as u64;
+    }
+
+    /// Ends the least recently used stream at kernel address `sk` as its
+    /// socket's close would, if it is a datagram one. A UDP socket's close
+    /// is not traced: that other sockets, with other addresses, have used
+    /// its kernel address since is what tells it closed (a resolver opens
+    /// a socket per lookup, each reusing the last one's memory). Nothing
+    /// of it is lost, so it is not an eviction.
+    fn end_oldest_datagram_stream(&mut self, sk: u64, out: &mut Vec<Exchange>) -> bool {
+        let Some(list) = self.streams.get_mut(&sk) else {
+            return false;
+        };
+        let oldest = list
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.last_ns)
+            .map(|(i, _)| i);
+        let Some(i) = oldest.filter(|&i| list[i].transport == Transport::Datagram) else {
+            return false;
+        };
+        let mut stream = list.swap_remove(i);
+        if list.is_empty() {
+            self.streams.remove(&sk);
+        }
+        self.count -= 1;
+        if let Stage::Parsing(session) = &mut stream.stage {
+            session.close(stream.last_ns, out);
+        }
+        true
     }
 
     /// Drops the least recently used stream among those `among` selects
@@ -539,6 +576,32 @@ mod tests {
             m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 2, 3]);
         }
         m
+    }
+
+    #[test]
+    fn a_socket_per_lookup_ends_datagram_streams_without_evicting() {
+        // glibc's resolver: a connected UDP socket per lookup, each at the
+        // kernel address of the one before.
+        let client = SocketRole {
+            is_client: true,
+            server_port: 53,
+            transport: Transport::Datagram,
+        };
+        let (query, answer) = (dns(false), dns(true));
+        let mut e = engine();
+        let mut out = Vec::new();
+        let lookups = STREAMS_PER_ADDRESS as u16 + 10;
+        for port in 0..lookups {
+            let t = tuple(40000 + port, 53);
+            let ts = u64::from(port) * 10;
+            let sent = header(1, t, DIR_SEND, query.len(), ts);
+            e.feed(&sent, &query, client, &mut out);
+            let received = header(1, t, DIR_RECV, answer.len(), ts + 1);
+            e.feed(&received, &answer, client, &mut out);
+        }
+        assert_eq!(out.len(), usize::from(lookups), "{out:?}");
+        assert_eq!(e.counters.streams_evicted, 0);
+        assert_eq!(e.len(), STREAMS_PER_ADDRESS);
     }
 
     #[test]
