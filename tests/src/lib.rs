@@ -20,6 +20,7 @@ pub mod pods;
 pub mod programs;
 pub mod prometheus;
 pub mod servers;
+pub mod soak;
 pub mod sql;
 pub mod steer;
 pub mod traffic;

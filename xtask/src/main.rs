@@ -8,6 +8,7 @@ mod deploy_tools;
 mod fuzz;
 mod otlp_tools;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 
@@ -50,6 +51,10 @@ enum Task {
     /// Measure weft's cost against no instrumentation and against a
     /// sidecar proxy, side by side (as root); writes target/bench/latest.*.
     Bench(bench::Options),
+    /// The soak alone for N minutes (default 60; CI runs 3 with the root
+    /// tests): mixed traffic at a steady rate, the agent sampled every
+    /// 10 s and judged; writes target/soak/ (JSON samples, summary, PNG).
+    Soak(soak::Options),
 }
 
 fn main() -> Result<()> {
@@ -65,6 +70,7 @@ fn main() -> Result<()> {
         Task::Test(options) => test::test(&options),
         Task::VmTest(options) => vm::vm_test(&options),
         Task::Bench(options) => bench::bench(&options),
+        Task::Soak(options) => soak::soak(&options),
         Task::Fuzz(options) => fuzz::fuzz(&setup::setup()?, &options),
     }
 }

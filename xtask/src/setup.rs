@@ -53,6 +53,8 @@ const PACKAGES: &[&str] = &[
     // promtool checks the metrics output; jq reads the JSON APIs in scripts.
     "prometheus",
     "jq",
+    // The soak's plot of its samples (tests/src/soak/plot.rs).
+    "gnuplot-nox",
     // A virtual environment for kubernetes-validate (deploy_tools.rs), and
     // setpriv to run the agent with the DaemonSet's capabilities only.
     "python3-venv",

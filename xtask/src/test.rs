@@ -130,7 +130,7 @@ fn cargo_test(env: &Env) -> Command {
 
 /// `cargo test` for the root tests: release build, the agent built and
 /// named, the tools the tests call, and root tests required (not skipped).
-fn root_tests(env: &Env) -> Result<Command> {
+pub(crate) fn root_tests(env: &Env) -> Result<Command> {
     let bin = agent::build(env)?;
     let mut test = cargo_test(env);
     test.arg("--release")
@@ -179,7 +179,7 @@ const FRESH_NODE_UNMOUNTED: &[&str] = &[
 /// mounted on this machine. A test that passes only because something was
 /// mounted before it then fails here too; and what the tests mount stays in
 /// the namespace.
-fn on_a_fresh_node(cmd: &Command) -> Command {
+pub(crate) fn on_a_fresh_node(cmd: &Command) -> Command {
     let script = format!(
         "for m in {}; do while mountpoint -q \"$m\"; do umount -l \"$m\" || exit 1; done; done\n\
          echo '[xtask] root tests in a private mount namespace: tracefs and bpffs unmounted, as on a fresh node' >&2\n\
