@@ -16,7 +16,7 @@
 //!   `close`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
@@ -117,21 +117,28 @@ fn requests(lab: &Lab, server: SocketAddr, conns: usize) -> Vec<u16> {
     .expect("the clients")
 }
 
-/// The `open` and `close` records of the connections from `ports` to
-/// `server`, once each has its close: exactly one of each per connection.
-fn records_of(agent: &Agent, server: SocketAddr, ports: &[u16]) -> Vec<(Value, Value)> {
+/// `conns` connections to `server` from the lab's client namespace (see
+/// [`requests`]) and their records: exactly one `open` and one `close`
+/// each, once each has its close. Records made before the batch are left
+/// out: a client port may come again (the server closes first, so the
+/// client's end is free at once).
+fn batch(agent: &Agent, lab: &Lab, server: SocketAddr, conns: usize) -> Vec<(Value, Value)> {
     let port = server.port().to_string();
     let ip = server.ip().to_string();
-    let mine = |r: &Value| {
-        r["type"] == "l4"
-            && r["destination"]["ip"] == ip.as_str()
-            && ports.iter().any(|&p| r["source"]["port"] == p)
-    };
-    let records = wait_for("every connection's close", WAIT, || {
-        let records: Vec<Value> = agent
+    let to_server = || -> Vec<Value> {
+        agent
             .flows(&["--port", &port, "--all"])
             .into_iter()
-            .filter(|r| mine(r))
+            .filter(|r| r["type"] == "l4" && r["destination"]["ip"] == ip.as_str())
+            .collect()
+    };
+    let before: HashSet<String> = to_server().iter().map(Value::to_string).collect();
+    let ports = requests(lab, server, conns);
+    let records = wait_for("every connection's close", WAIT, || {
+        let records: Vec<Value> = to_server()
+            .into_iter()
+            .filter(|r| !before.contains(&r.to_string()))
+            .filter(|r| ports.iter().any(|&p| r["source"]["port"] == p))
             .collect();
         let closed = records.iter().filter(|r| r["event"] == "close").count();
         (closed >= ports.len()).then_some(records)
@@ -202,11 +209,8 @@ fn api_server_down_and_back_keeps_names_and_learns_new_pods() {
     // Up: web-a's connections are named.
     let port = unique_port(66);
     let mut server_a = servers::python_http_in(&lab_a, port, Some(cg_a.path()));
-    let ports = requests(&lab_a, server_a.addr, CONNS);
-    assert_named(
-        &records_of(&agent, server_a.addr, &ports),
-        Some(("team-a", "web-a")),
-    );
+    let records = batch(&agent, &lab_a, server_a.addr, CONNS);
+    assert_named(&records, Some(("team-a", "web-a")));
 
     // Down: reported; flows go on, named from what was listed.
     api.stop();
@@ -224,15 +228,12 @@ fn api_server_down_and_back_keeps_names_and_learns_new_pods() {
         "{}",
         agent.log()
     );
-    let ports = requests(&lab_a, server_a.addr, CONNS);
-    assert_named(
-        &records_of(&agent, server_a.addr, &ports),
-        Some(("team-a", "web-a")),
-    );
+    let records = batch(&agent, &lab_a, server_a.addr, CONNS);
+    assert_named(&records, Some(("team-a", "web-a")));
     // web-b starts while the API server is away: the agent cannot know it.
     let mut server_b = servers::python_http_in(&lab_b, port, Some(cg_b.path()));
-    let ports = requests(&lab_b, server_b.addr, CONNS);
-    assert_named(&records_of(&agent, server_b.addr, &ports), None);
+    let records = batch(&agent, &lab_b, server_b.addr, CONNS);
+    assert_named(&records, None);
     let (available, _) = kubernetes(&agent);
     assert!(!available, "still down");
 
@@ -240,8 +241,7 @@ fn api_server_down_and_back_keeps_names_and_learns_new_pods() {
     let back = Instant::now();
     api.restart(lists(&[web_a, web_b], "200"));
     let named = try_wait_for(RECOVERY, || {
-        let ports = requests(&lab_b, server_b.addr, 1);
-        let records = records_of(&agent, server_b.addr, &ports);
+        let records = batch(&agent, &lab_b, server_b.addr, 1);
         (records[0].1["destination"]["pod"] == "web-b").then_some(())
     });
     assert!(
@@ -253,16 +253,10 @@ fn api_server_down_and_back_keeps_names_and_learns_new_pods() {
         "the new pod was named {:?} after the API server came back",
         back.elapsed()
     );
-    let ports = requests(&lab_b, server_b.addr, CONNS);
-    assert_named(
-        &records_of(&agent, server_b.addr, &ports),
-        Some(("team-b", "web-b")),
-    );
-    let ports = requests(&lab_a, server_a.addr, CONNS);
-    assert_named(
-        &records_of(&agent, server_a.addr, &ports),
-        Some(("team-a", "web-a")),
-    );
+    let records = batch(&agent, &lab_b, server_b.addr, CONNS);
+    assert_named(&records, Some(("team-b", "web-b")));
+    let records = batch(&agent, &lab_a, server_a.addr, CONNS);
+    assert_named(&records, Some(("team-a", "web-a")));
     // Every kind watched again (each retries on its own backoff): the
     // detail then lists no kind's error.
     let healthy = try_wait_for(RECOVERY, || {
