@@ -75,6 +75,8 @@ fn script(summary: &Summary, maps: &[&String]) -> String {
     format!(
         r#"set terminal pngcairo size 1500,900 font "DejaVu Sans,10"
 set output 'soak.png'
+# Map names hold underscores: plain text, not subscripts.
+set termoption noenhanced
 set datafile separator "\t"
 set multiplot layout 2,3 title "weft soak: {minutes:.0} minutes, {connections} TCP connections, {paths} distinct URL paths, {lost} events lost ({verdict})"
 set xlabel 'minutes'
