@@ -642,6 +642,7 @@ fn many_and_hostile_api_clients_leave_the_agent_serving() {
             s
         })
         .collect();
+    let opened = Instant::now();
     let fds_held = open_fds(pid);
     check_answers("with 500 connections open");
 
@@ -754,6 +755,7 @@ fn many_and_hostile_api_clients_leave_the_agent_serving() {
     let took_big_filter = started.elapsed();
 
     check_answers("after the malformed requests");
+    silent_ones_are_closed(&held, opened);
     let rss_during = rss_kib(pid);
     drop(held);
     // Every connection's descriptor released once its client is gone.
@@ -777,6 +779,34 @@ fn many_and_hostile_api_clients_leave_the_agent_serving() {
     );
     check_answers("after the clients left");
     assert_eq!(lines(&["--all"]), expected);
+}
+
+/// The held connections that never said a word (every fifth) are closed
+/// by the agent once they have been silent for its 10 s; it reads to their
+/// end. The others spoke, and the agent keeps or closes them as their
+/// bytes deserve.
+fn silent_ones_are_closed(held: &[UnixStream], opened: Instant) {
+    for (i, s) in held.iter().enumerate().step_by(5) {
+        let left = (opened + Duration::from_secs(25)).saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .expect("a read timeout");
+        let mut rest = Vec::new();
+        let end = (&*s).read_to_end(&mut rest);
+        assert!(
+            end.is_ok(),
+            "silent connection {i}: not closed {:?} after it opened ({end:?})",
+            opened.elapsed()
+        );
+    }
+    let closed_after = opened.elapsed();
+    eprintln!(
+        "the {} silent connections were closed within {closed_after:?}",
+        held.len() / 5
+    );
+    assert!(
+        closed_after >= Duration::from_secs(9),
+        "silent connections closed after only {closed_after:?}"
+    );
 }
 
 /// Holds N connections to a unix socket, non-blocking so that a full

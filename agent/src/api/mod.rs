@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 mod client;
+mod first_bytes;
 mod server;
 
 pub use client::connect;

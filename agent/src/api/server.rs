@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
+use super::first_bytes::{FIRST_BYTES_WITHIN, SpeaksFirst};
 use super::proto::flow_api_server::{FlowApi, FlowApiServer};
 use super::proto::{
     self, Flow, GetFlowsRequest, GetPoliciesRequest, GetServicesRequest, GetStatusRequest,
@@ -72,9 +73,10 @@ pub async fn serve(
 /// agent's other work until connections close.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// The accepted connections; an accept that fails is retried after
+/// The accepted connections, each closed unless it speaks within
+/// [`FIRST_BYTES_WITHIN`]; an accept that fails is retried after
 /// [`ACCEPT_PAUSE`], and logged once until one succeeds again.
-fn accepted(listener: UnixListener) -> impl futures::Stream<Item = io::Result<UnixStream>> {
+fn accepted(listener: UnixListener) -> impl futures::Stream<Item = io::Result<SpeaksFirst>> {
     futures::stream::unfold((listener, false), |(listener, mut failing)| async move {
         loop {
             match listener.accept().await {
@@ -82,6 +84,7 @@ fn accepted(listener: UnixListener) -> impl futures::Stream<Item = io::Result<Un
                     if failing {
                         log::info!("the flow API accepts connections again");
                     }
+                    let stream = SpeaksFirst::new(stream, FIRST_BYTES_WITHIN);
                     return Some((Ok(stream), (listener, false)));
                 }
                 Err(error) => {
