@@ -115,3 +115,21 @@ pub fn pod_list_at(pods: &[Value], resource_version: &str) -> String {
     })
     .to_string()
 }
+
+/// The API server's LIST responses for a cluster of `pods` alone (a
+/// `PodList` body, see [`pod_list`]): no Services, EndpointSlices,
+/// ReplicaSets or Jobs.
+pub fn pods_only_lists(pod_list: String) -> std::collections::HashMap<&'static str, String> {
+    use crate::apiserver::empty_list;
+    let metadata = || empty_list("PartialObjectMetadataList", "meta.k8s.io/v1");
+    std::collections::HashMap::from([
+        ("/api/v1/pods", pod_list),
+        ("/api/v1/services", empty_list("ServiceList", "v1")),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
+        ),
+        ("/apis/apps/v1/replicasets", metadata()),
+        ("/apis/batch/v1/jobs", metadata()),
+    ])
+}

@@ -26,7 +26,7 @@ use std::{
 use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    apiserver::{RecordedApi, empty_list},
+    apiserver::RecordedApi,
     lab::{Lab, spawn_in},
     pods::{self, ContainerCgroup},
     require_root, servers, try_wait_for, unique_port, wait_for,
@@ -43,22 +43,7 @@ const RECOVERY: Duration = Duration::from_secs(60);
 /// The API server's LIST responses: `pods` listed at `pods_version`, and
 /// no Services, EndpointSlices, ReplicaSets or Jobs.
 fn lists(pods: &[Value], pods_version: &str) -> HashMap<&'static str, String> {
-    HashMap::from([
-        ("/api/v1/pods", pods::pod_list_at(pods, pods_version)),
-        ("/api/v1/services", empty_list("ServiceList", "v1")),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
-        ),
-        (
-            "/apis/apps/v1/replicasets",
-            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
-        ),
-        (
-            "/apis/batch/v1/jobs",
-            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
-        ),
-    ])
+    pods::pods_only_lists(pods::pod_list_at(pods, pods_version))
 }
 
 /// An agent with Kubernetes identity from `api` (its configuration in

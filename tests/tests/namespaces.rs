@@ -4,7 +4,6 @@
 //! own server, and only the agent's own connections may be left out.
 
 use std::{
-    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::mpsc,
@@ -15,7 +14,7 @@ use std::{
 use serde_json::Value;
 use weft_tests::{
     agent::Agent,
-    apiserver::{RecordedApi, empty_list},
+    apiserver::RecordedApi,
     lab::{Lab, spawn_in},
     pods::{self, ContainerCgroup},
     require_root, servers, unique_port, wait_for,
@@ -268,22 +267,7 @@ fn same_port_in_two_pods_names_each_pod() {
         pods::pod("team-a", "web-a", &lab_a.server_v4, &cg_a.id),
         pods::pod("team-b", "web-b", &lab_b.server_v4, &cg_b.id),
     ];
-    let api = RecordedApi::start(HashMap::from([
-        ("/api/v1/pods", pods::pod_list(&pods)),
-        ("/api/v1/services", empty_list("ServiceList", "v1")),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
-        ),
-        (
-            "/apis/apps/v1/replicasets",
-            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
-        ),
-        (
-            "/apis/batch/v1/jobs",
-            empty_list("PartialObjectMetadataList", "meta.k8s.io/v1"),
-        ),
-    ]));
+    let api = RecordedApi::start(pods::pods_only_lists(pods::pod_list(&pods)));
     let dir = std::env::temp_dir().join(format!("weft-pods-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("config dir");
     let config = dir.join("weft.yaml");

@@ -11,12 +11,12 @@
 //! Policy state is one per node (pinned under bpffs), so these tests run
 //! one at a time.
 
-use std::{collections::HashMap, path::PathBuf, process::Command, sync::Mutex, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
-    apiserver::{RecordedApi, empty_list},
+    apiserver::RecordedApi,
     lab::Lab,
     peer::Peer,
     pods::ContainerCgroup,
@@ -452,17 +452,9 @@ fn lab_pods(lab: &Lab) -> [Value; 2] {
 
 /// A recorded API server listing `pods` (and nothing else).
 fn pods_api(pods: &[Value]) -> RecordedApi {
-    let meta = || empty_list("PartialObjectMetadataList", "meta.k8s.io/v1");
-    RecordedApi::start(HashMap::from([
-        (PODS, weft_tests::pods::pod_list(pods)),
-        ("/api/v1/services", empty_list("ServiceList", "v1")),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            empty_list("EndpointSliceList", "discovery.k8s.io/v1"),
-        ),
-        ("/apis/apps/v1/replicasets", meta()),
-        ("/apis/batch/v1/jobs", meta()),
-    ]))
+    RecordedApi::start(weft_tests::pods::pods_only_lists(
+        weft_tests::pods::pod_list(pods),
+    ))
 }
 
 const PODS: &str = "/api/v1/pods";

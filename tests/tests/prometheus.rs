@@ -76,16 +76,6 @@ const DNS_QUERY: &[u8] = &[
     0, 1, 0, 1, // A, IN
 ];
 
-/// Its answer: the question, then one A record (10.0.0.1, TTL 60).
-fn dns_answer(query: &[u8]) -> Vec<u8> {
-    let mut answer = query.to_vec();
-    answer[2] = 0x81; // QR, RD
-    answer[3] = 0x80; // RA, NOERROR
-    answer[7] = 1; // one answer
-    answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
-    answer
-}
-
 /// `lookups` DNS lookups over UDP from the client namespace to a
 /// responder on port 53 of the server namespace.
 fn dns(lab: &Lab, server: SocketAddr, lookups: usize) {
@@ -97,7 +87,7 @@ fn dns(lab: &Lab, server: SocketAddr, lookups: usize) {
         let mut buf = [0u8; 512];
         for _ in 0..lookups {
             let (n, peer) = sock.recv_from(&mut buf).expect("dns query");
-            sock.send_to(&dns_answer(&buf[..n]), peer)
+            sock.send_to(&weft_tests::soak::dns::answer(&buf[..n]), peer)
                 .expect("dns answer");
         }
     });

@@ -29,7 +29,7 @@ pub fn query(id: u16, name: &str) -> Vec<u8> {
 }
 
 /// The answer to `query`: the question, then one A record (10.0.0.1, TTL 60).
-fn answer(query: &[u8]) -> Vec<u8> {
+pub fn answer(query: &[u8]) -> Vec<u8> {
     let mut answer = query.to_vec();
     answer[2] = 0x81; // QR, RD
     answer[3] = 0x80; // RA, NOERROR
