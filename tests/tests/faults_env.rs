@@ -136,15 +136,22 @@ fn types_at(pid: u32, point: &str) -> Vec<String> {
     mounts_at(pid, point).into_iter().map(|(t, _)| t).collect()
 }
 
-/// Asserts that `agent` attached every program it has (none refused) and
-/// reads every tracepoint (the features' rows).
+/// Asserts that `agent` attached every program this kernel allows and
+/// reads every tracepoint it has (the features' rows): what the node's
+/// setup could have cost is there. A kernel's own lacks are allowed: a
+/// tracepoint it is too old for (its row says `kernel before ...`), a
+/// program it refuses whose fallback (`NAME_anon`) runs instead.
 fn assert_every_program_attached(agent: &Agent) {
     let status = agent.status_json().expect("weft status -o json");
-    assert_eq!(
-        status["failed_programs"],
-        serde_json::json!([]),
-        "{status:#}"
-    );
+    let attached = status["programs"].as_array().expect("programs");
+    let has_fallback = |failed: &Value| {
+        let fallback = format!("{}_anon", failed["name"].as_str().unwrap_or_default());
+        attached.iter().any(|p| p["name"] == fallback.as_str())
+    };
+    let failed = status["failed_programs"]
+        .as_array()
+        .expect("failed programs");
+    assert!(failed.iter().all(has_fallback), "{status:#}");
     let tracepoints: Vec<&Value> = status["features"]
         .as_array()
         .expect("features")
@@ -157,9 +164,11 @@ fn assert_every_program_attached(agent: &Agent) {
         .collect();
     assert!(!tracepoints.is_empty(), "{status:#}");
     for row in tracepoints {
-        assert_eq!(row["available"], true, "{row:#}");
+        let too_old = row["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("kernel before") || d.starts_with("kernel older"));
+        assert!(row["available"] == true || too_old, "{row:#}");
     }
-    let attached = status["programs"].as_array().expect("programs");
     assert!(
         attached.iter().any(|p| p["kind"] == "tracepoint"),
         "tracepoint programs attached: {attached:#?}"
@@ -360,7 +369,7 @@ fn tracefs_under_debugfs_and_a_stray_tmpfs_at_sys_kernel_tracing() {
     // tracefs only where debugfs mounts it (old hosts), and a read-only
     // tmpfs holding a file at /sys/kernel/tracing: the tracepoint ids are
     // looked up there first, and are not there.
-    let setup = "mount -t debugfs debugfs /sys/kernel/debug\n\
+    let setup = "mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug\n\
                  test -d /sys/kernel/debug/tracing/events\n\
                  mount -t tmpfs -o size=64k tmpfs /sys/kernel/tracing\n\
                  touch /sys/kernel/tracing/stray\n\
