@@ -107,7 +107,7 @@ impl Layout for ClientLayout {
             if !(8..=MAX_STARTUP).contains(&len) {
                 return Err(ErrorKind::Malformed("startup length"));
             }
-            return Ok((len - 4, len - 4));
+            return Ok((len - 4, (len - 4).min(self.keep_text)));
         }
         let len = typed_len(header)?;
         let keep = match header[0] {
@@ -121,6 +121,8 @@ impl Layout for ClientLayout {
 
 struct ServerLayout {
     phase: Phase,
+    /// At most this much of a message's body is kept (`max_message`).
+    keep_at_most: usize,
 }
 
 impl Layout for ServerLayout {
@@ -142,7 +144,7 @@ impl Layout for ServerLayout {
             b'C' => 64,
             _ => 0,
         };
-        Ok((len, keep))
+        Ok((len, keep.min(self.keep_at_most)))
     }
 }
 
@@ -501,7 +503,10 @@ impl PostgresSession {
     fn feed_server(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         let mut input = chunk.data;
         while !input.is_empty() && self.phase != Phase::Done {
-            let layout = ServerLayout { phase: self.phase };
+            let layout = ServerLayout {
+                phase: self.phase,
+                keep_at_most: self.limits.max_message,
+            };
             if let Some(frame) = self.server.next(&mut input, chunk.ts_ns, &layout)? {
                 self.on_server(frame, out)?;
             }
