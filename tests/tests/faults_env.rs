@@ -81,6 +81,9 @@ fn assert_observes_loopback(agent: &Agent, port: u16) {
             .flows(&["--port", &port_s, "--type", "l4", "--all"])
             .into_iter()
             .filter(|r| r["destination"]["port"] == port)
+            // Before 5.17 a socket's queue purged at teardown is a `drop`
+            // record too (docs/kernels.md): opens and closes are the point.
+            .filter(|r| r["event"] != "drop")
             .collect();
         let closes = records.iter().filter(|r| r["event"] == "close").count();
         (closes >= CONNS).then_some(records)
