@@ -355,11 +355,18 @@ fn sigkill_under_load_then_restart_records_everything_and_leaks_nothing() {
     for r in records.iter().filter(|r| r["event"] == "open") {
         assert_eq!(r["destination"]["process"], "python3", "{r:#}");
     }
-    assert_eq!(
-        second.losses(),
-        Vec::<(String, String, u64)>::new(),
-        "losses"
-    );
+    // Nothing lost by the agent. A program run the kernel skipped (another
+    // BPF program was running on that CPU: `kernel_programs/recursion`,
+    // as lossy.rs explains) is the kernel's, counted and allowed; the
+    // exact figures above show it cost no record here.
+    let losses: Vec<(String, String, u64)> = second
+        .losses()
+        .into_iter()
+        .filter(|(source, stage, _)| {
+            (source.as_str(), stage.as_str()) != ("kernel_programs", "recursion")
+        })
+        .collect();
+    assert_eq!(losses, Vec::<(String, String, u64)>::new(), "losses");
 
     // The final clean stop leaves nothing.
     let mut second = second;
