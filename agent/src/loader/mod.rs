@@ -514,11 +514,14 @@ fn read_formats(tracefs: &std::path::Path) -> tracefs::Formats {
 /// Handles on the attached tracing programs, for their recursion misses
 /// (cgroup_skb programs are not skipped that way; a raw tracepoint is,
 /// from 6.2, when it interrupts itself).
-fn tracing_fds(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<aya::programs::ProgramFd> {
+fn tracing_fds(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<(String, aya::programs::ProgramFd)> {
     programs
         .iter()
         .filter(|p| matches!(p.kind.as_str(), "tracepoint" | "raw_tracepoint"))
-        .filter_map(|p| ebpf.program(&p.name)?.fd().ok()?.try_clone().ok())
+        .filter_map(|p| {
+            let fd = ebpf.program(&p.name)?.fd().ok()?.try_clone().ok()?;
+            Some((p.name.clone(), fd))
+        })
         .collect()
 }
 

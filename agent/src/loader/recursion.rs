@@ -3,9 +3,12 @@
 //! closing in softirq while a capture program runs there): the event is
 //! lost. The kernel counts these per program (`recursion_misses` of
 //! `struct bpf_prog_info`, Linux 5.12 and later); the agent reads them
-//! and reports them as lost events.
+//! and reports them as lost events, and logs which program lost them.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    sync::Mutex,
+};
 
 use aya::programs::ProgramFd;
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
@@ -46,20 +49,40 @@ pub fn misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
 
 /// The agent's tracing programs, to sum their skipped runs at each poll.
 pub struct RecursionMisses {
-    programs: Vec<ProgramFd>,
+    programs: Vec<(String, ProgramFd)>,
+    /// Each program's count when last read, to name the program whose
+    /// count rose (the lost-events metric sums them).
+    seen: Mutex<Vec<u64>>,
 }
 
 impl RecursionMisses {
-    pub fn new(programs: Vec<ProgramFd>) -> Self {
-        Self { programs }
+    /// `programs`: each program's name and a handle on it.
+    pub fn new(programs: Vec<(String, ProgramFd)>) -> Self {
+        let seen = Mutex::new(vec![0; programs.len()]);
+        Self { programs, seen }
     }
 
     /// Skipped runs of all programs so far (a program whose count cannot
-    /// be read adds nothing).
+    /// be read adds nothing). Logs each program whose count rose since
+    /// the last call.
     pub fn total(&self) -> u64 {
-        self.programs
+        let counts: Vec<u64> = self
+            .programs
             .iter()
-            .filter_map(|fd| misses(fd.as_fd()).ok())
-            .sum()
+            .map(|(_, fd)| misses(fd.as_fd()).unwrap_or(0))
+            .collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (((name, _), count), before) in self.programs.iter().zip(&counts).zip(seen.iter_mut()) {
+            if *count > *before {
+                log::warn!(
+                    "the kernel skipped {} run(s) of {name} (another BPF program was running \
+                     on its CPU), {count} in all; counted in weft_events_lost_total \
+                     (kernel_programs/recursion)",
+                    count - *before
+                );
+                *before = *count;
+            }
+        }
+        counts.iter().sum()
     }
 }

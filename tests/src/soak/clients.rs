@@ -15,7 +15,7 @@ use std::{
 use super::{
     http1,
     pace::Pace,
-    paths::{NOT_FOUND_PREFIX, Paths},
+    paths::{Lane, NOT_FOUND_PREFIX, Paths},
     tally::{Kind, Tally},
 };
 
@@ -44,9 +44,14 @@ impl Run {
         Ok(BufReader::new(conn))
     }
 
-    /// One GET of a new path on `conn`, its status checked.
-    fn request(&self, conn: &mut BufReader<TcpStream>, keep_alive: bool) -> io::Result<bool> {
-        let path = self.paths.next();
+    /// One GET of `paths`' next path on `conn`, its status checked.
+    fn request(
+        &self,
+        conn: &mut BufReader<TcpStream>,
+        paths: &mut Lane<'_>,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let path = paths.next_path();
         self.tally.add(Kind::Paths);
         let response = http1::get(conn, &path, keep_alive)?;
         let expected = if path.starts_with(NOT_FOUND_PREFIX) {
@@ -67,9 +72,10 @@ impl Run {
 /// HTTP/1.1 requests, each on a connection of its own that the server
 /// closes after answering.
 pub fn http1_new_connections(run: &Run, server: SocketAddr, rate: f64) {
+    let mut paths = run.paths.lane();
     for () in Pace::per_second(rate, run.deadline) {
         let outcome = run.connect(server).and_then(|mut conn| {
-            run.request(&mut conn, false)?;
+            run.request(&mut conn, &mut paths, false)?;
             http1::read_to_close(&mut conn)
         });
         match outcome {
@@ -84,6 +90,7 @@ pub fn http1_new_connections(run: &Run, server: SocketAddr, rate: f64) {
 /// HTTP/1.1 requests on a kept-alive connection, replaced every
 /// [`KEEP_ALIVE_REQUESTS`] requests or when the server closes it.
 pub fn http1_keep_alive(run: &Run, server: SocketAddr, rate: f64) {
+    let mut paths = run.paths.lane();
     let mut conn = None;
     let mut served = 0;
     for () in Pace::per_second(rate, run.deadline) {
@@ -99,7 +106,7 @@ pub fn http1_keep_alive(run: &Run, server: SocketAddr, rate: f64) {
             served = 0;
         }
         let Some(c) = conn.as_mut() else { continue };
-        match run.request(c, true) {
+        match run.request(c, &mut paths, true) {
             Ok(closing) => {
                 run.tally.add(Kind::Http1KeepAlive);
                 served += 1;
@@ -118,9 +125,10 @@ pub fn http1_keep_alive(run: &Run, server: SocketAddr, rate: f64) {
 /// An HTTP/1.1 request on a new connection, answered, then the connection
 /// reset by the client (`SO_LINGER` 0 and close: an RST instead of a FIN).
 pub fn http1_then_reset(run: &Run, server: SocketAddr, rate: f64) {
+    let mut paths = run.paths.lane();
     for () in Pace::per_second(rate, run.deadline) {
         let outcome = run.connect(server).and_then(|mut conn| {
-            run.request(&mut conn, true)?;
+            run.request(&mut conn, &mut paths, true)?;
             reset_on_close(conn.get_ref())
         });
         match outcome {

@@ -215,8 +215,9 @@ const HTTP2_BATCH: usize = 20;
 /// 7.88 fails every request after the first on a reused h2c connection.)
 pub fn http2_requests(client_ns: &str, server: SocketAddr, run: &Run, rate: f64) {
     crate::peer::require_program("nghttp");
+    let mut lane = run.paths.lane();
     for () in Pace::per_second(rate / HTTP2_BATCH as f64, run.deadline) {
-        let paths: Vec<String> = (0..HTTP2_BATCH).map(|_| run.paths.next()).collect();
+        let paths: Vec<String> = (0..HTTP2_BATCH).map(|_| lane.next_path()).collect();
         run.tally.add_n(Kind::Paths, paths.len() as u64);
         run.tally.add(Kind::Connections);
         let mut nghttp = Command::new("ip");

@@ -5,7 +5,8 @@
 //! 4,096 entries and the agent's copy of their counts in about 30), and
 //! their memory is not a leak. After it:
 //!
-//! - no event may be lost, at any sample;
+//! - no event may be lost, at any sample, but for the program runs the
+//!   kernel skipped (recursion), allowed up to one per 1,000 connections;
 //! - no sample's resident memory may be more than 10 % above the one at
 //!   the end of warm-up;
 //! - descriptors, threads, metric series, kernel hash map entries and
@@ -31,6 +32,16 @@ pub const RSS_GROWTH: f64 = 0.10;
 /// Connections and distinct paths an hour of soak must make at least.
 pub const CONNECTIONS_PER_HOUR: f64 = 100_000.0;
 pub const PATHS_PER_HOUR: f64 = 10_000.0;
+
+/// The loss the kernel decides: a tracing program is not run when another
+/// BPF program is running on its CPU (a softirq's tracepoint interrupting
+/// a syscall's). How often depends on the CPUs' load, not on the agent;
+/// the agent counts each (and logs the program).
+pub const KERNEL_SKIPS: &str = "kernel_programs/recursion";
+/// Connections per run the kernel may skip: a handful an hour at the
+/// soak's rate on a busy two-core machine. The exact figures the soak
+/// checks must hold whatever was skipped.
+pub const CONNECTIONS_PER_KERNEL_SKIP: u64 = 1_000;
 
 /// Kernel maps that fill up to their capacity by design (LRU: a full map
 /// evicts its least recently used entry, one whose count the agent read
@@ -154,10 +165,18 @@ fn failures(
     summary: &Summary,
 ) -> Vec<String> {
     let mut failures = Vec::new();
-    if let Some(s) = samples.iter().find(|s| s.lost > 0) {
+    if let Some(s) = samples.iter().find(|s| s.lost > kernel_skips(s)) {
         failures.push(format!(
             "events lost: {:?} at {:.0} s, {:?} at the end",
             s.losses, s.t_s, summary.losses
+        ));
+    }
+    let connections = summary.traffic.get("tcp_connections").copied().unwrap_or(0);
+    let skipped = kernel_skips(samples.last().unwrap_or(&samples[0]));
+    if skipped * CONNECTIONS_PER_KERNEL_SKIP > connections {
+        failures.push(format!(
+            "the kernel skipped {skipped} program runs ({KERNEL_SKIPS}) in {connections} \
+             connections: more than one per {CONNECTIONS_PER_KERNEL_SKIP}"
         ));
     }
     let limit = summary.rss_kib.warm as f64 * (1.0 + RSS_GROWTH);
@@ -212,6 +231,11 @@ fn failures(
         ));
     }
     failures
+}
+
+/// Runs the kernel skipped so far, at sample `s`.
+fn kernel_skips(s: &Sample) -> u64 {
+    s.losses.get(KERNEL_SKIPS).copied().unwrap_or(0)
 }
 
 /// Whether `figure` stopped growing over `samples`: the later half's
@@ -281,5 +305,48 @@ mod tests {
         assert!(all.contains("resident memory"), "{all}");
         assert!(all.contains("open descriptors"), "{all}");
         assert!(all.contains("events lost"), "{all}");
+    }
+
+    /// A steady run of 5,000 connections whose last samples report
+    /// `losses`.
+    fn with_losses(losses: &[(&str, u64)]) -> Vec<String> {
+        let samples: Vec<Sample> = (0..19)
+            .map(|i| {
+                let losses: BTreeMap<String, u64> = losses
+                    .iter()
+                    .filter(|_| i >= 12)
+                    .map(|&(k, n)| (k.to_owned(), n))
+                    .collect();
+                Sample {
+                    t_s: i as f64 * 10.0,
+                    rss_kib: 20_000,
+                    lost: losses.values().sum(),
+                    losses,
+                    traffic: [("tcp_connections".to_owned(), 5_000)].into(),
+                    ..Sample::default()
+                }
+            })
+            .collect();
+        let summary = judge(&samples, Duration::from_secs(180), Vec::new());
+        summary
+            .failures
+            .into_iter()
+            .filter(|f| !f.contains("an hour"))
+            .collect()
+    }
+
+    #[test]
+    fn a_few_kernel_skips_pass_any_other_loss_fails() {
+        assert_eq!(with_losses(&[(KERNEL_SKIPS, 5)]), Vec::<String>::new());
+        let many = with_losses(&[(KERNEL_SKIPS, 6)]);
+        assert!(
+            many.len() == 1 && many[0].contains("kernel skipped 6"),
+            "{many:?}"
+        );
+        let other = with_losses(&[(KERNEL_SKIPS, 1), ("ringbuf/full", 1)]);
+        assert!(
+            other.len() == 1 && other[0].contains("events lost"),
+            "{other:?}"
+        );
     }
 }
