@@ -179,18 +179,24 @@ impl Drop for Peer {
     }
 }
 
-/// Runs `ip netns exec NS ARGS...` with `stdin` as its input; returns
-/// (exit success, stdout, stderr).
-pub fn exec_with_input(ns: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
+/// Starts `ip netns exec NS ARGS...` with its stdin, stdout and stderr
+/// piped to this process.
+pub fn spawn_piped_in(ns: &str, args: &[&str]) -> std::process::Child {
+    Command::new("ip")
         .args(["netns", "exec", ns])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {args:?} in {ns}: {e}"))
+}
+
+/// Runs `ip netns exec NS ARGS...` with `stdin` as its input; returns
+/// (exit success, stdout, stderr).
+pub fn exec_with_input(ns: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = spawn_piped_in(ns, args);
     let mut input = child.stdin.take().expect("stdin");
     input.write_all(stdin.as_bytes()).expect("write stdin");
     drop(input);

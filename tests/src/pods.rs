@@ -15,6 +15,22 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The node the pods run on (`kubernetes.node_name` of the agent).
 pub const NODE: &str = "node-a";
 
+/// Writes `dir/name`: a configuration that names pods from the API server
+/// `kubeconfig` points at, as node [`NODE`], then `more` (other sections,
+/// YAML). Returns its path.
+pub fn kubernetes_config(dir: &Path, name: &str, kubeconfig: &Path, more: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {NODE}\n{more}",
+            kubeconfig.display()
+        ),
+    )
+    .expect("write the agent's configuration");
+    path
+}
+
 /// `CGROUP2/weft-test-PID-N/cri-containerd-ID.scope` under the cgroup v2
 /// mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid
 /// node), removed on drop (drop the processes in it first).

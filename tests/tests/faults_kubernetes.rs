@@ -49,17 +49,7 @@ fn lists(pods: &[Value], pods_version: &str) -> HashMap<&'static str, String> {
 /// An agent with Kubernetes identity from `api` (its configuration in
 /// `dir`), once the pods are listed.
 fn agent_of(api: &RecordedApi, dir: &std::path::Path) -> Agent {
-    let config = dir.join("weft.yaml");
-    let kubeconfig = api.kubeconfig(dir);
-    std::fs::write(
-        &config,
-        format!(
-            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\n",
-            kubeconfig.display(),
-            pods::NODE
-        ),
-    )
-    .expect("write config");
+    let config = pods::kubernetes_config(dir, "weft.yaml", &api.kubeconfig(dir), "");
     let agent = Agent::start(&["--config", &config.to_string_lossy()]);
     wait_for("the pods to be listed", WAIT, || {
         kubernetes(&agent).0.then_some(())

@@ -270,17 +270,7 @@ fn same_port_in_two_pods_names_each_pod() {
     let api = RecordedApi::start(pods::pods_only_lists(pods::pod_list(&pods)));
     let dir = std::env::temp_dir().join(format!("weft-pods-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("config dir");
-    let config = dir.join("weft.yaml");
-    let kubeconfig = api.kubeconfig(&dir);
-    std::fs::write(
-        &config,
-        format!(
-            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\n",
-            kubeconfig.display(),
-            pods::NODE
-        ),
-    )
-    .expect("write config");
+    let config = pods::kubernetes_config(&dir, "weft.yaml", &api.kubeconfig(&dir), "");
     let agent = Agent::start(&["--config", &config.to_string_lossy()]);
     wait_for("the pods to be named", WAIT, || {
         let status = agent.status_json()?;

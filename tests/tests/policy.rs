@@ -497,17 +497,7 @@ fn rules_that_select_pods_follow_the_pods_and_outlive_a_restart() {
                  - name: prod-no-9090\n    direction: ingress\n    from: {namespace: prod}\n    \
                  to: {ports: [9090], protocol: tcp}\n    action: deny\n";
     let with_api = |name: &str, kubeconfig: &std::path::Path| {
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\n{rules}",
-                kubeconfig.display(),
-                weft_tests::pods::NODE
-            ),
-        )
-        .expect("write config");
-        path
+        weft_tests::pods::kubernetes_config(&dir, name, kubeconfig, rules)
     };
     let cfg = with_api("weft.yaml", &api.kubeconfig(&dir));
     if refused_without_cookies_at(&cfg, "policies[0].from.namespace") {

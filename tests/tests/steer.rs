@@ -1195,16 +1195,12 @@ fn kubernetes_services_follow_their_endpointslices() {
     ]));
     let dir = std::env::temp_dir().join(format!("weft-k8s-steer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("config dir");
-    let config = dir.join("weft.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kubernetes:\n  enabled: true\n  kubeconfig: {}\n  node_name: {}\nkubernetes_services: true\n",
-            api.kubeconfig(&dir).display(),
-            weft_tests::pods::NODE
-        ),
-    )
-    .expect("write config");
+    let config = weft_tests::pods::kubernetes_config(
+        &dir,
+        "weft.yaml",
+        &api.kubeconfig(&dir),
+        "kubernetes_services: true\n",
+    );
     let agent = start(&config);
 
     // Exactly the two ready endpoints, at the slice's port.

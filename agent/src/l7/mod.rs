@@ -78,6 +78,14 @@ struct Stream {
 }
 
 impl Stream {
+    /// The stream's socket is gone: its session flushes what it holds
+    /// (an unanswered request ends unanswered at `ts_ns`).
+    fn end(mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Stage::Parsing(session) = &mut self.stage {
+            session.close(ts_ns, out);
+        }
+    }
+
     /// Bytes lost before a record of `total_len` bytes at `offset` in its
     /// direction. Records of two threads writing one socket at once may
     /// overlap or come out of order: that is not a loss.
@@ -317,24 +325,16 @@ impl L7Engine {
         ts_ns: u64,
         out: &mut Vec<Exchange>,
     ) {
-        let Some(list) = self.streams.get_mut(&sk) else {
-            return;
-        };
         let before = out.len();
-        let mut i = 0;
-        while i < list.len() {
-            if its(&list[i].tuple) {
-                let mut stream = list.swap_remove(i);
-                self.count -= 1;
-                if let Stage::Parsing(session) = &mut stream.stage {
-                    session.close(ts_ns, out);
-                }
-            } else {
-                i += 1;
+        // At most STREAMS_PER_ADDRESS streams share a kernel address.
+        while let Some(i) = self
+            .streams
+            .get(&sk)
+            .and_then(|l| l.iter().position(|s| its(&s.tuple)))
+        {
+            if let Some(stream) = self.take_stream(sk, i) {
+                stream.end(ts_ns, out);
             }
-        }
-        if list.is_empty() {
-            self.streams.remove(&sk);
         }
         self.counters.exchanges += (out.len() - before) as u64;
     }
@@ -346,25 +346,15 @@ impl L7Engine {
     /// a socket per lookup, each reusing the last one's memory). Nothing
     /// of it is lost, so it is not an eviction.
     fn end_oldest_datagram_stream(&mut self, sk: u64, out: &mut Vec<Exchange>) -> bool {
-        let Some(list) = self.streams.get_mut(&sk) else {
+        let oldest = self.streams.get(&sk).and_then(|list| {
+            let (i, s) = list.iter().enumerate().min_by_key(|(_, s)| s.last_ns)?;
+            (s.transport == Transport::Datagram).then_some(i)
+        });
+        let Some(stream) = oldest.and_then(|i| self.take_stream(sk, i)) else {
             return false;
         };
-        let oldest = list
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| s.last_ns)
-            .map(|(i, _)| i);
-        let Some(i) = oldest.filter(|&i| list[i].transport == Transport::Datagram) else {
-            return false;
-        };
-        let mut stream = list.swap_remove(i);
-        if list.is_empty() {
-            self.streams.remove(&sk);
-        }
-        self.count -= 1;
-        if let Stage::Parsing(session) = &mut stream.stage {
-            session.close(stream.last_ns, out);
-        }
+        let last_ns = stream.last_ns;
+        stream.end(last_ns, out);
         true
     }
 
@@ -379,15 +369,25 @@ impl L7Engine {
             .min_by_key(|(_, _, s)| s.last_ns)
             .map(|(sk, i, _)| (sk, i));
         if let Some((sk, i)) = oldest
-            && let Some(list) = self.streams.get_mut(&sk)
+            && self.take_stream(sk, i).is_some()
         {
-            list.swap_remove(i);
-            if list.is_empty() {
-                self.streams.remove(&sk);
-            }
-            self.count -= 1;
             self.counters.streams_evicted += 1;
         }
+    }
+
+    /// Takes stream `i` at kernel address `sk` out of the engine,
+    /// forgetting the address once no stream is left at it.
+    fn take_stream(&mut self, sk: u64, i: usize) -> Option<Stream> {
+        let list = self.streams.get_mut(&sk)?;
+        if i >= list.len() {
+            return None;
+        }
+        let stream = list.swap_remove(i);
+        if list.is_empty() {
+            self.streams.remove(&sk);
+        }
+        self.count -= 1;
+        Some(stream)
     }
 }
 

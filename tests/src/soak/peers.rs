@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::SocketAddr,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Command},
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -59,14 +59,7 @@ impl ClientProcess {
         args: &[&str],
         mut on_line: impl FnMut(&str) + Send + 'static,
     ) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({args:?}): {e}"));
+        let mut child = crate::peer::spawn_piped_in(ns, args);
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let stdout = std::thread::spawn(move || {
