@@ -172,7 +172,7 @@ fn failures(
         ));
     }
     let connections = summary.traffic.get("tcp_connections").copied().unwrap_or(0);
-    let skipped = kernel_skips(samples.last().unwrap_or(&samples[0]));
+    let skipped = summary.losses.get(KERNEL_SKIPS).copied().unwrap_or(0);
     if skipped * CONNECTIONS_PER_KERNEL_SKIP > connections {
         failures.push(format!(
             "the kernel skipped {skipped} program runs ({KERNEL_SKIPS}) in {connections} \
