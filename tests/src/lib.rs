@@ -12,6 +12,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod dashboards;
 pub mod follow;
+pub mod image;
 pub mod lab;
 pub mod node;
 pub mod otlp;

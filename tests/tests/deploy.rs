@@ -3,7 +3,9 @@
 //! (kubernetes-validate), they are least-privilege (no privileged container,
 //! every added capability justified in docs/deployment.md), they agree with the
 //! agent (probe paths and port, configuration accepted), and the agent runs
-//! and sees traffic with exactly the capabilities the DaemonSet gives it.
+//! and sees traffic with exactly the capabilities the DaemonSet gives it,
+//! also from its container image run by Podman as the DaemonSet's pod
+//! (tests/src/image.rs).
 
 use std::{
     io::{Read, Write},
@@ -16,6 +18,7 @@ use std::{
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft, weft_bin},
+    image::{Podman, free_port, host_ulimits},
     node::NodeMounts,
     require_root, wait_for,
 };
@@ -550,4 +553,355 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
     });
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's container in the rendered DaemonSet.
+fn agent_container(docs: &[Value]) -> &Value {
+    &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// `podman run` options that give the container what the DaemonSet's pod
+/// gives it: the host's network and pids, the security context, the
+/// environment, the memory limit and the volumes. The ConfigMap is
+/// `config_dir`, and the API socket's hostPath is `api_dir` (the test's
+/// own, not the node's /run/weft); every other hostPath is the host's.
+/// `seccomp` is the profile standing in for the runtime's default. A field
+/// this does not know fails the test, so a new one in the manifests gets
+/// its Podman equivalent here rather than being left out unseen.
+fn podman_run_options(
+    docs: &[Value],
+    config_dir: &Path,
+    api_dir: &Path,
+    seccomp: &Path,
+) -> Vec<String> {
+    let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["hostPID"], true);
+    let mut options = vec!["--network=host".to_owned(), "--pid=host".to_owned()];
+    let container = agent_container(docs);
+    options.extend(security_options(&container["securityContext"], seccomp));
+    for env in container["env"].as_array().expect("env") {
+        let name = env["name"].as_str().expect("env name");
+        let value = match (&env["value"], &env["valueFrom"]["fieldRef"]["fieldPath"]) {
+            (Value::String(v), _) => v.clone(),
+            (_, Value::String(f)) if f == "spec.nodeName" => {
+                String::from_utf8(weft_tests::run(&["hostname"]).stdout)
+                    .expect("hostname")
+                    .trim()
+                    .to_owned()
+            }
+            other => panic!("env {name}: no Podman equivalent for {other:?}"),
+        };
+        options.push(format!("--env={name}={value}"));
+    }
+    let memory = container["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("a memory limit");
+    let mebibytes = memory.strip_suffix("Mi").expect("a limit in Mi");
+    options.push(format!("--memory={mebibytes}m"));
+    options.extend(volume_options(pod, container, config_dir, api_dir));
+    options
+}
+
+/// The container's securityContext as `podman run` options.
+fn security_options(context: &Value, seccomp: &Path) -> Vec<String> {
+    let mut options = Vec::new();
+    let (mut user, mut group) = (None, None);
+    for (key, value) in context.as_object().expect("securityContext") {
+        match (key.as_str(), value) {
+            ("privileged", Value::Bool(false)) | ("runAsNonRoot", Value::Bool(false)) => {}
+            ("allowPrivilegeEscalation", Value::Bool(false)) => {
+                options.push("--security-opt=no-new-privileges".to_owned());
+            }
+            ("readOnlyRootFilesystem", Value::Bool(true)) => options.push("--read-only".to_owned()),
+            ("runAsUser", id) => user = id.as_u64(),
+            ("runAsGroup", id) => group = id.as_u64(),
+            ("capabilities", caps) => {
+                assert_eq!(strings(&caps["drop"]), ["ALL"]);
+                options.push("--cap-drop=ALL".to_owned());
+                for cap in strings(&caps["add"]) {
+                    options.push(format!("--cap-add={cap}"));
+                }
+            }
+            ("seccompProfile", profile) if profile["type"] == "RuntimeDefault" => {
+                options.push(format!("--security-opt=seccomp={}", seccomp.display()));
+            }
+            (key, value) => panic!("securityContext.{key}: {value}: no Podman equivalent here"),
+        }
+    }
+    let user = user.expect("runAsUser");
+    let group = group.expect("runAsGroup");
+    options.push(format!("--user={user}:{group}"));
+    options
+}
+
+/// The container's volumeMounts as `podman run --volume` options.
+fn volume_options(
+    pod: &Value,
+    container: &Value,
+    config_dir: &Path,
+    api_dir: &Path,
+) -> Vec<String> {
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let mut options = Vec::new();
+    for mount in container["volumeMounts"].as_array().expect("volumeMounts") {
+        let name = mount["name"].as_str().expect("volume name");
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        let source = match (&volume["configMap"], volume["hostPath"]["path"].as_str()) {
+            (Value::Object(_), _) => config_dir.to_path_buf(),
+            (_, Some("/run/weft")) => api_dir.to_path_buf(),
+            (_, Some(path)) => PathBuf::from(path),
+            _ => panic!("volume {name}: no Podman equivalent here"),
+        };
+        let mut modes = Vec::new();
+        if mount["readOnly"] == true {
+            modes.push("ro");
+        }
+        match mount["mountPropagation"].as_str() {
+            None => {}
+            Some("HostToContainer") => modes.push("rslave"),
+            Some(other) => panic!("mountPropagation {other}: no Podman equivalent here"),
+        }
+        let target = mount["mountPath"].as_str().expect("mountPath");
+        let modes = if modes.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", modes.join(","))
+        };
+        options.push(format!("--volume={}:{target}{modes}", source.display()));
+    }
+    options
+}
+
+/// The seccomp profile the DaemonSet's `RuntimeDefault` stands for:
+/// Podman's default with bpf(2) and perf_event_open(2) allowed by CAP_BPF
+/// and CAP_PERFMON (deploy/podman/seccomp.jq, as docs/deployment.md says).
+fn podman_seccomp_profile(dir: &Path) -> PathBuf {
+    let profile = dir.join("seccomp.json");
+    let out = weft_tests::run(&[
+        "jq",
+        "--from-file",
+        repo()
+            .join("deploy/podman/seccomp.jq")
+            .to_str()
+            .expect("path"),
+        "/usr/share/containers/seccomp.json",
+    ]);
+    std::fs::write(&profile, out.stdout).expect("write the seccomp profile");
+    profile
+}
+
+/// The capability bits of `caps` (lower-case names).
+fn capability_bits(caps: &[String]) -> u64 {
+    let bit = |name: &str| match name {
+        "bpf" => 39,
+        "perfmon" => 38,
+        "net_admin" => 12,
+        other => panic!("unexpected capability {other}"),
+    };
+    caps.iter().map(|c| 1u64 << bit(c)).sum()
+}
+
+/// A `Name:\tvalue` line of /proc/PID/status.
+fn proc_status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// One TCP connection on loopback that sends `bytes` bytes; its server port.
+fn one_connection(bytes: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < bytes {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0);
+            got += n;
+        }
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(&vec![1u8; bytes]).expect("write");
+    server.join().expect("server");
+    drop(client);
+    port
+}
+
+/// `curl`-free HTTP GET of the metrics listener: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+#[test]
+fn the_podman_image_runs_the_agent_as_the_daemonset_does_and_shows_flows() {
+    let test = "the_podman_image_runs_the_agent_as_the_daemonset_does_and_shows_flows";
+    let Some((docs, caps, _)) = daemonset_agent_setup(test) else {
+        return;
+    };
+    for program in ["podman", "runc", "debootstrap", "jq"] {
+        if tool(test, program, None).is_none() {
+            return;
+        }
+    }
+    let podman = Podman::new("image");
+    podman.import_base();
+    podman.build_runtime_image("localhost/weft:test");
+    let ulimits = host_ulimits();
+    let mut version = vec!["run", "--rm", "--network=host"];
+    version.extend(ulimits.iter().map(String::as_str));
+    version.extend(["localhost/weft:test", "--version"]);
+    let version = podman.run(&version);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        String::from_utf8_lossy(&weft(&["--version"]).stdout),
+        "the image runs the binary under test"
+    );
+
+    let config_dir = podman.dir().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    configmap_config(&docs, &config_dir);
+    let api_dir = podman.dir().join("api");
+    std::fs::create_dir_all(&api_dir).expect("api dir");
+    let seccomp = podman_seccomp_profile(podman.dir());
+    let metrics_port = free_port();
+
+    // A node with tracefs mounted, as the DaemonSet's hostPath expects;
+    // the container is made in that mount namespace (the vfs store mounts
+    // nothing, so the other podman commands work from this one).
+    let mut command = NodeMounts::Tracefs.wrapper();
+    command.extend(podman.command_line());
+    command.extend(["run", "--detach", "--name", "weft"].map(str::to_owned));
+    command.extend(podman_run_options(&docs, &config_dir, &api_dir, &seccomp));
+    command.extend(ulimits);
+    command.push("localhost/weft:test".to_owned());
+    command.extend(
+        strings(&agent_container(&docs)["args"])
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    command.extend([
+        "--metrics-addr".to_owned(),
+        format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let words: Vec<&str> = command.iter().map(String::as_str).collect();
+    weft_tests::run(&words);
+
+    let logs = || {
+        let out = podman
+            .command()
+            .args(["logs", "weft"])
+            .output()
+            .expect("podman logs");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let ready = weft_tests::try_wait_for(Duration::from_secs(60), || {
+        (http_get(metrics_port, "/readyz")? == (200, "ready\n".to_owned())).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the agent in the container never turned ready:\n{}",
+        logs()
+    );
+
+    // Exactly the DaemonSet's capabilities, no way to gain more, and a
+    // seccomp filter.
+    let pid: u32 = String::from_utf8_lossy(
+        &podman
+            .run(&["inspect", "--format", "{{.State.Pid}}", "weft"])
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .expect("the container's pid");
+    let want = format!("{:016x}", capability_bits(&caps));
+    assert_eq!(
+        proc_status(pid, "CapEff"),
+        want,
+        "effective: exactly {caps:?}"
+    );
+    assert_eq!(
+        proc_status(pid, "CapBnd"),
+        want,
+        "bounding: exactly {caps:?}"
+    );
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(pid, "Seccomp"), "2", "a seccomp filter");
+
+    // Flows from it: one connection of 4096 bytes, in its metrics, in the
+    // flow API through the host's socket, and in `weft flows` inside.
+    let port = one_connection(4096);
+    let label = format!("destination_port=\"{port}\"");
+    let sent = |text: &str| {
+        weft_tests::agent::metric_sum(text, "weft_tcp_sent_bytes_total", &[label.as_str()])
+    };
+    let counted = weft_tests::try_wait_for(Duration::from_secs(15), || {
+        let (_, text) = http_get(metrics_port, "/metrics")?;
+        (sent(&text) == 4096.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "4096 bytes sent in the metrics:\n{}",
+        logs()
+    );
+    let port_arg = port.to_string();
+    let socket = api_dir.join("weft.sock");
+    let from_host = weft(&[
+        "flows",
+        "--port",
+        &port_arg,
+        "-o",
+        "json",
+        "--api-socket",
+        socket.to_str().expect("path"),
+    ]);
+    let inside = podman.run(&[
+        "exec", "weft", "weft", "flows", "--port", &port_arg, "-o", "json",
+    ]);
+    for (who, out) in [("the host", from_host.stdout), ("inside", inside.stdout)] {
+        let records: Vec<Value> = serde_json::from_slice(&out).expect("JSON records");
+        let close = records
+            .iter()
+            .find(|r| r["event"] == "close" && r["destination"]["port"] == port)
+            .unwrap_or_else(|| panic!("no close record from {who}: {records:#?}"));
+        assert_eq!(close["bytes_sent"], 4096, "{close:#}");
+        // The host's pid of this test, the client: the agent sees the
+        // node's processes (hostPID).
+        assert_eq!(close["source"]["pid"], std::process::id(), "{close:#}");
+    }
+    let status = podman.run(&["exec", "weft", "weft", "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("weft_tcp_state"));
+
+    // SIGTERM (podman stop), as the kubelet ends the pod: a clean exit
+    // that detaches everything and removes its socket.
+    podman.run(&["stop", "--time", "30", "weft"]);
+    let code = podman.run(&["inspect", "--format", "{{.State.ExitCode}}", "weft"]);
+    assert_eq!(
+        String::from_utf8_lossy(&code.stdout).trim(),
+        "0",
+        "{}",
+        logs()
+    );
+    assert!(
+        logs().contains("detached all observation programs"),
+        "{}",
+        logs()
+    );
+    assert!(!socket.exists(), "the API socket is removed at exit");
 }

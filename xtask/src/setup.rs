@@ -59,6 +59,12 @@ const PACKAGES: &[&str] = &[
     // setpriv to run the agent with the DaemonSet's capabilities only.
     "python3-venv",
     "util-linux",
+    // The container image test (tests/tests/deploy.rs): Podman with runc
+    // (Debian 12's crun refuses hosts with the hybrid cgroup layout), and
+    // debootstrap to make the image's Debian 12 base without a registry.
+    "podman",
+    "runc",
+    "debootstrap",
     // The shells whose completion scripts `weft completions` prints load
     // them in tests/tests/cli.rs (bash is always there).
     "zsh",
