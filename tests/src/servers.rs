@@ -381,6 +381,24 @@ pub fn python_http_in(lab: &Lab, port: u16, cgroup: Option<&Path>) -> Server {
     Server::started(lab, peer, port, TempDir::new("http"))
 }
 
+/// The TLS server of tests/peers/tls_peer.py (TLS 1.2 and 1.3, ALPN h2 and
+/// http/1.1), with the certificate and key files given.
+pub fn python_tls(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    require_program("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_peer.py");
+    let port_s = port.to_string();
+    let args = [
+        "python3",
+        script,
+        "server",
+        &lab.server_v4,
+        &port_s,
+        cert,
+        key,
+    ];
+    Server::start(lab, "python tls server", port, TempDir::new("tls"), &args)
+}
+
 /// The thread-per-request frontend of tests/peers/frontend.py: each GET
 /// calls `backend` (HTTP/1.1, a new connection per request) and `redis`
 /// (its handler thread's own connection) before it answers.

@@ -99,6 +99,13 @@ impl Follower {
             .collect()
     }
 
+    /// How many records it has printed (cheaper than [`Self::lines`]).
+    fn count(&self) -> usize {
+        std::fs::read(&self.out)
+            .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0)
+    }
+
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
@@ -208,8 +215,17 @@ fn figures(text: &str, before: &str, after: &str) -> Vec<u64> {
 /// records, several times the 8192 a follower may fall behind.
 const STOPPED: Duration = Duration::from_secs(8);
 
-/// How long the traffic runs, the stop inside it.
+/// How long the traffic runs, the stop inside it (longer when the stop
+/// needs it).
 const TRAFFIC: Duration = Duration::from_secs(15);
+
+/// Records made while the follower is stopped, at least: more than its
+/// live channel (8192) and stream buffer can hold, twice over.
+const OVERFLOW_RECORDS: usize = 2 * 8192;
+
+/// The stop fails the test if the traffic has not made those records by
+/// then.
+const STOPPED_AT_MOST: Duration = Duration::from_secs(120);
 
 /// The agent's resident memory may grow by this much while a follower is
 /// stopped. The flow store's ring is full before it is measured (it only
@@ -267,9 +283,13 @@ fn a_stopped_follower_loses_records_and_is_told_while_memory_stays_bounded() {
         },
     );
 
-    // Under emulation (the kernel matrix) everything is slower: traffic
-    // and the stop stretched alike still overflow the follower's buffer.
-    let run = traffic(&lab, port, "/faults", 2, scaled(TRAFFIC).as_secs_f64());
+    let mut runs = vec![traffic(
+        &lab,
+        port,
+        "/faults",
+        2,
+        scaled(TRAFFIC).as_secs_f64(),
+    )];
     // The store's ring full (at its default 10,000 records): from now on
     // it replaces records, so what grows the memory is what is kept for
     // the stopped follower.
@@ -280,14 +300,28 @@ fn a_stopped_follower_loses_records_and_is_told_while_memory_stays_bounded() {
     });
     let before = rss_kib(agent.pid());
     let stopped_at = Instant::now();
+    let seen_at_stop = good.count();
     signal(stopped.pid(), libc::SIGSTOP);
     let mut peak = before;
-    while stopped_at.elapsed() < scaled(STOPPED) {
+    // At least STOPPED, and until the records made meanwhile overflow
+    // what a follower may have pending: a starved machine (the emulated
+    // kernel matrix with other work beside it) makes fewer per second,
+    // so the traffic goes on as long as it takes.
+    while stopped_at.elapsed() < scaled(STOPPED) || good.count() - seen_at_stop < OVERFLOW_RECORDS {
+        assert!(
+            stopped_at.elapsed() < scaled(STOPPED_AT_MOST),
+            "only {} records in {:?}",
+            good.count() - seen_at_stop,
+            stopped_at.elapsed()
+        );
+        if runs.last().is_some_and(|r| r.is_finished()) {
+            runs.push(traffic(&lab, port, "/faults", 2, 5.0));
+        }
         peak = peak.max(rss_kib(agent.pid()));
         std::thread::sleep(Duration::from_millis(200));
     }
     signal(stopped.pid(), libc::SIGCONT);
-    let requests = run.join().expect("traffic");
+    let requests: u64 = runs.into_iter().map(|r| r.join().expect("traffic")).sum();
     good.assert_running();
     stopped.assert_running();
 

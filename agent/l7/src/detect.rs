@@ -50,13 +50,15 @@ fn detect_one(protocol: Protocol, first: &FirstBytes<'_>) -> Detection {
         Protocol::Mysql if first.transport == Transport::Stream => crate::mysql::detect(first),
         Protocol::Http1 if first.transport == Transport::Stream => crate::http1::detect(first),
         Protocol::Http2 if first.transport == Transport::Stream => crate::http2::detect(first),
+        Protocol::Tls if first.transport == Transport::Stream => crate::tls::detect(first),
         // gRPC is found inside HTTP/2 sessions, per request.
         Protocol::Http1
         | Protocol::Http2
         | Protocol::Grpc
         | Protocol::Redis
         | Protocol::Postgres
-        | Protocol::Mysql => Detection::No,
+        | Protocol::Mysql
+        | Protocol::Tls => Detection::No,
     }
 }
 
@@ -82,6 +84,7 @@ pub fn new_session(
         Protocol::Http2 | Protocol::Grpc => {
             Some(Box::new(crate::http2::Http2Session::new(limits, privacy)))
         }
+        Protocol::Tls => Some(Box::new(crate::tls::TlsSession::new())),
     }
 }
 

@@ -78,6 +78,15 @@ pub enum MetricAttributes {
         question_type: String,
         response_code: String,
     },
+    /// weft_tls_handshakes_total.
+    Tls {
+        /// `1.3`, `1.2`, ...; empty when no ServerHello came.
+        version: &'static str,
+        /// `ok` or `failed`.
+        outcome: &'static str,
+        /// The SNI (traffic-derived: the label budget applies).
+        server_name: Option<String>,
+    },
 }
 
 impl Protocol {

@@ -18,6 +18,7 @@ use crate::http2::Http2Session;
 use crate::mysql::MysqlSession;
 use crate::postgres::PostgresSession;
 use crate::redis::RedisSession;
+use crate::tls::TlsSession;
 use crate::{Chunk, Direction, Limits, Privacy, Session, Transport};
 
 /// A fuzz target: its name (the fuzz crate's binary) and its body.
@@ -32,6 +33,7 @@ pub const TARGETS: &[Target] = &[
     ("redis", redis),
     ("postgres", postgres),
     ("mysql", mysql),
+    ("tls", tls),
     ("detect", detect),
     ("hpack", hpack),
     ("sql_obfuscate", sql_obfuscate),
@@ -90,6 +92,13 @@ pub fn redis(data: &[u8]) {
     let mut session = RedisSession::new(SMALL, &Privacy::default());
     let bound = 18 * SMALL.max_field + 64 + 1024;
     conversation(data, &mut session, RedisSession::buffered, bound);
+}
+
+/// The handshake reader keeps at most a hello record per direction.
+pub fn tls(data: &[u8]) {
+    let mut session = TlsSession::new();
+    let bound = 2 * (5 + (1 << 14));
+    conversation(data, &mut session, TlsSession::buffered, bound);
 }
 
 pub fn postgres(data: &[u8]) {
@@ -303,6 +312,7 @@ pub fn seed_fixtures(target: &str) -> &'static [&'static str] {
         "redis" => &["redis"],
         "postgres" => &["postgres"],
         "mysql" => &["mysql"],
+        "tls" => &["tls"],
         "detect" => &[
             "http1/keepalive.bin",
             "http2/grpc.bin",
@@ -311,6 +321,7 @@ pub fn seed_fixtures(target: &str) -> &'static [&'static str] {
             "redis/resp2.bin",
             "postgres/simple.bin",
             "mysql/query.bin",
+            "tls/tls13.bin",
         ],
         _ => &[],
     }
@@ -391,7 +402,7 @@ mod tests {
                 body(&std::fs::read(seed.expect("seed").path()).expect("a seed"));
             }
         }
-        assert_eq!(checked, 31, "seeds made from fixtures");
+        assert_eq!(checked, 38, "seeds made from fixtures");
     }
 
     /// `(seed file name, seed)` for every fixture that seeds `target`.

@@ -31,6 +31,7 @@ pub mod query;
 pub mod redis;
 pub mod route;
 pub mod sql_obfuscate;
+pub mod tls;
 // The fuzz targets' bodies: tests and the fuzz crate only.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -58,10 +59,15 @@ pub enum Protocol {
     Redis,
     Postgres,
     Mysql,
+    /// TLS handshake metadata (the plaintext after it is not seen).
+    Tls,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 7] = [
+    /// Detection asks them in this order (TLS first: a ClientHello is
+    /// unmistakable, and DNS over TCP would otherwise wait for more bytes).
+    pub const ALL: [Protocol; 8] = [
+        Protocol::Tls,
         Protocol::Http1,
         Protocol::Http2,
         Protocol::Grpc,
@@ -80,6 +86,7 @@ impl Protocol {
             Protocol::Redis => "redis",
             Protocol::Postgres => "postgres",
             Protocol::Mysql => "mysql",
+            Protocol::Tls => "tls",
         }
     }
 }

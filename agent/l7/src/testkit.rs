@@ -132,6 +132,13 @@ pub fn exchange_json(e: &Exchange) -> Value {
         } => json!({
             "dns": {"question_type": question_type, "response_code": response_code}
         }),
+        MetricAttributes::Tls {
+            version,
+            outcome,
+            server_name,
+        } => json!({
+            "tls": {"version": version, "outcome": outcome, "server_name": server_name}
+        }),
     };
     json!({
         "protocol": e.protocol.name(),

@@ -412,6 +412,7 @@ fn l7_summary(l7: &serde_json::Value) -> String {
         "dns" => &["qtype", "query", "rcode"],
         "redis" => &["command"],
         "postgres" | "mysql" => &["operation", "error_code"],
+        "tls" => &["sni", "version", "outcome", "failure"],
         _ => &[],
     };
     let mut summary = protocol.to_owned();

@@ -4,7 +4,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{exemplar::HistogramWithExemplars, family::Family},
+    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family},
     registry::{Registry, Unit},
 };
 
@@ -68,6 +68,18 @@ pub struct DnsLabels {
     pub workload: L4Labels,
 }
 
+/// `weft_tls_handshakes_total`: OpenTelemetry's `tls.protocol.version`
+/// (`1.3`, `1.2`, ...; empty when the server never said), the outcome
+/// (`ok`, `failed`) and the SNI (`server_name`, under the label budget).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub tls_protocol_version: String,
+    pub outcome: String,
+    pub server_name: String,
+    #[prometheus(flatten)]
+    pub workload: L4Labels,
+}
+
 type Durations<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone)]
@@ -78,6 +90,7 @@ pub struct L7Metrics {
     pub rpc_client: Durations<RpcLabels>,
     pub db_client: Durations<DbLabels>,
     pub dns_lookup: Durations<DnsLabels>,
+    pub tls_handshakes: Family<TlsLabels, Counter>,
 }
 
 impl L7Metrics {
@@ -89,6 +102,7 @@ impl L7Metrics {
             rpc_client: Family::new_with_constructor(duration_histogram),
             db_client: Family::new_with_constructor(duration_histogram),
             dns_lookup: Family::new_with_constructor(duration_histogram),
+            tls_handshakes: Family::default(),
         };
         r.register_with_unit(
             "http_server_request_duration",
@@ -125,6 +139,11 @@ impl L7Metrics {
             "Duration of DNS lookups",
             Unit::Seconds,
             m.dns_lookup.clone(),
+        );
+        r.register(
+            "weft_tls_handshakes",
+            "TLS handshakes seen, by negotiated version and outcome, once per handshake (at the server's socket when the server is on this node)",
+            m.tls_handshakes.clone(),
         );
         m
     }

@@ -26,7 +26,7 @@ use crate::flow::record::{FlowEvent, FlowRecord, FlowType, Verdict};
 /// The protocol names `--protocol` accepts: the transports and the L7
 /// protocols the parsers report in `l7.protocol`.
 pub const PROTOCOLS: &[&str] = &[
-    "tcp", "udp", "http", "http2", "grpc", "dns", "redis", "postgres", "mysql",
+    "tcp", "udp", "http", "http2", "grpc", "dns", "redis", "postgres", "mysql", "tls",
 ];
 
 /// The kinds of record `--type` accepts.

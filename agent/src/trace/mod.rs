@@ -115,6 +115,11 @@ impl Tracer {
     /// The span of one exchange, queued for export; its ids for the
     /// record, or `None` when the trace is not sampled.
     pub fn exchange(&mut self, ex: &Exchange, at: &Observed<'_>) -> Option<TraceIds> {
+        // A handshake is not a request: no span (its record and metric
+        // are the handshake's view).
+        if ex.protocol == weft_l7::Protocol::Tls {
+            return None;
+        }
         let early = at
             .server
             .then(|| self.nesting.take_early(at.key, ex.request_ns))

@@ -176,6 +176,14 @@ fn describe(ex: &Exchange, server: bool, attrs: &mut Vec<KeyValue>) -> (String, 
             let failed = !response_code.is_empty() && response_code != "NOERROR";
             (format!("DNS {question_type}"), failed)
         }
+        // Not exported as spans (Tracer::exchange); named for completeness.
+        MetricAttributes::Tls {
+            version, outcome, ..
+        } => {
+            attrs.push(KeyValue::new("tls.protocol.name", "tls"));
+            attrs.push(KeyValue::new("tls.protocol.version", *version));
+            ("TLS handshake".to_owned(), *outcome == "failed")
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use weft_l7::{Exchange, MetricAttributes};
 use super::{Emitter, Observation};
 use crate::{
     export::{
-        l7_metrics::{DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels, TraceExemplar},
+        l7_metrics::{
+            DbLabels, DnsLabels, HttpLabels, L7Metrics, RpcLabels, TlsLabels, TraceExemplar,
+        },
         labels::ValueBudget,
     },
     flow::{
@@ -78,15 +80,19 @@ impl Emitter {
         let exemplar = trace.as_ref().map(|t| TraceExemplar {
             trace_id: t.trace_id.clone(),
         });
-        observe(
-            metrics,
-            &mut self.values,
-            &ex,
-            direction,
-            key,
-            workload,
-            (seconds, exemplar),
-        );
+        // A handshake seen at both ends is counted once, at the server.
+        let counted_elsewhere = direction == TrafficDirection::Egress && server.is_some();
+        if !(ex.protocol == weft_l7::Protocol::Tls && counted_elsewhere) {
+            observe(
+                metrics,
+                &mut self.values,
+                &ex,
+                direction,
+                key,
+                workload,
+                (seconds, exemplar),
+            );
+        }
         // Passive health judges a backend by what its clients get.
         if direction == TrafficDirection::Egress {
             self.services.report_response(key, &ex.metric);
@@ -225,6 +231,19 @@ fn observe(
                     .get_or_create(&labels)
                     .observe(seconds, exemplar, None);
             }
+        }
+        MetricAttributes::Tls {
+            version,
+            outcome,
+            server_name,
+        } => {
+            let labels = TlsLabels {
+                tls_protocol_version: (*version).to_owned(),
+                outcome: (*outcome).to_owned(),
+                server_name: values.admit("server_name", server_name.clone().unwrap_or_default()),
+                workload,
+            };
+            m.tls_handshakes.get_or_create(&labels).inc();
         }
     }
 }

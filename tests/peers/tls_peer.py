@@ -1,0 +1,64 @@
+"""A real TLS server and client for weft's TLS metadata tests (Python's ssl,
+on the system's OpenSSL).
+
+server ADDRESS PORT CERT KEY
+    Serves TLS 1.2 and 1.3 with ALPN h2 and http/1.1; on each connection,
+    after the handshake, reads one message and answers "pong". Failed
+    handshakes (a client refusing the certificate) are ignored.
+
+client ADDRESS PORT CA SNI MAX_VERSION ALPN COUNT
+    Makes COUNT connections one after the other, each: the handshake with
+    server name SNI, verifying against CA, at most MAX_VERSION (1.2 or
+    1.3), offering the comma-separated ALPN list; then "ping", the answer,
+    and close. Prints one line per connection: "ok ALPN" or "failed WHY".
+"""
+import socket
+import ssl
+import sys
+import threading
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def serve(address, port, cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    listener = socket.create_server((address, port))
+
+    def one(conn):
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                if tls.recv(1024):
+                    tls.sendall(b"pong")
+        except (ssl.SSLError, OSError):
+            conn.close()
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def connect(address, port, ca, sni, max_version, alpn, count):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.maximum_version = VERSIONS[max_version]
+    ctx.set_alpn_protocols(alpn.split(","))
+    for _ in range(int(count)):
+        conn = socket.create_connection((address, int(port)), timeout=10)
+        try:
+            with ctx.wrap_socket(conn, server_hostname=sni) as tls:
+                tls.sendall(b"ping")
+                tls.recv(1024)
+                print("ok", tls.selected_alpn_protocol(), flush=True)
+        except ssl.SSLError as e:
+            conn.close()
+            print("failed", e.reason, flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        connect(*sys.argv[2:9])
