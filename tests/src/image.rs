@@ -86,20 +86,10 @@ impl Podman {
 
     /// `podman ARGS`, which must succeed; its output.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        let mut words = self.command_line();
+        words.extend(args.iter().map(|a| (*a).to_owned()));
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        crate::run(&words)
     }
 
     /// Imports Debian 12 (minbase) as [`BASE_IMAGE`] into this store.

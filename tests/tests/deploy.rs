@@ -531,22 +531,7 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
     drop(root);
     assert!(!all.is_empty());
     assert_eq!(names(&agent), all, "programs attached without root");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 4096];
-        let mut got = 0;
-        while got < 4096 {
-            let n = conn.read(&mut buf).expect("read");
-            assert!(n > 0);
-            got += n;
-        }
-    });
-    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    client.write_all(&[1u8; 4096]).expect("write");
-    server.join().expect("server");
-    drop(client);
+    let port = one_connection(4096);
     let label = format!("destination_port=\"{port}\"");
     wait_for("the connection's bytes", Duration::from_secs(15), || {
         (agent.metric_sum("weft_tcp_sent_bytes_total", &[label.as_str()]) == 4096.0).then_some(())

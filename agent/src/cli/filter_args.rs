@@ -24,7 +24,7 @@ pub struct FilterArgs {
     // matches as it reads them, and `--not` needs to see them all.
     #[command(flatten)]
     pub negations: Negations,
-    /// tcp, udp, http, http2, grpc, dns, redis, postgres, mysql
+    /// tcp, udp, http, http2, grpc, dns, redis, postgres, mysql, tls
     #[arg(long, value_name = "PROTO", value_delimiter = ',')]
     pub protocol: Vec<String>,
     /// Kind of record: l4, l7, drop, policy, service

@@ -563,7 +563,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid --protocol \"htp\": expected one of tcp, udp, http, http2, grpc, dns, \
-             redis, postgres, mysql"
+             redis, postgres, mysql, tls"
         );
     }
 
