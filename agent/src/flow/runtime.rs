@@ -111,6 +111,8 @@ mod tests {
         std::fs::write(&path, bytes).expect("write");
         let go = has_go_buildinfo(&path).expect("read");
         std::fs::remove_file(&path).expect("remove");
+        // The directory is this test process's own; nothing left in /tmp.
+        let _ = std::fs::remove_dir(&dir);
         go
     }
 
