@@ -77,6 +77,9 @@ pub struct Config {
     pub l7_obfuscate_sql: bool,
     /// Replace Redis arguments after the key with `?` in L7 records.
     pub l7_obfuscate_redis_values: bool,
+    /// Read the plaintext of TLS connections at OpenSSL's libssl
+    /// (uprobes on SSL_read/SSL_write); needs L7 capture.
+    pub l7_tls_plaintext: bool,
     /// Kubernetes identity (pods, namespaces, workloads, Services).
     pub kubernetes: KubernetesConfig,
     /// Virtual addresses balanced at connect time (docs/steering.md).
@@ -119,6 +122,7 @@ impl Default for Config {
             l7_redact_query_values: true,
             l7_obfuscate_sql: true,
             l7_obfuscate_redis_values: true,
+            l7_tls_plaintext: true,
             kubernetes: KubernetesConfig::default(),
             services: Vec::new(),
             health: HealthConfig::default(),

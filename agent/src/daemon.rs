@@ -138,7 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     api::clear_stale(&config.api_socket).await?;
     let kubernetes = kubernetes_for(&config)?;
     let Kernel {
-        probes,
+        mut probes,
         maps,
         steering,
         metrics_listener,
@@ -187,6 +187,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("metrics endpoint failed")
     });
+    if let Some(tls) = probes.tls.take() {
+        tasks.spawn_infallible(|shutdown| tls.run(shutdown));
+    }
     if let Some(task) = span_export {
         tasks.spawn_infallible(|shutdown| task.run(shutdown));
     }

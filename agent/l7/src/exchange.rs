@@ -38,12 +38,24 @@ pub struct Exchange {
     /// way; 0 when unanswered. For an exchange whose response bytes were
     /// lost (`truncated`), only the bytes parsed before the loss.
     pub response_bytes: u64,
+    /// The bytes were the plaintext of a TLS connection (read at the TLS
+    /// library): set by the engine, not the parsers.
+    pub tls: bool,
 }
 
 impl Exchange {
     /// Request-to-response latency in nanoseconds.
     pub fn latency_ns(&self) -> u64 {
         self.response_ns.saturating_sub(self.request_ns)
+    }
+
+    /// Marks the exchange as read from a TLS connection's plaintext: HTTP's
+    /// `url.scheme` becomes `https`.
+    pub fn mark_tls(&mut self) {
+        self.tls = true;
+        if let MetricAttributes::Http { scheme, .. } = &mut self.metric {
+            *scheme = "https";
+        }
     }
 }
 
@@ -109,6 +121,7 @@ impl Protocol {
             tracestate: None,
             request_bytes: 0,
             response_bytes: 0,
+            tls: false,
         }
     }
 }

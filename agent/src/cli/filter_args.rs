@@ -111,6 +111,11 @@ pub struct FilterArgs {
     /// Trace id of L7 records (32 hex digits): every record of a trace
     #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub trace_id: Vec<String>,
+    /// L7 records read from TLS connections' plaintext (--not --tls: the others)
+    // No value, but an implicit one, as `--not` has: a `--not` before it
+    // finds it by its value's position (see the module's comment).
+    #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append)]
+    pub tls: Vec<String>,
 }
 
 /// Adds one value of a filter flag.
@@ -119,7 +124,7 @@ type Add = fn(&mut FlowFilter, &str) -> Result<(), FilterError>;
 /// The clap ids of the filter flags (their field names), each with its
 /// values and how to add one: the one list both [`FilterArgs::to_filter`]
 /// and [`Negations`] go by.
-const FILTER_IDS: [&str; 29] = [
+const FILTER_IDS: [&str; 30] = [
     "protocol",
     "record_type",
     "verdict",
@@ -149,12 +154,13 @@ const FILTER_IDS: [&str; 29] = [
     "http_path",
     "dns_query",
     "trace_id",
+    "tls",
 ];
 
 impl FilterArgs {
     /// Each filter flag's values and how to add one, in [`FILTER_IDS`]'s
     /// order.
-    fn kinds(&self) -> [(&[String], Add); 29] {
+    fn kinds(&self) -> [(&[String], Add); 30] {
         [
             (&self.protocol, FlowFilter::add_protocol),
             (&self.record_type, FlowFilter::add_type),
@@ -187,6 +193,7 @@ impl FilterArgs {
             (&self.http_path, FlowFilter::add_http_path),
             (&self.dns_query, FlowFilter::add_dns_query),
             (&self.trace_id, FlowFilter::add_trace_id),
+            (&self.tls, FlowFilter::add_tls),
         ]
     }
 

@@ -172,6 +172,7 @@ impl Emitter {
             policy: None,
             health: None,
             trace: None,
+            tls: None,
             mono_ns: obs.ts_ns,
         };
         if matches!(obs.event, FlowEvent::Close | FlowEvent::Fail) {

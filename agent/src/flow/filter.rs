@@ -116,6 +116,8 @@ pub struct FlowFilter {
     verdicts: Vec<Verdict>,
     services: Vec<String>,
     trace_ids: Vec<String>,
+    /// `--tls`: L7 records read from TLS plaintext only.
+    tls: bool,
     types: Vec<RecordType>,
     /// `ingress` or `egress`.
     directions: Vec<&'static str>,
@@ -330,6 +332,16 @@ impl FlowFilter {
         Ok(())
     }
 
+    /// `--tls` (its implicit value is `true`): L7 records whose request
+    /// was read from a TLS connection's plaintext.
+    pub fn add_tls(&mut self, value: &str) -> Result<(), FilterError> {
+        if value != "true" {
+            return Err(FilterError::new("tls", value, "--tls takes no value"));
+        }
+        self.tls = true;
+        Ok(())
+    }
+
     /// `--not`: leaves out the records `negated` matches (one filter flag
     /// with its values). An empty one would leave out everything, and is
     /// refused.
@@ -377,6 +389,7 @@ impl FlowFilter {
                     .traffic_direction
                     .as_deref()
                     .is_some_and(|d| self.directions.contains(&d)))
+            && (!self.tls || record.tls == Some(true))
             && (self.trace_ids.is_empty()
                 || record
                     .trace
@@ -414,6 +427,7 @@ impl TryFrom<&proto::FlowFilter> for FlowFilter {
                 add(&mut filter, v)?;
             }
         }
+        filter.tls = raw.tls;
         filter.either.read(
             Side::Either,
             RawEndpointFilter {
@@ -496,6 +510,7 @@ impl From<&FlowFilter> for proto::FlowFilter {
             dns_query: filter.l7.dns_queries(),
             service: filter.services.clone(),
             trace_id: filter.trace_ids.clone(),
+            tls: filter.tls,
             exclude: filter.exclude.iter().map(proto::FlowFilter::from).collect(),
         }
     }

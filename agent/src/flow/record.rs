@@ -180,6 +180,10 @@ pub struct FlowRecord {
     /// `parent_span_id`.
     #[serde(flatten, default)]
     pub trace: Option<crate::trace::TraceIds>,
+    /// On `l7` records: whether the request was read from a TLS
+    /// connection's plaintext (at the TLS library).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
     /// The kernel's monotonic timestamp of the event, for ordering and
     /// `--since`; not printed.
     #[serde(skip)]
@@ -222,6 +226,7 @@ impl FlowRecord {
             policy: None,
             health: None,
             trace: None,
+            tls: None,
             mono_ns,
         }
     }

@@ -55,6 +55,8 @@ const SOURCES: &[(u32, &str)] = &[
     // Payload records the kernel sent (what reached the agent is
     // `l7_data`; the difference is in the losses).
     (index::DATA, "l7_capture"),
+    // Of those, TLS plaintext read at the library (uprobes).
+    (index::TLS_DATA, "tls_plaintext"),
 ];
 
 pub struct KernelTables {
@@ -397,6 +399,11 @@ impl FlowTable {
                 "l7_data",
                 "kernel_map_full",
                 self.counter(index::LOST_MAP_SYSCALL),
+            ),
+            (
+                "tls_plaintext",
+                "socket_unknown",
+                self.counter(index::LOST_TLS_SOCKET),
             ),
             (
                 "skb_drop",

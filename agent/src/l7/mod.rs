@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use weft_common::{
     SockTuple,
-    data::{DIR_SEND, DataHeader},
+    data::{DIR_SEND, DataHeader, flags},
 };
 use weft_l7::{
     Chunk, Direction, Exchange, Limits, Privacy, Protocol, Session, Transport,
@@ -68,6 +68,10 @@ struct Stream {
     /// The socket's addresses when the stream began (zero without the
     /// kernel's socket layout).
     tuple: SockTuple,
+    /// The stream is a TLS connection's plaintext, read at the TLS library
+    /// (the socket's ciphertext is another stream, for the `tls`
+    /// handshake parser).
+    tls: bool,
     /// The socket's first captured read/write was a write.
     first_sent: bool,
     transport: Transport,
@@ -77,12 +81,26 @@ struct Stream {
     next_offset: [Option<u64>; 2],
 }
 
+/// Whether a record holds TLS plaintext (see [`Stream::tls`]).
+fn is_tls(header: &DataHeader) -> bool {
+    header.flags & flags::TLS != 0
+}
+
 impl Stream {
+    /// Whether the record is of this stream's socket and layer.
+    fn holds(&self, header: &DataHeader) -> bool {
+        self.tuple == header.tuple && self.tls == is_tls(header)
+    }
+
     /// The stream's socket is gone: its session flushes what it holds
     /// (an unanswered request ends unanswered at `ts_ns`).
     fn end(mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        let before = out.len();
         if let Stage::Parsing(session) = &mut self.stage {
             session.close(ts_ns, out);
+        }
+        if self.tls {
+            out[before..].iter_mut().for_each(Exchange::mark_tls);
         }
     }
 
@@ -174,10 +192,11 @@ impl L7Engine {
         let Some(stream) = self
             .streams
             .get_mut(&header.sk)
-            .and_then(|l| l.iter_mut().find(|s| s.tuple == header.tuple))
+            .and_then(|l| l.iter_mut().find(|s| s.holds(header)))
         else {
             return;
         };
+        let before = out.len();
         stream.last_ns = header.ts_ns;
         let gap_before = match role.transport {
             Transport::Stream => {
@@ -222,6 +241,9 @@ impl L7Engine {
                 );
             }
         }
+        if is_tls(header) {
+            out[before..].iter_mut().for_each(Exchange::mark_tls);
+        }
         self.counters.exchanges += out.len() as u64;
     }
 
@@ -234,7 +256,7 @@ impl L7Engine {
         out: &mut Vec<Exchange>,
     ) {
         let here = self.streams.get(&header.sk);
-        if here.is_some_and(|l| l.iter().any(|s| s.tuple == header.tuple)) {
+        if here.is_some_and(|l| l.iter().any(|s| s.holds(header))) {
             return;
         }
         let crowded = here.is_some_and(|l| l.len() >= STREAMS_PER_ADDRESS);
@@ -248,6 +270,7 @@ impl L7Engine {
             stage: Stage::Detecting(Vec::new()),
             last_ns: header.ts_ns,
             tuple: header.tuple,
+            tls: is_tls(header),
             first_sent: sent,
             transport,
             // A stream that begins at the start of its socket's bytes
@@ -286,8 +309,15 @@ impl L7Engine {
             .is_some_and(|session| session.awaits_answer())
     }
 
+    /// The session of the socket's requests: of its TLS plaintext when
+    /// there is one (its ciphertext's session only sees the handshake).
     fn session(&self, sk: u64, tuple: &SockTuple) -> Option<&dyn Session> {
-        let stream = self.streams.get(&sk)?.iter().find(|s| s.tuple == *tuple)?;
+        let mut streams = self.streams.get(&sk)?.iter().filter(|s| s.tuple == *tuple);
+        let (first, second) = (streams.next()?, streams.next());
+        let stream = match second {
+            Some(other) if other.tls => other,
+            _ => first,
+        };
         match &stream.stage {
             Stage::Parsing(session) => Some(session.as_ref()),
             Stage::Detecting(_) | Stage::Off => None,

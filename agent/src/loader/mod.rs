@@ -19,12 +19,14 @@ pub mod mounts;
 pub mod recursion;
 #[cfg(test)]
 mod stack;
+pub mod tls;
 pub mod tracefs;
 
 use std::{
     collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use attach::{Attached, Need};
@@ -96,7 +98,11 @@ pub enum LoadError {
 
 /// Loaded and attached programs. Dropping this detaches them.
 pub struct Probes {
-    _ebpf: Ebpf,
+    /// Shared with the TLS library watcher, which attaches to library
+    /// files found later.
+    _ebpf: Arc<Mutex<Ebpf>>,
+    /// The TLS library watcher, for the daemon to run.
+    pub tls: Option<tls::TlsLibraries>,
     pub programs: Vec<ProgramStatus>,
     /// Optional programs the running kernel refused.
     pub failed: Vec<ProgramFailure>,
@@ -180,6 +186,8 @@ impl Probes {
         if env.capture || env.fd_fallback {
             capture::attach(&mut ebpf, &mut attached)?;
         }
+        let tls_plaintext =
+            env.capture && config.l7_tls_plaintext && tls::load_programs(&mut ebpf, &mut attached);
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
             path: env.cgroup_root.clone(),
             source,
@@ -193,8 +201,14 @@ impl Probes {
         )?;
         let recursion = recursion::RecursionMisses::new(tracing_fds(&ebpf, &attached.programs));
         let maps = maps::take(&mut ebpf, env.capture, recursion)?;
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let tls = tls_plaintext.then(|| tls::TlsLibraries::start(ebpf.clone()));
+        if let Some(tls) = &tls {
+            attached.programs.extend(tls.attached.iter().cloned());
+        }
         Ok(Self {
             _ebpf: ebpf,
+            tls,
             programs: attached.programs,
             failed: attached.failed,
             features,

@@ -47,6 +47,11 @@ pub mod index {
     /// A TCP socket moving data whose establishment was not seen, taken
     /// into the table then (connected before the agent started).
     pub const TCP_ADOPTED: u32 = 19;
+    /// TLS plaintext records sent (a part of `DATA`).
+    pub const TLS_DATA: u32 = 20;
+    /// TLS plaintext lost: the library call moved bytes on an `SSL *`
+    /// whose socket was never named (no syscall seen under it yet).
+    pub const LOST_TLS_SOCKET: u32 = 21;
     pub const COUNT: u32 = 24;
 }
 

@@ -23,6 +23,54 @@ pub mod role {
     pub const SERVER: u8 = 2;
 }
 
+/// `DataHeader::flags`.
+pub mod flags {
+    /// The bytes are the plaintext of a TLS connection, read at the TLS
+    /// library's `SSL_read`/`SSL_write` (uprobes), not at a syscall; the
+    /// header's `offset` counts plaintext bytes.
+    pub const TLS: u8 = 1;
+}
+
+/// A TLS library call in flight (`SSL_read`, `SSL_write` and their `_ex`
+/// forms), keyed by thread id from its entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `_ex` forms: where the library writes the byte count (`size_t *`);
+    /// 0 for `SSL_read`/`SSL_write`, which return it.
+    pub count_at: u64,
+    /// The socket the library's own read or write syscall named during
+    /// the call (0 when it made none: data already buffered).
+    pub sk: u64,
+    /// DIR_SEND (a write) or DIR_RECV (a read).
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 40);
+
+/// A TLS connection's plaintext stream, by process and `SSL *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsKey {
+    pub ssl: u64,
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// The socket under an `SSL *` and the plaintext bytes it moved so far
+/// in each direction (the offsets of its records).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsStream {
+    pub sk: u64,
+    pub sent: u64,
+    pub received: u64,
+}
+
 /// Syscalls whose payload is captured (SyscallArgs.kind).
 pub mod kind {
     pub const READ: u32 = 1;
@@ -86,7 +134,8 @@ pub struct DataHeader {
     /// may be read before the agent learns of the connection (and after
     /// the kernel forgot it, once closed): the record itself must say.
     pub role: u8,
-    pub _pad: u8,
+    /// `flags::*`.
+    pub flags: u8,
     /// The peer's `struct sockaddr_in`/`_in6` when the syscall named one
     /// (unconnected UDP); zero otherwise.
     pub peer: [u8; 28],
@@ -113,7 +162,7 @@ impl Default for DataHeader {
             direction: 0,
             protocol: 0,
             role: role::UNKNOWN,
-            _pad: 0,
+            flags: 0,
             peer: [0; 28],
             comm: [0; crate::COMM_LEN],
             tuple: crate::SockTuple {

@@ -174,6 +174,7 @@ fn emit_uncaptured(sk: u64, protocol: u16, total: u64, recv: bool, offset: u64) 
         (*h).protocol = protocol as u8;
         // A rare path (sendfile, splice...): the role is looked up again.
         (*h).role = crate::sock_io::role_of(sk);
+        (*h).flags = 0;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).peer = [0; 28];
         (*h).tuple = sock_tuple(sk);
@@ -207,6 +208,9 @@ fn exit(ctx: &TracePointContext, syscall: u32) {
     let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
     if args.sk == 0 && crate::fd_sock::enabled() {
         count_bytes(syscall, &mut args, ret);
+    }
+    if args.sk != 0 && ret > 0 {
+        crate::tls::syscall_socket(tid, args.sk);
     }
     if args.sk == 0 || ret <= 0 || config().snippet_bytes == 0 || crate::owner::is_agent() {
         return;
@@ -289,6 +293,7 @@ fn header(syscall: u32, args: &SyscallArgs, tid: u64) -> Option<()> {
         (*h).direction = if is_recv(syscall) { DIR_RECV } else { DIR_SEND };
         (*h).protocol = args.protocol as u8;
         (*h).role = args.role;
+        (*h).flags = 0;
         (*h).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*h).tuple = sock_tuple(args.sk);
         (*h).offset = args.offset;
@@ -399,7 +404,7 @@ fn copy_len(n: u64) -> Option<u32> {
 /// [`emit_iovecs`]: the verifier then checks a small function per call
 /// instead of a long straight line per syscall.
 #[inline(never)]
-fn emit_buffer(buf: u64, total: u64, peer: u64) {
+pub fn emit_buffer(buf: u64, total: u64, peer: u64) {
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };

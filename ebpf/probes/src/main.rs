@@ -20,6 +20,9 @@
 //!   their full address pair, which the socket tracepoints do not carry for
 //!   unconnected sockets.
 //!
+//! - uprobes on OpenSSL's `SSL_read`/`SSL_write` (and `_ex`): the
+//!   plaintext of TLS connections (tls.rs).
+//!
 //! Tracepoint field offsets are not compiled in: the agent reads them from
 //! the running kernel's tracefs format files and sets them in `CONFIG`
 //! before loading. Counters live in maps (per-CPU where possible); only
@@ -57,6 +60,8 @@ mod sock_io;
 mod tcp_probe;
 #[cfg(target_arch = "bpf")]
 mod tcp_state;
+#[cfg(target_arch = "bpf")]
+mod tls;
 #[cfg(target_arch = "bpf")]
 mod tp;
 #[cfg(target_arch = "bpf")]

@@ -11,7 +11,7 @@ use weft_common::{
     config::ProbeConfig,
     conn::{ListenKey, TcpConn},
     counters::{DROP_REASON_SLOTS, index},
-    data::{DataEvent, SyscallArgs},
+    data::{DataEvent, SyscallArgs, TlsCall, TlsKey, TlsStream},
     drop::{DROP_FLOWS_CAPACITY, DropKey, DropStats},
     udp::{UdpFlow, UdpKey},
 };
@@ -47,6 +47,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 pub static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
 
 /// Payload snippets for the agent's L7 parsers.
+/// TLS library calls in flight, by thread (tls.rs).
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// TLS connections' sockets and plaintext counts, by process and `SSL *`.
+#[map]
+pub static TLS_STREAMS: LruHashMap<TlsKey, TlsStream> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 pub static DATA: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 

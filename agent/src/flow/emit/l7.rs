@@ -99,6 +99,7 @@ impl Emitter {
         }
 
         let latency_us = ex.latency_ns() / 1_000;
+        let tls = ex.tls;
         let mut l7 = ex.fields;
         l7.insert("protocol".into(), Value::from(ex.protocol.name()));
         l7.insert("latency_us".into(), Value::from(latency_us));
@@ -131,6 +132,7 @@ impl Emitter {
             policy: None,
             health: None,
             trace,
+            tls: Some(tls),
             mono_ns: ex.request_ns,
         };
         self.store.push(record);
@@ -282,6 +284,7 @@ mod tests {
             tracestate: None,
             request_bytes: 120,
             response_bytes: 4096,
+            tls: false,
         }
     }
 

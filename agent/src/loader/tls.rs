@@ -1,0 +1,335 @@
+//! The TLS plaintext programs (ebpf/probes/src/tls.rs) on OpenSSL's
+//! `libssl.so*` files.
+//!
+//! A uprobe is attached to a file (its inode), not to a process: one
+//! attachment covers every process that maps the file, those started
+//! later included. So the agent attaches once per library file it finds:
+//!
+//! - at start, in the host's library directories (through `/proc/1/root`,
+//!   the host's root even from a container with the host's pid namespace),
+//!   so that a client started later is seen from its first request;
+//! - at start and every [`RESCAN`] after, in the memory maps of the
+//!   processes it has not looked at yet, through `/proc/PID/root` (a
+//!   container's own libssl is another file), and once more
+//!   [`LATE_LOAD`] after it first saw a process, for a library loaded
+//!   late (`dlopen`, Python's `import ssl`).
+//!
+//! Files are told apart by device and inode: the same file reached by
+//! two paths (a symlink, two containers on one image layer) is attached
+//! once.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{ProgramError, UProbe, uprobe::UProbeScope},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::attach::Attached;
+use crate::status::{ProgramFailure, ProgramStatus};
+
+/// (library function, entry program); the return program is [`RETURN`].
+const ENTRIES: &[(&str, &str)] = &[
+    ("SSL_write", "weft_ssl_write"),
+    ("SSL_read", "weft_ssl_read"),
+    ("SSL_write_ex", "weft_ssl_write_ex"),
+    ("SSL_read_ex", "weft_ssl_read_ex"),
+];
+const RETURN: &str = "weft_ssl_return";
+
+/// How often the processes started since the last look are looked at.
+pub const RESCAN: Duration = Duration::from_secs(2);
+/// When a process is looked at again, for a library it loaded late.
+const LATE_LOAD: Duration = Duration::from_secs(5);
+
+/// Where a host keeps its shared libraries (relative to its root), and
+/// their multiarch subdirectories (`x86_64-linux-gnu`...).
+const LIBRARY_DIRS: &[&str] = &["lib", "lib64", "usr/lib", "usr/lib64", "usr/local/lib"];
+
+/// The library files the programs are attached to, and the processes
+/// looked at so far.
+pub struct TlsLibraries {
+    ebpf: Arc<Mutex<Ebpf>>,
+    /// (device, inode) of every file attached, or refused.
+    files: HashSet<(u64, u64)>,
+    /// Processes looked at: pid -> when first seen, and whether the late
+    /// look is done.
+    processes: HashMap<u32, (Instant, bool)>,
+    /// The attachments, for `weft status`.
+    pub attached: Vec<ProgramStatus>,
+}
+
+/// Loads the five programs. On a kernel that refuses one, TLS plaintext
+/// is not seen (recorded in `attached.failed`) and nothing else changes.
+pub fn load_programs(ebpf: &mut Ebpf, attached: &mut Attached) -> bool {
+    for name in ENTRIES.iter().map(|(_, p)| *p).chain([RETURN]) {
+        let result = uprobe(ebpf, name).and_then(UProbe::load);
+        if let Err(e) = result {
+            let error = super::attach::condense(&e.to_string());
+            log::warn!(
+                "eBPF program {name} (uprobe) was not loaded: {error}; TLS plaintext is not seen"
+            );
+            attached.failed.push(ProgramFailure {
+                name: name.into(),
+                kind: "uprobe".into(),
+                attach_point: "libssl SSL_read/SSL_write".into(),
+                error,
+            });
+            return false;
+        }
+    }
+    true
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()
+}
+
+impl TlsLibraries {
+    /// Attaches to the libraries of the host and of the running
+    /// processes (the programs loaded by [`load_programs`]).
+    pub fn start(ebpf: Arc<Mutex<Ebpf>>) -> Self {
+        let mut libraries = Self {
+            ebpf,
+            files: HashSet::new(),
+            processes: HashMap::new(),
+            attached: Vec::new(),
+        };
+        let host = host_root();
+        for path in host_libraries(&host) {
+            libraries.attach(&path);
+        }
+        libraries.rescan(Instant::now());
+        libraries
+    }
+
+    /// Looks at new processes every [`RESCAN`] until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(RESCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.rescan(Instant::now()),
+            }
+        }
+    }
+
+    /// Looks at the processes not seen yet, and once more at those first
+    /// seen [`LATE_LOAD`] ago; forgets those gone.
+    fn rescan(&mut self, now: Instant) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let pids: HashSet<u32> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        self.processes.retain(|pid, _| pids.contains(pid));
+        let own = std::process::id();
+        for pid in pids {
+            if pid == own {
+                continue;
+            }
+            let look = match self.processes.get_mut(&pid) {
+                None => {
+                    self.processes.insert(pid, (now, false));
+                    true
+                }
+                Some((first, late_done)) if !*late_done && now - *first >= LATE_LOAD => {
+                    *late_done = true;
+                    true
+                }
+                Some(_) => false,
+            };
+            if look {
+                for path in mapped_libraries(pid) {
+                    self.attach(&path);
+                }
+            }
+        }
+    }
+
+    /// Attaches the programs to one library file, unless done already.
+    fn attach(&mut self, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if !self.files.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        let mut ebpf = match self.ebpf.lock() {
+            Ok(ebpf) => ebpf,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match attach_file(&mut ebpf, path) {
+            Ok(symbols) => {
+                log::info!(
+                    "TLS plaintext: attached to {} ({})",
+                    path.display(),
+                    symbols.join(", ")
+                );
+                self.attached.push(ProgramStatus {
+                    name: RETURN.into(),
+                    kind: "uprobe".into(),
+                    attach_point: format!("{} ({})", path.display(), symbols.join(", ")),
+                });
+            }
+            Err(e) => log::warn!(
+                "TLS plaintext: not attached to {}: {e}; its processes' TLS is seen as handshakes only",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Attaches every entry program whose function the file exports, and the
+/// return program to each: the functions attached. `SSL_read` and
+/// `SSL_write` must be there (OpenSSL 1.1.1 and 3 have all four).
+fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
+    let mut done = Vec::new();
+    for (symbol, program) in ENTRIES {
+        let entry =
+            uprobe(ebpf, program).and_then(|p| p.attach(*symbol, path, UProbeScope::AllProcesses));
+        match entry {
+            Ok(_) => {}
+            Err(e) if matches!(*symbol, "SSL_read" | "SSL_write") => {
+                return Err(format!("{symbol}: {e}"));
+            }
+            // An older library without the `_ex` forms.
+            Err(_) => continue,
+        }
+        uprobe(ebpf, RETURN)
+            .and_then(|p| p.attach(*symbol, path, UProbeScope::AllProcesses))
+            .map_err(|e| format!("{symbol} (return): {e}"))?;
+        done.push(*symbol);
+    }
+    Ok(done)
+}
+
+/// The host's root: `/proc/1/root` where readable (the agent may run in a
+/// container with the host's pid namespace), else `/`.
+fn host_root() -> PathBuf {
+    let host = PathBuf::from("/proc/1/root");
+    if std::fs::read_dir(host.join("usr")).is_ok() {
+        host
+    } else {
+        PathBuf::from("/")
+    }
+}
+
+/// OpenSSL's libssl files in the library directories under `root`.
+fn host_libraries(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for dir in LIBRARY_DIRS.iter().map(|d| root.join(d)) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && p.to_string_lossy().contains("-linux-")),
+            );
+        }
+        dirs.push(dir);
+    }
+    let mut found = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        found.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(is_libssl))
+                .map(|e| e.path()),
+        );
+    }
+    found.sort();
+    found
+}
+
+/// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`,
+/// `libssl.so.1.1`), not NSS's `libssl3.so`.
+fn is_libssl(name: &str) -> bool {
+    name == "libssl.so" || name.starts_with("libssl.so.")
+}
+
+/// The libssl files process `pid` maps, as paths through its root.
+fn mapped_libraries(pid: u32) -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    libssl_paths(&maps)
+        .into_iter()
+        .map(|p| root.join(p.trim_start_matches('/')))
+        .collect()
+}
+
+/// The distinct libssl paths in a `/proc/PID/maps` text.
+fn libssl_paths(maps: &str) -> Vec<&str> {
+    let mut paths: Vec<&str> = maps
+        .lines()
+        // address perms offset dev inode path
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with('/'))
+        .filter(|path| path.rsplit('/').next().is_some_and(is_libssl))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openssl_library_names() {
+        assert!(is_libssl("libssl.so.3"));
+        assert!(is_libssl("libssl.so.1.1"));
+        assert!(is_libssl("libssl.so"));
+        assert!(!is_libssl("libssl3.so"), "NSS");
+        assert!(!is_libssl("libcrypto.so.3"));
+        assert!(!is_libssl("libssl.a"));
+    }
+
+    #[test]
+    fn the_libraries_a_process_maps() {
+        let maps = "\
+55d0c0a00000-55d0c0a2a000 r--p 00000000 fd:01 1054 /usr/bin/curl
+7f4a01ae8000-7f4a01b06000 r--p 00000000 fd:01 2093 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f4a01b06000-7f4a01b61000 r-xp 0001e000 fd:01 2093 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f4a01c00000-7f4a01c10000 r--p 00000000 fd:01 2094 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f4a01d00000-7f4a01d10000 rw-p 00000000 00:00 0 
+7f4a01e00000-7f4a01e10000 r-xp 00000000 fd:01 77 /opt/app/lib/libssl.so.1.1 (deleted)
+7ffd0c000000-7ffd0c021000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            libssl_paths(maps),
+            [
+                "/opt/app/lib/libssl.so.1.1",
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+            ]
+        );
+    }
+
+    #[test]
+    fn this_hosts_libssl_is_found() {
+        // Debian's libssl3 is a dependency of the test peers (curl).
+        let found = host_libraries(Path::new("/"));
+        assert!(
+            found.iter().any(|p| p.ends_with("libssl.so.3")),
+            "{found:?}"
+        );
+    }
+}
