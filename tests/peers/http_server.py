@@ -5,7 +5,10 @@ anything else answers 200 with a small body, or with the status given as
 the third argument (a server that fails every request). Keep-alive
 (HTTP/1.1) so that several requests share one connection.
 
-Usage: http_server.py ADDRESS PORT [STATUS]
+With --tls CERT KEY it serves HTTPS (Python's ssl, on the system's
+OpenSSL).
+
+Usage: http_server.py ADDRESS PORT [STATUS] [--tls CERT KEY]
 """
 import http.server
 import sys
@@ -16,11 +19,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        if self.path.startswith("/slow"):
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/slow"):
             time.sleep(0.1)
         status = EVERY_STATUS
-        if self.path.startswith("/status/"):
-            status = int(self.path.rsplit("/", 1)[1])
+        if path.startswith("/status/"):
+            status = int(path.rsplit("/", 1)[1])
         body = b"hello from weft's test server\n"
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
@@ -44,7 +48,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
 EVERY_STATUS = 200
 
 if __name__ == "__main__":
-    addr, port = sys.argv[1], int(sys.argv[2])
-    if len(sys.argv) > 3:
-        EVERY_STATUS = int(sys.argv[3])
-    http.server.ThreadingHTTPServer((addr, port), Handler).serve_forever()
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        at = args.index("--tls")
+        tls = args[at + 1 : at + 3]
+        del args[at : at + 3]
+    addr, port = args[0], int(args[1])
+    if len(args) > 2:
+        EVERY_STATUS = int(args[2])
+    server = http.server.ThreadingHTTPServer((addr, port), Handler)
+    if tls:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()

@@ -24,6 +24,7 @@ pub mod servers;
 pub mod soak;
 pub mod sql;
 pub mod steer;
+pub mod tls;
 pub mod traffic;
 
 use std::{

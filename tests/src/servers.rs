@@ -381,6 +381,47 @@ pub fn python_http_in(lab: &Lab, port: u16, cgroup: Option<&Path>) -> Server {
     Server::started(lab, peer, port, TempDir::new("http"))
 }
 
+/// [`python_http`] over TLS (Python's ssl) with the certificate and key
+/// files given.
+pub fn python_https(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    require_program("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
+    let port_s = port.to_string();
+    let args = [
+        "python3",
+        script,
+        &lab.server_v4,
+        &port_s,
+        "--tls",
+        cert,
+        key,
+    ];
+    Server::start(
+        lab,
+        "python https server",
+        port,
+        TempDir::new("https"),
+        &args,
+    )
+}
+
+/// nginx serving HTTPS with HTTP/1.1 and HTTP/2 (ALPN) on the lab's server
+/// address, with the certificate and key files given: `/ok` answers 200,
+/// anything else 404.
+pub fn nginx_https(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    let addr = &lab.server_v4;
+    let http = format!(
+        "    server {{
+        listen {addr}:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location = /ok {{ return 200 \"ok\\n\"; }}
+        location / {{ return 404; }}
+    }}"
+    );
+    nginx(lab, port, TempDir::new("nginx-https"), &http)
+}
+
 /// The TLS server of tests/peers/tls_peer.py (TLS 1.2 and 1.3, ALPN h2 and
 /// http/1.1), with the certificate and key files given.
 pub fn python_tls(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {

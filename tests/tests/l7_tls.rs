@@ -17,8 +17,10 @@ use weft_tests::{
     agent::Agent,
     follow::{Follower, closes_by},
     lab::Lab,
-    peer::{TempDir, require_program},
-    require_root, servers, unique_port,
+    peer::TempDir,
+    require_root, servers,
+    tls::certificates,
+    unique_port,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -41,80 +43,6 @@ const RUNS: [Run; 3] = [
     ("1.3", "h2,http/1.1", 2, "1.3", None, Some("unknown_ca")),
 ];
 
-/// A CA, a server certificate for [`SNI`] signed by it, and a second CA
-/// the server has nothing to do with.
-fn certificates(dir: &TempDir) {
-    require_program("openssl");
-    let run = |args: &[&str]| {
-        let mut all = vec!["openssl"];
-        all.extend(args);
-        let out = std::process::Command::new(all[0])
-            .args(&all[1..])
-            .current_dir(&dir.path)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{all:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let (key, pem, subject) = (
-            format!("{ca}.key"),
-            format!("{ca}.pem"),
-            format!("/CN={ca}"),
-        );
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject,
-        ]);
-        run(&args);
-    }
-    let subject = format!("/CN={SNI}");
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        &subject,
-    ]);
-    run(&args);
-    std::fs::write(
-        dir.path.join("san.ext"),
-        format!("subjectAltName=DNS:{SNI}\n"),
-    )
-    .expect("san");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 #[test]
 fn tls_handshakes_from_both_sides() {
     if !require_root("tls_handshakes_from_both_sides") {
@@ -125,7 +53,7 @@ fn tls_handshakes_from_both_sides() {
     let port = unique_port(100);
     let port_s = port.to_string();
     let dir = TempDir::new("tls-certs");
-    certificates(&dir);
+    certificates(&dir, SNI);
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
     let mut server =
         servers::python_tls(&lab, port, &dir.join("server.pem"), &dir.join("server.key"));
