@@ -335,7 +335,12 @@ mod tests {
                 "--{}",
                 if id == "record_type" { "type" } else { id }.replace('_', "-")
             );
-            let args = parse(&[&flag, "x"]).unwrap();
+            // `--tls` takes no value (its implicit one is `true`).
+            let args = if id == "tls" {
+                parse(&[&flag]).unwrap()
+            } else {
+                parse(&[&flag, "x"]).unwrap()
+            };
             let with_values: Vec<usize> = args
                 .kinds()
                 .iter()
@@ -346,6 +351,25 @@ mod tests {
             let at = FILTER_IDS.iter().position(|i| *i == id).unwrap();
             assert_eq!(with_values, [at], "{flag}");
         }
+    }
+
+    #[test]
+    fn tls_selects_records_read_from_tls_plaintext() {
+        let mut rec = tcp_record();
+        assert!(!filter(&["--tls"]).matches(&rec), "an L4 record");
+        rec.tls = Some(false);
+        assert!(!filter(&["--tls"]).matches(&rec));
+        assert!(filter(&["--not", "--tls"]).matches(&rec));
+        rec.tls = Some(true);
+        assert!(filter(&["--tls"]).matches(&rec));
+        assert!(filter(&["--tls", "--port", "8080"]).matches(&rec));
+        assert!(!filter(&["--not", "--tls", "--port", "8080"]).matches(&rec));
+        assert!(parse(&["--tls=false"]).is_err(), "no value");
+        // Through the API and back.
+        let f = filter(&["--tls"]);
+        let raw = crate::api::proto::FlowFilter::from(&f);
+        assert!(raw.tls);
+        assert_eq!(FlowFilter::try_from(&raw).unwrap(), f);
     }
 
     #[test]

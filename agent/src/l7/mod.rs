@@ -532,6 +532,88 @@ mod tests {
         transport: Transport::Stream,
     };
 
+    /// The plaintext a TLS library gave and took on a socket is a stream
+    /// of its own beside the socket's ciphertext: interleaved with it, it
+    /// parses as HTTP, its exchange says `tls` (and `https`), and it is the
+    /// session asked about the socket's unanswered request.
+    #[test]
+    fn tls_plaintext_is_a_stream_beside_the_ciphertext() {
+        let request = b"GET /secure HTTP/1.1\r\nHost: x\r\n\r\n";
+        let response = b"HTTP/1.1 204 No Content\r\n\r\n";
+        // A TLS 1.2 application data record: what the syscalls moved.
+        let mut cipher = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        cipher.extend([0xa5; 32]);
+        let t = tuple(40000, 443);
+        let plain = |direction, len, ts, offset| DataHeader {
+            flags: flags::TLS,
+            offset,
+            ..header(7, t, direction, len, ts)
+        };
+        let role = SocketRole {
+            server_port: 443,
+            ..CLIENT
+        };
+        let mut e = engine();
+        let mut out = Vec::new();
+        e.feed(
+            &header(7, t, DIR_SEND, cipher.len(), 1),
+            &cipher,
+            role,
+            &mut out,
+        );
+        e.feed(
+            &plain(DIR_SEND, request.len(), 2, 0),
+            request,
+            role,
+            &mut out,
+        );
+        assert!(
+            e.awaits_answer(7, &t),
+            "the plaintext session has the request"
+        );
+        let mut reply = header(7, t, DIR_RECV, cipher.len(), 3);
+        reply.offset = 0;
+        e.feed(&reply, &cipher, role, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        e.feed(
+            &plain(DIR_RECV, response.len(), 4, 0),
+            response,
+            role,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].tls);
+        assert_eq!(out[0].fields["path"], "/secure");
+        assert_eq!(out[0].fields["status"], 204);
+        assert!(matches!(
+            out[0].metric,
+            weft_l7::MetricAttributes::Http {
+                scheme: "https",
+                ..
+            }
+        ));
+        assert_eq!(e.len(), 2, "the ciphertext's stream and the plaintext's");
+        assert_eq!(e.counters.parse_errors, 0);
+        // The socket's close ends both.
+        e.close(7, |_| true, 5, &mut out);
+        assert!(e.is_empty());
+    }
+
+    /// An exchange a TLS stream's close completes says `tls` too.
+    #[test]
+    fn a_tls_stream_closed_unanswered_still_says_tls() {
+        let request = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+        let t = tuple(40000, 443);
+        let mut h = header(7, t, DIR_SEND, request.len(), 1);
+        h.flags = flags::TLS;
+        let mut e = engine();
+        let mut out = Vec::new();
+        e.feed(&h, request, CLIENT, &mut out);
+        e.close(7, |_| true, 2, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].tls && !out[0].answered);
+    }
+
     #[test]
     fn sockets_at_a_reused_address_keep_their_own_streams() {
         let request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";

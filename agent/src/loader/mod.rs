@@ -149,43 +149,9 @@ impl Probes {
     /// kernel's listener table before any program is attached.
     pub fn load(config: &Config, own_listener: std::net::SocketAddr) -> Result<Self, LoadError> {
         let env = prepare(config)?;
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global("CONFIG", &env.probe_config, true)
-            .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
-            .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes);
-        kernel_log::set_level(&mut loader, config.bpf_log);
-        let mut ebpf = loader.load(PROBES_OBJECT)?;
-        let kernel_log =
-            kernel_log::take(&mut ebpf, config.bpf_log).map_err(LoadError::KernelLog)?;
-        // Before attaching: a connection the listener accepts from then on
-        // is known as the agent's from its first event.
-        listeners::add_own(&mut ebpf, own_listener)?;
-        // Before attaching too: a connection accepted while the programs
-        // attach is named after its server. (A listener opened between
-        // this scan and the attach goes unnamed: a far narrower window.)
-        let existing = listeners::add_existing(&mut ebpf, &env.cgroup_root)?;
-        log::info!("{existing} listening TCP sockets found already open");
-
+        let (mut ebpf, kernel_log) = load_object(config, &env, own_listener)?;
         let mut attached = Attached::default();
-        tcp_lifecycle(&mut ebpf, &mut attached, env.raw_lifecycle)?;
-        for (prog, category, name) in TRACEPOINT_PROGRAMS {
-            if !features::tracepoint_exists(&env.tracefs, category, name) {
-                continue;
-            }
-            // Bytes are counted at the syscall exits instead: not twice.
-            if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
-                continue;
-            }
-            if !env.rtt && *prog == "weft_tcp_probe" {
-                continue;
-            }
-            attached.tracepoint(&mut ebpf, Need::Optional, prog, category, name)?;
-        }
-        if env.capture || env.fd_fallback {
-            capture::attach(&mut ebpf, &mut attached)?;
-        }
+        attach_tracing(&mut ebpf, &env, &mut attached)?;
         let tls_plaintext =
             env.capture && config.l7_tls_plaintext && tls::load_programs(&mut ebpf, &mut attached);
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
@@ -217,6 +183,60 @@ impl Probes {
             kernel_log,
         })
     }
+}
+
+/// Loads the object with the load-time settings, and enters the agent's
+/// own and the already open listeners in the kernel's listener table.
+fn load_object(
+    config: &Config,
+    env: &Prepared,
+    own_listener: std::net::SocketAddr,
+) -> Result<(Ebpf, Option<kernel_log::KernelLog>), LoadError> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("CONFIG", &env.probe_config, true)
+        .map_max_entries("TCP_CONNS", config.tcp_socket_capacity)
+        .map_max_entries("UDP_FLOWS", config.udp_flow_capacity)
+        .map_max_entries("EVENTS", config.ring_buffer_bytes);
+    kernel_log::set_level(&mut loader, config.bpf_log);
+    let mut ebpf = loader.load(PROBES_OBJECT)?;
+    let kernel_log = kernel_log::take(&mut ebpf, config.bpf_log).map_err(LoadError::KernelLog)?;
+    // Before attaching: a connection the listener accepts from then on
+    // is known as the agent's from its first event.
+    listeners::add_own(&mut ebpf, own_listener)?;
+    // Before attaching too: a connection accepted while the programs
+    // attach is named after its server. (A listener opened between
+    // this scan and the attach goes unnamed: a far narrower window.)
+    let existing = listeners::add_existing(&mut ebpf, &env.cgroup_root)?;
+    log::info!("{existing} listening TCP sockets found already open");
+    Ok((ebpf, kernel_log))
+}
+
+/// The TCP lifecycle program, the other tracepoints this kernel has, and
+/// the payload capture.
+fn attach_tracing(
+    ebpf: &mut Ebpf,
+    env: &Prepared,
+    attached: &mut Attached,
+) -> Result<(), LoadError> {
+    tcp_lifecycle(ebpf, attached, env.raw_lifecycle)?;
+    for (prog, category, name) in TRACEPOINT_PROGRAMS {
+        if !features::tracepoint_exists(&env.tracefs, category, name) {
+            continue;
+        }
+        // Bytes are counted at the syscall exits instead: not twice.
+        if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
+            continue;
+        }
+        if !env.rtt && *prog == "weft_tcp_probe" {
+            continue;
+        }
+        attached.tracepoint(ebpf, Need::Optional, prog, category, name)?;
+    }
+    if env.capture || env.fd_fallback {
+        capture::attach(ebpf, attached)?;
+    }
+    Ok(())
 }
 
 /// The TCP lifecycle program, without which the agent sees no TCP: on the
