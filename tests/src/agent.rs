@@ -321,18 +321,7 @@ impl Agent {
 
     /// [`Agent::http_get`] with more header lines (each ending in CRLF).
     pub fn http_get_with(&self, path: &str, headers: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect((self.metrics_ip, self.metrics_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
+        http_get((self.metrics_ip, self.metrics_port), path, headers)
     }
 
     fn try_metrics(&self) -> Option<String> {
@@ -438,9 +427,32 @@ fn metrics_listener(ip: Option<&str>) -> (IpAddr, u16, Vec<String>) {
     (reach, port, flag)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
+}
+
+/// `GET path` (HTTP/1.1, `Connection: close`, with `headers`: lines each
+/// ending in CRLF) to `at`: (status code, body), or `None` when nothing
+/// answers within 5 s.
+pub fn http_get(at: (IpAddr, u16), path: &str, headers: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(at).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// `port` on IPv4 loopback, for [`http_get`].
+pub fn local(port: u16) -> (IpAddr, u16) {
+    (IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
 }
 
 /// Whether a record on the agent's port is one of the harness's readiness

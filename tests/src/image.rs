@@ -18,7 +18,6 @@
 //!   container is the release build the rest of CI already runs.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
@@ -252,14 +251,6 @@ pub fn host_ulimits() -> Vec<String> {
         format!("--ulimit=nofile={nofile}:{nofile}"),
         format!("--ulimit=nproc={nproc}:{nproc}"),
     ]
-}
-
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[cfg(test)]

@@ -97,14 +97,36 @@ fn pg_bin() -> String {
 /// (the server refuses to run as root), trusting local connections and
 /// the lab's client; its superuser and database are both `postgres`.
 pub fn postgres(lab: &Lab, port: u16) -> Server {
+    postgres_in(lab, port, TempDir::new("postgres"), &[])
+}
+
+/// [`postgres`] with SSL on (`ssl=on`), serving the certificate and key
+/// files given (copied: the server wants its key its own, mode 0600).
+pub fn postgres_ssl(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    let dir = TempDir::new("postgres-ssl");
+    std::fs::copy(cert, dir.join("server.pem")).expect("copy the certificate");
+    std::fs::copy(key, dir.join("server.key")).expect("copy the key");
+    let settings = [
+        "ssl=on".to_owned(),
+        format!("ssl_cert_file={}", dir.join("server.pem")),
+        format!("ssl_key_file={}", dir.join("server.key")),
+    ];
+    postgres_in(lab, port, dir, &settings)
+}
+
+/// A PostgreSQL cluster in `dir` with the `-c` settings given.
+fn postgres_in(lab: &Lab, port: u16, dir: TempDir, settings: &[String]) -> Server {
     require_program("psql");
     require_program("setpriv");
     let bin = pg_bin();
-    let dir = TempDir::new("postgres");
     let data = dir.join("data");
     let sockets = dir.join("sockets");
     std::fs::create_dir_all(&sockets).expect("socket directory");
     run(&["chown", "-R", "postgres:postgres", dir.as_str()]);
+    let key = dir.join("server.key");
+    if Path::new(&key).exists() {
+        run(&["chmod", "0600", &key]);
+    }
     let as_postgres = [
         "setpriv",
         "--reuid=postgres",
@@ -162,18 +184,32 @@ pub fn postgres(lab: &Lab, port: u16) -> Server {
         "-c",
         "logging_collector=off",
     ]);
+    for setting in settings {
+        args.extend(["-c", setting.as_str()]);
+    }
     Server::start(lab, "postgres", port, dir, &args)
 }
 
 /// psql in the client namespace running `statements` (one `-c` each) on
 /// `server`; returns (stdout, stderr).
 pub fn psql(lab: &Lab, server: &Server, statements: &[&str]) -> (String, String) {
+    psql_with(lab, server, statements, &[])
+}
+
+/// [`psql`] with the libpq environment given (`PGSSLMODE`...).
+pub fn psql_with(
+    lab: &Lab,
+    server: &Server,
+    statements: &[&str],
+    env: &[(&str, &str)],
+) -> (String, String) {
     let ip = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.client_ns])
         .args(["psql", "--no-psqlrc", "--quiet", "-h", &ip, "-p", &port])
-        .args(["-U", "postgres", "-d", "postgres"]);
+        .args(["-U", "postgres", "-d", "postgres"])
+        .envs(env.iter().copied());
     for sql in statements {
         cmd.args(["-c", sql]);
     }

@@ -17,8 +17,8 @@ use std::{
 
 use serde_json::Value;
 use weft_tests::{
-    agent::{Agent, weft, weft_bin},
-    image::{Podman, free_port, host_ulimits},
+    agent::{Agent, free_port, http_get, local, weft, weft_bin},
+    image::{Podman, host_ulimits},
     node::NodeMounts,
     require_root, wait_for,
 };
@@ -723,16 +723,6 @@ fn one_connection(bytes: usize) -> u16 {
 }
 
 /// `curl`-free HTTP GET of the metrics listener: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((code, body))
-}
 
 #[test]
 fn the_podman_image_runs_the_agent_as_the_daemonset_does_and_shows_flows() {
@@ -797,7 +787,7 @@ fn the_podman_image_runs_the_agent_as_the_daemonset_does_and_shows_flows() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let ready = weft_tests::try_wait_for(Duration::from_secs(60), || {
-        (http_get(metrics_port, "/readyz")? == (200, "ready\n".to_owned())).then_some(())
+        (http_get(local(metrics_port), "/readyz", "")? == (200, "ready\n".to_owned())).then_some(())
     });
     assert!(
         ready.is_some(),
@@ -837,7 +827,7 @@ fn the_podman_image_runs_the_agent_as_the_daemonset_does_and_shows_flows() {
         weft_tests::agent::metric_sum(text, "weft_tcp_sent_bytes_total", &[label.as_str()])
     };
     let counted = weft_tests::try_wait_for(Duration::from_secs(15), || {
-        let (_, text) = http_get(metrics_port, "/metrics")?;
+        let (_, text) = http_get(local(metrics_port), "/metrics", "")?;
         (sent(&text) == 4096.0).then_some(())
     });
     assert!(

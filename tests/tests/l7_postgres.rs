@@ -1,7 +1,9 @@
 //! PostgreSQL queries between two namespaces, seen from both sockets: a
 //! real psql (client, egress records) against a real PostgreSQL server
 //! (ingress records) in a temporary cluster: statements one at a time, an
-//! error (SQLSTATE 42P01) and a slow statement for the latency.
+//! error (SQLSTATE 42P01) and a slow statement for the latency. Then the
+//! same over SSL (`sslmode=require`), read at both ends' libssl: the same
+//! records, with `tls: true`, and nothing from the ciphertext.
 
 use std::time::Duration;
 
@@ -9,8 +11,10 @@ use weft_tests::{
     agent::Agent,
     follow::{Follower, closes_by},
     lab::Lab,
+    peer::TempDir,
     require_root, servers,
     sql::SqlExchange,
+    tls::certificates,
     unique_port,
 };
 
@@ -54,15 +58,36 @@ fn postgres_queries_from_both_sides() {
     if !require_root("postgres_queries_from_both_sides") {
         return;
     }
+    queries_from_both_sides(24, false);
+}
+
+#[test]
+fn postgres_queries_over_ssl_from_both_sides() {
+    if !require_root("postgres_queries_over_ssl_from_both_sides") {
+        return;
+    }
+    queries_from_both_sides(103, true);
+}
+
+fn queries_from_both_sides(port_offset: u16, ssl: bool) {
     let agent = Agent::start(&[]);
     let lab = Lab::new();
-    let port = unique_port(24);
+    let port = unique_port(port_offset);
     let port_s = port.to_string();
     let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
-    let mut server = servers::postgres(&lab, port);
+    let certs = TempDir::new("postgres-certs");
+    // Without SSL, psql's default (`prefer`) asks for it and is refused.
+    let (mut server, env) = if ssl {
+        certificates(&certs, "db.weft.test");
+        let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+        let server = servers::postgres_ssl(&lab, port, &cert, &key);
+        (server, vec![("PGSSLMODE", "require")])
+    } else {
+        (servers::postgres(&lab, port), vec![])
+    };
 
     let statements: Vec<&str> = STATEMENTS.iter().map(|s| s.0).collect();
-    let (stdout, stderr) = servers::psql(&lab, &server, &statements);
+    let (stdout, stderr) = servers::psql_with(&lab, &server, &statements, &env);
     assert!(
         stderr.contains("relation \"weft_missing\" does not exist"),
         "psql: {stdout}{stderr}"
@@ -84,8 +109,13 @@ fn postgres_queries_from_both_sides() {
     for sorted in &sides {
         for (r, (_, operation, rows, error)) in sorted.iter().zip(STATEMENTS) {
             sql.check_record(r, operation, rows, error);
+            assert_eq!(r["tls"], ssl, "{r:#}");
         }
         sql.check_side(sorted, 1, 2, "SELECT name FROM weft_t WHERE id = ?", 5);
     }
     sql.check_metrics(&agent, total, "42P01");
+    // The SSLRequest, its answer and the ciphertext after it: no parser
+    // gave up on them.
+    let errors = agent.metric_sum("weft_events_total", &["source=\"l7_parse_errors\""]);
+    assert_eq!(errors, 0.0, "parse errors");
 }

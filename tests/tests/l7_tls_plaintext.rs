@@ -105,10 +105,7 @@ fn curl_and_nginx_over_tls_http1_and_http2() {
         );
         assert_eq!(agent.metric_sum(family, &[&dport]), count, "{family}");
     }
-    assert!(
-        !agent.log().contains(SECRET),
-        "the agent's log holds the secret"
-    );
+    assert_no_secret_and_no_parse_error(&agent);
 }
 
 #[test]
@@ -157,10 +154,18 @@ fn python_ssl_client_and_server() {
         ("python3", "python3"),
         1,
     );
+    assert_no_secret_and_no_parse_error(&agent);
+}
+
+/// The redacted value is in no line of the agent's log, and no TLS byte
+/// made a parser give up.
+fn assert_no_secret_and_no_parse_error(agent: &Agent) {
     assert!(
         !agent.log().contains(SECRET),
         "the agent's log holds the secret"
     );
+    let errors = agent.metric_sum("weft_events_total", &["source=\"l7_parse_errors\""]);
+    assert_eq!(errors, 0.0, "parse errors");
 }
 
 /// A follower of every record of the server's port, and one of `--tls`.

@@ -1,4 +1,6 @@
-//! HTTP/1.1: nginx serving a 1 KB static body over keep-alive, driven by oha.
+//! HTTP/1.1: nginx serving a 1 KB static body over keep-alive, driven by
+//! oha; in clear (`http`) or over TLS (`https`: both ends on the system's
+//! OpenSSL, whose plaintext weft reads at the library).
 
 use std::fs;
 use std::net::SocketAddrV4;
@@ -15,8 +17,11 @@ use crate::bench::proc::Proc;
 use crate::cmd::probe;
 use crate::setup::CrateTool;
 
-/// nginx serving a 1 KB static body over HTTP/1.1 keep-alive, driven by oha.
-pub struct Http;
+/// nginx serving a 1 KB static body over HTTP/1.1 keep-alive, driven by
+/// oha, over TLS when `tls`.
+pub struct Http {
+    pub tls: bool,
+}
 
 const BODY_BYTES: usize = 1024;
 /// oha 1.16 needs rustc 1.88. It does not build without a TLS stack; the
@@ -30,12 +35,17 @@ const OHA: CrateTool = CrateTool {
 
 impl Workload for Http {
     fn name(&self) -> &'static str {
-        "http"
+        if self.tls { "https" } else { "http" }
     }
 
     fn describe(&self) -> String {
+        let over = if self.tls {
+            "HTTPS (TLS 1.3, ECDSA P-256; nginx and oha on the system's OpenSSL)"
+        } else {
+            "HTTP/1.1"
+        };
         format!(
-            "nginx (1 worker) serving a {BODY_BYTES}-byte body over HTTP/1.1 keep-alive; \
+            "nginx (1 worker) serving a {BODY_BYTES}-byte body over {over} keep-alive; \
              load from oha (open loop with --latency-correction at fixed rates, closed loop for the maximum)"
         )
     }
@@ -49,6 +59,7 @@ impl Workload for Http {
                 "bpftool",
                 "iproute2",
                 "libssl-dev",
+                "openssl",
                 "pkg-config",
             ],
             crates: &[OHA],
@@ -56,11 +67,12 @@ impl Workload for Http {
     }
 
     fn port(&self) -> u16 {
-        80
+        if self.tls { 443 } else { 80 }
     }
 
     fn proxy_mode(&self) -> &'static str {
-        "http"
+        // A sidecar passes TLS through as bytes (it does not terminate it).
+        if self.tls { "tcp" } else { "http" }
     }
 
     fn start_server(&self, lab: &Lab) -> Result<Vec<Proc>> {
@@ -70,6 +82,16 @@ impl Workload for Http {
         fs::write(dir.join("html/index.html"), "x".repeat(BODY_BYTES))?;
         let d = dir.display();
         let port = self.port();
+        let tls = if self.tls {
+            certificate(&dir)?;
+            format!(
+                " ssl;\n\
+                 \x20       ssl_certificate {d}/server.pem;\n\
+                 \x20       ssl_certificate_key {d}/server.key"
+            )
+        } else {
+            String::new()
+        };
         // sendfile as nginx ships it: weft's L7 sees the bodies as lengths
         // moved without a user buffer. The report's L7 records per request
         // (2: client and server side) show whether it kept the framing.
@@ -92,7 +114,7 @@ impl Workload for Http {
              \x20   scgi_temp_path {d}/tmp/scgi;\n\
              \x20   types {{ text/html html; }}\n\
              \x20   server {{\n\
-             \x20       listen {port} backlog=8192 default_server;\n\
+             \x20       listen {port} backlog=8192 default_server{tls};\n\
              \x20       root {d}/html;\n\
              \x20   }}\n\
              }}\n"
@@ -120,7 +142,8 @@ impl Workload for Http {
         shape: Shape,
         seconds: u64,
     ) -> Result<Option<Outcome>> {
-        let url = format!("http://{target}/index.html");
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{target}/index.html");
         let outcome = oha(lab, &url, load, shape, seconds)?;
         Ok(Some(outcome))
     }
@@ -137,6 +160,25 @@ impl Workload for Http {
             ("oha", oha.map_or("?".into(), |v| v.replace("oha ", ""))),
         ]
     }
+}
+
+/// A self-signed ECDSA P-256 certificate and its key in `dir`
+/// (`server.pem`, `server.key`); oha runs with `--insecure`.
+fn certificate(dir: &std::path::Path) -> Result<()> {
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=weft-bench", "-keyout", "server.key"])
+        .args(["-out", "server.pem"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl")?;
+    if !status.success() {
+        bail!("openssl could not make the bench's certificate ({status})");
+    }
+    Ok(())
 }
 
 /// Runs oha in the client pod and reads its JSON summary.
@@ -163,6 +205,10 @@ fn oha(lab: &Lab, url: &str, load: Load, shape: Shape, seconds: u64) -> Result<O
     }
     if shape.connection_per_request || load.new_connections() {
         args.push("--disable-keepalive".into());
+    }
+    if url.starts_with("https:") {
+        // The bench's certificate is self-signed.
+        args.push("--insecure".into());
     }
     args.push(url.into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();

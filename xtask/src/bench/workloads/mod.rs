@@ -67,9 +67,10 @@ pub trait Workload {
 /// The workload named `name` (`--workload`).
 pub fn by_name(name: &str) -> Result<Box<dyn Workload>> {
     match name {
-        "http" => Ok(Box::new(http::Http)),
+        "http" => Ok(Box::new(http::Http { tls: false })),
+        "https" => Ok(Box::new(http::Http { tls: true })),
         "postgres" => Ok(Box::new(postgres::Postgres)),
-        other => bail!("unknown workload {other:?}; known: http, postgres"),
+        other => bail!("unknown workload {other:?}; known: http, https, postgres"),
     }
 }
 
