@@ -192,10 +192,30 @@ impl TlsLibraries {
     }
 }
 
-/// Attaches every entry program whose function the file exports, and the
-/// return program to each: the functions attached. `SSL_read` and
-/// `SSL_write` must be there (OpenSSL 1.1.1 and 3 have all four).
+/// Attaches the programs to the file: where its read and write functions
+/// delegate when that can be found ([`delegates`]), else to each of the
+/// four it exports. The functions attached, named.
 fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
+    if let Some((read, write)) = delegates(path) {
+        for (offset, program) in [(read, "weft_ssl_read_ex"), (write, "weft_ssl_write_ex")] {
+            for name in [program, RETURN] {
+                uprobe(ebpf, name)
+                    .and_then(|p| p.attach(offset, path, UProbeScope::AllProcesses))
+                    .map_err(|e| format!("{name} at {offset:#x}: {e}"))?;
+            }
+        }
+        return Ok(vec![
+            "ssl_read_internal (SSL_read, SSL_read_ex)",
+            "ssl_write_internal (SSL_write, SSL_write_ex)",
+        ]);
+    }
+    attach_exported(ebpf, path)
+}
+
+/// Attaches every entry program whose function the file exports, and the
+/// return program to each. `SSL_read` and `SSL_write` must be there
+/// (OpenSSL 1.1.1 and 3 have all four).
+fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
     let mut done = Vec::new();
     for (symbol, program) in ENTRIES {
         let entry =
@@ -214,6 +234,80 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String
         done.push(*symbol);
     }
     Ok(done)
+}
+
+/// The file offsets of OpenSSL's internal read and write functions
+/// (`ssl_read_internal`, `ssl_write_internal`: `(SSL *, void *buf, size_t
+/// num, size_t *count)`, as the `_ex` forms), to which `SSL_read`,
+/// `SSL_read_ex`, `SSL_write` and `SSL_write_ex` all hand their call.
+///
+/// Why not the exported functions: a uprobe traps at its instruction, and
+/// the kernel then either emulates that instruction or single-steps a copy
+/// of it (a second trap). The exported functions begin with `sub $N,%rsp`,
+/// which is single-stepped; the internal ones with `push %reg`, which the
+/// kernel emulates (x86-64, 6.11 and later). On a virtual machine a
+/// single-step trap is expensive: measured with the bench's HTTPS workload,
+/// it made each probed call cost tens of microseconds. One probe pair on
+/// the internal functions also covers both forms of each call.
+///
+/// Found from `SSL_read_ex`/`SSL_write_ex`, which are `sub $8,%rsp; call
+/// INTERNAL` in OpenSSL 1.1.1 and 3 builds, and checked: `SSL_read` and
+/// `SSL_write` must call the same function, and it must begin with a
+/// push. Any other layout: `None`, and the exported functions are probed.
+fn delegates(path: &Path) -> Option<(u64, u64)> {
+    let data = std::fs::read(path).ok()?;
+    let elf = object::File::parse(&*data).ok()?;
+    let read = delegate(&elf, &data, "SSL_read_ex", "SSL_read")?;
+    let write = delegate(&elf, &data, "SSL_write_ex", "SSL_write")?;
+    Some((read, write))
+}
+
+/// The file offset of the function `ex` delegates to, if `plain` calls it
+/// too and it begins with a push.
+fn delegate(elf: &object::File, data: &[u8], ex: &str, plain: &str) -> Option<u64> {
+    use object::{Object, ObjectSymbol};
+    let address = |name: &str| {
+        elf.dynamic_symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+    };
+    let (ex_at, plain_at) = (address(ex)?, address(plain)?);
+    let code = data.get(file_offset(elf, ex_at)?..)?;
+    // `sub $8,%rsp` (48 83 ec 08), then `call rel32` (e8).
+    if code.get(..5)? != [0x48, 0x83, 0xec, 0x08, 0xe8] {
+        return None;
+    }
+    let target = call_target(ex_at + 4, code.get(4..9)?)?;
+    // The plain form calls it within its first 64 bytes.
+    let plain_code = data.get(file_offset(elf, plain_at)?..)?.get(..64)?;
+    let called = (0..plain_code.len().saturating_sub(4)).any(|i| {
+        plain_code[i] == 0xe8
+            && call_target(plain_at + i as u64, &plain_code[i..i + 5]) == Some(target)
+    });
+    let offset = file_offset(elf, target)?;
+    let first = data.get(offset..offset + 2)?;
+    let push = |b: u8| (0x50..=0x57).contains(&b);
+    let pushes = push(first[0]) || (first[0] == 0x41 && push(first[1]));
+    (called && pushes).then_some(offset as u64)
+}
+
+/// The target of the `call rel32` (`e8` and 4 bytes) at address `at`.
+fn call_target(at: u64, call: &[u8]) -> Option<u64> {
+    let rel = i32::from_le_bytes(call.get(1..5)?.try_into().ok()?);
+    (at + 5).checked_add_signed(i64::from(rel))
+}
+
+/// The file offset of virtual address `address`, from the segment that
+/// holds it.
+fn file_offset(elf: &object::File, address: u64) -> Option<usize> {
+    use object::{Object, ObjectSegment};
+    elf.segments().find_map(|segment| {
+        let start = segment.address();
+        let (file_start, file_size) = segment.file_range();
+        (address >= start && address - start < file_size)
+            .then(|| usize::try_from(address - start + file_start).ok())
+            .flatten()
+    })
 }
 
 /// The host's root: `/proc/1/root` where readable (the agent may run in a
@@ -321,6 +415,32 @@ mod tests {
                 "/usr/lib/x86_64-linux-gnu/libssl.so.3"
             ]
         );
+    }
+
+    /// Debian 12's OpenSSL 3.0: both pairs delegate to internal functions
+    /// that begin with a push.
+    #[test]
+    fn this_hosts_libssl_delegates_to_internal_functions() {
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let (read, write) = delegates(lib).expect("the delegates are found");
+        assert_ne!(read, write);
+        let data = std::fs::read(lib).unwrap();
+        for at in [read, write] {
+            let first = &data[at as usize..at as usize + 2];
+            assert!(
+                first[0] == 0x41 || (0x50..=0x57).contains(&first[0]),
+                "{first:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_call_target_is_relative_to_the_next_instruction() {
+        assert_eq!(
+            call_target(0x354c4, &[0xe8, 0xc7, 0xfd, 0xff, 0xff]),
+            Some(0x35290)
+        );
+        assert_eq!(call_target(0x10, &[0xe8, 0x10, 0, 0, 0]), Some(0x25));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The plaintext of TLS connections, read where the TLS library takes and
-//! gives it: uprobes on OpenSSL's `SSL_write`, `SSL_read`, `SSL_write_ex`
-//! and `SSL_read_ex` (1.1 and 3, the same ABI), attached per library file
-//! by the agent (loader/tls.rs), so one attachment covers every process
-//! that maps the file.
+//! gives it: uprobes on OpenSSL's internal `ssl_read_internal` and
+//! `ssl_write_internal`, to which `SSL_read`/`SSL_read_ex` and
+//! `SSL_write`/`SSL_write_ex` hand their calls, or on those four where
+//! the internal ones cannot be found (1.1.1 and 3, the same ABI), attached
+//! per library file by the agent (loader/tls.rs, which says why), so one
+//! attachment covers every process that maps the file.
 //!
 //! 1. The entry remembers the call (`SSL *`, buffer, where an `_ex` form
 //!    writes its count) by thread id.
@@ -109,7 +111,9 @@ fn exit(ctx: &RetProbeContext) {
     let _ = TLS_CALLS.remove(&tid);
     let ret: i64 = ctx.ret::<i32>() as i64;
     let moved = if call.count_at != 0 {
-        if ret != 1 {
+        // The `_ex` forms return 1 on success, the internal functions
+        // they call (loader/tls.rs) a positive value.
+        if ret <= 0 {
             return;
         }
         // SAFETY: reading user memory through the checked helper.
