@@ -244,10 +244,11 @@ fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, St
 /// Why not the exported functions: a uprobe traps at its instruction, and
 /// the kernel then either emulates that instruction or single-steps a copy
 /// of it (a second trap). The exported functions begin with `sub $N,%rsp`,
-/// which is single-stepped; the internal ones with `push %reg`, which the
-/// kernel emulates (x86-64, 6.11 and later). On a virtual machine a
-/// single-step trap is expensive: measured with the bench's HTTPS workload,
-/// it made each probed call cost tens of microseconds. One probe pair on
+/// which is single-stepped; the internal ones with `push %reg`, which
+/// recent kernels emulate (measured on 6.18; an older one may single-step
+/// it too, and cost what the exported functions cost). On a virtual
+/// machine a single-step trap is expensive: measured with the bench's
+/// HTTPS workload, it made each probed call cost tens of microseconds. One probe pair on
 /// the internal functions also covers both forms of each call.
 ///
 /// Found from `SSL_read_ex`/`SSL_write_ex`, which are `sub $8,%rsp; call

@@ -39,6 +39,8 @@ pub const CORE_TESTS: &[&str] = &[
     "l7_http2",
     "l7_dns",
     "l7_redis",
+    // uprobes on OpenSSL (the TLS plaintext), every kernel.
+    "l7_tls_plaintext",
 ];
 
 /// A guest gets this long for the start-up check and the core tests
