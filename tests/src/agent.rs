@@ -443,6 +443,11 @@ pub fn http_get(at: (IpAddr, u16), path: &str, headers: &str) -> Option<(u16, St
         "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
+    read_response(&mut s)
+}
+
+/// An HTTP response read to the end of the stream: (status code, body).
+pub fn read_response(s: &mut impl Read) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;

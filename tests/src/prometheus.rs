@@ -3,7 +3,7 @@
 //! free loopback port, stopped by its pid when dropped.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -97,11 +97,7 @@ impl Prometheus {
             form.len()
         )
         .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
+        crate::agent::read_response(&mut s)
     }
 
     /// Runs an instant query now. `Err` carries Prometheus' error (a

@@ -527,10 +527,27 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
         names
     };
     let root = Agent::start(&[]);
-    let all = names(&root);
+    let mut all = names(&root);
     drop(root);
     assert!(!all.is_empty());
+    // But the TLS uprobes: the kernel creates uprobes for CAP_SYS_ADMIN
+    // only, which the DaemonSet does not grant; the agent says so.
+    all.retain(|p| !p.starts_with("\"weft_ssl_"));
     assert_eq!(names(&agent), all, "programs attached without root");
+    let status = agent.status_json().expect("status");
+    let tls = status["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .find(|f| f["name"] == "tls plaintext (uprobes)")
+        .expect("the TLS plaintext feature is reported");
+    assert_eq!(tls["available"], false, "{tls}");
+    assert!(
+        tls["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("SYS_ADMIN")),
+        "{tls}"
+    );
     let port = one_connection(4096);
     let label = format!("destination_port=\"{port}\"");
     wait_for("the connection's bytes", Duration::from_secs(15), || {

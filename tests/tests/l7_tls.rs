@@ -78,13 +78,9 @@ fn tls_handshakes_from_both_sides() {
             alpn,
             &count_s,
         ];
+        // `exec` fails the test, with the output, when the client fails.
         let out = lab.exec(&lab.client_ns, &args);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let want = match failure {
             // The server picks h2 when offered; the client says what it got.
             None => format!("ok {}\n", want_alpn.unwrap_or("h2")),

@@ -42,14 +42,10 @@ fn curl_and_nginx_over_tls_http1_and_http2() {
         return;
     }
     require_program("curl");
-    let agent = Agent::start(&[]);
-    let lab = Lab::new();
-    let port = unique_port(101);
-    let dir = TempDir::new("tls-plaintext-certs");
-    certificates(&dir, SNI);
-    let (all, plaintext) = followers(&agent, &lab, port);
+    let setup = Setup::new(101);
+    let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
     let mut server =
-        servers::nginx_https(&lab, port, &dir.join("server.pem"), &dir.join("server.key"));
+        servers::nginx_https(lab, port, &dir.join("server.pem"), &dir.join("server.key"));
 
     let url = |path: &str| format!("https://{SNI}:{port}{path}");
     let paths = ["/ok", "/missing", &format!("/ok?token={SECRET}")];
@@ -71,13 +67,9 @@ fn curl_and_nginx_over_tls_http1_and_http2() {
         for u in &urls {
             args.extend(["-o", "/dev/null", u.as_str()]);
         }
+        // `exec` fails the test, with the output, when the client fails.
         let out = lab.exec(&lab.client_ns, &args);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let v = if version == "--http2" { "2" } else { "1.1" };
         assert_eq!(text, format!("{v} 200\n{v} 404\n{v} 200\n"), "{version}");
     }
@@ -90,7 +82,7 @@ fn curl_and_nginx_over_tls_http1_and_http2() {
         want.push((protocol, "/missing".into(), 404));
         want.push((protocol, redacted.clone(), 200));
     }
-    check_both_sides(&all, &plaintext, &lab, port, &want, ("curl", "nginx"), 2);
+    setup.check_both_sides(&want, ("curl", "nginx"), 2);
 
     // The server's metrics say https.
     let dport = format!("destination_port=\"{port}\"");
@@ -105,7 +97,7 @@ fn curl_and_nginx_over_tls_http1_and_http2() {
         );
         assert_eq!(agent.metric_sum(family, &[&dport]), count, "{family}");
     }
-    assert_no_secret_and_no_parse_error(&agent);
+    assert_no_secret_and_no_parse_error(agent);
 }
 
 #[test]
@@ -113,14 +105,10 @@ fn python_ssl_client_and_server() {
     if !require_root("python_ssl_client_and_server") {
         return;
     }
-    let agent = Agent::start(&[]);
-    let lab = Lab::new();
-    let port = unique_port(102);
-    let dir = TempDir::new("tls-plaintext-python-certs");
-    certificates(&dir, SNI);
-    let (all, plaintext) = followers(&agent, &lab, port);
+    let setup = Setup::new(102);
+    let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
     let mut server =
-        servers::python_https(&lab, port, &dir.join("server.pem"), &dir.join("server.key"));
+        servers::python_https(lab, port, &dir.join("server.pem"), &dir.join("server.key"));
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/https_client.py");
     let port_s = port.to_string();
@@ -129,13 +117,9 @@ fn python_ssl_client_and_server() {
     let ca = dir.join("ca.pem");
     let mut args = vec!["python3", script, &lab.server_v4, &port_s, &ca, SNI];
     args.extend(paths);
+    // `exec` fails the test, with the output, when the client fails.
     let out = lab.exec(&lab.client_ns, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(text, "200\n404\n503\n201\n");
     server.stop();
 
@@ -145,16 +129,8 @@ fn python_ssl_client_and_server() {
         ("http", "/status/503".into(), 503),
         ("http", "/status/201?token=REDACTED".into(), 201),
     ];
-    check_both_sides(
-        &all,
-        &plaintext,
-        &lab,
-        port,
-        &want,
-        ("python3", "python3"),
-        1,
-    );
-    assert_no_secret_and_no_parse_error(&agent);
+    setup.check_both_sides(&want, ("python3", "python3"), 1);
+    assert_no_secret_and_no_parse_error(agent);
 }
 
 /// The redacted value is in no line of the agent's log, and no TLS byte
@@ -168,66 +144,92 @@ fn assert_no_secret_and_no_parse_error(agent: &Agent) {
     assert_eq!(errors, 0.0, "parse errors");
 }
 
-/// A follower of every record of the server's port, and one of `--tls`.
-fn followers(agent: &Agent, lab: &Lab, port: u16) -> (Follower, Follower) {
-    let port_s = port.to_string();
-    let filter = ["--port", &port_s, "--ip", &lab.server_v4];
-    let all = Follower::start(agent, &filter);
-    let mut tls_only = filter.to_vec();
-    tls_only.push("--tls");
-    (all, Follower::start(agent, &tls_only))
+/// An agent, a lab, the server's port (`unique_port(offset)`), the
+/// certificates for [`SNI`] in `dir`, a follower of every record of the
+/// server's port, and one of `--tls`.
+struct Setup {
+    agent: Agent,
+    lab: Lab,
+    port: u16,
+    dir: TempDir,
+    all: Follower,
+    plaintext: Follower,
 }
 
-/// On each side: `want`'s requests, in order, read from the plaintext
-/// (`tls: true`), then one handshake record per connection and nothing
-/// else; `--tls` shows exactly the plaintext ones.
-fn check_both_sides(
-    all: &Follower,
-    plaintext: &Follower,
-    lab: &Lab,
-    port: u16,
-    want: &[Request],
-    (client, server): (&str, &str),
-    connections: usize,
-) {
-    let total = want.len() + connections;
-    let [egress, ingress] =
-        all.l7_both_sides(WAIT, total, |r| closes_by(r, &[client]) >= connections);
-    for side in [&egress, &ingress] {
-        let (handshakes, requests): (Vec<&Value>, Vec<&Value>) =
-            side.iter().partition(|r| r["l7"]["protocol"] == "tls");
-        assert_eq!(handshakes.len(), connections, "{side:#?}");
-        for h in &handshakes {
-            assert_eq!(h["l7"]["sni"], SNI, "{h:#}");
-            assert_eq!(h["l7"]["outcome"], "ok", "{h:#}");
-            assert_eq!(h["tls"], false, "{h:#}");
+impl Setup {
+    fn new(offset: u16) -> Self {
+        let agent = Agent::start(&[]);
+        let lab = Lab::new();
+        let port = unique_port(offset);
+        let dir = TempDir::new("tls-plaintext-certs");
+        certificates(&dir, SNI);
+        let port_s = port.to_string();
+        let filter = ["--port", &port_s, "--ip", &lab.server_v4];
+        let all = Follower::start(&agent, &filter);
+        let mut tls_only = filter.to_vec();
+        tls_only.push("--tls");
+        let plaintext = Follower::start(&agent, &tls_only);
+        Self {
+            agent,
+            lab,
+            port,
+            dir,
+            all,
+            plaintext,
         }
-        assert_eq!(requests.len(), want.len(), "{requests:#?}");
-        for (r, (protocol, path, status)) in requests.iter().zip(want) {
-            let l7 = &r["l7"];
-            assert_eq!(l7["protocol"], *protocol, "{r:#}");
-            assert_eq!(l7["method"], "GET", "{r:#}");
-            assert_eq!(l7["path"], path.as_str(), "{r:#}");
-            assert_eq!(l7["status"], *status, "{r:#}");
-            assert_eq!(r["tls"], true, "{r:#}");
-            assert_eq!(r["source"]["process"], client, "{r:#}");
-            assert_eq!(r["destination"]["process"], server, "{r:#}");
-            assert_eq!(r["destination"]["ip"], lab.server_v4.as_str(), "{r:#}");
-            assert_eq!(r["destination"]["port"], port, "{r:#}");
-            // On a veth pair: under a second, and it took time.
-            let us = l7["latency_us"].as_u64().expect("latency_us");
-            assert!(us > 0 && us < 1_000_000, "latency_us {us}: {r:#}");
-        }
-        assert!(!side.iter().any(|r| r.to_string().contains(SECRET)));
     }
-    let tls_records = plaintext.wait(WAIT, |r| {
-        l7(r, "egress").len() >= want.len() && l7(r, "ingress").len() >= want.len()
-    });
-    assert!(
-        tls_records.iter().all(|r| r["tls"] == true),
-        "{tls_records:#?}"
-    );
-    for direction in ["egress", "ingress"] {
-        assert_eq!(l7(&tls_records, direction).len(), want.len(), "{direction}");
+}
+
+impl Setup {
+    /// On each side: `want`'s requests, in order, read from the plaintext
+    /// (`tls: true`), then one handshake record per connection and nothing
+    /// else; `--tls` shows exactly the plaintext ones.
+    fn check_both_sides(
+        &self,
+        want: &[Request],
+        (client, server): (&str, &str),
+        connections: usize,
+    ) {
+        let (all, plaintext, lab, port) = (&self.all, &self.plaintext, &self.lab, self.port);
+        let total = want.len() + connections;
+        let [egress, ingress] =
+            all.l7_both_sides(WAIT, total, |r| closes_by(r, &[client]) >= connections);
+        for side in [&egress, &ingress] {
+            let (handshakes, requests): (Vec<&Value>, Vec<&Value>) =
+                side.iter().partition(|r| r["l7"]["protocol"] == "tls");
+            assert_eq!(handshakes.len(), connections, "{side:#?}");
+            for h in &handshakes {
+                assert_eq!(h["l7"]["sni"], SNI, "{h:#}");
+                assert_eq!(h["l7"]["outcome"], "ok", "{h:#}");
+                assert_eq!(h["tls"], false, "{h:#}");
+            }
+            assert_eq!(requests.len(), want.len(), "{requests:#?}");
+            for (r, (protocol, path, status)) in requests.iter().zip(want) {
+                let l7 = &r["l7"];
+                assert_eq!(l7["protocol"], *protocol, "{r:#}");
+                assert_eq!(l7["method"], "GET", "{r:#}");
+                assert_eq!(l7["path"], path.as_str(), "{r:#}");
+                assert_eq!(l7["status"], *status, "{r:#}");
+                assert_eq!(r["tls"], true, "{r:#}");
+                assert_eq!(r["source"]["process"], client, "{r:#}");
+                assert_eq!(r["destination"]["process"], server, "{r:#}");
+                assert_eq!(r["destination"]["ip"], lab.server_v4.as_str(), "{r:#}");
+                assert_eq!(r["destination"]["port"], port, "{r:#}");
+                // On a veth pair: under a second, and it took time.
+                let us = l7["latency_us"].as_u64().expect("latency_us");
+                assert!(us > 0 && us < 1_000_000, "latency_us {us}: {r:#}");
+            }
+            assert!(!side.iter().any(|r| r.to_string().contains(SECRET)));
+        }
+        let tls_records = plaintext.wait(WAIT, |r| {
+            l7(r, "egress").len() >= want.len() && l7(r, "ingress").len() >= want.len()
+        });
+        assert!(
+            tls_records.iter().all(|r| r["tls"] == true),
+            "{tls_records:#?}"
+        );
+        for direction in ["egress", "ingress"] {
+            assert_eq!(l7(&tls_records, direction).len(), want.len(), "{direction}");
+        }
     }
 }

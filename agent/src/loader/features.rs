@@ -48,6 +48,26 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     missing
 }
 
+/// Whether the kernel will create uprobes for this process: its uprobe
+/// perf events (`perf_event_open` with the `uprobe` PMU) need
+/// CAP_SYS_ADMIN, not only CAP_PERFMON (measured on 6.18: EACCES). The
+/// feature that needs them, and what is lost without it.
+pub fn uprobes_available(eff: u64) -> FeatureStatus {
+    let available = eff & (1u64 << CAP_SYS_ADMIN) != 0;
+    FeatureStatus {
+        name: "tls plaintext (uprobes)".into(),
+        available,
+        detail: if available {
+            "OpenSSL's libssl, read at SSL_read/SSL_write".into()
+        } else {
+            "the kernel creates uprobes only for CAP_SYS_ADMIN: add SYS_ADMIN to the \
+             agent's capabilities to read the requests inside TLS connections; until \
+             then they get their handshake records only"
+                .into()
+        },
+    }
+}
+
 /// A tracepoint a program attaches to, and what is lost without it.
 pub struct TracepointNeed {
     pub category: &'static str,
@@ -142,6 +162,8 @@ mod tests {
     #[test]
     fn unprivileged_misses_all() {
         let eff = parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
+        assert!(!uprobes_available(eff).available);
+        assert!(uprobes_available(1 << CAP_SYS_ADMIN).available);
         assert_eq!(
             missing_caps(eff),
             ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]

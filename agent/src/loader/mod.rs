@@ -152,13 +152,15 @@ impl Probes {
         let (mut ebpf, kernel_log) = load_object(config, &env, own_listener)?;
         let mut attached = Attached::default();
         attach_tracing(&mut ebpf, &env, &mut attached)?;
-        let tls_plaintext =
-            env.capture && config.l7_tls_plaintext && tls::load_programs(&mut ebpf, &mut attached);
+        let mut features = env.features;
+        let tls_plaintext = env.capture
+            && config.l7_tls_plaintext
+            && tls_feature(&mut features)
+            && tls::load_programs(&mut ebpf, &mut attached);
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
             path: env.cgroup_root.clone(),
             source,
         })?;
-        let mut features = env.features;
         udp(
             &mut ebpf,
             &mut attached,
@@ -183,6 +185,15 @@ impl Probes {
             kernel_log,
         })
     }
+}
+
+/// Whether TLS plaintext can be read (uprobes need CAP_SYS_ADMIN), noted
+/// in `features` either way.
+fn tls_feature(features: &mut Vec<FeatureStatus>) -> bool {
+    let feature = features::uprobes_available(features::effective_caps());
+    let available = feature.available;
+    features.push(feature);
+    available
 }
 
 /// Loads the object with the load-time settings, and enters the agent's
