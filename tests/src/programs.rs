@@ -57,10 +57,20 @@ pub fn leaked() -> Vec<u64> {
 
 /// How many programs `agent` says it loaded.
 pub fn expected_programs(agent: &Agent) -> usize {
+    let names: BTreeSet<String> = attachments(agent)
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.len()
+}
+
+/// The attachments `agent` lists in its status: one row per program and
+/// place (a uprobe program is attached at several).
+pub fn attachments(agent: &Agent) -> Vec<Value> {
     agent.status_json().expect("status")["programs"]
         .as_array()
         .expect("programs")
-        .len()
+        .clone()
 }
 
 /// The weft programs `agent` holds.

@@ -153,10 +153,7 @@ impl Probes {
         let mut attached = Attached::default();
         attach_tracing(&mut ebpf, &env, &mut attached)?;
         let mut features = env.features;
-        let tls_plaintext = env.capture
-            && config.l7_tls_plaintext
-            && tls_feature(&mut features)
-            && tls::load_programs(&mut ebpf, &mut attached);
+        let tls_plaintext = env.capture && config.l7_tls_plaintext && tls_feature(&mut features);
         let cgroup = File::open(&env.cgroup_root).map_err(|source| LoadError::Cgroup {
             path: env.cgroup_root.clone(),
             source,

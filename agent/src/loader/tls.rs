@@ -32,8 +32,7 @@ use aya::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::attach::Attached;
-use crate::status::{ProgramFailure, ProgramStatus};
+use crate::status::ProgramStatus;
 
 /// (library function, entry program); the return program is [`RETURN`].
 const ENTRIES: &[(&str, &str)] = &[
@@ -66,37 +65,23 @@ pub struct TlsLibraries {
     pub attached: Vec<ProgramStatus>,
 }
 
-/// Loads the five programs. On a kernel that refuses one, TLS plaintext
-/// is not seen (recorded in `attached.failed`) and nothing else changes.
-pub fn load_programs(ebpf: &mut Ebpf, attached: &mut Attached) -> bool {
-    for name in ENTRIES.iter().map(|(_, p)| *p).chain([RETURN]) {
-        let result = uprobe(ebpf, name).and_then(UProbe::load);
-        if let Err(e) = result {
-            let error = super::attach::condense(&e.to_string());
-            log::warn!(
-                "eBPF program {name} (uprobe) was not loaded: {error}; TLS plaintext is not seen"
-            );
-            attached.failed.push(ProgramFailure {
-                name: name.into(),
-                kind: "uprobe".into(),
-                attach_point: "libssl SSL_read/SSL_write".into(),
-                error,
-            });
-            return false;
-        }
-    }
-    true
-}
-
+/// Program `name`, loaded on its first use: only the programs a library
+/// needs are loaded (a kernel that refuses one says so when the first
+/// library is attached, and no other part of the agent is affected).
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
-    ebpf.program_mut(name)
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
         .ok_or(ProgramError::UnexpectedProgramType)?
-        .try_into()
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load()?;
+    }
+    Ok(program)
 }
 
 impl TlsLibraries {
     /// Attaches to the libraries of the host and of the running
-    /// processes (the programs loaded by [`load_programs`]).
+    /// processes.
     pub fn start(ebpf: Arc<Mutex<Ebpf>>) -> Self {
         let mut libraries = Self {
             ebpf,
@@ -172,17 +157,11 @@ impl TlsLibraries {
             Err(poisoned) => poisoned.into_inner(),
         };
         match attach_file(&mut ebpf, path) {
-            Ok(symbols) => {
-                log::info!(
-                    "TLS plaintext: attached to {} ({})",
-                    path.display(),
-                    symbols.join(", ")
-                );
-                self.attached.push(ProgramStatus {
-                    name: RETURN.into(),
-                    kind: "uprobe".into(),
-                    attach_point: format!("{} ({})", path.display(), symbols.join(", ")),
-                });
+            Ok(attached) => {
+                let functions: Vec<&str> =
+                    attached.iter().map(|a| a.attach_point.as_str()).collect();
+                log::info!("TLS plaintext: attached to {}", functions.join(", "));
+                self.attached.extend(attached);
             }
             Err(e) => log::warn!(
                 "TLS plaintext: not attached to {}: {e}; its processes' TLS is seen as handshakes only",
@@ -192,30 +171,42 @@ impl TlsLibraries {
     }
 }
 
+/// One attachment, for `weft status`: `program` at `function` of `path`.
+fn status(program: &str, path: &Path, function: &str, ret: bool) -> ProgramStatus {
+    let at = if ret { "return" } else { "entry" };
+    ProgramStatus {
+        name: program.into(),
+        kind: "uprobe".into(),
+        attach_point: format!("{}:{function} ({at})", path.display()),
+    }
+}
+
 /// Attaches the programs to the file: where its read and write functions
 /// delegate when that can be found ([`delegates`]), else to each of the
-/// four it exports. The functions attached, named.
-fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
-    if let Some((read, write)) = delegates(path) {
-        for (offset, program) in [(read, "weft_ssl_read_ex"), (write, "weft_ssl_write_ex")] {
-            for name in [program, RETURN] {
-                uprobe(ebpf, name)
-                    .and_then(|p| p.attach(offset, path, UProbeScope::AllProcesses))
-                    .map_err(|e| format!("{name} at {offset:#x}: {e}"))?;
-            }
+/// four it exports. Each attachment, for `weft status`.
+fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<ProgramStatus>, String> {
+    let Some((read, write)) = delegates(path) else {
+        return attach_exported(ebpf, path);
+    };
+    let mut done = Vec::new();
+    for (offset, program, function) in [
+        (read, "weft_ssl_read_ex", "ssl_read_internal"),
+        (write, "weft_ssl_write_ex", "ssl_write_internal"),
+    ] {
+        for (name, ret) in [(program, false), (RETURN, true)] {
+            uprobe(ebpf, name)
+                .and_then(|p| p.attach(offset, path, UProbeScope::AllProcesses))
+                .map_err(|e| format!("{name} at {function} ({offset:#x}): {e}"))?;
+            done.push(status(name, path, function, ret));
         }
-        return Ok(vec![
-            "ssl_read_internal (SSL_read, SSL_read_ex)",
-            "ssl_write_internal (SSL_write, SSL_write_ex)",
-        ]);
     }
-    attach_exported(ebpf, path)
+    Ok(done)
 }
 
 /// Attaches every entry program whose function the file exports, and the
 /// return program to each. `SSL_read` and `SSL_write` must be there
 /// (OpenSSL 1.1.1 and 3 have all four).
-fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
+fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<ProgramStatus>, String> {
     let mut done = Vec::new();
     for (symbol, program) in ENTRIES {
         let entry =
@@ -228,10 +219,11 @@ fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, St
             // An older library without the `_ex` forms.
             Err(_) => continue,
         }
+        done.push(status(program, path, symbol, false));
         uprobe(ebpf, RETURN)
             .and_then(|p| p.attach(*symbol, path, UProbeScope::AllProcesses))
             .map_err(|e| format!("{symbol} (return): {e}"))?;
-        done.push(*symbol);
+        done.push(status(RETURN, path, symbol, true));
     }
     Ok(done)
 }
