@@ -69,10 +69,7 @@ pub struct TlsLibraries {
 /// needs are loaded (a kernel that refuses one says so when the first
 /// library is attached, and no other part of the agent is affected).
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or(ProgramError::UnexpectedProgramType)?
-        .try_into()?;
+    let program: &mut UProbe = super::attach::program_mut(ebpf, name)?;
     if program.fd().is_err() {
         program.load()?;
     }
@@ -240,8 +237,9 @@ fn attach_exported(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<ProgramStatus>, S
 /// recent kernels emulate (measured on 6.18; an older one may single-step
 /// it too, and cost what the exported functions cost). On a virtual
 /// machine a single-step trap is expensive: measured with the bench's
-/// HTTPS workload, it made each probed call cost tens of microseconds. One probe pair on
-/// the internal functions also covers both forms of each call.
+/// HTTPS workload, it made each probed call cost tens of microseconds. One
+/// probe pair on the internal functions also covers both forms of each
+/// call.
 ///
 /// Found from `SSL_read_ex`/`SSL_write_ex`, which are `sub $8,%rsp; call
 /// INTERNAL` in OpenSSL 1.1.1 and 3 builds, and checked: `SSL_read` and
