@@ -48,8 +48,8 @@ fn check_exact(wrapper: &[&str], ipv6: bool, send: usize, reply: usize, port_off
     assert_eq!(close["destination"]["process"], "lab-server", "{close:#}");
     assert_eq!(close["destination"]["pid"], me);
     assert_eq!(close["verdict"], "forwarded");
-    // Before 6.4 tcp_probe names no socket: no RTT (kernel table of docs/kernels.md).
-    let rtt = agent.has_feature("tcp_probe skaddr field");
+    // Without BTF, before 6.4, tcp_probe names no socket: no RTT (docs/kernels.md).
+    let rtt = agent.has_feature("smoothed RTT");
     if rtt {
         assert!(close["srtt_us"].as_u64().unwrap_or(0) > 0, "{close:#}");
     } else {
@@ -124,8 +124,9 @@ fn ipv6_exact_bytes_and_processes() {
     check_exact(&[], true, 300_000, 75_000, 2);
 }
 
-/// Without BTF the lifecycle program reads the tracepoint's record instead
-/// of the socket: the same figures, for both families.
+/// Without BTF the lifecycle, RTT, retransmit and drop programs read the
+/// tracepoints' records instead of the raw tracepoints' arguments: the
+/// same figures, for both families.
 #[test]
 fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
     if !require_root("the_lifecycle_tracepoint_fallback_gives_the_same_figures") {
@@ -137,7 +138,7 @@ fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
         eprintln!("no kernel runs the syscall exits' byte counts without BTF: not this pair");
         return;
     }
-    let forced = ["env", "WEFT_FORCE_LIFECYCLE_TRACEPOINT=1"];
+    let forced = ["env", "WEFT_FORCE_TRACEPOINTS=1"];
     {
         let agent = Agent::start_under(&forced, &[]);
         let status = agent.status_json().expect("weft status -o json");
@@ -147,8 +148,23 @@ fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
             .iter()
             .filter_map(|p| p["name"].as_str())
             .collect();
-        assert!(programs.contains(&"weft_tcp_state_tp"), "{programs:?}");
-        assert!(!programs.contains(&"weft_tcp_state"), "{programs:?}");
+        for tracepoint in ["weft_tcp_state_tp", "weft_tcp_retrans_tp", "weft_skb_drop_tp"] {
+            assert!(programs.contains(&tracepoint), "{programs:?}");
+        }
+        let raw = [
+            "weft_tcp_state",
+            "weft_tcp_probe",
+            "weft_tcp_retrans",
+            "weft_skb_drop",
+            "weft_skb_drop3",
+            "weft_skb_drop2",
+        ];
+        assert!(!programs.iter().any(|p| raw.contains(p)), "{programs:?}");
+        assert_eq!(
+            agent.has_feature("smoothed RTT"),
+            programs.contains(&"weft_tcp_probe_tp"),
+            "{programs:?}"
+        );
     }
     check_exact(&forced, false, 200_000, 50_000, 6);
     check_exact(&forced, true, 100_000, 25_000, 7);

@@ -23,6 +23,8 @@ pub fn skb_offsets(
         Ok(SkbOffsets {
             head: off("head")?,
             network_header: off("network_header")?,
+            protocol: off("protocol")?,
+            _pad: 0,
         })
     });
     let (offsets, available, detail) = match found {
@@ -64,7 +66,9 @@ pub fn sock_offsets(
             v6_rcv_saddr: off("skc_v6_rcv_saddr")?,
             state: off("skc_state")?,
             protocol: member_offset(btf, "sock", "sk_protocol")?,
-            _pad: 0,
+            // Only the RTT sample needs it: its absence costs that alone.
+            tcp_srtt_us: member_offset(btf, "tcp_sock", "srtt_us")
+                .unwrap_or(weft_common::config::NO_FIELD),
         })
     });
     match found {

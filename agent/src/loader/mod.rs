@@ -16,6 +16,7 @@ pub mod layouts;
 pub mod listeners;
 pub mod maps;
 pub mod mounts;
+pub mod raw;
 pub mod recursion;
 #[cfg(test)]
 mod stack;
@@ -134,12 +135,11 @@ struct Prepared {
     capture: bool,
     /// The data syscalls' exits count bytes (no socket tracepoints).
     fd_fallback: bool,
-    /// `tcp:tcp_probe` names its socket (6.4+); before, the program could
-    /// only skip every packet, so it is not attached.
-    rtt: bool,
-    /// BTF gave the socket's layout: the TCP lifecycle program reads the
-    /// socket from the raw tracepoint's arguments.
-    raw_lifecycle: bool,
+    /// `tcp:tcp_probe`'s record names its socket (6.4+); before, its
+    /// program could only skip every packet, so it is not attached.
+    rtt_record: bool,
+    /// The programs that read the raw tracepoints' arguments.
+    raw: raw::RawChoice,
     drop_reason_names: BTreeMap<u32, String>,
 }
 
@@ -227,16 +227,17 @@ fn attach_tracing(
     env: &Prepared,
     attached: &mut Attached,
 ) -> Result<(), LoadError> {
-    tcp_lifecycle(ebpf, attached, env.raw_lifecycle)?;
+    // Without the TCP lifecycle the agent sees no TCP: required.
+    let lifecycle = env.raw.lifecycle.then_some("weft_tcp_state");
+    let programs = (lifecycle, Some("weft_tcp_state_tp"));
+    raw::attach_either(ebpf, attached, Need::Required, programs, LIFECYCLE)?;
+    softirq_programs(ebpf, env, attached)?;
     for (prog, category, name) in TRACEPOINT_PROGRAMS {
         if !features::tracepoint_exists(&env.tracefs, category, name) {
             continue;
         }
         // Bytes are counted at the syscall exits instead: not twice.
         if env.fd_fallback && matches!(*prog, "weft_sock_send" | "weft_sock_recv") {
-            continue;
-        }
-        if !env.rtt && *prog == "weft_tcp_probe" {
             continue;
         }
         attached.tracepoint(ebpf, Need::Optional, prog, category, name)?;
@@ -247,17 +248,34 @@ fn attach_tracing(
     Ok(())
 }
 
-/// The TCP lifecycle program, without which the agent sees no TCP: on the
-/// raw tracepoint where the kernel's BTF gives the socket's layout (the
-/// kernel does not skip it while another BPF program runs on the CPU, see
-/// ebpf/probes/src/tcp_state.rs), else, or if the kernel refuses it, on
-/// the tracepoint.
-fn tcp_lifecycle(ebpf: &mut Ebpf, attached: &mut Attached, raw: bool) -> Result<(), LoadError> {
-    let point = "inet_sock_set_state";
-    if raw && attached.raw_tracepoint(ebpf, Need::Optional, "weft_tcp_state", point)? {
-        return Ok(());
+const LIFECYCLE: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// The optional programs that run in softirq: on raw tracepoints where
+/// the kernel allows (see `raw`), else on the tracepoints.
+fn softirq_programs(
+    ebpf: &mut Ebpf,
+    env: &Prepared,
+    attached: &mut Attached,
+) -> Result<(), LoadError> {
+    let raw = env.raw;
+    let rtt = (
+        raw.rtt.then_some("weft_tcp_probe"),
+        env.rtt_record.then_some("weft_tcp_probe_tp"),
+    );
+    let retransmits = (
+        raw.retransmits.then_some("weft_tcp_retrans"),
+        Some("weft_tcp_retrans_tp"),
+    );
+    let drops = (raw.drops, Some("weft_skb_drop_tp"));
+    for (programs, point) in [
+        (rtt, ("tcp", "tcp_probe")),
+        (retransmits, ("tcp", "tcp_retransmit_skb")),
+        (drops, ("skb", "kfree_skb")),
+    ] {
+        if features::tracepoint_exists(&env.tracefs, point.0, point.1) {
+            raw::attach_either(ebpf, attached, Need::Optional, programs, point)?;
+        }
     }
-    attached.tracepoint(ebpf, Need::Required, "weft_tcp_state_tp", "sock", point)?;
     Ok(())
 }
 
@@ -313,16 +331,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
     hook_features(&tracefs, &mut features)?;
     let formats = read_formats(&tracefs);
     let offsets = formats.offsets();
-    let rtt = offsets.probe_skaddr != weft_common::config::NO_FIELD;
-    features.push(FeatureStatus {
-        name: "tcp_probe skaddr field".into(),
-        available: rtt,
-        detail: if rtt {
-            "smoothed RTT per connection".into()
-        } else {
-            "kernel older than 6.4: no smoothed RTT (weft_tcp_probe is not attached)".into()
-        },
-    });
+    let rtt_record = offsets.probe_skaddr != weft_common::config::NO_FIELD;
     // The skb-based record (28-byte addresses) also fires for resets that
     // answer a packet no socket matched; the older sock-based one cannot.
     let nosock = offsets.srst_saddr != weft_common::config::NO_FIELD;
@@ -344,6 +353,8 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         .and_then(|r| r.map_err(|e| e.to_string()));
     let sock = layouts::sock_offsets(btf.as_ref(), &mut features);
     let skb = layouts::skb_offsets(btf.as_ref(), &mut features);
+    let raw = raw::RawChoice::new(&sock, &skb, &offsets);
+    features.push(rtt_feature(raw.rtt, rtt_record));
     let netns = layouts::netns_offsets(btf.as_ref(), &mut features);
     let capture = capture_feature(config, &tracefs, &mut features);
     let has_reason = offsets.drop_reason != weft_common::config::NO_FIELD;
@@ -378,8 +389,8 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         features,
         capture,
         fd_fallback: fd.enabled != 0,
-        rtt,
-        raw_lifecycle: raw_lifecycle(&sock),
+        rtt_record,
+        raw,
         drop_reason_names: reasons,
     })
 }
@@ -407,22 +418,23 @@ fn hook_features(tracefs: &Path, features: &mut Vec<FeatureStatus>) -> Result<()
     Ok(())
 }
 
-/// Set (to anything), the TCP lifecycle program reads the tracepoint's
-/// record, as on a kernel without BTF.
-pub const FORCE_LIFECYCLE_TRACEPOINT: &str = "WEFT_FORCE_LIFECYCLE_TRACEPOINT";
-
-/// Whether the TCP lifecycle program can read the socket itself (its
-/// layout came from BTF).
-fn raw_lifecycle(sock: &weft_common::config::SockOffsets) -> bool {
-    use weft_common::config::NO_FIELD;
-    // For developers: the path of a kernel without BTF, on this one.
-    if std::env::var_os(FORCE_LIFECYCLE_TRACEPOINT).is_some() {
-        log::warn!(
-            "{FORCE_LIFECYCLE_TRACEPOINT} is set: the TCP lifecycle comes from the tracepoint"
-        );
-        return false;
+/// Whether the smoothed RTT of each connection is sampled: from the raw
+/// tracepoint's socket (BTF), else from the tracepoint's record where it
+/// names the socket (6.4+).
+fn rtt_feature(raw: bool, record: bool) -> FeatureStatus {
+    FeatureStatus {
+        name: "smoothed RTT".into(),
+        available: raw || record,
+        detail: if raw {
+            "tcp_probe's socket, tcp_sock.srtt_us at its BTF offset".into()
+        } else if record {
+            "tcp:tcp_probe's record".into()
+        } else {
+            "no BTF, and tcp:tcp_probe names no socket before 6.4: no RTT \
+             (weft_tcp_probe is not attached)"
+                .into()
+        },
     }
-    sock.family != NO_FIELD && sock.protocol != NO_FIELD
 }
 
 /// Set (to anything), the agent counts bytes at the data syscalls' exits
@@ -502,16 +514,14 @@ fn capture_feature(config: &Config, tracefs: &Path, features: &mut Vec<FeatureSt
     available
 }
 
-/// The optional tracepoint programs: (program, tracepoint category,
-/// tracepoint name). The TCP lifecycle's is chosen apart (`tcp_lifecycle`).
+/// The optional programs only on tracepoints: (program, tracepoint
+/// category, tracepoint name). The TCP lifecycle's and the other softirq
+/// programs are chosen apart (`softirq_programs`).
 const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("weft_sock_send", "sock", "sock_send_length"),
     ("weft_sock_recv", "sock", "sock_recv_length"),
-    ("weft_tcp_probe", "tcp", "tcp_probe"),
-    ("weft_tcp_retrans", "tcp", "tcp_retransmit_skb"),
     ("weft_rst_send", "tcp", "tcp_send_reset"),
     ("weft_rst_recv", "tcp", "tcp_receive_reset"),
-    ("weft_skb_drop", "skb", "kfree_skb"),
 ];
 
 /// Removes what an earlier run left pinned. The observation programs pin

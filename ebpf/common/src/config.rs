@@ -118,7 +118,9 @@ pub struct SockOffsets {
     /// `u16 sk_protocol` of `struct sock` (a plain member since 5.6): the
     /// raw TCP lifecycle program leaves other protocols out with it.
     pub protocol: u16,
-    pub _pad: u16,
+    /// `u32 srtt_us` of `struct tcp_sock` (the smoothed RTT in µs, times
+    /// 8): the raw `tcp_probe` program's RTT sample.
+    pub tcp_srtt_us: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 20);
 
@@ -133,7 +135,7 @@ impl SockOffsets {
         v6_rcv_saddr: NO_FIELD,
         state: NO_FIELD,
         protocol: NO_FIELD,
-        _pad: 0,
+        tcp_srtt_us: NO_FIELD,
     };
 }
 
@@ -147,13 +149,19 @@ pub struct SkbOffsets {
     pub head: u16,
     /// `u16 network_header`, an offset from `head` (`0xffff` when unset).
     pub network_header: u16,
+    /// `__be16 protocol`, the packet's EtherType: the raw `kfree_skb`
+    /// program tells IP packets from others with it.
+    pub protocol: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 4);
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 8);
 
 impl SkbOffsets {
     pub const ABSENT: Self = Self {
         head: NO_FIELD,
         network_header: NO_FIELD,
+        protocol: NO_FIELD,
+        _pad: 0,
     };
 }
 
@@ -276,7 +284,7 @@ pub struct ProbeConfig {
     pub netns: NetnsOffsets,
     pub fd: FdOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 192);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 196);
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {

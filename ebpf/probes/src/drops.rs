@@ -7,8 +7,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use weft_common::{
     AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
@@ -29,10 +29,96 @@ const TCP_TIME_WAIT: u8 = 6;
 /// `skb->network_header` when no network header was set.
 const UNSET_HEADER: u16 = 0xffff;
 
-#[tracepoint]
-pub fn weft_skb_drop(ctx: TracePointContext) -> u32 {
-    crate::tp::counted(try_drop(&ctx));
+/// A freed packet, from the raw tracepoint's arguments or the
+/// tracepoint's record.
+struct Freed {
+    /// `struct sk_buff *`; 0 when unknown.
+    skb: u64,
+    /// `enum skb_drop_reason`; 0 before 5.17.
+    reason: u32,
+    /// The packet's EtherType, host order.
+    l3: u16,
+    /// The socket the packet was for (`rx_sk`, 6.12 and later); 0 when
+    /// none or unknown.
+    rx_sk: u64,
+}
+
+// On the raw tracepoint, one program per shape of `TP_PROTO`: the kernel
+// refuses to attach a program that reads an argument past the
+// tracepoint's last, so each reads only the arguments its kernels have.
+// The raw tracepoint is preferred because a drop freed in softirq (a
+// retransmitted SYN dropped by a firewall) that interrupts another BPF
+// program on its CPU skips the tracepoint's program, not the raw one's
+// (see tcp_state.rs).
+
+/// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason
+/// reason, struct sock *rx_sk)`, 6.12 and later.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn weft_skb_drop(ctx: RawTracePointContext) -> u32 {
+    crate::tp::counted(try_raw::<4>(&ctx));
     0
+}
+
+/// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason
+/// reason)`, 5.17 to 6.11.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn weft_skb_drop3(ctx: RawTracePointContext) -> u32 {
+    crate::tp::counted(try_raw::<3>(&ctx));
+    0
+}
+
+/// `TP_PROTO(struct sk_buff *skb, void *location)`, before 5.17.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn weft_skb_drop2(ctx: RawTracePointContext) -> u32 {
+    crate::tp::counted(try_raw::<2>(&ctx));
+    0
+}
+
+/// On the tracepoint, from its record: where the kernel has no BTF (no
+/// `struct sk_buff` offsets) or refuses the raw programs.
+#[tracepoint]
+pub fn weft_skb_drop_tp(ctx: TracePointContext) -> u32 {
+    crate::tp::counted(try_record(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_raw<const ARGS: usize>(ctx: &RawTracePointContext) -> Result<(), Skip> {
+    count(index::SKB_DROP);
+    let protocol_at = config().skb.protocol;
+    if protocol_at == NO_FIELD {
+        return Err(Skip::MissingField);
+    }
+    let skb: u64 = ctx.arg(0);
+    // SAFETY: a kernel read through the checked helper.
+    let l3 = unsafe { bpf_probe_read_kernel((skb + protocol_at as u64) as *const u16) }
+        .map_err(|_| Skip::ReadFailed)?;
+    let reason = if ARGS >= 3 { ctx.arg::<u64>(2) as u32 } else { 0 };
+    let rx_sk = if ARGS >= 4 { ctx.arg::<u64>(3) } else { 0 };
+    dropped(&Freed {
+        skb,
+        reason,
+        l3: u16::from_be(l3),
+        rx_sk,
+    })
+}
+
+fn try_record(ctx: &TracePointContext) -> Result<(), Skip> {
+    count(index::SKB_DROP);
+    let off = &config().offsets;
+    // Before 5.17 the record has no reason: every drop gets reason 0,
+    // which the agent names NOT_REPORTED_BY_KERNEL on those kernels.
+    let reason: u32 = if off.drop_reason == NO_FIELD {
+        0
+    } else {
+        field(ctx, off.drop_reason)?
+    };
+    dropped(&Freed {
+        skb: field(ctx, off.drop_skbaddr).unwrap_or(0),
+        reason,
+        l3: field(ctx, off.drop_protocol)?,
+        rx_sk: field(ctx, off.drop_rx_sk).unwrap_or(0),
+    })
 }
 
 /// Counts a freed packet as a drop, unless it was not lost: weft's drops
@@ -44,17 +130,10 @@ pub fn weft_skb_drop(ctx: TracePointContext) -> u32 {
 ///   "not dropped" values);
 /// - `NOT_SPECIFIED` frees of multicast or broadcast packets: a group no
 ///   socket on this host joined (`ip6_mc_input`), not a loss.
-fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
-    count(index::SKB_DROP);
-    // Before 5.17 the record has no reason: every drop gets reason 0,
-    // which the agent names NOT_REPORTED_BY_KERNEL on those kernels.
-    let reason: u32 = if config().offsets.drop_reason == NO_FIELD {
-        0
-    } else {
-        field(ctx, config().offsets.drop_reason)?
-    };
-    let l3: u16 = field(ctx, config().offsets.drop_protocol)?;
-    let family = match l3 {
+#[inline(always)]
+fn dropped(freed: &Freed) -> Result<(), Skip> {
+    let reason = freed.reason;
+    let family = match freed.l3 {
         ETH_P_IP => AF_INET,
         ETH_P_IPV6 => AF_INET6,
         _ => {
@@ -76,8 +155,9 @@ fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
         reason,
         ..DropKey::default()
     };
-    let paired = read_pair(ctx, &mut key).unwrap_or(false);
-    if reason == filter.not_specified && ((paired && is_multicast(&key)) || freed_by_time_wait(ctx))
+    let paired = read_pair(freed.skb, &mut key).unwrap_or(false);
+    if reason == filter.not_specified
+        && ((paired && is_multicast(&key)) || freed_by_time_wait(freed.rx_sk))
     {
         count(index::SKB_NOT_DROP);
         return Ok(());
@@ -103,14 +183,11 @@ fn try_drop(ctx: &TracePointContext) -> Result<(), Skip> {
 /// `NOT_SPECIFIED`: every connection whose closing end was already
 /// orphaned frees the peer's FIN so.
 #[inline(always)]
-fn freed_by_time_wait(ctx: &TracePointContext) -> bool {
+fn freed_by_time_wait(sk: u64) -> bool {
     let state_off = config().sock.state;
     if state_off == NO_FIELD {
         return false;
     }
-    let Ok(sk) = field::<u64>(ctx, config().offsets.drop_rx_sk) else {
-        return false;
-    };
     if sk == 0 {
         return false;
     }
@@ -133,14 +210,13 @@ fn is_multicast(key: &DropKey) -> bool {
 
 /// The packet's address pair (and ports for TCP and UDP) from its IP
 /// header, written into `key` (its family set); false when the kernel
-/// gave no header offsets or the packet has no network header.
-fn read_pair(ctx: &TracePointContext, key: &mut DropKey) -> Result<bool, Skip> {
+/// gave no header offsets, the packet is unknown or has no network header.
+fn read_pair(skb: u64, key: &mut DropKey) -> Result<bool, Skip> {
     let off = &config().skb;
-    if off.head == NO_FIELD || off.network_header == NO_FIELD {
+    if off.head == NO_FIELD || off.network_header == NO_FIELD || skb == 0 {
         return Ok(false);
     }
     let family = key.family;
-    let skb: u64 = field(ctx, config().offsets.drop_skbaddr)?;
     // SAFETY: kernel reads through the checked helper; a failed read ends
     // here without a record.
     let (head, nh) = unsafe {
