@@ -148,7 +148,11 @@ fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
             .iter()
             .filter_map(|p| p["name"].as_str())
             .collect();
-        for tracepoint in ["weft_tcp_state_tp", "weft_tcp_retrans_tp", "weft_skb_drop_tp"] {
+        for tracepoint in [
+            "weft_tcp_state_tp",
+            "weft_tcp_retrans_tp",
+            "weft_skb_drop_tp",
+        ] {
             assert!(programs.contains(&tracepoint), "{programs:?}");
         }
         let raw = [

@@ -46,9 +46,8 @@ impl RawChoice {
             log::warn!("{FORCE_TRACEPOINTS} is set: no program runs on a raw tracepoint");
             return Self::default();
         }
-        let packet = skb.head != NO_FIELD
-            && skb.network_header != NO_FIELD
-            && skb.protocol != NO_FIELD;
+        let packet =
+            skb.head != NO_FIELD && skb.network_header != NO_FIELD && skb.protocol != NO_FIELD;
         let drops = match (packet, record.drop_reason, record.drop_rx_sk) {
             (false, _, _) => None,
             (true, NO_FIELD, _) => Some("weft_skb_drop2"),
@@ -102,11 +101,20 @@ mod tests {
     fn the_drop_program_follows_the_records_arguments() {
         let mut record = TracepointOffsets::ABSENT;
         let sock = SockOffsets::ABSENT;
-        assert_eq!(RawChoice::new(&sock, &skb(), &record).drops, Some("weft_skb_drop2"));
+        assert_eq!(
+            RawChoice::new(&sock, &skb(), &record).drops,
+            Some("weft_skb_drop2")
+        );
         record.drop_reason = 36;
-        assert_eq!(RawChoice::new(&sock, &skb(), &record).drops, Some("weft_skb_drop3"));
+        assert_eq!(
+            RawChoice::new(&sock, &skb(), &record).drops,
+            Some("weft_skb_drop3")
+        );
         record.drop_rx_sk = 40;
-        assert_eq!(RawChoice::new(&sock, &skb(), &record).drops, Some("weft_skb_drop"));
+        assert_eq!(
+            RawChoice::new(&sock, &skb(), &record).drops,
+            Some("weft_skb_drop")
+        );
         let no_protocol = SkbOffsets {
             protocol: NO_FIELD,
             ..skb()

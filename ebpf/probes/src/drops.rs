@@ -93,7 +93,11 @@ fn try_raw<const ARGS: usize>(ctx: &RawTracePointContext) -> Result<(), Skip> {
     // SAFETY: a kernel read through the checked helper.
     let l3 = unsafe { bpf_probe_read_kernel((skb + protocol_at as u64) as *const u16) }
         .map_err(|_| Skip::ReadFailed)?;
-    let reason = if ARGS >= 3 { ctx.arg::<u64>(2) as u32 } else { 0 };
+    let reason = if ARGS >= 3 {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        0
+    };
     let rx_sk = if ARGS >= 4 { ctx.arg::<u64>(3) } else { 0 };
     dropped(&Freed {
         skb,
