@@ -159,6 +159,8 @@ fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
             "weft_tcp_state",
             "weft_tcp_probe",
             "weft_tcp_retrans",
+            "weft_rst_send",
+            "weft_rst_recv",
             "weft_skb_drop",
             "weft_skb_drop3",
             "weft_skb_drop2",

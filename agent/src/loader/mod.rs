@@ -266,10 +266,20 @@ fn softirq_programs(
         raw.retransmits.then_some("weft_tcp_retrans"),
         Some("weft_tcp_retrans_tp"),
     );
+    let reset_sent = (
+        raw.resets.then_some("weft_rst_send"),
+        Some("weft_rst_send_tp"),
+    );
+    let reset_received = (
+        raw.resets.then_some("weft_rst_recv"),
+        Some("weft_rst_recv_tp"),
+    );
     let drops = (raw.drops, Some("weft_skb_drop_tp"));
     for (programs, point) in [
         (rtt, ("tcp", "tcp_probe")),
         (retransmits, ("tcp", "tcp_retransmit_skb")),
+        (reset_sent, ("tcp", "tcp_send_reset")),
+        (reset_received, ("tcp", "tcp_receive_reset")),
         (drops, ("skb", "kfree_skb")),
     ] {
         if features::tracepoint_exists(&env.tracefs, point.0, point.1) {
@@ -520,8 +530,6 @@ fn capture_feature(config: &Config, tracefs: &Path, features: &mut Vec<FeatureSt
 const TRACEPOINT_PROGRAMS: &[(&str, &str, &str)] = &[
     ("weft_sock_send", "sock", "sock_send_length"),
     ("weft_sock_recv", "sock", "sock_recv_length"),
-    ("weft_rst_send", "tcp", "tcp_send_reset"),
-    ("weft_rst_recv", "tcp", "tcp_receive_reset"),
 ];
 
 /// Removes what an earlier run left pinned. The observation programs pin

@@ -9,7 +9,7 @@
 //! only for a run inside its own). So every program that runs in softirq
 //! sits on the raw tracepoint where the kernel's BTF gives the layouts it
 //! reads, and on the tracepoint's record otherwise (see
-//! ebpf/probes/src/tcp_state.rs, tcp_probe.rs, drops.rs).
+//! ebpf/probes/src/tcp_state.rs, tcp_probe.rs, resets.rs, drops.rs).
 
 use weft_common::config::{NO_FIELD, SkbOffsets, SockOffsets, TracepointOffsets};
 
@@ -32,6 +32,9 @@ pub struct RawChoice {
     pub rtt: bool,
     /// `weft_tcp_retrans`: reads nothing but its argument.
     pub retransmits: bool,
+    /// `weft_rst_send`, `weft_rst_recv`: the socket's addresses, and the
+    /// headers of the packet a reset answers.
+    pub resets: bool,
     /// The `kfree_skb` program for this kernel's arguments: the packet's
     /// EtherType and headers.
     pub drops: Option<&'static str>,
@@ -54,8 +57,13 @@ impl RawChoice {
             (true, _, NO_FIELD) => Some("weft_skb_drop3"),
             (true, _, _) => Some("weft_skb_drop"),
         };
+        let socket = sock.family != NO_FIELD && sock.protocol != NO_FIELD;
         Self {
-            lifecycle: sock.family != NO_FIELD && sock.protocol != NO_FIELD,
+            lifecycle: socket,
+            resets: socket
+                && sock.state != NO_FIELD
+                && skb.head != NO_FIELD
+                && skb.network_header != NO_FIELD,
             rtt: sock.tcp_srtt_us != NO_FIELD,
             retransmits: true,
             drops,

@@ -1,5 +1,14 @@
 //! TCP resets from `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
 //!
+//! Each has two programs, as the other softirq programs (see
+//! tcp_state.rs): on the raw tracepoint (`weft_rst_send`,
+//! `weft_rst_recv`), from its arguments, with the addresses read from the
+//! socket, or for a reset answering a packet no full socket owns, from
+//! that packet's headers, at offsets from BTF; a reset sent in softirq
+//! (a segment for a closed port, or a port whose listener is gone) that
+//! interrupts another BPF program is then not skipped. On the tracepoint
+//! (`weft_rst_send_tp`, `weft_rst_recv_tp`), from the record:
+//!
 //! tcp_receive_reset: skaddr, sport, dport, family, saddr[4], daddr[4],
 //! saddr_v6[16], daddr_v6[16] (the socket's side first); older kernels
 //! have no `family`.
@@ -9,7 +18,11 @@
 //! = this host). Older kernels (5.10, 6.1) trace only the resets a socket
 //! sends, with the socket's addresses as 4- and 16-byte arrays.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use weft_common::{
     AF_INET, AF_INET6, SockTuple,
     config::NO_FIELD,
@@ -23,8 +36,102 @@ use crate::{
     tp::{Skip, field},
 };
 
+/// TCP states of sockets that are not full sockets (no `inet_sock`):
+/// TIME_WAIT and NEW_SYN_RECV (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// `TP_PROTO(struct sock *sk)`: a full socket got a reset.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn weft_rst_recv(ctx: RawTracePointContext) -> u32 {
+    count(index::TCP_RESET);
+    let sk: u64 = ctx.arg(0);
+    emit_reset(sk, crate::capture::sock_tuple(sk), EVENT_TCP_RESET_RECEIVED);
+    0
+}
+
+/// `TP_PROTO(const struct sock *sk, const struct sk_buff *skb, ...)`: as
+/// the record does, the addresses of a full socket, else those of the
+/// packet answered, reversed (the reset goes back to its source).
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn weft_rst_send(ctx: RawTracePointContext) -> u32 {
+    count(index::TCP_RESET);
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    if sk != 0 && is_full_socket(sk) {
+        emit_reset(sk, crate::capture::sock_tuple(sk), EVENT_TCP_RESET_SENT);
+        return 0;
+    }
+    match answered(skb) {
+        Ok(tuple) => emit_reset(sk, tuple, EVENT_TCP_RESET_SENT),
+        Err(skip) => crate::tp::counted(Err(skip)),
+    }
+    0
+}
+
+/// Whether `sk` is a full socket, whose `inet_sock` members (the local
+/// port) exist.
+#[inline(always)]
+fn is_full_socket(sk: u64) -> bool {
+    let state_at = config().sock.state;
+    if state_at == NO_FIELD {
+        return false;
+    }
+    // SAFETY: a kernel read through the checked helper.
+    match unsafe { bpf_probe_read_kernel((sk + state_at as u64) as *const u8) } {
+        Ok(state) => state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV,
+        Err(_) => false,
+    }
+}
+
+/// The reset's address pair from the packet it answers, whose
+/// destination is the reset's source: its IP header and the ports that
+/// follow it (IPv6 extension headers are not walked), at the `struct
+/// sk_buff` offsets from BTF. Out of line: the 40-byte header copy would
+/// otherwise add to the program's frame.
+#[inline(never)]
+fn answered(skb: u64) -> Result<SockTuple, Skip> {
+    let off = &config().skb;
+    if skb == 0 || off.head == NO_FIELD || off.network_header == NO_FIELD {
+        return Err(Skip::MissingField);
+    }
+    let mut t = SockTuple::default();
+    // SAFETY: kernel reads through the checked helper; a failed read ends
+    // here, counted.
+    unsafe {
+        let head = bpf_probe_read_kernel((skb + off.head as u64) as *const u64)
+            .map_err(|_| Skip::ReadFailed)?;
+        let nh = bpf_probe_read_kernel((skb + off.network_header as u64) as *const u16)
+            .map_err(|_| Skip::ReadFailed)?;
+        if head == 0 || nh == 0xffff {
+            return Err(Skip::ReadFailed);
+        }
+        let ip = head + nh as u64;
+        let version = bpf_probe_read_kernel(ip as *const u8).map_err(|_| Skip::ReadFailed)? >> 4;
+        let l4 = if version == 4 {
+            let h = bpf_probe_read_kernel(ip as *const [u8; 20]).map_err(|_| Skip::ReadFailed)?;
+            t.family = AF_INET;
+            t.remote_addr[..4].copy_from_slice(&h[12..16]);
+            t.local_addr[..4].copy_from_slice(&h[16..20]);
+            ip + ((h[0] & 0x0f) as u64) * 4
+        } else if version == 6 {
+            let h = bpf_probe_read_kernel(ip as *const [u8; 40]).map_err(|_| Skip::ReadFailed)?;
+            t.family = AF_INET6;
+            t.remote_addr.copy_from_slice(&h[8..24]);
+            t.local_addr.copy_from_slice(&h[24..40]);
+            ip + 40
+        } else {
+            return Err(Skip::ReadFailed);
+        };
+        let p = bpf_probe_read_kernel(l4 as *const [u8; 4]).map_err(|_| Skip::ReadFailed)?;
+        t.remote_port = u16::from_be_bytes([p[0], p[1]]);
+        t.local_port = u16::from_be_bytes([p[2], p[3]]);
+    }
+    Ok(t)
+}
+
 #[tracepoint]
-pub fn weft_rst_recv(ctx: TracePointContext) -> u32 {
+pub fn weft_rst_recv_tp(ctx: TracePointContext) -> u32 {
     crate::tp::counted(try_reset_received(&ctx));
     0
 }
@@ -60,7 +167,7 @@ fn try_reset_received(ctx: &TracePointContext) -> Result<(), Skip> {
 }
 
 #[tracepoint]
-pub fn weft_rst_send(ctx: TracePointContext) -> u32 {
+pub fn weft_rst_send_tp(ctx: TracePointContext) -> u32 {
     crate::tp::counted(try_reset_sent(&ctx));
     0
 }
