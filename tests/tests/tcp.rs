@@ -128,8 +128,8 @@ fn ipv6_exact_bytes_and_processes() {
 /// tracepoints' records instead of the raw tracepoints' arguments: the
 /// same figures, for both families.
 #[test]
-fn the_lifecycle_tracepoint_fallback_gives_the_same_figures() {
-    if !require_root("the_lifecycle_tracepoint_fallback_gives_the_same_figures") {
+fn the_tracepoint_fallbacks_give_the_same_figures() {
+    if !require_root("the_tracepoint_fallbacks_give_the_same_figures") {
         return;
     }
     // The byte counts at the syscall exits need BTF too: a kernel without
