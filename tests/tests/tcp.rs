@@ -151,6 +151,8 @@ fn the_tracepoint_fallbacks_give_the_same_figures() {
         for tracepoint in [
             "weft_tcp_state_tp",
             "weft_tcp_retrans_tp",
+            "weft_rst_send_tp",
+            "weft_rst_recv_tp",
             "weft_skb_drop_tp",
         ] {
             assert!(programs.contains(&tracepoint), "{programs:?}");
