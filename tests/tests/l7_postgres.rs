@@ -3,7 +3,8 @@
 //! (ingress records) in a temporary cluster: statements one at a time, an
 //! error (SQLSTATE 42P01) and a slow statement for the latency. Then the
 //! same over SSL (`sslmode=require`), read at both ends' libssl: the same
-//! records, with `tls: true`, and nothing from the ciphertext.
+//! records, with `tls: true`, and from the ciphertext only the handshake's
+//! metadata (after the SSLRequest), no parse error.
 
 use std::time::Duration;
 
@@ -96,8 +97,19 @@ fn queries_from_both_sides(port_offset: u16, ssl: bool) {
     server.stop();
 
     let total = STATEMENTS.len();
+    // Over SSL, the connection's handshake is one more record per side.
+    let handshakes = usize::from(ssl);
     // The connection's L4 close comes after its L7 stream was flushed.
-    let sides = follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["psql"]) >= 1);
+    let sides = follower.l7_both_sides(WAIT, total + handshakes, |r| closes_by(r, &["psql"]) >= 1);
+    let sides = sides.map(|side| {
+        let (tls, queries): (Vec<_>, Vec<_>) =
+            side.into_iter().partition(|r| r["l7"]["protocol"] == "tls");
+        assert_eq!(tls.len(), handshakes, "{tls:#?}");
+        for r in &tls {
+            check_handshake(r, &lab.server_v4, port);
+        }
+        queries
+    });
     let sql = SqlExchange {
         protocol: "postgres",
         system: "postgresql",
@@ -118,4 +130,33 @@ fn queries_from_both_sides(port_offset: u16, ssl: bool) {
     // gave up on them.
     let errors = agent.metric_sum("weft_events_total", &["source=\"l7_parse_errors\""]);
     assert_eq!(errors, 0.0, "parse errors");
+    if ssl {
+        // Once per handshake (both ends are on this node: at the server).
+        let dport = format!("destination_port=\"{port}\"");
+        let ok = ["tls_protocol_version=\"1.3\"", "outcome=\"ok\""];
+        let metric = "weft_tls_handshakes_total";
+        assert_eq!(agent.metric_sum(metric, &[&dport, ok[0], ok[1]]), 1.0);
+        assert_eq!(agent.metric_sum(metric, &[&dport]), 1.0);
+    }
+}
+
+/// The handshake after psql's SSLRequest, seen in the socket's bytes:
+/// TLS 1.3 (PostgreSQL and psql on OpenSSL 3), no SNI (libpq sends none
+/// to an IP address), no ALPN offered (PostgreSQL before 17).
+fn check_handshake(r: &serde_json::Value, server_ip: &str, port: u16) {
+    let l7 = &r["l7"];
+    assert_eq!(r["source"]["process"], "psql", "{r:#}");
+    assert_eq!(r["destination"]["process"], "postgres", "{r:#}");
+    assert_eq!(r["destination"]["ip"], server_ip, "{r:#}");
+    assert_eq!(r["destination"]["port"], port, "{r:#}");
+    assert_eq!(r["tls"], false, "the handshake is not plaintext: {r:#}");
+    assert_eq!(l7["version"], "1.3", "{r:#}");
+    assert_eq!(l7["outcome"], "ok", "{r:#}");
+    assert!(l7.get("failure").is_none(), "{r:#}");
+    assert_eq!(l7["sni"], serde_json::Value::Null, "{r:#}");
+    assert_eq!(l7["alpn"], serde_json::Value::Null, "{r:#}");
+    let us = l7["handshake_us"].as_u64().expect("handshake_us");
+    assert!(us > 0 && us < 1_000_000, "handshake_us {us}: {r:#}");
+    assert!(r["bytes_sent"].as_u64().expect("bytes") > 0, "{r:#}");
+    assert!(r["bytes_received"].as_u64().expect("bytes") > 0, "{r:#}");
 }

@@ -2,8 +2,12 @@
 //! (<https://www.postgresql.org/docs/current/protocol-flow.html>).
 //!
 //! - Startup: an untyped `SSLRequest`/`GSSENCRequest` is answered with one
-//!   byte (`S`/`G` means encryption follows: the session stops parsing,
-//!   quietly), then the untyped `StartupMessage`; authentication is skipped.
+//!   byte, then the untyped `StartupMessage`; authentication is skipped.
+//!   `S` means TLS follows: from there the socket's bytes go to a
+//!   [`TlsSession`], which reports the handshake's metadata like any other
+//!   TLS connection's (the queries, when the library is hooked, come as
+//!   plaintext on a stream of their own). `G` (GSSAPI encryption) ends the
+//!   parsing, quietly.
 //! - Simple query: `Q` is answered by rows, `CommandComplete` or
 //!   `ErrorResponse`, and always ends with `ReadyForQuery` (`Z`).
 //! - Extended query: `Parse`/`Bind`/`Execute`... up to `Sync` form one
@@ -31,6 +35,7 @@ use crate::framer::{Frame, Framer, Layout};
 use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sets_credentials, sql_operation};
 use crate::text::{bounded, bounded_lossy};
+use crate::tls::TlsSession;
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, MetricAttributes, ParseError,
     Privacy, Protocol, Session,
@@ -87,7 +92,10 @@ enum Phase {
     EncryptionAnswer,
     /// Typed messages both ways.
     Typed,
-    /// TLS/GSS encryption or a cancel request: nothing more to read.
+    /// The server accepted an SSLRequest: the TLS handshake follows, read
+    /// by [`PostgresSession::tls`].
+    Tls,
+    /// GSS encryption or a cancel request: nothing more to read.
     Done,
 }
 
@@ -199,6 +207,8 @@ pub struct PostgresSession {
     /// The first `ReadyForQuery` (end of startup) was seen: later ones
     /// answer requests.
     ready: bool,
+    /// The handshake after an accepted SSLRequest.
+    tls: Option<Box<TlsSession>>,
 }
 
 impl PostgresSession {
@@ -216,12 +226,15 @@ impl PostgresSession {
             portals: VecDeque::new(),
             lost: Lost::default(),
             ready: false,
+            tls: None,
         }
     }
 
     /// Bytes held for partial messages (for the bounds checks).
     pub fn buffered(&self) -> usize {
-        self.client.buffered() + self.server.buffered()
+        self.client.buffered()
+            + self.server.buffered()
+            + self.tls.as_ref().map_or(0, |tls| tls.buffered())
     }
 
     fn err(kind: ErrorKind) -> ParseError {
@@ -390,7 +403,11 @@ impl PostgresSession {
         if self.phase == Phase::EncryptionAnswer {
             self.phase = match frame.header()[0] {
                 b'N' => Phase::Startup,
-                b'S' | b'G' => Phase::Done,
+                b'S' => {
+                    self.tls = Some(Box::default());
+                    Phase::Tls
+                }
+                b'G' => Phase::Done,
                 _ => return Err(ErrorKind::Malformed("encryption answer")),
             };
             return Ok(());
@@ -480,13 +497,13 @@ impl PostgresSession {
 
     fn feed_client(&mut self, chunk: &Chunk<'_>) -> Result<(), ErrorKind> {
         let mut input = chunk.data;
-        while !input.is_empty() && self.phase != Phase::Done {
+        while !input.is_empty() && self.parsing() {
             let layout = self.client_layout();
             if let Some(frame) = self.client.next(&mut input, chunk.ts_ns, &layout)? {
                 self.on_client(frame)?;
             }
         }
-        if chunk.truncated > 0 && self.phase != Phase::Done {
+        if chunk.truncated > 0 && self.parsing() {
             let (frame, lost) = self.client.hole(chunk.truncated, chunk.ts_ns);
             if let Some(frame) = frame {
                 self.on_client(frame)?;
@@ -502,7 +519,7 @@ impl PostgresSession {
 
     fn feed_server(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         let mut input = chunk.data;
-        while !input.is_empty() && self.phase != Phase::Done {
+        while !input.is_empty() && self.parsing() {
             let layout = ServerLayout {
                 phase: self.phase,
                 keep_at_most: self.limits.max_message,
@@ -510,6 +527,16 @@ impl PostgresSession {
             if let Some(frame) = self.server.next(&mut input, chunk.ts_ns, &layout)? {
                 self.on_server(frame, out)?;
             }
+        }
+        if self.phase == Phase::Tls {
+            // What followed the `S` in the same read is the handshake's.
+            let rest = Chunk {
+                data: input,
+                gap_before: 0,
+                ..*chunk
+            };
+            self.feed_tls(&rest, out);
+            return Ok(());
         }
         if chunk.truncated > 0 && self.phase != Phase::Done {
             let (frame, lost) = self.server.hole(chunk.truncated, chunk.ts_ns);
@@ -521,6 +548,22 @@ impl PostgresSession {
             }
         }
         Ok(())
+    }
+
+    /// Whether messages are still read (not past an encryption switch or
+    /// a cancel request).
+    fn parsing(&self) -> bool {
+        !matches!(self.phase, Phase::Tls | Phase::Done)
+    }
+
+    /// Handshake bytes: the TLS session never fails (it only stops
+    /// looking), so neither does the connection over them.
+    fn feed_tls(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.tls
+            && (!chunk.data.is_empty() || chunk.truncated > 0)
+        {
+            let _ = tls.feed(chunk, out);
+        }
     }
 }
 
@@ -555,6 +598,10 @@ impl Session for PostgresSession {
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
+        if self.phase == Phase::Tls {
+            self.feed_tls(chunk, out);
+            return Ok(());
+        }
         if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
             return Ok(());
         }
@@ -565,7 +612,10 @@ impl Session for PostgresSession {
         .map_err(Self::err)
     }
 
-    fn close(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.tls {
+            tls.close(ts_ns, out);
+        }
         self.lost.finish(out);
         if let Some(batch) = self.batch.take() {
             self.pending.push(batch);

@@ -55,14 +55,15 @@ fn ready() -> Vec<u8> {
 }
 
 #[test]
-fn ssl_accepted_stops_quietly() {
+fn ssl_accepted_reads_nothing_from_a_cut_handshake() {
     let records = vec![
         rec(
             Direction::ToServer,
             b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec(),
         ),
         rec(Direction::ToClient, b"S".to_vec()),
-        // A TLS ClientHello and garbage: not parsed.
+        // A ClientHello cut short and a ServerHello's first bytes: the
+        // handshake never completes, so no record and no error.
         rec(
             Direction::ToServer,
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
@@ -72,6 +73,57 @@ fn ssl_accepted_stops_quietly() {
     let outcome = testkit::replay(&mut session(), &testkit::pieces(&records));
     assert!(outcome.0.is_empty() && outcome.1.is_none(), "{outcome:?}");
     testkit::assert_split_invariant(&records, &session);
+}
+
+/// psql's way into TLS: SSLRequest, `S`, then a real handshake (Python's
+/// ssl, TLS 1.3): the connection reports the handshake's metadata as any
+/// TLS connection does, and nothing else.
+#[test]
+fn ssl_accepted_reports_the_handshake() {
+    let mut records = vec![
+        rec(
+            Direction::ToServer,
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec(),
+        ),
+        rec(Direction::ToClient, b"S".to_vec()),
+    ];
+    records.extend(testkit::load("tls/tls13.bin"));
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(out.len(), 1, "{out:?}");
+    let ex = &out[0];
+    assert_eq!(ex.protocol, Protocol::Tls);
+    assert_eq!(ex.fields["sni"], "api.weft.test");
+    assert_eq!(ex.fields["version"], "1.3");
+    assert_eq!(ex.fields["outcome"], "ok");
+    // Sizes are the handshake's: the SSLRequest and its answer are not in
+    // them.
+    let tls_only = testkit::replay(
+        &mut crate::tls::TlsSession::new(),
+        &testkit::pieces(&records[2..]),
+    );
+    assert_eq!(ex.request_bytes, tls_only.0[0].request_bytes);
+    assert_eq!(ex.response_bytes, tls_only.0[0].response_bytes);
+    testkit::assert_split_invariant(&records, &session);
+}
+
+/// A connection that ends inside the handshake is a failed one.
+#[test]
+fn ssl_closed_during_the_handshake_fails() {
+    let mut records = vec![
+        rec(
+            Direction::ToServer,
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec(),
+        ),
+        rec(Direction::ToClient, b"S".to_vec()),
+    ];
+    records.extend(testkit::load("tls/tls13.bin").into_iter().take(2));
+    // (`replay` closes the session after the last record.)
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].fields["outcome"], "failed");
+    assert_eq!(out[0].fields["failure"], "closed");
 }
 
 #[test]
