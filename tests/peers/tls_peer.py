@@ -1,16 +1,18 @@
 """A real TLS server and client for weft's TLS metadata tests (Python's ssl,
 on the system's OpenSSL).
 
-server ADDRESS PORT CERT KEY
+server ADDRESS PORT CERT KEY [CLIENT_CA]
     Serves TLS 1.2 and 1.3 with ALPN h2 and http/1.1; on each connection,
     after the handshake, reads one message and answers "pong". Failed
-    handshakes (a client refusing the certificate) are ignored.
+    handshakes (a client refusing the certificate) are ignored. With
+    CLIENT_CA, mutual TLS: clients must present a certificate it signed.
 
-client ADDRESS PORT CA SNI MAX_VERSION ALPN COUNT
+client ADDRESS PORT CA SNI MAX_VERSION ALPN COUNT [CERT KEY]
     Makes COUNT connections one after the other, each: the handshake with
     server name SNI, verifying against CA, at most MAX_VERSION (1.2 or
-    1.3), offering the comma-separated ALPN list; then "ping", the answer,
-    and close. Prints one line per connection: "ok ALPN" or "failed WHY".
+    1.3), offering the comma-separated ALPN list, presenting CERT if
+    given; then "ping", the answer, and close. Prints one line per
+    connection: "ok ALPN" or "failed WHY".
 """
 import socket
 import ssl
@@ -20,9 +22,12 @@ import threading
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def serve(address, port, cert, key):
+def serve(address, port, cert, key, client_ca=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     listener = socket.create_server((address, port))
@@ -40,9 +45,11 @@ def serve(address, port, cert, key):
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def connect(address, port, ca, sni, max_version, alpn, count):
+def connect(address, port, ca, sni, max_version, alpn, count, cert=None, key=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
     ctx.maximum_version = VERSIONS[max_version]
     ctx.set_alpn_protocols(alpn.split(","))
     for _ in range(int(count)):
@@ -59,6 +66,6 @@ def connect(address, port, ca, sni, max_version, alpn, count):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+        serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:7])
     else:
-        connect(*sys.argv[2:9])
+        connect(*sys.argv[2:11])

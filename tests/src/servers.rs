@@ -461,10 +461,22 @@ pub fn nginx_https(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
 /// The TLS server of tests/peers/tls_peer.py (TLS 1.2 and 1.3, ALPN h2 and
 /// http/1.1), with the certificate and key files given.
 pub fn python_tls(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    python_tls_with(lab, port, cert, key, None)
+}
+
+/// The TLS server of tests/peers/tls_peer.py; with `client_ca`, mutual
+/// TLS (clients must present a certificate that CA signed).
+pub fn python_tls_with(
+    lab: &Lab,
+    port: u16,
+    cert: &str,
+    key: &str,
+    client_ca: Option<&str>,
+) -> Server {
     require_program("python3");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_peer.py");
     let port_s = port.to_string();
-    let args = [
+    let mut args = vec![
         "python3",
         script,
         "server",
@@ -473,6 +485,7 @@ pub fn python_tls(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
         cert,
         key,
     ];
+    args.extend(client_ca);
     Server::start(lab, "python tls server", port, TempDir::new("tls"), &args)
 }
 

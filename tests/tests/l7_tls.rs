@@ -8,7 +8,9 @@
 //! trust the server's CA (a failed handshake, its alert named). Every
 //! record names the SNI; no other L7 record comes from these connections
 //! (the ciphertext after the handshake is not parsed), and
-//! `weft_tls_handshakes_total` counts each handshake once.
+//! `weft_tls_handshakes_total` counts each handshake once. Then mutual TLS:
+//! a server that requires a client certificate refuses clients without
+//! one (TLS 1.3 and 1.2), and accepts one with a certificate.
 
 use std::time::Duration;
 
@@ -118,6 +120,116 @@ fn tls_handshakes_from_both_sides() {
         assert_eq!(got, want, "{version} {outcome}");
     }
     assert_eq!(agent.metric_sum(metric, &[&dport]), total as f64);
+}
+
+/// Mutual TLS runs: (highest version, ALPN offered, connections, whether
+/// the client presents a certificate, the records' `alpn`, `failure`).
+type MutualRun = (
+    &'static str,
+    &'static str,
+    usize,
+    bool,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+/// A server that requires a client certificate refuses clients without
+/// one: in TLS 1.2 with an alert in the clear, in TLS 1.3 after the
+/// client's Finished, encrypted (told by its size); a client with a
+/// certificate is accepted and its handshake is not taken for a refusal.
+const MUTUAL_RUNS: [MutualRun; 3] = [
+    (
+        "1.3",
+        "h2,http/1.1",
+        2,
+        false,
+        None,
+        Some("encrypted_alert"),
+    ),
+    (
+        "1.2",
+        "http/1.1",
+        1,
+        false,
+        Some("http/1.1"),
+        Some("handshake_failure"),
+    ),
+    ("1.3", "h2,http/1.1", 2, true, None, None),
+];
+
+#[test]
+fn mutual_tls_refusals_from_both_sides() {
+    if !require_root("mutual_tls_refusals_from_both_sides") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(104);
+    let port_s = port.to_string();
+    let dir = TempDir::new("mtls-certs");
+    certificates(&dir, SNI);
+    let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
+    let (cert, key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("ca.pem"),
+    );
+    let mut server = servers::python_tls_with(&lab, port, &cert, &key, Some(&ca));
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/tls_peer.py");
+    for (max, alpn, count, with_cert, _, failure) in MUTUAL_RUNS {
+        let count_s = count.to_string();
+        let mut args = vec![
+            "python3",
+            script,
+            "client",
+            &lab.server_v4,
+            &port_s,
+            &ca,
+            SNI,
+            max,
+            alpn,
+            &count_s,
+        ];
+        // The server's own certificate, signed by the CA it trusts.
+        if with_cert {
+            args.extend([cert.as_str(), key.as_str()]);
+        }
+        let out = lab.exec(&lab.client_ns, &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = match failure {
+            None => "ok h2\n",
+            Some("encrypted_alert") => "failed TLSV13_ALERT_CERTIFICATE_REQUIRED\n",
+            Some(_) => "failed SSLV3_ALERT_HANDSHAKE_FAILURE\n",
+        };
+        assert_eq!(text, want.repeat(count), "{max} {with_cert}");
+    }
+    server.stop();
+
+    let total: usize = MUTUAL_RUNS.iter().map(|r| r.2).sum();
+    let [egress, ingress] =
+        follower.l7_both_sides(WAIT, total, |r| closes_by(r, &["python3"]) >= total);
+    for side in [&egress, &ingress] {
+        let mut at = 0;
+        for (max, _, count, _, alpn, failure) in MUTUAL_RUNS {
+            for r in &side[at..at + count] {
+                check_record(r, &lab, port, max, alpn, failure);
+            }
+            at += count;
+        }
+    }
+    let metric = "weft_tls_handshakes_total";
+    let dport = format!("destination_port=\"{port}\"");
+    for (version, outcome, want) in [
+        ("1.3", "failed", 2.0),
+        ("1.2", "failed", 1.0),
+        ("1.3", "ok", 2.0),
+    ] {
+        let version = format!("tls_protocol_version=\"{version}\"");
+        let outcome = format!("outcome=\"{outcome}\"");
+        let got = agent.metric_sum(metric, &[&dport, &version, &outcome]);
+        assert_eq!(got, want, "{version} {outcome}");
+    }
 }
 
 fn check_record(

@@ -17,15 +17,23 @@
 //! - `handshake_us`: from the ClientHello to the end above;
 //! - `outcome`: `ok`, or `failed` with `failure` saying why: a cleartext
 //!   alert's description (`handshake_failure`, `bad_certificate`,
-//!   `unknown_ca`, ...), `encrypted_alert` (TLS 1.3: the client's first
-//!   protected record is an alert's size, 19 bytes: 2 of alert, 1 of
-//!   content type, 16 of AEAD tag; a client that refuses the server's
-//!   certificate sends exactly this), or `closed` (the connection ended
-//!   first).
+//!   `unknown_ca`, ...), `encrypted_alert` (TLS 1.3: a protected record of
+//!   an alert's size, 19 bytes: 2 of alert, 1 of content type, 16 of AEAD
+//!   tag, where the handshake's next record was due), or `closed` (the
+//!   connection ended first).
 //!
-//! Not seen: a TLS 1.3 server that refuses the client's certificate (its
-//! alert comes after the client's Finished, encrypted), and anything
-//! after the handshake. The bytes after it are ignored, never parsed.
+//! TLS 1.3 encrypts the end of the handshake, so two refusals are read from
+//! record sizes: a client that refuses the server's certificate sends an
+//! alert-sized record in place of its first protected one; a server that
+//! refuses the client's certificate (mutual TLS: none, or an untrusted
+//! one) answers the client's Finished with an alert-sized record, where an
+//! accepting server sends its session tickets or its first data. So a TLS
+//! 1.3 handshake is reported once the server's first protected record
+//! after the client's Finished came (or the connection closed: then it
+//! ended well on the client's side, and is `ok`); its end and sizes are
+//! still the client's Finished. A server whose first data after the
+//! handshake is 2 bytes, with no session ticket before it, is read as a
+//! refusal. Nothing after the handshake is parsed.
 //!
 //! Records are read as a stream per direction (a record may be split
 //! across reads, several may share one); bytes the capture cut inside a
@@ -469,6 +477,9 @@ enum Stage {
     ServerHello,
     /// ServerHello seen; waiting for the end of the handshake.
     Finishing,
+    /// TLS 1.3: the client sent its Finished; the server's next protected
+    /// record says whether it accepted the client (its certificate).
+    Confirming,
     /// Reported (or never to be): everything else is ignored.
     Done,
 }
@@ -483,7 +494,17 @@ pub struct TlsSession {
     hello_ns: u64,
     client_ccs_ns: Option<u64>,
     server_ccs_ns: Option<u64>,
+    /// Where the client's side of a TLS 1.3 handshake ended.
+    client_done: Option<HandshakeEnd>,
     records: Vec<Record>,
+}
+
+/// The end of a handshake: when, and each direction's bytes up to it.
+#[derive(Debug, Clone, Copy)]
+struct HandshakeEnd {
+    ts_ns: u64,
+    to_server: u64,
+    to_client: u64,
 }
 
 impl Default for TlsSession {
@@ -503,6 +524,7 @@ impl TlsSession {
             hello_ns: 0,
             client_ccs_ns: None,
             server_ccs_ns: None,
+            client_done: None,
             records: Vec::new(),
         }
     }
@@ -530,7 +552,8 @@ impl TlsSession {
             (Stage::Done, _, _) => {}
             (_, _, ALERT) if self.stage != Stage::Hello => {
                 let failure = record.body.get(1).map_or("other", |&d| alert_name(d));
-                self.report(Some((direction, record)), record.ts_ns, Some(failure), out);
+                let end = self.end_at(direction, record);
+                self.report(end, Some(failure), out);
             }
             (Stage::Hello, Direction::ToServer, HANDSHAKE) => {
                 match parse_client_hello(&record.body) {
@@ -561,8 +584,23 @@ impl TlsSession {
                 self.finish_tls12(direction, record, out);
             }
             (Stage::Finishing, Direction::ToServer, APPLICATION_DATA) if self.is_tls13() => {
-                let failure = (record.length == PROTECTED_ALERT_LEN).then_some("encrypted_alert");
-                self.report(Some((direction, record)), record.ts_ns, failure, out);
+                let end = self.end_at(direction, record);
+                if record.length == PROTECTED_ALERT_LEN {
+                    // The client refused the server (its certificate).
+                    self.report(end, Some("encrypted_alert"), out);
+                } else {
+                    self.client_done = Some(end);
+                    self.stage = Stage::Confirming;
+                }
+            }
+            (Stage::Confirming, Direction::ToClient, APPLICATION_DATA) => {
+                if record.length == PROTECTED_ALERT_LEN {
+                    // The server refused the client (its certificate).
+                    let end = self.end_at(direction, record);
+                    self.report(end, Some("encrypted_alert"), out);
+                } else {
+                    self.report_client_done(out);
+                }
             }
             _ => {}
         }
@@ -579,29 +617,48 @@ impl TlsSession {
             return;
         }
         if let (Some(client), Some(server)) = (self.client_ccs_ns, self.server_ccs_ns) {
-            self.report(Some((direction, record)), client.max(server), None, out);
+            let end = HandshakeEnd {
+                ts_ns: client.max(server),
+                ..self.end_at(direction, record)
+            };
+            self.report(end, None, out);
         }
     }
 
-    /// The handshake's exchange, ended by `last` (a record of `direction`;
-    /// none when the connection closed); `failure` when failed. Its sizes
-    /// are each direction's bytes up to there.
+    /// The handshake ending with `record` (of `direction`): each
+    /// direction's bytes up to it.
+    fn end_at(&self, direction: Direction, record: &Record) -> HandshakeEnd {
+        let (mut to_server, mut to_client) = (self.to_server.bytes, self.to_client.bytes);
+        match direction {
+            Direction::ToServer => to_server = record.end,
+            Direction::ToClient => to_client = record.end,
+        }
+        HandshakeEnd {
+            ts_ns: record.ts_ns,
+            to_server,
+            to_client,
+        }
+    }
+
+    /// A TLS 1.3 handshake the server did not refuse: it ended at the
+    /// client's first protected record.
+    fn report_client_done(&mut self, out: &mut Vec<Exchange>) {
+        if let Some(end) = self.client_done {
+            self.report(end, None, out);
+        }
+    }
+
+    /// The handshake's exchange, ended at `end`; `failure` when failed.
     fn report(
         &mut self,
-        last: Option<(Direction, &Record)>,
-        end_ns: u64,
+        end: HandshakeEnd,
         failure: Option<&'static str>,
         out: &mut Vec<Exchange>,
     ) {
         self.stage = Stage::Done;
         let mut ex = Protocol::Tls.exchange(self.hello_ns);
-        ex.response_ns = end_ns.max(self.hello_ns);
-        let (mut to_server, mut to_client) = (self.to_server.bytes, self.to_client.bytes);
-        match last {
-            Some((Direction::ToServer, record)) => to_server = record.end,
-            Some((Direction::ToClient, record)) => to_client = record.end,
-            None => {}
-        }
+        ex.response_ns = end.ts_ns.max(self.hello_ns);
+        let (to_server, to_client) = (end.to_server, end.to_client);
         // A ServerHello, or an alert instead: the server answered.
         ex.answered = to_client > 0;
         ex.request_bytes = to_server;
@@ -664,8 +721,17 @@ impl Session for TlsSession {
     }
 
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if matches!(self.stage, Stage::ServerHello | Stage::Finishing) {
-            self.report(None, ts_ns, Some("closed"), out);
+        match self.stage {
+            Stage::ServerHello | Stage::Finishing => {
+                let end = HandshakeEnd {
+                    ts_ns,
+                    to_server: self.to_server.bytes,
+                    to_client: self.to_client.bytes,
+                };
+                self.report(end, Some("closed"), out);
+            }
+            Stage::Confirming => self.report_client_done(out),
+            Stage::Hello | Stage::Done => {}
         }
         self.stage = Stage::Done;
     }

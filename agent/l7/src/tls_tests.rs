@@ -12,6 +12,8 @@ const FIXTURES: Fixtures = Fixtures {
         "tls13_unknown_ca",
         "tls12_unknown_ca",
         "no_shared_version",
+        "tls13_client_cert_required",
+        "tls12_client_cert_required",
     ],
 };
 
@@ -66,6 +68,53 @@ fn a_refused_certificate_fails_the_handshake() {
         assert_eq!(f["outcome"], "failed", "{name}");
         assert_eq!(f["failure"], "unknown_ca", "{name}");
     }
+}
+
+/// Mutual TLS, a client with no certificate: TLS 1.2 servers refuse in
+/// the clear; a TLS 1.3 server after the client's Finished, encrypted, with
+/// a record of an alert's size where its session tickets would come.
+#[test]
+fn a_server_refusing_the_client_fails_the_handshake() {
+    let f = fields("tls12_client_cert_required");
+    assert_eq!(
+        (&f["version"], &f["outcome"]),
+        (&"1.2".into(), &"failed".into())
+    );
+    assert_eq!(f["failure"], "handshake_failure");
+    let f = fields("tls13_client_cert_required");
+    assert_eq!(
+        (&f["version"], &f["outcome"]),
+        (&"1.3".into(), &"failed".into())
+    );
+    assert_eq!(f["failure"], "encrypted_alert");
+    assert_eq!(f["sni"], "api.weft.test");
+}
+
+/// An accepting TLS 1.3 server's first record after the client's Finished
+/// (a session ticket) confirms the handshake, which ended at the Finished:
+/// the record comes then, with the Finished's time and sizes; a close with
+/// nothing from the server confirms it too.
+#[test]
+fn a_tls13_handshake_is_confirmed_by_the_servers_next_record() {
+    let records = testkit::load("tls/tls13.bin");
+    let (whole, _) = testkit::replay(&mut TlsSession::new(), &testkit::pieces(&records));
+    let finished = records
+        .iter()
+        .position(|r| r.direction == Direction::ToServer && r.data[0] == CHANGE_CIPHER_SPEC)
+        .expect("the client's Finished flight");
+    let mut session = TlsSession::new();
+    let mut out = Vec::new();
+    for (i, r) in records[..=finished].iter().enumerate() {
+        let chunk = testkit::chunk(r.direction, &r.data, testkit::ts_of(i));
+        session.feed(&chunk, &mut out).expect("feed");
+    }
+    assert!(out.is_empty(), "waits for the server: {out:?}");
+    session.close(testkit::ts_of(99), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields["outcome"], "ok");
+    assert_eq!(out[0].response_ns, whole[0].response_ns);
+    assert_eq!(out[0].request_bytes, whole[0].request_bytes);
+    assert_eq!(out[0].response_bytes, whole[0].response_bytes);
 }
 
 #[test]
