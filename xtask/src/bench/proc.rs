@@ -179,6 +179,11 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The process's whole output.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the process's output, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -508,26 +508,29 @@ impl Run {
                 "\n⚠ fell short of the asked rate: overloaded, so its latencies include queueing."
             );
         }
-        let l7: Vec<String> = self
-            .configs()
-            .into_iter()
-            .filter(|c| c.is_weft())
+        // The breakdown is at the first fixed rate, or at the maximum for a
+        // generator that has no fixed rates (closed loop only).
+        let weft_configs = || self.configs().into_iter().filter(|c| c.is_weft());
+        let detail = self
+            .rates
+            .first()
+            .map(|&rate| Load::Rate(rate))
+            .filter(|&load| weft_configs().any(|c| self.summary(c, load).is_some()))
+            .unwrap_or(Load::Max);
+        let l7: Vec<String> = weft_configs()
             .filter_map(|c| {
-                let s = self.summary(c, Load::Rate(*self.rates.first()?))?;
+                let s = self.summary(c, detail)?;
                 Some(format!("{} {:.2}", c.id(), s.l7_per_request?))
             })
             .collect();
         if !l7.is_empty() {
             let _ = writeln!(
                 w,
-                "\nL7 records per request at {} req/s (2 when weft sees both the client's and the server's side): {}.",
-                self.rates.first().copied().unwrap_or(0),
+                "\nL7 records per request at {detail} (2 when weft sees both the client's and the server's side): {}.",
                 l7.join(", ")
             );
         }
-        if let Some(&rate) = self.rates.first() {
-            self.programs_markdown(w, Load::Rate(rate));
-        }
+        self.programs_markdown(w, detail);
         self.programs_markdown(w, Load::NewConnections(TARGET_RATE));
         if !self.memory.is_empty() {
             let _ = writeln!(

@@ -145,9 +145,9 @@ pub struct Counters {
     pub parse_errors: f64,
     /// `weft_events_lost_total`, per `source/stage`.
     pub lost: BTreeMap<String, f64>,
-    /// L7 requests recorded: the counts of the OpenTelemetry duration
-    /// histograms (`http_server_request_duration_seconds`, ...). A request
-    /// between two pods of this node is recorded twice (client, server).
+    /// L7 records made (`weft_events_total{source="l7_exchanges"}`): a
+    /// request between two pods of this node is recorded twice (client,
+    /// server).
     pub l7_requests: f64,
 }
 
@@ -274,10 +274,14 @@ fn parse_counters(page: &str) -> Counters {
             "weft_events_total" if label("source") == "l7_parse_errors" => {
                 counters.parse_errors += value;
             }
-            "weft_events_total" => counters.events += value,
-            l7 if l7.ends_with("_duration_seconds_count") && !l7.starts_with("weft_") => {
+            // Every L7 record, of either side: a database call has only a
+            // client-side duration metric, counted once when both sides
+            // are seen, so the histograms would undercount them.
+            "weft_events_total" if label("source") == "l7_exchanges" => {
                 counters.l7_requests += value;
+                counters.events += value;
             }
+            "weft_events_total" => counters.events += value,
             "weft_events_lost_total" => {
                 let key = format!("{}/{}", label("source"), label("stage"));
                 *counters.lost.entry(key).or_default() += value;
@@ -324,6 +328,7 @@ mod tests {
                     weft_events_total{source=\"tcp_events\"} 10\n\
                     weft_events_total{source=\"udp_packet\"} 5\n\
                     weft_events_total{source=\"l7_parse_errors\"} 2\n\
+                    weft_events_total{source=\"l7_exchanges\"} 13\n\
                     weft_events_lost_total{source=\"tcp_events\",stage=\"kernel_ring\"} 3\n\
                     weft_events_lost_total{source=\"udp_packet\",stage=\"flow_table_full\"} 0\n\
                     weft_events_lost_created 1.7e9\n\
@@ -331,7 +336,7 @@ mod tests {
                     http_client_request_duration_seconds_count{http_request_method=\"GET\"} 6\n\
                     http_server_request_duration_seconds_bucket{le=\"+Inf\"} 7\n";
         let counters = parse_counters(page);
-        assert_eq!(counters.events, 15.0);
+        assert_eq!(counters.events, 28.0);
         assert_eq!(counters.parse_errors, 2.0);
         assert_eq!(counters.l7_requests, 13.0);
         assert_eq!(counters.lost["tcp_events/kernel_ring"], 3.0);

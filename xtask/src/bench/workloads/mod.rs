@@ -1,5 +1,5 @@
 //! Workloads: a server in the server pod and a load generator in the client
-//! pod. Adding one (Redis with redis-benchmark, say) is a module with an
+//! pod. Adding one (memcached with memtier, say) is a module with an
 //! implementation of [`Workload`] and a line in [`by_name`]: the lab, the
 //! configurations (B0, B1, B2 and the sidecars, which proxy in `tcp` mode
 //! for protocols other than HTTP), the measurements and the report are
@@ -8,6 +8,7 @@
 
 mod http;
 mod postgres;
+mod redis;
 
 use std::net::SocketAddrV4;
 
@@ -70,7 +71,11 @@ pub fn by_name(name: &str) -> Result<Box<dyn Workload>> {
         "http" => Ok(Box::new(http::Http { tls: false })),
         "https" => Ok(Box::new(http::Http { tls: true })),
         "postgres" => Ok(Box::new(postgres::Postgres)),
-        other => bail!("unknown workload {other:?}; known: http, https, postgres"),
+        "redis" => Ok(Box::new(redis::Redis { pipeline: 1 })),
+        "redis-pipelined" => Ok(Box::new(redis::Redis { pipeline: 16 })),
+        other => bail!(
+            "unknown workload {other:?}; known: http, https, postgres, redis, redis-pipelined"
+        ),
     }
 }
 
