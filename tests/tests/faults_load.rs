@@ -552,11 +552,21 @@ fn a_full_socket_table_is_counted_and_tracking_resumes_after_it() {
         opens <= (CAPACITY / 2) as usize,
         "{opens} connections tracked in a table of {CAPACITY}"
     );
+    // Opens and closes only: a teardown's late segments can be dropped
+    // (`drop` records, reason TCP_FLAGS, seen about once in ten runs).
+    let lifecycle = |event: &str| event == "open" || event == "close";
     assert!(
-        held_counts.values().all(|&n| n == 1),
+        held_counts
+            .iter()
+            .filter(|((event, _), _)| lifecycle(event))
+            .all(|(_, &n)| n == 1),
         "a connection reported twice: {held_counts:?}"
     );
-    assert_eq!(held_records.len(), 2 * opens, "{held_records:#?}");
+    let opens_and_closes = held_records
+        .iter()
+        .filter(|r| lifecycle(r["event"].as_str().unwrap_or("")))
+        .count();
+    assert_eq!(opens_and_closes, 2 * opens, "{held_records:#?}");
     // A poll for the metrics to count the last closes.
     std::thread::sleep(Duration::from_millis(1500));
     let l = format!("destination_port=\"{held_port}\"");

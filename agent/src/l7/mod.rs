@@ -188,6 +188,9 @@ impl L7Engine {
             Direction::ToClient
         };
         let truncated = (header.total_len as usize).saturating_sub(payload.len());
+        // `out` may hold the exchanges of earlier records: only this one's
+        // are counted (streams an eviction ended included).
+        let at_entry = out.len();
         self.ensure_stream(header, sent, role.transport, out);
         let Some(stream) = self
             .streams
@@ -244,7 +247,7 @@ impl L7Engine {
         if is_tls(header) {
             out[before..].iter_mut().for_each(Exchange::mark_tls);
         }
-        self.counters.exchanges += out.len() as u64;
+        self.counters.exchanges += (out.len() - at_entry) as u64;
     }
 
     /// Makes the stream of the record's socket when it is new.
@@ -531,6 +534,28 @@ mod tests {
         server_port: 80,
         transport: Transport::Stream,
     };
+
+    /// `weft_events_total{source="l7_exchanges"}` counts each exchange
+    /// once, also when the caller feeds several records into one batch
+    /// before taking the exchanges out.
+    #[test]
+    fn exchanges_are_counted_once_per_batch() {
+        let t = tuple(40001, 80);
+        let mut e = engine();
+        let mut out = Vec::new();
+        for i in 0..3u64 {
+            let request = format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let response = b"HTTP/1.1 204 No Content\r\n\r\n";
+            let mut sent = header(9, t, DIR_SEND, request.len(), 10 * i + 1);
+            sent.offset = i * request.len() as u64;
+            e.feed(&sent, request.as_bytes(), CLIENT, &mut out);
+            let mut got = header(9, t, DIR_RECV, response.len(), 10 * i + 2);
+            got.offset = i * response.len() as u64;
+            e.feed(&got, response, CLIENT, &mut out);
+        }
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(e.counters.exchanges, 3);
+    }
 
     /// The plaintext a TLS library gave and took on a socket is a stream
     /// of its own beside the socket's ciphertext: interleaved with it, it

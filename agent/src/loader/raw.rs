@@ -49,8 +49,10 @@ impl RawChoice {
             log::warn!("{FORCE_TRACEPOINTS} is set: no program runs on a raw tracepoint");
             return Self::default();
         }
-        let packet =
-            skb.head != NO_FIELD && skb.network_header != NO_FIELD && skb.protocol != NO_FIELD;
+        // The reset and drop programs read the packet's IP header; the drop
+        // programs its EtherType too.
+        let ip_header = skb.head != NO_FIELD && skb.network_header != NO_FIELD;
+        let packet = ip_header && skb.protocol != NO_FIELD;
         let drops = match (packet, record.drop_reason, record.drop_rx_sk) {
             (false, _, _) => None,
             (true, NO_FIELD, _) => Some("weft_skb_drop2"),
@@ -60,10 +62,7 @@ impl RawChoice {
         let socket = sock.family != NO_FIELD && sock.protocol != NO_FIELD;
         Self {
             lifecycle: socket,
-            resets: socket
-                && sock.state != NO_FIELD
-                && skb.head != NO_FIELD
-                && skb.network_header != NO_FIELD,
+            resets: socket && sock.state != NO_FIELD && ip_header,
             rtt: sock.tcp_srtt_us != NO_FIELD,
             retransmits: true,
             drops,

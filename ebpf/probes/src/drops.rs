@@ -26,8 +26,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// `enum` TCP state of a socket in TIME_WAIT (include/net/tcp_states.h).
 const TCP_TIME_WAIT: u8 = 6;
-/// `skb->network_header` when no network header was set.
-const UNSET_HEADER: u16 = 0xffff;
 
 /// A freed packet, from the raw tracepoint's arguments or the
 /// tracepoint's record.
@@ -213,28 +211,16 @@ fn is_multicast(key: &DropKey) -> bool {
 }
 
 /// The packet's address pair (and ports for TCP and UDP) from its IP
-/// header, written into `key` (its family set); false when the kernel
-/// gave no header offsets, the packet is unknown or has no network header.
+/// header, written into `key` (its family set); false when the packet has
+/// no network header, an error when the kernel gave no header offsets or
+/// a read failed.
 fn read_pair(skb: u64, key: &mut DropKey) -> Result<bool, Skip> {
-    let off = &config().skb;
-    if off.head == NO_FIELD || off.network_header == NO_FIELD || skb == 0 {
+    let Some(ip) = crate::packet::ip_header(skb)? else {
         return Ok(false);
-    }
-    let family = key.family;
-    // SAFETY: kernel reads through the checked helper; a failed read ends
-    // here without a record.
-    let (head, nh) = unsafe {
-        let head = bpf_probe_read_kernel((skb + off.head as u64) as *const u64)
-            .map_err(|_| Skip::ReadFailed)?;
-        let nh = bpf_probe_read_kernel((skb + off.network_header as u64) as *const u16)
-            .map_err(|_| Skip::ReadFailed)?;
-        (head, nh)
     };
-    if head == 0 || nh == UNSET_HEADER {
-        return Ok(false);
-    }
-    let ip = head + nh as u64;
-    // SAFETY: as above, the packet's bytes through the checked helper.
+    let family = key.family;
+    // SAFETY: the packet's bytes through the checked helper; a failed read
+    // ends here without a record.
     let l4 = unsafe {
         if family == AF_INET {
             let h = bpf_probe_read_kernel(ip as *const [u8; 20]).map_err(|_| Skip::ReadFailed)?;
@@ -251,12 +237,11 @@ fn read_pair(skb: u64, key: &mut DropKey) -> Result<bool, Skip> {
             ip + 40
         }
     };
-    if key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP {
-        // SAFETY: as above. Both headers start with the two ports.
-        if let Ok(p) = unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) } {
-            key.src_port = u16::from_be_bytes([p[0], p[1]]);
-            key.dst_port = u16::from_be_bytes([p[2], p[3]]);
-        }
+    if (key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP)
+        && let Ok((src, dst)) = crate::packet::ports(l4)
+    {
+        key.src_port = src;
+        key.dst_port = dst;
     }
     Ok(true)
 }

@@ -51,6 +51,8 @@ mod netns;
 #[cfg(target_arch = "bpf")]
 mod owner;
 #[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
 mod report;
 #[cfg(target_arch = "bpf")]
 mod resets;

@@ -91,24 +91,13 @@ fn is_full_socket(sk: u64) -> bool {
 /// otherwise add to the program's frame.
 #[inline(never)]
 fn answered(skb: u64) -> Result<SockTuple, Skip> {
-    let off = &config().skb;
-    if skb == 0 || off.head == NO_FIELD || off.network_header == NO_FIELD {
-        return Err(Skip::MissingField);
-    }
+    let ip = crate::packet::ip_header(skb)?.ok_or(Skip::ReadFailed)?;
     let mut t = SockTuple::default();
     // SAFETY: kernel reads through the checked helper; a failed read ends
     // here, counted.
-    unsafe {
-        let head = bpf_probe_read_kernel((skb + off.head as u64) as *const u64)
-            .map_err(|_| Skip::ReadFailed)?;
-        let nh = bpf_probe_read_kernel((skb + off.network_header as u64) as *const u16)
-            .map_err(|_| Skip::ReadFailed)?;
-        if head == 0 || nh == 0xffff {
-            return Err(Skip::ReadFailed);
-        }
-        let ip = head + nh as u64;
+    let l4 = unsafe {
         let version = bpf_probe_read_kernel(ip as *const u8).map_err(|_| Skip::ReadFailed)? >> 4;
-        let l4 = if version == 4 {
+        if version == 4 {
             let h = bpf_probe_read_kernel(ip as *const [u8; 20]).map_err(|_| Skip::ReadFailed)?;
             t.family = AF_INET;
             t.remote_addr[..4].copy_from_slice(&h[12..16]);
@@ -122,11 +111,9 @@ fn answered(skb: u64) -> Result<SockTuple, Skip> {
             ip + 40
         } else {
             return Err(Skip::ReadFailed);
-        };
-        let p = bpf_probe_read_kernel(l4 as *const [u8; 4]).map_err(|_| Skip::ReadFailed)?;
-        t.remote_port = u16::from_be_bytes([p[0], p[1]]);
-        t.local_port = u16::from_be_bytes([p[2], p[3]]);
-    }
+        }
+    };
+    (t.remote_port, t.local_port) = crate::packet::ports(l4)?;
     Ok(t)
 }
 
