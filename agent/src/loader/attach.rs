@@ -107,11 +107,10 @@ impl Attached {
     ) -> Result<bool, LoadError> {
         let result = program_mut::<RawTracePoint>(ebpf, name).and_then(|program| {
             program.load()?;
-            program.attach(tracepoint).map(drop).map_err(|e| {
+            program.attach(tracepoint).map(drop).inspect_err(|_| {
                 // Not kept loaded when it cannot run: its fallback runs
                 // instead, and only the programs that run are counted.
                 let _ = program.unload();
-                e
             })
         });
         self.record(need, name, "raw_tracepoint", tracepoint.to_owned(), result)
