@@ -223,6 +223,12 @@ pub fn psql_with(
 /// A MariaDB server of the test's own, without grant tables (any client
 /// is root) and without a binary log.
 pub fn mariadb(lab: &Lab, port: u16) -> Server {
+    mariadb_with(lab, port, None)
+}
+
+/// The MariaDB server of [`mariadb`]; with `tls` (certificate and key
+/// files), it also offers TLS.
+pub fn mariadb_with(lab: &Lab, port: u16, tls: Option<(&str, &str)>) -> Server {
     require_program("mariadb-install-db");
     require_program("mariadbd");
     require_program("mariadb");
@@ -249,20 +255,24 @@ pub fn mariadb(lab: &Lab, port: u16) -> Server {
     let port_arg = format!("--port={port}");
     let socket = format!("--socket={}", dir.join("mysqld.sock"));
     let pid_file = format!("--pid-file={}", dir.join("mysqld.pid"));
-    let args = [
-        "mariadbd",
-        "--no-defaults",
-        &datadir,
-        &bind,
-        &port_arg,
-        &socket,
-        &pid_file,
-        "--user=root",
-        "--skip-grant-tables",
-        "--skip-name-resolve",
-        "--skip-log-bin",
-        "--innodb-buffer-pool-size=16M",
+    let mut args = vec![
+        "mariadbd".to_owned(),
+        "--no-defaults".into(),
+        datadir,
+        bind,
+        port_arg,
+        socket,
+        pid_file,
+        "--user=root".into(),
+        "--skip-grant-tables".into(),
+        "--skip-name-resolve".into(),
+        "--skip-log-bin".into(),
+        "--innodb-buffer-pool-size=16M".into(),
     ];
+    if let Some((cert, key)) = tls {
+        args.extend([format!("--ssl-cert={cert}"), format!("--ssl-key={key}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start(lab, "mariadbd", port, dir, &args)
 }
 
@@ -270,10 +280,21 @@ pub fn mariadb(lab: &Lab, port: u16) -> Server {
 /// stdin (one COM_QUERY each; `--force` goes on after an error, where `-e`
 /// would stop); returns (stdout, stderr).
 pub fn mariadb_client(lab: &Lab, server: &Server, statements: &[&str]) -> (String, String) {
+    mariadb_client_with(lab, server, statements, false)
+}
+
+/// [`mariadb_client`]; with `tls`, over TLS (`--ssl`, the server's
+/// certificate not verified).
+pub fn mariadb_client_with(
+    lab: &Lab,
+    server: &Server,
+    statements: &[&str],
+    tls: bool,
+) -> (String, String) {
     let ip = server.addr.ip().to_string();
     let port = server.addr.port().to_string();
     let script: String = statements.iter().map(|s| format!("{s};\n")).collect();
-    let client = [
+    let mut client = vec![
         "mariadb",
         "--no-defaults",
         "--batch",
@@ -285,6 +306,9 @@ pub fn mariadb_client(lab: &Lab, server: &Server, statements: &[&str]) -> (Strin
         "-u",
         "root",
     ];
+    if tls {
+        client.push("--ssl");
+    }
     let (_, stdout, stderr) = crate::peer::exec_with_input(&lab.client_ns, &client, &script);
     (stdout, stderr)
 }

@@ -5,8 +5,9 @@
 //! Packets are a 3-byte little-endian length, a sequence id and a payload
 //! (a 0xffffff length means the payload continues in the next packet). The
 //! server speaks first (the greeting); the client's handshake response says
-//! whether TLS follows (then the session stops quietly); authentication is
-//! skipped up to the server's OK. After that, each command (sequence id 0)
+//! whether TLS follows (an SSL request: from there the socket's bytes go to
+//! a [`TlsSession`], which reports the handshake's metadata like any other
+//! TLS connection's); authentication is skipped up to the server's OK. After that, each command (sequence id 0)
 //! is answered in order:
 //!
 //! - `COM_QUERY` and `COM_STMT_EXECUTE`: OK, ERR, or a result set (column
@@ -34,6 +35,7 @@ use crate::framer::{Frame, Framer, Layout};
 use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sets_credentials, sql_operation};
 use crate::text::{bounded, bounded_lossy};
+use crate::tls::TlsSession;
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, MetricAttributes, ParseError,
     Privacy, Protocol, Session,
@@ -63,7 +65,7 @@ const COM_STMT_BULK_EXECUTE: u8 = 0xfa;
 /// Is this a MySQL/MariaDB server greeting (protocol version 10)?
 pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
     if first.direction != Direction::ToClient {
-        return Detection::No;
+        return detect_response_after_ssl(first.data);
     }
     let d = first.data;
     /// Bytes needed, and the check once they are there.
@@ -94,6 +96,29 @@ pub(crate) fn detect(first: &FirstBytes<'_>) -> Detection {
     }
 }
 
+/// A stream that starts with the client's handshake response (sequence
+/// 2, `CLIENT_PROTOCOL_41` and `CLIENT_SSL` set, 23 bytes of filler whose
+/// first 19 are zero: MariaDB keeps its extended capabilities in the last
+/// four): the TLS plaintext of a connection whose greeting and SSL request
+/// went in the clear, on the socket's own stream.
+fn detect_response_after_ssl(d: &[u8]) -> Detection {
+    const FILLER: std::ops::Range<usize> = 4 + 9..4 + 28;
+    if d.len() < FILLER.end {
+        return if d.len() < 4 || (d[3] == 2 && d[2] == 0) {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        };
+    }
+    let len = le(&d[..3]);
+    let caps = le(&d[4..8]) as u32;
+    let ok = d[3] == 2
+        && (32..4096).contains(&len)
+        && caps & (CLIENT_PROTOCOL_41 | CLIENT_SSL) == CLIENT_PROTOCOL_41 | CLIENT_SSL
+        && d[FILLER].iter().all(|&b| b == 0);
+    if ok { Detection::Yes } else { Detection::No }
+}
+
 fn le(b: &[u8]) -> usize {
     b.iter().rev().fold(0, |n, &x| (n << 8) | usize::from(x))
 }
@@ -119,7 +144,10 @@ enum Phase {
     /// Authentication exchange: skipped up to the server's OK.
     Auth,
     Command,
-    /// TLS, or the server refused the connection.
+    /// The client asked for TLS: the handshake follows, read by
+    /// [`MysqlSession::tls`].
+    Tls,
+    /// The server refused the connection.
     Done,
 }
 
@@ -189,6 +217,8 @@ pub struct MysqlSession {
     sending: bool,
     statements: VecDeque<(u32, String)>,
     lost: Lost,
+    /// The handshake after the client's SSL request.
+    tls: Option<Box<TlsSession>>,
 }
 
 impl MysqlSession {
@@ -206,12 +236,15 @@ impl MysqlSession {
             sending: false,
             statements: VecDeque::new(),
             lost: Lost::default(),
+            tls: None,
         }
     }
 
     /// Bytes held for partial packets (for the bounds checks).
     pub fn buffered(&self) -> usize {
-        self.client.buffered() + self.server.buffered()
+        self.client.buffered()
+            + self.server.buffered()
+            + self.tls.as_ref().map_or(0, |tls| tls.buffered())
     }
 
     fn err(kind: ErrorKind) -> ParseError {
@@ -253,6 +286,17 @@ impl MysqlSession {
         }
         let body = &frame.body;
         match self.phase {
+            // The TLS plaintext of a connection that switched after its
+            // greeting: the client's full handshake response comes first.
+            // The greeting's capabilities are not in this stream; the
+            // client only sets those the server offered.
+            Phase::Greeting if frame.header()[3] == 2 && body.len() >= 4 => {
+                let caps = le(&body[..4]) as u32;
+                self.server_caps = caps;
+                self.deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
+                self.phase = Phase::Auth;
+                return Ok(());
+            }
             Phase::HandshakeResponse => {
                 let caps = if body.len() >= 4 && self.server_caps & CLIENT_PROTOCOL_41 != 0 {
                     le(&body[..4]) as u32
@@ -261,7 +305,8 @@ impl MysqlSession {
                 };
                 self.deprecate_eof = caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0;
                 self.phase = if caps & CLIENT_SSL != 0 {
-                    Phase::Done
+                    self.tls = Some(Box::default());
+                    Phase::Tls
                 } else {
                     Phase::Auth
                 };
@@ -494,7 +539,7 @@ impl MysqlSession {
     fn feed_dir(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ErrorKind> {
         let client = chunk.direction == Direction::ToServer;
         let mut input = chunk.data;
-        while !input.is_empty() && self.phase != Phase::Done {
+        while !input.is_empty() && self.parsing() {
             let frame = if client {
                 let keep = match self.phase {
                     Phase::Command => self.limits.max_message,
@@ -513,6 +558,17 @@ impl MysqlSession {
                 None => {}
             }
         }
+        if self.phase == Phase::Tls {
+            // What followed the SSL request in the same write is the
+            // handshake's.
+            let rest = Chunk {
+                data: input,
+                gap_before: 0,
+                ..*chunk
+            };
+            self.feed_tls(&rest, out);
+            return Ok(());
+        }
         if chunk.truncated > 0 && self.phase != Phase::Done {
             let framer = if client {
                 &mut self.client
@@ -530,6 +586,22 @@ impl MysqlSession {
             }
         }
         Ok(())
+    }
+
+    /// Whether packets are still read (not past a switch to TLS or a
+    /// refusal).
+    fn parsing(&self) -> bool {
+        !matches!(self.phase, Phase::Tls | Phase::Done)
+    }
+
+    /// Handshake bytes: the TLS session never fails (it only stops
+    /// looking), so neither does the connection over them.
+    fn feed_tls(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.tls
+            && (!chunk.data.is_empty() || chunk.truncated > 0)
+        {
+            let _ = tls.feed(chunk, out);
+        }
     }
 }
 
@@ -562,13 +634,20 @@ impl Session for MysqlSession {
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
+        if self.phase == Phase::Tls {
+            self.feed_tls(chunk, out);
+            return Ok(());
+        }
         if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
             return Ok(());
         }
         self.feed_dir(chunk, out).map_err(Self::err)
     }
 
-    fn close(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.tls {
+            tls.close(ts_ns, out);
+        }
         self.lost.finish(out);
         let requests: Vec<Request> = self.pending.drain().filter(|r| r.report).collect();
         for request in requests {

@@ -296,3 +296,102 @@ fn sizes_are_the_packets_of_a_command_and_its_response() {
     assert_eq!(want[..2], [(20, 61), (56, 17)]);
     testkit::assert_split_invariant(&records, &session);
 }
+
+/// A client that asks for TLS (the SSL request: a short handshake response
+/// with CLIENT_SSL), then a real handshake (Python's ssl, TLS 1.3): the
+/// connection reports the handshake's metadata as any TLS connection does,
+/// and no parse error.
+#[test]
+fn an_ssl_request_reports_the_handshake() {
+    let caps: u32 = CLIENT_PROTOCOL_41 | CLIENT_SSL;
+    let mut greeting = vec![10];
+    greeting.extend_from_slice(b"8.0.36\0\x01\0\0\0abcdefgh\0");
+    greeting.extend_from_slice(&(caps as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0x21, 0x02, 0x00]);
+    greeting.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    greeting.extend_from_slice(&[0; 11]);
+    // caps, max packet size, charset, 23 bytes of filler.
+    let mut ssl_request = caps.to_le_bytes().to_vec();
+    ssl_request.extend_from_slice(&[0; 28]);
+    let mut records = vec![
+        Record {
+            direction: Direction::ToClient,
+            data: packet(0, &greeting),
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(1, &ssl_request),
+        },
+    ];
+    records.extend(testkit::load("tls/tls13.bin"));
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].protocol, Protocol::Tls);
+    assert_eq!(out[0].fields["sni"], "api.weft.test");
+    assert_eq!(out[0].fields["version"], "1.3");
+    assert_eq!(out[0].fields["outcome"], "ok");
+    testkit::assert_split_invariant(&records, &session);
+}
+
+/// The TLS plaintext of such a connection starts with the client's full
+/// handshake response (sequence 2): it is detected as MySQL, and the
+/// commands after the server's OK parse as on a cleartext connection.
+#[test]
+fn the_plaintext_after_an_ssl_request_starts_at_the_handshake_response() {
+    let caps: u32 = CLIENT_PROTOCOL_41 | CLIENT_SSL;
+    let mut response = caps.to_le_bytes().to_vec();
+    response.extend_from_slice(&[0xff, 0xff, 0xff, 0x00, 0x21]);
+    // MariaDB's extended capabilities in the filler's last four bytes.
+    response.extend_from_slice(&[0; 19]);
+    response.extend_from_slice(&[0x1d, 0, 0, 0]);
+    response.extend_from_slice(b"root\0\0");
+    let first = packet(2, &response);
+    let bytes = FirstBytes {
+        direction: Direction::ToServer,
+        data: &first,
+        transport: crate::Transport::Stream,
+        server_port: 3306,
+    };
+    assert_eq!(detect(&bytes), Detection::Yes);
+    assert_eq!(crate::detect(&bytes), Ok(Protocol::Mysql));
+    // Cut before the filler: more is needed; a sequence other than 2 is
+    // not this.
+    let cut = FirstBytes {
+        data: &first[..20],
+        ..bytes
+    };
+    assert_eq!(detect(&cut), Detection::NeedMore);
+    let mut other = first.clone();
+    other[3] = 1;
+    let other = FirstBytes {
+        data: &other,
+        ..bytes
+    };
+    assert_eq!(detect(&other), Detection::No);
+
+    let records = vec![
+        Record {
+            direction: Direction::ToServer,
+            data: first.clone(),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(3, b"\0\0\0\x02\0\0\0"),
+        },
+        Record {
+            direction: Direction::ToServer,
+            data: packet(0, b"\x03DELETE FROM t"),
+        },
+        Record {
+            direction: Direction::ToClient,
+            data: packet(1, b"\0\x02\0\x02\0\0\0"),
+        },
+    ];
+    let (out, err) = testkit::replay(&mut session(), &testkit::pieces(&records));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].fields["operation"], "DELETE");
+    assert_eq!(out[0].fields["rows"], 2);
+    testkit::assert_split_invariant(&records, &session);
+}

@@ -292,7 +292,9 @@ fn measure_all(ctx: &Ctx, plan: &Plan, options: &Options, run: &mut Run) -> Resu
         (step * 4 + Duration::from_secs(5)) * 2
     };
     let phase_estimate = Duration::from_secs(3 + plan.warmup)
-        + (Duration::from_secs(plan.seconds + 1) + ctx.settle) * loads.len() as u32;
+        // Each point waits for the agent's counters to settle before and
+        // after (at least one read interval each).
+        + (Duration::from_secs(plan.seconds + 1) + ctx.settle * 2) * loads.len() as u32;
     let mut round_time = phase_estimate * configs.len() as u32;
     let deadline = plan.stress.deadline;
     for round in 1..=plan.rounds {

@@ -12,7 +12,7 @@ use super::collector::Collector;
 use super::lab::Lab;
 use super::load::{Load, Outcome};
 use super::measure::{BpfObjects, Cost, Snapshot};
-use super::proc::{Proc, check_interrupted, pause};
+use super::proc::{Proc, check_interrupted};
 use super::weft::{Agent, L7Switch, Mode};
 use super::workloads::{Shape, Workload};
 
@@ -197,7 +197,11 @@ impl Running {
         seconds: u64,
     ) -> Result<Option<Point>> {
         check_interrupted()?;
-        let counters_before = self.agent.as_ref().map(Agent::counters).transpose()?;
+        let counters_before = self
+            .agent
+            .as_ref()
+            .map(|agent| agent.settled_counters(ctx.settle))
+            .transpose()?;
         let before = Snapshot::take(ctx.lab, self.agent.as_ref())?;
         let Some(outcome) = ctx
             .workload
@@ -208,9 +212,9 @@ impl Running {
         let after = Snapshot::take(ctx.lab, self.agent.as_ref())?;
         let mut cost = before.cost(&after);
         if let (Some(agent), Some(counters_before)) = (&mut self.agent, counters_before) {
-            pause(ctx.settle)?;
             agent.check_alive()?;
-            cost = cost.with_counters(&counters_before, &agent.counters()?);
+            let counters_after = agent.settled_counters(ctx.settle)?;
+            cost = cost.with_counters(&counters_before, &counters_after);
             cost.agent_rss_kib = Some(agent.memory_kib()?.0);
         }
         for sidecar in &mut self.sidecars {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::lab::Lab;
 use super::measure::BpfObjects;
-use super::proc::{Proc, wait_for};
+use super::proc::{Proc, pause, wait_for};
 use crate::cmd::read;
 
 /// How weft is started in one configuration: extra arguments and, when
@@ -64,6 +64,12 @@ pub fn cleanup(bin: &Path) {
 }
 
 /// Why B2 does not run on an agent without L7.
+/// Reads of the counters at most while waiting for the agent to settle.
+const SETTLE_READS: u32 = 30;
+/// L7 records per read interval that still count as settled: the bench's
+/// own reads of the metrics page.
+const SETTLED_L7: f64 = 4.0;
+
 pub const NO_L7: &str = "this weft has no L7 (no `l7_capture_bytes` in `weft agent --print-config`, \
                          no `--l7` or `--no-l7` in `weft agent --help`)";
 
@@ -220,6 +226,26 @@ impl Agent {
     pub fn counters(&self) -> Result<Counters> {
         let page = http_get(self.metrics, "/metrics")?;
         Ok(parse_counters(&page))
+    }
+
+    /// The counters once the agent has caught up with what the load left
+    /// queued (at B2's maximum it parses a backlog for seconds after the
+    /// load stops, which would count in the next point): read every
+    /// `interval` until the L7 count moves by at most a few (the bench's
+    /// own reads of this page are parsed as HTTP too), at most
+    /// [`SETTLE_READS`] times.
+    pub fn settled_counters(&self, interval: Duration) -> Result<Counters> {
+        let mut last = self.counters()?;
+        for _ in 0..SETTLE_READS {
+            pause(interval)?;
+            let now = self.counters()?;
+            let moved = now.l7_requests - last.l7_requests;
+            last = now;
+            if moved <= SETTLED_L7 {
+                break;
+            }
+        }
+        Ok(last)
     }
 
     /// `weft status -o json`, for the report.
