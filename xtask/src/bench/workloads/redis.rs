@@ -5,7 +5,8 @@
 //!
 //! redis-benchmark has no open-loop mode and no duration: it is measured at
 //! its maximum only (fixed rates are `None`), with a request count sized by
-//! a short first run to last about the point's seconds. Latency
+//! a short first run to last about the point's seconds (the point's
+//! requests and seconds are both runs', as its costs are). Latency
 //! percentiles come from the distributions it prints per command (merged:
 //! GET's and SET's counts added at each bound), at its histogram's
 //! resolution.
@@ -118,8 +119,15 @@ impl Workload for Redis {
         let sizing = self.run(lab, target, shape, PROBE_REQUESTS, 30)?;
         let rate = sizing.achieved_rate().max(1.0);
         let requests = ((rate * seconds as f64) as u64).max(PROBE_REQUESTS);
-        self.run(lab, target, shape, requests, seconds * 4 + 30)
-            .map(Some)
+        let main = self.run(lab, target, shape, requests, seconds * 4 + 30)?;
+        // The point's costs (CPU, eBPF time, weft's records) cover both
+        // runs, so its requests do too; the percentiles are the main run's.
+        Ok(Some(Outcome {
+            ok: sizing.ok + main.ok,
+            errors: sizing.errors + main.errors,
+            seconds: sizing.seconds + main.seconds,
+            latency: main.latency,
+        }))
     }
 
     fn versions(&self, _lab: &Lab) -> Vec<(&'static str, String)> {
