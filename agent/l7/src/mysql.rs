@@ -6,8 +6,11 @@
 //! (a 0xffffff length means the payload continues in the next packet). The
 //! server speaks first (the greeting); the client's handshake response says
 //! whether TLS follows (an SSL request: from there the socket's bytes go to
-//! a [`TlsSession`], which reports the handshake's metadata like any other
-//! TLS connection's); authentication is skipped up to the server's OK. After that, each command (sequence id 0)
+//! the handshake parser, [`AfterGreeting`], which reports the handshake's
+//! metadata like any other TLS connection's; the commands, when the library
+//! is hooked, come as plaintext on a stream of their own, which starts at
+//! the client's full handshake response); authentication is skipped up to
+//! the server's OK. After that, each command (sequence id 0)
 //! is answered in order:
 //!
 //! - `COM_QUERY` and `COM_STMT_EXECUTE`: OK, ERR, or a result set (column
@@ -35,7 +38,7 @@ use crate::framer::{Frame, Framer, Layout};
 use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sets_credentials, sql_operation};
 use crate::text::{bounded, bounded_lossy};
-use crate::tls::TlsSession;
+use crate::tls::AfterGreeting;
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, MetricAttributes, ParseError,
     Privacy, Protocol, Session,
@@ -218,7 +221,7 @@ pub struct MysqlSession {
     statements: VecDeque<(u32, String)>,
     lost: Lost,
     /// The handshake after the client's SSL request.
-    tls: Option<Box<TlsSession>>,
+    tls: AfterGreeting,
 }
 
 impl MysqlSession {
@@ -236,15 +239,13 @@ impl MysqlSession {
             sending: false,
             statements: VecDeque::new(),
             lost: Lost::default(),
-            tls: None,
+            tls: AfterGreeting::default(),
         }
     }
 
     /// Bytes held for partial packets (for the bounds checks).
     pub fn buffered(&self) -> usize {
-        self.client.buffered()
-            + self.server.buffered()
-            + self.tls.as_ref().map_or(0, |tls| tls.buffered())
+        self.client.buffered() + self.server.buffered() + self.tls.buffered()
     }
 
     fn err(kind: ErrorKind) -> ParseError {
@@ -305,7 +306,7 @@ impl MysqlSession {
                 };
                 self.deprecate_eof = caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0;
                 self.phase = if caps & CLIENT_SSL != 0 {
-                    self.tls = Some(Box::default());
+                    self.tls.start();
                     Phase::Tls
                 } else {
                     Phase::Auth
@@ -561,12 +562,7 @@ impl MysqlSession {
         if self.phase == Phase::Tls {
             // What followed the SSL request in the same write is the
             // handshake's.
-            let rest = Chunk {
-                data: input,
-                gap_before: 0,
-                ..*chunk
-            };
-            self.feed_tls(&rest, out);
+            self.tls.feed_rest(chunk, input, out);
             return Ok(());
         }
         if chunk.truncated > 0 && self.phase != Phase::Done {
@@ -592,16 +588,6 @@ impl MysqlSession {
     /// refusal).
     fn parsing(&self) -> bool {
         !matches!(self.phase, Phase::Tls | Phase::Done)
-    }
-
-    /// Handshake bytes: the TLS session never fails (it only stops
-    /// looking), so neither does the connection over them.
-    fn feed_tls(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
-        if let Some(tls) = &mut self.tls
-            && (!chunk.data.is_empty() || chunk.truncated > 0)
-        {
-            let _ = tls.feed(chunk, out);
-        }
     }
 }
 
@@ -635,7 +621,7 @@ impl Session for MysqlSession {
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
         if self.phase == Phase::Tls {
-            self.feed_tls(chunk, out);
+            self.tls.feed(chunk, out);
             return Ok(());
         }
         if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
@@ -645,9 +631,7 @@ impl Session for MysqlSession {
     }
 
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if let Some(tls) = &mut self.tls {
-            tls.close(ts_ns, out);
-        }
+        self.tls.close(ts_ns, out);
         self.lost.finish(out);
         let requests: Vec<Request> = self.pending.drain().filter(|r| r.report).collect();
         for request in requests {

@@ -3,11 +3,11 @@
 //!
 //! - Startup: an untyped `SSLRequest`/`GSSENCRequest` is answered with one
 //!   byte, then the untyped `StartupMessage`; authentication is skipped.
-//!   `S` means TLS follows: from there the socket's bytes go to a
-//!   [`TlsSession`], which reports the handshake's metadata like any other
-//!   TLS connection's (the queries, when the library is hooked, come as
-//!   plaintext on a stream of their own). `G` (GSSAPI encryption) ends the
-//!   parsing, quietly.
+//!   `S` means TLS follows: from there the socket's bytes go to the
+//!   handshake parser ([`AfterGreeting`]), which reports the handshake's
+//!   metadata like any other TLS connection's (the queries, when the
+//!   library is hooked, come as plaintext on a stream of their own). `G`
+//!   (GSSAPI encryption) ends the parsing, quietly.
 //! - Simple query: `Q` is answered by rows, `CommandComplete` or
 //!   `ErrorResponse`, and always ends with `ReadyForQuery` (`Z`).
 //! - Extended query: `Parse`/`Bind`/`Execute`... up to `Sync` form one
@@ -35,7 +35,7 @@ use crate::framer::{Frame, Framer, Layout};
 use crate::pending::{Fifo, Lost, Resync};
 use crate::sql_obfuscate::{Dialect, obfuscate_sql, sets_credentials, sql_operation};
 use crate::text::{bounded, bounded_lossy};
-use crate::tls::TlsSession;
+use crate::tls::AfterGreeting;
 use crate::{
     Chunk, Detection, Direction, ErrorKind, Exchange, Limits, MetricAttributes, ParseError,
     Privacy, Protocol, Session,
@@ -208,7 +208,7 @@ pub struct PostgresSession {
     /// answer requests.
     ready: bool,
     /// The handshake after an accepted SSLRequest.
-    tls: Option<Box<TlsSession>>,
+    tls: AfterGreeting,
 }
 
 impl PostgresSession {
@@ -226,15 +226,13 @@ impl PostgresSession {
             portals: VecDeque::new(),
             lost: Lost::default(),
             ready: false,
-            tls: None,
+            tls: AfterGreeting::default(),
         }
     }
 
     /// Bytes held for partial messages (for the bounds checks).
     pub fn buffered(&self) -> usize {
-        self.client.buffered()
-            + self.server.buffered()
-            + self.tls.as_ref().map_or(0, |tls| tls.buffered())
+        self.client.buffered() + self.server.buffered() + self.tls.buffered()
     }
 
     fn err(kind: ErrorKind) -> ParseError {
@@ -404,7 +402,7 @@ impl PostgresSession {
             self.phase = match frame.header()[0] {
                 b'N' => Phase::Startup,
                 b'S' => {
-                    self.tls = Some(Box::default());
+                    self.tls.start();
                     Phase::Tls
                 }
                 b'G' => Phase::Done,
@@ -530,12 +528,7 @@ impl PostgresSession {
         }
         if self.phase == Phase::Tls {
             // What followed the `S` in the same read is the handshake's.
-            let rest = Chunk {
-                data: input,
-                gap_before: 0,
-                ..*chunk
-            };
-            self.feed_tls(&rest, out);
+            self.tls.feed_rest(chunk, input, out);
             return Ok(());
         }
         if chunk.truncated > 0 && self.phase != Phase::Done {
@@ -554,16 +547,6 @@ impl PostgresSession {
     /// a cancel request).
     fn parsing(&self) -> bool {
         !matches!(self.phase, Phase::Tls | Phase::Done)
-    }
-
-    /// Handshake bytes: the TLS session never fails (it only stops
-    /// looking), so neither does the connection over them.
-    fn feed_tls(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
-        if let Some(tls) = &mut self.tls
-            && (!chunk.data.is_empty() || chunk.truncated > 0)
-        {
-            let _ = tls.feed(chunk, out);
-        }
     }
 }
 
@@ -599,7 +582,7 @@ impl Session for PostgresSession {
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) -> Result<(), ParseError> {
         if self.phase == Phase::Tls {
-            self.feed_tls(chunk, out);
+            self.tls.feed(chunk, out);
             return Ok(());
         }
         if self.phase == Phase::Done || !self.admit(chunk, out).map_err(Self::err)? {
@@ -613,9 +596,7 @@ impl Session for PostgresSession {
     }
 
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if let Some(tls) = &mut self.tls {
-            tls.close(ts_ns, out);
-        }
+        self.tls.close(ts_ns, out);
         self.lost.finish(out);
         if let Some(batch) = self.batch.take() {
             self.pending.push(batch);

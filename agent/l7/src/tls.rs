@@ -696,6 +696,50 @@ impl TlsSession {
     }
 }
 
+/// The TLS handshake a protocol switches to after a cleartext greeting
+/// (PostgreSQL's `SSLRequest`, MySQL's SSL request): that protocol's
+/// session hands it the socket's bytes from the switch on, so the
+/// connection gets its handshake record like any TLS connection.
+#[derive(Default)]
+pub struct AfterGreeting(Option<Box<TlsSession>>);
+
+impl AfterGreeting {
+    /// The switch: the next bytes are the handshake's.
+    pub fn start(&mut self) {
+        self.0 = Some(Box::default());
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.0.as_ref().map_or(0, |tls| tls.buffered())
+    }
+
+    /// Handshake bytes: never an error (the TLS session only stops
+    /// looking), so the connection does not fail over them.
+    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.0
+            && (!chunk.data.is_empty() || chunk.truncated > 0)
+        {
+            let _ = tls.feed(chunk, out);
+        }
+    }
+
+    /// What followed the switch in the read or write of `chunk`.
+    pub fn feed_rest(&mut self, chunk: &Chunk<'_>, rest: &[u8], out: &mut Vec<Exchange>) {
+        let rest = Chunk {
+            data: rest,
+            gap_before: 0,
+            ..*chunk
+        };
+        self.feed(&rest, out);
+    }
+
+    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Some(tls) = &mut self.0 {
+            tls.close(ts_ns, out);
+        }
+    }
+}
+
 impl Session for TlsSession {
     fn protocol(&self) -> Protocol {
         Protocol::Tls
