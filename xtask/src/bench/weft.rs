@@ -63,13 +63,13 @@ pub fn cleanup(bin: &Path) {
     }
 }
 
-/// Why B2 does not run on an agent without L7.
 /// Reads of the counters at most while waiting for the agent to settle.
 const SETTLE_READS: u32 = 30;
 /// L7 records per read interval that still count as settled: the bench's
 /// own reads of the metrics page.
 const SETTLED_L7: f64 = 4.0;
 
+/// Why B2 does not run on an agent without L7.
 pub const NO_L7: &str = "this weft has no L7 (no `l7_capture_bytes` in `weft agent --print-config`, \
                          no `--l7` or `--no-l7` in `weft agent --help`)";
 

@@ -84,14 +84,23 @@ pub fn percentiles(mut latencies_us: Vec<f64>) -> Latency {
     latencies_us.sort_by(f64::total_cmp);
     let n = latencies_us.len();
     Latency::from_fn(|name| {
-        let q: f64 = name[1..].parse::<f64>().unwrap_or(100.0) / 100.0;
-        // The epsilon keeps 0.999 × 1000 from rounding up to rank 1000.
-        let rank = (q * n as f64 - 1e-9).ceil() as usize;
         latencies_us
-            .get(rank.clamp(1, n.max(1)) - 1)
+            .get(nearest_rank(quantile(name), n as u64) as usize - 1)
             .copied()
             .unwrap_or(f64::NAN)
     })
+}
+
+/// The quantile a [`Latency`] field names (`p99` is 0.99, `p99.9` 0.999).
+pub fn quantile(name: &str) -> f64 {
+    name[1..].parse::<f64>().unwrap_or(100.0) / 100.0
+}
+
+/// The 1-based rank of quantile `q` among `n` ordered values (nearest
+/// rank; at least 1).
+pub fn nearest_rank(q: f64, n: u64) -> u64 {
+    // The epsilon keeps 0.999 × 1000 from rounding up to rank 1000.
+    ((q * n as f64 - 1e-9).ceil() as u64).clamp(1, n.max(1))
 }
 
 #[cfg(test)]

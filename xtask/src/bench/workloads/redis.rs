@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Shape, Tools, Workload};
+use super::{Shape, Tools, Workload, nearest_rank, quantile};
 use crate::bench::lab::Lab;
 use crate::bench::load::{Latency, Load, Outcome};
 use crate::bench::proc::Proc;
@@ -247,10 +247,7 @@ fn parse_output(text: &str) -> Result<Outcome> {
         ok: requests,
         errors: 0,
         seconds: sections.iter().map(|s| s.seconds).sum(),
-        latency: Latency::from_fn(|name| {
-            let q: f64 = name[1..].parse::<f64>().unwrap_or(100.0) / 100.0;
-            merged_quantile(&sections, q) * 1000.0
-        }),
+        latency: Latency::from_fn(|name| merged_quantile(&sections, quantile(name)) * 1000.0),
     })
 }
 
@@ -258,7 +255,7 @@ fn parse_output(text: &str) -> Result<Outcome> {
 /// sections fall (nearest rank, at the histograms' resolution).
 fn merged_quantile(sections: &[Section], q: f64) -> f64 {
     let total: u64 = sections.iter().map(|s| s.requests).sum();
-    let rank = ((q * total as f64 - 1e-9).ceil() as u64).clamp(1, total.max(1));
+    let rank = nearest_rank(q, total);
     let mut bounds: Vec<f64> = sections
         .iter()
         .flat_map(|s| s.cumulative.iter().map(|&(b, _)| b))
