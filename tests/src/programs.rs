@@ -1,11 +1,11 @@
 //! The BPF programs the kernel holds, and which process holds them: what
 //! the lifecycle and fault tests check an agent leaves behind.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use serde_json::Value;
 
-use crate::{agent::Agent, run};
+use crate::{agent::Agent, run, try_wait_for};
 
 /// Ids of the loaded BPF programs whose name starts with `weft_`.
 pub fn weft_programs() -> Vec<u64> {
@@ -80,4 +80,20 @@ pub fn programs_of(agent: &Agent) -> Vec<u64> {
         .into_iter()
         .filter(|id| held.contains(id))
         .collect()
+}
+
+/// Asserts that no weft program is left that no process holds, waiting up
+/// to 10 s for one to go. The kernel frees a dead process's programs a
+/// moment after it exits (links are released from a workqueue), so a
+/// program can be listed after its holder is gone; a real leak stays.
+pub fn assert_none_leaked(after: &str) {
+    let mut left = Vec::new();
+    let gone = try_wait_for(Duration::from_secs(10), || {
+        left = leaked();
+        left.is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "programs held by no process after {after}: {left:?}"
+    );
 }

@@ -36,7 +36,7 @@ use weft_tests::{
     agent::{Agent, weft, weft_bin},
     node::private_mounts,
     output_within,
-    programs::leaked,
+    programs::assert_none_leaked,
     require_root, unique_port, wait_for,
 };
 
@@ -216,7 +216,7 @@ fn assert_loaded_nothing(out: &Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("] mounted "), "{stderr}");
     assert!(!stderr.contains("] attached "), "{stderr}");
-    assert_eq!(leaked(), Vec::<u64>::new(), "programs held by no process");
+    assert_none_leaked("a refused start");
 }
 
 /// A path of this test's own, removed (file or directory) when dropped.
@@ -309,7 +309,7 @@ fn services_on_a_read_only_bpffs_exit_2_saying_so() {
             "mount -o remount,rw /sys/fs/bpf",
         ],
     );
-    assert_eq!(leaked(), Vec::<u64>::new(), "programs held by no process");
+    assert_none_leaked("a refused start");
     assert!(
         std::fs::symlink_metadata(&socket.0).is_err(),
         "no API socket from an agent that did not start"

@@ -37,7 +37,7 @@ use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
     lab::{Lab, spawn_in},
-    programs::{expected_programs, leaked, programs_of, weft_programs},
+    programs::{assert_none_leaked, expected_programs, leaked, programs_of, weft_programs},
     require_root, scaled, servers, try_wait_for, unique_port, wait_for,
 };
 
@@ -261,7 +261,7 @@ fn sigkill_under_load_then_restart_records_everything_and_leaks_nothing() {
     });
     let second_programs = programs_of(&second);
     assert_eq!(second_programs.len(), programs);
-    assert_eq!(leaked(), Vec::<u64>::new(), "programs held by no process");
+    assert_none_leaked("the restart");
     assert!(!Path::new(PINS).exists(), "pins after the restart");
 
     // Traffic on for a while under the new agent, then stopped.

@@ -8,7 +8,9 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
-    programs::{attachments, expected_programs, leaked, programs_of, weft_programs},
+    programs::{
+        assert_none_leaked, attachments, expected_programs, leaked, programs_of, weft_programs,
+    },
     require_root, run, wait_for,
 };
 
@@ -109,11 +111,7 @@ fn nothing_outlives_the_agent() {
         },
     );
     assert_eq!(programs_of(&next).len(), n);
-    assert!(
-        leaked().is_empty(),
-        "programs held by no process: {:?}",
-        leaked()
-    );
+    assert_none_leaked("SIGKILL and restart");
     let status = next.status_json().expect("status");
     assert_eq!(status["pid"], next.pid());
     assert!(next.signal_and_wait(libc::SIGTERM).success());
