@@ -61,7 +61,8 @@ pub struct Options {
         default_value = "b0,b1,b2,s1,b3"
     )]
     configs: Vec<Config>,
-    /// The workload (server and load generator): http, https, postgres.
+    /// The workload (server and load generator): http, https, postgres,
+    /// redis, redis-pipelined.
     #[arg(long, default_value = "http")]
     workload: String,
     /// Connections of the load generator.

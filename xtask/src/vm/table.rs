@@ -153,7 +153,7 @@ mod tests {
                 "programs":[{"name":"weft_tcp_state"},{"name":"weft_udp_egress_anon"}],
                 "failed_programs":[{"name":"weft_udp_egress"}],
                 "features":[{"name":"kernel BTF","available":true},
-                            {"name":"tcp_probe skaddr field","available":false}]}"#,
+                            {"name":"smoothed RTT","available":false}]}"#,
         )
         .unwrap();
         fs::write(
@@ -169,7 +169,7 @@ mod tests {
             format!(
                 "{HEADER}| 5.10 | agent did not start | | | |\n\
                  | 6.1.0-57-amd64 | 2 | `weft_udp_egress` (`weft_udp_egress_anon`) \
-                 | tcp_probe skaddr field | tcp 5/6, udp 2/2 |\n\
+                 | smoothed RTT | tcp 5/6, udp 2/2 |\n\
                  | 6.12.118 | 30 | none | none | tcp 6/6 |\n"
             ),
             "6.12 kept from the previous table, 6.18 in neither"
