@@ -509,6 +509,7 @@ impl FlowTable {
             pipeline,
             info: StaticStatus {
                 programs: probes.programs.clone(),
+                late_programs: probes.late_programs.clone(),
                 failed_programs: probes.failed.clone(),
                 features: probes.features.clone(),
                 kernel: handles.kernel.clone(),

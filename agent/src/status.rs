@@ -1,6 +1,8 @@
 //! The agent's health report: what `weft status` shows and what the flow API
 //! returns from `GetStatus`. The daemon refreshes it every second.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,29 @@ pub struct ProgramStatus {
     pub kind: String,
     /// Where it is attached, e.g. `sock/inet_sock_set_state`.
     pub attach_point: String,
+}
+
+/// Attachments made after start (the TLS programs attached to a library
+/// first mapped by a process started later): the watcher that makes them
+/// adds them, the status report lists them after those made at start.
+#[derive(Debug, Clone, Default)]
+pub struct LateAttachments(Arc<Mutex<Vec<ProgramStatus>>>);
+
+impl LateAttachments {
+    pub fn extend(&self, attached: impl IntoIterator<Item = ProgramStatus>) {
+        self.lock().extend(attached);
+    }
+
+    pub fn snapshot(&self) -> Vec<ProgramStatus> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ProgramStatus>> {
+        // A list of plain values: what a panicking writer left is usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// An optional program the kernel refused: what it measures is missing.

@@ -444,10 +444,21 @@ pub fn python_http_in(lab: &Lab, port: u16, cgroup: Option<&Path>) -> Server {
 /// [`python_http`] over TLS (Python's ssl) with the certificate and key
 /// files given.
 pub fn python_https(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
+    python_https_env(lab, port, cert, key, &[])
+}
+
+/// [`python_https`] with `NAME=VALUE` settings in its environment (the
+/// dynamic linker's, for one).
+pub fn python_https_env(lab: &Lab, port: u16, cert: &str, key: &str, env: &[&str]) -> Server {
     require_program("python3");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/http_server.py");
     let port_s = port.to_string();
-    let args = [
+    let mut args = Vec::new();
+    if !env.is_empty() {
+        args.push("env");
+        args.extend(env);
+    }
+    args.extend([
         "python3",
         script,
         &lab.server_v4,
@@ -455,7 +466,7 @@ pub fn python_https(lab: &Lab, port: u16, cert: &str, key: &str) -> Server {
         "--tls",
         cert,
         key,
-    ];
+    ]);
     Server::start(
         lab,
         "python https server",

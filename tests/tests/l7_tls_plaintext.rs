@@ -15,7 +15,7 @@
 //! connection and side, and nothing else. A query value that the privacy
 //! settings redact appears in no record and in no line of the agent's log.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use weft_tests::{
@@ -23,9 +23,10 @@ use weft_tests::{
     follow::{Follower, closes_by, l7},
     lab::Lab,
     peer::{TempDir, require_program},
+    programs::attachments,
     require_root, servers,
     tls::certificates,
-    unique_port,
+    unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -131,6 +132,113 @@ fn python_ssl_client_and_server() {
     ];
     setup.check_both_sides(&want, ("python3", "python3"), 1);
     assert_no_secret_and_no_parse_error(agent);
+}
+
+#[test]
+fn a_libssl_first_mapped_after_start_is_attached_and_listed() {
+    if !require_root("a_libssl_first_mapped_after_start_is_attached_and_listed") {
+        return;
+    }
+    let setup = Setup::new(107);
+    let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
+    // A copy of the system's libssl is a file the agent has never seen (a
+    // container image's own libssl is one too): the server maps it, from
+    // its first instruction, only after the agent has started.
+    let system = system_libssl();
+    let libs = TempDir::new("tls-late-libssl");
+    let copy = libs.join("libssl.so.3");
+    std::fs::copy(&system, &copy).expect("copy libssl");
+    let listed = |a: &Agent| {
+        let files = attached_files(a);
+        files
+            .iter()
+            .filter(|(file, _)| file.ends_with(&copy))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    assert_eq!(
+        listed(agent),
+        0,
+        "the copy is attached before any process maps it"
+    );
+    // The system's libssl is attached at start (by whichever of its names
+    // the agent found first), with as many attachments as the copy must
+    // get: its read and write functions, entry and return.
+    let at_system: Vec<usize> = (attached_files(agent).into_iter())
+        .filter(|(file, _)| file.contains("/libssl.so"))
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(
+        at_system.len(),
+        1,
+        "the system's libssl, once: {:#?}",
+        attachments(agent)
+    );
+    let preload = format!("LD_LIBRARY_PATH={}", libs.as_str());
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut server = servers::python_https_env(lab, port, &cert, &key, &[&preload]);
+    let maps =
+        std::fs::read_to_string(format!("/proc/{}/maps", server.peer.pid())).unwrap_or_default();
+    assert!(maps.contains(&copy), "the server maps the copy: {maps}");
+    wait_for("the copy to be listed in the status", WAIT, || {
+        (listed(agent) == at_system[0]).then_some(())
+    });
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/https_client.py");
+    let port_s = port.to_string();
+    let ca = dir.join("ca.pem");
+    let args = [
+        "python3",
+        script,
+        &lab.server_v4,
+        &port_s,
+        &ca,
+        SNI,
+        "/hello",
+        "/status/404",
+    ];
+    let out = lab.exec(&lab.client_ns, &args);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200\n404\n");
+    server.stop();
+
+    let want: Vec<Request> = vec![
+        ("http", "/hello".into(), 200),
+        ("http", "/status/404".into(), 404),
+    ];
+    setup.check_both_sides(&want, ("python3", "python3"), 1);
+    assert_no_secret_and_no_parse_error(agent);
+}
+
+/// The library files attached, as `weft status` lists them, and how many
+/// attachments each has.
+fn attached_files(agent: &Agent) -> BTreeMap<String, usize> {
+    let mut files = BTreeMap::new();
+    for p in attachments(agent) {
+        let at = p["attach_point"].as_str().unwrap_or_default();
+        if p["kind"] == "uprobe"
+            && let Some((file, _function)) = at.split_once(':')
+        {
+            *files.entry(file.to_owned()).or_default() += 1;
+        }
+    }
+    files
+}
+
+/// The system's libssl, as the dynamic linker resolves it for python3.
+fn system_libssl() -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys; sys.stdout.write(open('/proc/self/maps').read())",
+        ])
+        .output()
+        .expect("python3");
+    let maps = String::from_utf8_lossy(&out.stdout);
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| path.contains("/libssl.so"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("python3's ssl maps no libssl:\n{maps}"))
 }
 
 /// The redacted value is in no line of the agent's log, and no TLS byte

@@ -31,8 +31,8 @@ use crate::{
         server::Readiness,
     },
     status::{
-        EventSourceStatus, FeatureStatus, LossStatus, MapStatus, ProgramFailure, ProgramStatus,
-        StatusReport, TableStatus,
+        EventSourceStatus, FeatureStatus, LateAttachments, LossStatus, MapStatus, ProgramFailure,
+        ProgramStatus, StatusReport, TableStatus,
     },
 };
 
@@ -74,6 +74,8 @@ pub struct KernelTables {
 /// The static part of the status report.
 pub struct StaticStatus {
     pub programs: Vec<ProgramStatus>,
+    /// Attached after start; listed after `programs`.
+    pub late_programs: LateAttachments,
     pub failed_programs: Vec<ProgramFailure>,
     pub features: Vec<FeatureStatus>,
     pub kernel: String,
@@ -526,7 +528,9 @@ impl FlowTable {
             pid: std::process::id(),
             kernel: self.info.kernel.clone(),
             uptime_seconds: started.elapsed().as_secs(),
-            programs: self.info.programs.clone(),
+            programs: (self.info.programs.iter().cloned())
+                .chain(self.info.late_programs.snapshot())
+                .collect(),
             failed_programs: self.info.failed_programs.clone(),
             features: (self.info.features.iter().cloned())
                 .chain(self.emitter.enricher().status())

@@ -38,7 +38,7 @@ pub use maps::ProbeMaps;
 
 use crate::{
     config::Config,
-    status::{FeatureStatus, ProgramFailure, ProgramStatus},
+    status::{FeatureStatus, LateAttachments, ProgramFailure, ProgramStatus},
 };
 
 /// The kernel object built by build.rs.
@@ -105,6 +105,8 @@ pub struct Probes {
     /// The TLS library watcher, for the daemon to run.
     pub tls: Option<tls::TlsLibraries>,
     pub programs: Vec<ProgramStatus>,
+    /// Attachments the TLS library watcher makes after start.
+    pub late_programs: LateAttachments,
     /// Optional programs the running kernel refused.
     pub failed: Vec<ProgramFailure>,
     pub features: Vec<FeatureStatus>,
@@ -168,13 +170,16 @@ impl Probes {
         let maps = maps::take(&mut ebpf, env.capture, recursion)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         let tls = tls_plaintext.then(|| tls::TlsLibraries::start(ebpf.clone()));
+        let mut late_programs = LateAttachments::default();
         if let Some(tls) = &tls {
             attached.programs.extend(tls.attached.iter().cloned());
+            late_programs = tls.late.clone();
         }
         Ok(Self {
             _ebpf: ebpf,
             tls,
             programs: attached.programs,
+            late_programs,
             failed: attached.failed,
             features,
             drop_reason_names: env.drop_reason_names,

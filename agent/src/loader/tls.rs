@@ -32,7 +32,7 @@ use aya::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::status::ProgramStatus;
+use crate::status::{LateAttachments, ProgramStatus};
 
 /// (library function, entry program); the return program is [`RETURN`].
 const ENTRIES: &[(&str, &str)] = &[
@@ -61,8 +61,13 @@ pub struct TlsLibraries {
     /// Processes looked at: pid -> when first seen, and whether the late
     /// look is done.
     processes: HashMap<u32, (Instant, bool)>,
-    /// The attachments, for `weft status`.
+    /// The attachments made by [`TlsLibraries::start`], for `weft status`
+    /// and the start-up log.
     pub attached: Vec<ProgramStatus>,
+    /// Those made after, for `weft status`.
+    pub late: LateAttachments,
+    /// Whether [`TlsLibraries::start`] is done: later attachments are late.
+    started: bool,
 }
 
 /// Program `name`, loaded on its first use: only the programs a library
@@ -85,12 +90,15 @@ impl TlsLibraries {
             files: HashSet::new(),
             processes: HashMap::new(),
             attached: Vec::new(),
+            late: LateAttachments::default(),
+            started: false,
         };
         let host = host_root();
         for path in host_libraries(&host) {
             libraries.attach(&path);
         }
         libraries.rescan(Instant::now());
+        libraries.started = true;
         libraries
     }
 
@@ -158,7 +166,11 @@ impl TlsLibraries {
                 let functions: Vec<&str> =
                     attached.iter().map(|a| a.attach_point.as_str()).collect();
                 log::info!("TLS plaintext: attached to {}", functions.join(", "));
-                self.attached.extend(attached);
+                if self.started {
+                    self.late.extend(attached);
+                } else {
+                    self.attached.extend(attached);
+                }
             }
             Err(e) => log::warn!(
                 "TLS plaintext: not attached to {}: {e}; its processes' TLS is seen as handshakes only",
