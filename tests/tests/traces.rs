@@ -796,7 +796,26 @@ fn a_thread_per_request_chain_is_one_trace_per_request() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(chain_spans().len(), spans.len(), "no more spans come");
     let traces = otlp::traces(&spans);
-    assert_eq!(traces.len(), CHAIN_REQUESTS, "one trace per request");
+    // Each trace as its spans' (kind, port, parent) in one line: which
+    // span went astray, when one did.
+    let summary: Vec<String> = (traces.values())
+        .map(|t| {
+            let spans: Vec<String> = (t.iter())
+                .map(|s| {
+                    let parent = s["parent_span_id"].as_str().unwrap_or_default();
+                    let parent = if parent.is_empty() { "root" } else { "child" };
+                    format!("{}@{} {parent}", s["kind"], s["attributes"]["server.port"])
+                })
+                .collect();
+            spans.join(", ")
+        })
+        .collect();
+    assert_eq!(
+        traces.len(),
+        CHAIN_REQUESTS,
+        "one trace per request:\n{}",
+        summary.join("\n")
+    );
     let mut paths_seen = Vec::new();
     for trace in traces.values() {
         assert_eq!(trace.len(), 6, "{trace:#?}");
