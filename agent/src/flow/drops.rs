@@ -25,7 +25,18 @@ use super::record::Transport;
 ///   `sk_stream_kill_queues` -> `__skb_queue_purge`, from
 ///   `inet_csk_destroy_sock`). Every TCP connection whose closing side
 ///   receives the peer's FIN after close() frees that FIN so.
-pub const NOT_DROP_REASONS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "QUEUE_PURGE"];
+/// - `TCP_RFC7323_PAWS_ACK` (6.15 and later): a pure ACK older than one
+///   already processed, overtaken on the way (two CPUs' queues, as veth
+///   and XPS have): the later one carried what it said, so nothing was
+///   lost (net/ipv4/tcp_input.c `tcp_validate_incoming`; the kernel no
+///   longer counts these as PAWS rejections). Rapid connections between
+///   two namespaces make them.
+pub const NOT_DROP_REASONS: &[&str] = &[
+    "NOT_DROPPED_YET",
+    "CONSUMED",
+    "QUEUE_PURGE",
+    "TCP_RFC7323_PAWS_ACK",
+];
 
 /// The reason of every drop on kernels whose `kfree_skb` reports none
 /// (before 5.17). The kernel program records them under 0, the value
@@ -199,6 +210,8 @@ mod tests {
             (3, "NO_SOCKET"),
             (12, "NETFILTER_DROP"),
             (104, "QUEUE_PURGE"),
+            (130, "TCP_RFC7323_PAWS"),
+            (131, "TCP_RFC7323_PAWS_ACK"),
         ]
         .into_iter()
         .map(|(v, n)| (v, n.to_owned()))
@@ -206,7 +219,8 @@ mod tests {
         let filter = drop_filter(&names);
         assert!(filter.is_not_drop(1));
         assert!(filter.is_not_drop(104));
-        for real in [2, 3, 12, 105, 511, 512, u32::MAX] {
+        assert!(filter.is_not_drop(131));
+        for real in [2, 3, 12, 105, 130, 511, 512, u32::MAX] {
             assert!(!filter.is_not_drop(real), "{real}");
         }
         assert_eq!(filter.not_specified, 2);
