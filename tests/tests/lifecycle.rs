@@ -8,18 +8,12 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use weft_tests::{
     agent::{Agent, weft},
-    programs::{
-        assert_none_leaked, attachments, expected_programs, leaked, programs_of, weft_programs,
-    },
+    programs::{assert_none_leaked, attachments, expected_programs, programs_of, weft_programs},
     require_root, run, wait_for,
 };
 
 fn assert_nothing_left(after: &str) {
-    wait_for(
-        &format!("the kernel to free weft's programs after {after}"),
-        Duration::from_secs(10),
-        || leaked().is_empty().then_some(()),
-    );
+    assert_none_leaked(after);
     assert!(
         !std::path::Path::new("/sys/fs/bpf/weft").exists(),
         "pins left after {after}"

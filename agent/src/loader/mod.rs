@@ -170,11 +170,11 @@ impl Probes {
         let maps = maps::take(&mut ebpf, env.capture, recursion)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         let tls = tls_plaintext.then(|| tls::TlsLibraries::start(ebpf.clone()));
-        let mut late_programs = LateAttachments::default();
         if let Some(tls) = &tls {
             attached.programs.extend(tls.attached.iter().cloned());
-            late_programs = tls.late.clone();
         }
+        let late_programs =
+            (tls.as_ref()).map_or_else(LateAttachments::default, |t| t.late.clone());
         Ok(Self {
             _ebpf: ebpf,
             tls,
