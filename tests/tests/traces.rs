@@ -26,9 +26,14 @@ const REQUESTS: usize = PER_CONNECTION * CONNECTIONS;
 
 /// An agent whose `traces:` section is `traces` (YAML lines).
 fn agent_with(dir: &TempDir, traces: &str) -> Agent {
+    agent_logging(dir, traces, "info")
+}
+
+/// As [`agent_with`], logging what `RUST_LOG=log_filter` lets through.
+fn agent_logging(dir: &TempDir, traces: &str, log_filter: &str) -> Agent {
     let path = dir.join("weft.yaml");
     std::fs::write(&path, format!("traces:\n{traces}")).expect("write the configuration");
-    Agent::start(&["--config", &path])
+    Agent::start_logging(log_filter, &["--config", &path])
 }
 
 /// The paths curl asks for: `/users/N`, and every fifth `/slow`.
@@ -760,7 +765,13 @@ fn a_thread_per_request_chain_is_one_trace_per_request() {
     let receiver = Receiver::start();
     let dir = TempDir::new("traces");
     let endpoint = receiver.endpoint("grpc");
-    let _agent = agent_with(&dir, &format!("  endpoint: {endpoint}\n  protocol: grpc\n"));
+    // Its debug lines say, should a request's calls not be tied to it,
+    // which condition failed (the agent's log is shown on a failure).
+    let _agent = agent_logging(
+        &dir,
+        &format!("  endpoint: {endpoint}\n  protocol: grpc\n"),
+        "info,weft::flow::requests=debug",
+    );
     let lab = Lab::new();
     let (front_port, back_port, redis_port) = (unique_port(39), unique_port(40), unique_port(41));
     let backend = servers::python_http(&lab, back_port);

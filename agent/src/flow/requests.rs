@@ -99,7 +99,7 @@ impl FlowTable {
         let sent = h.direction == DIR_SEND;
         if !view.is_client {
             if !sent && view.key.transport == Transport::Tcp {
-                self.serving.read(h.tid, (h.sk, h.tuple));
+                self.serving.read(h.tid, (h.sk, h.tuple), *view);
             }
             return;
         }
@@ -109,16 +109,26 @@ impl FlowTable {
         // The one request this thread has read and not answered; with
         // none, or more than one (an event loop), it serves no one request.
         // The exchange is built for that one only.
-        let mut unanswered = self
-            .serving
-            .of(h.tid)
+        let read_from = self.serving.of(h.tid);
+        let mut unanswered = read_from
             .iter()
-            .filter(|(sk, tuple)| self.l7.awaits_answer(*sk, tuple))
-            .filter_map(|(sk, tuple)| Some((*sk, tuple, self.tcp.socket_view(*sk)?)));
+            .filter(|((sk, tuple), _)| self.l7.awaits_answer(*sk, tuple));
         let serving = match (unanswered.next(), unanswered.next()) {
-            (Some((sk, tuple, view)), None) => self.l7.in_flight(sk, tuple).map(|ex| (view, ex)),
+            (Some(((sk, tuple), read_view)), None) => (self.l7.in_flight(*sk, tuple))
+                .map(|ex| (self.serving_view(*sk, tuple, read_view), ex)),
             _ => None,
         };
+        if serving.is_none() && !read_from.is_empty() {
+            log::debug!(
+                "thread {} sent on {:?} serving no one request: of the {} server sockets it read, {} await an answer",
+                h.tid,
+                view.key,
+                read_from.len(),
+                (read_from.iter())
+                    .filter(|((sk, tuple), _)| self.l7.awaits_answer(*sk, tuple))
+                    .count(),
+            );
+        }
         // Goroutines move between threads: what a Go process's thread
         // read says nothing of what it sends.
         let serving = serving.filter(|_| !self.runtimes.is_go(h.pid, h.ts_ns));
@@ -130,6 +140,31 @@ impl FlowTable {
             (&server.key, both_local, ex)
         });
         tracer.sent_while_serving(&view.key, serving);
+    }
+
+    /// The view of server socket `sk` (addresses `tuple`) that a thread
+    /// read a request from, as known now: the tracker's when it names that
+    /// socket; else the view the request was read with (payload can be
+    /// handled before the open that names the socket, and the kernel
+    /// reuses a socket's address), completed with the owners the tracker
+    /// knows of its connection's ends. Both ends known is what lets the
+    /// serving span join its client's (trace/join.rs).
+    fn serving_view(&self, sk: u64, tuple: &SockTuple, read: &SocketView) -> SocketView {
+        if let Some(view) = self.tcp.socket_view(sk)
+            && same_socket(&view, tuple)
+        {
+            return view;
+        }
+        let mut view = *read;
+        if let Some((client, server)) = self.tcp.owners(&view.key) {
+            view.client = view.client.or(client);
+            view.server = view.server.or(server);
+        }
+        log::debug!(
+            "server socket {sk:#x} ({:?}) not tracked when its thread sent: named by its read",
+            view.key
+        );
+        view
     }
 
     /// A TCP socket closed. Its last reads may still be in the payload

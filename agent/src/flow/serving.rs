@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use weft_common::SockTuple;
 
+use super::tcp::SocketView;
+
 /// Server sockets remembered per thread: a thread-per-request server has
 /// one; a few more cover a thread that moved on to another connection.
 const SOCKETS_PER_THREAD: usize = 4;
@@ -18,29 +20,34 @@ const THREADS: usize = 16_384;
 /// records name them).
 pub type ServerSocket = (u64, SockTuple);
 
+/// A server socket a thread read from, with the view its last read was
+/// named by: the connection's open may not have been handled yet when the
+/// thread sends (`FlowTable::serving_view`).
+pub type Served = (ServerSocket, SocketView);
+
 #[derive(Default)]
 pub struct Serving {
-    by_thread: HashMap<u32, Vec<ServerSocket>>,
+    by_thread: HashMap<u32, Vec<Served>>,
 }
 
 impl Serving {
-    /// Thread `tid` read from server socket `socket`.
-    pub fn read(&mut self, tid: u32, socket: ServerSocket) {
+    /// Thread `tid` read from server socket `socket`, named by `view`.
+    pub fn read(&mut self, tid: u32, socket: ServerSocket, view: SocketView) {
         if self.by_thread.len() >= THREADS && !self.by_thread.contains_key(&tid) {
             return;
         }
         let sockets = self.by_thread.entry(tid).or_default();
-        if let Some(i) = sockets.iter().position(|s| *s == socket) {
+        if let Some(i) = sockets.iter().position(|(s, _)| *s == socket) {
             // The most recent last.
             sockets.remove(i);
         } else if sockets.len() >= SOCKETS_PER_THREAD {
             sockets.remove(0);
         }
-        sockets.push(socket);
+        sockets.push((socket, view));
     }
 
     /// The server sockets thread `tid` read from.
-    pub fn of(&self, tid: u32) -> &[ServerSocket] {
+    pub fn of(&self, tid: u32) -> &[Served] {
         self.by_thread.get(&tid).map_or(&[], Vec::as_slice)
     }
 
@@ -48,7 +55,7 @@ impl Serving {
     /// and the threads left with none.
     pub fn prune(&mut self, mut waiting: impl FnMut(&ServerSocket) -> bool) {
         self.by_thread.retain(|_, sockets| {
-            sockets.retain(&mut waiting);
+            sockets.retain(|(socket, _)| waiting(socket));
             !sockets.is_empty()
         });
     }
@@ -67,13 +74,22 @@ mod tests {
         (sk, SockTuple::default())
     }
 
+    fn view() -> SocketView {
+        let key = crate::flow::addr::FlowKey {
+            transport: crate::flow::record::Transport::Tcp,
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+        };
+        SocketView::one_end(key, false, weft_common::Owner::default())
+    }
+
     #[test]
     fn a_thread_keeps_its_latest_sockets_most_recent_last() {
         let mut s = Serving::default();
         for sk in [1, 2, 3, 4, 5, 3] {
-            s.read(7, socket(sk));
+            s.read(7, socket(sk), view());
         }
-        let sks: Vec<u64> = s.of(7).iter().map(|(sk, _)| *sk).collect();
+        let sks: Vec<u64> = s.of(7).iter().map(|((sk, _), _)| *sk).collect();
         assert_eq!(sks, [2, 4, 5, 3]);
         assert!(s.of(8).is_empty());
     }
@@ -81,11 +97,12 @@ mod tests {
     #[test]
     fn prune_forgets_answered_sockets_and_empty_threads() {
         let mut s = Serving::default();
-        s.read(7, socket(1));
-        s.read(7, socket(2));
-        s.read(8, socket(3));
+        s.read(7, socket(1), view());
+        s.read(7, socket(2), view());
+        s.read(8, socket(3), view());
         s.prune(|(sk, _)| *sk == 2);
-        assert_eq!(s.of(7), [socket(2)]);
+        let left: Vec<ServerSocket> = s.of(7).iter().map(|(socket, _)| *socket).collect();
+        assert_eq!(left, [socket(2)]);
         assert_eq!(s.len(), 1);
     }
 }

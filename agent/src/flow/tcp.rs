@@ -220,6 +220,19 @@ impl TcpTracker {
         })
     }
 
+    /// The owners of connection `key`'s ends that the tracker knows
+    /// (client, server); `None` for a connection it does not track.
+    pub fn owners(
+        &self,
+        key: &FlowKey,
+    ) -> Option<(Option<weft_common::Owner>, Option<weft_common::Owner>)> {
+        let conn = self.conns.get(key)?;
+        Some((
+            conn.client.map(|e| e.conn.owner),
+            conn.server.map(|e| e.conn.owner),
+        ))
+    }
+
     /// Whether the connection has an end that is the agent's own socket
     /// (open, or closed lately).
     pub fn is_own(&self, key: &FlowKey) -> bool {
