@@ -523,13 +523,24 @@ impl FlowTable {
                 .set(m.capacity as i64);
         }
 
+        // Programs attached after start (TLS libraries first mapped
+        // later) show in `weft_program_state` as those attached at start.
+        let late_programs = self.info.late_programs.snapshot();
+        for p in &late_programs {
+            let labels = crate::export::metrics::ProgramLabels {
+                program: p.name.clone(),
+                state: "attached".into(),
+            };
+            self.health.program_state.get_or_create(&labels).set(1);
+        }
+
         StatusReport {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             kernel: self.info.kernel.clone(),
             uptime_seconds: started.elapsed().as_secs(),
             programs: (self.info.programs.iter().cloned())
-                .chain(self.info.late_programs.snapshot())
+                .chain(late_programs)
                 .collect(),
             failed_programs: self.info.failed_programs.clone(),
             features: (self.info.features.iter().cloned())
