@@ -20,6 +20,7 @@ use weft_tests::{
     agent::{Agent, free_port, http_get, local, weft, weft_bin},
     image::{Podman, host_ulimits},
     node::NodeMounts,
+    peer::TempDir,
     require_root, wait_for,
 };
 
@@ -127,8 +128,8 @@ fn manifests_render_and_validate_against_the_kubernetes_schemas() {
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
     }
-    let dir = tempdir("manifests");
-    let file = dir.join("manifests.yaml");
+    let dir = TempDir::new("manifests");
+    let file = dir.path.join("manifests.yaml");
     std::fs::write(&file, &yaml).expect("write rendered manifests");
     // The oldest and the newest Kubernetes whose schemas it ships that we
     // claim; --strict also rejects fields the schema does not know.
@@ -151,7 +152,7 @@ fn manifests_render_and_validate_against_the_kubernetes_schemas() {
         assert_eq!(passed, kinds.len(), "every resource validated:\n{text}");
         eprintln!("kubernetes-validate --strict {version}: {passed} resources passed");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     // The optional ServiceMonitor: a custom resource, so no schema ships
     // with kubernetes-validate; check that it selects the metrics Service.
@@ -420,13 +421,13 @@ fn without_tracefs_the_agent_says_what_to_do() {
     let Some((docs, caps, setpriv)) = daemonset_agent_setup(test) else {
         return;
     };
-    let dir = tempdir("no-tracefs");
-    let config = configmap_config(&docs, &dir);
+    let dir = TempDir::new("no-tracefs");
+    let config = configmap_config(&docs, &dir.path);
     // A fresh node that mounts nothing at boot, and an agent with the
     // DaemonSet's capabilities, which cannot mount tracefs itself.
     let mut command = NodeMounts::Nothing.wrapper();
     command.extend(setpriv_only(&setpriv, &caps));
-    let socket = dir.join("weft.sock");
+    let socket = dir.path.join("weft.sock");
     let mut child = Command::new(&command[0])
         .args(&command[1..])
         .arg(weft_bin())
@@ -466,14 +467,6 @@ fn without_tracefs_the_agent_says_what_to_do() {
         !socket.exists(),
         "no API socket from an agent that did not start"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A directory of this test's own (the tests of this file run in parallel).
-fn tempdir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -484,8 +477,8 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
     };
     // The ConfigMap's configuration, as the agent reads it (the harness's
     // flags then move the listener and socket to private ones).
-    let dir = tempdir("config");
-    let config = configmap_config(&docs, &dir);
+    let dir = TempDir::new("config");
+    let config = configmap_config(&docs, &dir.path);
 
     // A node as systemd distributions and the DaemonSet give it: tracefs
     // mounted, and here no bpffs (the observation programs pin nothing).
@@ -554,7 +547,6 @@ fn the_agent_runs_with_the_daemonsets_capabilities_and_configuration() {
         (agent.metric_sum("weft_tcp_sent_bytes_total", &[label.as_str()]) == 4096.0).then_some(())
     });
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The agent's container in the rendered DaemonSet.
