@@ -12,6 +12,7 @@ use std::{
 use weft_tests::{
     agent::Agent,
     lab::{Lab, spawn_in},
+    peer::Peer,
     require_root,
     traffic::exchange,
     unique_port, wait_for,
@@ -347,6 +348,85 @@ fn curl_and_python_http_server_are_named() {
     assert_eq!(close["destination"]["process"], "python3", "{close:#}");
     assert_eq!(close["bytes_sent"], request, "{close:#}");
     assert_eq!(close["bytes_received"], header + body, "{close:#}");
+}
+
+/// A connection older than the agent whose server's port is above its
+/// client's (above the ephemeral range, so above any client port): the
+/// server's listener, found when the agent starts, tells which end is the
+/// server, where the ports would name them the wrong way round. (The same
+/// rule names a socket whose establishment the kernel skipped running the
+/// lifecycle program for.)
+#[test]
+fn an_older_connection_to_a_port_above_its_clients_is_named_by_its_listener() {
+    if !require_root("an_older_connection_to_a_port_above_its_clients_is_named_by_its_listener") {
+        return;
+    }
+    const BEFORE: usize = 5_000;
+    const AFTER: usize = 100_000;
+    const REPLY: usize = 20_000;
+    // The default ephemeral range ends at 60999.
+    const PORT: u16 = 61_080;
+    let lab = Lab::new();
+    let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), PORT);
+    // A process of its own: the agent finds listeners through each
+    // process's /proc/PID/net.
+    let script = format!(
+        "import socket\n\
+         s = socket.socket()\n\
+         s.bind(('{ip}', {PORT}))\n\
+         s.listen(1)\n\
+         c, _ = s.accept()\n\
+         got = 0\n\
+         while got < {total}:\n\
+         \x20   d = c.recv(65536)\n\
+         \x20   assert d\n\
+         \x20   got += len(d)\n\
+         c.sendall(b'r' * {REPLY})\n\
+         c.close()\n",
+        ip = lab.server_v4,
+        total = BEFORE + AFTER,
+    );
+    let _srv = Peer::start(
+        "older connection's server",
+        &lab.server_ns,
+        &["python3", "-c", &script],
+    );
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<u16>();
+    // In the server's namespace: its end is named by the same listener.
+    let cli = spawn_in(&lab.server_ns, "lab-client", move || {
+        let mut conn = wait_for("the server to listen", WAIT, || {
+            TcpStream::connect_timeout(&server, WAIT).ok()
+        });
+        conn.write_all(&vec![b's'; BEFORE]).expect("write before");
+        let port = conn.local_addr().expect("local address").port();
+        connected_tx.send(port).expect("connected");
+        go_rx
+            .recv_timeout(weft_tests::scaled(WAIT + Duration::from_secs(30)))
+            .expect("the agent started");
+        conn.write_all(&vec![b's'; AFTER]).expect("write after");
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).expect("reply");
+        reply.len()
+    });
+    let client_port = connected_rx.recv_timeout(WAIT).expect("connected");
+    assert!(client_port < PORT, "an ephemeral port: {client_port}");
+    let agent = Agent::start(&[]);
+    go_tx.send(()).expect("go");
+    assert_eq!(cli.join().expect("client"), REPLY);
+
+    let port_s = PORT.to_string();
+    let filters = ["--ip", lab.server_v4.as_str(), "--port", port_s.as_str()];
+    let close = agent.wait_flow(&filters, "close", WAIT);
+    assert_eq!(close["destination"]["port"], PORT, "{close:#}");
+    assert_eq!(close["destination"]["process"], "python3", "{close:#}");
+    assert_eq!(close["source"]["port"], client_port, "{close:#}");
+    assert_eq!(close["source"]["process"], "lab-client", "{close:#}");
+    assert_eq!(close["bytes_sent"], AFTER as u64, "{close:#}");
+    assert_eq!(close["bytes_received"], REPLY as u64, "{close:#}");
+    let flows = agent.flows(&filters);
+    let opens: Vec<_> = flows.iter().filter(|r| r["event"] == "open").collect();
+    assert_eq!(opens.len(), 1, "{flows:#?}");
 }
 
 /// A connection made before the agent started is reported from its next

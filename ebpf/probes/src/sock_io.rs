@@ -16,7 +16,7 @@ use weft_common::{
     IPPROTO_TCP, SockTuple,
     conn::{
         CONN_ACTIVE, CONN_ADOPTED, CONN_AGENT, CONN_ESTABLISHED, CONN_OWNER_EXACT, CONN_PASSIVE,
-        tcp_state,
+        ListenKey, tcp_state,
     },
     counters::index,
     data::role,
@@ -24,7 +24,7 @@ use weft_common::{
 };
 
 use crate::{
-    maps::{CONN_SCRATCH, TCP_CONNS, config, count},
+    maps::{CONN_SCRATCH, TCP_CONNS, TCP_LISTENERS, config, count},
     owner,
     tp::{Skip, field},
 };
@@ -172,15 +172,43 @@ fn socket_state(sk: u64) -> u32 {
     state.map_or(0, u32::from)
 }
 
+/// The role of an adopted socket (see [`adopt`]): by its namespace's
+/// listeners, else by the ports.
+#[inline(always)]
+fn adopted_role(sk: u64, tuple: &SockTuple) -> u32 {
+    let netns = crate::netns::of_socket(sk);
+    let listens = |port: u16| {
+        let key = ListenKey {
+            netns,
+            port,
+            family: tuple.family,
+        };
+        TCP_LISTENERS.get_ptr(&key).is_some()
+    };
+    if listens(tuple.local_port) {
+        CONN_PASSIVE
+    } else if listens(tuple.remote_port) || tuple.local_port >= tuple.remote_port {
+        CONN_ACTIVE
+    } else {
+        CONN_PASSIVE
+    }
+}
+
 /// A TCP socket moving data that was never seen being established: one
 /// connected before the agent started. It is tracked from here on, as
 /// if it opened now (an `open` event), with its addresses from the
 /// socket's `sock_common` (BTF offsets; without them it stays untracked).
-/// Which end is the client is not known: the lower port is taken for the
-/// server's, as ephemeral ports are high. The agent's own sockets are
-/// adopted too, marked: a scrape accepted while the programs were being
-/// loaded is the agent's connection, and its other end must be known as
-/// such (both ends' roles are guessed alike, so they name one flow).
+/// Which end is the client: the server's end is the one whose port its
+/// network namespace listens on (a listener seen, or found at start); a
+/// client of a listener in its own namespace is the other end. Otherwise
+/// it is not known, and the lower port is taken for the server's, as
+/// ephemeral ports are high. A socket whose own establishment run the
+/// kernel skipped (recursion) is adopted too: its listener then names it
+/// even when the server's port is above its client's. The agent's own
+/// sockets are adopted too, marked: a scrape accepted while the programs
+/// were being loaded is the agent's connection, and its other end must be
+/// known as such (both ends' roles are decided alike, so they name one
+/// flow).
 fn adopt(sk: u64, dir: Direction, moved: u64) {
     // A connection that closed while this read or write was in progress
     // (a reset, or the syscall exit after the close on kernels that count
@@ -193,11 +221,7 @@ fn adopt(sk: u64, dir: Direction, moved: u64) {
     if tuple.family == 0 || tuple.local_port == 0 || tuple.remote_port == 0 {
         return;
     }
-    let role = if tuple.local_port < tuple.remote_port {
-        CONN_PASSIVE
-    } else {
-        CONN_ACTIVE
-    };
+    let role = adopted_role(sk, &tuple);
     let Some(conn) = CONN_SCRATCH.get_ptr_mut(crate::maps::SCRATCH_ADOPT) else {
         return;
     };
