@@ -6,6 +6,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -350,6 +351,46 @@ fn curl_and_python_http_server_are_named() {
     assert_eq!(close["bytes_received"], header + body, "{close:#}");
 }
 
+/// What the client of a connection older than the agent sends before the
+/// agent starts, and after; and its server's reply.
+const OLDER_BEFORE: usize = 5_000;
+const OLDER_AFTER: usize = 100_000;
+const OLDER_REPLY: usize = 20_000;
+
+/// The client of a connection older than the agent, a thread in namespace
+/// `ns`: it connects to `server` (again while nothing listens yet), sends
+/// `OLDER_BEFORE` bytes, and once told to go (the agent started) sends
+/// `OLDER_AFTER` and reads the reply to its end. Its thread (giving the
+/// reply's length), its port once connected, and the go signal.
+fn older_client(
+    ns: &str,
+    server: SocketAddr,
+) -> (JoinHandle<usize>, u16, std::sync::mpsc::Sender<()>) {
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<u16>();
+    let cli = spawn_in(ns, "lab-client", move || {
+        let mut conn = wait_for("the server to listen", WAIT, || {
+            TcpStream::connect_timeout(&server, WAIT).ok()
+        });
+        conn.write_all(&vec![b's'; OLDER_BEFORE])
+            .expect("write before");
+        let port = conn.local_addr().expect("local address").port();
+        connected_tx.send(port).expect("connected");
+        // The agent's start-up takes far longer under emulation.
+        // (The agent's own readiness wait is scaled from 30 s.)
+        go_rx
+            .recv_timeout(weft_tests::scaled(WAIT + Duration::from_secs(30)))
+            .expect("the agent started");
+        conn.write_all(&vec![b's'; OLDER_AFTER])
+            .expect("write after");
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).expect("reply");
+        reply.len()
+    });
+    let client_port = connected_rx.recv_timeout(WAIT).expect("connected");
+    (cli, client_port, go_tx)
+}
+
 /// A connection older than the agent whose server's port is above its
 /// client's (above the ephemeral range, so above any client port): the
 /// server's listener, found when the agent starts, tells which end is the
@@ -361,9 +402,9 @@ fn an_older_connection_to_a_port_above_its_clients_is_named_by_its_listener() {
     if !require_root("an_older_connection_to_a_port_above_its_clients_is_named_by_its_listener") {
         return;
     }
-    const BEFORE: usize = 5_000;
-    const AFTER: usize = 100_000;
-    const REPLY: usize = 20_000;
+    const BEFORE: usize = OLDER_BEFORE;
+    const AFTER: usize = OLDER_AFTER;
+    const REPLY: usize = OLDER_REPLY;
     // The default ephemeral range ends at 60999.
     const PORT: u16 = 61_080;
     let lab = Lab::new();
@@ -391,25 +432,8 @@ fn an_older_connection_to_a_port_above_its_clients_is_named_by_its_listener() {
         &lab.server_ns,
         &["python3", "-c", &script],
     );
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<u16>();
     // In the server's namespace: its end is named by the same listener.
-    let cli = spawn_in(&lab.server_ns, "lab-client", move || {
-        let mut conn = wait_for("the server to listen", WAIT, || {
-            TcpStream::connect_timeout(&server, WAIT).ok()
-        });
-        conn.write_all(&vec![b's'; BEFORE]).expect("write before");
-        let port = conn.local_addr().expect("local address").port();
-        connected_tx.send(port).expect("connected");
-        go_rx
-            .recv_timeout(weft_tests::scaled(WAIT + Duration::from_secs(30)))
-            .expect("the agent started");
-        conn.write_all(&vec![b's'; AFTER]).expect("write after");
-        let mut reply = Vec::new();
-        conn.read_to_end(&mut reply).expect("reply");
-        reply.len()
-    });
-    let client_port = connected_rx.recv_timeout(WAIT).expect("connected");
+    let (cli, client_port, go_tx) = older_client(&lab.server_ns, server);
     assert!(client_port < PORT, "an ephemeral port: {client_port}");
     let agent = Agent::start(&[]);
     go_tx.send(()).expect("go");
@@ -438,9 +462,9 @@ fn connections_older_than_the_agent_are_reported_from_their_next_bytes() {
     if !require_root("connections_older_than_the_agent_are_reported_from_their_next_bytes") {
         return;
     }
-    const BEFORE: usize = 5_000;
-    const AFTER: usize = 100_000;
-    const REPLY: usize = 20_000;
+    const BEFORE: usize = OLDER_BEFORE;
+    const AFTER: usize = OLDER_AFTER;
+    const REPLY: usize = OLDER_REPLY;
     let lab = Lab::new();
     // The lab's own namespace: a low port no other test can hold.
     let server = SocketAddr::new(lab.server_v4.parse().expect("lab address"), 80);
@@ -459,24 +483,7 @@ fn connections_older_than_the_agent_are_reported_from_their_next_bytes() {
         conn.write_all(&vec![b'r'; REPLY]).expect("reply");
     });
     ready_rx.recv_timeout(WAIT).expect("listening");
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<u16>();
-    let cli = spawn_in(&lab.client_ns, "lab-client", move || {
-        let mut conn = TcpStream::connect_timeout(&server, WAIT).expect("connect");
-        conn.write_all(&vec![b's'; BEFORE]).expect("write before");
-        let port = conn.local_addr().expect("local address").port();
-        connected_tx.send(port).expect("connected");
-        // The agent's start-up takes far longer under emulation.
-        // (The agent's own readiness wait is scaled from 30 s.)
-        go_rx
-            .recv_timeout(weft_tests::scaled(WAIT + Duration::from_secs(30)))
-            .expect("the agent started");
-        conn.write_all(&vec![b's'; AFTER]).expect("write after");
-        let mut reply = Vec::new();
-        conn.read_to_end(&mut reply).expect("reply");
-        reply.len()
-    });
-    let client_port = connected_rx.recv_timeout(WAIT).expect("connected");
+    let (cli, client_port, go_tx) = older_client(&lab.client_ns, server);
     let agent = Agent::start(&[]);
     go_tx.send(()).expect("go");
     assert_eq!(cli.join().expect("client"), REPLY);
