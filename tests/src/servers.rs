@@ -543,3 +543,41 @@ pub fn python_frontend(lab: &Lab, port: u16, backend: &Server, redis: &Server) -
     let peer = Peer::start("python frontend", &lab.server_ns, &args);
     Server::started(lab, peer, port, TempDir::new("frontend"))
 }
+
+/// The Go HTTPS peer (tests/peers/go_https: server and client in one
+/// binary, on Go's own crypto/tls), built with the system's Go into `dir`;
+/// its path.
+pub fn go_https_binary(dir: &TempDir) -> String {
+    require_program("go");
+    let binary = dir.join("go_https");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/go_https/main.go");
+    // Its build cache and GOPATH in `dir` too: nothing is left behind,
+    // and a missing HOME (CI's) does not matter.
+    let out = Command::new("go")
+        .args(["build", "-o", &binary, source])
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("go-path"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("go build");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    binary
+}
+
+/// The Go HTTPS peer's server (`binary` from [`go_https_binary`]), HTTP/1.1
+/// only: `/status/N` answers N, anything else 200.
+pub fn go_https(lab: &Lab, port: u16, binary: &str, cert: &str, key: &str) -> Server {
+    let port_s = port.to_string();
+    let args = [binary, "server", &lab.server_v4, &port_s, cert, key];
+    Server::start(
+        lab,
+        "go https server",
+        port,
+        TempDir::new("go-https"),
+        &args,
+    )
+}

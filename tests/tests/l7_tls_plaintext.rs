@@ -34,6 +34,9 @@ const SNI: &str = "api.weft.test";
 /// A query value the default privacy settings redact.
 const SECRET: &str = "s3cr3t-token-value";
 
+/// Rounds of the Go test's four requests.
+const GO_ROUNDS: usize = 5;
+
 /// An expected request: (L7 protocol, path as recorded, status).
 type Request = (&'static str, String, u64);
 
@@ -131,6 +134,60 @@ fn python_ssl_client_and_server() {
         ("http", "/status/201?token=REDACTED".into(), 201),
     ];
     setup.check_both_sides(&want, ("python3", "python3"), 1);
+    assert_no_secret_and_no_parse_error(agent);
+}
+
+/// Go's crypto/tls, linked into the binary (no libssl): the agent attaches
+/// to the binary when it first sees the server running it, and that
+/// attachment covers the client, a later process of the same binary, from
+/// its first request. Requests are read at `(*Conn).Read`/`Write` whichever
+/// thread a goroutine resumes on.
+#[test]
+fn go_crypto_tls_client_and_server() {
+    if !require_root("go_crypto_tls_client_and_server") {
+        return;
+    }
+    let setup = Setup::new(103);
+    let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
+    let binary = servers::go_https_binary(dir);
+    let mut server = servers::go_https(
+        lab,
+        port,
+        &binary,
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+    );
+    // The server's binary is attached: Read's entry and returns, Write's
+    // entry.
+    wait_for("the Go binary's attachments", WAIT, || {
+        (attached_files(agent).get(&binary).copied() == Some(3)).then_some(())
+    });
+
+    // Five rounds of four requests on one keep-alive connection: between
+    // requests the server's goroutine waits in Read, and may resume on
+    // another thread.
+    let port_s = port.to_string();
+    let secret = format!("/status/201?token={SECRET}");
+    let paths = ["/hello", "/status/404", "/status/503", &secret];
+    let ca = dir.join("ca.pem");
+    let mut args = vec![binary.as_str(), "client", &lab.server_v4, &port_s, &ca, SNI];
+    for _ in 0..GO_ROUNDS {
+        args.extend(paths);
+    }
+    // `exec` fails the test, with the output, when the client fails.
+    let out = lab.exec(&lab.client_ns, &args);
+    let statuses = "200\n404\n503\n201\n".repeat(GO_ROUNDS);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), statuses);
+    server.stop();
+
+    let round: Vec<Request> = vec![
+        ("http", "/hello".into(), 200),
+        ("http", "/status/404".into(), 404),
+        ("http", "/status/503".into(), 503),
+        ("http", "/status/201?token=REDACTED".into(), 201),
+    ];
+    let want: Vec<Request> = (0..GO_ROUNDS).flat_map(|_| round.iter().cloned()).collect();
+    setup.check_both_sides(&want, ("go_https", "go_https"), 1);
     assert_no_secret_and_no_parse_error(agent);
 }
 

@@ -48,6 +48,8 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nginx",
     "nghttp2-client",
+    // Go's crypto/tls peers (tests/peers/go_https), built by the tests.
+    "golang-go",
     // gRPC client and server (tests/peers/grpc_peer.py) for Debian's python3.
     "python3-grpcio",
     // promtool checks the metrics output; jq reads the JSON APIs in scripts.

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cleanup;
 mod existing_listeners;
 pub mod features;
+pub mod go_tls;
 pub mod kernel_log;
 pub mod layouts;
 pub mod listeners;
@@ -137,6 +138,8 @@ struct Prepared {
     capture: bool,
     /// The data syscalls' exits count bytes (no socket tracepoints).
     fd_fallback: bool,
+    /// The offsets from a task to the socket behind an fd are known.
+    fd_table: bool,
     /// `tcp:tcp_probe`'s record names its socket (6.4+); before, its
     /// program could only skip every packet, so it is not attached.
     rtt_record: bool,
@@ -169,7 +172,8 @@ impl Probes {
         let recursion = recursion::RecursionMisses::new(tracing_fds(&ebpf, &attached.programs));
         let maps = maps::take(&mut ebpf, env.capture, recursion)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let tls = tls_plaintext.then(|| tls::TlsLibraries::start(ebpf.clone()));
+        let go = tls_plaintext && go_tls_feature(env.fd_table, &mut features);
+        let tls = tls_plaintext.then(|| tls::TlsLibraries::start(ebpf.clone(), go));
         if let Some(tls) = &tls {
             attached.programs.extend(tls.attached.iter().cloned());
         }
@@ -187,6 +191,32 @@ impl Probes {
             kernel_log,
         })
     }
+}
+
+/// Whether Go's `crypto/tls` can be read: its programs need the task's
+/// file table offsets from BTF (`fd_table`), and amd64's registers.
+fn go_tls_feature(fd_table: bool, features: &mut Vec<FeatureStatus>) -> bool {
+    let (available, detail) = if !cfg!(target_arch = "x86_64") {
+        (false, "Go's registers are read on x86-64 only".to_owned())
+    } else if !fd_table {
+        (
+            false,
+            "no BTF offsets for the task's file table: a Go call's socket cannot be named".into(),
+        )
+    } else {
+        (
+            true,
+            "crypto/tls.(*Conn).Read/Write in Go 1.18+ x86-64 binaries with a symbol table, \
+             attached per binary when a process running it is first seen"
+                .into(),
+        )
+    };
+    features.push(FeatureStatus {
+        name: "Go crypto/tls plaintext".into(),
+        available,
+        detail,
+    });
+    available
 }
 
 /// Whether TLS plaintext can be read (uprobes need CAP_SYS_ADMIN), noted
@@ -404,6 +434,7 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
         features,
         capture,
         fd_fallback: fd.enabled != 0,
+        fd_table: fd.file_private_data != weft_common::config::NO_FIELD,
         rtt_record,
         raw,
         drop_reason_names: reasons,
@@ -460,7 +491,8 @@ pub const FORCE_SYSCALL_EXIT_COUNTS: &str = "WEFT_FORCE_SYSCALL_EXIT_COUNTS";
 /// 6.3), TCP bytes are counted at the data syscalls' exits, with the fd
 /// resolved to its socket at offsets from BTF. Only there: where the
 /// tracepoints exist they are exact for every way of sending (sendfile,
-/// splice, io_uring), which the syscall exits are not.
+/// splice, io_uring), which the syscall exits are not. The offsets are
+/// set wherever BTF has them (`enabled` says whether to count).
 fn fd_fallback(
     tracefs: &Path,
     btf: Result<&btf::Btf, &String>,
@@ -473,13 +505,14 @@ fn fd_fallback(
     let forced = std::env::var_os(FORCE_SYSCALL_EXIT_COUNTS).is_some();
     if forced {
         log::warn!("{FORCE_SYSCALL_EXIT_COUNTS} is set: bytes are counted at the syscall exits");
-    } else if has("sock_send_length") && has("sock_recv_length") {
-        return FdOffsets::ABSENT;
     }
-    let found = btf
-        .map_err(Clone::clone)
-        .and_then(layouts::fd_offsets)
-        .and_then(|o| capture::formats_match(tracefs).map(|()| o));
+    let table = btf.map_err(Clone::clone).and_then(layouts::fd_offsets);
+    if !forced && has("sock_send_length") && has("sock_recv_length") {
+        // Not for counting; Go's TLS programs still name a connection's
+        // socket by its fd (ebpf/probes/src/go_tls.rs).
+        return table.unwrap_or(FdOffsets::ABSENT);
+    }
+    let found = table.and_then(|o| capture::formats_match(tracefs).map(|()| o));
     let (offsets, available, detail) = match found {
         Ok(o) => (
             FdOffsets { enabled: 1, ..o },

@@ -32,6 +32,7 @@ use aya::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::go_tls;
 use crate::status::{LateAttachments, ProgramStatus};
 
 /// (library function, entry program); the return program is [`RETURN`].
@@ -68,12 +69,15 @@ pub struct TlsLibraries {
     pub late: LateAttachments,
     /// Whether [`TlsLibraries::start`] is done: later attachments are late.
     started: bool,
+    /// Whether Go binaries are attached (go_tls.rs): their programs name
+    /// a connection's socket by its fd, through offsets from BTF.
+    go: bool,
 }
 
 /// Program `name`, loaded on its first use: only the programs a library
 /// needs are loaded (a kernel that refuses one says so when the first
 /// library is attached, and no other part of the agent is affected).
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
+pub(super) fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
     let program: &mut UProbe = super::attach::program_mut(ebpf, name)?;
     if program.fd().is_err() {
         program.load()?;
@@ -84,7 +88,7 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramE
 impl TlsLibraries {
     /// Attaches to the libraries of the host and of the running
     /// processes.
-    pub fn start(ebpf: Arc<Mutex<Ebpf>>) -> Self {
+    pub fn start(ebpf: Arc<Mutex<Ebpf>>, go: bool) -> Self {
         let mut libraries = Self {
             ebpf,
             files: HashSet::new(),
@@ -92,6 +96,7 @@ impl TlsLibraries {
             attached: Vec::new(),
             late: LateAttachments::default(),
             started: false,
+            go,
         };
         let host = host_root();
         for path in host_libraries(&host) {
@@ -133,6 +138,9 @@ impl TlsLibraries {
             let look = match self.processes.get_mut(&pid) {
                 None => {
                     self.processes.insert(pid, (now, false));
+                    if self.go {
+                        self.attach_go(pid);
+                    }
                     true
                 }
                 Some((first, late_done)) if !*late_done && now - *first >= LATE_LOAD => {
@@ -161,7 +169,47 @@ impl TlsLibraries {
             Ok(ebpf) => ebpf,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match attach_file(&mut ebpf, path) {
+        let result = attach_file(&mut ebpf, path);
+        drop(ebpf);
+        self.record(path, result);
+    }
+
+    /// Attaches the Go programs to the executable of process `pid`, if it
+    /// is a Go binary with `crypto/tls` not attached yet.
+    fn attach_go(&mut self, pid: u32) {
+        // The link opens the process's own file, in a container too.
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return;
+        };
+        if !self.files.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        let shown = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
+        let go = match go_tls::inspect(&exe) {
+            go_tls::Inspected::NotGoTls => return,
+            go_tls::Inspected::Refused(why) => {
+                log::warn!(
+                    "TLS plaintext: not attached to the Go binary {}: {why}; its TLS is seen as \
+                     handshakes only",
+                    shown.display()
+                );
+                return;
+            }
+            go_tls::Inspected::Attachable(go) => go,
+        };
+        let mut ebpf = match self.ebpf.lock() {
+            Ok(ebpf) => ebpf,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let result = go_tls::attach(&mut ebpf, &exe, &shown, &go);
+        drop(ebpf);
+        self.record(&shown, result);
+    }
+
+    /// Logs an attachment's outcome and keeps its programs for status.
+    fn record(&mut self, path: &Path, result: Result<Vec<ProgramStatus>, String>) {
+        match result {
             Ok(attached) => {
                 let functions: Vec<&str> =
                     attached.iter().map(|a| a.attach_point.as_str()).collect();

@@ -21,7 +21,9 @@
 //!   unconnected sockets.
 //!
 //! - uprobes on OpenSSL's `SSL_read`/`SSL_write` (and `_ex`): the
-//!   plaintext of TLS connections (tls.rs).
+//!   plaintext of TLS connections (tls.rs), and on Go's
+//!   `crypto/tls.(*Conn).Read`/`Write` and their `RET` instructions in Go
+//!   binaries (go_tls.rs).
 //!
 //! Tracepoint field offsets are not compiled in: the agent reads them from
 //! the running kernel's tracefs format files and sets them in `CONFIG`
@@ -42,6 +44,8 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod fd_sock;
 // The rare paths' logs (`weft agent --bpf-log`).
+#[cfg(target_arch = "bpf")]
+mod go_tls;
 #[cfg(target_arch = "bpf")]
 mod klog;
 #[cfg(target_arch = "bpf")]

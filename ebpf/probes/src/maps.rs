@@ -51,6 +51,10 @@ pub static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_ent
 #[map]
 pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// Go `crypto/tls` calls in flight, by process and goroutine (go_tls.rs).
+#[map]
+pub static GO_TLS_CALLS: LruHashMap<TlsKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
 /// TLS connections' sockets and plaintext counts, by process and `SSL *`.
 #[map]
 pub static TLS_STREAMS: LruHashMap<TlsKey, TlsStream> = LruHashMap::with_max_entries(65536, 0);

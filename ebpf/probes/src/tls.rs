@@ -126,6 +126,13 @@ fn exit(ctx: &RetProbeContext) {
     if moved == 0 {
         return;
     }
+    emit_plaintext(tid, &call, moved);
+}
+
+/// One `DATA` record of the `moved` plaintext bytes of `call`, made on
+/// thread `tid` (tls.rs and go_tls.rs).
+#[inline(always)]
+pub fn emit_plaintext(tid: u64, call: &TlsCall, moved: u64) {
     let key = TlsKey {
         ssl: call.ssl,
         pid: (tid >> 32) as u32,
