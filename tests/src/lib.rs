@@ -194,6 +194,25 @@ fn timeout_scale() -> u32 {
         .unwrap_or(1)
 }
 
+/// The Python of one of the virtual environments `cargo xtask setup`
+/// makes (xtask/src/python_venvs.rs): `$VAR` (set by `cargo xtask test`),
+/// else `~/.local/share/weft/DIR/bin/python`.
+pub fn venv_python(var: &str, dir: &str, what: &str) -> String {
+    if let Some(p) = std::env::var_os(var) {
+        return p.to_string_lossy().into_owned();
+    }
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let p = home.join(".local/share/weft").join(dir).join("bin/python");
+    assert!(
+        p.is_file(),
+        "no Python for {what} at {}: run `cargo xtask setup`",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
 /// A port no other test uses (the agent sees the whole node's traffic, so
 /// each test filters its flows by its own server port).
 pub fn unique_port(offset: u16) -> u16 {

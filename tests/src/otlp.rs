@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -16,23 +15,9 @@ use crate::{
     wait_for,
 };
 
-/// The Python with `opentelemetry-proto` and grpcio: `$WEFT_OTLP_PYTHON`
-/// (set by `cargo xtask test`, which installs it), else the virtual
-/// environment `cargo xtask setup` makes.
+/// The Python with `opentelemetry-proto` and grpcio.
 pub fn python() -> String {
-    if let Some(p) = std::env::var_os("WEFT_OTLP_PYTHON") {
-        return p.to_string_lossy().into_owned();
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let p = home.join(".local/share/weft/otlp-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "no Python for the OTLP receiver at {}: run `cargo xtask setup`",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
+    crate::venv_python("WEFT_OTLP_PYTHON", "otlp-venv", "the OTLP receiver")
 }
 
 pub struct Receiver {

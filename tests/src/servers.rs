@@ -545,16 +545,22 @@ pub fn python_frontend(lab: &Lab, port: u16, backend: &Server, redis: &Server) -
 }
 
 /// The Go HTTPS peer (tests/peers/go_https: server and client in one
-/// binary, on Go's own crypto/tls), built with the system's Go into `dir`;
-/// its path.
-pub fn go_https_binary(dir: &TempDir) -> String {
+/// binary, on Go's own crypto/tls), built with the system's Go into `dir`,
+/// without its symbol table when `stripped` (`-ldflags=-s -w`: a binary
+/// the agent cannot attach to); its path.
+pub fn go_https_binary(dir: &TempDir, stripped: bool) -> String {
     require_program("go");
-    let binary = dir.join("go_https");
+    let binary = dir.join(if stripped {
+        "go_https_stripped"
+    } else {
+        "go_https"
+    });
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/go_https/main.go");
+    let ldflags = if stripped { "-s -w" } else { "" };
     // Its build cache and GOPATH in `dir` too: nothing is left behind,
     // and a missing HOME (CI's) does not matter.
     let out = Command::new("go")
-        .args(["build", "-o", &binary, source])
+        .args(["build", "-ldflags", ldflags, "-o", &binary, source])
         .env("GOCACHE", dir.join("go-cache"))
         .env("GOPATH", dir.join("go-path"))
         .env("GO111MODULE", "off")

@@ -12,11 +12,12 @@ use weft_tests::{
     agent::Agent,
     follow::{Follower, closes_by},
     lab::Lab,
-    peer::TempDir,
+    peer::{Peer, TempDir},
+    programs::attachments,
     require_root, servers,
     sql::SqlExchange,
     tls::certificates,
-    unique_port,
+    unique_port, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -139,6 +140,101 @@ fn queries_from_both_sides(port_offset: u16, ssl: bool) {
         assert_eq!(agent.metric_sum(metric, &[&dport]), 1.0);
     }
 }
+
+/// OpenSSL 1.1.1 (Debian 12 has only 3.0): psycopg2-binary's wheel bundles
+/// libpq with OpenSSL 1.1.1 under a hashed name
+/// (`psycopg2_binary.libs/libssl-3a880ada.so.1.1`), a library file of
+/// the client's own, found in its memory maps. The client imports
+/// psycopg2, waits until the agent lists that file as attached, then
+/// queries over SSL: its statements are exact at the client (OpenSSL
+/// 1.1.1) and at the server (PostgreSQL on the system's OpenSSL 3).
+#[test]
+fn postgres_over_ssl_from_openssl_1_1_bundled_in_a_python_wheel() {
+    if !require_root("postgres_over_ssl_from_openssl_1_1_bundled_in_a_python_wheel") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let lab = Lab::new();
+    let port = unique_port(105);
+    let port_s = port.to_string();
+    let follower = Follower::start(&agent, &["--port", &port_s, "--ip", &lab.server_v4]);
+    let dir = TempDir::new("postgres-openssl11");
+    certificates(&dir, "db.weft.test");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut server = servers::postgres_ssl(&lab, port, &cert, &key);
+
+    let python = weft_tests::venv_python(
+        "WEFT_OPENSSL11_PYTHON",
+        "openssl11-venv",
+        "the OpenSSL 1.1.1 peer",
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/pg_openssl11.py");
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let statements: Vec<&str> = OPENSSL11_STATEMENTS.iter().map(|s| s.0).collect();
+    let mut args = vec![
+        python.as_str(),
+        script,
+        &lab.server_v4,
+        &port_s,
+        &ready,
+        &go,
+    ];
+    args.extend(&statements);
+    let client = Peer::start("psycopg2 client", &lab.client_ns, &args);
+    wait_for("the client's import of psycopg2", WAIT, || {
+        std::path::Path::new(&ready).exists().then_some(())
+    });
+    assert!(client.log().contains("OpenSSL 1.1.1"), "{}", client.log());
+    let bundled = wait_for("the bundled libssl's attachment", WAIT, || {
+        attachments(&agent)
+            .iter()
+            .filter_map(|p| p["attach_point"].as_str())
+            .find(|at| at.contains("psycopg2_binary.libs/libssl-"))
+            .map(str::to_owned)
+    });
+    std::fs::write(&go, "").expect("write the go file");
+    let want: String = OPENSSL11_STATEMENTS
+        .iter()
+        .map(|s| format!("{}\n", s.3.map_or_else(|| s.2.to_string(), str::to_owned)))
+        .collect();
+    wait_for("the client's end", WAIT, || {
+        client.log().contains("done\n").then_some(())
+    });
+    assert!(client.log().contains(&want), "{}", client.log());
+    server.stop();
+
+    let total = OPENSSL11_STATEMENTS.len();
+    let [egress, ingress] = follower.l7_both_sides(WAIT, total + 1, |r| {
+        r.iter().filter(|r| r["event"] == "close").count() >= 1
+    });
+    let sql = SqlExchange {
+        protocol: "postgres",
+        system: "postgresql",
+        client: "python",
+        server: "postgres",
+        server_ip: &lab.server_v4,
+        port,
+    };
+    for side in [&egress, &ingress] {
+        let (tls, queries): (Vec<_>, Vec<_>) =
+            side.iter().partition(|r| r["l7"]["protocol"] == "tls");
+        assert_eq!(tls.len(), 1, "{tls:#?}");
+        assert_eq!(queries.len(), total, "{bundled}: {queries:#?}");
+        for (r, (_, operation, rows, error)) in queries.iter().zip(OPENSSL11_STATEMENTS) {
+            sql.check_record(r, operation, Some(rows).filter(|_| error.is_none()), error);
+            assert_eq!(r["tls"], true, "{r:#}");
+        }
+    }
+    let errors = agent.metric_sum("weft_events_total", &["source=\"l7_parse_errors\""]);
+    assert_eq!(errors, 0.0, "parse errors");
+}
+
+/// The 1.1.1 client's statements: (SQL, operation, rows, SQLSTATE).
+const OPENSSL11_STATEMENTS: [(&str, &str, u64, Option<&str>); 3] = [
+    ("SELECT generate_series(1, 3)", "SELECT", 3, None),
+    ("SELECT * FROM weft_missing", "SELECT", 0, Some("42P01")),
+    ("SELECT pg_sleep(0.1)", "SELECT", 1, None),
+];
 
 /// The handshake after psql's SSLRequest, seen in the socket's bytes:
 /// TLS 1.3 (PostgreSQL and psql on OpenSSL 3), no SNI (libpq sends none

@@ -149,7 +149,7 @@ fn go_crypto_tls_client_and_server() {
     }
     let setup = Setup::new(103);
     let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
-    let binary = servers::go_https_binary(dir);
+    let binary = servers::go_https_binary(dir, false);
     let mut server = servers::go_https(
         lab,
         port,
@@ -189,6 +189,85 @@ fn go_crypto_tls_client_and_server() {
     let want: Vec<Request> = (0..GO_ROUNDS).flat_map(|_| round.iter().cloned()).collect();
     setup.check_both_sides(&want, ("go_https", "go_https"), 1);
     assert_no_secret_and_no_parse_error(agent);
+}
+
+/// A TLS library the agent cannot hook (Go's crypto/tls in a binary
+/// stripped of its symbol table): each connection gets its handshake
+/// record, with the SNI, version and ALPN offered exact, and no plaintext
+/// record is made up from the ciphertext; a client that does not trust
+/// the server's certificate makes a failed handshake. The agent says why
+/// it did not attach.
+#[test]
+fn an_unhooked_tls_library_gets_handshake_records_only() {
+    if !require_root("an_unhooked_tls_library_gets_handshake_records_only") {
+        return;
+    }
+    let setup = Setup::new(104);
+    let (agent, lab, port, dir) = (&setup.agent, &setup.lab, setup.port, &setup.dir);
+    let binary = servers::go_https_binary(dir, true);
+    let mut server = servers::go_https(
+        lab,
+        port,
+        &binary,
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+    );
+    wait_for(
+        "the agent's refusal of the stripped Go binary",
+        WAIT,
+        || {
+            let log = agent.log();
+            log.lines()
+                .find(|l| l.contains(&binary) && l.contains("no symbol table"))
+                .map(str::to_owned)
+        },
+    );
+    let port_s = port.to_string();
+    // One connection with three requests, then one that refuses the
+    // server's certificate.
+    for (ca, want) in [("ca.pem", "200\n404\n200\n"), ("other-ca.pem", "error\n")] {
+        let ca = dir.join(ca);
+        let mut args = vec![binary.as_str(), "client", &lab.server_v4, &port_s, &ca, SNI];
+        if want.len() > 6 {
+            args.extend(["/hello", "/status/404", "/hello"]);
+        } else {
+            args.push("/hello");
+        }
+        let out = lab.exec(&lab.client_ns, &args);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{ca}");
+    }
+    server.stop();
+
+    let [egress, ingress] = setup
+        .all
+        .l7_both_sides(WAIT, 2, |r| closes_by(r, &[&binary_name(&binary)]) >= 2);
+    for side in [&egress, &ingress] {
+        assert_eq!(side.len(), 2, "handshake records only: {side:#?}");
+        for (r, outcome) in side.iter().zip(["ok", "failed"]) {
+            let l7 = &r["l7"];
+            assert_eq!(l7["protocol"], "tls", "{r:#}");
+            assert_eq!(l7["sni"], SNI, "{r:#}");
+            assert_eq!(l7["version"], "1.3", "{r:#}");
+            assert_eq!(l7["alpn_offered"], serde_json::json!(["http/1.1"]), "{r:#}");
+            assert_eq!(l7["outcome"], outcome, "{r:#}");
+            assert_eq!(r["tls"], false, "{r:#}");
+        }
+    }
+    let dport = format!("destination_port=\"{port}\"");
+    for (outcome, want) in [("ok", 1.0), ("failed", 1.0)] {
+        let outcome = format!("outcome=\"{outcome}\"");
+        let got = agent.metric_sum("weft_tls_handshakes_total", &[&dport, &outcome]);
+        assert_eq!(got, want, "{outcome}");
+    }
+    let errors = agent.metric_sum("weft_events_total", &["source=\"l7_parse_errors\""]);
+    assert_eq!(errors, 0.0, "parse errors");
+}
+
+/// The process name of a binary at `path` (its file name, as `comm` has
+/// it: the first 15 bytes).
+fn binary_name(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.chars().take(15).collect()
 }
 
 #[test]

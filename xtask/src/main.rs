@@ -6,7 +6,7 @@ mod bench;
 mod cmd;
 mod deploy_tools;
 mod fuzz;
-mod otlp_tools;
+mod python_venvs;
 mod setup;
 mod soak;
 mod test;

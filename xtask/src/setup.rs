@@ -123,7 +123,8 @@ pub fn setup() -> Result<Env> {
     lint_tools(&env, &rustup)?;
     bpf_linker(&env, &cargo_bin)?;
     crate::deploy_tools::ensure()?;
-    crate::otlp_tools::ensure()?;
+    crate::python_venvs::OTLP.ensure()?;
+    crate::python_venvs::OPENSSL_1_1.ensure()?;
     say(format_args!(
         "setup done; cargo runs by xtask get WEFT_BPF_TOOLCHAIN={}",
         env.bpf_toolchain

@@ -139,7 +139,11 @@ pub(crate) fn root_tests(env: &Env) -> Result<Command> {
             "WEFT_KUBERNETES_VALIDATE",
             crate::deploy_tools::kubernetes_validate_path()?,
         )
-        .env("WEFT_OTLP_PYTHON", crate::otlp_tools::python_path()?)
+        .env("WEFT_OTLP_PYTHON", crate::python_venvs::OTLP.python_path()?)
+        .env(
+            "WEFT_OPENSSL11_PYTHON",
+            crate::python_venvs::OPENSSL_1_1.python_path()?,
+        )
         .env("WEFT_REQUIRE_ROOT_TESTS", "1");
     Ok(test)
 }

@@ -11,6 +11,9 @@
 //!   whose build information names its version inline);
 //! - `crypto/tls.(*Conn).Read` and `Write` in the ELF symbol table: a
 //!   binary stripped of it (`-ldflags=-s`) is refused, with the reason;
+//! - where each function's body starts, past Go's stack check (an
+//!   entry probe on the first instruction runs again after the stack
+//!   grows);
 //! - every `RET` instruction of `Read`, found by decoding its code from
 //!   the start (an x86 decoder, not a byte scan: a probe
 //!   on a byte inside another instruction would corrupt the program),
@@ -119,8 +122,9 @@ fn attachable<'data, R: object::ReadRef<'data>>(
     }
     let mut functions = Vec::new();
     for (name, program, probe_returns, address, size) in found {
-        let (entry, code) =
+        let (start, code) =
             function_code(elf, address, size).ok_or_else(|| format!("{name}: code not found"))?;
+        let entry = start + (past_stack_check(&code, address) - address);
         let mut returns = Vec::new();
         if probe_returns {
             returns = self::returns(&code, address)
@@ -129,7 +133,7 @@ fn attachable<'data, R: object::ReadRef<'data>>(
                 return Err(format!("{name}: no RET instruction"));
             }
         }
-        let returns = returns.iter().map(|r| entry + (r - address)).collect();
+        let returns = returns.iter().map(|r| start + (r - address)).collect();
         functions.push(GoFunction {
             name,
             program,
@@ -200,6 +204,33 @@ fn function_code<'data, R: object::ReadRef<'data>>(
     let entry = file_start + (address - section.address());
     let code = section.data_range(address, size).ok()??;
     Some((entry, code.to_vec()))
+}
+
+/// Where a Go function's body starts: after its stack check (`CMPQ
+/// 0x10(R14), SP` or `LEAQ -N(SP), R12; CMPQ 0x10(R14), R12`, then `JBE`
+/// to a call of `runtime.morestack` at the function's end, which jumps
+/// back to the function's first instruction once the stack has grown).
+/// An entry probe there runs once per call; one on the first instruction
+/// would run again after each stack growth (and `Write`'s records its
+/// buffer there). The function's start when it has no such check.
+fn past_stack_check(code: &[u8], address: u64) -> u64 {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let end = address + code.len() as u64;
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    for _ in 0..3 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            break;
+        }
+        let target = instruction.near_branch_target();
+        if instruction.mnemonic() == Mnemonic::Jbe && target > instruction.ip() && target < end {
+            return instruction.next_ip();
+        }
+    }
+    address
 }
 
 /// The addresses of the `RET` instructions in `code`, which starts at
@@ -294,6 +325,27 @@ mod tests {
         assert_eq!(returns(&code, 0x1000), Ok(vec![0x1005, 0x1007]));
         // A truncated instruction does not decode.
         assert_eq!(returns(&[0xc3, 0x48], 0x10), Err(0x11));
+    }
+
+    #[test]
+    fn the_body_starts_past_the_stack_check() {
+        // crypto/tls.(*Conn).Write in Go 1.19: leaq -0x68(%rsp),%r12;
+        // cmp 0x10(%r14),%r12; jbe (to the function's end); sub $0xe8,%rsp.
+        let mut code = vec![
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0, 0, 0, 0x48,
+            0x81, 0xec, 0xe8, 0, 0, 0,
+        ];
+        code.resize(0x30, 0xcc);
+        assert_eq!(past_stack_check(&code, 0x1000), 0x100f);
+        // Read's: cmp 0x10(%r14),%rsp; jbe; sub $0x68,%rsp.
+        let mut code = vec![0x49, 0x3b, 0x66, 0x10, 0x76, 0x10, 0x48, 0x83, 0xec, 0x68];
+        code.resize(0x20, 0xcc);
+        assert_eq!(past_stack_check(&code, 0x1000), 0x1006);
+        // No check (a NOSPLIT function): its start.
+        assert_eq!(
+            past_stack_check(&[0x48, 0x83, 0xec, 0x68, 0xc3], 0x1000),
+            0x1000
+        );
     }
 
     #[test]

@@ -403,9 +403,16 @@ fn host_libraries(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`,
-/// `libssl.so.1.1`), not NSS's `libssl3.so`.
+/// `libssl.so.1.1`, or a copy that auditwheel bundled into a Python
+/// wheel under a hashed name, `libssl-3a880ada.so.1.1`), not NSS's
+/// `libssl3.so`.
 fn is_libssl(name: &str) -> bool {
-    name == "libssl.so" || name.starts_with("libssl.so.")
+    if name == "libssl.so" || name.starts_with("libssl.so.") {
+        return true;
+    }
+    name.strip_prefix("libssl-")
+        .and_then(|rest| rest.split_once(".so"))
+        .is_some_and(|(hash, _)| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// The libssl files process `pid` maps, as paths through its root.
@@ -444,6 +451,9 @@ mod tests {
         assert!(is_libssl("libssl.so.1.1"));
         assert!(is_libssl("libssl.so"));
         assert!(!is_libssl("libssl3.so"), "NSS");
+        assert!(is_libssl("libssl-3a880ada.so.1.1"), "auditwheel's copy");
+        assert!(!is_libssl("libssl-dev.txt"));
+        assert!(!is_libssl("libssl-.so.1.1"));
         assert!(!is_libssl("libcrypto.so.3"));
         assert!(!is_libssl("libssl.a"));
     }

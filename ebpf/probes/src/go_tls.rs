@@ -18,6 +18,10 @@
 //!   growing stacks move: the return program sits on each `RET`
 //!   instruction of `Read` instead (the agent finds them).
 //!
+//! The entry programs sit past the function's stack check (the agent
+//! finds it), which runs again after the stack grows: a probe there runs
+//! once per call.
+//!
 //! `Write` is recorded at its entry, whole: Go's HTTP client writes a
 //! request on one goroutine and reads the answer on another, so a record
 //! made when `Write` returns could come after the answer's, and pair it

@@ -21,7 +21,7 @@ pub struct Collector {
 impl Collector {
     /// Starts the receiver, writing what it receives under `dir`.
     pub fn start(dir: &Path) -> Result<Self> {
-        let python = crate::otlp_tools::python_path()?;
+        let python = crate::python_venvs::OTLP.python_path()?;
         anyhow::ensure!(
             python.is_file(),
             "no Python for the OTLP receiver at {}: run `cargo xtask setup`",
