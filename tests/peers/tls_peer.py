@@ -33,12 +33,36 @@ def serve(address, port, cert, key, client_ca=None):
     listener = socket.create_server((address, port))
 
     def one(conn):
+        conn.settimeout(10)
+        tls = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         try:
-            with ctx.wrap_socket(conn, server_side=True) as tls:
-                if tls.recv(1024):
-                    tls.sendall(b"pong")
+            tls.do_handshake()
         except (ssl.SSLError, OSError):
-            conn.close()
+            refuse(tls)
+            return
+        try:
+            if tls.recv(1024):
+                tls.sendall(b"pong")
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            tls.close()
+
+    def refuse(tls):
+        # The alert is sent: end the stream after it (FIN) and read what
+        # the client still sends (a TLS 1.3 client sends its data before
+        # it reads the refusal) until it closes. Closed with those bytes
+        # unread, the socket would send a reset instead, which can
+        # overtake the alert, and the client would see the connection
+        # fail without the reason.
+        try:
+            socket.socket.shutdown(tls, socket.SHUT_WR)
+            while socket.socket.recv(tls, 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            tls.close()
 
     while True:
         conn, _ = listener.accept()
