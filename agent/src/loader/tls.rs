@@ -12,7 +12,9 @@
 //!   processes it has not looked at yet, through `/proc/PID/root` (a
 //!   container's own libssl is another file), and once more
 //!   [`LATE_LOAD`] after it first saw a process, for a library loaded
-//!   late (`dlopen`, Python's `import ssl`).
+//!   late (`dlopen`, Python's `import ssl`). A process that has exec'd
+//!   another program since it was looked at (its `/proc/PID/exe` is
+//!   another file) is looked at as a new one.
 //!
 //! Files are told apart by device and inode: the same file reached by
 //! two paths (a symlink, two containers on one image layer) is attached
@@ -59,9 +61,10 @@ pub struct TlsLibraries {
     ebpf: Arc<Mutex<Ebpf>>,
     /// (device, inode) of every file attached, or refused.
     files: HashSet<(u64, u64)>,
-    /// Processes looked at: pid -> when first seen, and whether the late
-    /// look is done.
-    processes: HashMap<u32, (Instant, bool)>,
+    /// Processes looked at: pid -> when first seen running its program
+    /// (device and inode of `/proc/PID/exe`), and whether the late look
+    /// is done.
+    processes: HashMap<u32, Seen>,
     /// The attachments made by [`TlsLibraries::start`], for `weft status`
     /// and the start-up log.
     pub attached: Vec<ProgramStatus>,
@@ -72,6 +75,21 @@ pub struct TlsLibraries {
     /// Whether Go binaries are attached (go_tls.rs): their programs name
     /// a connection's socket by its fd, through offsets from BTF.
     go: bool,
+}
+
+/// A process looked at: when it was first seen running its program, and
+/// that program's file, so that an `exec` (`ip netns exec`, a shell's
+/// `exec`) makes it a new process to look at.
+struct Seen {
+    since: Instant,
+    exe: Option<(u64, u64)>,
+    late_done: bool,
+}
+
+/// The device and inode of the program process `pid` runs.
+fn exe_of(pid: u32) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// Program `name`, loaded on its first use: only the programs a library
@@ -135,19 +153,26 @@ impl TlsLibraries {
             if pid == own {
                 continue;
             }
+            let exe = exe_of(pid);
             let look = match self.processes.get_mut(&pid) {
-                None => {
-                    self.processes.insert(pid, (now, false));
+                Some(seen) if seen.exe == exe => {
+                    let late = !seen.late_done && now - seen.since >= LATE_LOAD;
+                    seen.late_done |= late;
+                    late
+                }
+                // New, or it has exec'd another program since.
+                _ => {
+                    let seen = Seen {
+                        since: now,
+                        exe,
+                        late_done: false,
+                    };
+                    self.processes.insert(pid, seen);
                     if self.go {
                         self.attach_go(pid);
                     }
                     true
                 }
-                Some((first, late_done)) if !*late_done && now - *first >= LATE_LOAD => {
-                    *late_done = true;
-                    true
-                }
-                Some(_) => false,
             };
             if look {
                 for path in mapped_libraries(pid) {
