@@ -545,33 +545,79 @@ pub fn python_frontend(lab: &Lab, port: u16, backend: &Server, redis: &Server) -
 }
 
 /// The Go HTTPS peer (tests/peers/go_https: server and client in one
-/// binary, on Go's own crypto/tls), built with the system's Go into `dir`,
-/// without its symbol table when `stripped` (`-ldflags=-s -w`: a binary
-/// the agent cannot attach to); its path.
+/// binary, on Go's own crypto/tls), built with the system's Go, without
+/// its symbol table when `stripped` (`-ldflags=-s -w`: a binary the agent
+/// cannot attach to); its path.
+///
+/// Built once per source and kept next to the test binaries
+/// (`target/release/peers/HASH/`), where the matrix's guests find it: their
+/// file system is read-only, and their emulated CPU takes minutes to build
+/// it. Where that folder cannot be written, it is built into `dir`.
 pub fn go_https_binary(dir: &TempDir, stripped: bool) -> String {
     require_program("go");
-    let binary = dir.join(if stripped {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/go_https/main.go");
+    let text = std::fs::read(source).expect("the Go peer's source");
+    let name = if stripped {
         "go_https_stripped"
     } else {
         "go_https"
+    };
+    if let Some(folder) = peers_folder(&text) {
+        let cached = folder.join(name);
+        if cached.exists() {
+            return cached.to_string_lossy().into_owned();
+        }
+        // Built under a name of its own, then renamed: a binary half
+        // written is never run.
+        let partial = folder.join(format!("{name}.{}.partial", std::process::id()));
+        if std::fs::create_dir_all(&folder).is_ok()
+            && go_build(source, &partial.to_string_lossy(), stripped, dir).is_ok()
+            && std::fs::rename(&partial, &cached).is_ok()
+        {
+            return cached.to_string_lossy().into_owned();
+        }
+        let _ = std::fs::remove_file(&partial);
+    }
+    let binary = dir.join(name);
+    if let Err(e) = go_build(source, &binary, stripped, dir) {
+        panic!("go build failed: {e}");
+    }
+    binary
+}
+
+/// `target/release/peers/HASH` for a peer whose source is `text`: the
+/// folder of the running test binary's profile (`target/release`), and a
+/// hash of the source, so an edited peer is built again.
+fn peers_folder(text: &[u8]) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    if deps.file_name()? != "deps" {
+        return None;
+    }
+    // FNV-1a: the same on every run (std's hasher is not).
+    let hash = (text.iter()).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/go_https/main.go");
+    Some(deps.parent()?.join("peers").join(format!("{hash:016x}")))
+}
+
+/// `go build` of `source` into `binary`, with its build cache and GOPATH
+/// in `dir` (nothing is left behind, and a missing HOME, CI's, does not
+/// matter); the compiler's errors when it fails.
+fn go_build(source: &str, binary: &str, stripped: bool, dir: &TempDir) -> Result<(), String> {
     let ldflags = if stripped { "-s -w" } else { "" };
-    // Its build cache and GOPATH in `dir` too: nothing is left behind,
-    // and a missing HOME (CI's) does not matter.
     let out = Command::new("go")
-        .args(["build", "-ldflags", ldflags, "-o", &binary, source])
+        .args(["build", "-ldflags", ldflags, "-o", binary, source])
         .env("GOCACHE", dir.join("go-cache"))
         .env("GOPATH", dir.join("go-path"))
         .env("GO111MODULE", "off")
         .output()
-        .expect("go build");
-    assert!(
-        out.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    binary
+        .map_err(|e| format!("could not run go: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// The Go HTTPS peer's server (`binary` from [`go_https_binary`]), HTTP/1.1

@@ -40,6 +40,25 @@ const GO_ROUNDS: usize = 5;
 /// An expected request: (L7 protocol, path as recorded, status).
 type Request = (&'static str, String, u64);
 
+/// The Python and Go tests' four requests: the paths a client asks for
+/// (the last with a query value the privacy settings redact), the
+/// statuses it prints, and the records expected of them.
+fn four_requests() -> ([String; 4], &'static str, Vec<Request>) {
+    let paths = [
+        "/hello".to_owned(),
+        "/status/404".to_owned(),
+        "/status/503".to_owned(),
+        format!("/status/201?token={SECRET}"),
+    ];
+    let want = vec![
+        ("http", "/hello".into(), 200),
+        ("http", "/status/404".into(), 404),
+        ("http", "/status/503".into(), 503),
+        ("http", "/status/201?token=REDACTED".into(), 201),
+    ];
+    (paths, "200\n404\n503\n201\n", want)
+}
+
 #[test]
 fn curl_and_nginx_over_tls_http1_and_http2() {
     if !require_root("curl_and_nginx_over_tls_http1_and_http2") {
@@ -116,23 +135,16 @@ fn python_ssl_client_and_server() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/https_client.py");
     let port_s = port.to_string();
-    let secret = format!("/status/201?token={SECRET}");
-    let paths = ["/hello", "/status/404", "/status/503", &secret];
+    let (paths, statuses, want) = four_requests();
     let ca = dir.join("ca.pem");
     let mut args = vec!["python3", script, &lab.server_v4, &port_s, &ca, SNI];
-    args.extend(paths);
+    args.extend(paths.iter().map(String::as_str));
     // `exec` fails the test, with the output, when the client fails.
     let out = lab.exec(&lab.client_ns, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text, "200\n404\n503\n201\n");
+    assert_eq!(text, statuses);
     server.stop();
 
-    let want: Vec<Request> = vec![
-        ("http", "/hello".into(), 200),
-        ("http", "/status/404".into(), 404),
-        ("http", "/status/503".into(), 503),
-        ("http", "/status/201?token=REDACTED".into(), 201),
-    ];
     setup.check_both_sides(&want, ("python3", "python3"), 1);
     assert_no_secret_and_no_parse_error(agent);
 }
@@ -167,25 +179,20 @@ fn go_crypto_tls_client_and_server() {
     // requests the server's goroutine waits in Read, and may resume on
     // another thread.
     let port_s = port.to_string();
-    let secret = format!("/status/201?token={SECRET}");
-    let paths = ["/hello", "/status/404", "/status/503", &secret];
+    let (paths, statuses, round) = four_requests();
     let ca = dir.join("ca.pem");
     let mut args = vec![binary.as_str(), "client", &lab.server_v4, &port_s, &ca, SNI];
     for _ in 0..GO_ROUNDS {
-        args.extend(paths);
+        args.extend(paths.iter().map(String::as_str));
     }
     // `exec` fails the test, with the output, when the client fails.
     let out = lab.exec(&lab.client_ns, &args);
-    let statuses = "200\n404\n503\n201\n".repeat(GO_ROUNDS);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), statuses);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        statuses.repeat(GO_ROUNDS)
+    );
     server.stop();
 
-    let round: Vec<Request> = vec![
-        ("http", "/hello".into(), 200),
-        ("http", "/status/404".into(), 404),
-        ("http", "/status/503".into(), 503),
-        ("http", "/status/201?token=REDACTED".into(), 201),
-    ];
     let want: Vec<Request> = (0..GO_ROUNDS).flat_map(|_| round.iter().cloned()).collect();
     setup.check_both_sides(&want, ("go_https", "go_https"), 1);
     assert_no_secret_and_no_parse_error(agent);

@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: every cargo-fuzz target, each for a bounded time,
 //! with the sanitizer-instrumented build (AddressSanitizer, debug
-//! assertions on), as CI runs them.
+//! assertions on), as CI runs them; as many targets at once as the machine
+//! has CPUs.
 //!
 //! Each target starts from its seeds (`<crate>/seeds/<target>/`) and the
 //! corpus earlier local runs grew (`target/fuzz/corpus/<target>/`). A crash
@@ -59,8 +60,20 @@ pub fn fuzz(env: &Env, options: &Options) -> Result<()> {
             continue;
         }
         run(&mut cargo_fuzz(env, &dir, &["build"]))?;
-        for target in targets {
-            outcomes.push(run_target(env, &dir, &target, options.seconds)?);
+        // One target per CPU at a time: libFuzzer runs on one thread.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for batch in targets.chunks(cpus) {
+            let ran: Vec<Result<Outcome>> = std::thread::scope(|scope| {
+                let runs: Vec<_> = (batch.iter())
+                    .map(|target| scope.spawn(|| run_target(env, &dir, target, options.seconds)))
+                    .collect();
+                (runs.into_iter())
+                    .map(|run| run.join().expect("a fuzz run's thread panicked"))
+                    .collect()
+            });
+            for outcome in ran {
+                outcomes.push(outcome?);
+            }
         }
     }
     let unknown: Vec<&String> = options

@@ -10,11 +10,15 @@
 //!   so that a client started later is seen from its first request;
 //! - at start and every [`RESCAN`] after, in the memory maps of the
 //!   processes it has not looked at yet, through `/proc/PID/root` (a
-//!   container's own libssl is another file), and once more
-//!   [`LATE_LOAD`] after it first saw a process, for a library loaded
-//!   late (`dlopen`, Python's `import ssl`). A process that has exec'd
-//!   another program since it was looked at (its `/proc/PID/exe` is
-//!   another file) is looked at as a new one.
+//!   container's own libssl is another file), and again later, for a
+//!   library loaded late (`dlopen`, Python's `import ssl`): [`LATE_LOAD`]
+//!   after it first saw a process, then at intervals that double up to
+//!   [`LATE_LOAD_MAX`]. A single late look missed every library loaded
+//!   after it (a Python started on a loaded machine imports `ssl` seconds
+//!   after it starts); a fixed short interval would read every process's
+//!   maps every few seconds. A process that has exec'd another program
+//!   since it was looked at (its `/proc/PID/exe` is another file) is
+//!   looked at as a new one.
 //!
 //! Files are told apart by device and inode: the same file reached by
 //! two paths (a symlink, two containers on one image layer) is attached
@@ -48,8 +52,13 @@ const RETURN: &str = "weft_ssl_return";
 
 /// How often the processes started since the last look are looked at.
 pub const RESCAN: Duration = Duration::from_secs(2);
-/// When a process is looked at again, for a library it loaded late.
+/// When a process is looked at again, for a library it loaded late; the
+/// interval to the next look doubles each time, up to [`LATE_LOAD_MAX`].
 const LATE_LOAD: Duration = Duration::from_secs(5);
+/// The longest interval between two looks at a running process: a
+/// library it loads after its first minutes is attached within this long
+/// (one read of its `/proc/PID/maps` per interval).
+const LATE_LOAD_MAX: Duration = Duration::from_secs(300);
 
 /// Where a host keeps its shared libraries (relative to its root), and
 /// their multiarch subdirectories (`x86_64-linux-gnu`...).
@@ -77,13 +86,34 @@ pub struct TlsLibraries {
     go: bool,
 }
 
-/// A process looked at: when it was first seen running its program, and
-/// that program's file, so that an `exec` (`ip netns exec`, a shell's
-/// `exec`) makes it a new process to look at.
+/// A process looked at: the program it ran then (device and inode of
+/// `/proc/PID/exe`), so that an `exec` (`ip netns exec`, a shell's `exec`)
+/// makes it a new process to look at, and when to look at it again.
 struct Seen {
-    since: Instant,
     exe: Option<(u64, u64)>,
-    late_done: bool,
+    next_look: Instant,
+    interval: Duration,
+}
+
+impl Seen {
+    fn new(exe: Option<(u64, u64)>, now: Instant) -> Self {
+        Self {
+            exe,
+            next_look: now + LATE_LOAD,
+            interval: LATE_LOAD,
+        }
+    }
+
+    /// Whether the process is due for another look at `now`; if so, the
+    /// next one is scheduled.
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next_look {
+            return false;
+        }
+        self.interval = (self.interval * 2).min(LATE_LOAD_MAX);
+        self.next_look = now + self.interval;
+        true
+    }
 }
 
 /// The device and inode of the program process `pid` runs.
@@ -137,8 +167,8 @@ impl TlsLibraries {
         }
     }
 
-    /// Looks at the processes not seen yet, and once more at those first
-    /// seen [`LATE_LOAD`] ago; forgets those gone.
+    /// Looks at the processes not seen yet, and again at those due for a
+    /// late look ([`Seen::due`]); forgets those gone.
     fn rescan(&mut self, now: Instant) {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return;
@@ -155,21 +185,12 @@ impl TlsLibraries {
             }
             let exe = exe_of(pid);
             let look = match self.processes.get_mut(&pid) {
-                Some(seen) if seen.exe == exe => {
-                    let late = !seen.late_done && now - seen.since >= LATE_LOAD;
-                    seen.late_done |= late;
-                    late
-                }
+                Some(seen) if seen.exe == exe => seen.due(now),
                 // New, or it has exec'd another program since.
                 _ => {
-                    let seen = Seen {
-                        since: now,
-                        exe,
-                        late_done: false,
-                    };
-                    self.processes.insert(pid, seen);
-                    if self.go {
-                        self.attach_go(pid);
+                    self.processes.insert(pid, Seen::new(exe, now));
+                    if let (true, Some(exe)) = (self.go, exe) {
+                        self.attach_go(pid, exe);
                     }
                     true
                 }
@@ -200,16 +221,14 @@ impl TlsLibraries {
     }
 
     /// Attaches the Go programs to the executable of process `pid`, if it
-    /// is a Go binary with `crypto/tls` not attached yet.
-    fn attach_go(&mut self, pid: u32) {
-        // The link opens the process's own file, in a container too.
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let Ok(meta) = std::fs::metadata(&exe) else {
-            return;
-        };
-        if !self.files.insert((meta.dev(), meta.ino())) {
+    /// is a Go binary with `crypto/tls` not attached yet (`file`: the
+    /// executable's device and inode).
+    fn attach_go(&mut self, pid: u32, file: (u64, u64)) {
+        if !self.files.insert(file) {
             return;
         }
+        // The link opens the process's own file, in a container too.
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let shown = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
         let go = match go_tls::inspect(&exe) {
             go_tls::Inspected::NotGoTls => return,
@@ -469,6 +488,19 @@ fn libssl_paths(maps: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_looked_at_again_at_doubling_intervals() {
+        let start = Instant::now();
+        let mut seen = Seen::new(Some((1, 2)), start);
+        let secs = |s: u64| start + Duration::from_secs(s);
+        // Due at 5 s after its first look, then 10, 20, 40... s after the
+        // previous one, every 300 s at most.
+        let due: Vec<u64> = (0..3000).filter(|&s| seen.due(secs(s))).collect();
+        assert_eq!(due[..7], [5, 15, 35, 75, 155, 315, 615]);
+        assert!(due[7..].windows(2).all(|w| w[1] - w[0] == 300), "{due:?}");
+        assert_eq!(due.len(), 14, "{due:?}");
+    }
 
     #[test]
     fn openssl_library_names() {
