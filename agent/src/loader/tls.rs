@@ -162,7 +162,10 @@ impl TlsLibraries {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => self.rescan(Instant::now()),
+                // A look reads and decodes executables and attaches
+                // uprobes (seconds on a slow machine): off the runtime's
+                // workers, so the flow API and the metrics still answer.
+                _ = tick.tick() => tokio::task::block_in_place(|| self.rescan(Instant::now())),
             }
         }
     }

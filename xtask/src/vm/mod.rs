@@ -159,10 +159,20 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
             Ok(None) => say(format_args!("kernel {name}: skipped")),
             Err(e) => {
                 say(format_args!("kernel {name}: FAILED after {took}s: {e:#}"));
-                print_failed_logs(&dir.join("results").join(name), &tests);
                 failed.push(name);
             }
         }
+    }
+    // Every guest's failures in a few lines first, then each one's logs:
+    // a reader of a cut output still sees them all.
+    for name in &failed {
+        let out = dir.join("results").join(name);
+        for line in failure_summary(&out, &tests) {
+            say(format_args!("kernel {name}: {line}"));
+        }
+    }
+    for name in &failed {
+        print_failed_logs(&dir.join("results").join(name), &tests);
     }
     if !failed.is_empty() {
         bail!(
@@ -338,6 +348,29 @@ fn print_failed_logs(out: &Path, tests: &[(String, PathBuf)]) {
     }
 }
 
+/// For each test binary that failed in the guest whose results are in
+/// `out`: each panic's place and message, a line each.
+fn failure_summary(out: &Path, tests: &[(String, PathBuf)]) -> Vec<String> {
+    let verdict = guest::verdict(out);
+    let mut lines = Vec::new();
+    for (name, _) in tests {
+        if verdict.tests.iter().any(|(n, rc)| n == name && *rc == 0) {
+            continue;
+        }
+        let log =
+            fs::read_to_string(out.join("tests").join(format!("{name}.log"))).unwrap_or_default();
+        let found: Vec<String> = (log.lines().zip(log.lines().skip(1)))
+            .filter(|(line, _)| line.contains("panicked at"))
+            .map(|(line, message)| format!("{name}: {line} {message}"))
+            .collect();
+        if found.is_empty() {
+            lines.push(format!("{name}: failed without a panic in its log"));
+        }
+        lines.extend(found);
+    }
+    lines
+}
+
 /// The lines of `log` from each panic on ([`PANIC_LINES`] each) and its
 /// last [`LOG_TAIL_LINES`], in order, with `...` where lines are left out.
 fn log_excerpt(log: &str) -> String {
@@ -427,6 +460,32 @@ fn make_executable(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_guest_is_summed_up_by_its_panics() {
+        let out = std::env::temp_dir().join(format!("weft-xtask-summary-{}", std::process::id()));
+        fs::create_dir_all(out.join("tests")).unwrap();
+        let status = "kernel 5.10\nagent started\ntest tcp 0 8 0\ntest udp 101 1 1\n\
+                      test l7_http 137 0 0\ndone\n";
+        fs::write(out.join("status"), status).unwrap();
+        let udp = "running 2 tests\nthread 'a' (7) panicked at tests/udp.rs:9:5:\n\
+                   datagrams: 3 != 4\nstack backtrace:\n";
+        fs::write(out.join("tests/udp.log"), udp).unwrap();
+        fs::write(out.join("tests/l7_http.log"), "killed\n").unwrap();
+        let tests: Vec<(String, PathBuf)> = ["tcp", "udp", "l7_http"]
+            .iter()
+            .map(|n| (n.to_string(), PathBuf::new()))
+            .collect();
+        let summary = failure_summary(&out, &tests);
+        fs::remove_dir_all(&out).unwrap();
+        assert_eq!(
+            summary,
+            [
+                "udp: thread 'a' (7) panicked at tests/udp.rs:9:5: datagrams: 3 != 4",
+                "l7_http: failed without a panic in its log",
+            ]
+        );
+    }
 
     #[test]
     fn excerpt_keeps_panics_and_the_end() {
