@@ -50,6 +50,8 @@ struct Outcome {
 pub fn fuzz(env: &Env, options: &Options) -> Result<()> {
     ensure_cargo_fuzz(env)?;
     let mut outcomes = Vec::new();
+    // One target per CPU at a time: libFuzzer runs on one thread.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for dir in CRATES {
         let dir = workspace_root().join(dir);
         let targets: Vec<String> = targets_of(&dir)?
@@ -60,8 +62,6 @@ pub fn fuzz(env: &Env, options: &Options) -> Result<()> {
             continue;
         }
         run(&mut cargo_fuzz(env, &dir, &["build"]))?;
-        // One target per CPU at a time: libFuzzer runs on one thread.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         for batch in targets.chunks(cpus) {
             let ran: Vec<Result<Outcome>> = std::thread::scope(|scope| {
                 let runs: Vec<_> = (batch.iter())

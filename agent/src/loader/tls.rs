@@ -70,9 +70,8 @@ pub struct TlsLibraries {
     ebpf: Arc<Mutex<Ebpf>>,
     /// (device, inode) of every file attached, or refused.
     files: HashSet<(u64, u64)>,
-    /// Processes looked at: pid -> when first seen running its program
-    /// (device and inode of `/proc/PID/exe`), and whether the late look
-    /// is done.
+    /// Processes looked at: pid -> the program it ran then, and when to
+    /// look at it again ([`Seen`]).
     processes: HashMap<u32, Seen>,
     /// The attachments made by [`TlsLibraries::start`], for `weft status`
     /// and the start-up log.

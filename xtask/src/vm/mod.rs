@@ -165,14 +165,14 @@ pub fn vm_test_with(env: &Env, options: &Options) -> Result<()> {
     }
     // Every guest's failures in a few lines first, then each one's logs:
     // a reader of a cut output still sees them all.
+    let results = dir.join("results");
     for name in &failed {
-        let out = dir.join("results").join(name);
-        for line in failure_summary(&out, &tests) {
+        for line in failure_summary(&results.join(name), &tests) {
             say(format_args!("kernel {name}: {line}"));
         }
     }
     for name in &failed {
-        print_failed_logs(&dir.join("results").join(name), &tests);
+        print_failed_logs(&results.join(name), &tests);
     }
     if !failed.is_empty() {
         bail!(
@@ -324,16 +324,8 @@ fn print_failed_logs(out: &Path, tests: &[(String, PathBuf)]) {
             lines[from..].join("\n")
         ));
     }
-    for (name, _) in tests {
-        let rc = verdict
-            .tests
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, rc)| *rc);
-        if rc == Some(0) {
-            continue;
-        }
-        let Ok(log) = fs::read_to_string(out.join("tests").join(format!("{name}.log"))) else {
+    for (name, rc, log) in failed_tests(&verdict, out, tests) {
+        let Some(log) = log else {
             continue;
         };
         say(format_args!(
@@ -348,17 +340,34 @@ fn print_failed_logs(out: &Path, tests: &[(String, PathBuf)]) {
     }
 }
 
+/// The test binaries of `tests` that did not pass in a guest (its
+/// `verdict`, its results in `out`): name, exit status (`None`: it never
+/// reported) and log, if it left one.
+fn failed_tests<'a>(
+    verdict: &guest::Verdict,
+    out: &Path,
+    tests: &'a [(String, PathBuf)],
+) -> Vec<(&'a str, Option<i32>, Option<String>)> {
+    (tests.iter())
+        .filter_map(|(name, _)| {
+            let rc = (verdict.tests.iter())
+                .find(|(n, _)| n == name)
+                .map(|(_, rc)| *rc);
+            (rc != Some(0)).then(|| {
+                let log = fs::read_to_string(out.join("tests").join(format!("{name}.log")));
+                (name.as_str(), rc, log.ok())
+            })
+        })
+        .collect()
+}
+
 /// For each test binary that failed in the guest whose results are in
 /// `out`: each panic's place and message, a line each.
 fn failure_summary(out: &Path, tests: &[(String, PathBuf)]) -> Vec<String> {
     let verdict = guest::verdict(out);
     let mut lines = Vec::new();
-    for (name, _) in tests {
-        if verdict.tests.iter().any(|(n, rc)| n == name && *rc == 0) {
-            continue;
-        }
-        let log =
-            fs::read_to_string(out.join("tests").join(format!("{name}.log"))).unwrap_or_default();
+    for (name, _, log) in failed_tests(&verdict, out, tests) {
+        let log = log.unwrap_or_default();
         let found: Vec<String> = (log.lines().zip(log.lines().skip(1)))
             .filter(|(line, _)| line.contains("panicked at"))
             .map(|(line, message)| format!("{name}: {line} {message}"))
