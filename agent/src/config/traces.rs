@@ -67,13 +67,6 @@ impl TracesConfig {
                 "must be between 0 and 1",
             ));
         }
-        if self.inject_traceparent {
-            return Err(invalid(
-                "traces.inject_traceparent",
-                &true,
-                "not supported yet (only false)",
-            ));
-        }
         if let Some(p) = &self.protocol {
             parse_protocol("traces.protocol", p)?;
         }
@@ -95,6 +88,13 @@ impl TracesConfig {
         .into_iter()
         .find_map(|name| set(name).map(|v| (name, v)));
         if self.endpoint.is_none() && from_env.is_none() {
+            if self.inject_traceparent {
+                return Err(invalid(
+                    "traces.inject_traceparent",
+                    &true,
+                    "needs traces on: set traces.endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)",
+                ));
+            }
             return Ok(None);
         }
         let protocol = match &self.protocol {
@@ -239,8 +239,15 @@ mod tests {
             inject_traceparent: true,
             ..TracesConfig::default()
         };
-        let err = inject.validate().unwrap_err().to_string();
-        assert!(err.contains("traces.inject_traceparent") && err.contains("not supported yet"));
+        inject.validate().expect("valid on its own");
+        let none = |_: &str| None;
+        let err = inject.resolve(&none).unwrap_err().to_string();
+        assert!(err.contains("traces.inject_traceparent") && err.contains("needs traces on"));
+        let on = TracesConfig {
+            endpoint: Some("http://127.0.0.1:4318".into()),
+            ..inject
+        };
+        assert!(on.resolve(&none).expect("valid").is_some());
         let proto = TracesConfig {
             protocol: Some("udp".into()),
             ..TracesConfig::default()

@@ -11,8 +11,10 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf,
+    maps::sock::SockMapFd,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, SkMsg,
+        SockOps, TracePoint,
     },
 };
 
@@ -140,6 +142,41 @@ impl Attached {
         });
         let attach_point = format!("cgroup {} ({label})", cgroup.1.display());
         self.record(need, name, "cgroup_skb", attach_point, result)
+    }
+
+    /// Loads the sock_ops program `name` and attaches it to the cgroup v2
+    /// root (through a link, stacked with other tools' programs).
+    pub fn sock_ops(
+        &mut self,
+        ebpf: &mut Ebpf,
+        need: Need,
+        name: &'static str,
+        cgroup: (&File, &Path),
+    ) -> Result<bool, LoadError> {
+        let result = program_mut::<SockOps>(ebpf, name).and_then(|program| {
+            program.load()?;
+            program
+                .attach(cgroup.0, CgroupAttachMode::Single)
+                .map(drop)
+        });
+        let attach_point = format!("cgroup {}", cgroup.1.display());
+        self.record(need, name, "sock_ops", attach_point, result)
+    }
+
+    /// Loads the sk_msg program `name` and attaches it to the socket map
+    /// `map` (`map_name` for the status).
+    pub fn sk_msg(
+        &mut self,
+        ebpf: &mut Ebpf,
+        need: Need,
+        name: &'static str,
+        (map, map_name): (&SockMapFd, &str),
+    ) -> Result<bool, LoadError> {
+        let result = program_mut::<SkMsg>(ebpf, name).and_then(|program| {
+            program.load()?;
+            program.attach(map).map(drop)
+        });
+        self.record(need, name, "sk_msg", format!("map {map_name}"), result)
     }
 }
 

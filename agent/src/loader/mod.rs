@@ -6,6 +6,7 @@
 //! attached is owned by [`Probes`]; dropping it detaches everything.
 
 pub mod attach;
+mod inject;
 pub mod btf;
 pub mod capture;
 pub mod cleanup;
@@ -103,6 +104,8 @@ pub struct Probes {
     /// Shared with the TLS library watcher, which attaches to library
     /// files found later.
     _ebpf: Arc<Mutex<Ebpf>>,
+    /// The sockets the traceparent injection sees, while it runs.
+    _inject_socks: Option<aya::maps::SockHash<aya::maps::MapData, u64>>,
     /// The TLS library watcher, for the daemon to run.
     pub tls: Option<tls::TlsLibraries>,
     pub programs: Vec<ProgramStatus>,
@@ -169,6 +172,13 @@ impl Probes {
             (&cgroup, &env.cgroup_root),
             &mut features,
         )?;
+        let inject_socks = inject::attach(
+            &mut ebpf,
+            &mut attached,
+            (&cgroup, &env.cgroup_root),
+            (config.traces.inject_traceparent, env.capture),
+            &mut features,
+        )?;
         let recursion = recursion::RecursionMisses::new(tracing_fds(&ebpf, &attached.programs));
         let maps = maps::take(&mut ebpf, env.capture, recursion)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
@@ -181,6 +191,7 @@ impl Probes {
             (tls.as_ref()).map_or_else(LateAttachments::default, |t| t.late.clone());
         Ok(Self {
             _ebpf: ebpf,
+            _inject_socks: inject_socks,
             tls,
             programs: attached.programs,
             late_programs,
@@ -428,6 +439,10 @@ fn prepare(config: &Config) -> Result<Prepared, LoadError> {
             drops: crate::flow::drops::drop_filter(&reasons),
             netns,
             fd,
+            inject: inject::probe_config(
+                capture && config.traces.inject_traceparent,
+                config.traces.sampling_ratio,
+            ),
         },
         tracefs,
         cgroup_root,

@@ -283,8 +283,32 @@ pub struct ProbeConfig {
     pub drops: DropFilter,
     pub netns: NetnsOffsets,
     pub fd: FdOffsets,
+    pub inject: InjectConfig,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 196);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 208);
+
+/// `traces.inject_traceparent`: whether the capture reports the trace
+/// context the injection program wrote, and how that program samples a
+/// trace it starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectConfig {
+    /// Non-zero when injection is on.
+    pub enabled: u32,
+    /// A new trace is sampled when its id's lower 8 bytes, shifted right
+    /// by one, are below this (`(high << 32) | low`): OpenTelemetry's
+    /// TraceIdRatioBased, as the agent decides it.
+    pub sample_below_high: u32,
+    pub sample_below_low: u32,
+}
+
+impl InjectConfig {
+    pub const OFF: Self = Self {
+        enabled: 0,
+        sample_below_high: 0,
+        sample_below_low: 0,
+    };
+}
 
 impl ProbeConfig {
     pub const DEFAULT: Self = Self {
@@ -296,5 +320,6 @@ impl ProbeConfig {
         drops: DropFilter::NONE,
         netns: NetnsOffsets::ABSENT,
         fd: FdOffsets::ABSENT,
+        inject: InjectConfig::OFF,
     };
 }

@@ -52,6 +52,12 @@ pub mod index {
     /// TLS plaintext lost: the library call moved bytes on an `SSL *`
     /// whose socket was never named (no syscall seen under it yet).
     pub const LOST_TLS_SOCKET: u32 = 21;
+    /// `traceparent` headers written into outgoing HTTP/1.x requests
+    /// (`traces.inject_traceparent`).
+    pub const TRACEPARENT_INJECTED: u32 = 22;
+    /// Client sockets not put in the injection socket map (full, or a
+    /// socket the kernel refuses there): their requests go unchanged.
+    pub const LOST_INJECT_SOCKET: u32 = 23;
     pub const COUNT: u32 = 24;
 }
 

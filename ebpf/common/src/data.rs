@@ -29,7 +29,30 @@ pub mod flags {
     /// library's `SSL_read`/`SSL_write` (uprobes), not at a syscall; the
     /// header's `offset` counts plaintext bytes.
     pub const TLS: u8 = 1;
+    /// Not payload: the trace context the kernel wrote into the request
+    /// that the record before it (same socket, same timestamp) carried,
+    /// as an [`super::Injected`] (`traces.inject_traceparent`).
+    pub const INJECTED: u8 = 2;
 }
+
+/// A `traceparent` the kernel wrote into an outgoing request: what the
+/// header says, for the agent's CLIENT span of that request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub trace_id: [u8; 16],
+    /// The span id the header names as the parent: the request's CLIENT
+    /// span.
+    pub span_id: [u8; 8],
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u8,
+    pub _pad: u8,
+    /// The sending socket's local port (host order), to check that the
+    /// syscall the capture sees is the one that was injected.
+    pub local_port: u16,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<Injected>() == 32);
 
 /// A TLS library call in flight (`SSL_read`, `SSL_write` and their `_ex`
 /// forms), keyed by thread id from its entry to its return.

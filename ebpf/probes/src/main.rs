@@ -47,6 +47,8 @@ mod fd_sock;
 #[cfg(target_arch = "bpf")]
 mod go_tls;
 #[cfg(target_arch = "bpf")]
+mod inject;
+#[cfg(target_arch = "bpf")]
 mod klog;
 #[cfg(target_arch = "bpf")]
 mod maps;
