@@ -1,6 +1,7 @@
 """A real HTTP/1.1 server for weft's L7 tests.
 
-GET /slow sleeps 100 ms before answering; /status/N answers with status N;
+POST /echo answers with the request's traceparent header and its body's
+length and SHA-256 (JSON). GET /slow sleeps 100 ms before answering; /status/N answers with status N;
 anything else answers 200 with a small body, or with the status given as
 the third argument (a server that fails every request). Keep-alive
 (HTTP/1.1) so that several requests share one connection.
@@ -10,7 +11,9 @@ OpenSSL).
 
 Usage: http_server.py ADDRESS PORT [STATUS] [--tls CERT KEY]
 """
+import hashlib
 import http.server
+import json
 import sys
 import time
 
@@ -34,7 +37,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(length)
+        received = self.rfile.read(length)
+        if self.path.startswith("/echo"):
+            # What arrived: the traceparent header and the body's size and
+            # digest, for tests that check what the path did to a request.
+            body = json.dumps(
+                {
+                    "traceparent": self.headers.get("traceparent"),
+                    "length": len(received),
+                    "sha256": hashlib.sha256(received).hexdigest(),
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = b"created\n"
         self.send_response(201)
         self.send_header("Content-Length", str(len(body)))

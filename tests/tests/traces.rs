@@ -872,3 +872,116 @@ fn a_thread_per_request_chain_is_one_trace_per_request() {
     expected.sort();
     assert_eq!(paths_seen, expected);
 }
+
+const INJECTED_REQUESTS: usize = 1000;
+
+/// `inject_traceparent: true`: the kernel writes a `traceparent` into
+/// requests that carry none. A Python client sends 1000 keep-alive POSTs
+/// with bodies (0 to 70 KB) to a server that echoes what it received: each
+/// body arrives byte-exact (length and SHA-256), each request with a
+/// `traceparent` whose trace is the CLIENT span's trace and whose parent
+/// is that span; the server's SERVER span is its child. Three pipelined
+/// requests in one write still parse, byte-exact (the first one gets the
+/// header). A request that carries its own keeps it (no second header).
+#[test]
+fn injected_traceparent_continues_the_trace_and_keeps_requests_intact() {
+    if !require_root("injected_traceparent_continues_the_trace_and_keeps_requests_intact") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let dir = TempDir::new("traces");
+    let endpoint = receiver.endpoint("grpc");
+    let agent = agent_with(
+        &dir,
+        &format!("  endpoint: {endpoint}\n  protocol: grpc\n  inject_traceparent: true\n"),
+    );
+    let status = agent.status_json().expect("the agent answers");
+    let row = (status["features"].as_array().expect("features").iter())
+        .find(|f| f["name"] == "traceparent injection")
+        .cloned()
+        .expect("a traceparent injection row");
+    assert_eq!(row["available"], true, "{row}");
+    let lab = Lab::new();
+    let port = unique_port(42);
+    let server = servers::python_http(&lab, port);
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/inject_client.py");
+    let addr = server.addr.ip().to_string();
+    let n = INJECTED_REQUESTS.to_string();
+    let out = lab.exec(
+        &lab.client_ns,
+        &["python3", client, &addr, &port.to_string(), &n],
+    );
+    assert!(out.status.success(), "the client failed: {out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    let requests = report["requests"].as_array().expect("requests");
+    assert_eq!(requests.len(), INJECTED_REQUESTS);
+    let exact = requests.iter().filter(|r| r["ok"] == true).count();
+    assert_eq!(exact, INJECTED_REQUESTS, "every body arrives byte-exact");
+    assert_eq!(report["pipelined"], serde_json::json!([200, 200, 200]));
+    let pipelined = report["pipelined_traceparents"].as_array().expect("list");
+    assert!(
+        pipelined[0].is_string(),
+        "the write's first request: {report}"
+    );
+    assert!(pipelined[1].is_null() && pipelined[2].is_null(), "{report}");
+    // Each echoed header: 00-TRACE-PARENT-01.
+    let headers: Vec<(String, String)> = (requests.iter())
+        .map(|r| {
+            let h = r["traceparent"].as_str().expect("a traceparent arrived");
+            let parts: Vec<&str> = h.split('-').collect();
+            assert_eq!(parts.len(), 4, "{h}");
+            assert_eq!((parts[0], parts[3]), ("00", "01"), "{h}");
+            (parts[1].to_owned(), parts[2].to_owned())
+        })
+        .collect();
+
+    let expected = 2 * (INJECTED_REQUESTS + 3);
+    let spans = wait_for("the spans of the injected requests", WAIT, || {
+        let spans = request_spans(&receiver, port);
+        (spans.len() >= expected).then_some(spans)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        request_spans(&receiver, port).len(),
+        expected,
+        "no more spans come"
+    );
+    let traces = otlp::traces(&spans);
+    for (trace, parent) in &headers {
+        let spans = traces
+            .get(trace)
+            .unwrap_or_else(|| panic!("no trace {trace}"));
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let client = span_at(spans, KIND_CLIENT, port);
+        let server = span_at(spans, KIND_SERVER, port);
+        assert_eq!(
+            client["span_id"],
+            parent.as_str(),
+            "the header names the client span"
+        );
+        assert_eq!(client["parent_span_id"], "", "the client span is the root");
+        assert_eq!(server["parent_span_id"], parent.as_str());
+        assert_eq!(attr(client, "http.request.method"), "POST");
+    }
+    // A request's own traceparent is kept: curl sends one, the server
+    // sees that one only.
+    let own = format!("traceparent: 00-{TRACE}-{PARENT}-01");
+    let out = lab.exec(
+        &lab.client_ns,
+        &[
+            "curl",
+            "-sf",
+            "-X",
+            "POST",
+            "--data-binary",
+            "x",
+            "-H",
+            &own,
+            &format!("http://{}/echo/own", server.addr),
+        ],
+    );
+    let echo: Value = serde_json::from_slice(&out.stdout).expect("the echo");
+    assert_eq!(echo["traceparent"], format!("00-{TRACE}-{PARENT}-01"));
+    let injected = agent.metric_sum("weft_events_total", &["source=\"traceparent_injected\""]);
+    assert_eq!(injected, (INJECTED_REQUESTS + 1) as f64, "headers written");
+}

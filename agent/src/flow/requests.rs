@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use weft_common::{
     IPPROTO_UDP, Owner, SockTuple,
-    data::{self, DIR_SEND, DataHeader},
+    data::{self, DIR_SEND, DataHeader, Injected, flags as data_flags},
 };
 
 use super::{
@@ -51,6 +51,10 @@ impl Closing {
 impl FlowTable {
     /// One captured read or write.
     pub fn handle_data(&mut self, rec: &DataRecord) {
+        if rec.header.flags & data_flags::INJECTED != 0 {
+            self.injected(rec);
+            return;
+        }
         self.l7.saw(rec.header.ts_ns);
         self.end_superseded_streams(&rec.header);
         let Some(view) = self.socket_view(&rec.header) else {
@@ -90,6 +94,22 @@ impl FlowTable {
             self.follow_nesting(&rec.header, &view);
         }
         self.emit_exchanges(&view, out);
+    }
+
+    /// The trace context the kernel wrote into the request of the record
+    /// before this one (traces.inject_traceparent), for its CLIENT span.
+    fn injected(&mut self, rec: &DataRecord) {
+        if rec.payload.len() < std::mem::size_of::<Injected>() {
+            return;
+        }
+        // SAFETY: Injected is plain data of that size (checked above).
+        let injected: Injected = unsafe { std::ptr::read_unaligned(rec.payload.as_ptr().cast()) };
+        let Some(view) = self.socket_view(&rec.header) else {
+            return;
+        };
+        if let Some(tracer) = self.emitter.traces.as_mut() {
+            tracer.injected(&view.key, rec.header.ts_ns, &injected);
+        }
     }
 
     /// Traces: which thread read which server connection's requests, and

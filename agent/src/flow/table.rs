@@ -57,6 +57,8 @@ const SOURCES: &[(u32, &str)] = &[
     (index::DATA, "l7_capture"),
     // Of those, TLS plaintext read at the library (uprobes).
     (index::TLS_DATA, "tls_plaintext"),
+    // traceparent headers the kernel wrote (traces.inject_traceparent).
+    (index::TRACEPARENT_INJECTED, "traceparent_injected"),
 ];
 
 pub struct KernelTables {
@@ -406,6 +408,11 @@ impl FlowTable {
                 "tls_plaintext",
                 "socket_unknown",
                 self.counter(index::LOST_TLS_SOCKET),
+            ),
+            (
+                "traceparent_injected",
+                "socket_map_full",
+                self.counter(index::LOST_INJECT_SOCKET),
             ),
             (
                 "skb_drop",

@@ -155,9 +155,7 @@ impl Attached {
     ) -> Result<bool, LoadError> {
         let result = program_mut::<SockOps>(ebpf, name).and_then(|program| {
             program.load()?;
-            program
-                .attach(cgroup.0, CgroupAttachMode::Single)
-                .map(drop)
+            program.attach(cgroup.0, CgroupAttachMode::Single).map(drop)
         });
         let attach_point = format!("cgroup {}", cgroup.1.display());
         self.record(need, name, "sock_ops", attach_point, result)

@@ -89,7 +89,10 @@ pub fn attach(
         (map.fd(), "INJECT_SOCKS"),
     )?;
     if !writes {
-        unavailable(features, "the kernel refused weft_inject_msg (sk_msg)".into());
+        unavailable(
+            features,
+            "the kernel refused weft_inject_msg (sk_msg)".into(),
+        );
         return Ok(None);
     }
     if !attached.sock_ops(ebpf, Need::Optional, "weft_inject_sockops", cgroup)? {

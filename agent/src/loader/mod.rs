@@ -6,13 +6,13 @@
 //! attached is owned by [`Probes`]; dropping it detaches everything.
 
 pub mod attach;
-mod inject;
 pub mod btf;
 pub mod capture;
 pub mod cleanup;
 mod existing_listeners;
 pub mod features;
 pub mod go_tls;
+mod inject;
 pub mod kernel_log;
 pub mod layouts;
 pub mod listeners;

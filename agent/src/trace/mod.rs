@@ -17,6 +17,7 @@ const PENDING_CAPACITY: usize = 65_536;
 
 mod context;
 mod export;
+mod injected;
 mod join;
 mod nesting;
 mod span;
@@ -57,6 +58,8 @@ pub struct Tracer {
     ids: RandomIdGenerator,
     joins: Joins,
     nesting: Nesting,
+    /// What the kernel wrote into outgoing requests (inject_traceparent).
+    injections: injected::Injections,
     scope: InstrumentationScope,
 }
 
@@ -89,6 +92,7 @@ impl Tracer {
             ids: RandomIdGenerator::default(),
             joins: Joins::default(),
             nesting: Nesting::default(),
+            injections: injected::Injections::default(),
             scope: InstrumentationScope::builder("weft")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -110,6 +114,20 @@ impl Tracer {
         let now = clock::mono_now_ns();
         self.joins.expire(now);
         self.nesting.expire(now);
+        self.injections.expire(now);
+    }
+
+    /// The kernel wrote `injected` into the request sent on `key` whose
+    /// payload record has the timestamp `request_ns`: that request's
+    /// CLIENT span gets its ids.
+    pub fn injected(
+        &mut self,
+        key: &FlowKey,
+        request_ns: u64,
+        injected: &weft_common::data::Injected,
+    ) {
+        let now = clock::mono_now_ns();
+        self.injections.add(*key, request_ns, injected.into(), now);
     }
 
     /// The span of one exchange, queued for export; its ids for the
@@ -185,9 +203,21 @@ impl Tracer {
     /// end's span when both ends are on this node (whichever side comes
     /// first decides), else decided alone.
     fn decide(&mut self, ex: &Exchange, key: &FlowKey, server: bool, both_local: bool) -> Early {
+        // The ids the kernel wrote into this request, when it did: the
+        // client's by its request, the server's (same node) by the span
+        // its header names.
+        let injected = if !server {
+            self.injections.for_client(key, ex.request_ns)
+        } else if both_local {
+            (ex.traceparent.as_deref())
+                .and_then(context::parse)
+                .and_then(|incoming| self.injections.for_server(incoming.parent))
+        } else {
+            None
+        };
         let (ids, ratio) = (&self.ids, self.ratio);
         let enclosing = self.nesting.enclosing(key);
-        let start_trace = || new_trace(ex, enclosing, ids, ratio);
+        let start_trace = || new_trace(ex, injected, enclosing, ids, ratio);
         let shared = if both_local {
             let now = clock::mono_now_ns();
             self.joins
@@ -225,16 +255,28 @@ impl Tracer {
     }
 }
 
-/// The context of an exchange seen first: the trace of the request's
+/// The context of an exchange seen first: the ids the kernel wrote into
+/// the request (the next hop continues that trace, so the client span
+/// must be the one the header names); else the trace of the request's
 /// `traceparent`, keeping its sampled flag (parent-based sampling); else
 /// the trace of the server span the request was sent from inside of (in
 /// the sending process); else a new trace, sampled by trace-ID ratio.
 fn new_trace(
     ex: &Exchange,
+    injected: Option<injected::Context>,
     enclosing: Option<Enclosing>,
     ids: &RandomIdGenerator,
     ratio: f64,
 ) -> Shared {
+    if let Some(kernel) = injected {
+        return Shared {
+            trace_id: kernel.trace_id,
+            client_span_id: kernel.span_id,
+            client_parent: None,
+            client_parent_local: false,
+            sampled: kernel.sampled,
+        };
+    }
     if let Some(incoming) = ex.traceparent.as_deref().and_then(context::parse) {
         return Shared {
             trace_id: incoming.trace_id,
@@ -340,7 +382,7 @@ mod tests {
             sampled: false,
         };
         let mut ex = weft_l7::Protocol::Http1.exchange(0);
-        let nested = new_trace(&ex, Some(enclosing), &ids, 1.0);
+        let nested = new_trace(&ex, None, Some(enclosing), &ids, 1.0);
         assert_eq!(nested.trace_id, enclosing.trace_id);
         assert_eq!(nested.client_parent, Some(enclosing.span_id));
         assert!(
@@ -349,11 +391,11 @@ mod tests {
         );
         assert!(!nested.sampled, "the enclosing trace's decision");
         assert_ne!(nested.client_span_id, enclosing.span_id);
-        let alone = new_trace(&ex, None, &ids, 1.0);
+        let alone = new_trace(&ex, None, None, &ids, 1.0);
         assert_ne!(alone.trace_id, enclosing.trace_id);
         assert_eq!(alone.client_parent, None);
         ex.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        let incoming = new_trace(&ex, Some(enclosing), &ids, 1.0);
+        let incoming = new_trace(&ex, None, Some(enclosing), &ids, 1.0);
         assert_eq!(
             incoming.trace_id.to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -20,6 +20,10 @@
 //!   their full address pair, which the socket tracepoints do not carry for
 //!   unconnected sockets.
 //!
+//! - with `traces.inject_traceparent` only: `sock_ops` on the cgroup v2
+//!   root (client sockets into a socket map) and `sk_msg` on that map
+//!   (a `traceparent` written into outgoing HTTP/1.x requests; inject.rs).
+//!
 //! - uprobes on OpenSSL's `SSL_read`/`SSL_write` (and `_ex`): the
 //!   plaintext of TLS connections (tls.rs), and on Go's
 //!   `crypto/tls.(*Conn).Read`/`Write` and their `RET` instructions in Go

@@ -1,0 +1,126 @@
+//! The trace context the kernel wrote into outgoing requests
+//! (`traces.inject_traceparent`, ebpf/probes/src/inject.rs).
+//!
+//! The kernel draws the ids as the request leaves: the request's CLIENT
+//! span must then carry them, since the next hop continues the trace the
+//! header names. They come as a record after the request's payload record
+//! (same socket, same timestamp), before its response: kept here by
+//! connection and request time for the client's exchange, and by span id
+//! for the server's when both ends are on this node (the server reads the
+//! header as any incoming `traceparent`, and must know it is this
+//! client's own span, not a parent before it).
+
+use std::collections::{HashMap, VecDeque};
+
+use opentelemetry::trace::{SpanId, TraceId};
+use weft_common::data::Injected;
+
+use crate::flow::addr::FlowKey;
+
+/// What the kernel wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: TraceId,
+    /// The CLIENT span's id (the header's parent-id).
+    pub span_id: SpanId,
+    pub sampled: bool,
+}
+
+impl From<&Injected> for Context {
+    fn from(i: &Injected) -> Self {
+        Self {
+            trace_id: TraceId::from_bytes(i.trace_id),
+            span_id: SpanId::from_bytes(i.span_id),
+            sampled: i.flags & 1 == 1,
+        }
+    }
+}
+
+/// Injected contexts not yet used, by each side's way of finding them;
+/// both forget them after the pending wait.
+#[derive(Default)]
+pub struct Injections {
+    client: HashMap<(FlowKey, u64), Context>,
+    server: HashMap<SpanId, Context>,
+    /// When each was added, oldest first, for expiry.
+    added: VecDeque<(u64, FlowKey, u64, SpanId)>,
+    /// Contexts not kept for lack of room (their spans are not joined to
+    /// the header the next hop saw).
+    pub dropped: u64,
+}
+
+impl Injections {
+    /// The kernel injected `context` into the request sent on `key` at
+    /// `request_ns` (its payload record's timestamp).
+    pub fn add(&mut self, key: FlowKey, request_ns: u64, context: Context, now: u64) {
+        if self.added.len() >= super::PENDING_CAPACITY {
+            self.dropped += 1;
+            return;
+        }
+        self.client.insert((key, request_ns), context);
+        self.server.insert(context.span_id, context);
+        self.added
+            .push_back((now, key, request_ns, context.span_id));
+    }
+
+    /// The context injected into the client's request of `key` that
+    /// started at `request_ns`.
+    pub fn for_client(&mut self, key: &FlowKey, request_ns: u64) -> Option<Context> {
+        self.client.remove(&(*key, request_ns))
+    }
+
+    /// The injected context whose header names `parent`: the server side
+    /// of a request the kernel injected on this node.
+    pub fn for_server(&mut self, parent: SpanId) -> Option<Context> {
+        self.server.remove(&parent)
+    }
+
+    /// Forgets contexts older than the pending wait.
+    pub fn expire(&mut self, now: u64) {
+        while let Some((at, key, request_ns, span)) = self.added.front().copied() {
+            if now.saturating_sub(at) < super::PENDING_WAIT_NS {
+                break;
+            }
+            self.client.remove(&(key, request_ns));
+            self.server.remove(&span);
+            self.added.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::flow::record::Transport;
+
+    fn key(port: u16) -> FlowKey {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        FlowKey {
+            client: SocketAddr::new(ip, port),
+            server: SocketAddr::new(ip, 80),
+            transport: Transport::Tcp,
+        }
+    }
+
+    #[test]
+    fn the_client_takes_its_request_and_the_server_finds_it_by_span() {
+        let mut ids = Injections::default();
+        let ctx = Context {
+            trace_id: TraceId::from_bytes([1; 16]),
+            span_id: SpanId::from_bytes([2; 8]),
+            sampled: true,
+        };
+        ids.add(key(1000), 5, ctx, 0);
+        assert_eq!(ids.for_client(&key(1001), 5), None, "another connection");
+        assert_eq!(ids.for_client(&key(1000), 6), None, "another request");
+        assert_eq!(ids.for_server(SpanId::from_bytes([2; 8])), Some(ctx));
+        assert_eq!(ids.for_client(&key(1000), 5), Some(ctx));
+        assert_eq!(ids.for_client(&key(1000), 5), None, "taken once");
+        ids.add(key(1000), 9, ctx, 1);
+        ids.expire(super::super::PENDING_WAIT_NS + 1);
+        assert_eq!(ids.for_server(SpanId::from_bytes([2; 8])), None, "expired");
+        assert_eq!(ids.for_client(&key(1000), 9), None, "expired");
+    }
+}
