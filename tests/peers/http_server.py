@@ -1,6 +1,6 @@
 """A real HTTP/1.1 server for weft's L7 tests.
 
-POST /echo answers with the request's traceparent header and its body's
+POST /received answers with the request's traceparent header and its body's
 length and SHA-256 (JSON). GET /slow sleeps 100 ms before answering; /status/N answers with status N;
 anything else answers 200 with a small body, or with the status given as
 the third argument (a server that fails every request). Keep-alive
@@ -38,7 +38,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         received = self.rfile.read(length)
-        if self.path.startswith("/echo"):
+        if self.path.startswith("/received"):
             # What arrived: the traceparent header and the body's size and
             # digest, for tests that check what the path did to a request.
             body = json.dumps(

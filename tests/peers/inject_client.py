@@ -1,5 +1,5 @@
 """Keep-alive POSTs with bodies, then pipelined ones, to http_server.py's
-/echo: checks that each request arrived byte-exact and reports the
+/received: checks that each request arrived byte-exact and reports the
 traceparent the server received. weft's injection tests run it.
 
 Prints one JSON object: {"requests": [{"traceparent": ..., "ok": bool}],
@@ -24,7 +24,7 @@ def keep_alive(addr, port, n):
         # apart from the head).
         size = rng.choice([0, 1, 100, 1500, 20000, rng.randrange(0, 70000)])
         body = rng.randbytes(size)
-        conn.request("POST", f"/echo/{i}", body=body)
+        conn.request("POST", f"/received/{i}", body=body)
         resp = conn.getresponse()
         echo = json.loads(resp.read())
         ok = (
@@ -63,7 +63,7 @@ def pipelined(addr, port):
     sock = socket.create_connection((addr, port), timeout=10)
     bodies = [b"one", b"", b"three" * 100]
     wire = b"".join(
-        f"POST /echo/pipelined/{k} HTTP/1.1\r\nHost: {addr}\r\n"
+        f"POST /received/pipelined/{k} HTTP/1.1\r\nHost: {addr}\r\n"
         f"Content-Length: {len(b)}\r\n\r\n".encode() + b
         for k, b in enumerate(bodies)
     )

@@ -977,7 +977,7 @@ fn injected_traceparent_continues_the_trace_and_keeps_requests_intact() {
             "x",
             "-H",
             &own,
-            &format!("http://{}/echo/own", server.addr),
+            &format!("http://{}/received/own", server.addr),
         ],
     );
     let echo: Value = serde_json::from_slice(&out.stdout).expect("the echo");
