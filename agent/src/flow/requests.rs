@@ -484,7 +484,7 @@ impl FlowTable {
 
 /// Info when a loss count going from `before` to `after` passed a power
 /// of two, else debug.
-fn log_level_since(before: u64, after: u64) -> log::Level {
+pub(crate) fn log_level_since(before: u64, after: u64) -> log::Level {
     if before == 0 || (after > before && after.ilog2() != before.ilog2()) {
         log::Level::Info
     } else {

@@ -24,19 +24,12 @@ use crate::status::FeatureStatus;
 const FEATURE: &str = "traceparent injection";
 
 /// What the programs need from the configuration: on or off, and the
-/// sampling of the traces they start (the agent's rule, see
-/// trace::ratio_sampled).
+/// sampling of the traces they start (the agent's own bound).
 pub fn probe_config(enabled: bool, sampling_ratio: f64) -> InjectConfig {
     if !enabled {
         return InjectConfig::OFF;
     }
-    let below = if sampling_ratio >= 1.0 {
-        u64::MAX
-    } else if sampling_ratio <= 0.0 {
-        0
-    } else {
-        (sampling_ratio * (1u64 << 63) as f64) as u64
-    };
+    let below = crate::trace::sample_threshold(sampling_ratio);
     InjectConfig {
         enabled: 1,
         sample_below_high: (below >> 32) as u32,

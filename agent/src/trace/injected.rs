@@ -55,6 +55,14 @@ impl Injections {
     pub fn add(&mut self, key: FlowKey, request_ns: u64, context: Context, now: u64) {
         if self.added.len() >= super::PENDING_CAPACITY {
             self.dropped += 1;
+            // At power-of-two counts: what was lost, without a line each.
+            log::log!(
+                crate::flow::requests::log_level_since(self.dropped - 1, self.dropped),
+                "{} injected trace contexts not kept ({} waiting): their requests' \
+                 CLIENT spans get ids of their own, not the header's",
+                self.dropped,
+                self.added.len(),
+            );
             return;
         }
         self.client.insert((key, request_ns), context);

@@ -309,17 +309,25 @@ fn new_trace(
 /// 63 bits) below `ratio` of their range. Any agent deciding by the same
 /// rule keeps the same traces.
 fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    if ratio <= 0.0 {
-        return false;
-    }
     let bytes = trace_id.to_bytes();
     let mut low = [0u8; 8];
     low.copy_from_slice(&bytes[8..]);
     let x = u64::from_be_bytes(low) >> 1;
-    x < (ratio * (1u64 << 63) as f64) as u64
+    x < sample_threshold(ratio)
+}
+
+/// The bound of [`ratio_sampled`]: a trace is kept when its id's lower 8
+/// bytes, shifted right by one, are below it. The kernel's traceparent
+/// injection samples the traces it starts by the same bound
+/// (loader/inject.rs), so that both decide alike.
+pub fn sample_threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else if ratio <= 0.0 {
+        0
+    } else {
+        (ratio * (1u64 << 63) as f64) as u64
+    }
 }
 
 /// What both sides of one exchange see alike: protocol, method, path.
