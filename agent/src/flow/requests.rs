@@ -96,19 +96,19 @@ impl FlowTable {
         self.emit_exchanges(&view, out);
     }
 
-    /// The trace context the kernel wrote into the request of the record
-    /// before this one (traces.inject_traceparent), for its CLIENT span.
+    /// The trace context the kernel wrote into a request as it was sent
+    /// (traces.inject_traceparent), for that request's CLIENT span. The
+    /// record names the connection by its addresses (the sending socket
+    /// connected: it is the client).
     fn injected(&mut self, rec: &DataRecord) {
-        if rec.payload.len() < std::mem::size_of::<Injected>() {
+        if rec.payload.len() < std::mem::size_of::<Injected>() || rec.header.tuple.family == 0 {
             return;
         }
         // SAFETY: Injected is plain data of that size (checked above).
         let injected: Injected = unsafe { std::ptr::read_unaligned(rec.payload.as_ptr().cast()) };
-        let Some(view) = self.socket_view(&rec.header) else {
-            return;
-        };
+        let key = addr::key(Transport::Tcp, &rec.header.tuple, true);
         if let Some(tracer) = self.emitter.traces.as_mut() {
-            tracer.injected(&view.key, rec.header.ts_ns, &injected);
+            tracer.injected(&key, rec.header.ts_ns, &injected);
         }
     }
 
@@ -123,13 +123,18 @@ impl FlowTable {
             }
             return;
         }
-        if !sent {
-            return;
+        if sent {
+            self.sent_by_thread(h.tid, h.pid, h.ts_ns, &view.key);
         }
+    }
+
+    /// Thread `tid` (of process `pid`) sent a request on `client_key`:
+    /// inside the one request it has read and not answered, if any.
+    fn sent_by_thread(&mut self, tid: u32, pid: u32, ts_ns: u64, client_key: &FlowKey) {
         // The one request this thread has read and not answered; with
         // none, or more than one (an event loop), it serves no one request.
         // The exchange is built for that one only.
-        let read_from = self.serving.of(h.tid);
+        let read_from = self.serving.of(tid);
         let mut unanswered = read_from
             .iter()
             .filter(|((sk, tuple), _)| self.l7.awaits_answer(*sk, tuple));
@@ -141,8 +146,8 @@ impl FlowTable {
         if serving.is_none() && !read_from.is_empty() {
             log::debug!(
                 "thread {} sent on {:?} serving no one request: of the {} server sockets it read, {} await an answer",
-                h.tid,
-                view.key,
+                tid,
+                client_key,
                 read_from.len(),
                 (read_from.iter())
                     .filter(|((sk, tuple), _)| self.l7.awaits_answer(*sk, tuple))
@@ -151,7 +156,7 @@ impl FlowTable {
         }
         // Goroutines move between threads: what a Go process's thread
         // read says nothing of what it sends.
-        let serving = serving.filter(|_| !self.runtimes.is_go(h.pid, h.ts_ns));
+        let serving = serving.filter(|_| !self.runtimes.is_go(pid, ts_ns));
         let Some(tracer) = self.emitter.traces.as_mut() else {
             return;
         };
@@ -159,7 +164,44 @@ impl FlowTable {
             let both_local = server.client.is_some() && server.server.is_some();
             (&server.key, both_local, ex)
         });
-        tracer.sent_while_serving(&view.key, serving);
+        tracer.sent_while_serving(client_key, serving);
+    }
+
+    /// Traces: the server end of `view` (both ends on this node) answered
+    /// a request before the agent read the payload record of its client's
+    /// write. That record is written when the write returns, and a server
+    /// on this node can read, answer, and have its own records read first.
+    /// When the client socket has sent nothing the agent saw (a connection
+    /// per request), the thread that connected it is taken for the sender,
+    /// as its record will say, so that the exchange joins the request that
+    /// thread serves. A connection that sent before keeps the nesting of
+    /// its previous request's write (not guessed).
+    fn nest_unseen_send(&mut self, view: &SocketView, ts_ns: u64) {
+        let (Some(client), Some(_)) = (view.client, view.server) else {
+            return;
+        };
+        if view.is_client || client.tid == 0 || view.key.transport != Transport::Tcp {
+            return;
+        }
+        let Some(tracer) = self.emitter.traces.as_ref() else {
+            return;
+        };
+        if tracer.knows_enclosing(&view.key) {
+            return;
+        }
+        let Some(client_sk) = self.tcp.client_sk(&view.key) else {
+            return;
+        };
+        let client_end = (view.key.client, view.key.server);
+        if (self.l7).has_stream(client_sk, |t| addr::endpoints(t) == client_end) {
+            return;
+        }
+        log::debug!(
+            "{:?} answered before its client's write was read: nested by the thread that connected it ({})",
+            view.key,
+            client.tid
+        );
+        self.sent_by_thread(client.tid, client.pid, ts_ns, &view.key);
     }
 
     /// The view of server socket `sk` (addresses `tuple`) that a thread
@@ -379,6 +421,11 @@ impl FlowTable {
         } else {
             TrafficDirection::Ingress
         };
+        if self.emitter.traces.is_some()
+            && let Some(first) = out.first()
+        {
+            self.nest_unseen_send(view, first.response_ns);
+        }
         for ex in out {
             self.emitter.emit_l7(
                 &self.l7_metrics,

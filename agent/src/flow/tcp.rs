@@ -233,6 +233,12 @@ impl TcpTracker {
         ))
     }
 
+    /// The kernel address of connection `key`'s client socket, when the
+    /// tracker knows that end.
+    pub fn client_sk(&self, key: &FlowKey) -> Option<u64> {
+        self.conns.get(key)?.client.as_ref().map(|end| end.sk)
+    }
+
     /// Whether the connection has an end that is the agent's own socket
     /// (open, or closed lately).
     pub fn is_own(&self, key: &FlowKey) -> bool {

@@ -340,6 +340,14 @@ impl L7Engine {
             .map(|s| s.first_sent)
     }
 
+    /// Whether socket `sk` has a stream whose addresses pass `is` (the
+    /// kernel reuses a closed socket's address, and its stream lingers).
+    pub fn has_stream(&self, sk: u64, is: impl Fn(&SockTuple) -> bool) -> bool {
+        self.streams
+            .get(&sk)
+            .is_some_and(|streams| streams.iter().any(|s| is(&s.tuple)))
+    }
+
     /// Whether a stream at `sk` has no socket addresses (the kernel's
     /// layout is unknown), so that sockets reusing the address cannot be
     /// told apart.

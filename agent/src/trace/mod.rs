@@ -117,17 +117,16 @@ impl Tracer {
         self.injections.expire(now);
     }
 
-    /// The kernel wrote `injected` into the request sent on `key` whose
-    /// payload record has the timestamp `request_ns`: that request's
-    /// CLIENT span gets its ids.
+    /// The kernel wrote `injected` into a request it sent on `key` at
+    /// `sent_ns`: that request's CLIENT span gets its ids.
     pub fn injected(
         &mut self,
         key: &FlowKey,
-        request_ns: u64,
+        sent_ns: u64,
         injected: &weft_common::data::Injected,
     ) {
         let now = clock::mono_now_ns();
-        self.injections.add(*key, request_ns, injected.into(), now);
+        self.injections.add(*key, sent_ns, injected.into(), now);
     }
 
     /// The span of one exchange, queued for export; its ids for the
@@ -165,6 +164,12 @@ impl Tracer {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
         }
         Some(ids)
+    }
+
+    /// Whether the latest request sent on `key` is known to have been
+    /// sent inside a serving span.
+    pub fn knows_enclosing(&self, key: &FlowKey) -> bool {
+        self.nesting.enclosing(key).is_some()
     }
 
     /// A thread serving the request `serving` (not answered yet) of
@@ -207,7 +212,10 @@ impl Tracer {
         // client's by its request, the server's (same node) by the span
         // its header names.
         let injected = if !server {
-            self.injections.for_client(key, ex.request_ns)
+            // A request that carried its own header got none.
+            (ex.traceparent.is_none())
+                .then(|| self.injections.for_client(key, ex.request_ns))
+                .flatten()
         } else if both_local {
             (ex.traceparent.as_deref())
                 .and_then(context::parse)

@@ -287,9 +287,8 @@ pub struct ProbeConfig {
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 208);
 
-/// `traces.inject_traceparent`: whether the capture reports the trace
-/// context the injection program wrote, and how that program samples a
-/// trace it starts.
+/// `traces.inject_traceparent`: whether it is on, and how the injection
+/// program samples a trace it starts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InjectConfig {

@@ -29,9 +29,11 @@ pub mod flags {
     /// library's `SSL_read`/`SSL_write` (uprobes), not at a syscall; the
     /// header's `offset` counts plaintext bytes.
     pub const TLS: u8 = 1;
-    /// Not payload: the trace context the kernel wrote into the request
-    /// that the record before it (same socket, same timestamp) carried,
-    /// as an [`super::Injected`] (`traces.inject_traceparent`).
+    /// Not payload: the trace context the kernel wrote into a request
+    /// as it was sent (`traces.inject_traceparent`), as an
+    /// [`super::Injected`]. Its header has the sending socket's tuple,
+    /// thread and the time of the write (before the write's own payload
+    /// record); its `sk` is 0.
     pub const INJECTED: u8 = 2;
 }
 
@@ -46,11 +48,7 @@ pub struct Injected {
     pub span_id: [u8; 8],
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,
-    pub _pad: u8,
-    /// The sending socket's local port (host order), to check that the
-    /// syscall the capture sees is the one that was injected.
-    pub local_port: u16,
-    pub _pad2: u32,
+    pub _pad: [u8; 7],
 }
 const _: () = assert!(core::mem::size_of::<Injected>() == 32);
 

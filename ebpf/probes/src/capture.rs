@@ -39,10 +39,7 @@ use weft_common::{
     AF_INET6, SockTuple,
     config::NO_FIELD,
     counters::index,
-    data::{
-        DATA_MAX, DIR_RECV, DIR_SEND, DataEvent, DataHeader, Injected, SyscallArgs,
-        flags as data_flags, kind,
-    },
+    data::{DATA_MAX, DIR_RECV, DIR_SEND, DataEvent, DataHeader, SyscallArgs, kind},
 };
 
 use crate::{
@@ -224,41 +221,6 @@ fn exit(ctx: &TracePointContext, syscall: u32) {
         return;
     }
     emit_syscall(syscall, &args, ret as u64);
-    if config().inject.enabled != 0 && !is_recv(syscall) {
-        emit_injected(tid);
-    }
-}
-
-/// The trace context the injection program wrote into this send (see
-/// inject.rs), as a record after the payload's, with its header.
-#[inline(never)]
-fn emit_injected(tid: u64) {
-    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch record, its header filled for this
-    // syscall's payload record; the context is written at the start of
-    // its data area, far inside it.
-    unsafe {
-        let h = &raw mut (*scratch).header;
-        let Some(injected) = crate::inject::take_injected(tid, (*h).tuple.local_port) else {
-            return;
-        };
-        (*h).flags = data_flags::INJECTED;
-        (*h).total_len = 0;
-        let size = core::mem::size_of::<Injected>();
-        (*h).captured_len = size as u32;
-        (&raw mut (*scratch).data)
-            .cast::<Injected>()
-            .write_unaligned(injected);
-        let record = core::slice::from_raw_parts(
-            scratch.cast::<u8>(),
-            core::mem::size_of::<DataHeader>() + size,
-        );
-        if DATA.output::<[u8]>(record, batched_wakeup(&DATA)).is_err() {
-            count(index::LOST_RING_DATA);
-        }
-    }
 }
 
 /// Whether `syscall` (a `kind::*`) reads.

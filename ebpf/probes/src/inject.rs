@@ -13,10 +13,13 @@
 //!    `traceparent: 00-<trace>-<span>-<flags>\r\n`, with new random ids.
 //!    Nothing else of the message changes (body, Content-Length, a
 //!    pipelined request after it).
-//! 3. The ids wait in `INJECTED` (by thread) for the exit of the same
-//!    syscall, where the capture (capture.rs) sends them to the agent as a
-//!    record of their own after the request's payload record: the agent
-//!    then gives the request's CLIENT span those ids.
+//! 3. The ids go to the agent at once, as a record of their own in the
+//!    payload ring (flagged `INJECTED`, named by the socket's addresses):
+//!    the agent gives them to the CLIENT span of the connection's next
+//!    request, and knows the header as its own when the server side (on
+//!    this node) reads it. At once, not at the syscall's exit: a server on
+//!    this node may read the request, answer it, and have its span decided
+//!    before the sending thread returns from its write.
 //!
 //! The decision is the kernel's: the request is on its way before the
 //! agent sees it. A new trace is sampled by the agent's rule
@@ -26,26 +29,32 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         generated::bpf_msg_pull_data,
     },
     macros::{map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
+    maps::{PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use weft_common::{counters::index, data::Injected};
+use weft_common::{
+    AF_INET6, IPPROTO_TCP, SockTuple,
+    counters::index,
+    data::{DIR_SEND, DataHeader, Injected, flags, role},
+};
 
-use crate::maps::{config, count};
+use crate::maps::{DATA, batched_wakeup, config, count};
 
 /// Client sockets whose sends the injection program sees, by socket
 /// cookie. The kernel removes a socket when it closes.
 #[map]
 pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 
-/// The context injected by a thread's send in flight, until the capture
-/// at that syscall's exit reports it.
-#[map]
-pub static INJECTED: LruHashMap<u64, Injected> = LruHashMap::with_max_entries(16384, 0);
+/// What the agent is told of one injection (see [`report`]).
+#[repr(C)]
+struct InjectedRecord {
+    header: DataHeader,
+    injected: Injected,
+}
 
 /// The header scan's state, in map memory: the verifier does not track
 /// its values, so the paths through one byte end in the same state and
@@ -120,7 +129,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
     if scan_headers(ctx, scan, line_end)? != HEAD_END {
         return None;
     }
-    let injected = new_context(ctx);
+    let injected = new_context();
     let mut line = [0u8; LINE_LEN as usize];
     header_line(&injected, &mut line);
     ctx.push_data(line_end, LINE_LEN, 0).ok()?;
@@ -136,9 +145,89 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
     // against data_end just above).
     unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), data as *mut u8, LINE_LEN as usize) };
     count(index::TRACEPARENT_INJECTED);
-    let tid = bpf_get_current_pid_tgid();
-    let _ = INJECTED.insert(&tid, &injected, 0);
+    report(ctx, &injected);
     Some(())
+}
+
+/// Tells the agent which ids this message carries, before it leaves:
+/// every record of the other end (a server on this node) comes after it
+/// in the ring.
+fn report(ctx: &SkMsgContext, injected: &Injected) {
+    let Some(mut entry) = DATA.reserve::<InjectedRecord>(0) else {
+        count(index::LOST_RING_DATA);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: `record` is the reserved entry, zeroed whole before its
+    // fields are set; it is submitted below.
+    unsafe {
+        core::ptr::write_bytes(record, 0, 1);
+        let h = &raw mut (*record).header;
+        (*h).ts_ns = bpf_ktime_get_ns();
+        (*h).pid = (id >> 32) as u32;
+        (*h).tid = id as u32;
+        (*h).captured_len = core::mem::size_of::<Injected>() as u32;
+        (*h).direction = DIR_SEND;
+        (*h).protocol = IPPROTO_TCP;
+        (*h).role = role::CLIENT;
+        (*h).flags = flags::INJECTED;
+        (*h).tuple = msg_tuple(ctx);
+        (*record).injected = *injected;
+    }
+    entry.submit(batched_wakeup(&DATA));
+}
+
+/// The sending socket's addresses, as the capture names them.
+#[inline(always)]
+fn msg_tuple(ctx: &SkMsgContext) -> SockTuple {
+    // SAFETY: reading the program's context.
+    let md = unsafe { &*ctx.msg };
+    let mut t = SockTuple {
+        family: md.family as u16,
+        local_port: md.local_port as u16,
+        // Network order; older kernels hand it in the upper 16 bits.
+        remote_port: u16::from_be(if md.remote_port > 0xffff {
+            (md.remote_port >> 16) as u16
+        } else {
+            md.remote_port as u16
+        }),
+        ..SockTuple::default()
+    };
+    // Every field read, each once at its constant offset, before one is
+    // chosen: the verifier refuses a load through a context pointer that
+    // was moved or chosen (as a branch per family compiles to).
+    // SAFETY: reads of the program's context fields.
+    let (v4, v6) = unsafe {
+        let at = |p: *const u32| core::ptr::read_volatile(p);
+        (
+            [at(&md.local_ip4), at(&md.remote_ip4)],
+            [
+                [
+                    at(&md.local_ip6[0]),
+                    at(&md.local_ip6[1]),
+                    at(&md.local_ip6[2]),
+                    at(&md.local_ip6[3]),
+                ],
+                [
+                    at(&md.remote_ip6[0]),
+                    at(&md.remote_ip6[1]),
+                    at(&md.remote_ip6[2]),
+                    at(&md.remote_ip6[3]),
+                ],
+            ],
+        )
+    };
+    let (local, remote) = if t.family == AF_INET6 {
+        (v6[0], v6[1])
+    } else {
+        ([v4[0], 0, 0, 0], [v4[1], 0, 0, 0])
+    };
+    for k in 0..4 {
+        t.local_addr[k * 4..k * 4 + 4].copy_from_slice(&local[k].to_ne_bytes());
+        t.remote_addr[k * 4..k * 4 + 4].copy_from_slice(&remote[k].to_ne_bytes());
+    }
+    t
 }
 
 /// The byte at `at` of the pulled message, or `None` past its end.
@@ -267,7 +356,7 @@ fn pattern_byte(m: u32) -> u8 {
 }
 
 /// New ids, sampled by the agent's rule.
-fn new_context(ctx: &SkMsgContext) -> Injected {
+fn new_context() -> Injected {
     let mut trace_id = [0u8; 16];
     for k in 0..4 {
         // SAFETY: a helper without arguments.
@@ -288,15 +377,11 @@ fn new_context(ctx: &SkMsgContext) -> Injected {
     let x = u64::from_be_bytes(low) >> 1;
     let c = &config().inject;
     let below = ((c.sample_below_high as u64) << 32) | c.sample_below_low as u64;
-    // SAFETY: reading the program's context.
-    let local_port = unsafe { (*ctx.msg).local_port } as u16;
     Injected {
         trace_id,
         span_id,
         flags: (x < below) as u8,
-        _pad: 0,
-        local_port,
-        _pad2: 0,
+        _pad: [0; 7],
     }
 }
 
@@ -325,17 +410,4 @@ fn hex(bytes: &[u8], out: &mut [u8]) {
 #[inline(always)]
 fn hex_digit(n: u8) -> u8 {
     if n < 10 { b'0' + n } else { b'a' + n - 10 }
-}
-
-/// At the exit of a send syscall (capture.rs): the context its sk_msg
-/// run injected, if any, sent to the agent after the request's payload
-/// record, with that record's header (socket, timestamp). `local_port`
-/// is the socket's, from that header (0 when the kernel's layout is
-/// unknown: not checked then).
-#[inline(always)]
-pub fn take_injected(tid: u64, local_port: u16) -> Option<Injected> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let injected = unsafe { INJECTED.get(&tid) }.copied()?;
-    let _ = INJECTED.remove(&tid);
-    (local_port == 0 || injected.local_port == local_port).then_some(injected)
 }
