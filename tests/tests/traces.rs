@@ -902,6 +902,19 @@ fn injected_traceparent_continues_the_trace_and_keeps_requests_intact() {
         .expect("a traceparent injection row");
     assert_eq!(row["available"], true, "{row}");
     let lab = Lab::new();
+    // What an application's FIONREAD gets on this kernel with injection
+    // on, and what the agent says of it.
+    let fionread = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/fionread.py");
+    let out = lab.exec(&lab.client_ns, &["python3", fionread]);
+    assert!(out.status.success(), "the FIONREAD check failed: {out:?}");
+    let waiting: Value = serde_json::from_slice(&out.stdout).expect("its JSON");
+    let detail = row["detail"].as_str().expect("a detail");
+    assert_eq!(
+        detail.contains("FIONREAD (SIOCINQ) answers 0"),
+        waiting["waiting"] == 0,
+        "the row ({detail}) says what FIONREAD answers an application ({waiting})"
+    );
+    assert!(!detail.contains("not checked"), "{detail}");
     let port = unique_port(42);
     let server = servers::python_http(&lab, port);
     let client = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/inject_client.py");
